@@ -1,0 +1,248 @@
+//! The command line: `kvmesh-bench [RUN OPTIONS]` runs a load, `kvmesh-bench table` formats
+//! reports, `kvmesh-bench free-port` finds free loopback ports for scripts.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::units::{Bytes, CpuList, KeyDist, Span};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvmesh-bench",
+    version,
+    about = "kvmesh's load generator: drives a kvmesh node or redis-server with the same machinery",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Formats JSON reports (the last stdout line of `--json` runs, one per line) as Markdown
+    /// tables: one row per workload, one column group per label, and the ratio between labels.
+    Table(TableArgs),
+    /// Prints a loopback port P such that P..P+COUNT-1 are all free to bind right now.
+    FreePort {
+        /// How many consecutive ports must be free.
+        #[arg(long, default_value_t = 1)]
+        count: u16,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct TableArgs {
+    /// Files of JSON reports, one per line; lines that are not JSON objects are skipped.
+    /// Reads stdin when none is given.
+    pub files: Vec<PathBuf>,
+    /// A heading printed above the tables.
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+/// What the load generator talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// kvmesh's wire protocol, topology-aware: every key goes straight to its owning shard's port.
+    Kvmesh,
+    /// RESP `GET`/`SET` (redis-server, or anything that speaks RESP2).
+    Redis,
+    /// NOT AVAILABLE YET: kvmesh has no gRPC front-end so far; choosing it exits with an error.
+    Grpc,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Kvmesh => "kvmesh",
+            Target::Redis => "redis",
+            Target::Grpc => "grpc",
+        }
+    }
+}
+
+/// Options of a load run.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Protocol and server to drive.
+    #[arg(long, value_enum, default_value_t = Target::Kvmesh)]
+    pub target: Target,
+    /// Server address HOST:PORT [default: 127.0.0.1:7000 for kvmesh, 127.0.0.1:6379 for redis].
+    /// For kvmesh this is any wire port of the node; the shard ports come from its topology.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Connections in total, spread over the client cores (and, for kvmesh, over the shards in
+    /// proportion to the share of the load each shard owns).
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Size of the key space: keys `key:0000000000` .. `key:<keys-1>`.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u32,
+    /// Key distribution: `uniform`, or `zipf:S` where the key of rank r has weight 1/(r+1)^S.
+    #[arg(long, default_value = "uniform")]
+    pub key_dist: KeyDist,
+    /// Value size for SETs and the prefill (bytes; units B, KiB, MiB).
+    #[arg(long, default_value = "100")]
+    pub value_size: Bytes,
+    /// Fraction of requests that are GETs (0 = SET only, 1 = GET only).
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Time to live of every SET, e.g. 30s; 0 = never expires.
+    #[arg(long, default_value = "0")]
+    pub ttl: Span,
+    /// Length of the measured phase (after the warmup), e.g. 10s.
+    #[arg(long, default_value = "10s", conflicts_with = "requests")]
+    pub duration: Span,
+    /// Measure exactly this many requests (after the warmup) instead of a duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Load before measuring, not counted in the results.
+    #[arg(long, default_value = "2s")]
+    pub warmup: Span,
+    /// Open loop: send this many requests per second in total, on a fixed schedule, and
+    /// measure latency from each request's intended send time (coordinated-omission corrected,
+    /// as wrk2 does). Without it the run is closed loop: maximum throughput.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Client cores: one pinned worker per core, e.g. `1` or `0-3` [default: one unpinned worker
+    /// per online core].
+    #[arg(long)]
+    pub cpus: Option<CpuList>,
+    /// A request unanswered this long fails as a timeout; its connection is then reopened.
+    #[arg(long, default_value = "1s")]
+    pub timeout: Span,
+    /// Skip the prefill (by default every key is SET once before the load, so GETs hit).
+    #[arg(long, conflicts_with = "prefill_only")]
+    pub no_prefill: bool,
+    /// Only prefill, then report (with `--server-pid`: the server's resident memory per key).
+    #[arg(long)]
+    pub prefill_only: bool,
+    /// Print one JSON object with the results as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Name of this run in the JSON report and in tables [default: the target].
+    #[arg(long)]
+    pub label: Option<String>,
+    /// The server's process id (on this machine): report its CPU time per request (user +
+    /// system time from /proc over the measured phase, all threads) and, with
+    /// `--prefill-only`, its resident memory per key (RSS after the prefill minus before).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Seed for key and operation choice; the same seed replays the same requests.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl RunArgs {
+    /// Checks the flags against each other, with one message per problem.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if self.target == Target::Grpc {
+            problems.push(
+                "--target grpc is not available yet: kvmesh has no gRPC front-end so far. \
+                 Use --target kvmesh (the wire protocol) or --target redis"
+                    .to_string(),
+            );
+        }
+        if self.connections == 0 {
+            problems.push("--connections must be at least 1".into());
+        }
+        if self.pipeline == 0 {
+            problems.push("--pipeline must be at least 1".into());
+        }
+        if self.keys == 0 {
+            problems.push("--keys must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            problems.push(format!(
+                "--read-ratio {} must be between 0 and 1",
+                self.read_ratio
+            ));
+        }
+        if let Some(rate) = self.rate {
+            if !(rate > 0.0 && rate.is_finite()) {
+                problems.push(format!(
+                    "--rate {rate} must be a positive number of requests per second"
+                ));
+            }
+        }
+        if self.requests.is_none() && self.duration.0.is_zero() && !self.prefill_only {
+            problems.push("--duration must be longer than 0".into());
+        }
+        if self.requests == Some(0) {
+            problems.push("--requests must be at least 1".into());
+        }
+        if self.timeout.0.is_zero() {
+            problems.push("--timeout must be longer than 0".into());
+        }
+        if self.no_prefill && self.prefill_only {
+            problems.push("--no-prefill and --prefill-only contradict each other".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let argv = std::iter::once("kvmesh-bench").chain(argv.iter().copied());
+        Cli::try_parse_from(argv).unwrap().run
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let args = run_args(&[]);
+        args.validate().unwrap();
+        assert_eq!(
+            (args.target, args.connections, args.pipeline, args.keys),
+            (Target::Kvmesh, 50, 1, 100_000)
+        );
+    }
+
+    #[test]
+    fn grpc_is_refused_with_a_reason() {
+        let err = run_args(&["--target", "grpc"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no gRPC front-end"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = run_args(&["--pipeline", "0", "--read-ratio", "1.5"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err.lines().count(), 2, "{err}");
+        assert!(
+            Cli::try_parse_from(["kvmesh-bench", "--requests", "5", "--duration", "1s"]).is_err()
+        );
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::try_parse_from(["kvmesh-bench", "free-port", "--count", "3"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::FreePort { count: 3 })));
+    }
+}

@@ -1,0 +1,329 @@
+//! `kvmesh-bench table`: JSON reports in, Markdown comparison tables out.
+//!
+//! Load runs become one row per workload (operation mix and pipeline) and one column group per
+//! label (throughput, p99, server CPU per request, errors), followed by each later label's
+//! ratio to the first. Prefill-only runs become a memory table.
+
+use std::io::Read;
+
+use anyhow::Context;
+
+use crate::args::TableArgs;
+use crate::report::Report;
+
+pub fn run(args: TableArgs) -> anyhow::Result<()> {
+    let mut text = String::new();
+    if args.files.is_empty() {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
+    }
+    for file in &args.files {
+        text.push_str(
+            &std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?,
+        );
+        text.push('\n');
+    }
+    let reports = parse_lines(&text);
+    print!("{}", render(&reports, args.title.as_deref()));
+    Ok(())
+}
+
+/// Every line that is a JSON object, as a report; other lines are skipped.
+pub fn parse_lines(text: &str) -> Vec<Report> {
+    let objects = text.lines().map(str::trim).filter(|l| l.starts_with('{'));
+    objects
+        .filter_map(|l| match serde_json::from_str(l) {
+            Ok(report) => Some(report),
+            Err(e) => {
+                eprintln!("skipping a line that is not a report: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+pub fn render(reports: &[Report], title: Option<&str>) -> String {
+    let mut out = String::new();
+    if let Some(title) = title {
+        out.push_str(&format!("### {title}\n\n"));
+    }
+    let loads: Vec<&Report> = reports
+        .iter()
+        .filter(|r| r.mode != "prefill-only")
+        .collect();
+    let memory: Vec<&Report> = reports
+        .iter()
+        .filter(|r| r.mode == "prefill-only")
+        .collect();
+    if !loads.is_empty() {
+        out.push_str(&load_table(&loads));
+    }
+    if !memory.is_empty() {
+        if !loads.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&memory_table(&memory));
+    }
+    out
+}
+
+fn workload(r: &Report) -> String {
+    match r.read_ratio {
+        x if x >= 1.0 => "GET".into(),
+        x if x <= 0.0 => "SET".into(),
+        x => format!("{:.0}% GET", x * 100.0),
+    }
+}
+
+fn row_key(r: &Report) -> (String, usize, usize, usize, u32, String, Option<u64>) {
+    (
+        workload(r),
+        r.pipeline,
+        r.connections,
+        r.value_size,
+        r.keys,
+        r.key_dist.clone(),
+        r.rate.map(f64::to_bits),
+    )
+}
+
+fn load_table(loads: &[&Report]) -> String {
+    let labels = unique(loads.iter().map(|r| r.label.clone()));
+    let rows = unique(loads.iter().map(|r| row_key(r)));
+    let first = loads[0];
+    let mut caption = format!(
+        "{} connections, {} keys ({}), {}-byte values, {} loop",
+        first.connections, first.keys, first.key_dist, first.value_size, first.mode
+    );
+    if rows
+        .iter()
+        .any(|k| k.2 != first.connections || k.3 != first.value_size || k.4 != first.keys)
+    {
+        caption.push_str(" (first row; others differ)");
+    }
+    let mut header = vec!["workload".to_string(), "pipeline".to_string()];
+    for label in &labels {
+        header.extend([
+            format!("{label} ops/s"),
+            format!("{label} p99 us"),
+            format!("{label} CPU us/req"),
+            format!("{label} errors"),
+        ]);
+    }
+    for label in labels.iter().skip(1) {
+        header.push(format!("{label}/{} ops/s", labels[0]));
+        header.push(format!("{label}/{} CPU/req", labels[0]));
+    }
+    let mut body = Vec::new();
+    for key in &rows {
+        let find = |label: &String| {
+            loads
+                .iter()
+                .rev()
+                .find(|r| &r.label == label && row_key(r) == *key)
+        };
+        let mut row = vec![key.0.clone(), key.1.to_string()];
+        for label in &labels {
+            match find(label) {
+                Some(r) => row.extend([
+                    thousands(r.ops_per_sec),
+                    format!("{:.0}", r.p99_us),
+                    r.server_cpu_us_per_req
+                        .map_or("-".into(), |c| format!("{c:.2}")),
+                    r.errors.to_string(),
+                ]),
+                None => row.extend(["-".to_string(), "-".into(), "-".into(), "-".into()]),
+            }
+        }
+        let base = find(&labels[0]);
+        for label in labels.iter().skip(1) {
+            let other = find(label);
+            let ratio = |f: fn(&Report) -> Option<f64>| match (
+                base.and_then(|b| f(b)),
+                other.and_then(|o| f(o)),
+            ) {
+                (Some(b), Some(o)) if b > 0.0 => format!("{:.2}x", o / b),
+                _ => "-".into(),
+            };
+            row.push(ratio(|r| Some(r.ops_per_sec)));
+            row.push(ratio(|r| r.server_cpu_us_per_req));
+        }
+        body.push(row);
+    }
+    format!("{caption}\n\n{}", markdown(&header, &body, 2))
+}
+
+fn memory_table(memory: &[&Report]) -> String {
+    let header: Vec<String> = [
+        "system",
+        "keys",
+        "value bytes",
+        "RSS before MiB",
+        "RSS after MiB",
+        "bytes per key",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mib = |b: Option<u64>| {
+        b.map_or("-".into(), |b| {
+            format!("{:.1}", b as f64 / (1 << 20) as f64)
+        })
+    };
+    let body: Vec<Vec<String>> = memory
+        .iter()
+        .map(|r| {
+            vec![
+                r.label.clone(),
+                r.prefill_keys.to_string(),
+                r.value_size.to_string(),
+                mib(r.server_rss_before),
+                mib(r.server_rss_after),
+                r.rss_bytes_per_key
+                    .map_or("-".into(), |b| format!("{b:.1}")),
+            ]
+        })
+        .collect();
+    format!(
+        "Resident memory after loading the keys\n\n{}",
+        markdown(&header, &body, 1)
+    )
+}
+
+fn unique<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut seen = Vec::new();
+    for item in items {
+        if !seen.contains(&item) {
+            seen.push(item);
+        }
+    }
+    seen
+}
+
+/// `1234567.4` → `1,234,567`.
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A padded Markdown table; the first `left` columns are left-aligned, the rest right-aligned.
+fn markdown(header: &[String], rows: &[Vec<String>], left: usize) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len(), 3])
+                .max()
+                .unwrap_or(3)
+        })
+        .collect();
+    let cell = |c: usize, text: &str| {
+        if c < left {
+            format!(" {text:<w$} |", w = widths[c])
+        } else {
+            format!(" {text:>w$} |", w = widths[c])
+        }
+    };
+    let mut out = String::from("|");
+    header
+        .iter()
+        .enumerate()
+        .for_each(|(c, h)| out.push_str(&cell(c, h)));
+    out.push_str("\n|");
+    for (c, w) in widths.iter().enumerate() {
+        let dashes = "-".repeat(*w);
+        out.push_str(&if c < left {
+            format!(" {dashes} |")
+        } else {
+            format!(" {}: |", &dashes[1..])
+        });
+    }
+    out.push('\n');
+    for row in rows {
+        out.push('|');
+        row.iter()
+            .enumerate()
+            .for_each(|(c, text)| out.push_str(&cell(c, text)));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(label: &str, read_ratio: f64, pipeline: usize, ops: f64, cpu: f64) -> Report {
+        Report {
+            label: label.into(),
+            mode: "closed".into(),
+            connections: 50,
+            keys: 100_000,
+            key_dist: "uniform".into(),
+            value_size: 100,
+            read_ratio,
+            pipeline,
+            ops_per_sec: ops,
+            p99_us: 250.0,
+            server_cpu_us_per_req: Some(cpu),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn load_rows_pair_labels_and_show_ratios() {
+        let reports = [
+            load("redis", 1.0, 1, 100_000.0, 4.0),
+            load("kvmesh", 1.0, 1, 150_000.0, 2.0),
+            load("redis", 0.0, 16, 400_000.0, 1.0),
+        ];
+        let text = render(&reports, Some("per core"));
+        assert!(text.starts_with(
+            "### per core\n\n50 connections, 100000 keys (uniform), 100-byte values, closed loop"
+        ));
+        let lines: Vec<&str> = text.lines().collect();
+        let get = lines.iter().find(|l| l.starts_with("| GET")).unwrap();
+        assert!(get.contains("100,000") && get.contains("150,000"), "{get}");
+        assert!(get.contains("1.50x") && get.contains("0.50x"), "{get}");
+        let set = lines.iter().find(|l| l.starts_with("| SET")).unwrap();
+        assert!(set.contains("400,000") && set.contains(" - |"), "{set}");
+        // Every line of the table has the same number of cells.
+        let cells: Vec<usize> = lines
+            .iter()
+            .filter(|l| l.starts_with('|'))
+            .map(|l| l.matches('|').count())
+            .collect();
+        assert!(cells.windows(2).all(|w| w[0] == w[1]), "{cells:?}");
+    }
+
+    #[test]
+    fn memory_rows_and_junk_lines() {
+        let text = "prefill: 3 keys\n{\"label\":\"redis\",\"mode\":\"prefill-only\",\"prefill_keys\":1000000,\
+                    \"value_size\":100,\"server_rss_before\":1048576,\"server_rss_after\":2097152,\
+                    \"rss_bytes_per_key\":1.05}\nnot json {\n";
+        let reports = parse_lines(text);
+        assert_eq!(reports.len(), 1);
+        let table = render(&reports, None);
+        assert!(table.contains("| redis  | 1000000 |"), "{table}");
+        assert!(
+            table.contains("1.0 |") && table.contains("2.0 |") && table.contains("1.1 |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1234567.4), "1,234,567");
+    }
+}

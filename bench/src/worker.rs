@@ -1,0 +1,221 @@
+//! One client worker: a glommio executor (pinned when `--cpus` is given) that drives its share
+//! of the connections through the stages of the run and reports a progress tick every second.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use glommio::{spawn_local, LocalExecutorBuilder, Placement};
+
+use crate::codec::Codec;
+use crate::conn::Conn;
+use crate::feed::{Load, Prefill};
+use crate::gate::{FailOnDrop, Gate, Stage};
+use crate::pacer::{Pacer, Phases};
+use crate::plan::ConnSpec;
+use crate::stats::{Counters, Recorder, Window};
+use crate::workload::{make_value, KeySet, Mix};
+
+/// Settings every connection shares.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub redis: bool,
+    pub pipeline: usize,
+    pub timeout: Duration,
+    pub value_size: usize,
+    pub ttl_ms: u64,
+    pub read_ratio: f64,
+    pub warmup: Duration,
+    /// `None`: bounded by requests.
+    pub duration: Option<Duration>,
+    /// Open loop: requests per second of one connection.
+    pub conn_rate: Option<f64>,
+    pub prefill: bool,
+    pub prefill_only: bool,
+    pub seed: u64,
+}
+
+/// Requests in flight per connection during the prefill (at least `--pipeline`).
+const PREFILL_DEPTH: usize = 32;
+
+/// What one connection needs: where to go and which keys it owns.
+pub struct ConnPlan {
+    pub spec: ConnSpec,
+    pub addr: SocketAddr,
+    pub keys: Arc<KeySet>,
+}
+
+/// A worker's progress over one second of the load.
+pub struct Tick {
+    pub second: u64,
+    pub window: Window,
+}
+
+/// What a worker hands back at the end.
+#[derive(Default)]
+pub struct Outcome {
+    pub total: Window,
+    pub last_done: Option<Instant>,
+    pub first_errors: Vec<String>,
+    pub prefill: Counters,
+    pub failures: Vec<String>,
+}
+
+/// Starts worker `id` on its own thread.
+pub fn spawn(
+    id: usize,
+    cpu: Option<usize>,
+    conns: Vec<ConnPlan>,
+    settings: Settings,
+    gate: Arc<Gate>,
+    ticks: Sender<Tick>,
+) -> anyhow::Result<glommio::ExecutorJoinHandle<anyhow::Result<Outcome>>> {
+    let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
+    LocalExecutorBuilder::new(placement)
+        .name(&format!("bench-{id}"))
+        .spawn(move || async move {
+            let guard = FailOnDrop::new(&gate);
+            let outcome = run(conns, settings, &gate, ticks).await;
+            if outcome.is_ok() {
+                guard.disarm();
+            }
+            outcome
+        })
+        .map_err(|e| anyhow!("cannot start client worker {id} (cpu {cpu:?}): {e}"))
+}
+
+async fn run(
+    plans: Vec<ConnPlan>,
+    s: Settings,
+    gate: &Gate,
+    ticks: Sender<Tick>,
+) -> anyhow::Result<Outcome> {
+    let value = Rc::new(make_value(s.value_size, s.seed));
+    let ttl_ms = s.ttl_ms;
+    let opened = plans.iter().map(|plan| {
+        let codec: Box<dyn Codec> = if s.redis {
+            Box::new(crate::target_redis::RedisCodec)
+        } else {
+            Box::new(crate::target_kvmesh::KvmeshCodec::default())
+        };
+        spawn_local(Conn::connect(
+            plan.addr,
+            s.timeout,
+            codec,
+            value.clone(),
+            ttl_ms,
+        ))
+    });
+    let mut conns = Vec::with_capacity(plans.len());
+    for task in opened.collect::<Vec<_>>() {
+        conns.push(task.await.map_err(|e| anyhow!(e))?);
+    }
+    gate.arrive(Stage::Connected);
+    gate.wait(Stage::Connected)
+        .await
+        .ok_or_else(|| anyhow!("another worker failed"))?;
+
+    let mut outcome = Outcome::default();
+    if s.prefill {
+        let rec = Rc::new(RefCell::new(Recorder::default()));
+        let depth = s.pipeline.max(PREFILL_DEPTH);
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .zip(&plans)
+            .map(|(mut conn, plan)| {
+                let mut feed = Prefill::new(
+                    plan.keys.clone(),
+                    plan.spec.prefill.start,
+                    plan.spec.prefill.end,
+                );
+                let rec = rec.clone();
+                spawn_local(
+                    async move { conn.run_strict(&mut feed, depth, &rec).await.map(|()| conn) },
+                )
+            })
+            .collect();
+        conns = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            conns.push(task.await.map_err(|e| anyhow!("prefill failed: {e}"))?);
+        }
+        let rec = rec.borrow();
+        outcome.prefill = rec.total.counts;
+        outcome
+            .first_errors
+            .extend(rec.first_errors.iter().cloned());
+    }
+    gate.arrive(Stage::Prefilled);
+    let start = gate
+        .wait(Stage::Prefilled)
+        .await
+        .ok_or_else(|| anyhow!("another worker failed"))?;
+    if s.prefill_only {
+        gate.arrive(Stage::Finished);
+        return Ok(outcome);
+    }
+
+    let phases = Phases {
+        start,
+        measure: start + s.warmup,
+        end: s.duration.map(|d| start + s.warmup + d),
+    };
+    let rec = Rc::new(RefCell::new(Recorder::default()));
+    let ticker = spawn_local(tick_every_second(start, rec.clone(), ticks));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .zip(&plans)
+        .map(|(mut conn, plan)| {
+            let seed = s
+                .seed
+                .wrapping_add(0x9e37_79b9_7f4a_7c15u64.wrapping_mul(plan.spec.index as u64 + 1));
+            let pacer = match s.conn_rate {
+                None => Pacer::closed(phases, plan.spec.quota),
+                Some(rate) => {
+                    let interval = Duration::from_secs_f64(1.0 / rate);
+                    // Spread the connections' schedules evenly over one interval.
+                    let offset = interval.mul_f64(fastrand::Rng::with_seed(seed).f64());
+                    Pacer::open(phases, plan.spec.quota, interval, offset)
+                }
+            };
+            let mut load = Load {
+                pacer,
+                mix: Mix::new(plan.keys.clone(), s.read_ratio, seed),
+            };
+            let rec = rec.clone();
+            let depth = s.pipeline;
+            spawn_local(async move {
+                let result = conn.run(&mut load, depth, &rec).await;
+                rec.borrow_mut().count(0, load.pacer.unsent());
+                result
+            })
+        })
+        .collect();
+    for task in tasks {
+        if let Err(why) = task.await {
+            outcome.failures.push(why);
+        }
+    }
+    drop(ticker);
+    let mut rec = rec.borrow_mut();
+    outcome.total = std::mem::take(&mut rec.total);
+    outcome.last_done = rec.last_done;
+    outcome.first_errors.append(&mut rec.first_errors);
+    gate.arrive(Stage::Finished);
+    Ok(outcome)
+}
+
+/// Sends the progress interval to the main thread at every whole second after `start`.
+async fn tick_every_second(start: Instant, rec: Rc<RefCell<Recorder>>, ticks: Sender<Tick>) {
+    for second in 1u64.. {
+        let at = start + Duration::from_secs(second);
+        glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
+        let window = rec.borrow_mut().take_interval();
+        if ticks.send(Tick { second, window }).is_err() {
+            return;
+        }
+    }
+}

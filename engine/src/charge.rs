@@ -1,0 +1,73 @@
+//! What one entry is charged against `Config::max_memory`. The formula is documented on
+//! [`Store::charge`](crate::Store::charge); `benches/store.rs` measures it against a counting
+//! allocator at one million entries.
+
+use crate::blob;
+
+/// The slab slot: `size_of::<Slot>()` (blob pointer + LRU prev/next), asserted in slab.rs.
+pub(crate) const SLOT_BYTES: u64 = 16;
+
+/// The hash-index slot: hashbrown spends one `u32` plus one control byte per bucket, 5 bytes,
+/// and keeps at least 7/16 of its buckets full as it grows (it doubles at 7/8), so one entry's
+/// share is at most 5 × 16/7 = 11.4 bytes, rounded up. After mass removal the share can reach
+/// about twice that until the table shrinks (see `Index::shrink_if_sparse`).
+pub(crate) const INDEX_BYTES: u64 = 12;
+
+/// glibc malloc's mmap threshold (`M_MMAP_THRESHOLD` default, 128 KiB).
+const MMAP_THRESHOLD: u64 = 128 << 10;
+
+/// Bytes glibc malloc really takes for a request of `n` bytes: an 8-byte header, rounded up to
+/// 16, at least 32; at and above the mmap threshold, the chunk plus 8 rounded up to a 4 KiB
+/// page. (glibc may raise the threshold at run time and serve large blocks from the heap,
+/// which costs less than this, so this stays an upper bound.)
+pub(crate) fn heap_block(n: usize) -> u64 {
+    let chunk = ((n as u64 + 8 + 15) & !15).max(32);
+    if chunk >= MMAP_THRESHOLD {
+        (chunk + 8).div_ceil(4096) * 4096
+    } else {
+        chunk
+    }
+}
+
+/// Charge of an entry whose heap block is `block_len` bytes.
+pub(crate) fn for_block(block_len: usize) -> u64 {
+    SLOT_BYTES + INDEX_BYTES + heap_block(block_len)
+}
+
+/// Charge of an entry with these lengths.
+pub(crate) fn for_entry(key_len: usize, value_len: usize, has_deadline: bool) -> u64 {
+    for_block(blob::block_len(key_len, value_len, has_deadline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_block_follows_glibc_chunk_sizes() {
+        // (requested, glibc chunk)
+        let table = [
+            (1, 32),
+            (24, 32),
+            (25, 48),
+            (120, 128),
+            (121, 144),
+            (127, 144),
+            (131_040, 131_056), // just below the mmap threshold: a heap chunk
+            (131_064, 135_168), // chunk 131 072 + 8 → 33 pages
+            (16 << 20, (16 << 20) + 4096),
+        ];
+        for (n, chunk) in table {
+            assert_eq!(heap_block(n), chunk, "{n}");
+        }
+    }
+
+    #[test]
+    fn a_typical_entry() {
+        // 12-byte key, 100-byte value, no deadline: block = 13 + 1 + 1 + 112 = 127 bytes.
+        assert_eq!(blob::block_len(12, 100, false), 127);
+        assert_eq!(for_entry(12, 100, false), 16 + 12 + 144);
+        // With a deadline: 143 bytes → a 160-byte chunk.
+        assert_eq!(for_entry(12, 100, true), 16 + 12 + 160);
+    }
+}

@@ -1,0 +1,73 @@
+//! The engine's one error enum. Each message says what was wrong and which limit to change.
+
+/// Why a write was refused. The write was not applied when one of these is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Keys must be at least one byte long.
+    #[error("key is empty: keys must be at least one byte long")]
+    EmptyKey,
+    /// The key is longer than `Config::max_key_len`.
+    #[error("key is {len} bytes, above the limit of {max} bytes (max_key_len)")]
+    KeyTooLarge {
+        /// Length of the key given.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The value is longer than `Config::max_value_len`.
+    #[error("value is {len} bytes, above the limit of {max} bytes (max_value_len)")]
+    ValueTooLarge {
+        /// Length of the value given.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The entry alone would be charged more than the whole store may hold.
+    #[error(
+        "entry would be charged {charge} bytes, more than this store's memory limit of \
+         {max_memory} bytes (max_memory); store a smaller value or raise the limit"
+    )]
+    EntryTooLarge {
+        /// Bytes the entry would be charged (with a deadline, its largest form).
+        charge: u64,
+        /// The configured limit.
+        max_memory: u64,
+    },
+    /// The store already holds as many entries as its 32-bit slot indices can name.
+    #[error("store holds {max} entries, the most one shard can index; use more shards")]
+    TooManyEntries {
+        /// The most entries one store can hold.
+        max: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_limit_to_change() {
+        let cases = [
+            (Error::EmptyKey, "key is empty"),
+            (
+                Error::KeyTooLarge {
+                    len: 70_000,
+                    max: 65_536,
+                },
+                "max_key_len",
+            ),
+            (Error::ValueTooLarge { len: 20, max: 10 }, "max_value_len"),
+            (
+                Error::EntryTooLarge {
+                    charge: 200,
+                    max_memory: 100,
+                },
+                "max_memory",
+            ),
+            (Error::TooManyEntries { max: 7 }, "more shards"),
+        ];
+        for (err, needle) in cases {
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+}

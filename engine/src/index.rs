@@ -1,0 +1,110 @@
+//! The hash index: key → slab index, a `hashbrown::HashTable<u32>` hashed with ahash over the
+//! key bytes. It stores no hash and no key: probes compare against the key in the slab's block.
+//! 5 bytes per bucket (see `charge::INDEX_BYTES`).
+
+use ahash::RandomState;
+use hashbrown::HashTable;
+
+use crate::slab::Slab;
+
+pub(crate) struct Index {
+    table: HashTable<u32>,
+    /// Seeded at random per store, so crafted keys cannot force collisions.
+    hasher: RandomState,
+}
+
+/// Below this capacity the table is never shrunk: it is too small to matter.
+const SHRINK_FLOOR: usize = 1024;
+
+impl Index {
+    pub(crate) fn new() -> Index {
+        Index {
+            table: HashTable::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    pub(crate) fn find(&self, slab: &Slab, hash: u64, key: &[u8]) -> Option<u32> {
+        self.table
+            .find(hash, |&idx| slab.blob(idx).key() == key)
+            .copied()
+    }
+
+    /// Adds `idx`, whose key is not present yet. Growing rehashes every key (amortised O(1)).
+    pub(crate) fn insert(&mut self, slab: &Slab, hash: u64, idx: u32) {
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, idx, |&i| hasher.hash_one(slab.blob(i).key()));
+    }
+
+    /// Removes `idx`; comparing indices, not keys, spares touching other blocks.
+    pub(crate) fn remove(&mut self, hash: u64, idx: u32) {
+        match self.table.find_entry(hash, |&i| i == idx) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => debug_assert!(false, "invariant: slot {idx} is indexed"),
+        }
+    }
+
+    /// hashbrown never shrinks on its own, so after mass removal the table would keep its
+    /// peak size. Shrink once it is below 1/4 full, to fit what it holds: that restores the
+    /// load the charge assumes (>= 7/16), so between shrinks the table holds at most ~2x its
+    /// charged share (5 B / (7/32) = 22.9 B per entry just before one). Each shrink is O(len)
+    /// and follows at least 3x as many removals, and the gap to the growth point keeps it from
+    /// flapping. Called after removes and expiry, not after evictions (which make room for an
+    /// insert).
+    pub(crate) fn shrink_if_sparse(&mut self, slab: &Slab) {
+        let cap = self.table.capacity();
+        if cap > SHRINK_FLOOR && self.table.len() * 4 < cap {
+            let hasher = &self.hasher;
+            self.table
+                .shrink_to(self.table.len(), |&i| hasher.hash_one(slab.blob(i).key()));
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::Blob;
+    use crate::version::Version;
+
+    #[test]
+    fn find_insert_remove_and_shrink() {
+        let mut slab = Slab::new();
+        let mut index = Index::new();
+        let keys: Vec<Vec<u8>> = (0..10_000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        for key in &keys {
+            let idx = slab.insert(Blob::new(key, b"", Version::ZERO, 0, false));
+            index.insert(&slab, index.hash(key), idx);
+        }
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(index.find(&slab, index.hash(key), key), Some(i as u32));
+        }
+        assert_eq!(index.find(&slab, index.hash(b"nope"), b"nope"), None);
+        let peak = index.capacity();
+        for (i, key) in keys.iter().enumerate().skip(100) {
+            index.remove(index.hash(key), i as u32);
+            slab.remove(i as u32);
+            index.shrink_if_sparse(&slab);
+        }
+        assert!(
+            index.capacity() < peak / 8,
+            "{} vs {peak}",
+            index.capacity()
+        );
+        for (i, key) in keys.iter().enumerate().take(100) {
+            assert_eq!(index.find(&slab, index.hash(key), key), Some(i as u32));
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! What a write did, and what the store dropped on its own (evictions and expirations).
+
+use std::fmt;
+
+use crate::blob::Blob;
+use crate::version::Version;
+
+/// Outcome of [`Store::put`](crate::Store::put).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The value is stored.
+    Stored,
+    /// Ignored: a live entry or tombstone with a newer or equal version is stored.
+    Stale,
+}
+
+/// Outcome of [`Store::remove`](crate::Store::remove).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// A live key was removed.
+    Removed,
+    /// No live key (a tombstone may still have been written, see `Config::tombstone_grace_ms`).
+    NotFound,
+    /// Ignored: a live entry or tombstone with a newer or equal version is stored.
+    Stale,
+}
+
+/// Why the store dropped a live entry on its own.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RemovalKind {
+    /// Evicted as least recently used, to make room.
+    Evicted,
+    /// Its deadline passed.
+    Expired,
+}
+
+/// A live entry the store dropped on its own; the WAL logs it like a remove so a restart does
+/// not bring the key back. It owns the entry's own heap block: reporting copies nothing.
+pub struct Removal {
+    /// Why it was dropped.
+    pub kind: RemovalKind,
+    /// The dropped entry's version.
+    pub version: Version,
+    blob: Blob,
+}
+
+impl Removal {
+    pub(crate) fn new(kind: RemovalKind, blob: Blob) -> Removal {
+        Removal {
+            kind,
+            version: blob.version(),
+            blob,
+        }
+    }
+
+    /// The dropped key.
+    pub fn key(&self) -> &[u8] {
+        self.blob.key()
+    }
+}
+
+impl fmt::Debug for Removal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Removal")
+            .field("kind", &self.kind)
+            .field("version", &self.version)
+            .field("key", &self.key().escape_ascii().to_string())
+            .finish()
+    }
+}

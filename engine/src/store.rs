@@ -1,0 +1,179 @@
+//! The store: its parts, its reads and its accessors. Writes are in write.rs; eviction and
+//! expiry in reclaim.rs.
+
+use std::fmt;
+use std::vec::Drain;
+
+use crate::blob::Blob;
+use crate::charge;
+use crate::config::Config;
+use crate::index::Index;
+use crate::lru::Lru;
+use crate::outcome::Removal;
+use crate::slab::Slab;
+use crate::stats::Stats;
+use crate::wheel::Wheel;
+
+/// One shard's store: map, exact LRU by bytes, TTLs, versions and tombstones.
+///
+/// Every operation is O(1) (amortised where the hash index grows or shrinks), apart from
+/// `expire`, whose work is proportional to what expired. Time is always passed in as `now_ms`, milliseconds
+/// since the UNIX epoch. An entry is expired once `now_ms >= deadline`. Single-threaded: see
+/// the crate docs.
+pub struct Store {
+    pub(crate) config: Config,
+    pub(crate) index: Index,
+    pub(crate) slab: Slab,
+    pub(crate) lru: Lru,
+    pub(crate) wheel: Wheel,
+    pub(crate) removals: Vec<Removal>,
+    pub(crate) stats: Stats,
+}
+
+impl Store {
+    /// An empty store with these limits.
+    pub fn new(config: Config) -> Store {
+        Store::with_slab(config, Slab::new())
+    }
+
+    pub(crate) fn with_slab(config: Config, slab: Slab) -> Store {
+        let stats = Stats {
+            max_memory: config.max_memory,
+            ..Stats::default()
+        };
+        Store {
+            config,
+            index: Index::new(),
+            slab,
+            lru: Lru::new(),
+            wheel: Wheel::new(),
+            removals: Vec::new(),
+            stats,
+        }
+    }
+
+    /// The live value of `key`, and makes it the most recently used; counts a hit or a miss.
+    /// An expired entry is never returned: it is reclaimed on the spot (counted as an
+    /// expiration and reported as a [`Removal`]). Tombstones are misses.
+    pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&[u8]> {
+        let hash = self.index.hash(key);
+        match self.find(key, hash, now_ms) {
+            Some(idx) if !self.slab.blob(idx).is_tombstone() => {
+                self.stats.hits += 1;
+                self.lru.bump(&mut self.slab, idx);
+                Some(self.slab.blob(idx).value())
+            }
+            _ => {
+                self.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// The deadline of a live key without touching the LRU order or the counters: `None` when
+    /// missing, removed or expired, `Some(0)` when it never expires.
+    pub fn expires_at(&self, key: &[u8], now_ms: u64) -> Option<u64> {
+        let idx = self.index.find(&self.slab, self.index.hash(key), key)?;
+        let blob = self.slab.blob(idx);
+        (!blob.is_tombstone() && !blob.is_dead(now_ms)).then(|| blob.deadline())
+    }
+
+    /// Evictions and expirations since the last drain, oldest first, so the WAL can log them
+    /// like removes. Each [`Removal`] owns the dropped entry's block (nothing is copied). Drain
+    /// after each call that can evict or expire (`put`, `remove`, `touch`, `get`, `expire`):
+    /// undrained removals hold memory that is no longer charged.
+    pub fn drain_removals(&mut self) -> Drain<'_, Removal> {
+        self.removals.drain(..)
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Live entries held, including expired ones not reclaimed yet; tombstones not counted.
+    pub fn len(&self) -> usize {
+        self.stats.keys as usize
+    }
+
+    /// True when no live entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.stats.keys == 0
+    }
+
+    /// Bytes charged for everything held, never above `Config::max_memory`.
+    pub fn bytes_used(&self) -> u64 {
+        self.stats.bytes_used
+    }
+
+    /// The limits this store was created with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Bytes charged for an entry with these lengths and no deadline; see [`Store::charge`].
+    pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
+        charge::for_entry(key_len, value_len, false)
+    }
+
+    /// Bytes charged for one entry against `Config::max_memory`:
+    ///
+    /// ```text
+    /// charge = 16                    slab slot: blob pointer + LRU prev/next (u32 each)
+    ///        + 12                    hash-index share: 5 B per bucket (u32 + control byte)
+    ///                                  at hashbrown's lowest load after growth, 7/16 → 11.4
+    ///        + malloc(block)         the heap block, as glibc malloc really takes it:
+    ///                                  max(32, round_up(block + 8, 16)) below 128 KiB,
+    ///                                  round_up(that + 8, 4096) from 128 KiB (mmap)
+    /// block  = 13                    version (hlc 8 + node 4) + flags 1
+    ///        + varint(key_len) + varint(value_len)      LEB128, 1 byte below 128
+    ///        + key_len + value_len
+    ///        + 16 if has_deadline    deadline 8 + timer-wheel prev/next (u32 each)
+    /// ```
+    ///
+    /// For a 12-byte key and a 100-byte value without deadline: 16 + 12 + 144 = 172 bytes.
+    /// A tombstone is charged as an entry with an empty value and a deadline
+    /// ([`Store::tombstone_charge`]). Not charged: the fixed-size wheel (≈3 KiB), up to one
+    /// partly used slab chunk (64 KiB), index capacity left behind by mass removal until it
+    /// shrinks, and allocator fragmentation.
+    pub fn charge(key_len: usize, value_len: usize, has_deadline: bool) -> u64 {
+        charge::for_entry(key_len, value_len, has_deadline)
+    }
+
+    /// Bytes charged for a tombstone of a key this long.
+    pub fn tombstone_charge(key_len: usize) -> u64 {
+        charge::for_entry(key_len, 0, true)
+    }
+
+    /// The record (live entry or tombstone) for `key`; one whose deadline or grace has passed
+    /// is reclaimed here and counts as absent.
+    pub(crate) fn find(&mut self, key: &[u8], hash: u64, now_ms: u64) -> Option<u32> {
+        let idx = self.index.find(&self.slab, hash, key)?;
+        if self.slab.blob(idx).is_dead(now_ms) {
+            self.discard(idx, now_ms);
+            return None;
+        }
+        Some(idx)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A shard creates its store on its own executor, but a `Store` may also be built elsewhere
+/// and moved there.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Store>();
+};
+
+/// The charge of the entry held in `blob`.
+pub(crate) fn charge_of(blob: &Blob) -> u64 {
+    charge::for_block(blob.len())
+}

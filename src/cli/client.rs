@@ -1,0 +1,217 @@
+//! `kvmesh put|get|remove|stats`: one-off commands over the wire protocol, each going straight
+//! to the shard that owns the key.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+use kvmesh_net::Client;
+use kvmesh_proto::wire::ShardStats;
+
+use crate::units::parse_duration;
+
+#[derive(Args, Debug)]
+pub struct Target {
+    /// Any wire port of the node.
+    #[arg(long, default_value = "127.0.0.1:7000", value_name = "HOST:PORT")]
+    addr: SocketAddr,
+    /// Give up on connecting or on a reply after this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    key: String,
+    value: String,
+    /// Expire the key this many seconds from now; 0 means never.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    ttl: u64,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    key: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target: Target,
+}
+
+pub fn put(args: PutArgs) -> anyhow::Result<i32> {
+    let ttl = (args.ttl > 0).then(|| Duration::from_secs(args.ttl));
+    with_client(&args.target, move |mut client| async move {
+        client
+            .put(args.key.as_bytes(), args.value.as_bytes(), ttl)
+            .await?;
+        Ok(0)
+    })
+}
+
+pub fn get(args: KeyArgs) -> anyhow::Result<i32> {
+    with_client(&args.target, move |mut client| async move {
+        match client.get(args.key.as_bytes()).await? {
+            Some(value) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&value)?;
+                out.write_all(b"\n")?;
+                Ok(0)
+            }
+            None => {
+                eprintln!("kvmesh: key not found: {}", args.key);
+                Ok(1)
+            }
+        }
+    })
+}
+
+pub fn remove(args: KeyArgs) -> anyhow::Result<i32> {
+    with_client(&args.target, move |mut client| async move {
+        let existed = client.remove(args.key.as_bytes()).await?;
+        if !existed {
+            eprintln!("kvmesh: {} was not there (nothing to remove)", args.key);
+        }
+        Ok(0)
+    })
+}
+
+pub fn stats(args: StatsArgs) -> anyhow::Result<i32> {
+    with_client(&args.target, move |mut client| async move {
+        let shards = client.stats().await?;
+        let node_id = client.topology().node_id;
+        let text = if args.json {
+            stats_json(node_id, &shards)
+        } else {
+            stats_table(node_id, &shards)
+        };
+        println!("{text}");
+        Ok(0)
+    })
+}
+
+/// Connects on a fresh single-threaded executor and runs `body` with the client.
+fn with_client<F, Fut>(target: &Target, body: F) -> anyhow::Result<i32>
+where
+    F: FnOnce(Client) -> Fut + 'static,
+    Fut: Future<Output = anyhow::Result<i32>> + 'static,
+{
+    crate::node::raise_memlock().map_err(|e| anyhow!(e))?;
+    let (addr, timeout) = (target.addr, target.timeout);
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| anyhow!("cannot start an io_uring executor: {e}"))?;
+    executor.run(async move {
+        let client = Client::connect(addr, timeout).await?;
+        body(client).await
+    })
+}
+
+/// Counter columns: (header, value).
+fn columns(s: &ShardStats) -> [(&'static str, u64); 15] {
+    [
+        ("keys", s.keys),
+        ("bytes_used", s.bytes_used),
+        ("max_bytes", s.max_bytes),
+        ("hits", s.hits),
+        ("misses", s.misses),
+        ("evictions", s.evictions),
+        ("expirations", s.expirations),
+        ("gets", s.gets),
+        ("puts", s.puts),
+        ("removes", s.removes),
+        ("touches", s.touches),
+        ("forwarded_out", s.forwarded_out),
+        ("forwarded_in", s.forwarded_in),
+        ("connections_open", s.connections_open),
+        ("protocol_errors", s.protocol_errors),
+    ]
+}
+
+fn totals(shards: &[ShardStats]) -> Vec<u64> {
+    let mut sum = vec![0u64; 15];
+    for s in shards {
+        for (total, (_, v)) in sum.iter_mut().zip(columns(s)) {
+            *total += v;
+        }
+    }
+    sum
+}
+
+/// One row per counter, one column per shard, then the node's total.
+fn stats_table(node_id: u32, shards: &[ShardStats]) -> String {
+    let mut out = format!("node {node_id}\n{:<18}", "");
+    for s in shards {
+        out.push_str(&format!(" {:>14}", format!("shard {}", s.shard)));
+    }
+    out.push_str(&format!(" {:>14}", "total"));
+    let per_shard: Vec<[(&str, u64); 15]> = shards.iter().map(columns).collect();
+    for (row, (name, _)) in columns(&ShardStats::default()).iter().enumerate() {
+        out.push_str(&format!("\n{name:<18}"));
+        for values in &per_shard {
+            out.push_str(&format!(" {:>14}", values[row].1));
+        }
+        out.push_str(&format!(" {:>14}", totals(shards)[row]));
+    }
+    out
+}
+
+fn stats_json(node_id: u32, shards: &[ShardStats]) -> String {
+    let object = |pairs: Vec<(&str, u64)>| {
+        let fields: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", fields.join(","))
+    };
+    let per_shard: Vec<String> = shards
+        .iter()
+        .map(|s| {
+            let mut pairs = vec![("shard", u64::from(s.shard))];
+            pairs.extend(columns(s));
+            object(pairs)
+        })
+        .collect();
+    let headers = columns(&ShardStats::default()).map(|c| c.0);
+    let total = object(headers.into_iter().zip(totals(shards)).collect());
+    format!(
+        "{{\"node_id\":{node_id},\"shards\":[{}],\"total\":{total}}}",
+        per_shard.join(",")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_sums_shards() {
+        let a = ShardStats {
+            shard: 0,
+            keys: 2,
+            puts: 5,
+            ..ShardStats::default()
+        };
+        let b = ShardStats {
+            shard: 1,
+            keys: 3,
+            puts: 1,
+            ..ShardStats::default()
+        };
+        let json = stats_json(9, &[a, b]);
+        assert!(
+            json.starts_with("{\"node_id\":9,\"shards\":[{\"shard\":0,\"keys\":2,"),
+            "{json}"
+        );
+        assert!(json.contains("\"total\":{\"keys\":5,"), "{json}");
+        assert!(json.contains("\"puts\":6"), "{json}");
+    }
+}

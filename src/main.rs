@@ -1,0 +1,9 @@
+//! The `kvmesh` binary: thin wiring over the node and the CLI.
+
+mod cli;
+mod node;
+mod units;
+
+fn main() {
+    std::process::exit(cli::main());
+}

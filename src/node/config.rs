@@ -1,0 +1,166 @@
+//! A node's validated configuration, and the pure decisions derived from it (ports, placement).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a node needs to start. Built from the command line by `cli::node`; every field
+/// has been validated by [`NodeConfig::validate`] before a node starts.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's id, carried by every version it issues.
+    pub node_id: u32,
+    /// The wire port served by every shard. Shard `i` also serves `port + 1 + i`.
+    pub listen: SocketAddr,
+    /// Number of shards (glommio executors).
+    pub shards: usize,
+    /// Cores to pin shards to, in shard order. Empty: every online core.
+    pub cpus: Vec<usize>,
+    /// Bytes the whole node may hold, split evenly across shards.
+    pub max_memory: u64,
+    /// Largest key accepted, in bytes.
+    pub max_key_len: usize,
+    /// Largest value accepted, in bytes.
+    pub max_value_len: usize,
+    /// Largest wire frame accepted, in bytes (the length prefix is checked before allocating).
+    pub max_frame: usize,
+    /// How long a shard waits for another shard to answer a forwarded request.
+    pub forward_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Checks the values against each other, with one clear message per problem.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        if self.shards == 0 {
+            problems.push("--shards must be at least 1".to_string());
+        }
+        if self.listen.port() == 0 {
+            problems.push(
+                "--listen needs an explicit port: shard i serves PORT+1+i, so port 0 cannot work"
+                    .to_string(),
+            );
+        } else if usize::from(self.listen.port()) + self.shards > usize::from(u16::MAX) {
+            problems.push(format!(
+                "--listen port {} leaves no room for {} shard ports above it (max 65535)",
+                self.listen.port(),
+                self.shards
+            ));
+        }
+        let per_shard = self.max_memory / self.shards.max(1) as u64;
+        let smallest_entry = kvmesh_engine::Store::entry_charge(1, 0);
+        if per_shard < smallest_entry {
+            problems.push(format!(
+                "--max-memory {} gives each of {} shards {} bytes, less than one entry",
+                self.max_memory, self.shards, per_shard
+            ));
+        }
+        let largest_request = self.max_key_len + self.max_value_len + 64;
+        if self.max_frame < largest_request {
+            problems.push(format!(
+                "--max-frame {} is smaller than the largest legal request ({} bytes: key {} + value {} + overhead)",
+                self.max_frame, largest_request, self.max_key_len, self.max_value_len
+            ));
+        }
+        if !self.cpus.is_empty() && self.cpus.len() < self.shards {
+            problems.push(format!(
+                "--cpus lists {} cores for {} shards: list one core per shard, or leave it out",
+                self.cpus.len(),
+                self.shards
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    /// The wire address of shard `shard`'s own port.
+    pub fn shard_addr(&self, shard: usize) -> SocketAddr {
+        let mut addr = self.listen;
+        addr.set_port(self.listen.port() + 1 + shard as u16);
+        addr
+    }
+
+    pub fn shard_ports(&self) -> Vec<u32> {
+        (0..self.shards)
+            .map(|i| u32::from(self.shard_addr(i).port()))
+            .collect()
+    }
+
+    /// Each shard's memory budget.
+    pub fn shard_memory(&self) -> u64 {
+        self.max_memory / self.shards as u64
+    }
+}
+
+/// Where each shard runs: `Some(cpu)` pinned to that core, `None` unpinned.
+///
+/// Explicit `--cpus` are used as given. Otherwise shards are pinned one per online core when
+/// there are enough cores, and left unpinned when there are more shards than cores (local
+/// clusters and tests), because two pinned shards on one core would starve each other's
+/// latency without the operator having asked for it.
+pub fn plan_placement(shards: usize, explicit: &[usize], online: &[usize]) -> Vec<Option<usize>> {
+    if !explicit.is_empty() {
+        return explicit.iter().take(shards).map(|&c| Some(c)).collect();
+    }
+    if shards <= online.len() {
+        online.iter().take(shards).map(|&c| Some(c)).collect()
+    } else {
+        vec![None; shards]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            node_id: 1,
+            listen: "127.0.0.1:7000".parse().unwrap(),
+            shards: 2,
+            cpus: vec![],
+            max_memory: 1 << 30,
+            max_key_len: 64 << 10,
+            max_value_len: 16 << 20,
+            max_frame: 17 << 20,
+            forward_timeout: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+        assert_eq!(config().shard_ports(), vec![7001, 7002]);
+        assert_eq!(config().shard_memory(), 512 << 20);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut c = config();
+        c.listen.set_port(0);
+        c.max_frame = 10;
+        c.cpus = vec![0];
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.lines().count(), 3, "{err}");
+        assert!(err.contains("explicit port"));
+        assert!(err.contains("--max-frame"));
+        assert!(err.contains("--cpus"));
+    }
+
+    #[test]
+    fn port_range_overflow() {
+        let mut c = config();
+        c.listen.set_port(65534);
+        assert!(c.validate().unwrap_err().contains("no room"));
+    }
+
+    #[test]
+    fn placement() {
+        assert_eq!(plan_placement(2, &[], &[0, 1]), vec![Some(0), Some(1)]);
+        assert_eq!(plan_placement(1, &[], &[0, 1]), vec![Some(0)]);
+        assert_eq!(plan_placement(3, &[], &[0, 1]), vec![None, None, None]);
+        assert_eq!(plan_placement(2, &[1, 0], &[0, 1]), vec![Some(1), Some(0)]);
+    }
+}

@@ -1,0 +1,151 @@
+//! One client connection: parse what is buffered, execute, answer, and read only when a frame
+//! is incomplete.
+//!
+//! Replies to all frames parsed from one read go out in one write. A frame that is too large or
+//! does not decode gets a frame-level error reply and the connection closes; other connections
+//! are unaffected. EOF between frames is a clean close; EOF inside a frame is counted as a
+//! protocol error.
+
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use kvmesh_net::frame::{self, PREFIX_LEN};
+use kvmesh_proto::wire::{OpResult, Request, Response};
+
+use super::reply;
+use super::router::{route, Rejection, Route};
+use super::server::ShardCtx;
+
+const READ_BUF: usize = 64 * 1024;
+
+/// Serves one accepted connection until the peer closes it or sends something unacceptable.
+pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
+    let _open = ctx.connection_opened();
+    // Small replies must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let max_frame = ctx.config.max_frame;
+    let mut buf = vec![0u8; READ_BUF];
+    let (mut pos, mut end) = (0usize, 0usize);
+    let mut out = Vec::with_capacity(READ_BUF);
+    loop {
+        loop {
+            match frame::decode::<Request>(&buf[pos..end], max_frame) {
+                Ok(Some((request, used))) => {
+                    pos += used;
+                    let response = handle(&ctx, request).await;
+                    frame::encode(&response, &mut out);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    ctx.shard.borrow_mut().counters.protocol_errors += 1;
+                    frame::encode(&reply::frame_error(&e), &mut out);
+                    let _ = stream.write_all(&out).await;
+                    let _ = stream.close().await;
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        // Make room for the rest of the current frame.
+        if pos == end {
+            (pos, end) = (0, 0);
+            if buf.len() > READ_BUF {
+                buf.truncate(READ_BUF);
+                buf.shrink_to_fit();
+            }
+        } else if pos > 0 {
+            buf.copy_within(pos..end, 0);
+            (pos, end) = (0, end - pos);
+        }
+        if let Ok(Some(len)) = frame::peek_len(&buf[..end], max_frame) {
+            // The prefix was checked against the limit, so this allocation is bounded.
+            if buf.len() < PREFIX_LEN + len {
+                buf.resize(PREFIX_LEN + len, 0);
+            }
+        }
+        match stream.read(&mut buf[end..]).await {
+            Ok(0) | Err(_) => {
+                if end > 0 {
+                    ctx.shard.borrow_mut().counters.protocol_errors += 1;
+                }
+                return;
+            }
+            Ok(n) => end += n,
+        }
+    }
+}
+
+/// Executes one request: owned ops here, the rest forwarded to their shards, batched per shard.
+async fn handle(ctx: &ShardCtx, request: Request) -> Response {
+    let now = super::now_ms();
+    let mut results = vec![OpResult::default(); request.ops.len()];
+    // (owning shard, indices into `results`, ops) for ops this shard does not own.
+    let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
+    {
+        let mut shard = ctx.shard.borrow_mut();
+        for (i, op) in request.ops.into_iter().enumerate() {
+            match route(&op, ctx.me, ctx.config.shards, ctx.config.max_key_len) {
+                Route::Local | Route::Here => results[i] = shard.execute(&op, now),
+                Route::Reject(rejection) => {
+                    if matches!(rejection, Rejection::UnknownOperation(_)) {
+                        shard.counters.protocol_errors += 1;
+                    }
+                    results[i] = reply::rejection(rejection);
+                }
+                Route::Forward(owner) => {
+                    shard.counters.forwarded_out += 1;
+                    match remote.iter_mut().find(|(s, _, _)| *s == owner) {
+                        Some((_, idx, ops)) => {
+                            idx.push(i);
+                            ops.push(op);
+                        }
+                        None => remote.push((owner, vec![i], vec![op])),
+                    }
+                }
+            }
+        }
+    }
+    // Send every batch before waiting for any, so the owners work in parallel.
+    let mut waiting = Vec::with_capacity(remote.len());
+    for (owner, idx, ops) in remote {
+        waiting.push((idx, ctx.mesh.send(owner, ops, now).await));
+    }
+    for (idx, sent) in waiting {
+        let answered = match sent {
+            Ok(pending) => ctx.mesh.wait(pending).await,
+            Err(e) => Err(e),
+        };
+        match answered {
+            Ok(answers) if answers.len() == idx.len() => {
+                for (i, answer) in idx.into_iter().zip(answers) {
+                    results[i] = answer;
+                }
+            }
+            Ok(answers) => {
+                let e = reply::ForwardError::Unreachable {
+                    shard: usize::MAX,
+                    why: format!("{} answers for {} ops", answers.len(), idx.len()),
+                };
+                for i in idx {
+                    results[i] = reply::forward_error(&e);
+                }
+            }
+            Err(e) => {
+                for i in idx {
+                    results[i] = reply::forward_error(&e);
+                }
+            }
+        }
+    }
+    Response {
+        id: request.id,
+        results,
+        ..Response::default()
+    }
+}

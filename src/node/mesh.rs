@@ -1,0 +1,174 @@
+//! Shard-to-shard messaging inside one node, over glommio's channel mesh.
+//!
+//! A shard that receives an op it does not own sends it, batched per owning shard, as a
+//! [`Envelope::Forward`]; the owner executes it and answers with an [`Envelope::Reply`] over the
+//! mesh's reverse channel. Replies are matched to waiting requests by tag. Nothing here is shared
+//! between threads except the mesh's own channels.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use kvmesh_proto::wire::{Op, OpResult};
+
+use super::reply::ForwardError;
+use super::shard::Shard;
+
+/// What shards send each other.
+#[derive(Debug)]
+pub enum Envelope {
+    /// Ops for the receiving shard to execute, from shard `from`.
+    Forward {
+        from: usize,
+        tag: u64,
+        ops: Vec<Op>,
+        now_ms: u64,
+    },
+    /// The results of the Forward with this tag, in op order.
+    Reply { tag: u64, results: Vec<OpResult> },
+}
+
+/// A forwarded request whose reply has not arrived yet.
+pub struct Pending {
+    shard: usize,
+    tag: u64,
+    rx: oneshot::Receiver<Vec<OpResult>>,
+}
+
+/// This shard's end of the mesh.
+pub struct Mesh {
+    senders: Senders<Envelope>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Vec<OpResult>>>>,
+    next_tag: Cell<u64>,
+    timeout: Duration,
+}
+
+impl Mesh {
+    pub fn new(senders: Senders<Envelope>, timeout: Duration) -> Rc<Self> {
+        Rc::new(Self {
+            senders,
+            pending: RefCell::new(HashMap::new()),
+            next_tag: Cell::new(1),
+            timeout,
+        })
+    }
+
+    pub fn me(&self) -> usize {
+        self.senders.peer_id()
+    }
+
+    /// Sends `ops` to shard `to`; the reply is awaited with [`Mesh::wait`]. Sending first and
+    /// waiting later lets one request's forwards to several shards run at the same time.
+    pub async fn send(
+        &self,
+        to: usize,
+        ops: Vec<Op>,
+        now_ms: u64,
+    ) -> Result<Pending, ForwardError> {
+        let tag = self.next_tag.get();
+        self.next_tag.set(tag + 1);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(tag, tx);
+        let envelope = Envelope::Forward {
+            from: self.me(),
+            tag,
+            ops,
+            now_ms,
+        };
+        let sent = glommio::timer::timeout(self.timeout, async {
+            self.senders
+                .send_to(to, envelope)
+                .await
+                .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(e.to_string())))
+        })
+        .await;
+        if let Err(e) = sent {
+            self.pending.borrow_mut().remove(&tag);
+            return Err(self.failure(to, e));
+        }
+        Ok(Pending { shard: to, tag, rx })
+    }
+
+    /// Waits for the reply to a forwarded request, at most the forward timeout.
+    pub async fn wait(&self, pending: Pending) -> Result<Vec<OpResult>, ForwardError> {
+        let Pending { shard, tag, rx } = pending;
+        let result = glommio::timer::timeout(self.timeout, async {
+            rx.await
+                .map_err(|_| glommio::GlommioError::IoError(std::io::Error::other("reply dropped")))
+        })
+        .await;
+        self.pending.borrow_mut().remove(&tag);
+        result.map_err(|e| self.failure(shard, e))
+    }
+
+    fn failure<T>(&self, shard: usize, e: glommio::GlommioError<T>) -> ForwardError {
+        match e {
+            glommio::GlommioError::TimedOut(_) => ForwardError::Timeout {
+                shard,
+                ms: self.timeout.as_millis(),
+            },
+            other => ForwardError::Unreachable {
+                shard,
+                why: other.to_string(),
+            },
+        }
+    }
+
+    fn deliver(&self, tag: u64, results: Vec<OpResult>) {
+        // A missing tag means the requester gave up (timed out); the late reply is dropped.
+        if let Some(tx) = self.pending.borrow_mut().remove(&tag) {
+            let _ = tx.send(results);
+        }
+    }
+
+    /// Replies without blocking the receive loop: if the peer's channel is full, a task waits
+    /// for room, so two shards replying to each other can never deadlock.
+    fn reply(self: &Rc<Self>, to: usize, envelope: Envelope) {
+        if let Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(envelope))) =
+            self.senders.try_send_to(to, envelope)
+        {
+            let mesh = self.clone();
+            glommio::spawn_local(async move {
+                // The peer has stopped if this fails; its requester has gone with it.
+                let _ = mesh.senders.send_to(to, envelope).await;
+            })
+            .detach();
+        }
+    }
+}
+
+/// Spawns one task per peer that executes forwarded ops and delivers replies.
+pub fn spawn_receivers(
+    mesh: Rc<Mesh>,
+    mut receivers: Receivers<Envelope>,
+    shard: Rc<RefCell<Shard>>,
+) {
+    for (_peer, stream) in receivers.streams() {
+        let mesh = mesh.clone();
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(envelope) = stream.recv().await {
+                match envelope {
+                    Envelope::Forward {
+                        from,
+                        tag,
+                        ops,
+                        now_ms,
+                    } => {
+                        let results = {
+                            let mut shard = shard.borrow_mut();
+                            shard.counters.forwarded_in += ops.len() as u64;
+                            ops.iter().map(|op| shard.execute(op, now_ms)).collect()
+                        };
+                        mesh.reply(from, Envelope::Reply { tag, results });
+                    }
+                    Envelope::Reply { tag, results } => mesh.deliver(tag, results),
+                }
+            }
+        })
+        .detach();
+    }
+}

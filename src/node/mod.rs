@@ -1,0 +1,131 @@
+//! A kvmesh node: one glommio executor per shard, each pinned to a core, sharing nothing but
+//! messages.
+//!
+//! - [`config`]: validated settings and the pure decisions derived from them;
+//! - [`router`]: where an op runs (pure);
+//! - [`shard`]: one shard's state and handler (no I/O);
+//! - [`reply`]: errors to wire statuses, in one place;
+//! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
+//! - [`sys`]: start-up checks (memlock, ports, CPUs).
+
+pub mod config;
+mod conn;
+mod mesh;
+mod reply;
+pub mod router;
+mod server;
+mod shard;
+mod sys;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+pub use config::NodeConfig;
+pub use sys::{raise_memlock, usable_cpus};
+
+/// Capacity of each shard-to-shard channel, in messages.
+const MESH_CHANNEL: usize = 1024;
+/// How long the shards together may take to bind their ports and join the mesh.
+const START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Wall-clock milliseconds since the UNIX epoch: the time base of TTL deadlines and versions.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts the node and blocks until SIGINT or SIGTERM stops it.
+pub fn run(config: NodeConfig) -> anyhow::Result<()> {
+    config.validate().map_err(|e| anyhow!(e))?;
+    sys::raise_memlock().map_err(|e| anyhow!(e))?;
+    let mut ports = vec![(config.listen, "the node's wire port".to_string())];
+    ports.extend((0..config.shards).map(|i| (config.shard_addr(i), format!("shard {i}'s port"))));
+    sys::check_ports_free(&ports).map_err(|e| anyhow!(e))?;
+
+    let usable = sys::usable_cpus().map_err(|e| anyhow!(e))?;
+    if let Some(cpu) = config.cpus.iter().find(|c| !usable.contains(c)) {
+        bail!(
+            "--cpus names core {cpu}, which this process may not use \
+             (online cores in its affinity mask: {usable:?})"
+        );
+    }
+    let placement = config::plan_placement(config.shards, &config.cpus, &usable);
+    let pinned = placement.iter().all(Option::is_some);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .context("cannot install signal handlers")?;
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handlers")?;
+    }
+
+    let config = Arc::new(config);
+    let mesh = MeshBuilder::full(config.shards, MESH_CHANNEL);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut executors = Vec::with_capacity(config.shards);
+    for (me, cpu) in placement.iter().enumerate() {
+        let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
+        let (config, mesh, ready, stop) =
+            (config.clone(), mesh.clone(), ready_tx.clone(), stop.clone());
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("kvmesh-shard-{me}"))
+            .spawn(move || server::run_shard(me, config, mesh, ready, stop))
+            .map_err(|e| {
+                anyhow!(
+                    "cannot start shard {me}'s executor: {e}. kvmesh runs on glommio, which needs \
+                     io_uring (Linux 5.8 or later, not disabled by kernel.io_uring_disabled or a \
+                     seccomp profile) and permission to pin threads to cores"
+                )
+            })?;
+        executors.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..config.shards {
+        // A shard whose thread dies (say, it could not be pinned) never reports, and the others
+        // wait for it in the mesh: so start-up has a deadline.
+        match ready_rx.recv_timeout(START_DEADLINE) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!(e),
+            Err(_) => bail!(
+                "not every shard started within {START_DEADLINE:?}; a shard's thread may have \
+                 failed to pin itself to its core (try --cpus, or more shards than cores to run \
+                 unpinned)"
+            ),
+        }
+    }
+    let first_port = config.shard_addr(0).port();
+    let last_port = config.shard_addr(config.shards - 1).port();
+    eprintln!(
+        "kvmesh: node {} ready: wire {} (shard ports {first_port}-{last_port}), {} shard(s) {}, \
+         max memory {} ({} per shard)",
+        config.node_id,
+        config.listen,
+        config.shards,
+        if pinned {
+            format!(
+                "pinned to cores {:?}",
+                placement.iter().flatten().collect::<Vec<_>>()
+            )
+        } else {
+            "unpinned (more shards than cores)".to_string()
+        },
+        crate::units::ByteSize(config.max_memory),
+        crate::units::ByteSize(config.shard_memory()),
+    );
+    eprintln!("kvmesh: in-memory only: durability is not built yet, so nothing survives a restart");
+    for handle in executors {
+        handle
+            .join()
+            .map_err(|e| anyhow!("a shard's executor failed: {e}"))?;
+    }
+    eprintln!("kvmesh: node {} stopped", config.node_id);
+    Ok(())
+}

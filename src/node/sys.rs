@@ -1,0 +1,88 @@
+//! What a node checks and adjusts in its environment before any executor starts.
+
+use std::net::{SocketAddr, TcpListener};
+
+/// glommio registers its I/O buffers with io_uring, which needs this much locked memory.
+const MEMLOCK_NEEDED: u64 = 512 * 1024;
+
+/// Raises the soft `RLIMIT_MEMLOCK` to the hard limit, and explains if that is still too low
+/// for glommio.
+pub fn raise_memlock() -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Err(format!(
+            "cannot read RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+            return Err(format!(
+                "cannot raise RLIMIT_MEMLOCK: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < MEMLOCK_NEEDED {
+        return Err(format!(
+            "RLIMIT_MEMLOCK is {} bytes (hard limit), but io_uring needs at least {MEMLOCK_NEEDED}: \
+             raise it with `ulimit -l 512` as root or LimitMEMLOCK= in a systemd unit",
+            limit.rlim_cur
+        ));
+    }
+    Ok(())
+}
+
+/// Fails with a clear message if any of `addrs` is already taken.
+///
+/// glommio's listeners always set SO_REUSEPORT, which would let a second node silently share
+/// ports with a running one and split its traffic. A plain bind, without SO_REUSEPORT, fails on
+/// a port that anyone holds, so it is tried first for every port the node needs.
+pub fn check_ports_free(addrs: &[(SocketAddr, String)]) -> Result<(), String> {
+    for (addr, role) in addrs {
+        if let Err(e) = TcpListener::bind(addr) {
+            return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "{addr} ({role}) is already in use, perhaps by another kvmesh node; \
+                     choose another --listen port (a node needs PORT and PORT+1..PORT+shards)"
+                )
+            } else {
+                format!("cannot listen on {addr} ({role}): {e}")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The cores this process may run on: the online cores within its affinity mask, so `taskset`
+/// and cgroup cpusets are respected.
+pub fn usable_cpus() -> Result<Vec<usize>, String> {
+    let online =
+        glommio::CpuSet::online().map_err(|e| format!("cannot read the online CPU set: {e}"))?;
+    // SAFETY: cpu_set_t is plain data, valid when zeroed.
+    let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; `mask` is valid for the size we pass.
+    let have_mask =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&mask), &mut mask) } == 0;
+    let allowed = |cpu: usize| {
+        // SAFETY: CPU_ISSET reads the mask we own, at an index below CPU_SETSIZE.
+        !have_mask || (cpu < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(cpu, &mask) })
+    };
+    let mut cpus: Vec<usize> = online
+        .into_iter()
+        .map(|l| l.cpu)
+        .filter(|&cpu| allowed(cpu))
+        .collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    if cpus.is_empty() {
+        return Err("no online core is in this process's CPU affinity mask".to_string());
+    }
+    Ok(cpus)
+}
