@@ -11,10 +11,10 @@ use std::rc::Rc;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kvmesh_net::frame::{self, PREFIX_LEN};
-use kvmesh_proto::wire::{OpResult, Request, Response};
+use kvmesh_proto::wire::{Request, Response};
 
+use super::dispatch;
 use super::reply;
-use super::router::{route, Rejection, Route};
 use super::server::ShardCtx;
 
 const READ_BUF: usize = 64 * 1024;
@@ -33,7 +33,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             match frame::decode::<Request>(&buf[pos..end], max_frame) {
                 Ok(Some((request, used))) => {
                     pos += used;
-                    let response = handle(&ctx, request).await;
+                    let response = Response {
+                        id: request.id,
+                        results: dispatch::execute(&ctx, request.ops).await,
+                        ..Response::default()
+                    };
                     frame::encode(&response, &mut out);
                 }
                 Ok(None) => break,
@@ -78,74 +82,5 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             }
             Ok(n) => end += n,
         }
-    }
-}
-
-/// Executes one request: owned ops here, the rest forwarded to their shards, batched per shard.
-async fn handle(ctx: &ShardCtx, request: Request) -> Response {
-    let now = super::now_ms();
-    let mut results = vec![OpResult::default(); request.ops.len()];
-    // (owning shard, indices into `results`, ops) for ops this shard does not own.
-    let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
-    {
-        let mut shard = ctx.shard.borrow_mut();
-        for (i, op) in request.ops.into_iter().enumerate() {
-            match route(&op, ctx.me, ctx.config.shards, ctx.config.max_key_len) {
-                Route::Local | Route::Here => results[i] = shard.execute(&op, now),
-                Route::Reject(rejection) => {
-                    if matches!(rejection, Rejection::UnknownOperation(_)) {
-                        shard.counters.protocol_errors += 1;
-                    }
-                    results[i] = reply::rejection(rejection);
-                }
-                Route::Forward(owner) => {
-                    shard.counters.forwarded_out += 1;
-                    match remote.iter_mut().find(|(s, _, _)| *s == owner) {
-                        Some((_, idx, ops)) => {
-                            idx.push(i);
-                            ops.push(op);
-                        }
-                        None => remote.push((owner, vec![i], vec![op])),
-                    }
-                }
-            }
-        }
-    }
-    // Send every batch before waiting for any, so the owners work in parallel.
-    let mut waiting = Vec::with_capacity(remote.len());
-    for (owner, idx, ops) in remote {
-        waiting.push((idx, ctx.mesh.send(owner, ops, now).await));
-    }
-    for (idx, sent) in waiting {
-        let answered = match sent {
-            Ok(pending) => ctx.mesh.wait(pending).await,
-            Err(e) => Err(e),
-        };
-        match answered {
-            Ok(answers) if answers.len() == idx.len() => {
-                for (i, answer) in idx.into_iter().zip(answers) {
-                    results[i] = answer;
-                }
-            }
-            Ok(answers) => {
-                let e = reply::ForwardError::Unreachable {
-                    shard: usize::MAX,
-                    why: format!("{} answers for {} ops", answers.len(), idx.len()),
-                };
-                for i in idx {
-                    results[i] = reply::forward_error(&e);
-                }
-            }
-            Err(e) => {
-                for i in idx {
-                    results[i] = reply::forward_error(&e);
-                }
-            }
-        }
-    }
-    Response {
-        id: request.id,
-        results,
-        ..Response::default()
     }
 }

@@ -5,11 +5,13 @@
 //! - [`router`]: where an op runs (pure);
 //! - [`shard`]: one shard's state and handler (no I/O);
 //! - [`reply`]: errors to wire statuses, in one place;
+//! - [`dispatch`]: runs a batch of ops here or on their owners, for every front-end;
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
 //! - [`sys`]: start-up checks (memlock, ports, CPUs).
 
 pub mod config;
 mod conn;
+mod dispatch;
 mod mesh;
 mod reply;
 pub mod router;
