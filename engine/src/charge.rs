@@ -1,5 +1,5 @@
 //! What one entry is charged against `Config::max_memory`. The formula is documented on
-//! [`Store::charge`](crate::Store::charge); `benches/store.rs` measures it against a counting
+//! [`Store::entry_charge`](crate::Store::entry_charge); `benches/store.rs` measures it against a counting
 //! allocator at one million entries.
 
 use crate::blob;

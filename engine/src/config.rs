@@ -3,7 +3,7 @@
 /// Limits of one shard's store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Bytes this store may charge, counted as [`Store::charge`](crate::Store::charge) says
+    /// Bytes this store may charge, counted as [`Store::entry_charge`](crate::Store::entry_charge) says
     /// (keys, values and per-entry overhead). Least-recently-used entries are evicted to stay
     /// within it. Default: 1 GiB.
     pub max_memory: u64,

@@ -9,6 +9,22 @@
 //! since the UNIX epoch), so tests drive it directly. Evictions and expirations are reported as
 //! [`Removal`]s through [`Store::drain_removals`], so the WAL can log them like removes.
 //!
+//! ```
+//! use kvmesh_engine::{Applied, Config, Hlc, RemovalKind, Store};
+//!
+//! let mut store = Store::new(Config::default());
+//! let mut clock = Hlc::new(1); // this node's id
+//! let now = 1_700_000_000_000; // ms since the UNIX epoch, from the caller's clock
+//! let version = clock.now(now);
+//! assert_eq!(store.put(b"user:1", b"alice", now + 60_000, version, now)?, Applied::Stored);
+//! assert_eq!(store.get(b"user:1", now), Some(&b"alice"[..]));
+//! assert_eq!(store.get(b"user:1", now + 60_000), None); // deadline reached
+//! for removal in store.drain_removals() {
+//!     assert_eq!((removal.kind, removal.key()), (RemovalKind::Expired, &b"user:1"[..]));
+//! }
+//! # Ok::<(), kvmesh_engine::Error>(())
+//! ```
+//!
 //! # Thread model
 //!
 //! A [`Store`] is single-threaded: it is owned by exactly one shard (one glommio executor pinned
@@ -19,7 +35,7 @@
 //!
 //! Each entry costs one 16-byte slab slot, one slot of the hash index and one heap block holding
 //! its version, lengths, key, value and (only when it has one) its deadline. The charge per entry
-//! is documented at [`Store::charge`]; `benches/store.rs` checks it against a counting allocator.
+//! is documented at [`Store::entry_charge`]; `benches/store.rs` checks it against a counting allocator.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

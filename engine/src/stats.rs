@@ -7,7 +7,7 @@ pub struct Stats {
     pub keys: u64,
     /// Tombstones held.
     pub tombstones: u64,
-    /// Bytes charged for all entries and tombstones (see `Store::charge`).
+    /// Bytes charged for all entries and tombstones (see `Store::entry_charge`).
     pub bytes_used: u64,
     /// The configured limit, `Config::max_memory`.
     pub max_memory: u64,

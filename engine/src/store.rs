@@ -111,12 +111,8 @@ impl Store {
         &self.config
     }
 
-    /// Bytes charged for an entry with these lengths and no deadline; see [`Store::charge`].
-    pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
-        charge::for_entry(key_len, value_len, false)
-    }
-
-    /// Bytes charged for one entry against `Config::max_memory`:
+    /// Bytes charged against `Config::max_memory` for an entry with these lengths and no
+    /// deadline ([`Store::charge`] covers both cases):
     ///
     /// ```text
     /// charge = 16                    slab slot: blob pointer + LRU prev/next (u32 each)
@@ -135,7 +131,15 @@ impl Store {
     /// A tombstone is charged as an entry with an empty value and a deadline
     /// ([`Store::tombstone_charge`]). Not charged: the fixed-size wheel (≈3 KiB), up to one
     /// partly used slab chunk (64 KiB), index capacity left behind by mass removal until it
-    /// shrinks, and allocator fragmentation.
+    /// shrinks, and allocator fragmentation. The heap term models glibc malloc, the system
+    /// allocator; a binary that installs another `#[global_allocator]` must re-check it with
+    /// the bench.
+    pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
+        charge::for_entry(key_len, value_len, false)
+    }
+
+    /// Bytes charged for an entry with these lengths, with or without a deadline (formula at
+    /// [`Store::entry_charge`]).
     pub fn charge(key_len: usize, value_len: usize, has_deadline: bool) -> u64 {
         charge::for_entry(key_len, value_len, has_deadline)
     }

@@ -13,9 +13,10 @@ impl Store {
     /// with a version >= `version` is stored; an expired entry counts as absent. Evicts
     /// least-recently-used entries until the new one fits, each reported as a removal.
     ///
-    /// Errors, checked in this order before anything changes: `EmptyKey`, `KeyTooLarge`,
+    /// Errors (the write is not applied), checked in this order: `EmptyKey`, `KeyTooLarge`,
     /// `ValueTooLarge`, `EntryTooLarge` (the entry *with* a deadline would not fit in
-    /// `max_memory` even alone, so a later `touch` can always make room), `TooManyEntries`.
+    /// `max_memory` even alone, so a later `touch` can always make room), and for a new key
+    /// `TooManyEntries`.
     pub fn put(
         &mut self,
         key: &[u8],
@@ -38,9 +39,9 @@ impl Store {
                 max_memory: self.config.max_memory,
             });
         }
+        let charge = charge::for_entry(key.len(), value.len(), expires_at_ms != 0);
         let hash = self.index.hash(key);
         let Some(idx) = self.find(key, hash, now_ms) else {
-            let charge = charge::for_entry(key.len(), value.len(), expires_at_ms != 0);
             self.insert_new(
                 hash,
                 Blob::new(key, value, version, expires_at_ms, false),
@@ -60,10 +61,7 @@ impl Store {
             self.stats.keys += 1;
         }
         self.unlink_for_rewrite(idx);
-        self.make_room(
-            charge::for_entry(key.len(), value.len(), expires_at_ms != 0),
-            now_ms,
-        );
+        self.make_room(charge, now_ms);
         let blob = self.slab.blob_mut(idx);
         if !blob.rewrite(value, version, expires_at_ms, false) {
             *blob = Blob::new(key, value, version, expires_at_ms, false);
