@@ -2,20 +2,18 @@
 //! no tokio runtime runs.
 //!
 //! How a call flows: a shard accepts a connection (the kernel spreads connections over the
-//! shards with SO_REUSEPORT) → hyper 1's HTTP/2 server drives it over [`io::Io`], spawning each
-//! stream on the same shard through [`io::LocalExec`] → [`router`] picks the handler by path and
+//! shards with SO_REUSEPORT) → hyper 1's HTTP/2 server drives it over `kvmesh_net::hyper_io`'s
+//! `Io`, spawning each stream on the same shard through its `LocalExec` → [`router`] picks the handler by path and
 //! lets `tonic::server::Grpc` with the prost codec do framing and status trailers → [`cache`]
 //! turns the message into a wire op and runs it through the node's one dispatch path, which
 //! forwards it to the owning shard if need be → [`status`] maps any error to a gRPC status.
 //!
-//! - [`io`]: hyper's I/O and executor traits on glommio;
 //! - [`router`]: dispatch by path, message limits, the client's deadline;
 //! - [`cache`]: the `distributed_cache.DistributedCache` API (Get, Put, Remove);
 //! - [`status`]: errors to gRPC statuses, in one place;
 //! - [`timeout`]: the `grpc-timeout` header (pure).
 
 mod cache;
-mod io;
 mod router;
 mod status;
 mod timeout;
@@ -25,6 +23,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
+use kvmesh_net::hyper_io::{Io, LocalExec};
 
 use crate::node::ShardCtx;
 
@@ -59,7 +58,7 @@ async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>) {
     });
     // An error here (not HTTP/2, a protocol violation, a reset) ends this connection only;
     // hyper has already answered with GOAWAY where it could.
-    let _ = hyper::server::conn::http2::Builder::new(io::LocalExec)
-        .serve_connection(io::Io(stream), service)
+    let _ = hyper::server::conn::http2::Builder::new(LocalExec)
+        .serve_connection(Io::new(stream), service)
         .await;
 }
