@@ -53,8 +53,10 @@ async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>) {
     let max_message = ctx.config.grpc_max_message;
     let service_ctx = ctx.clone();
     let service = hyper::service::service_fn(move |req| {
-        let ctx = service_ctx.clone();
-        async move { Ok::<_, Infallible>(router::handle(req, ctx, max_message).await) }
+        // A call's future is several KiB (tonic's decoding and encoding state); boxed, it is
+        // built in place once instead of being moved into each task hyper spawns for a stream.
+        let call = Box::pin(router::handle(req, service_ctx.clone(), max_message));
+        async move { Ok::<_, Infallible>(call.await) }
     });
     // An error here (not HTTP/2, a protocol violation, a reset) ends this connection only;
     // hyper has already answered with GOAWAY where it could.
