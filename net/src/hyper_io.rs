@@ -5,10 +5,12 @@
 //! Both are `!Send` by design: a connection, and every HTTP/2 stream on it, lives and dies on
 //! the executor (the shard, or the bench worker) that opened it.
 
-use std::future::Future;
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -18,64 +20,133 @@ use hyper::rt::ReadBufCursor;
 /// into initialised memory only, so every byte offered is zeroed first; bounding the offer keeps
 /// that cost close to what one socket read returns anyway.
 const MAX_READ: usize = 32 * 1024;
-/// Writes are gathered up to this size and sent when hyper flushes; a write at least this large
-/// goes straight to the socket once the gathered bytes are out.
-const WRITE_BATCH: usize = 64 * 1024;
+/// Bytes written but not yet sent, past which writes wait for the socket.
+const MAX_PENDING: usize = 256 * 1024;
 
-/// A glommio TCP stream seen through `hyper::rt::{Read, Write}`.
+/// A glommio TCP stream seen through `hyper::rt::{Read, Write}`, with write-behind flushing.
 ///
-/// Writes are gathered and sent on flush: h2 writes each frame (headers, data, trailers) on its
-/// own and flushes once per turn of its connection, so without gathering every small frame of
-/// every response would cost a `send` system call.
+/// h2 flushes once per frame it handles: a connection that reads 30 requests in one `recv` and
+/// answers each at once would flush 30 times, a `send` system call each (and, on loopback, a
+/// wake-up of the peer each). Instead, writes are gathered, and a flush schedules one send task
+/// that runs after the current task's turn: everything the shard answered meanwhile leaves in
+/// one `send`. Only that task writes to the socket, so it is the socket's one waiter; a send
+/// error is reported by the next write, flush or shutdown.
 pub struct Io {
-    stream: TcpStream,
-    out: Vec<u8>,
+    shared: Rc<Shared>,
+}
+
+struct Shared {
+    stream: RefCell<TcpStream>,
+    out: RefCell<Vec<u8>>,
     /// `out[..sent]` is already on the socket.
-    sent: usize,
+    sent: Cell<usize>,
+    /// A send task is scheduled or running.
+    sending: Cell<bool>,
+    /// Why the last send failed.
+    failed: Cell<Option<io::ErrorKind>>,
+    /// hyper, waiting for the send task to make room or to finish.
+    waiting: Cell<Option<Waker>>,
 }
 
 impl Io {
     pub fn new(stream: TcpStream) -> Self {
         Self {
-            stream,
-            out: Vec::new(),
-            sent: 0,
+            shared: Rc::new(Shared {
+                stream: RefCell::new(stream),
+                out: RefCell::new(Vec::new()),
+                sent: Cell::new(0),
+                sending: Cell::new(false),
+                failed: Cell::new(None),
+                waiting: Cell::new(None),
+            }),
         }
     }
 
-    /// Sends what is gathered.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.out.len() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]) {
+    fn failed(&self) -> io::Result<()> {
+        match self.shared.failed.get() {
+            Some(kind) => Err(io::Error::new(
+                kind,
+                "an earlier send on this connection failed",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes sure a send task will send what is gathered.
+    fn schedule_send(&self) {
+        if self.shared.sending.get() || self.shared.out.borrow().is_empty() {
+            return;
+        }
+        self.shared.sending.set(true);
+        let shared = self.shared.clone();
+        glommio::spawn_local(async move {
+            // Let the task that flushed finish its turn, and the tasks ready now run theirs,
+            // so that what they write leaves in the same send.
+            futures_lite::future::yield_now().await;
+            if let Err(e) = poll_fn(|cx| shared.poll_send(cx)).await {
+                shared.failed.set(Some(e.kind()));
+            }
+            shared.sending.set(false);
+            if let Some(waker) = shared.waiting.take() {
+                waker.wake();
+            }
+        })
+        .detach();
+    }
+
+    /// Waits, as hyper, until no send task is running.
+    fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shared.sending.get() {
+            self.shared.waiting.set(Some(cx.waker().clone()));
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+impl Shared {
+    /// Sends everything gathered, including what is added while it waits.
+    fn poll_send(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let out = self.out.borrow();
+            let sent = self.sent.get();
+            if sent == out.len() {
+                break;
+            }
+            let mut stream = self.stream.borrow_mut();
+            match Pin::new(&mut *stream).poll_write(cx, &out[sent..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Ok(n)) => self.sent.set(sent + n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
         }
-        self.out.clear();
-        self.sent = 0;
-        if self.out.capacity() > 4 * WRITE_BATCH {
-            self.out.shrink_to(WRITE_BATCH);
+        let mut out = self.out.borrow_mut();
+        out.clear();
+        if out.capacity() > MAX_PENDING {
+            out.shrink_to(MAX_PENDING / 4);
         }
+        self.sent.set(0);
         Poll::Ready(Ok(()))
     }
 }
 
 impl hyper::rt::Read for Io {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let len = buf.remaining().min(MAX_READ);
+        let mut stream = self.shared.stream.borrow_mut();
         // SAFETY: the first `len` bytes are zeroed before they are viewed as `[u8]`, and
         // `advance` is called with no more than the count the read reports as written.
         unsafe {
             let spare = &mut buf.as_mut()[..len];
             spare.as_mut_ptr().write_bytes(0, len);
             let bytes = std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), len);
-            match Pin::new(&mut self.stream).poll_read(cx, bytes) {
+            match Pin::new(&mut *stream).poll_read(cx, bytes) {
                 Poll::Ready(Ok(n)) => {
                     buf.advance(n);
                     Poll::Ready(Ok(()))
@@ -89,55 +160,62 @@ impl hyper::rt::Read for Io {
 
 impl hyper::rt::Write for Io {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.out.len() + buf.len() > WRITE_BATCH {
-            ready!(self.poll_drain(cx))?;
-            if buf.len() >= WRITE_BATCH {
-                return Pin::new(&mut self.stream).poll_write(cx, buf);
-            }
-        }
-        self.out.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if self.out.len() + total > WRITE_BATCH {
-            ready!(self.poll_drain(cx))?;
-            if total >= WRITE_BATCH {
-                // Too large to gather: one slice at a time, straight to the socket.
-                let first = bufs.iter().find(|b| !b.is_empty());
-                return match first {
-                    Some(b) => Pin::new(&mut self.stream).poll_write(cx, b),
-                    None => Poll::Ready(Ok(0)),
-                };
+        self.failed()?;
+        let pending = self.shared.out.borrow().len() - self.shared.sent.get();
+        if pending >= MAX_PENDING {
+            // Let the send task make room first.
+            self.schedule_send();
+            if self.poll_idle(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.failed()?;
+        }
+        let mut out = self.shared.out.borrow_mut();
+        let mut taken = 0;
+        for b in bufs {
+            let room = MAX_PENDING.saturating_sub(out.len() - self.shared.sent.get());
+            let take = b.len().min(room.max(1));
+            out.extend_from_slice(&b[..take]);
+            taken += take;
+            if take < b.len() {
+                break;
             }
         }
-        for b in bufs {
-            self.out.extend_from_slice(b);
-        }
-        Poll::Ready(Ok(total))
+        Poll::Ready(Ok(taken))
     }
 
     fn is_write_vectored(&self) -> bool {
         true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.stream).poll_flush(cx)
+    /// Schedules the send and returns at once: the bytes leave after this task's turn.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.failed()?;
+        self.schedule_send();
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.stream).poll_close(cx)
+    /// Sends everything gathered, then shuts the socket's write side.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.schedule_send();
+        if self.poll_idle(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.failed()?;
+        let mut stream = self.shared.stream.borrow_mut();
+        Pin::new(&mut *stream).poll_close(cx)
     }
 }
 
@@ -188,7 +266,7 @@ mod tests {
     #[test]
     fn gathered_and_direct_writes_arrive_in_order() {
         with_pair(|mut io, mut peer| async move {
-            let big: Vec<u8> = (0..3 * WRITE_BATCH).map(|i| (i % 251) as u8).collect();
+            let big: Vec<u8> = (0..3 * MAX_PENDING).map(|i| (i % 251) as u8).collect();
             let mut want = Vec::new();
             for chunk in [&b"head"[..], &b"er"[..]] {
                 let n = poll_fn(|cx| Pin::new(&mut io).poll_write(cx, chunk)).await;
