@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["kvmesh/wire.proto"];
+    let files = ["kvmesh/wire.proto", "kvmesh/wal.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
