@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::durable::Durability;
+
 /// Everything a node needs to start. Built from the command line by `cli::node`; every field
 /// has been validated by [`NodeConfig::validate`] before a node starts.
 #[derive(Clone, Debug)]
@@ -25,6 +27,8 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// How long a shard waits for another shard to answer a forwarded request.
     pub forward_timeout: Duration,
+    /// The write-ahead log, with `--data-dir`; `None`: a pure in-memory cache.
+    pub durability: Option<Durability>,
 }
 
 impl NodeConfig {
@@ -67,6 +71,20 @@ impl NodeConfig {
                 self.cpus.len(),
                 self.shards
             ));
+        }
+        if let Some(durability) = &self.durability {
+            if let Err(e) = durability.wal.validate() {
+                problems.push(e);
+            }
+            // A put's record: key, value, version, deadline, seq, framing.
+            let largest_record = self.max_key_len + self.max_value_len + 64;
+            if durability.wal.max_payload() < largest_record {
+                problems.push(format!(
+                    "--wal-segment-size {} cannot hold the largest record ({largest_record} bytes: \
+                     key {} + value {} + overhead); raise it or lower --max-value-size",
+                    durability.wal.segment_size, self.max_key_len, self.max_value_len
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -126,6 +144,7 @@ mod tests {
             max_value_len: 16 << 20,
             max_frame: 17 << 20,
             forward_timeout: Duration::from_secs(2),
+            durability: None,
         }
     }
 
@@ -147,6 +166,21 @@ mod tests {
         assert!(err.contains("explicit port"));
         assert!(err.contains("--max-frame"));
         assert!(err.contains("--cpus"));
+    }
+
+    #[test]
+    fn a_segment_must_hold_the_largest_record() {
+        let mut c = config();
+        c.durability = Some(Durability {
+            data_dir: "/tmp/x".into(),
+            wal: kvmesh_wal::Config {
+                segment_size: 1 << 20,
+                ..kvmesh_wal::Config::default()
+            },
+        });
+        assert!(c.validate().unwrap_err().contains("--wal-segment-size"));
+        c.max_value_len = 64 << 10;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

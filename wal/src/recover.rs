@@ -84,7 +84,7 @@ pub struct Report {
     pub torn_tail: Option<Loss>,
     /// Damaged regions skipped (`Recovery::TolerateCorruption` only).
     pub skipped: Vec<Loss>,
-    /// Anything else worth telling: unused segments removed, unknown files ignored.
+    /// Anything else worth telling: files that are not segments, ignored.
     pub notes: Vec<String>,
     /// How long it took.
     pub elapsed: Duration,
@@ -219,10 +219,16 @@ pub(crate) async fn recover<D: SegmentDir>(
             .await
             .map_err(|e| Error::io("reading", path.clone(), e))?;
         drop(file);
+        if i + 1 == names.len() && bytes.iter().all(|&b| b == 0) {
+            // Prepared for the next rotation and never used, or its preparation was cut
+            // short: nothing in it. It is prepared again in the background.
+            dir.remove(name)
+                .map_err(|e| Error::io("removing", path.clone(), e))?;
+            continue;
+        }
         report.segments += 1;
         report.bytes += bytes.len() as u64;
         let mut damages: Vec<Loss> = Vec::new();
-        let unused = bytes.iter().all(|&b| b == 0);
         let block = match header::decode(&bytes) {
             Ok(Some(h)) if h.shard != shard => {
                 return Err(Error::BadHeader(format!(
@@ -234,16 +240,6 @@ pub(crate) async fn recover<D: SegmentDir>(
             Ok(Some(h)) => {
                 expected.get_or_insert(h.first_seq);
                 Some(u64::from(h.block))
-            }
-            _ if unused && i + 1 == names.len() => {
-                // Prepared for the next rotation and never used (or its preparation was cut
-                // short): nothing in it.
-                dir.remove(name)
-                    .map_err(|e| Error::io("removing", path.clone(), e))?;
-                report
-                    .notes
-                    .push(format!("removed {path}: prepared, never used"));
-                continue;
             }
             Ok(None) => {
                 damages.push(loss(

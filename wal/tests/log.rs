@@ -87,10 +87,8 @@ fn segments_rotate_and_replay_across_them() {
         assert_eq!(names, want, "consecutive segment names, one spare at most");
         let (_, report, replayed) = open(dir.clone(), &config).await.unwrap();
         assert_eq!(puts(&replayed), expected_puts(0, 200));
-        assert!(
-            report.notes.iter().any(|n| n.contains("never used")),
-            "{report}"
-        );
+        // An unused, prepared spare (if the close left one) is not counted.
+        assert!(report.segments + 1 >= names.len(), "{report}");
     });
 }
 

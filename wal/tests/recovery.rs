@@ -83,7 +83,8 @@ fn truncating_the_last_segment_at_every_offset_of_its_last_record() {
     let tmp = tempfile::tempdir().unwrap();
     let pristine = tmp.path().join("pristine");
     let config = config();
-    write_log(&pristine, &config, 30);
+    // 74 puts: the last one, k73, has a short value, so its record is small.
+    write_log(&pristine, &config, 74);
     let (name, records) = last_with_records(&pristine);
     // The last put (a sync marker may follow it; cut inside the put itself).
     let (off, len, last) = records
@@ -92,34 +93,28 @@ fn truncating_the_last_segment_at_every_offset_of_its_last_record() {
         .find(|(_, _, r)| r.op == kvmesh_wal::Op::Put)
         .cloned()
         .unwrap();
-    assert_eq!(last.key, b"k29");
-    for (i, cut) in (off..=off + len).enumerate() {
-        for preallocated in [false, true] {
-            let case = tmp.path().join(format!("cut-{i}-{preallocated}"));
-            copy_dir(&pristine, &case);
-            let file = case.join(&name);
-            if preallocated {
-                // A torn write into a preallocated segment: zeros from the cut on.
-                let mut bytes = std::fs::read(&file).unwrap();
-                bytes[cut as usize..].fill(0);
-                std::fs::write(&file, bytes).unwrap();
-            } else {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&file)
-                    .unwrap()
-                    .set_len(cut)
-                    .unwrap();
-            }
-            let config = config.clone();
-            let case2 = case.clone();
-            let name = name.clone();
-            run(async move {
+    assert_eq!(last.key, b"k73");
+    let tmp_path = tmp.path().to_path_buf();
+    run(async move {
+        for cut in off..=off + len {
+            for preallocated in [false, true] {
+                let case = tmp_path.join(format!("cut-{cut}-{preallocated}"));
+                copy_dir(&pristine, &case);
+                let file = case.join(&name);
+                if preallocated {
+                    // A torn write into a preallocated segment: zeros from the cut on.
+                    let mut bytes = std::fs::read(&file).unwrap();
+                    bytes[cut as usize..].fill(0);
+                    std::fs::write(&file, bytes).unwrap();
+                } else {
+                    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+                    f.set_len(cut).unwrap();
+                }
                 let (log, report, replayed) =
-                    open(DmaDir::create_all(&case2).await.unwrap(), &config)
+                    open(DmaDir::create_all(&case).await.unwrap(), &config)
                         .await
                         .unwrap();
-                let want = if cut == off + len { 30 } else { 29 };
+                let want = if cut == off + len { 74 } else { 73 };
                 assert_eq!(
                     puts(&replayed),
                     expected_puts(0, want),
@@ -141,7 +136,7 @@ fn truncating_the_last_segment_at_every_offset_of_its_last_record() {
                 put_each(&log, 100, 102).await;
                 log.close().await.unwrap();
                 drop(log);
-                let (_, again, replayed) = open(DmaDir::create_all(&case2).await.unwrap(), &config)
+                let (_, again, replayed) = open(DmaDir::create_all(&case).await.unwrap(), &config)
                     .await
                     .unwrap();
                 assert!(
@@ -151,10 +146,10 @@ fn truncating_the_last_segment_at_every_offset_of_its_last_record() {
                 let mut want_all = expected_puts(0, want);
                 want_all.extend(expected_puts(100, 102));
                 assert_eq!(puts(&replayed), want_all, "cut at {cut}");
-            });
-            std::fs::remove_dir_all(&case).unwrap();
+                std::fs::remove_dir_all(&case).unwrap();
+            }
         }
-    }
+    });
 }
 
 /// Flips one byte inside put `k{victim}` of a log of `n` puts; returns (file, offset).
