@@ -117,7 +117,12 @@ impl Conn {
                 ),
                 ConnError::Broken(why) => (Failure::Lost, why),
             };
-            let measured = self.inflight.iter().filter(|p| p.measured).count() as u64;
+            let now = Instant::now();
+            let counted = self
+                .inflight
+                .iter()
+                .filter(|p| feed.counts(p.measured, now));
+            let measured = counted.count() as u64;
             rec.borrow_mut()
                 .fail(failure, self.inflight.len() as u64, measured, &why);
             self.reset();
@@ -259,7 +264,8 @@ impl Conn {
                         "{addr} answered a request that was never sent"
                     )));
                 };
-                rec.complete(p.kind, &reply, p.intended, now, p.measured);
+                let counted = feed.counts(p.measured, now);
+                rec.complete(p.kind, &reply, p.intended, now, counted);
             }
         }
     }

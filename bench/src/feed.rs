@@ -26,6 +26,9 @@ pub enum Step {
 pub trait Feed {
     /// The next step at time `now`; for [`Step::Send`], the key is written into `key`.
     fn next(&mut self, now: Instant, key: &mut Vec<u8>) -> Step;
+
+    /// Whether a request sent as `measured` and finished at `now` counts in the results.
+    fn counts(&self, measured: bool, now: Instant) -> bool;
 }
 
 /// SETs every key of `keys.keys[from..to]` once.
@@ -58,6 +61,10 @@ impl Feed for Prefill {
             measured: true,
         }
     }
+
+    fn counts(&self, _: bool, _: Instant) -> bool {
+        true
+    }
 }
 
 /// The measured load: when from the pacer, what from the mix.
@@ -80,6 +87,10 @@ impl Feed for Load {
             Next::Wait(at) => Step::Wait(at),
             Next::Done => Step::Done,
         }
+    }
+
+    fn counts(&self, measured: bool, now: Instant) -> bool {
+        self.pacer.counts(measured, now)
     }
 }
 

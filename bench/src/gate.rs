@@ -79,14 +79,13 @@ impl Gate {
         }
     }
 
-    /// Main side: blocks until every worker reached `stage`, calling `tick` every few
-    /// milliseconds meanwhile. `false` when a worker failed instead.
-    pub fn wait_all(&self, stage: Stage, mut tick: impl FnMut()) -> bool {
+    /// Main side: blocks until every worker reached `stage`; `false` when a worker failed
+    /// instead.
+    pub fn wait_all(&self, stage: Stage) -> bool {
         while !self.all_arrived(stage) {
             if self.failed() {
                 return false;
             }
-            tick();
             std::thread::sleep(Duration::from_millis(2));
         }
         !self.failed()
@@ -115,5 +114,43 @@ impl Drop for FailOnDrop<'_> {
         if self.armed {
             self.gate.fail();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn main_waits_for_every_worker() {
+        let gate = std::sync::Arc::new(Gate::new(2));
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let gate = gate.clone();
+                std::thread::spawn(move || gate.arrive(Stage::Connected))
+            })
+            .collect();
+        assert!(gate.wait_all(Stage::Connected));
+        workers.into_iter().for_each(|w| w.join().unwrap());
+        let first = gate.release(Stage::Connected);
+        assert_eq!(
+            gate.release(Stage::Connected),
+            first,
+            "one release instant for all"
+        );
+        assert!(!gate.all_arrived(Stage::Prefilled));
+    }
+
+    #[test]
+    fn a_dropped_guard_fails_the_gate() {
+        let gate = Gate::new(2);
+        FailOnDrop::new(&gate).disarm();
+        assert!(!gate.failed());
+        drop(FailOnDrop::new(&gate));
+        assert!(gate.failed());
+        assert!(
+            !gate.wait_all(Stage::Finished),
+            "nobody waits for a failed worker"
+        );
     }
 }

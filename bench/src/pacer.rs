@@ -26,7 +26,8 @@ pub struct Phases {
 /// What the connection should do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Send one request now; its latency counts from `intended`.
+    /// Send one request now; its latency counts from `intended`. `measured`: it was due in
+    /// the measured phase (and counts toward `--requests`).
     Send { intended: Instant, measured: bool },
     /// Nothing is due before this time.
     Wait(Instant),
@@ -112,6 +113,17 @@ impl Pacer {
         Next::Send {
             intended: due,
             measured,
+        }
+    }
+
+    /// Whether a request that finished at `now` counts in the results. With a duration, the
+    /// requests that finish inside the measured window count (latency still runs from the
+    /// intended time, so an overloaded server shows a growing backlog, not a throughput of 0).
+    /// With `--requests`, exactly the measured sends count.
+    pub fn counts(&self, sent_measured: bool, now: Instant) -> bool {
+        match self.phases.end {
+            Some(end) => now >= self.phases.measure && now < end,
+            None => sent_measured,
         }
     }
 
@@ -263,6 +275,21 @@ mod tests {
         );
         assert_eq!(p.next(t0 + 31 * MS), Next::Done);
         assert_eq!(p.unsent(), 3);
+    }
+
+    #[test]
+    fn what_counts_is_what_finishes_in_the_window() {
+        let t0 = Instant::now();
+        let timed = Pacer::closed(phases(t0, Some(20)), None);
+        assert!(!timed.counts(true, t0 + 9 * MS));
+        assert!(
+            timed.counts(false, t0 + 10 * MS),
+            "sent in the warmup, finished in the window"
+        );
+        assert!(!timed.counts(true, t0 + 20 * MS), "finished after the end");
+        let counted = Pacer::closed(phases(t0, None), Some(5));
+        assert!(counted.counts(true, t0 + 50 * MS));
+        assert!(!counted.counts(false, t0 + 50 * MS));
     }
 
     #[test]

@@ -22,20 +22,33 @@ impl Progress {
         }
     }
 
-    /// Adds one worker's tick; returns the line for that second once all workers are in.
-    pub fn add(&mut self, tick: Tick) -> Option<String> {
-        let entry = self
-            .pending
-            .entry(tick.second)
-            .or_insert_with(|| (0, Window::default()));
-        entry.0 += 1;
-        entry.1.merge(&tick.window);
-        if entry.0 < self.workers {
-            return None;
+    /// Adds one worker's tick; returns the lines of the seconds every running worker has
+    /// now reported.
+    pub fn add(&mut self, tick: Tick) -> Vec<String> {
+        if tick.last {
+            self.workers = self.workers.saturating_sub(1);
+        } else {
+            let entry = self
+                .pending
+                .entry(tick.second)
+                .or_insert_with(|| (0, Window::default()));
+            entry.0 += 1;
+            entry.1.merge(&tick.window);
         }
-        let (_, window) = self.pending.remove(&tick.second)?;
-        let warming = Duration::from_secs(tick.second) <= self.warmup;
-        Some(line(tick.second, warming, &window))
+        let ready: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (n, _))| *n >= self.workers)
+            .map(|(&second, _)| second)
+            .collect();
+        let mut lines = Vec::new();
+        for second in ready {
+            if let Some((_, window)) = self.pending.remove(&second) {
+                let warming = Duration::from_secs(second) <= self.warmup;
+                lines.push(line(second, warming, &window));
+            }
+        }
+        lines
     }
 }
 
@@ -74,24 +87,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_line_waits_for_every_worker() {
+    fn a_line_waits_for_every_running_worker() {
         let mut progress = Progress::new(2, Duration::from_secs(1));
         let mut window = Window::default();
         window.counts.ok = 10;
         window.counts.gets = 10;
         window.counts.hits = 10;
         window.latency.record(150_000).unwrap();
-        assert!(progress
-            .add(Tick {
-                second: 1,
-                window: window.clone()
-            })
-            .is_none());
-        let line = progress.add(Tick { second: 1, window }).unwrap();
+        let tick = |second, last| Tick {
+            second,
+            window: window.clone(),
+            last,
+        };
+        assert!(progress.add(tick(1, false)).is_empty());
+        let lines = progress.add(tick(1, false));
+        assert_eq!(lines.len(), 1);
+        let line = &lines[0];
         assert!(line.contains("warmup"), "{line}");
         assert!(line.contains("ops/s       20"), "{line}");
         assert!(line.contains("p50    150us"), "{line}");
         assert!(line.contains("hit 100.0%"), "{line}");
+        // One worker is done: the other's seconds print on their own.
+        assert!(progress.add(tick(2, false)).is_empty());
+        let lines = progress.add(tick(0, true));
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("measure") && lines[0].contains("ops/s       10"));
+        assert_eq!(progress.add(tick(3, false)).len(), 1);
         assert!(progress.pending.is_empty());
     }
 }

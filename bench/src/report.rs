@@ -25,7 +25,8 @@ pub struct Report {
     pub workers: usize,
     pub cpus: Option<String>,
 
-    /// Seconds from the start of measuring to the last measured reply.
+    /// Seconds measured: the `--duration` window (requests that finish inside it count), or
+    /// with `--requests`, from the start of measuring to the last reply.
     pub elapsed_s: f64,
     /// Requests measured: answered or failed.
     pub requests: u64,

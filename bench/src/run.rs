@@ -123,7 +123,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let rss_pid = pid.filter(|_| settings.prefill_only);
     let sample_rss = || rss_pid.map(procstat::rss_bytes).transpose();
     let sample_cpu = || pid.map(procstat::cpu_seconds).transpose();
-    if !gate.wait_all(Stage::Connected, || {}) {
+    if !gate.wait_all(Stage::Connected) {
         return Err(join(handles)
             .err()
             .unwrap_or_else(|| anyhow!("a worker failed")));
@@ -136,7 +136,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             args.keys, settings.value_size
         );
     }
-    if !gate.wait_all(Stage::Prefilled, || {}) {
+    if !gate.wait_all(Stage::Prefilled) {
         return Err(join(handles)
             .err()
             .unwrap_or_else(|| anyhow!("a worker failed")));
@@ -188,9 +188,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let mut seen = std::collections::HashSet::new();
     report.first_errors.retain(|e| seen.insert(e.clone()));
-    let elapsed = match (last_done, settings.duration) {
-        (Some(done), _) => done.saturating_duration_since(measure),
-        (None, Some(d)) => d,
+    // With a duration, what finished inside the window counts; with --requests, until the last.
+    let elapsed = match (settings.duration, last_done) {
+        (Some(window), _) => window,
+        (None, Some(done)) => done.saturating_duration_since(measure),
         (None, None) => Duration::ZERO,
     };
     report.set_results(&total, elapsed.as_secs_f64());

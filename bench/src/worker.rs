@@ -49,10 +49,12 @@ pub struct ConnPlan {
     pub keys: Arc<KeySet>,
 }
 
-/// A worker's progress over one second of the load.
+/// A worker's progress over one second of the load; `last` says the worker's load is over
+/// (and carries no window).
 pub struct Tick {
     pub second: u64,
     pub window: Window,
+    pub last: bool,
 }
 
 /// What a worker hands back at the end.
@@ -164,7 +166,7 @@ async fn run(
         end: s.duration.map(|d| start + s.warmup + d),
     };
     let rec = Rc::new(RefCell::new(Recorder::default()));
-    let ticker = spawn_local(tick_every_second(start, rec.clone(), ticks));
+    let ticker = spawn_local(tick_every_second(start, rec.clone(), ticks.clone()));
     let tasks: Vec<_> = conns
         .into_iter()
         .zip(&plans)
@@ -200,6 +202,11 @@ async fn run(
         }
     }
     drop(ticker);
+    let _ = ticks.send(Tick {
+        second: 0,
+        window: Window::default(),
+        last: true,
+    });
     let mut rec = rec.borrow_mut();
     outcome.total = std::mem::take(&mut rec.total);
     outcome.last_done = rec.last_done;
@@ -214,7 +221,12 @@ async fn tick_every_second(start: Instant, rec: Rc<RefCell<Recorder>>, ticks: Se
         let at = start + Duration::from_secs(second);
         glommio::timer::sleep(at.saturating_duration_since(Instant::now())).await;
         let window = rec.borrow_mut().take_interval();
-        if ticks.send(Tick { second, window }).is_err() {
+        let tick = Tick {
+            second,
+            window,
+            last: false,
+        };
+        if ticks.send(tick).is_err() {
             return;
         }
     }

@@ -22,25 +22,22 @@ use crate::routing::shard_for;
 /// that op's [`OpResult::status`].
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {error}")]
     Connect {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("no reply within {0:?}")]
     Timeout(Duration),
-    #[error("connection to {addr} failed: {source}")]
+    #[error("connection to {addr} failed: {error}")]
     Io {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{addr} closed the connection")]
     Closed { addr: SocketAddr },
-    #[error("bad frame from {addr}: {source}")]
-    Frame {
-        addr: SocketAddr,
-        source: FrameError,
-    },
+    #[error("bad frame from {addr}: {error}")]
+    Frame { addr: SocketAddr, error: FrameError },
     /// The node rejected a whole frame (the connection is closed after this).
     #[error("node refused the request: {status:?}: {message}")]
     Refused { status: Status, message: String },
@@ -69,9 +66,9 @@ impl Connection {
             .await
             .map_err(|e| ClientError::Connect {
                 addr,
-                source: e.into(),
+                error: e.into(),
             })?;
-        let io = |source: std::io::Error| ClientError::Io { addr, source };
+        let io = |error: std::io::Error| ClientError::Io { addr, error };
         stream.set_nodelay(true).map_err(|e| io(e.into()))?;
         stream
             .set_read_timeout(Some(timeout))
@@ -135,10 +132,10 @@ impl Connection {
                     return Ok(response);
                 }
                 Ok(None) => self.fill().await?,
-                Err(source) => {
+                Err(error) => {
                     return Err(ClientError::Frame {
                         addr: self.addr,
-                        source,
+                        error,
                     })
                 }
             }
@@ -196,16 +193,16 @@ impl Connection {
         Ok(())
     }
 
-    fn io_error(&self, source: std::io::Error) -> ClientError {
+    fn io_error(&self, error: std::io::Error) -> ClientError {
         if matches!(
-            source.kind(),
+            error.kind(),
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
         ) {
             ClientError::Timeout(self.timeout)
         } else {
             ClientError::Io {
                 addr: self.addr,
-                source,
+                error,
             }
         }
     }

@@ -1,11 +1,12 @@
-//! kvmesh's network layer: the wire protocol's frame codec, shard routing, and the pipelined
-//! client used by the CLI and the load generator.
+//! kvmesh's network layer: the wire protocol's frame codec, shard routing, the cluster's
+//! consistent-hash ring, and the pipelined client used by the CLI and the load generator.
 //!
-//! - [`frame`] and [`routing`] are pure: no I/O, no clock.
+//! - [`frame`], [`routing`] and [`ring`] are pure: no I/O, no clock.
 //! - [`client`] runs on a glommio executor, on the thread that created it.
 
 pub mod client;
 pub mod frame;
+pub mod ring;
 pub mod routing;
 
 pub use client::{Client, ClientError, Connection};
