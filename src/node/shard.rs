@@ -318,6 +318,8 @@ impl Shard {
             wal_syncs: wal.syncs,
             wal_bytes: wal.bytes,
             wal_failed: u64::from(self.log.as_ref().is_some_and(|l| l.failure().is_some())),
+            wal_write_us: wal.write_micros,
+            wal_sync_us: wal.sync_micros,
         }
     }
 }

@@ -46,6 +46,10 @@ pub struct Stats {
     pub syncs: u64,
     /// Segments started (rotations, and the first segment of a new log).
     pub segments: u64,
+    /// Time spent in commit writes, in microseconds (summed; writes may overlap syncs).
+    pub write_micros: u64,
+    /// Time spent in `fdatasync`, in microseconds (summed).
+    pub sync_micros: u64,
 }
 
 /// What the writer, the syncer and the handles share.
@@ -407,6 +411,7 @@ async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
             Ok(()) => {
                 st.synced_below = st.synced_below.max(target);
                 st.stats.syncs += 1;
+                st.stats.sync_micros += last_sync.elapsed().as_micros() as u64;
                 if always {
                     st.advance_durable(target);
                 }
@@ -432,6 +437,7 @@ impl<D: SegmentDir + 'static> Inner<D> {
                 continue;
             }
             let pos = active.pos.get();
+            let started = Instant::now();
             let written = segment::write_padded(
                 &active.file,
                 &active.path,
@@ -444,6 +450,7 @@ impl<D: SegmentDir + 'static> Inner<D> {
             let mut st = self.state.borrow_mut();
             st.stats.writes += 1;
             st.stats.bytes += written;
+            st.stats.write_micros += started.elapsed().as_micros() as u64;
             drop(st);
             start = end;
             seq += records;
