@@ -114,12 +114,16 @@ impl MemDir {
         Some(self.files.borrow().get(name)?.data.borrow().clone())
     }
 
-    /// Replaces a file's bytes, durably (to damage it, or cut it short).
-    pub fn set_bytes(&self, name: &str, bytes: Vec<u8>) {
+    /// Replaces a file's bytes, durably (to damage it, or cut it short); false if there is no
+    /// such file.
+    pub fn set_bytes(&self, name: &str, bytes: Vec<u8>) -> bool {
         let files = self.files.borrow();
-        let file = files.get(name).expect("no such file");
+        let Some(file) = files.get(name) else {
+            return false;
+        };
         *file.durable.borrow_mut() = bytes.clone();
         *file.data.borrow_mut() = bytes;
+        true
     }
 
     /// A separate directory holding what a crash at this instant would leave: with
