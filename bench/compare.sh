@@ -77,12 +77,13 @@ start_redis() {
     wait_for_log "$SERVER_PID" "$WORK/redis-$port.log" "Ready to accept connections"
 }
 
-# start_kvmesh SHARDS CPUS: sets SERVER_PID and SERVER_ADDR. Needs PORT..PORT+SHARDS free.
+# start_kvmesh SHARDS CPUS: sets SERVER_PID and SERVER_ADDR. Needs PORT..PORT+SHARDS+1 free
+# (the wire port, the shard ports, and the gRPC port after them).
 start_kvmesh() {
     local port
-    port=$("$BENCH" free-port --count $(($1 + 1)))
+    port=$("$BENCH" free-port --count $(($1 + 2)))
     "$KVMESH" node --listen "127.0.0.1:$port" --shards "$1" --cpus "$2" --max-memory 2GiB \
-        >"$WORK/kvmesh-$port.log" 2>&1 &
+        --grpc "127.0.0.1:$((port + $1 + 1))" >"$WORK/kvmesh-$port.log" 2>&1 &
     SERVER_PID=$!
     SERVERS+=("$SERVER_PID")
     SERVER_ADDR=127.0.0.1:$port

@@ -76,7 +76,8 @@ pub enum Target {
     Kvmesh,
     /// RESP `GET`/`SET` (redis-server, or anything that speaks RESP2).
     Redis,
-    /// NOT AVAILABLE YET: kvmesh has no gRPC front-end so far; choosing it exits with an error.
+    /// kvmesh's gRPC API (`distributed_cache.DistributedCache` Get/Put), unary calls over
+    /// HTTP/2 to the node's gRPC port, `--pipeline` concurrent streams per connection.
     Grpc,
 }
 
@@ -96,15 +97,16 @@ pub struct RunArgs {
     /// Protocol and server to drive.
     #[arg(long, value_enum, default_value_t = Target::Kvmesh)]
     pub target: Target,
-    /// Server address HOST:PORT [default: 127.0.0.1:7000 for kvmesh, 127.0.0.1:6379 for redis].
-    /// For kvmesh this is any wire port of the node; the shard ports come from its topology.
+    /// Server address HOST:PORT [default: 127.0.0.1:7000 for kvmesh, 127.0.0.1:6379 for redis,
+    /// 127.0.0.1:50051 for grpc]. For kvmesh this is any wire port of the node; the shard ports
+    /// come from its topology. For grpc it is the node's `--grpc` address.
     #[arg(long)]
     pub addr: Option<String>,
     /// Connections in total, spread over the client cores (and, for kvmesh, over the shards in
     /// proportion to the share of the load each shard owns).
     #[arg(long, default_value_t = 50)]
     pub connections: usize,
-    /// Requests in flight per connection.
+    /// Requests in flight per connection (for grpc: concurrent HTTP/2 streams per connection).
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
     /// Size of the key space: keys `key:0000000000` .. `key:<keys-1>`.
@@ -169,12 +171,11 @@ impl RunArgs {
     /// Checks the flags against each other, with one message per problem.
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut problems = Vec::new();
-        if self.target == Target::Grpc {
-            problems.push(
-                "--target grpc is not available yet: kvmesh has no gRPC front-end so far. \
-                 Use --target kvmesh (the wire protocol) or --target redis"
-                    .to_string(),
-            );
+        if self.target == Target::Grpc && self.ttl.0.subsec_nanos() != 0 {
+            problems.push(format!(
+                "--ttl {:?} is not whole seconds, and the gRPC API's ttl is seconds",
+                self.ttl.0
+            ));
         }
         if self.connections == 0 {
             problems.push("--connections must be at least 1".into());
@@ -244,12 +245,15 @@ mod tests {
     }
 
     #[test]
-    fn grpc_is_refused_with_a_reason() {
-        let err = run_args(&["--target", "grpc"])
+    fn grpc_ttl_is_whole_seconds() {
+        run_args(&["--target", "grpc", "--ttl", "30s"])
+            .validate()
+            .unwrap();
+        let err = run_args(&["--target", "grpc", "--ttl", "1500ms"])
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no gRPC front-end"), "{err}");
+        assert!(err.contains("whole seconds"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `kvmesh-bench`: kvmesh's load generator.
 //!
-//! It drives a kvmesh node (wire protocol, straight to each key's owning shard) or
-//! redis-server (RESP) with the same machinery: glommio client workers, one per client core,
+//! It drives a kvmesh node (wire protocol, straight to each key's owning shard, or its gRPC
+//! API) or redis-server (RESP) with the same machinery: glommio client workers, one per client core,
 //! each driving its share of the connections with `--pipeline` requests in flight, closed loop
 //! or open loop (`--rate`, coordinated-omission corrected). Latencies go to one hdrhistogram
 //! per worker, merged at the end. See `--help`, and `bench/compare.sh` for the side-by-side
@@ -28,6 +28,7 @@ mod sampler;
 mod stats;
 mod sys;
 mod table;
+mod target_grpc;
 mod target_kvmesh;
 mod target_redis;
 mod units;

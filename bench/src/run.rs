@@ -21,10 +21,10 @@ use crate::workload::write_key;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let default_addr = if args.target == Target::Redis {
-        "127.0.0.1:6379"
-    } else {
-        "127.0.0.1:7000"
+    let default_addr = match args.target {
+        Target::Redis => "127.0.0.1:6379",
+        Target::Kvmesh => "127.0.0.1:7000",
+        Target::Grpc => "127.0.0.1:50051",
     };
     let addr_text = args
         .addr
@@ -42,7 +42,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map(|&p| Ok(SocketAddr::new(addr.ip(), u16::try_from(p)?)))
                 .collect::<anyhow::Result<_>>()?
         }
-        Target::Grpc => unreachable!("rejected by RunArgs::validate"),
+        // One endpoint: the node's gRPC port, which every shard serves.
+        Target::Grpc => vec![addr],
     };
     let parts = endpoints.len();
     let mut key = Vec::new();
@@ -69,6 +70,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let workers = cpus.len().min(specs.len());
     let settings = Settings {
         redis: args.target == Target::Redis,
+        grpc: args.target == Target::Grpc,
         pipeline: args.pipeline,
         timeout,
         value_size: args.value_size.0,

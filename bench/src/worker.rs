@@ -13,17 +13,20 @@ use glommio::{spawn_local, LocalExecutorBuilder, Placement};
 
 use crate::codec::Codec;
 use crate::conn::Conn;
-use crate::feed::{Load, Prefill};
+use crate::feed::{Feed, Load, Prefill};
 use crate::gate::{FailOnDrop, Gate, Stage};
 use crate::pacer::{Pacer, Phases};
 use crate::plan::ConnSpec;
 use crate::stats::{Counters, Recorder, Window};
+use crate::target_grpc::GrpcConn;
 use crate::workload::{make_value, KeySet, Mix};
 
 /// Settings every connection shares.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub redis: bool,
+    /// gRPC unary calls over HTTP/2 instead of a byte-stream codec.
+    pub grpc: bool,
     pub pipeline: usize,
     pub timeout: Duration,
     pub value_size: usize,
@@ -99,18 +102,24 @@ async fn run(
     let value = Rc::new(make_value(s.value_size, s.seed));
     let ttl_ms = s.ttl_ms;
     let opened = plans.iter().map(|plan| {
+        let (addr, timeout, value) = (plan.addr, s.timeout, value.clone());
+        if s.grpc {
+            return spawn_local(async move {
+                GrpcConn::connect(addr, timeout, &value, ttl_ms)
+                    .await
+                    .map(AnyConn::Grpc)
+            });
+        }
         let codec: Box<dyn Codec> = if s.redis {
             Box::new(crate::target_redis::RedisCodec)
         } else {
             Box::new(crate::target_kvmesh::KvmeshCodec::default())
         };
-        spawn_local(Conn::connect(
-            plan.addr,
-            s.timeout,
-            codec,
-            value.clone(),
-            ttl_ms,
-        ))
+        spawn_local(async move {
+            Conn::connect(addr, timeout, codec, value, ttl_ms)
+                .await
+                .map(AnyConn::Stream)
+        })
     });
     let mut conns = Vec::with_capacity(plans.len());
     for task in opened.collect::<Vec<_>>() {
@@ -213,6 +222,38 @@ async fn run(
     outcome.first_errors.append(&mut rec.first_errors);
     gate.arrive(Stage::Finished);
     Ok(outcome)
+}
+
+/// A connection of any target: a byte stream with a codec, or HTTP/2 with gRPC calls.
+enum AnyConn {
+    Stream(Conn),
+    Grpc(GrpcConn),
+}
+
+impl AnyConn {
+    async fn run(
+        &mut self,
+        feed: &mut dyn Feed,
+        depth: usize,
+        rec: &RefCell<Recorder>,
+    ) -> Result<(), String> {
+        match self {
+            AnyConn::Stream(conn) => conn.run(feed, depth, rec).await,
+            AnyConn::Grpc(conn) => conn.run(feed, depth, rec).await,
+        }
+    }
+
+    async fn run_strict(
+        &mut self,
+        feed: &mut dyn Feed,
+        depth: usize,
+        rec: &RefCell<Recorder>,
+    ) -> Result<(), String> {
+        match self {
+            AnyConn::Stream(conn) => conn.run_strict(feed, depth, rec).await,
+            AnyConn::Grpc(conn) => conn.run_strict(feed, depth, rec).await,
+        }
+    }
 }
 
 /// Sends the progress interval to the main thread at every whole second after `start`.

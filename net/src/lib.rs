@@ -3,9 +3,11 @@
 //!
 //! - [`frame`], [`routing`] and [`ring`] are pure: no I/O, no clock.
 //! - [`client`] runs on a glommio executor, on the thread that created it.
+//! - [`hyper_io`] lets hyper's HTTP/2 (gRPC) server and client run on glommio, without tokio.
 
 pub mod client;
 pub mod frame;
+pub mod hyper_io;
 pub mod ring;
 pub mod routing;
 

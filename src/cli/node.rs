@@ -44,6 +44,12 @@ pub struct NodeArgs {
     /// How long a shard waits for another shard to answer a forwarded request.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     forward_timeout: Duration,
+    /// gRPC address (the `distributed_cache.DistributedCache` API) served by every shard.
+    #[arg(long, default_value = "127.0.0.1:50051", value_name = "HOST:PORT")]
+    grpc: SocketAddr,
+    /// Largest gRPC message accepted or sent; must fit the largest key plus the largest value.
+    #[arg(long, default_value = "17MiB", value_name = "SIZE")]
+    grpc_max_message: ByteSize,
     /// Directory for the write-ahead log and the node's identity: turns durability on. It is
     /// locked while the node runs [default: none: a pure in-memory cache, nothing survives a
     /// restart].
@@ -145,6 +151,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         max_value_len: to_usize(args.max_value_size),
         max_frame: to_usize(args.max_frame),
         forward_timeout: args.forward_timeout,
+        grpc: args.grpc,
+        grpc_max_message: to_usize(args.grpc_max_message),
         durability,
     };
     let result = node::run(config);

@@ -27,6 +27,11 @@ pub struct NodeConfig {
     pub max_frame: usize,
     /// How long a shard waits for another shard to answer a forwarded request.
     pub forward_timeout: Duration,
+    /// The gRPC address served by every shard (SO_REUSEPORT spreads connections).
+    pub grpc: SocketAddr,
+    /// Largest gRPC message accepted or sent, in bytes; must fit the largest key plus the
+    /// largest value.
+    pub grpc_max_message: usize,
     /// The write-ahead log, with `--data-dir`; `None`: a pure in-memory cache.
     pub durability: Option<Durability>,
 }
@@ -63,6 +68,28 @@ impl NodeConfig {
             problems.push(format!(
                 "--max-frame {} is smaller than the largest legal request ({} bytes: key {} + value {} + overhead)",
                 self.max_frame, largest_request, self.max_key_len, self.max_value_len
+            ));
+        }
+        if self.grpc.port() == 0 {
+            problems.push(
+                "--grpc needs an explicit port: every shard binds the same one, so port 0 cannot work"
+                    .to_string(),
+            );
+        } else if self.grpc.ip() == self.listen.ip()
+            && (self.listen.port()..=self.listen.port().saturating_add(self.shards as u16))
+                .contains(&self.grpc.port())
+        {
+            problems.push(format!(
+                "--grpc port {} collides with the wire ports {}..={} (--listen and the shard ports)",
+                self.grpc.port(),
+                self.listen.port(),
+                usize::from(self.listen.port()) + self.shards
+            ));
+        }
+        if self.grpc_max_message < largest_request {
+            problems.push(format!(
+                "--grpc-max-message {} is smaller than the largest legal request ({} bytes: key {} + value {} + overhead)",
+                self.grpc_max_message, largest_request, self.max_key_len, self.max_value_len
             ));
         }
         if !self.cpus.is_empty() && self.cpus.len() < self.shards {
@@ -144,6 +171,8 @@ mod tests {
             max_value_len: 16 << 20,
             max_frame: 17 << 20,
             forward_timeout: Duration::from_secs(2),
+            grpc: "127.0.0.1:50051".parse().unwrap(),
+            grpc_max_message: 17 << 20,
             durability: None,
         }
     }
@@ -166,6 +195,21 @@ mod tests {
         assert!(err.contains("explicit port"));
         assert!(err.contains("--max-frame"));
         assert!(err.contains("--cpus"));
+    }
+
+    #[test]
+    fn grpc_port_and_message_limit() {
+        let mut c = config();
+        c.grpc = "127.0.0.1:7002".parse().unwrap();
+        assert!(c.validate().unwrap_err().contains("collides"));
+        c.grpc = "127.0.0.2:7002".parse().unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        c.grpc.set_port(0);
+        c.grpc_max_message = 4 << 20;
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.lines().count(), 2, "{err}");
+        assert!(err.contains("--grpc needs an explicit port"));
+        assert!(err.contains("--grpc-max-message"));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 pub mod config;
 mod conn;
-mod dispatch;
+pub(crate) mod dispatch;
 pub mod durable;
 mod mesh;
 mod reply;
@@ -30,6 +30,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use config::NodeConfig;
+pub(crate) use server::ShardCtx;
 pub use sys::{raise_memlock, usable_cpus};
 
 /// Capacity of each shard-to-shard channel, in messages.
@@ -52,6 +53,7 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     sys::raise_memlock().map_err(|e| anyhow!(e))?;
     let mut ports = vec![(config.listen, "the node's wire port".to_string())];
     ports.extend((0..config.shards).map(|i| (config.shard_addr(i), format!("shard {i}'s port"))));
+    ports.push((config.grpc, "the node's gRPC port (--grpc)".to_string()));
     sys::check_ports_free(&ports).map_err(|e| anyhow!(e))?;
 
     let usable = sys::usable_cpus().map_err(|e| anyhow!(e))?;
@@ -116,10 +118,11 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let first_port = config.shard_addr(0).port();
     let last_port = config.shard_addr(config.shards - 1).port();
     eprintln!(
-        "kvmesh: node {} ready: wire {} (shard ports {first_port}-{last_port}), {} shard(s) {}, \
-         max memory {} ({} per shard)",
+        "kvmesh: node {} ready: wire {} (shard ports {first_port}-{last_port}), gRPC {}, \
+         {} shard(s) {}, max memory {} ({} per shard)",
         config.node_id,
         config.listen,
+        config.grpc,
         config.shards,
         if pinned {
             format!(

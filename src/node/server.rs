@@ -67,9 +67,13 @@ pub async fn run_shard(
     let bind = |addr| {
         TcpListener::bind(addr).map_err(|e| format!("shard {me} cannot listen on {addr}: {e}"))
     };
-    let listeners = match (bind(config.listen), bind(config.shard_addr(me))) {
-        (Ok(shared), Ok(own)) => [shared, own],
-        (Err(e), _) | (_, Err(e)) => {
+    let (listeners, grpc) = match (
+        bind(config.listen),
+        bind(config.shard_addr(me)),
+        bind(config.grpc),
+    ) {
+        (Ok(shared), Ok(own), Ok(grpc)) => ([shared, own], grpc),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             let _ = ready.send(Err(e));
             return;
         }
@@ -114,6 +118,7 @@ pub async fn run_shard(
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(listener, ctx.clone())))
         .collect();
+    let _grpc = glommio::spawn_local(crate::grpc::accept_loop(grpc, ctx.clone()));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     let _ = ready.send(Ok(()));
 

@@ -50,7 +50,8 @@ pub fn check_ports_free(addrs: &[(SocketAddr, String)]) -> Result<(), String> {
             return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
                 format!(
                     "{addr} ({role}) is already in use, perhaps by another kvmesh node; \
-                     choose another --listen port (a node needs PORT and PORT+1..PORT+shards)"
+                     choose free ports with --listen (a node needs PORT and PORT+1..PORT+shards) \
+                     and --grpc"
                 )
             } else {
                 format!("cannot listen on {addr} ({role}): {e}")

@@ -89,6 +89,8 @@ fn nanos() -> u64 {
 /// A running `kvmesh node`, killed when dropped (also when the test fails).
 pub struct Node {
     pub addr: SocketAddr,
+    /// The node's gRPC address: the port right after the shard ports, in the same block.
+    pub grpc: SocketAddr,
     pub shards: usize,
     child: Child,
     log: PathBuf,
@@ -97,16 +99,17 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node with `shards` shards on a fresh port block, plus `extra` flags, and waits
-    /// until it reports ready.
+    /// Starts a node with `shards` shards on a fresh port block (wire port, shard ports, gRPC
+    /// port), plus `extra` flags, and waits until it reports ready.
     pub fn start(shards: usize, extra: &[&str]) -> Node {
-        let ports = PortBlock::reserve(shards as u16 + 1);
+        let ports = PortBlock::reserve(shards as u16 + 2);
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("node.log");
         let addr = ports.addr();
         let child = spawn_node(addr, shards, extra, &log);
         let mut node = Node {
             addr,
+            grpc: grpc_addr(addr, shards),
             shards,
             child,
             log,
@@ -168,6 +171,11 @@ impl Drop for Node {
     }
 }
 
+/// Where a node started by [`spawn_node`] on `addr` serves gRPC: the port after its shard ports.
+pub fn grpc_addr(addr: SocketAddr, shards: usize) -> SocketAddr {
+    SocketAddr::new(addr.ip(), addr.port() + 1 + shards as u16)
+}
+
 pub fn spawn_node(addr: SocketAddr, shards: usize, extra: &[&str], log: &std::path::Path) -> Child {
     let log_file = File::create(log).expect("create node log");
     Command::new(bin())
@@ -177,6 +185,8 @@ pub fn spawn_node(addr: SocketAddr, shards: usize, extra: &[&str], log: &std::pa
             &addr.to_string(),
             "--shards",
             &shards.to_string(),
+            "--grpc",
+            &grpc_addr(addr, shards).to_string(),
         ])
         .args(extra)
         .stdin(Stdio::null())

@@ -1,0 +1,71 @@
+//! End to end: the Python suite in `tests/python` (grpcio stubs generated from
+//! `proto/distributed_cache.proto`, as the old clients are) against a real node.
+//!
+//! The suite runs in a venv at `target/pyenv`, which `tests/python/ensure_venv.sh` creates the
+//! first time (pip installs `tests/python/requirements.txt`) and reuses afterwards; concurrent
+//! callers take turns on a lock file. pytest's whole output is shown when it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Node;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/pyenv`, or the same place under `CARGO_TARGET_DIR`.
+fn venv() -> PathBuf {
+    let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    target_tmp.parent().expect("target dir").join("pyenv")
+}
+
+fn ensure_venv() -> PathBuf {
+    let venv = venv();
+    let out = Command::new("bash")
+        .arg(repo().join("tests/python/ensure_venv.sh"))
+        .arg(&venv)
+        .output()
+        .expect("run tests/python/ensure_venv.sh");
+    assert!(
+        out.status.success(),
+        "could not create the Python venv at {}:\n{}\n{}",
+        venv.display(),
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    venv
+}
+
+#[test]
+fn python_distributed_cache_suite() {
+    let python = ensure_venv().join("bin/python");
+    let node = Node::start(2, &[]);
+    let out = Command::new(python)
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/python",
+        ])
+        .current_dir(repo())
+        .env("KVMESH_GRPC_ADDR", node.grpc.to_string())
+        .env("KVMESH_WIRE_ADDR", node.addr.to_string())
+        .output()
+        .expect("run pytest");
+    let report = format!(
+        "pytest:\n{}\n{}\nnode log:\n{}",
+        common::stdout(&out),
+        common::stderr(&out),
+        node.log()
+    );
+    assert!(
+        out.status.success(),
+        "the Python gRPC suite failed\n{report}"
+    );
+    println!("{report}");
+}
