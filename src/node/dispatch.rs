@@ -16,7 +16,6 @@ use super::server::ShardCtx;
 
 /// Runs `ops` and returns one result per op, in order. Never fails as a whole: an op that could
 /// not run gets an error status of its own.
-#[allow(dead_code)] // the entry point for front-ends that answer one request at a time (gRPC)
 pub async fn execute(ctx: &ShardCtx, ops: Vec<Op>) -> Vec<OpResult> {
     start(ctx, ops).await.finish(ctx).await
 }
