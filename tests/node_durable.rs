@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{op, spawn_node, wait_for, Node, PortBlock, WireClient, DEADLINE};
+use common::{op, spawn_node, wait_for, Node, PortBlock, WireClient};
 use kvmesh_net::frame;
 use kvmesh_proto::wire::{OpCode, Request, Status};
 
@@ -26,13 +26,23 @@ fn durable_node(dir: &Path, extra: &[&str]) -> Node {
     Node::start(2, &args)
 }
 
+/// Kills the child when dropped, also when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a node that must fail; returns its output.
 fn failing_node(extra: &[&str]) -> String {
     let ports = PortBlock::reserve(3);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("node.log");
-    let mut child = spawn_node(ports.addr(), 2, extra, &log);
-    let status = wait_for("the node to exit", || child.try_wait().ok().flatten());
+    let mut child = Reaped(spawn_node(ports.addr(), 2, extra, &log));
+    let status = wait_for("the node to exit", || child.0.try_wait().ok().flatten());
     assert!(!status.success(), "the node should have refused to start");
     std::fs::read_to_string(&log).unwrap()
 }
@@ -383,26 +393,21 @@ fn a_data_directory_written_with_other_shards_is_refused() {
     let ports = PortBlock::reserve(4);
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("node.log");
-    let mut child = std::process::Command::new(common::bin())
-        .args([
-            "node",
-            "--listen",
-            &ports.addr().to_string(),
-            "--shards",
-            "3",
-        ])
-        .args(["--data-dir", dir])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < DEADLINE, "node did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut child = Reaped(
+        std::process::Command::new(common::bin())
+            .args([
+                "node",
+                "--listen",
+                &ports.addr().to_string(),
+                "--shards",
+                "3",
+            ])
+            .args(["--data-dir", dir])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_for("the node to exit", || child.0.try_wait().ok().flatten());
     assert!(!status.success());
     let out = std::fs::read_to_string(&log).unwrap();
     assert!(
