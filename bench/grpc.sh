@@ -87,9 +87,11 @@ fi
 
 for placement in "per core" "both cores"; do
     if [ "$placement" = "per core" ]; then
+        shards=1
         start_node 1 0
         client=1
     else
+        shards=2
         start_node 2 0,1
         client=0,1
     fi
@@ -97,7 +99,10 @@ for placement in "per core" "both cores"; do
         # shellcheck disable=SC2086 # two numbers on purpose
         set -- $shape
         run "$placement" grpc "$GRPC_ADDR" "$client" "$1" "$2"
-        run "$placement" kvmesh "$WIRE_ADDR" "$client" "$1" "$2"
+        # The wire client binds each connection to one shard, so it needs one per shard.
+        if [ "$1" -ge "$shards" ]; then
+            run "$placement" kvmesh "$WIRE_ADDR" "$client" "$1" "$2"
+        fi
     done
     stop_node
 done

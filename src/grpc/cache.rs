@@ -12,15 +12,19 @@ use kvmesh_proto::wire::{Op, OpCode, OpResult, Status as WireStatus};
 use super::status::Error;
 use crate::node::{dispatch, ShardCtx};
 
+/// `Get`: the value, `NOT_FOUND` when missing or expired, `FAILED_PRECONDITION` when it is not
+/// UTF-8.
 pub async fn get(ctx: &ShardCtx, req: GetRequest) -> Result<GetResponse, Error> {
     get_reply(run(ctx, get_op(req)).await)
 }
 
+/// `Put`: `success = true` once the write is applied; refused writes are errors, never `false`.
 pub async fn put(ctx: &ShardCtx, req: PutRequest) -> Result<PutResponse, Error> {
     ok(run(ctx, put_op(req)?).await)?;
     Ok(PutResponse { success: true })
 }
 
+/// `Remove`: `success = true` once applied, whether or not the key existed.
 pub async fn remove(ctx: &ShardCtx, req: RemoveRequest) -> Result<RemoveResponse, Error> {
     // Removing a missing key succeeds: the op is idempotent, and `found` is not part of this API.
     ok(run(ctx, remove_op(req)).await)?;
@@ -38,6 +42,7 @@ async fn run(ctx: &ShardCtx, op: Op) -> OpResult {
         })
 }
 
+/// The wire op of a `Get`: the key's UTF-8 bytes.
 pub fn get_op(req: GetRequest) -> Op {
     op(OpCode::OpGet, req.key, Vec::new(), 0)
 }
@@ -55,10 +60,12 @@ pub fn put_op(req: PutRequest) -> Result<Op, Error> {
     ))
 }
 
+/// The wire op of a `Remove`.
 pub fn remove_op(req: RemoveRequest) -> Op {
     op(OpCode::OpRemove, req.key, Vec::new(), 0)
 }
 
+/// A `Get`'s reply from its op's result: the value must be valid UTF-8 to travel in a `string`.
 pub fn get_reply(result: OpResult) -> Result<GetResponse, Error> {
     let result = ok(result)?;
     let len = result.value.len();

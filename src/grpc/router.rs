@@ -21,6 +21,7 @@ use super::status::{self, Error};
 use super::{cache, timeout};
 use crate::node::ShardCtx;
 
+/// The paths of the three methods, as every gRPC client sends them.
 pub const GET: &str = "/distributed_cache.DistributedCache/Get";
 pub const PUT: &str = "/distributed_cache.DistributedCache/Put";
 pub const REMOVE: &str = "/distributed_cache.DistributedCache/Remove";

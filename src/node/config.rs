@@ -75,7 +75,9 @@ impl NodeConfig {
                 "--grpc needs an explicit port: every shard binds the same one, so port 0 cannot work"
                     .to_string(),
             );
-        } else if self.grpc.ip() == self.listen.ip()
+        } else if (self.grpc.ip() == self.listen.ip()
+            || self.grpc.ip().is_unspecified()
+            || self.listen.ip().is_unspecified())
             && (self.listen.port()..=self.listen.port().saturating_add(self.shards as u16))
                 .contains(&self.grpc.port())
         {
@@ -201,6 +203,8 @@ mod tests {
     fn grpc_port_and_message_limit() {
         let mut c = config();
         c.grpc = "127.0.0.1:7002".parse().unwrap();
+        assert!(c.validate().unwrap_err().contains("collides"));
+        c.grpc = "0.0.0.0:7000".parse().unwrap();
         assert!(c.validate().unwrap_err().contains("collides"));
         c.grpc = "127.0.0.2:7002".parse().unwrap();
         assert_eq!(c.validate(), Ok(()));
