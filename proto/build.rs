@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["kvmesh/wire.proto", "distributed_cache.proto"];
+    let files = [
+        "kvmesh/wire.proto",
+        "kvmesh/wal.proto",
+        "distributed_cache.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

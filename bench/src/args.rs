@@ -33,6 +33,30 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         count: u16,
     },
+    /// Measures what one durable write costs on a disk, with no server: an aligned direct
+    /// write into a preallocated, zeroed file, then fdatasync (what kvmesh's log does), and
+    /// the same for an appending buffered write (what Redis's AOF does). Prints the latencies
+    /// and the physical limit of a closed loop: concurrency / latency.
+    FsyncProbe(FsyncProbeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FsyncProbeArgs {
+    /// Directory on the disk to measure; a probe file is created there and removed.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Syncs to measure per mode.
+    #[arg(long, default_value_t = 2000)]
+    pub count: usize,
+    /// Bytes per write: a multiple of 4096 for the direct writes.
+    #[arg(long, default_value_t = 4096)]
+    pub write_size: usize,
+    /// Clients waiting for their reply, for the physical limit.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: u32,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -15,6 +15,7 @@ mod args;
 mod codec;
 mod conn;
 mod feed;
+mod fsync_probe;
 mod gate;
 mod pacer;
 mod plan;
@@ -43,6 +44,7 @@ fn main() {
     let result = match cli.command {
         Some(Command::Table(table)) => table::run(table),
         Some(Command::FreePort { count }) => sys::free_ports(count).map(|port| println!("{port}")),
+        Some(Command::FsyncProbe(probe)) => fsync_probe::run(probe),
         None => sys::raise_memlock().and_then(|()| run::run(cli.run)),
     };
     if let Err(e) = result {

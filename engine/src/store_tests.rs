@@ -277,3 +277,27 @@ fn too_many_entries_is_an_error_not_a_panic() {
     assert_eq!(s.put(b"a", b"overwrite", 0, v(2), T0), Ok(Applied::Stored));
     assert_eq!(s.len(), 2);
 }
+
+#[test]
+fn forget_drops_up_to_a_version_silently() {
+    let mut s = store(1 << 20, 60_000);
+    s.put(b"a", b"1", 0, v(5), T0).unwrap();
+    s.put(b"b", b"2", T0 + 10, v(6), T0).unwrap();
+    s.remove(b"c", v(7), T0).unwrap(); // a tombstone
+                                       // (key, version given, expected result, key still readable)
+    let cases: [(&[u8], u64, bool, bool); 5] = [
+        (b"a", 4, false, true), // newer than asked: kept
+        (b"a", 5, true, false),
+        (b"b", 9, true, false),
+        (b"c", 7, false, false), // a tombstone goes, but it was not live
+        (b"zz", 9, false, false),
+    ];
+    for (key, version, dropped, readable) in cases {
+        assert_eq!(s.forget(key, v(version)), dropped, "{key:?}");
+        assert_eq!(s.get(key, T0).is_some(), readable, "{key:?}");
+    }
+    assert_eq!((s.len(), s.stats().tombstones, s.bytes_used()), (0, 0, 0));
+    assert!(drained(&mut s).is_empty(), "forget reports nothing");
+    // With the tombstone gone, an older write is accepted again.
+    assert_eq!(s.put(b"c", b"x", 0, v(1), T0), Ok(Applied::Stored));
+}

@@ -159,6 +159,26 @@ impl Store {
         true
     }
 
+    /// Drops `key`'s record, live entry or tombstone, if its version is <= `version`: no
+    /// tombstone is left and no removal is reported. Returns whether a live entry was dropped.
+    ///
+    /// For replaying a write-ahead log, whose order already decided everything: an eviction
+    /// or expiry recorded there happens again exactly, and a put whose deadline passed while
+    /// the node was down does not come back.
+    pub fn forget(&mut self, key: &[u8], version: Version) -> bool {
+        let hash = self.index.hash(key);
+        let Some(idx) = self.index.find(&self.slab, hash, key) else {
+            return false;
+        };
+        if self.slab.blob(idx).version() > version {
+            return false;
+        }
+        let live = !self.slab.blob(idx).is_tombstone();
+        drop(self.release(idx));
+        self.index.shrink_if_sparse(&self.slab);
+        live
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<(), Error> {
         if key.is_empty() {
             return Err(Error::EmptyKey);

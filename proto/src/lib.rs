@@ -3,6 +3,7 @@
 //! - [`wire`]: the internal length-prefixed protocol spoken to a node's wire ports.
 //! - [`distributed_cache`]: the public gRPC API kept from the C++ system (messages only; the
 //!   node serves it with its own router, see `src/grpc`).
+//! - [`wal`]: the payload of one write-ahead log record.
 //!
 //! The `.proto` files are the contract; this crate only compiles them. Framing lives in
 //! `kvmesh-net`.
@@ -15,4 +16,9 @@ pub mod wire {
 /// The public gRPC API (`distributed_cache.proto`), wire-compatible with the C++ system's.
 pub mod distributed_cache {
     include!(concat!(env!("OUT_DIR"), "/distributed_cache.rs"));
+}
+
+/// One write-ahead log record's payload (`kvmesh/wal.proto`); `kvmesh-wal` frames it.
+pub mod wal {
+    include!(concat!(env!("OUT_DIR"), "/kvmesh.wal.rs"));
 }

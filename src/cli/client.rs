@@ -119,7 +119,7 @@ where
 }
 
 /// Counter columns: (header, value).
-fn columns(s: &ShardStats) -> [(&'static str, u64); 15] {
+fn columns(s: &ShardStats) -> [(&'static str, u64); 22] {
     [
         ("keys", s.keys),
         ("bytes_used", s.bytes_used),
@@ -136,11 +136,18 @@ fn columns(s: &ShardStats) -> [(&'static str, u64); 15] {
         ("forwarded_in", s.forwarded_in),
         ("connections_open", s.connections_open),
         ("protocol_errors", s.protocol_errors),
+        ("wal_records", s.wal_records),
+        ("wal_writes", s.wal_writes),
+        ("wal_syncs", s.wal_syncs),
+        ("wal_bytes", s.wal_bytes),
+        ("wal_failed", s.wal_failed),
+        ("wal_write_us", s.wal_write_us),
+        ("wal_sync_us", s.wal_sync_us),
     ]
 }
 
 fn totals(shards: &[ShardStats]) -> Vec<u64> {
-    let mut sum = vec![0u64; 15];
+    let mut sum = vec![0u64; 22];
     for s in shards {
         for (total, (_, v)) in sum.iter_mut().zip(columns(s)) {
             *total += v;
@@ -156,7 +163,7 @@ fn stats_table(node_id: u32, shards: &[ShardStats]) -> String {
         out.push_str(&format!(" {:>14}", format!("shard {}", s.shard)));
     }
     out.push_str(&format!(" {:>14}", "total"));
-    let per_shard: Vec<[(&str, u64); 15]> = shards.iter().map(columns).collect();
+    let per_shard: Vec<[(&str, u64); 22]> = shards.iter().map(columns).collect();
     for (row, (name, _)) in columns(&ShardStats::default()).iter().enumerate() {
         out.push_str(&format!("\n{name:<18}"));
         for values in &per_shard {

@@ -1,10 +1,13 @@
 //! `kvmesh node`: flags, with their defaults and units, turned into a [`NodeConfig`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
+use crate::node::durable::datadir::DataDir;
+use crate::node::durable::Durability;
 use crate::node::{self, NodeConfig};
 use crate::units::{parse_duration, ByteSize};
 
@@ -24,8 +27,9 @@ pub struct NodeArgs {
     /// shards. Past it, the least recently used keys are evicted.
     #[arg(long, default_value = "1GiB", value_name = "SIZE")]
     max_memory: ByteSize,
-    /// Node id carried by every version this node issues [default: random at each start, until
-    /// durability keeps it in the data directory].
+    /// Node id carried by every version this node issues [default: with --data-dir, generated
+    /// at first start and kept there (a given --id must then match it); without, random at
+    /// each start].
     #[arg(long, value_name = "ID")]
     id: Option<u32>,
     /// Largest key accepted.
@@ -46,17 +50,99 @@ pub struct NodeArgs {
     /// Largest gRPC message accepted or sent; must fit the largest key plus the largest value.
     #[arg(long, default_value = "17MiB", value_name = "SIZE")]
     grpc_max_message: ByteSize,
+    /// Directory for the write-ahead log and the node's identity: turns durability on. It is
+    /// locked while the node runs [default: none: a pure in-memory cache, nothing survives a
+    /// restart].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// When the log is synced [default: always]. always: a write is acknowledged after an
+    /// fdatasync that covers it (shared by concurrent writes); survives power loss. interval:
+    /// synced at least every --fsync-interval; a power loss can lose that window. never:
+    /// survives a crash of the process only. In every mode a write is acknowledged only after
+    /// its log write completed. Needs --data-dir.
+    #[arg(long, value_enum, value_name = "MODE")]
+    fsync: Option<FsyncMode>,
+    /// Longest time between syncs with --fsync interval [default: 10ms].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    fsync_interval: Option<Duration>,
+    /// What start-up does with damage to log records that had been synced [default: strict].
+    /// strict: stop, naming the file and offset. tolerate-corruption: skip the damaged records,
+    /// report how many, and start. A torn tail left by a crash is truncated and reported in
+    /// both. Needs --data-dir.
+    #[arg(long, value_enum, value_name = "MODE")]
+    recovery: Option<RecoveryMode>,
+    /// Size of each log segment file, preallocated and zeroed before use; it must hold the
+    /// largest record (key + value) [default: 64MiB]. Needs --data-dir.
+    #[arg(long, value_name = "SIZE")]
+    wal_segment_size: Option<ByteSize>,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum FsyncMode {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum RecoveryMode {
+    Strict,
+    TolerateCorruption,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
-    let shards = match args.shards {
-        Some(n) => n,
-        None if !args.cpus.is_empty() => args.cpus.len(),
-        None => node_default_shards()?,
+    let explicit_shards = args
+        .shards
+        .or((!args.cpus.is_empty()).then_some(args.cpus.len()));
+    // Held until the node stops: the data directory stays locked as long as it runs.
+    let data_dir = match &args.data_dir {
+        Some(dir) => {
+            let data = DataDir::open(dir, args.id, explicit_shards, random_id, || {
+                node_default_shards().map_err(|e| e.to_string())
+            })
+            .map_err(|e| anyhow::anyhow!(e))?;
+            if data.created {
+                eprintln!(
+                    "kvmesh: new data directory {}: node id {}, {} shard(s), kept for later starts",
+                    data.path().display(),
+                    data.node_id,
+                    data.shards
+                );
+            }
+            if let Some(warning) = &data.warning {
+                eprintln!("kvmesh: warning: {warning}");
+            }
+            Some(data)
+        }
+        None => {
+            let durable_only = [
+                (args.fsync.is_some(), "--fsync"),
+                (args.fsync_interval.is_some(), "--fsync-interval"),
+                (args.recovery.is_some(), "--recovery"),
+                (args.wal_segment_size.is_some(), "--wal-segment-size"),
+            ];
+            if let Some((_, flag)) = durable_only.iter().find(|(given, _)| *given) {
+                anyhow::bail!("{flag} needs --data-dir: without it the node keeps nothing on disk");
+            }
+            None
+        }
     };
+    let shards = match (&data_dir, explicit_shards) {
+        (Some(data), _) => data.shards,
+        (None, Some(n)) => n,
+        (None, None) => node_default_shards()?,
+    };
+    let node_id = match &data_dir {
+        Some(data) => data.node_id,
+        None => args.id.unwrap_or_else(random_id),
+    };
+    let durability = data_dir.as_ref().map(|data| Durability {
+        data_dir: data.path().to_path_buf(),
+        wal: wal_config(&args),
+    });
     let to_usize = |b: ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
     let config = NodeConfig {
-        node_id: args.id.unwrap_or_else(random_id),
+        node_id,
         listen: args.listen,
         shards,
         cpus: args.cpus,
@@ -67,8 +153,29 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         forward_timeout: args.forward_timeout,
         grpc: args.grpc,
         grpc_max_message: to_usize(args.grpc_max_message),
+        durability,
     };
-    node::run(config)
+    let result = node::run(config);
+    drop(data_dir);
+    result
+}
+
+fn wal_config(args: &NodeArgs) -> kvmesh_wal::Config {
+    let defaults = kvmesh_wal::Config::default();
+    kvmesh_wal::Config {
+        fsync: match args.fsync {
+            None | Some(FsyncMode::Always) => kvmesh_wal::Fsync::Always,
+            Some(FsyncMode::Interval) => kvmesh_wal::Fsync::Interval,
+            Some(FsyncMode::Never) => kvmesh_wal::Fsync::Never,
+        },
+        fsync_interval: args.fsync_interval.unwrap_or(defaults.fsync_interval),
+        recovery: match args.recovery {
+            None | Some(RecoveryMode::Strict) => kvmesh_wal::Recovery::Strict,
+            Some(RecoveryMode::TolerateCorruption) => kvmesh_wal::Recovery::TolerateCorruption,
+        },
+        segment_size: args.wal_segment_size.map_or(defaults.segment_size, |s| s.0),
+        ..defaults
+    }
 }
 
 fn node_default_shards() -> anyhow::Result<usize> {

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::durable::Durability;
+
 /// Everything a node needs to start. Built from the command line by `cli::node`; every field
 /// has been validated by [`NodeConfig::validate`] before a node starts.
 #[derive(Clone, Debug)]
@@ -30,6 +32,8 @@ pub struct NodeConfig {
     /// Largest gRPC message accepted or sent, in bytes; must fit the largest key plus the
     /// largest value.
     pub grpc_max_message: usize,
+    /// The write-ahead log, with `--data-dir`; `None`: a pure in-memory cache.
+    pub durability: Option<Durability>,
 }
 
 impl NodeConfig {
@@ -97,6 +101,20 @@ impl NodeConfig {
                 self.shards
             ));
         }
+        if let Some(durability) = &self.durability {
+            if let Err(e) = durability.wal.validate() {
+                problems.push(e);
+            }
+            // A put's record: key, value, version, deadline, seq, framing.
+            let largest_record = self.max_key_len + self.max_value_len + 64;
+            if durability.wal.max_payload() < largest_record {
+                problems.push(format!(
+                    "--wal-segment-size {} cannot hold the largest record ({largest_record} bytes: \
+                     key {} + value {} + overhead); raise it or lower --max-value-size",
+                    durability.wal.segment_size, self.max_key_len, self.max_value_len
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -157,6 +175,7 @@ mod tests {
             forward_timeout: Duration::from_secs(2),
             grpc: "127.0.0.1:50051".parse().unwrap(),
             grpc_max_message: 17 << 20,
+            durability: None,
         }
     }
 
@@ -195,6 +214,21 @@ mod tests {
         assert_eq!(err.lines().count(), 2, "{err}");
         assert!(err.contains("--grpc needs an explicit port"));
         assert!(err.contains("--grpc-max-message"));
+    }
+
+    #[test]
+    fn a_segment_must_hold_the_largest_record() {
+        let mut c = config();
+        c.durability = Some(Durability {
+            data_dir: "/tmp/x".into(),
+            wal: kvmesh_wal::Config {
+                segment_size: 1 << 20,
+                ..kvmesh_wal::Config::default()
+            },
+        });
+        assert!(c.validate().unwrap_err().contains("--wal-segment-size"));
+        c.max_value_len = 64 << 10;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

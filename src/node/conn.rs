@@ -1,10 +1,10 @@
 //! One client connection: parse what is buffered, execute, answer, and read only when a frame
 //! is incomplete.
 //!
-//! Replies to all frames parsed from one read go out in one write. A frame that is too large or
-//! does not decode gets a frame-level error reply and the connection closes; other connections
-//! are unaffected. EOF between frames is a clean close; EOF inside a frame is counted as a
-//! protocol error.
+//! Every request parsed from one read is started before any is waited for, and their replies
+//! go out in one write. A frame that is too large or does not decode gets a frame-level error
+//! reply and the connection closes; other connections are unaffected. EOF between frames is a
+//! clean close; EOF inside a frame is counted as a protocol error.
 
 use std::rc::Rc;
 
@@ -28,27 +28,38 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
     let mut buf = vec![0u8; READ_BUF];
     let (mut pos, mut end) = (0usize, 0usize);
     let mut out = Vec::with_capacity(READ_BUF);
+    let mut started = Vec::new();
     loop {
+        // Start every buffered request before waiting for any: their writes then share the
+        // log's commits, and a pipelining client fills the next batch.
+        let mut bad_frame = None;
         loop {
             match frame::decode::<Request>(&buf[pos..end], max_frame) {
                 Ok(Some((request, used))) => {
                     pos += used;
-                    let response = Response {
-                        id: request.id,
-                        results: dispatch::execute(&ctx, request.ops).await,
-                        ..Response::default()
-                    };
-                    frame::encode(&response, &mut out);
+                    started.push((request.id, dispatch::start(&ctx, request.ops).await));
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    ctx.shard.borrow_mut().counters.protocol_errors += 1;
-                    frame::encode(&reply::frame_error(&e), &mut out);
-                    let _ = stream.write_all(&out).await;
-                    let _ = stream.close().await;
-                    return;
+                    bad_frame = Some(e);
+                    break;
                 }
             }
+        }
+        for (id, request) in started.drain(..) {
+            let response = Response {
+                id,
+                results: request.finish(&ctx).await,
+                ..Response::default()
+            };
+            frame::encode(&response, &mut out);
+        }
+        if let Some(e) = bad_frame {
+            ctx.shard.borrow_mut().counters.protocol_errors += 1;
+            frame::encode(&reply::frame_error(&e), &mut out);
+            let _ = stream.write_all(&out).await;
+            let _ = stream.close().await;
+            return;
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {

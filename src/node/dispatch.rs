@@ -1,8 +1,15 @@
 //! Executes a batch of ops arriving at one shard, whatever the front-end: the ops this shard
 //! owns run here, the rest go to their owners over the mesh, batched per owner.
+//!
+//! It runs in two steps, so a connection can start every request it has buffered before it
+//! waits for any: [`start`] executes the local ops (their writes are applied and logged at
+//! once) and sends the forwards; [`Started::finish`] waits for the log records the replies
+//! depend on (see `durable`) and for the owners' answers. [`execute`] does both.
 
 use kvmesh_proto::wire::{Op, OpResult};
 
+use super::durable;
+use super::mesh::Pending;
 use super::reply;
 use super::router::{route, Rejection, Route};
 use super::server::ShardCtx;
@@ -10,15 +17,34 @@ use super::server::ShardCtx;
 /// Runs `ops` and returns one result per op, in order. Never fails as a whole: an op that could
 /// not run gets an error status of its own.
 pub async fn execute(ctx: &ShardCtx, ops: Vec<Op>) -> Vec<OpResult> {
+    start(ctx, ops).await.finish(ctx).await
+}
+
+/// A batch whose local ops have run and whose forwards were sent.
+pub struct Started {
+    results: Vec<OpResult>,
+    /// `(index into results, log record to wait for)` of local ops.
+    waits: Vec<(usize, u64)>,
+    /// Per owning shard: the indices its answers fill, and the forward (or why it failed).
+    remote: Vec<(Vec<usize>, Result<Pending, reply::ForwardError>)>,
+}
+
+/// Executes the ops this shard owns and sends the others to their owners.
+pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
     let now = super::now_ms();
     let mut results = vec![OpResult::default(); ops.len()];
+    let mut waits = Vec::new();
     // (owning shard, indices into `results`, ops) for ops this shard does not own.
     let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
     {
         let mut shard = ctx.shard.borrow_mut();
         for (i, op) in ops.into_iter().enumerate() {
             match route(&op, ctx.me, ctx.config.shards, ctx.config.max_key_len) {
-                Route::Local | Route::Here => results[i] = shard.execute(&op, now),
+                Route::Local | Route::Here => {
+                    let executed = shard.execute(&op, now);
+                    results[i] = executed.result;
+                    waits.extend(executed.wait.map(|seq| (i, seq)));
+                }
                 Route::Reject(rejection) => {
                     if matches!(rejection, Rejection::UnknownOperation(_)) {
                         shard.counters.protocol_errors += 1;
@@ -39,36 +65,55 @@ pub async fn execute(ctx: &ShardCtx, ops: Vec<Op>) -> Vec<OpResult> {
         }
     }
     // Send every batch before waiting for any, so the owners work in parallel.
-    let mut waiting = Vec::with_capacity(remote.len());
+    let mut sent = Vec::with_capacity(remote.len());
     for (owner, idx, ops) in remote {
-        waiting.push((idx, ctx.mesh.send(owner, ops, now).await));
+        sent.push((idx, ctx.mesh.send(owner, ops, now).await));
     }
-    for (idx, sent) in waiting {
-        let answered = match sent {
-            Ok(pending) => ctx.mesh.wait(pending).await,
-            Err(e) => Err(e),
-        };
-        match answered {
-            Ok(answers) if answers.len() == idx.len() => {
-                for (i, answer) in idx.into_iter().zip(answers) {
-                    results[i] = answer;
+    Started {
+        results,
+        waits,
+        remote: sent,
+    }
+}
+
+impl Started {
+    /// Waits until every local change the results depend on is durable and every owner has
+    /// answered; returns the results in op order.
+    pub async fn finish(self, ctx: &ShardCtx) -> Vec<OpResult> {
+        let Started {
+            mut results,
+            waits,
+            remote,
+        } = self;
+        let log = ctx.shard.borrow().log().cloned();
+        durable::settle(ctx.me, log, &mut results, &waits).await;
+        for (idx, sent) in remote {
+            let answered = match sent {
+                Ok(pending) => ctx.mesh.wait(pending).await,
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(answers) if answers.len() == idx.len() => {
+                    for (i, answer) in idx.into_iter().zip(answers) {
+                        results[i] = answer;
+                    }
                 }
-            }
-            Ok(answers) => {
-                let e = reply::ForwardError::Unreachable {
-                    shard: usize::MAX,
-                    why: format!("{} answers for {} ops", answers.len(), idx.len()),
-                };
-                for i in idx {
-                    results[i] = reply::forward_error(&e);
+                Ok(answers) => {
+                    let e = reply::ForwardError::Unreachable {
+                        shard: usize::MAX,
+                        why: format!("{} answers for {} ops", answers.len(), idx.len()),
+                    };
+                    for i in idx {
+                        results[i] = reply::forward_error(&e);
+                    }
                 }
-            }
-            Err(e) => {
-                for i in idx {
-                    results[i] = reply::forward_error(&e);
+                Err(e) => {
+                    for i in idx {
+                        results[i] = reply::forward_error(&e);
+                    }
                 }
             }
         }
+        results
     }
-    results
 }

@@ -14,6 +14,7 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use kvmesh_proto::wire::{Op, OpResult};
 
+use super::durable;
 use super::reply::ForwardError;
 use super::shard::Shard;
 
@@ -158,12 +159,29 @@ pub fn spawn_receivers(
                         ops,
                         now_ms,
                     } => {
-                        let results = {
+                        // Executed here, in arrival order; only the wait for the log runs
+                        // apart, so forwards from one peer share commits.
+                        let (mut results, mut waits) = (Vec::with_capacity(ops.len()), Vec::new());
+                        let log = {
                             let mut shard = shard.borrow_mut();
                             shard.counters.forwarded_in += ops.len() as u64;
-                            ops.iter().map(|op| shard.execute(op, now_ms)).collect()
+                            for (i, op) in ops.iter().enumerate() {
+                                let executed = shard.execute(op, now_ms);
+                                results.push(executed.result);
+                                waits.extend(executed.wait.map(|seq| (i, seq)));
+                            }
+                            shard.log().cloned()
                         };
-                        mesh.reply(from, Envelope::Reply { tag, results });
+                        if waits.is_empty() {
+                            mesh.reply(from, Envelope::Reply { tag, results });
+                        } else {
+                            let (mesh, me) = (mesh.clone(), mesh.me());
+                            glommio::spawn_local(async move {
+                                durable::settle(me, log, &mut results, &waits).await;
+                                mesh.reply(from, Envelope::Reply { tag, results });
+                            })
+                            .detach();
+                        }
                     }
                     Envelope::Reply { tag, results } => mesh.deliver(tag, results),
                 }

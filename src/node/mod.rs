@@ -6,12 +6,14 @@
 //! - [`shard`]: one shard's state and handler (no I/O);
 //! - [`reply`]: errors to wire statuses, in one place;
 //! - [`dispatch`]: runs a batch of ops here or on their owners, for every front-end;
+//! - [`durable`]: each shard's write-ahead log, the data directory, recovery at start;
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
 //! - [`sys`]: start-up checks (memlock, ports, CPUs).
 
 pub mod config;
 mod conn;
 pub(crate) mod dispatch;
+pub mod durable;
 mod mesh;
 mod reply;
 pub mod router;
@@ -21,7 +23,7 @@ mod sys;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -34,7 +36,9 @@ pub use sys::{raise_memlock, usable_cpus};
 /// Capacity of each shard-to-shard channel, in messages.
 const MESH_CHANNEL: usize = 1024;
 /// How long the shards together may take to bind their ports and join the mesh.
-const START_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// The slowest replay the start deadline allows for, on top of `START_DEADLINE`.
+const RECOVERY_BYTES_PER_SEC: u64 = 20 << 20;
 
 /// Wall-clock milliseconds since the UNIX epoch: the time base of TTL deadlines and versions.
 pub fn now_ms() -> u64 {
@@ -92,14 +96,20 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         executors.push(handle);
     }
     drop(ready_tx);
+    // Recovery reads every shard's whole log at start; allow for it.
+    let log_bytes = config
+        .durability
+        .as_ref()
+        .map_or(0, |d| durable::datadir::log_bytes(&d.data_dir));
+    let start_deadline = START_DEADLINE + Duration::from_secs(log_bytes / RECOVERY_BYTES_PER_SEC);
     for _ in 0..config.shards {
         // A shard whose thread dies (say, it could not be pinned) never reports, and the others
         // wait for it in the mesh: so start-up has a deadline.
-        match ready_rx.recv_timeout(START_DEADLINE) {
+        match ready_rx.recv_timeout(start_deadline) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!(e),
             Err(_) => bail!(
-                "not every shard started within {START_DEADLINE:?}; a shard's thread may have \
+                "not every shard started within {start_deadline:?}; a shard's thread may have \
                  failed to pin itself to its core (try --cpus, or more shards than cores to run \
                  unpinned)"
             ),
@@ -125,7 +135,17 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         crate::units::ByteSize(config.max_memory),
         crate::units::ByteSize(config.shard_memory()),
     );
-    eprintln!("kvmesh: in-memory only: durability is not built yet, so nothing survives a restart");
+    match &config.durability {
+        None => eprintln!(
+            "kvmesh: in-memory only (no --data-dir): nothing survives a restart of the node"
+        ),
+        Some(d) => eprintln!(
+            "kvmesh: durable: write-ahead log in {}, --fsync {} ({})",
+            d.data_dir.display(),
+            durable::fsync_name(d.wal.fsync),
+            durable::fsync_promise(&d.wal),
+        ),
+    }
     for handle in executors {
         handle
             .join()

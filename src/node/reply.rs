@@ -22,6 +22,30 @@ pub fn store_error(e: &StoreError) -> OpResult {
     status(code, e.to_string())
 }
 
+/// A write refused, or not acknowledged, because shard `shard`'s write-ahead log failed.
+pub fn log_failed(shard: usize, why: &str) -> OpResult {
+    status(
+        Status::Unavailable,
+        format!(
+            "write refused: shard {shard}'s write-ahead log failed ({why}); this node serves \
+             reads but accepts no writes until it is restarted"
+        ),
+    )
+}
+
+/// An op whose change, or the latest change to its key, was applied but could not be logged
+/// because shard `shard`'s log failed: not acknowledged, and gone after a restart.
+pub fn not_logged(shard: usize, why: &str) -> OpResult {
+    status(
+        Status::Unavailable,
+        format!(
+            "not acknowledged: shard {shard}'s write-ahead log failed before the change this \
+             op depends on was logged ({why}); it will not survive a restart. This node serves \
+             reads but accepts no writes until it is restarted"
+        ),
+    )
+}
+
 pub fn unknown_operation(code: i32) -> OpResult {
     status(
         Status::UnknownOperation,

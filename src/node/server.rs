@@ -1,5 +1,6 @@
-//! One shard's life on its executor: bind its listeners, join the mesh, accept connections,
-//! reclaim expired keys in the background, and stop when told to.
+//! One shard's life on its executor: bind its listeners, replay its log (with a data
+//! directory), join the mesh, accept connections, reclaim expired keys in the background, and
+//! stop when told to, syncing its log.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,6 +17,7 @@ use kvmesh_proto::wire::Topology;
 
 use super::config::NodeConfig;
 use super::conn;
+use super::durable;
 use super::mesh::{self, Envelope, Mesh};
 use super::shard::Shard;
 
@@ -76,6 +78,22 @@ pub async fn run_shard(
             return;
         }
     };
+    // Replay this shard's log before joining the mesh: shards recover in parallel.
+    let mut shard = Shard::new(
+        me,
+        config.node_id,
+        store_config(&config),
+        topology(&config, me),
+    );
+    if let Some(durability) = &config.durability {
+        match durable::open_log(me, durability, &mut shard).await {
+            Ok(report) => eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: ")),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
     let (senders, receivers) = match mesh.join().await {
         Ok(joined) => joined,
         Err(e) => {
@@ -85,25 +103,7 @@ pub async fn run_shard(
             return;
         }
     };
-    let topology = Topology {
-        node_id: config.node_id,
-        shards: config.shards as u32,
-        shard: me as u32,
-        shard_ports: config.shard_ports(),
-        shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
-    };
-    let store = StoreConfig {
-        max_memory: config.shard_memory(),
-        max_key_len: config.max_key_len,
-        max_value_len: config.max_value_len,
-        ..StoreConfig::default()
-    };
-    let shard = Rc::new(RefCell::new(Shard::new(
-        me,
-        config.node_id,
-        store,
-        topology,
-    )));
+    let shard = Rc::new(RefCell::new(shard));
     let mesh = Mesh::new(senders, config.forward_timeout);
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone());
     let ctx = Rc::new(ShardCtx {
@@ -124,6 +124,32 @@ pub async fn run_shard(
 
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;
+    }
+    // Whatever was written is synced before the shard goes, whatever the fsync mode.
+    let log = ctx.shard.borrow().log().cloned();
+    if let Some(log) = log {
+        if let Err(e) = log.close().await {
+            eprintln!("kvmesh: shard {me}: closing the write-ahead log: {e}");
+        }
+    }
+}
+
+fn topology(config: &NodeConfig, me: usize) -> Topology {
+    Topology {
+        node_id: config.node_id,
+        shards: config.shards as u32,
+        shard: me as u32,
+        shard_ports: config.shard_ports(),
+        shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
+    }
+}
+
+fn store_config(config: &NodeConfig) -> StoreConfig {
+    StoreConfig {
+        max_memory: config.shard_memory(),
+        max_key_len: config.max_key_len,
+        max_value_len: config.max_value_len,
+        ..StoreConfig::default()
     }
 }
 

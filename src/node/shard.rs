@@ -1,9 +1,15 @@
 //! One shard's state and its request handler. `Shard::execute` returns a value and never touches
 //! a socket, so it is tested with a plain clock.
+//!
+//! With a write-ahead log attached, every change `execute` applies to the store (and every
+//! eviction or expiry it causes) is appended to the log's pending batch at once, and the
+//! returned [`Executed::wait`] names the record the reply must wait for (see `durable`).
 
-use kvmesh_engine::{Applied, Config as StoreConfig, Hlc, Removed, Store};
+use kvmesh_engine::{Applied, Config as StoreConfig, Hlc, RemovalKind, Removed, Store, Version};
 use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status, Topology};
+use kvmesh_wal::{Entry, Log, Op as LogOp};
 
+use super::durable::{Pending, Replay};
 use super::reply;
 
 /// Counters of the node layer's own work. The store counts hits, misses and evictions itself.
@@ -20,13 +26,29 @@ pub struct Counters {
     pub protocol_errors: u64,
 }
 
-/// What one shard owns: its store, its clock and its counters.
+/// What one shard owns: its store, its clock, its counters and, when durable, its log.
 pub struct Shard {
     id: usize,
     store: Store,
     hlc: Hlc,
     topology: Topology,
     pub counters: Counters,
+    log: Option<Log>,
+    pending: Pending,
+}
+
+/// The outcome of one op: its result, and the log record that must be durable before the
+/// result may be sent (`None`: send at once).
+#[derive(Debug)]
+pub struct Executed {
+    pub result: OpResult,
+    pub wait: Option<u64>,
+}
+
+impl From<OpResult> for Executed {
+    fn from(result: OpResult) -> Self {
+        Executed { result, wait: None }
+    }
 }
 
 impl Shard {
@@ -40,13 +62,34 @@ impl Shard {
                 ..topology
             },
             counters: Counters::default(),
+            log: None,
+            pending: Pending::new(),
         }
+    }
+
+    /// The store, for replaying a log into it before the log is attached.
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Attaches the shard's recovered log: the clock resumes above every replayed version,
+    /// and what the store dropped on its own during replay is logged.
+    pub fn attach_log(&mut self, log: Log, replay: Replay) {
+        self.hlc.observe(replay.max_version);
+        self.log = Some(log);
+        for (kind, key, version) in replay.removals {
+            self.log_removal(kind, &key, version);
+        }
+    }
+
+    pub fn log(&self) -> Option<&Log> {
+        self.log.as_ref()
     }
 
     /// Executes one op that this shard owns, or one about the shard itself. Routing has already
     /// checked the op code and the key length.
-    pub fn execute(&mut self, op: &Op, now_ms: u64) -> OpResult {
-        let result = match OpCode::try_from(op.code) {
+    pub fn execute(&mut self, op: &Op, now_ms: u64) -> Executed {
+        let executed = match OpCode::try_from(op.code) {
             Ok(OpCode::OpGet) => self.get(op, now_ms),
             Ok(OpCode::OpPut) => self.put(op, now_ms),
             Ok(OpCode::OpRemove) => self.remove(op, now_ms),
@@ -54,88 +97,204 @@ impl Shard {
             Ok(OpCode::OpStats) => OpResult {
                 stats: Some(self.stats()),
                 ..OpResult::default()
-            },
+            }
+            .into(),
             Ok(OpCode::OpTopology) => OpResult {
                 topology: Some(self.topology.clone()),
                 ..OpResult::default()
-            },
+            }
+            .into(),
             Ok(OpCode::OpUnspecified) | Err(_) => {
                 self.counters.protocol_errors += 1;
-                reply::unknown_operation(op.code)
+                reply::unknown_operation(op.code).into()
             }
         };
-        // No write-ahead log yet: evictions and expirations have nowhere to go.
-        self.store.drain_removals();
-        result
+        // A get can expire its key on the spot: log that too, but do not wait for it.
+        self.log_removals();
+        executed
     }
 
-    /// Reclaims up to `max` expired entries; returns how many.
+    /// Reclaims up to `max` expired entries, logging each; returns how many.
     pub fn expire(&mut self, now_ms: u64, max: usize) -> usize {
         let n = self.store.expire(now_ms, max);
-        self.store.drain_removals();
+        self.log_removals();
         n
     }
 
-    fn get(&mut self, op: &Op, now_ms: u64) -> OpResult {
+    /// Why writes are refused, if they are: the log failed (full disk, I/O error).
+    fn refuse_writes(&self) -> Option<Executed> {
+        let why = self.log.as_ref()?.failure()?;
+        Some(reply::log_failed(self.id, &why).into())
+    }
+
+    /// The latest logged change to `key` that is not durable yet, if any.
+    fn unsettled(&self, key: &[u8]) -> Option<u64> {
+        let log = self.log.as_ref()?;
+        let seq = self.pending.latest(key);
+        (seq != 0 && !log.is_durable(seq)).then_some(seq)
+    }
+
+    /// Logs what the store dropped on its own (evictions, expirations), oldest first.
+    fn log_removals(&mut self) {
+        let removals: Vec<(RemovalKind, Vec<u8>, Version)> = self
+            .store
+            .drain_removals()
+            .map(|r| (r.kind, r.key().to_vec(), r.version))
+            .collect();
+        for (kind, key, version) in removals {
+            self.log_removal(kind, &key, version);
+        }
+    }
+
+    fn log_removal(&mut self, kind: RemovalKind, key: &[u8], version: Version) {
+        let op = match kind {
+            RemovalKind::Evicted => LogOp::Evict,
+            RemovalKind::Expired => LogOp::Expire,
+        };
+        let entry = Entry {
+            version_hlc: version.hlc,
+            version_node: version.node,
+            ..Entry::new(op, key)
+        };
+        // A failed log refuses every append; it has already failed the writes in flight.
+        let _ = self.append(&entry);
+    }
+
+    fn append(&mut self, entry: &Entry<'_>) -> kvmesh_wal::Result<Option<u64>> {
+        let Some(log) = &self.log else {
+            return Ok(None);
+        };
+        let seq = log.append(entry)?;
+        self.pending.note(entry.key, seq);
+        Ok(Some(seq))
+    }
+
+    fn get(&mut self, op: &Op, now_ms: u64) -> Executed {
         self.counters.gets += 1;
-        match self.store.get(&op.key, now_ms) {
+        let result = match self.store.get(&op.key, now_ms) {
             Some(value) => OpResult {
                 value: value.to_vec(),
                 found: true,
                 ..OpResult::default()
             },
             None => reply::status(Status::NotFound, ""),
+        };
+        // Never answer with (or about) a change a crash could still undo.
+        Executed {
+            result,
+            wait: self.unsettled(&op.key),
         }
     }
 
-    fn put(&mut self, op: &Op, now_ms: u64) -> OpResult {
+    fn put(&mut self, op: &Op, now_ms: u64) -> Executed {
         self.counters.puts += 1;
+        if let Some(refused) = self.refuse_writes() {
+            return refused;
+        }
         let version = self.hlc.now(now_ms);
-        match self.store.put(
-            &op.key,
-            &op.value,
-            deadline(now_ms, op.ttl_ms),
-            version,
-            now_ms,
-        ) {
+        let expires_at_ms = deadline(now_ms, op.ttl_ms);
+        match self
+            .store
+            .put(&op.key, &op.value, expires_at_ms, version, now_ms)
+        {
+            Ok(Applied::Stored) => {
+                let entry = Entry {
+                    value: &op.value,
+                    expires_at_ms,
+                    version_hlc: version.hlc,
+                    version_node: version.node,
+                    ..Entry::new(LogOp::Put, &op.key)
+                };
+                self.logged(OpResult::default(), &entry)
+            }
             // A stale write cannot happen with one clock per shard, but either way the store
             // holds a version at least as new as this one.
-            Ok(Applied::Stored | Applied::Stale) => OpResult::default(),
-            Err(e) => reply::store_error(&e),
+            Ok(Applied::Stale) => self.settled_after(OpResult::default(), &op.key),
+            Err(e) => reply::store_error(&e).into(),
         }
     }
 
-    fn remove(&mut self, op: &Op, now_ms: u64) -> OpResult {
+    fn remove(&mut self, op: &Op, now_ms: u64) -> Executed {
         self.counters.removes += 1;
+        if let Some(refused) = self.refuse_writes() {
+            return refused;
+        }
         let version = self.hlc.now(now_ms);
         match self.store.remove(&op.key, version, now_ms) {
-            Ok(removed) => OpResult {
-                found: removed == Removed::Removed,
-                ..OpResult::default()
-            },
-            Err(e) => reply::store_error(&e),
+            Ok(removed) => {
+                let result = OpResult {
+                    found: removed == Removed::Removed,
+                    ..OpResult::default()
+                };
+                // A remove that found nothing changed nothing, unless it left a tombstone.
+                let changed = removed == Removed::Removed
+                    || (removed == Removed::NotFound && self.store.config().tombstone_grace_ms > 0);
+                if changed {
+                    let entry = Entry {
+                        version_hlc: version.hlc,
+                        version_node: version.node,
+                        ..Entry::new(LogOp::Remove, &op.key)
+                    };
+                    self.logged(result, &entry)
+                } else {
+                    self.settled_after(result, &op.key)
+                }
+            }
+            Err(e) => reply::store_error(&e).into(),
         }
     }
 
-    fn touch(&mut self, op: &Op, now_ms: u64) -> OpResult {
+    fn touch(&mut self, op: &Op, now_ms: u64) -> Executed {
         self.counters.touches += 1;
+        if let Some(refused) = self.refuse_writes() {
+            return refused;
+        }
         let version = self.hlc.now(now_ms);
-        if self
-            .store
-            .touch(&op.key, deadline(now_ms, op.ttl_ms), version, now_ms)
-        {
-            OpResult {
+        let expires_at_ms = deadline(now_ms, op.ttl_ms);
+        if self.store.touch(&op.key, expires_at_ms, version, now_ms) {
+            let entry = Entry {
+                expires_at_ms,
+                version_hlc: version.hlc,
+                version_node: version.node,
+                ..Entry::new(LogOp::Touch, &op.key)
+            };
+            let result = OpResult {
                 found: true,
                 ..OpResult::default()
-            }
+            };
+            self.logged(result, &entry)
         } else {
-            reply::status(Status::NotFound, "")
+            self.settled_after(reply::status(Status::NotFound, ""), &op.key)
+        }
+    }
+
+    /// `result`, once `entry` (a change just applied) is logged after the removals it caused.
+    /// The append cannot fail in practice: the log was checked before the change was applied,
+    /// and validation keeps every record within a segment.
+    fn logged(&mut self, result: OpResult, entry: &Entry<'_>) -> Executed {
+        self.log_removals();
+        match self.append(entry) {
+            Ok(wait) => Executed { result, wait },
+            Err(e) => {
+                let why = self.log.as_ref().and_then(Log::failure);
+                reply::log_failed(self.id, &why.unwrap_or_else(|| e.to_string())).into()
+            }
+        }
+    }
+
+    /// `result` of an op that changed nothing, once the latest change to `key` is durable.
+    fn settled_after(&mut self, result: OpResult, key: &[u8]) -> Executed {
+        self.log_removals();
+        Executed {
+            result,
+            wait: self.unsettled(key),
         }
     }
 
     pub fn stats(&self) -> ShardStats {
         let s = self.store.stats();
         let c = &self.counters;
+        let wal = self.log.as_ref().map(Log::stats).unwrap_or_default();
         ShardStats {
             shard: self.id as u32,
             keys: self.store.len() as u64,
@@ -154,6 +313,13 @@ impl Shard {
             connections_accepted: c.connections_accepted,
             connections_open: c.connections_open,
             protocol_errors: c.protocol_errors,
+            wal_records: wal.records,
+            wal_writes: wal.writes,
+            wal_syncs: wal.syncs,
+            wal_bytes: wal.bytes,
+            wal_failed: u64::from(self.log.as_ref().is_some_and(|l| l.failure().is_some())),
+            wal_write_us: wal.write_micros,
+            wal_sync_us: wal.sync_micros,
         }
     }
 }
@@ -188,24 +354,36 @@ mod tests {
         let mut s = shard(1 << 20);
         let t = 1_000_000;
         assert_eq!(
-            s.execute(&op(OpCode::OpGet, "k", "", 0), t).status(),
+            s.execute(&op(OpCode::OpGet, "k", "", 0), t).result.status(),
             Status::NotFound
         );
         assert_eq!(
-            s.execute(&op(OpCode::OpPut, "k", "v", 0), t).status(),
+            s.execute(&op(OpCode::OpPut, "k", "v", 0), t)
+                .result
+                .status(),
             Status::Ok
         );
-        let got = s.execute(&op(OpCode::OpGet, "k", "", 0), t);
+        let got = s.execute(&op(OpCode::OpGet, "k", "", 0), t).result;
         assert_eq!(
             (got.status(), got.value.as_slice()),
             (Status::Ok, &b"v"[..])
         );
-        assert!(s.execute(&op(OpCode::OpTouch, "k", "", 500), t).found);
+        assert!(
+            s.execute(&op(OpCode::OpTouch, "k", "", 500), t)
+                .result
+                .found
+        );
         assert_eq!(
-            s.execute(&op(OpCode::OpGet, "k", "", 0), t + 500).status(),
+            s.execute(&op(OpCode::OpGet, "k", "", 0), t + 500)
+                .result
+                .status(),
             Status::NotFound
         );
-        assert!(!s.execute(&op(OpCode::OpRemove, "k", "", 0), t + 501).found);
+        assert!(
+            !s.execute(&op(OpCode::OpRemove, "k", "", 0), t + 501)
+                .result
+                .found
+        );
         let stats = s.stats();
         assert_eq!(
             (stats.gets, stats.puts, stats.touches, stats.removes),
@@ -229,7 +407,7 @@ mod tests {
         let mut s = shard(1 << 20);
         let mut bad = op(OpCode::OpGet, "k", "", 0);
         bad.code = 42;
-        assert_eq!(s.execute(&bad, 0).status(), Status::UnknownOperation);
+        assert_eq!(s.execute(&bad, 0).result.status(), Status::UnknownOperation);
         assert_eq!(s.stats().protocol_errors, 1);
     }
 
@@ -238,7 +416,9 @@ mod tests {
         let mut s = shard(Store::entry_charge(1, 10));
         let big = "x".repeat(1000);
         assert_eq!(
-            s.execute(&op(OpCode::OpPut, "k", &big, 0), 0).status(),
+            s.execute(&op(OpCode::OpPut, "k", &big, 0), 0)
+                .result
+                .status(),
             Status::NoSpace
         );
     }

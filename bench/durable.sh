@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Durable writes: kvmesh's write-ahead log against Redis's AOF, measured in the same run by the
+# same client (kvmesh-bench), on this machine's disk.
+#
+#   bench/durable.sh                          # from anywhere; takes about 5 minutes
+#   ROUNDS=5 DURATION=10s bench/durable.sh    # more, longer runs
+#   DATA=/mnt/ssd/tmp bench/durable.sh        # log to another disk (default: a temp dir)
+#
+# What it does:
+#   - installs redis-server if it is missing (its Debian service is left alone: this script
+#     runs private instances on free ports);
+#   - builds kvmesh and kvmesh-bench in release;
+#   - `kvmesh-bench fsync-probe` on the data disk: the latency of an aligned direct write into a
+#     preallocated, zeroed file followed by fdatasync (what kvmesh's log does), and of a
+#     buffered append followed by fdatasync (what Redis's AOF does), and the physical limit of
+#     50 clients that each wait for their reply: 50 / that latency;
+#   - servers pinned to core 0 (kvmesh: 1 shard), the client on core 1; SET-only, 50
+#     connections, 100,000 keys, 100-byte values, pipeline 1 and 16, closed loop:
+#       redis-server --appendonly yes --appendfsync always   (and everysec, for context)
+#       kvmesh node --data-dir D --fsync always | interval (10ms) | never
+#     each server on a fresh data directory, in ROUNDS rounds (default 3) that each run every
+#     configuration back to back, so disk noise from other work hits them all alike;
+#   - prints Markdown: the probe, then one table with the median over the rounds (and the
+#     range) of throughput, p50, p99, server CPU per request, errors, and for kvmesh its log's
+#     records per fdatasync and mean fdatasync latency as the log measures it.
+# Everything it starts is stopped when it exits, however it exits.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-2s}
+ROUNDS=${ROUNDS:-3}
+WORK=$(mktemp -d "${DATA:-${TMPDIR:-/tmp}}/kvmesh-durable.XXXXXX")
+SERVERS=()
+
+cleanup() {
+    for pid in "${SERVERS[@]}"; do
+        stop_server "$pid"
+    done
+    SERVERS=()
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { echo "durable: $*" >&2; }
+
+# Stops a server we started: SIGTERM, then SIGKILL if it is still there after 5 s.
+stop_server() {
+    local pid=$1 rest=() p
+    for p in "${SERVERS[@]}"; do
+        [ "$p" = "$pid" ] || rest+=("$p")
+    done
+    SERVERS=("${rest[@]}")
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in "" | Z*) break ;; esac
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# Waits until a log file contains a pattern, or fails if the process died or 60 s passed.
+wait_for_log() {
+    local pid=$1 file=$2 pattern=$3
+    for _ in $(seq 600); do
+        grep -q "$pattern" "$file" 2>/dev/null && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "server $pid exited before it was ready:"; cat "$file" >&2; exit 1
+        fi
+        sleep 0.1
+    done
+    log "server $pid not ready after 60 s:"; cat "$file" >&2; exit 1
+}
+
+# start_redis FSYNC: sets SERVER_PID and SERVER_ADDR; AOF on, with appendfsync FSYNC.
+start_redis() {
+    local port dir
+    port=$("$BENCH" free-port)
+    dir=$WORK/redis-$1-$port
+    mkdir -p "$dir"
+    taskset -c 0 redis-server --bind 127.0.0.1 --port "$port" --save '' --dir "$dir" \
+        --appendonly yes --appendfsync "$1" --daemonize no >"$dir.log" 2>&1 &
+    SERVER_PID=$!
+    SERVERS+=("$SERVER_PID")
+    SERVER_ADDR=127.0.0.1:$port
+    wait_for_log "$SERVER_PID" "$dir.log" "Ready to accept connections"
+}
+
+# start_kvmesh FSYNC: sets SERVER_PID and SERVER_ADDR; one shard on core 0, fresh data dir.
+start_kvmesh() {
+    local port dir
+    port=$("$BENCH" free-port --count 2)
+    dir=$WORK/kvmesh-$1-$port
+    "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 --cpus 0 --max-memory 2GiB \
+        --data-dir "$dir" --fsync "$1" >"$dir.log" 2>&1 &
+    SERVER_PID=$!
+    SERVERS+=("$SERVER_PID")
+    SERVER_ADDR=127.0.0.1:$port
+    wait_for_log "$SERVER_PID" "$dir.log" " ready: "
+}
+
+# A number field of a one-line JSON object: json_field FILE KEY.
+json_field() {
+    grep -o "\"$2\":[0-9.e+-]*" "$1" | head -n 1 | cut -d: -f2
+}
+
+# run_set LABEL PIPELINE: one SET-only run against the current server; appends a table row.
+run_set() {
+    local label=$1 pipeline=$2 out=$WORK/run.json wal="-" syncus="-"
+    if ! "$BENCH" --target "$TARGET" --addr "$SERVER_ADDR" --server-pid "$SERVER_PID" \
+        --label "$label" --cpus 1 --json --connections 50 --keys 100000 --value-size 100 \
+        --read-ratio 0 --pipeline "$pipeline" --duration "$DURATION" --warmup "$WARMUP" \
+        >"$WORK/run.out" 2>"$WORK/run.err"; then
+        log "kvmesh-bench failed:"; cat "$WORK/run.err" "$WORK/run.out" >&2; exit 1
+    fi
+    tail -n 1 "$WORK/run.out" >"$out"
+    tail -n 1 "$WORK/run.out" >>"$WORK/all.jsonl"
+    if [ "$TARGET" = kvmesh ]; then
+        # The log's own counters since the node started (prefill and warm-up included).
+        "$KVMESH" stats --addr "$SERVER_ADDR" --json | grep -o '"total":{.*}' >"$WORK/stats.json"
+        local records syncs sync_us
+        records=$(json_field "$WORK/stats.json" wal_records)
+        syncs=$(json_field "$WORK/stats.json" wal_syncs)
+        sync_us=$(json_field "$WORK/stats.json" wal_sync_us)
+        if [ "$syncs" -gt 0 ]; then
+            wal=$(awk -v r="$records" -v s="$syncs" 'BEGIN { printf "%.0f", r / s }')
+            syncus=$(awk -v t="$sync_us" -v s="$syncs" 'BEGIN { printf "%.0f", t / s }')
+        fi
+    fi
+    local ops p50 p99 cpu errors
+    ops=$(json_field "$out" ops_per_sec)
+    p50=$(json_field "$out" p50_us)
+    p99=$(json_field "$out" p99_us)
+    cpu=$(json_field "$out" server_cpu_us_per_req)
+    errors=$(json_field "$out" errors)
+    printf '%s %s %s %s %s %s %s %s %s\n' "$label" "$pipeline" "$ops" "$p50" "$p99" \
+        "${cpu:--}" "$errors" "$wal" "$syncus" >>"$WORK/rows"
+    log "$label pipeline $pipeline -> $(printf '%.0f' "$ops") ops/s, p50 ${p50} us, p99 ${p99} us"
+}
+
+if ! command -v redis-server >/dev/null; then
+    log "installing redis-server"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+log "building kvmesh and kvmesh-bench (release)"
+cargo build --release -q -p kvmesh -p kvmesh-bench
+BENCH=target/release/kvmesh-bench
+KVMESH=target/release/kvmesh
+if [ "$(nproc)" -lt 2 ]; then
+    log "needs at least 2 cores (server on core 0, client on core 1); this machine has $(nproc)"
+    exit 1
+fi
+
+log "fsync probe in $WORK"
+"$BENCH" fsync-probe --dir "$WORK" --concurrency 50 --json >"$WORK/probe.out"
+: >"$WORK/rows"
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    for pipeline in 1 16; do
+        TARGET=redis
+        start_redis always
+        run_set redis-aof-always "$pipeline"
+        stop_server "$SERVER_PID"
+        TARGET=kvmesh
+        for fsync in always interval never; do
+            start_kvmesh "$fsync"
+            run_set "kvmesh-fsync-$fsync" "$pipeline"
+            stop_server "$SERVER_PID"
+        done
+        TARGET=redis
+        start_redis everysec
+        run_set redis-aof-everysec "$pipeline"
+        stop_server "$SERVER_PID"
+    done
+done
+
+echo "## Durable writes: kvmesh vs Redis, $(date -u +%Y-%m-%d)"
+echo
+echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r); data on $(df --output=source,fstype "$WORK" | tail -n 1 | tr -s ' ')."
+echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-). kvmesh: $(git describe --always --dirty 2>/dev/null || echo "no commit yet")."
+echo "Command: \`bench/durable.sh\` (ROUNDS=$ROUNDS, DURATION=$DURATION, WARMUP=$WARMUP per run). Server on core 0 (kvmesh: 1 shard), client on core 1; SET only, 50 connections, 100,000 keys, 100-byte values, closed loop."
+echo
+echo "### The disk (\`kvmesh-bench fsync-probe\`, 4 KiB writes)"
+echo
+echo "| write, then fdatasync | p50 us | p99 us | mean us | fdatasync alone, mean us | limit at 50 clients (50 / mean) |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+probe=$(tail -n 1 "$WORK/probe.out")
+for mode in preallocated append; do
+    part=$(echo "$probe" | grep -o "\"${mode}_us\":{[^}]*}")
+    limit=$(echo "$probe" | grep -o "\"limit_${mode}\":[0-9.]*" | cut -d: -f2)
+    name=$([ "$mode" = preallocated ] && echo "aligned O_DIRECT write into a preallocated, zeroed file (kvmesh)" || echo "buffered append (Redis AOF)")
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$name" \
+        "$(echo "$part" | grep -o '"p50":[0-9.]*' | cut -d: -f2)" \
+        "$(echo "$part" | grep -o '"p99":[0-9.]*' | cut -d: -f2)" \
+        "$(echo "$part" | grep -o '"mean":[0-9.]*' | cut -d: -f2)" \
+        "$(echo "$part" | grep -o '"sync_mean":[0-9.]*' | cut -d: -f2)" \
+        "$(printf '%.0f' "$limit")"
+done
+echo
+echo "### Throughput and latency (median of $ROUNDS rounds; range of ops/s in brackets)"
+echo
+echo "| system | pipeline | ops/s | × redis always | p50 us | p99 us | server CPU us/req | errors | records per fdatasync | mean fdatasync us |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+awk '
+    function median(list,    n, v, i, j, t) {
+        n = split(list, v, " ")
+        for (i = 2; i <= n; i++)
+            for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
+    function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
+    {
+        key = $1 " " $2
+        if (!(key in seen)) { seen[key] = 1; order[++keys] = key }
+        ops[key] = ops[key] " " $3; p50[key] = p50[key] " " $4; p99[key] = p99[key] " " $5
+        cpu[key] = cpu[key] " " $6; err[key] += $7; wal[key] = wal[key] " " $8; sus[key] = sus[key] " " $9
+    }
+    END {
+        for (i = 1; i <= keys; i++) {
+            key = order[i]; split(key, k, " ")
+            base = "redis-aof-always " k[2]
+            ratio = (base in ops) ? sprintf("%.2f×", median(ops[key]) / median(ops[base])) : "-"
+            c = (cpu[key] ~ /-/) ? "-" : sprintf("%.2f", median(cpu[key]))
+            w = (wal[key] ~ /-/ || k[1] ~ /never/) ? "-" : sprintf("%.0f", median(wal[key]))
+            u = (sus[key] ~ /-/ || k[1] ~ /never/) ? "-" : sprintf("%.0f", median(sus[key]))
+            printf "| %s | %s | %.0f [%.0f–%.0f] | %s | %.0f | %.0f | %s | %d | %s | %s |\n", \
+                k[1], k[2], median(ops[key]), lo(ops[key]), hi(ops[key]), ratio, \
+                median(p50[key]), median(p99[key]), c, err[key], w, u
+        }
+    }' "$WORK/rows"

@@ -1,0 +1,59 @@
+//! The file operations the log needs, behind two small traits, so tests can put a fault
+//! injector ([`crate::testing`]) where production uses glommio's `DmaFile` ([`crate::dma`]).
+//!
+//! Both traits are used on one glommio executor: their futures are never `Send`.
+
+use std::io;
+
+/// One segment file, written with direct I/O: every write starts at a multiple of
+/// [`alignment`](SegmentFile::alignment) and has a length that is one.
+#[allow(async_fn_in_trait)] // single-threaded executor: nothing here needs to be Send
+pub trait SegmentFile {
+    /// A buffer aligned for this file's direct I/O.
+    type Buf: AsRef<[u8]> + AsMut<[u8]>;
+
+    /// A buffer of `len` bytes (a multiple of the alignment); its contents are unspecified.
+    fn alloc(&self, len: usize) -> Self::Buf;
+
+    /// The alignment direct I/O needs on this file's device, in bytes.
+    fn alignment(&self) -> u64;
+
+    /// Writes `buf` at `pos`. Returns the bytes written, which may be fewer (a short write).
+    async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<usize>;
+
+    /// The whole file.
+    async fn read_all(&self) -> io::Result<Vec<u8>>;
+
+    /// `fdatasync`: every write completed before the call is durable when it returns.
+    async fn sync(&self) -> io::Result<()>;
+
+    /// Makes the file `len` bytes of written zeros and syncs it. The blocks are then allocated
+    /// and initialised, so a later write inside them changes no metadata and an `fdatasync`
+    /// has only data to flush.
+    async fn zero_fill(&self, len: u64) -> io::Result<()>;
+}
+
+/// The directory of one shard's segments.
+#[allow(async_fn_in_trait)] // single-threaded executor: nothing here needs to be Send
+pub trait SegmentDir {
+    /// Its files.
+    type File: SegmentFile;
+
+    /// Names of the files in the directory, in no particular order.
+    fn list(&self) -> io::Result<Vec<String>>;
+
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+
+    /// Creates a new, empty file; fails if it exists.
+    async fn create(&self, name: &str) -> io::Result<Self::File>;
+
+    /// Removes a file.
+    fn remove(&self, name: &str) -> io::Result<()>;
+
+    /// `fsync` of the directory itself: created and removed names are durable when it returns.
+    fn sync(&self) -> io::Result<()>;
+
+    /// The file's path, for messages.
+    fn path(&self, name: &str) -> String;
+}

@@ -1,0 +1,263 @@
+//! The record codec. Pure: bytes in, records out, no I/O.
+//!
+//! A shard's log is a sequence of records, each framed with its length and a CRC32, its payload
+//! a `kvmesh.wal.Record` protobuf message (`proto/kvmesh/wal.proto`). The encoder writes the
+//! protobuf fields itself, straight from borrowed key and value bytes, so appending copies the
+//! value once; a test checks that its bytes are exactly what prost encodes.
+
+use kvmesh_proto::wal::{Record as Proto, RecordOp};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::Message;
+
+use crate::error::{Error, Result};
+
+/// Bytes of framing before each payload: length and CRC32.
+pub const FRAME_LEN: usize = 8;
+
+/// What a record says happened to the store.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `key` now holds `value`, with a deadline and a version.
+    Put,
+    /// A client removed `key`.
+    Remove,
+    /// `key` got a new deadline and version.
+    Touch,
+    /// The store evicted `key`, which held `version`.
+    Evict,
+    /// `key`, which held `version`, expired.
+    Expire,
+    /// No change: every record below `synced_below` was durable before this one was written.
+    Synced,
+}
+
+impl Op {
+    fn to_proto(self) -> RecordOp {
+        match self {
+            Op::Put => RecordOp::Put,
+            Op::Remove => RecordOp::Remove,
+            Op::Touch => RecordOp::Touch,
+            Op::Evict => RecordOp::Evict,
+            Op::Expire => RecordOp::Expire,
+            Op::Synced => RecordOp::Synced,
+        }
+    }
+
+    fn from_proto(code: i32) -> Option<Op> {
+        Some(match RecordOp::try_from(code).ok()? {
+            RecordOp::Put => Op::Put,
+            RecordOp::Remove => Op::Remove,
+            RecordOp::Touch => Op::Touch,
+            RecordOp::Evict => Op::Evict,
+            RecordOp::Expire => Op::Expire,
+            RecordOp::Synced => Op::Synced,
+            RecordOp::Unspecified => return None,
+        })
+    }
+}
+
+/// A record to append, borrowing its bytes. Fields an op does not use are left at zero/empty.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// What happened.
+    pub op: Op,
+    /// The key (empty for `Synced`).
+    pub key: &'a [u8],
+    /// The value (`Put` only).
+    pub value: &'a [u8],
+    /// Absolute deadline, ms since the UNIX epoch; 0 = never (`Put`, `Touch`).
+    pub expires_at_ms: u64,
+    /// The version's hybrid-logical-clock part.
+    pub version_hlc: u64,
+    /// The version's node id.
+    pub version_node: u32,
+    /// `Synced` only: every record with a lower seq was durable when this one was written.
+    pub synced_below: u64,
+}
+
+impl<'a> Entry<'a> {
+    /// A record of `op` on `key`, every other field zero or empty.
+    pub fn new(op: Op, key: &'a [u8]) -> Entry<'a> {
+        Entry {
+            op,
+            key,
+            value: b"",
+            expires_at_ms: 0,
+            version_hlc: 0,
+            version_node: 0,
+            synced_below: 0,
+        }
+    }
+
+    /// Bytes this entry takes in the log with sequence number `seq`, framing included.
+    pub fn encoded_len(&self, seq: u64) -> usize {
+        FRAME_LEN + self.payload_len(seq)
+    }
+
+    fn payload_len(&self, seq: u64) -> usize {
+        let varint = |tag_len: usize, v: u64| {
+            if v == 0 {
+                0
+            } else {
+                tag_len + encoded_len_varint(v)
+            }
+        };
+        let bytes = |b: &[u8]| {
+            if b.is_empty() {
+                0
+            } else {
+                1 + encoded_len_varint(b.len() as u64) + b.len()
+            }
+        };
+        varint(1, seq)
+            + varint(1, self.op.to_proto() as u64)
+            + bytes(self.key)
+            + bytes(self.value)
+            + varint(1, self.expires_at_ms)
+            + varint(1, self.version_hlc)
+            + varint(1, u64::from(self.version_node))
+            + varint(1, self.synced_below)
+    }
+}
+
+/// A record read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Position in the shard's log: consecutive from 1, across segments.
+    pub seq: u64,
+    /// What happened.
+    pub op: Op,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value (`Put`).
+    pub value: Vec<u8>,
+    /// Absolute deadline, ms since the UNIX epoch; 0 = never.
+    pub expires_at_ms: u64,
+    /// The version's hybrid-logical-clock part.
+    pub version_hlc: u64,
+    /// The version's node id.
+    pub version_node: u32,
+    /// `Synced` only: every record with a lower seq was durable when this one was written.
+    pub synced_below: u64,
+}
+
+impl Record {
+    /// This record's fields, borrowed.
+    pub fn entry(&self) -> Entry<'_> {
+        Entry {
+            op: self.op,
+            key: &self.key,
+            value: &self.value,
+            expires_at_ms: self.expires_at_ms,
+            version_hlc: self.version_hlc,
+            version_node: self.version_node,
+            synced_below: self.synced_below,
+        }
+    }
+}
+
+// Byte layout of one record; integers are little-endian:
+//
+//   offset  size  field
+//   0       4     len: payload length in bytes, >= 1. A zero here is not a record but padding:
+//                 the rest of the block is zero and the next commit starts at the next block.
+//   4       4     crc: CRC32 (crc32fast, IEEE polynomial) of the 4 len bytes, then the payload
+//   8       len   payload: one `kvmesh.wal.Record` protobuf message, fields in tag order,
+//                 zero-valued fields omitted (exactly what prost encodes)
+//
+// Records follow each other with no gap inside a commit. Every commit starts on a fresh
+// block, so the bytes between a commit's last record and the next block boundary are zero.
+
+/// Appends the record `seq` holding `entry` to `out`.
+pub fn encode(seq: u64, entry: &Entry<'_>, out: &mut Vec<u8>) {
+    let payload_len = entry.payload_len(seq);
+    out.reserve(FRAME_LEN + payload_len);
+    let start = out.len();
+    let len = payload_len as u32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    let varint = |out: &mut Vec<u8>, tag: u32, v: u64| {
+        if v != 0 {
+            encode_key(tag, WireType::Varint, out);
+            encode_varint(v, out);
+        }
+    };
+    let bytes = |out: &mut Vec<u8>, tag: u32, b: &[u8]| {
+        if !b.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(b.len() as u64, out);
+            out.extend_from_slice(b);
+        }
+    };
+    varint(out, 1, seq);
+    varint(out, 2, entry.op.to_proto() as u64);
+    bytes(out, 3, entry.key);
+    bytes(out, 4, entry.value);
+    varint(out, 5, entry.expires_at_ms);
+    varint(out, 6, entry.version_hlc);
+    varint(out, 7, u64::from(entry.version_node));
+    varint(out, 8, entry.synced_below);
+    debug_assert_eq!(out.len() - start, FRAME_LEN + payload_len);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len.to_le_bytes());
+    crc.update(&out[start + FRAME_LEN..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.finalize().to_le_bytes());
+}
+
+/// The length field at the front of `buf`: `None` when fewer than 4 bytes are there.
+/// Zero means padding, not a record.
+pub fn peek_len(buf: &[u8]) -> Option<u32> {
+    buf.first_chunk::<4>().map(|b| u32::from_le_bytes(*b))
+}
+
+/// Decodes the record at the front of `buf`, whose payload may be at most `max_len` bytes.
+///
+/// Returns the record and the bytes it took, `Ok(None)` when `buf` ends inside it, or why the
+/// bytes are not a record. The length is checked against `max_len` before anything is
+/// allocated; a zero length is [`Error::Malformed`] (callers check for padding first).
+pub fn decode(buf: &[u8], max_len: usize) -> Result<Option<(Record, usize)>> {
+    let Some(len) = peek_len(buf) else {
+        return Ok(None);
+    };
+    let len = len as usize;
+    if len == 0 {
+        return Err(Error::Malformed(
+            "zero length: padding, not a record".into(),
+        ));
+    }
+    if len > max_len {
+        return Err(Error::RecordTooLong { len, max: max_len });
+    }
+    let Some(payload) = buf.get(FRAME_LEN..FRAME_LEN + len) else {
+        return Ok(None);
+    };
+    let stored = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&buf[..4]);
+    crc.update(payload);
+    let computed = crc.finalize();
+    if stored != computed {
+        return Err(Error::Checksum { stored, computed });
+    }
+    let proto = Proto::decode(payload).map_err(|e| Error::Malformed(e.to_string()))?;
+    let op = Op::from_proto(proto.op)
+        .ok_or_else(|| Error::Malformed(format!("unknown record op {}", proto.op)))?;
+    if proto.seq == 0 {
+        return Err(Error::Malformed("sequence number 0".into()));
+    }
+    let record = Record {
+        seq: proto.seq,
+        op,
+        key: proto.key,
+        value: proto.value,
+        expires_at_ms: proto.expires_at_ms,
+        version_hlc: proto.version_hlc,
+        version_node: proto.version_node,
+        synced_below: proto.synced_below,
+    };
+    Ok(Some((record, FRAME_LEN + len)))
+}
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;

@@ -1,0 +1,284 @@
+//! An in-memory [`SegmentDir`] with a fault injector, for tests of the log and of what is
+//! built on it. It keeps, per file, the bytes written and the bytes the last sync made
+//! durable, so a test can simulate a power loss as well as torn writes, short writes, I/O
+//! errors and a full disk.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io;
+use std::rc::Rc;
+
+use crate::io::{SegmentDir, SegmentFile};
+
+/// What an injected fault does to the operation it hits.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Fails with this OS error (`libc::EIO`, `libc::ENOSPC`, ...) and changes nothing.
+    Error(i32),
+    /// A write stores only its first `n` bytes and reports `n`.
+    Short(usize),
+    /// A write stores only its first `n` bytes, then fails with `EIO`: a write torn by a crash.
+    Torn(usize),
+}
+
+/// Faults waiting for the operations they hit. Each is used once.
+#[derive(Debug, Default)]
+pub struct Faults {
+    writes: RefCell<Vec<(u64, Fault)>>,
+    syncs: RefCell<Vec<(u64, Fault)>>,
+    zero_fills: RefCell<Vec<(u64, Fault)>>,
+    writes_done: Cell<u64>,
+    syncs_done: Cell<u64>,
+    zero_fills_done: Cell<u64>,
+}
+
+impl Faults {
+    /// The write after `n` more writes (0: the next one) gets `fault`.
+    pub fn on_write(&self, n: u64, fault: Fault) {
+        self.writes
+            .borrow_mut()
+            .push((self.writes_done.get() + n, fault));
+    }
+
+    /// The sync after `n` more syncs gets `fault` (only `Fault::Error` applies).
+    pub fn on_sync(&self, n: u64, fault: Fault) {
+        self.syncs
+            .borrow_mut()
+            .push((self.syncs_done.get() + n, fault));
+    }
+
+    /// The segment preparation after `n` more gets `fault` (only `Fault::Error` applies).
+    pub fn on_zero_fill(&self, n: u64, fault: Fault) {
+        self.zero_fills
+            .borrow_mut()
+            .push((self.zero_fills_done.get() + n, fault));
+    }
+
+    /// Writes done so far (data and headers; zeroing not counted).
+    pub fn writes(&self) -> u64 {
+        self.writes_done.get()
+    }
+
+    /// Syncs done so far (zeroing's own not counted).
+    pub fn syncs(&self) -> u64 {
+        self.syncs_done.get()
+    }
+
+    fn take(list: &RefCell<Vec<(u64, Fault)>>, counter: &Cell<u64>) -> Option<Fault> {
+        let n = counter.get();
+        counter.set(n + 1);
+        let mut list = list.borrow_mut();
+        let i = list.iter().position(|(at, _)| *at == n)?;
+        Some(list.remove(i).1)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Contents {
+    /// What reads see.
+    data: RefCell<Vec<u8>>,
+    /// What survives a power loss: the data as of the last sync.
+    durable: RefCell<Vec<u8>>,
+}
+
+/// An in-memory directory. Clones share the same files and faults.
+#[derive(Clone, Debug)]
+pub struct MemDir {
+    files: Rc<RefCell<BTreeMap<String, Rc<Contents>>>>,
+    faults: Rc<Faults>,
+    alignment: u64,
+}
+
+impl MemDir {
+    /// An empty directory whose files need writes aligned to `alignment` bytes.
+    pub fn new(alignment: u64) -> MemDir {
+        MemDir {
+            files: Rc::default(),
+            faults: Rc::default(),
+            alignment,
+        }
+    }
+
+    /// The fault injector.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// File names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.files.borrow().keys().cloned().collect()
+    }
+
+    /// A file's current bytes.
+    pub fn bytes(&self, name: &str) -> Option<Vec<u8>> {
+        Some(self.files.borrow().get(name)?.data.borrow().clone())
+    }
+
+    /// Replaces a file's bytes, durably (to damage it, or cut it short); false if there is no
+    /// such file.
+    pub fn set_bytes(&self, name: &str, bytes: Vec<u8>) -> bool {
+        let files = self.files.borrow();
+        let Some(file) = files.get(name) else {
+            return false;
+        };
+        *file.durable.borrow_mut() = bytes.clone();
+        *file.data.borrow_mut() = bytes;
+        true
+    }
+
+    /// A separate directory holding what a crash at this instant would leave: with
+    /// `power_loss`, each file as its last sync left it; without, everything written (the
+    /// process died, the kernel kept its writes). Faults are not copied.
+    pub fn crash_copy(&self, power_loss: bool) -> MemDir {
+        let copy = MemDir::new(self.alignment);
+        for (name, file) in self.files.borrow().iter() {
+            let bytes = if power_loss {
+                file.durable.borrow().clone()
+            } else {
+                file.data.borrow().clone()
+            };
+            let contents = Contents {
+                data: RefCell::new(bytes.clone()),
+                durable: RefCell::new(bytes),
+            };
+            copy.files
+                .borrow_mut()
+                .insert(name.clone(), Rc::new(contents));
+        }
+        copy
+    }
+
+    /// Every file reverts to what its last sync made durable.
+    pub fn power_loss(&self) {
+        for file in self.files.borrow().values() {
+            *file.data.borrow_mut() = file.durable.borrow().clone();
+        }
+    }
+}
+
+/// A file of a [`MemDir`].
+#[derive(Debug)]
+pub struct MemFile {
+    contents: Rc<Contents>,
+    faults: Rc<Faults>,
+    alignment: u64,
+}
+
+impl SegmentFile for MemFile {
+    type Buf = Vec<u8>;
+
+    fn alloc(&self, len: usize) -> Vec<u8> {
+        vec![0xA5; len] // not zero: callers must fill what they write
+    }
+
+    fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
+    async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<usize> {
+        assert!(
+            pos % self.alignment == 0 && buf.len() as u64 % self.alignment == 0,
+            "unaligned direct write: {} bytes at {pos}",
+            buf.len()
+        );
+        let (keep, result) = match Faults::take(&self.faults.writes, &self.faults.writes_done) {
+            None => (buf.len(), Ok(buf.len())),
+            Some(Fault::Error(errno)) => (0, Err(io::Error::from_raw_os_error(errno))),
+            Some(Fault::Short(n)) => (n.min(buf.len()), Ok(n.min(buf.len()))),
+            Some(Fault::Torn(n)) => (
+                n.min(buf.len()),
+                Err(io::Error::from_raw_os_error(libc::EIO)),
+            ),
+        };
+        {
+            let mut data = self.contents.data.borrow_mut();
+            let pos = pos as usize;
+            if data.len() < pos + keep {
+                data.resize(pos + keep, 0);
+            }
+            data[pos..pos + keep].copy_from_slice(&buf[..keep]);
+        }
+        futures_lite::future::yield_now().await;
+        result
+    }
+
+    async fn read_all(&self) -> io::Result<Vec<u8>> {
+        Ok(self.contents.data.borrow().clone())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        if let Some(Fault::Error(errno)) = Faults::take(&self.faults.syncs, &self.faults.syncs_done)
+        {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        *self.contents.durable.borrow_mut() = self.contents.data.borrow().clone();
+        futures_lite::future::yield_now().await;
+        Ok(())
+    }
+
+    async fn zero_fill(&self, len: u64) -> io::Result<()> {
+        let fault = Faults::take(&self.faults.zero_fills, &self.faults.zero_fills_done);
+        if let Some(Fault::Error(errno)) = fault {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let mut data = self.contents.data.borrow_mut();
+        data.clear();
+        data.resize(len as usize, 0);
+        *self.contents.durable.borrow_mut() = data.clone();
+        Ok(())
+    }
+}
+
+impl SegmentDir for MemDir {
+    type File = MemFile;
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.names())
+    }
+
+    async fn open(&self, name: &str) -> io::Result<MemFile> {
+        let contents = self
+            .files
+            .borrow()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        Ok(self.file(contents))
+    }
+
+    async fn create(&self, name: &str) -> io::Result<MemFile> {
+        let mut files = self.files.borrow_mut();
+        if files.contains_key(name) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        let contents = Rc::new(Contents::default());
+        files.insert(name.to_string(), contents.clone());
+        Ok(self.file(contents))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.files
+            .borrow_mut()
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn path(&self, name: &str) -> String {
+        format!("mem/{name}")
+    }
+}
+
+impl MemDir {
+    fn file(&self, contents: Rc<Contents>) -> MemFile {
+        MemFile {
+            contents,
+            faults: self.faults.clone(),
+            alignment: self.alignment,
+        }
+    }
+}

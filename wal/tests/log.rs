@@ -1,0 +1,303 @@
+//! The log's contract, on the in-memory directory: order, group commit, rotation, what is
+//! acknowledged, and what faults do.
+
+mod support;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use kvmesh_wal::testing::{Fault, MemDir};
+use kvmesh_wal::{Config, Error, Fsync};
+use support::*;
+
+const BLOCK: u64 = 512;
+
+#[test]
+fn records_replay_in_order_after_reopen() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = small(BLOCK, 64);
+        let (log, report, replayed) = open(dir.clone(), &config).await.unwrap();
+        assert!(replayed.is_empty());
+        assert_eq!(report.next_seq, 1);
+        put_each(&log, 0, 50).await;
+        log.close().await.unwrap();
+        drop(log);
+        let (log, report, replayed) = open(dir.clone(), &config).await.unwrap();
+        assert_eq!(puts(&replayed), expected_puts(0, 50));
+        assert!(
+            report.torn_tail.is_none() && report.skipped.is_empty(),
+            "{report}"
+        );
+        // Sequence numbers continue after the last record, sync markers included.
+        assert!(log.next_seq() > 50, "{}", log.next_seq());
+        let seqs: Vec<u64> = replayed.iter().map(|r| r.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    });
+}
+
+#[test]
+fn concurrent_writers_share_syncs() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = small(BLOCK, 1024);
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        let writers = 50;
+        let each = 20;
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..each {
+                        let key = format!("w{w}-{i}");
+                        let seq = log.append(&put(key.as_bytes(), b"v")).unwrap();
+                        log.durable(seq).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        let stats = log.stats();
+        let puts = (writers * each) as u64;
+        // One sync per write round at most, and far fewer syncs than records.
+        assert!(stats.syncs * 10 < puts, "{stats:?}");
+        assert!(stats.writes <= stats.syncs + 1, "{stats:?}");
+        log.close().await.unwrap();
+        let (_, _, replayed) = open(dir, &config).await.unwrap();
+        assert_eq!(support::puts(&replayed).len(), puts as usize);
+    });
+}
+
+#[test]
+fn segments_rotate_and_replay_across_them() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = small(BLOCK, 8); // 4 KiB segments: a few records each
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        put_each(&log, 0, 200).await;
+        assert!(log.stats().segments > 20, "{:?}", log.stats());
+        log.close().await.unwrap();
+        drop(log);
+        let names = dir.names();
+        let want: Vec<String> = (1..=names.len() as u64)
+            .map(kvmesh_wal::segment::name)
+            .collect();
+        assert_eq!(names, want, "consecutive segment names, one spare at most");
+        let (_, report, replayed) = open(dir.clone(), &config).await.unwrap();
+        assert_eq!(puts(&replayed), expected_puts(0, 200));
+        // An unused, prepared spare (if the close left one) is not counted.
+        assert!(report.segments + 1 >= names.len(), "{report}");
+    });
+}
+
+#[test]
+fn a_record_larger_than_a_segment_is_refused_not_logged() {
+    run(async {
+        let config = small(BLOCK, 8);
+        let (log, _, _) = open(MemDir::new(BLOCK), &config).await.unwrap();
+        let big = vec![7u8; 8 * BLOCK as usize];
+        assert!(matches!(
+            log.append(&put(b"k", &big)),
+            Err(Error::RecordTooLarge { .. })
+        ));
+        put_each(&log, 0, 1).await;
+    });
+}
+
+/// Writers that record which of their puts were acknowledged, until told to stop.
+async fn acked_puts(log: &kvmesh_wal::Log, writers: u64, each: u64) -> Rc<RefCell<Vec<u64>>> {
+    let acked = Rc::new(RefCell::new(Vec::new()));
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (log, acked) = (log.clone(), acked.clone());
+            glommio::spawn_local(async move {
+                for i in 0..each {
+                    let n = w * each + i;
+                    let Ok(seq) = log.append(&put(format!("k{n}").as_bytes(), &value(n))) else {
+                        return;
+                    };
+                    if log.durable(seq).await.is_err() {
+                        return;
+                    }
+                    acked.borrow_mut().push(n);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    acked
+}
+
+#[test]
+fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
+    for crash_after_writes in [1, 3, 7, 12, 20, 33] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            let config = small(BLOCK, 16);
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            // The "crash": the write after `crash_after_writes` fails, so nothing after it is
+            // acknowledged; a power loss then keeps only what was synced.
+            dir.faults()
+                .on_write(crash_after_writes, Fault::Torn(BLOCK as usize));
+            let acked = acked_puts(&log, 10, 10).await;
+            let after = dir.crash_copy(true);
+            let (_, report, replayed) = open(after, &config).await.unwrap();
+            let present: std::collections::HashMap<String, Vec<u8>> =
+                puts(&replayed).into_iter().collect();
+            for &n in acked.borrow().iter() {
+                assert_eq!(
+                    present.get(&format!("k{n}")),
+                    Some(&value(n)),
+                    "acknowledged put {n} lost (crash after {crash_after_writes} writes): {report}"
+                );
+            }
+        });
+    }
+}
+
+#[test]
+fn every_acknowledged_record_survives_a_process_crash_with_fsync_never() {
+    for crash_after_writes in [2, 9, 25] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            let config = Config {
+                fsync: Fsync::Never,
+                ..small(BLOCK, 16)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            dir.faults()
+                .on_write(crash_after_writes, Fault::Torn(BLOCK as usize));
+            let acked = acked_puts(&log, 10, 10).await;
+            assert!(
+                log.stats().syncs <= log.stats().segments,
+                "never mode syncs only at rotation"
+            );
+            let (_, report, replayed) = open(dir.crash_copy(false), &config).await.unwrap();
+            let present: std::collections::HashMap<String, Vec<u8>> =
+                puts(&replayed).into_iter().collect();
+            for &n in acked.borrow().iter() {
+                assert_eq!(present.get(&format!("k{n}")), Some(&value(n)), "{report}");
+            }
+        });
+    }
+}
+
+#[test]
+fn enospc_fails_the_log_and_nothing_unlogged_is_acknowledged() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = small(BLOCK, 64);
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        put_each(&log, 0, 5).await;
+        dir.faults().on_write(0, Fault::Error(libc::ENOSPC));
+        let seq = log.append(&put(b"lost", b"v")).unwrap();
+        let err = log.durable(seq).await.unwrap_err();
+        assert!(err.to_string().contains("no space left"), "{err}");
+        assert!(log.failure().unwrap().contains("no space left"));
+        // Every later append is refused at once, with the same reason.
+        let err = log.append(&put(b"later", b"v")).unwrap_err();
+        assert!(
+            matches!(&err, Error::Failed(m) if m.contains("no space")),
+            "{err}"
+        );
+        let (_, _, replayed) = open(dir.crash_copy(false), &config).await.unwrap();
+        assert_eq!(puts(&replayed), expected_puts(0, 5));
+    });
+}
+
+#[test]
+fn a_failed_sync_acknowledges_nothing_it_covered() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let (log, _, _) = open(dir.clone(), &small(BLOCK, 64)).await.unwrap();
+        put_each(&log, 0, 3).await;
+        dir.faults().on_sync(0, Fault::Error(libc::EIO));
+        let seq = log.append(&put(b"k", b"v")).unwrap();
+        let err = log.durable(seq).await.unwrap_err();
+        assert!(err.to_string().contains("syncing"), "{err}");
+        assert!(log.is_durable(seq - 1) && !log.is_durable(seq));
+    });
+}
+
+#[test]
+fn a_short_write_is_continued() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = small(BLOCK, 64);
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        dir.faults().on_write(0, Fault::Short(BLOCK as usize));
+        let big = vec![b'z'; 3 * BLOCK as usize];
+        let seq = log.append(&put(b"big", &big)).unwrap();
+        log.durable(seq).await.unwrap();
+        assert!(log.stats().writes >= 1);
+        log.close().await.unwrap();
+        let (_, _, replayed) = open(dir, &config).await.unwrap();
+        assert_eq!(puts(&replayed), vec![("big".to_string(), big)]);
+    });
+}
+
+#[test]
+fn a_write_that_stores_nothing_fails_the_log() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let (log, _, _) = open(dir.clone(), &small(BLOCK, 64)).await.unwrap();
+        dir.faults().on_write(0, Fault::Short(0));
+        let seq = log.append(&put(b"k", b"v")).unwrap();
+        let err = log.durable(seq).await.unwrap_err();
+        assert!(err.to_string().contains("short write"), "{err}");
+    });
+}
+
+#[test]
+fn a_full_disk_when_preparing_the_next_segment_fails_at_rotation() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = small(BLOCK, 8);
+        // The background preparation and the retry at rotation both find the disk full.
+        dir.faults().on_zero_fill(1, Fault::Error(libc::ENOSPC));
+        dir.faults().on_zero_fill(2, Fault::Error(libc::ENOSPC));
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        let mut acked = 0;
+        let err = loop {
+            let seq = log
+                .append(&put(format!("k{acked}").as_bytes(), &value(acked)))
+                .unwrap();
+            match log.durable(seq).await {
+                Ok(()) => acked += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(err.to_string().contains("no space left"), "{err}");
+        assert!(acked > 0);
+        let (_, _, replayed) = open(dir.crash_copy(false), &config).await.unwrap();
+        assert_eq!(puts(&replayed), expected_puts(0, acked));
+    });
+}
+
+#[test]
+fn interval_mode_syncs_on_its_own() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = Config {
+            fsync: Fsync::Interval,
+            fsync_interval: std::time::Duration::from_millis(5),
+            ..small(BLOCK, 64)
+        };
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        put_each(&log, 0, 10).await; // acknowledged when written
+        let start = std::time::Instant::now();
+        while log.stats().syncs == 0 {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no interval sync"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let (_, _, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
+        assert_eq!(puts(&replayed), expected_puts(0, 10));
+    });
+}
