@@ -91,10 +91,10 @@ start_redis() {
 # start_kvmesh FSYNC: sets SERVER_PID and SERVER_ADDR; one shard on core 0, fresh data dir.
 start_kvmesh() {
     local port dir
-    port=$("$BENCH" free-port --count 2)
+    port=$("$BENCH" free-port --count 3)
     dir=$WORK/kvmesh-$1-$port
     "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 --cpus 0 --max-memory 2GiB \
-        --data-dir "$dir" --fsync "$1" >"$dir.log" 2>&1 &
+        --grpc "127.0.0.1:$((port + 2))" --data-dir "$dir" --fsync "$1" >"$dir.log" 2>&1 &
     SERVER_PID=$!
     SERVERS+=("$SERVER_PID")
     SERVER_ADDR=127.0.0.1:$port
