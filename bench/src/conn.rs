@@ -30,6 +30,36 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 /// Consecutive failed reopen attempts after which a connection stops.
 const RECONNECT_ATTEMPTS: u32 = 20;
 
+/// Reopens a broken connection with `open`, pausing between attempts; counts the reconnect and
+/// notes every failed attempt, and gives up after [`RECONNECT_ATTEMPTS`].
+pub(crate) async fn reconnect<T, F, Fut>(
+    addr: SocketAddr,
+    rec: &RefCell<Recorder>,
+    open: F,
+) -> Result<T, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last = String::new();
+    for _ in 0..RECONNECT_ATTEMPTS {
+        match open().await {
+            Ok(opened) => {
+                rec.borrow_mut().count(1, 0);
+                return Ok(opened);
+            }
+            Err(why) => {
+                rec.borrow_mut().note_error(&why);
+                last = why;
+                sleep(RECONNECT_PAUSE).await;
+            }
+        }
+    }
+    Err(format!(
+        "gave up on {addr} after {RECONNECT_ATTEMPTS} attempts: {last}"
+    ))
+}
+
 /// Why a connection stopped working.
 #[derive(Debug)]
 enum ConnError {
@@ -153,25 +183,9 @@ impl Conn {
     }
 
     async fn reopen(&mut self, rec: &RefCell<Recorder>) -> Result<(), String> {
-        let mut last = String::new();
-        for _ in 0..RECONNECT_ATTEMPTS {
-            match open(self.addr, self.timeout).await {
-                Ok(stream) => {
-                    self.stream = Some(stream);
-                    rec.borrow_mut().count(1, 0);
-                    return Ok(());
-                }
-                Err(why) => {
-                    rec.borrow_mut().note_error(&why);
-                    last = why;
-                    sleep(RECONNECT_PAUSE).await;
-                }
-            }
-        }
-        Err(format!(
-            "gave up on {} after {RECONNECT_ATTEMPTS} attempts: {last}",
-            self.addr
-        ))
+        let (addr, timeout) = (self.addr, self.timeout);
+        self.stream = Some(reconnect(addr, rec, || open(addr, timeout)).await?);
+        Ok(())
     }
 
     async fn drive(

@@ -43,10 +43,6 @@ use crate::workload::OpKind;
 
 const GET: &str = "/distributed_cache.DistributedCache/Get";
 const PUT: &str = "/distributed_cache.DistributedCache/Put";
-/// Pause between attempts to reopen a broken connection.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-/// Consecutive failed reopen attempts after which a connection stops.
-const RECONNECT_ATTEMPTS: u32 = 20;
 
 /// Why a call ended its connection's run.
 #[derive(Debug)]
@@ -200,25 +196,9 @@ impl GrpcConn {
     }
 
     async fn reopen(&mut self, rec: &RefCell<Recorder>) -> Result<(), String> {
-        let mut last = String::new();
-        for _ in 0..RECONNECT_ATTEMPTS {
-            match open(self.addr, self.timeout).await {
-                Ok(open) => {
-                    self.open = Some(open);
-                    rec.borrow_mut().count(1, 0);
-                    return Ok(());
-                }
-                Err(why) => {
-                    rec.borrow_mut().note_error(&why);
-                    last = why;
-                    sleep(RECONNECT_PAUSE).await;
-                }
-            }
-        }
-        Err(format!(
-            "gave up on {} after {RECONNECT_ATTEMPTS} attempts: {last}",
-            self.addr
-        ))
+        let (addr, timeout) = (self.addr, self.timeout);
+        self.open = Some(crate::conn::reconnect(addr, rec, || open(addr, timeout)).await?);
+        Ok(())
     }
 
     async fn drive(
