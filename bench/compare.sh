@@ -18,77 +18,9 @@
 # Everything it starts is stopped when it exits, however it exits.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
-WORK=$(mktemp -d -t kvmesh-compare.XXXXXX)
-SERVERS=()
-
-cleanup() {
-    for pid in "${SERVERS[@]}"; do
-        stop_server "$pid"
-    done
-    SERVERS=()
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "compare: $*" >&2; }
-
-# Stops a server we started: SIGTERM, then SIGKILL if it is still there after 5 s.
-stop_server() {
-    local pid=$1 rest=() p
-    for p in "${SERVERS[@]}"; do
-        [ "$p" = "$pid" ] || rest+=("$p")
-    done
-    SERVERS=("${rest[@]}")
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in "" | Z*) break ;; esac
-        sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# Waits until a log file contains a pattern, or fails if the process died or 20 s passed.
-wait_for_log() {
-    local pid=$1 file=$2 pattern=$3
-    for _ in $(seq 200); do
-        grep -q "$pattern" "$file" 2>/dev/null && return 0
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "server $pid exited before it was ready:"; cat "$file" >&2; exit 1
-        fi
-        sleep 0.1
-    done
-    log "server $pid not ready after 20 s:"; cat "$file" >&2; exit 1
-}
-
-# start_redis CORE: sets SERVER_PID and SERVER_ADDR.
-start_redis() {
-    local port
-    port=$("$BENCH" free-port)
-    taskset -c "$1" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-        --daemonize no >"$WORK/redis-$port.log" 2>&1 &
-    SERVER_PID=$!
-    SERVERS+=("$SERVER_PID")
-    SERVER_ADDR=127.0.0.1:$port
-    wait_for_log "$SERVER_PID" "$WORK/redis-$port.log" "Ready to accept connections"
-}
-
-# start_kvmesh SHARDS CPUS: sets SERVER_PID and SERVER_ADDR. Needs PORT..PORT+SHARDS+1 free
-# (the wire port, the shard ports, and the gRPC port after them).
-start_kvmesh() {
-    local port
-    port=$("$BENCH" free-port --count $(($1 + 2)))
-    "$KVMESH" node --listen "127.0.0.1:$port" --shards "$1" --cpus "$2" --max-memory 2GiB \
-        --grpc "127.0.0.1:$((port + $1 + 1))" >"$WORK/kvmesh-$port.log" 2>&1 &
-    SERVER_PID=$!
-    SERVERS+=("$SERVER_PID")
-    SERVER_ADDR=127.0.0.1:$port
-    wait_for_log "$SERVER_PID" "$WORK/kvmesh-$port.log" "ready"
-}
 
 # run_bench RESULTS LABEL TARGET CLIENT_CPUS [flags...]: one run against the current server;
 # its JSON report is appended to RESULTS.
@@ -115,22 +47,11 @@ run_workloads() {
     done
 }
 
-if ! command -v redis-server >/dev/null; then
-    log "installing redis-server"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-fi
-log "building kvmesh and kvmesh-bench (release)"
-cargo build --release -q -p kvmesh -p kvmesh-bench
-BENCH=target/release/kvmesh-bench
-KVMESH=target/release/kvmesh
-if [ "$(nproc)" -lt 2 ]; then
-    log "needs at least 2 cores (server on core 0, client on core 1); this machine has $(nproc)"
-    exit 1
-fi
+bench_init compare
+ensure_redis
 
 log "headline: one core each (server on core 0, client on core 1), $DURATION per run after $WARMUP warmup"
-start_redis 0
+start_redis 0 --appendonly no
 run_workloads "$WORK/headline.jsonl" redis redis 1
 stop_server "$SERVER_PID"
 start_kvmesh 1 0
@@ -143,7 +64,7 @@ run_workloads "$WORK/shards.jsonl" kvmesh-2-shards kvmesh 0,1
 stop_server "$SERVER_PID"
 
 log "memory: 1M keys of 100 bytes into a fresh server"
-start_redis 0
+start_redis 0 --appendonly no
 run_bench "$WORK/memory.jsonl" redis redis 1 --prefill-only --keys 1000000 --value-size 100 \
     --connections 8 --pipeline 32
 stop_server "$SERVER_PID"
@@ -154,8 +75,8 @@ stop_server "$SERVER_PID"
 
 echo "## kvmesh vs Redis, $(date -u +%Y-%m-%d)"
 echo
-echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)."
-echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) (no persistence). kvmesh: $(git describe --always --dirty 2>/dev/null || echo "no commit yet") (in-memory, no --data-dir)."
+machine_line
+echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) (no persistence). kvmesh: $(kvmesh_version) (in-memory, no --data-dir)."
 echo "Command: \`bench/compare.sh\` (DURATION=$DURATION, WARMUP=$WARMUP per run). CPU us/req is the server's user+system time over the measured phase divided by the requests."
 echo
 "$BENCH" table --title "Per core: server pinned to core 0 (kvmesh: 1 shard), client on core 1" "$WORK/headline.jsonl"

@@ -26,79 +26,21 @@
 # Everything it starts is stopped when it exits, however it exits.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
-WORK=$(mktemp -d "${DATA:-${TMPDIR:-/tmp}}/kvmesh-durable.XXXXXX")
-SERVERS=()
 
-cleanup() {
-    for pid in "${SERVERS[@]}"; do
-        stop_server "$pid"
-    done
-    SERVERS=()
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log() { echo "durable: $*" >&2; }
-
-# Stops a server we started: SIGTERM, then SIGKILL if it is still there after 5 s.
-stop_server() {
-    local pid=$1 rest=() p
-    for p in "${SERVERS[@]}"; do
-        [ "$p" = "$pid" ] || rest+=("$p")
-    done
-    SERVERS=("${rest[@]}")
-    kill "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in "" | Z*) break ;; esac
-        sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+# start_redis_aof FSYNC: a private Redis on core 0 with its AOF on, appendfsync FSYNC.
+start_redis_aof() {
+    local dir
+    dir=$(mktemp -d "$WORK/redis-$1.XXXX")
+    start_redis 0 --dir "$dir" --appendonly yes --appendfsync "$1"
 }
 
-# Waits until a log file contains a pattern, or fails if the process died or 60 s passed.
-wait_for_log() {
-    local pid=$1 file=$2 pattern=$3
-    for _ in $(seq 600); do
-        grep -q "$pattern" "$file" 2>/dev/null && return 0
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log "server $pid exited before it was ready:"; cat "$file" >&2; exit 1
-        fi
-        sleep 0.1
-    done
-    log "server $pid not ready after 60 s:"; cat "$file" >&2; exit 1
-}
-
-# start_redis FSYNC: sets SERVER_PID and SERVER_ADDR; AOF on, with appendfsync FSYNC.
-start_redis() {
-    local port dir
-    port=$("$BENCH" free-port)
-    dir=$WORK/redis-$1-$port
-    mkdir -p "$dir"
-    taskset -c 0 redis-server --bind 127.0.0.1 --port "$port" --save '' --dir "$dir" \
-        --appendonly yes --appendfsync "$1" --daemonize no >"$dir.log" 2>&1 &
-    SERVER_PID=$!
-    SERVERS+=("$SERVER_PID")
-    SERVER_ADDR=127.0.0.1:$port
-    wait_for_log "$SERVER_PID" "$dir.log" "Ready to accept connections"
-}
-
-# start_kvmesh FSYNC: sets SERVER_PID and SERVER_ADDR; one shard on core 0, fresh data dir.
-start_kvmesh() {
-    local port dir
-    port=$("$BENCH" free-port --count 3)
-    dir=$WORK/kvmesh-$1-$port
-    "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 --cpus 0 --max-memory 2GiB \
-        --grpc "127.0.0.1:$((port + 2))" --data-dir "$dir" --fsync "$1" >"$dir.log" 2>&1 &
-    SERVER_PID=$!
-    SERVERS+=("$SERVER_PID")
-    SERVER_ADDR=127.0.0.1:$port
-    wait_for_log "$SERVER_PID" "$dir.log" " ready: "
+# start_kvmesh_durable FSYNC: one shard on core 0, on a fresh data directory.
+start_kvmesh_durable() {
+    start_kvmesh 1 0 --data-dir "$(mktemp -d "$WORK/kvmesh-$1.XXXX")" --fsync "$1"
 }
 
 # A number field of a one-line JSON object: json_field FILE KEY.
@@ -140,19 +82,8 @@ run_set() {
     log "$label pipeline $pipeline -> $(printf '%.0f' "$ops") ops/s, p50 ${p50} us, p99 ${p99} us"
 }
 
-if ! command -v redis-server >/dev/null; then
-    log "installing redis-server"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-fi
-log "building kvmesh and kvmesh-bench (release)"
-cargo build --release -q -p kvmesh -p kvmesh-bench
-BENCH=target/release/kvmesh-bench
-KVMESH=target/release/kvmesh
-if [ "$(nproc)" -lt 2 ]; then
-    log "needs at least 2 cores (server on core 0, client on core 1); this machine has $(nproc)"
-    exit 1
-fi
+bench_init durable
+ensure_redis
 
 log "fsync probe in $WORK"
 "$BENCH" fsync-probe --dir "$WORK" --concurrency 50 --json >"$WORK/probe.out"
@@ -161,17 +92,17 @@ for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS"
     for pipeline in 1 16; do
         TARGET=redis
-        start_redis always
+        start_redis_aof always
         run_set redis-aof-always "$pipeline"
         stop_server "$SERVER_PID"
         TARGET=kvmesh
         for fsync in always interval never; do
-            start_kvmesh "$fsync"
+            start_kvmesh_durable "$fsync"
             run_set "kvmesh-fsync-$fsync" "$pipeline"
             stop_server "$SERVER_PID"
         done
         TARGET=redis
-        start_redis everysec
+        start_redis_aof everysec
         run_set redis-aof-everysec "$pipeline"
         stop_server "$SERVER_PID"
     done
@@ -179,8 +110,8 @@ done
 
 echo "## Durable writes: kvmesh vs Redis, $(date -u +%Y-%m-%d)"
 echo
-echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r); data on $(df --output=source,fstype "$WORK" | tail -n 1 | tr -s ' ')."
-echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-). kvmesh: $(git describe --always --dirty 2>/dev/null || echo "no commit yet")."
+echo "$(machine_line) Data on $(df --output=source,fstype "$WORK" | tail -n 1 | tr -s ' ')."
+echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-). kvmesh: $(kvmesh_version)."
 echo "Command: \`bench/durable.sh\` (ROUNDS=$ROUNDS, DURATION=$DURATION, WARMUP=$WARMUP per run). Server on core 0 (kvmesh: 1 shard), client on core 1; SET only, 50 connections, 100,000 keys, 100-byte values, closed loop."
 echo
 echo "### The disk (\`kvmesh-bench fsync-probe\`, 4 KiB writes)"

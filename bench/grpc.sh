@@ -15,58 +15,15 @@
 # when it exits, however it exits.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
-WORK=$(mktemp -d -t kvmesh-grpc.XXXXXX)
-NODE_PID=
-
-log() { echo "grpc.sh: $*" >&2; }
-
-stop_node() {
-    [ -n "$NODE_PID" ] || return 0
-    kill "$NODE_PID" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$NODE_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -9 "$NODE_PID" 2>/dev/null || true
-    wait "$NODE_PID" 2>/dev/null || true
-    NODE_PID=
-}
-
-cleanup() {
-    stop_node
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start_node SHARDS CPUS: sets NODE_PID, WIRE_ADDR and GRPC_ADDR.
-start_node() {
-    local port log
-    port=$("$BENCH" free-port --count $(($1 + 2)))
-    log="$WORK/node-$port.log"
-    "$KVMESH" node --listen "127.0.0.1:$port" --shards "$1" --cpus "$2" --max-memory 2GiB \
-        --grpc "127.0.0.1:$((port + $1 + 1))" >"$log" 2>&1 &
-    NODE_PID=$!
-    WIRE_ADDR=127.0.0.1:$port
-    GRPC_ADDR=127.0.0.1:$((port + $1 + 1))
-    for _ in $(seq 200); do
-        grep -q " ready: " "$log" && return 0
-        if ! kill -0 "$NODE_PID" 2>/dev/null; then
-            log "the node exited before it was ready:"; cat "$log" >&2; exit 1
-        fi
-        sleep 0.1
-    done
-    log "the node was not ready after 20 s:"; cat "$log" >&2; exit 1
-}
 
 # run PLACEMENT TARGET ADDR CLIENT_CPUS CONNECTIONS STREAMS: one run, its JSON report appended
 # to results.jsonl with the placement as its label.
 run() {
     local placement=$1 target=$2 addr=$3 cpus=$4 conns=$5 streams=$6
-    if ! "$BENCH" --target "$target" --addr "$addr" --server-pid "$NODE_PID" --label "$placement" \
+    if ! "$BENCH" --target "$target" --addr "$addr" --server-pid "$SERVER_PID" --label "$placement" \
         --cpus "$cpus" --connections "$conns" --pipeline "$streams" --keys 100000 \
         --value-size 100 --read-ratio 0.9 --duration "$DURATION" --warmup "$WARMUP" --json \
         >"$WORK/run.out" 2>"$WORK/run.err"; then
@@ -76,23 +33,16 @@ run() {
     log "$placement $target ${conns}x$streams -> $(grep -E '^throughput:' "$WORK/run.out" | tr -s ' ')"
 }
 
-log "building kvmesh and kvmesh-bench (release)"
-cargo build --release -q -p kvmesh -p kvmesh-bench
-BENCH=target/release/kvmesh-bench
-KVMESH=target/release/kvmesh
-if [ "$(nproc)" -lt 2 ]; then
-    log "needs at least 2 cores (server on core 0, client on core 1); this machine has $(nproc)"
-    exit 1
-fi
+bench_init grpc
 
 for placement in "per core" "both cores"; do
     if [ "$placement" = "per core" ]; then
         shards=1
-        start_node 1 0
+        start_kvmesh 1 0
         client=1
     else
         shards=2
-        start_node 2 0,1
+        start_kvmesh 2 0,1
         client=0,1
     fi
     for shape in "1 50" "2 25" "50 1"; do
@@ -101,16 +51,16 @@ for placement in "per core" "both cores"; do
         run "$placement" grpc "$GRPC_ADDR" "$client" "$1" "$2"
         # The wire client binds each connection to one shard, so it needs one per shard.
         if [ "$1" -ge "$shards" ]; then
-            run "$placement" kvmesh "$WIRE_ADDR" "$client" "$1" "$2"
+            run "$placement" kvmesh "$SERVER_ADDR" "$client" "$1" "$2"
         fi
     done
-    stop_node
+    stop_server "$SERVER_PID"
 done
 
 echo "## kvmesh gRPC, $(date -u +%Y-%m-%d)"
 echo
-echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)."
-echo "kvmesh: $(git describe --always --dirty 2>/dev/null || echo "no commit yet") (in-memory, no --data-dir)."
+machine_line
+echo "kvmesh: $(kvmesh_version) (in-memory, no --data-dir)."
 echo "Command: \`bench/grpc.sh\` (DURATION=$DURATION, WARMUP=$WARMUP per run). 100,000 keys, 100-byte values, 90% Get, closed loop, 50 calls in flight."
 echo "Per core: node with 1 shard on core 0, client on core 1. Both cores: node with 2 shards on cores 0,1, client sharing both cores."
 echo "CPU us/req: the node's user+system time over the measured phase divided by the requests."
