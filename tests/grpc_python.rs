@@ -1,5 +1,6 @@
-//! End to end: the Python suite in `tests/python` (grpcio stubs generated from
-//! `proto/distributed_cache.proto`, as the old clients are) against a real node.
+//! End to end: the Python suite in `tests/python` (grpcio stubs generated from `proto/`, as
+//! clients generate them) against a real node and against a `kvmesh gateway` in front of it;
+//! and the health check of a node that is still recovering its log.
 //!
 //! The suite runs in a venv at `target/pyenv`, which `tests/python/ensure_venv.sh` creates the
 //! first time (pip installs `tests/python/requirements.txt`) and reuses afterwards; concurrent
@@ -10,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::Node;
+use common::{Gateway, Node};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,29 +40,33 @@ fn ensure_venv() -> PathBuf {
     venv
 }
 
+fn pytest(venv: &Path) -> Command {
+    let mut command = Command::new(venv.join("bin/python"));
+    command
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .current_dir(repo());
+    command
+}
+
 #[test]
-fn python_distributed_cache_suite() {
-    let python = ensure_venv().join("bin/python");
-    let node = Node::start(2, &[]);
-    let out = Command::new(python)
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/python",
-        ])
-        .current_dir(repo())
+fn python_grpc_suite_on_a_node_and_a_gateway() {
+    let venv = ensure_venv();
+    let node = Node::start(2, &["--id", "42"]);
+    let gateway = Gateway::start(42, node.addr, &[]);
+    let out = pytest(&venv)
+        .arg("tests/python")
         .env("KVMESH_GRPC_ADDR", node.grpc.to_string())
+        .env("KVMESH_GATEWAY_ADDR", gateway.grpc.to_string())
         .env("KVMESH_WIRE_ADDR", node.addr.to_string())
+        .env("KVMESH_SHARDS", node.shards.to_string())
         .output()
         .expect("run pytest");
     let report = format!(
-        "pytest:\n{}\n{}\nnode log:\n{}",
+        "pytest:\n{}\n{}\nnode log:\n{}\ngateway log:\n{}",
         common::stdout(&out),
         common::stderr(&out),
-        node.log()
+        node.log(),
+        gateway.log()
     );
     assert!(
         out.status.success(),

@@ -32,7 +32,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use config::NodeConfig;
-pub use sys::{raise_memlock, usable_cpus};
+pub use sys::{check_ports_free, raise_memlock, usable_cpus};
 
 /// Capacity of each shard-to-shard channel, in messages.
 const MESH_CHANNEL: usize = 1024;
