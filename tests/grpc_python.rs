@@ -74,3 +74,51 @@ fn python_grpc_suite_on_a_node_and_a_gateway() {
     );
     println!("{report}");
 }
+
+#[test]
+fn health_is_not_serving_during_recovery_then_serving() {
+    let venv = ensure_venv();
+    let data = tempfile::tempdir().expect("temp dir");
+    let data_dir = data.path().join("node");
+    let data_arg = data_dir.to_str().expect("utf-8 temp path");
+    let (key, value) = ("recovered-key", "recovered-value");
+    {
+        let node = Node::start(1, &["--data-dir", data_arg]);
+        let mut wire = common::WireClient::connect(node.addr);
+        wire.put(key.as_bytes(), value.as_bytes());
+        // Dropping the node kills it (SIGKILL): the next start replays the log.
+    }
+    let ports = common::PortBlock::reserve(3);
+    let release = data.path().join("release");
+    let log = data.path().join("node.log");
+    let mut node = common::spawn_node_with_env(
+        ports.addr(),
+        1,
+        &["--data-dir", data_arg],
+        &log,
+        &[("KVMESH_TEST_HOLD_RECOVERY_UNTIL", release.as_os_str())],
+    );
+    let out = pytest(&venv)
+        .arg("tests/python/test_recovery_health.py")
+        .env(
+            "KVMESH_RECOVERING_GRPC_ADDR",
+            common::grpc_addr(ports.addr(), 1).to_string(),
+        )
+        .env("KVMESH_RECOVERY_RELEASE", &release)
+        .env("KVMESH_RECOVERED_KEY", key)
+        .env("KVMESH_RECOVERED_VALUE", value)
+        .output()
+        .expect("run pytest");
+    let _ = node.kill();
+    let _ = node.wait();
+    let report = format!(
+        "pytest:\n{}\n{}\nnode log:\n{}",
+        common::stdout(&out),
+        common::stderr(&out),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        out.status.success() && common::stdout(&out).contains("1 passed"),
+        "the recovery health test failed\n{report}"
+    );
+}

@@ -152,15 +152,17 @@ pub async fn run_shard(
     }
 }
 
-/// Test hook: with `KVMESH_TEST_HOLD_RECOVERY_MS=N` in its environment, a durable node waits N
-/// milliseconds after replaying its log, still not serving, so an end-to-end test can observe
-/// health answering NOT_SERVING during recovery on logs small enough to replay in an instant.
+/// Test hook: with `KVMESH_TEST_HOLD_RECOVERY_UNTIL=PATH` in its environment, a durable node
+/// stays in recovery (health NOT_SERVING, other gRPC calls UNAVAILABLE) after replaying its log
+/// until PATH exists (at most a minute), so an end-to-end test can observe recovery
+/// deterministically however fast the replay is.
 async fn hold_recovery_for_tests() {
-    let held = std::env::var("KVMESH_TEST_HOLD_RECOVERY_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok());
-    if let Some(ms) = held {
-        glommio::timer::sleep(Duration::from_millis(ms)).await;
+    let Some(path) = std::env::var_os("KVMESH_TEST_HOLD_RECOVERY_UNTIL") else {
+        return;
+    };
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(&path).exists() && std::time::Instant::now() < give_up {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 

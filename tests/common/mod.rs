@@ -177,8 +177,20 @@ pub fn grpc_addr(addr: SocketAddr, shards: usize) -> SocketAddr {
 }
 
 pub fn spawn_node(addr: SocketAddr, shards: usize, extra: &[&str], log: &std::path::Path) -> Child {
+    spawn_node_with_env(addr, shards, extra, log, &[])
+}
+
+/// [`spawn_node`] with extra environment variables (test hooks).
+pub fn spawn_node_with_env(
+    addr: SocketAddr,
+    shards: usize,
+    extra: &[&str],
+    log: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Child {
     let log_file = File::create(log).expect("create node log");
     Command::new(bin())
+        .envs(env.iter().copied())
         .args([
             "node",
             "--listen",
