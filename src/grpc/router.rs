@@ -81,8 +81,10 @@ async fn call<B: Backend>(
     front: Rc<Frontend<B>>,
 ) -> http::Response<Body> {
     let max = front.max_message;
-    let path = req.uri().path().to_string();
-    match path.as_str() {
+    // A cheap clone (the path's bytes are shared), so the request can move into its handler.
+    let uri = req.uri().clone();
+    let path = uri.path();
+    match path {
         HEALTH_CHECK => {
             let serving = front.serving.clone();
             let handler = move |r: HealthCheckRequest| {
@@ -97,12 +99,12 @@ async fn call<B: Backend>(
     }
     let Some(b) = front.backend() else {
         return error_response(&Error::NotReady(format!(
-            "{} is not serving yet: it is still recovering its write-ahead log (its health \
-             check answers NOT_SERVING until it is done)",
+            "{} is not serving yet: it is still starting, recovering its write-ahead log if it \
+             has one (its health check answers NOT_SERVING until it is done)",
             front.name
         )));
     };
-    match path.as_str() {
+    match path {
         GET => unary(on_backend!(b, cache::get), req, max).await,
         PUT => unary(on_backend!(b, cache::put), req, max).await,
         REMOVE => unary(on_backend!(b, cache::remove), req, max).await,
@@ -118,7 +120,7 @@ async fn call<B: Backend>(
             "Topology" => unary(on_backend!(b, kvmesh::topology), req, max).await,
             _ => {
                 b.count_protocol_error();
-                error_response(&Error::UnknownMethod(path))
+                error_response(&Error::UnknownMethod(path.to_string()))
             }
         },
     }
