@@ -22,7 +22,7 @@
 pub mod backend;
 mod cache;
 mod health;
-pub mod kvmesh;
+mod kvmesh;
 mod reflection;
 mod router;
 pub mod serving;
