@@ -1,18 +1,33 @@
-//! Compiles `proto/**/*.proto` with protox (pure Rust), so no system `protoc` is needed.
+//! Compiles `proto/**/*.proto` with protox (pure Rust), so no system `protoc` is needed, and
+//! writes the public files' descriptor set for gRPC server reflection.
 
 use std::path::PathBuf;
 
+use prost::Message;
+
+/// Every file the gRPC front-end serves, and so describes through reflection.
+const PUBLIC: [&str; 5] = [
+    "distributed_cache.proto",
+    "kvmesh_api.proto",
+    "grpc/health/v1/health.proto",
+    "grpc/reflection/v1/reflection.proto",
+    "grpc/reflection/v1alpha/reflection.proto",
+];
+/// kvmesh's internal formats: compiled, never described to gRPC clients.
+const INTERNAL: [&str; 2] = ["kvmesh/wire.proto", "kvmesh/wal.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "kvmesh/wire.proto",
-        "kvmesh/wal.proto",
-        "distributed_cache.proto",
-    ];
-    for file in files {
+    let files: Vec<&str> = INTERNAL.iter().chain(PUBLIC.iter()).copied().collect();
+    for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }
-    let descriptors = protox::compile(files, ["."])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let public = protox::compile(PUBLIC, ["."])?;
+    std::fs::write(
+        out.join("public_descriptor_set.bin"),
+        public.encode_to_vec(),
+    )?;
+    let descriptors = protox::compile(files, ["."])?;
     prost_build::Config::new()
         .out_dir(&out)
         .compile_fds(descriptors)?;

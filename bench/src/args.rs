@@ -109,6 +109,11 @@ pub struct RunArgs {
     /// Requests in flight per connection (for grpc: concurrent HTTP/2 streams per connection).
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
+    /// grpc only: keys per call. Above 1, the load goes through the bytes API's batch calls,
+    /// `distributed_cache.KvMesh` MultiGet and MultiPut (at most 1000 keys each); every key
+    /// counts as one request, with its call's latency.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Size of the key space: keys `key:0000000000` .. `key:<keys-1>`.
     #[arg(long, default_value_t = 100_000)]
     pub keys: u32,
@@ -182,6 +187,15 @@ impl RunArgs {
         }
         if self.pipeline == 0 {
             problems.push("--pipeline must be at least 1".into());
+        }
+        if self.batch == 0 || self.batch > 1000 {
+            problems.push(format!(
+                "--batch {} must be between 1 and 1000 (the bytes API's batch limit)",
+                self.batch
+            ));
+        }
+        if self.batch > 1 && self.target != Target::Grpc {
+            problems.push("--batch needs --target grpc".into());
         }
         if self.keys == 0 {
             problems.push("--keys must be at least 1".into());

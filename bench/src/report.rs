@@ -16,6 +16,8 @@ pub struct Report {
     pub mode: String,
     pub connections: usize,
     pub pipeline: usize,
+    /// gRPC: keys per call (`MultiGet`/`MultiPut` when above 1); 0 in reports from before it.
+    pub batch: usize,
     pub keys: u32,
     pub key_dist: String,
     pub value_size: usize,
@@ -116,12 +118,17 @@ impl Report {
             out.push('\n');
         };
         line(format!(
-            "{} ({}) at {}: {} connections x pipeline {}, {} keys {}, {} B values, {:.0}% GET, {} loop{}",
+            "{} ({}) at {}: {} connections x pipeline {}{}, {} keys {}, {} B values, {:.0}% GET, {} loop{}",
             self.label,
             self.target,
             self.addr,
             self.connections,
             self.pipeline,
+            if self.batch > 1 {
+                format!(" x batch {} (requests are keys)", self.batch)
+            } else {
+                String::new()
+            },
             self.keys,
             self.key_dist,
             self.value_size,

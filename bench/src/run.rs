@@ -72,6 +72,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         redis: args.target == Target::Redis,
         grpc: args.target == Target::Grpc,
         pipeline: args.pipeline,
+        batch: args.batch,
         timeout,
         value_size: args.value_size.0,
         ttl_ms: args.ttl.0.as_millis() as u64,
@@ -212,6 +213,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     .to_string();
     report.connections = specs.len();
     report.pipeline = args.pipeline;
+    report.batch = args.batch;
     report.keys = args.keys;
     report.key_dist = args.key_dist.to_string();
     report.value_size = settings.value_size;

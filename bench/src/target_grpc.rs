@@ -8,10 +8,15 @@
 //! gRPC port, which every shard serves: the kernel spreads connections over the shards and a
 //! key owned by another shard is forwarded inside the node, as it is for any gRPC client.
 //!
+//! With `--batch N` (N > 1) it drives the bytes API instead, `distributed_cache.KvMesh`
+//! `MultiGet` and `MultiPut`: the next N requests of the feed become one call per kind (the Gets
+//! one `MultiGet`, the Sets one `MultiPut`), so a call carries up to N keys; each key is counted
+//! as one request, with its call's latency. `--pipeline` still bounds the calls in flight.
+//!
 //! Failures are counted as [`crate::conn::Conn`] counts them: a call unanswered for `--timeout`
 //! fails as a timeout together with every call in flight on its connection, a broken connection
 //! loses what was in flight, and either way the connection is reopened. A status other than OK
-//! or NOT_FOUND is an error reply; NOT_FOUND is a miss.
+//! or NOT_FOUND is an error reply; NOT_FOUND is a miss (in a batch: per key).
 
 use std::cell::RefCell;
 use std::error::Error as _;
@@ -30,7 +35,10 @@ use http::uri::PathAndQuery;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use kvmesh_net::hyper_io::{Io, LocalExec};
-use kvmesh_proto::distributed_cache::{GetRequest, GetResponse, PutRequest, PutResponse};
+use kvmesh_proto::distributed_cache::{
+    GetRequest, GetResponse, KvMultiGetRequest, KvMultiGetResponse, KvMultiPutRequest,
+    KvMultiPutResponse, KvPutRequest, PutRequest, PutResponse,
+};
 use tonic::body::Body;
 use tonic::client::Grpc;
 use tonic::Code;
@@ -43,6 +51,8 @@ use crate::workload::OpKind;
 
 const GET: &str = "/distributed_cache.DistributedCache/Get";
 const PUT: &str = "/distributed_cache.DistributedCache/Put";
+const MULTI_GET: &str = "/distributed_cache.KvMesh/MultiGet";
+const MULTI_PUT: &str = "/distributed_cache.KvMesh/MultiPut";
 
 /// Why a call ended its connection's run.
 #[derive(Debug)]
@@ -57,7 +67,8 @@ struct Pending {
     measured: bool,
 }
 
-type Call = Pin<Box<dyn Future<Output = Result<Reply, CallError>>>>;
+/// One call in flight: one reply per key it carries, in order.
+type Call = Pin<Box<dyn Future<Output = Result<Vec<Reply>, CallError>>>>;
 
 /// hyper's HTTP/2 request sender seen as the tower service that tonic's client drives.
 #[derive(Clone)]
@@ -127,7 +138,9 @@ pub struct GrpcConn {
     value: Rc<str>,
     ttl_s: i64,
     key: Vec<u8>,
-    inflight: Vec<(Pending, Call)>,
+    /// Keys per call; 1 drives the old API's unary calls, more the bytes API's batches.
+    batch: usize,
+    inflight: Vec<(Vec<Pending>, Call)>,
 }
 
 impl GrpcConn {
@@ -137,6 +150,7 @@ impl GrpcConn {
         timeout: Duration,
         value: &[u8],
         ttl_ms: u64,
+        batch: usize,
     ) -> Result<Self, String> {
         let value = std::str::from_utf8(value)
             .map_err(|e| format!("the value is not UTF-8, which gRPC strings need: {e}"))?;
@@ -147,6 +161,7 @@ impl GrpcConn {
             value: value.into(),
             ttl_s: i64::try_from(ttl_ms / 1000).unwrap_or(i64::MAX),
             key: Vec::with_capacity(64),
+            batch: batch.max(1),
             inflight: Vec::new(),
         })
     }
@@ -169,13 +184,13 @@ impl GrpcConn {
                 Err(CallError::Broken(why)) => (Failure::Lost, why),
             };
             let now = Instant::now();
-            let measured = self
-                .inflight
-                .iter()
-                .filter(|(p, _)| feed.counts(p.measured, now))
+            let pending = self.inflight.iter().flat_map(|(p, _)| p);
+            let measured = pending
+                .clone()
+                .filter(|p| feed.counts(p.measured, now))
                 .count() as u64;
-            rec.borrow_mut()
-                .fail(failure, self.inflight.len() as u64, measured, &why);
+            let lost = pending.count() as u64;
+            rec.borrow_mut().fail(failure, lost, measured, &why);
             self.inflight.clear();
             self.open = None;
             self.reopen(rec).await?;
@@ -217,28 +232,42 @@ impl GrpcConn {
             let now = Instant::now();
             let mut wait = None;
             let mut done = false;
-            while self.inflight.len() < depth {
-                match feed.next(now, &mut self.key) {
-                    Step::Send {
-                        kind,
-                        intended,
-                        measured,
-                    } => {
-                        let call = self.call(open.grpc.clone(), kind);
-                        let pending = Pending {
+            while self.inflight.len() < depth && !done && wait.is_none() {
+                // Up to `batch` requests, split by kind: one call for the Gets, one for the Sets.
+                let mut gets = (Vec::new(), Vec::new());
+                let mut sets = (Vec::new(), Vec::new());
+                while gets.0.len() + sets.0.len() < self.batch {
+                    match feed.next(now, &mut self.key) {
+                        Step::Send {
                             kind,
                             intended,
                             measured,
-                        };
+                        } => {
+                            let (pending, keys) = match kind {
+                                OpKind::Get => &mut gets,
+                                OpKind::Set => &mut sets,
+                            };
+                            pending.push(Pending {
+                                kind,
+                                intended,
+                                measured,
+                            });
+                            keys.push(self.key.clone());
+                        }
+                        Step::Wait(at) => {
+                            wait = Some(at);
+                            break;
+                        }
+                        Step::Done => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                for (kind, (pending, keys)) in [(OpKind::Get, gets), (OpKind::Set, sets)] {
+                    if !pending.is_empty() {
+                        let call = self.call(open.grpc.clone(), kind, keys);
                         self.inflight.push((pending, call));
-                    }
-                    Step::Wait(at) => {
-                        wait = Some(at);
-                        break;
-                    }
-                    Step::Done => {
-                        done = true;
-                        break;
                     }
                 }
             }
@@ -266,9 +295,11 @@ impl GrpcConn {
             let (answered, failed) = finished;
             let now = Instant::now();
             let mut rec = rec.borrow_mut();
-            for (p, reply) in answered {
-                let counted = feed.counts(p.measured, now);
-                rec.complete(p.kind, &reply, p.intended, now, counted);
+            for (pending, replies) in answered {
+                for (p, reply) in pending.into_iter().zip(replies) {
+                    let counted = feed.counts(p.measured, now);
+                    rec.complete(p.kind, &reply, p.intended, now, counted);
+                }
             }
             if let Some(e) = failed {
                 return Err(e);
@@ -276,52 +307,82 @@ impl GrpcConn {
         }
     }
 
-    /// One unary call for the key in `self.key`, bounded by the timeout both here and, through
-    /// `grpc-timeout`, on the server.
-    fn call(&self, mut grpc: Grpc<Sender>, kind: OpKind) -> Call {
-        // The bench's keys are ASCII (`key:0000000042`).
-        let key = String::from_utf8_lossy(&self.key).into_owned();
+    /// One call for `keys` (all of one kind), bounded by the timeout both here and, through
+    /// `grpc-timeout`, on the server: the old API's unary Get or Put for one key, `MultiGet` or
+    /// `MultiPut` for a batch.
+    fn call(&self, grpc: Grpc<Sender>, kind: OpKind, keys: Vec<Vec<u8>>) -> Call {
         let (addr, timeout) = (self.addr, self.timeout);
         let value = self.value.clone();
         let ttl = self.ttl_s;
+        let batched = self.batch > 1;
         let call = async move {
+            let mut grpc = grpc;
             grpc.ready()
                 .await
                 .map_err(|e| CallError::Broken(format!("connection to {addr} failed: {e}")))?;
-            let result = match kind {
-                OpKind::Get => {
-                    let mut req = tonic::Request::new(GetRequest { key });
-                    req.set_timeout(timeout);
+            let n = keys.len();
+            let result = match (kind, batched) {
+                (OpKind::Get, false) => {
+                    // The bench's keys are ASCII (`key:0000000042`).
+                    let key = String::from_utf8_lossy(&keys[0]).into_owned();
                     let codec = ProstCodec::<GetRequest, GetResponse>::default();
-                    grpc.unary(req, PathAndQuery::from_static(GET), codec)
+                    grpc.unary(request(GetRequest { key }, timeout), path(GET), codec)
                         .await
-                        .map(drop)
+                        .map(|_| vec![Reply::Ok])
                 }
-                OpKind::Set => {
-                    let mut req = tonic::Request::new(PutRequest {
-                        key,
+                (OpKind::Set, false) => {
+                    let put = PutRequest {
+                        key: String::from_utf8_lossy(&keys[0]).into_owned(),
                         value: value.to_string(),
                         ttl,
                         ..PutRequest::default()
-                    });
-                    req.set_timeout(timeout);
+                    };
                     let codec = ProstCodec::<PutRequest, PutResponse>::default();
-                    grpc.unary(req, PathAndQuery::from_static(PUT), codec)
+                    grpc.unary(request(put, timeout), path(PUT), codec)
                         .await
-                        .map(drop)
+                        .map(|_| vec![Reply::Ok])
+                }
+                (OpKind::Get, true) => {
+                    let codec = ProstCodec::<KvMultiGetRequest, KvMultiGetResponse>::default();
+                    let req = request(KvMultiGetRequest { keys }, timeout);
+                    grpc.unary(req, path(MULTI_GET), codec).await.map(|r| {
+                        let r = r.into_inner().results;
+                        r.iter().map(|r| per_key(r.code, &r.message)).collect()
+                    })
+                }
+                (OpKind::Set, true) => {
+                    let entries = keys
+                        .into_iter()
+                        .map(|key| KvPutRequest {
+                            key,
+                            value: value.as_bytes().to_vec(),
+                            ttl,
+                        })
+                        .collect();
+                    let codec = ProstCodec::<KvMultiPutRequest, KvMultiPutResponse>::default();
+                    let req = request(KvMultiPutRequest { entries }, timeout);
+                    grpc.unary(req, path(MULTI_PUT), codec).await.map(|r| {
+                        let r = r.into_inner().results;
+                        r.iter().map(|r| per_key(r.code, &r.message)).collect()
+                    })
                 }
             };
-            Ok(match result {
-                Ok(()) => Reply::Ok,
-                Err(status) if status.code() == Code::NotFound => Reply::Missing,
+            match result {
+                Ok(replies) if replies.len() == n => Ok(replies),
+                Ok(replies) => Err(CallError::Broken(format!(
+                    "{addr} answered {} results for {n} keys",
+                    replies.len()
+                ))),
+                Err(status) if status.code() == Code::NotFound => Ok(vec![Reply::Missing]),
                 // A status with a source came from the transport, not from the server.
-                Err(status) if status.source().is_some() => {
-                    return Err(CallError::Broken(format!(
-                        "connection to {addr} failed: {status}"
-                    )))
+                Err(status) if status.source().is_some() => Err(CallError::Broken(format!(
+                    "connection to {addr} failed: {status}"
+                ))),
+                Err(status) => {
+                    let why = format!("{:?}: {}", status.code(), status.message());
+                    Ok((0..n).map(|_| Reply::Error(why.clone())).collect())
                 }
-                Err(status) => Reply::Error(format!("{:?}: {}", status.code(), status.message())),
-            })
+            }
         };
         let expired = async move {
             sleep(timeout).await;
@@ -331,12 +392,31 @@ impl GrpcConn {
     }
 }
 
+fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.set_timeout(timeout);
+    req
+}
+
+fn path(p: &'static str) -> PathAndQuery {
+    PathAndQuery::from_static(p)
+}
+
+/// One key's reply inside a batch, from its gRPC status code.
+fn per_key(code: i32, message: &str) -> Reply {
+    match Code::from_i32(code) {
+        Code::Ok => Reply::Ok,
+        Code::NotFound => Reply::Missing,
+        code => Reply::Error(format!("{code:?}: {message}")),
+    }
+}
+
 /// Waits until at least one call in `inflight` finishes, and takes out those that answered.
 /// A call that failed stays in `inflight`, so the caller counts it with the rest of the
 /// connection's calls; the calls that answered before it are still returned, to be recorded.
 async fn next_finished(
-    inflight: &mut Vec<(Pending, Call)>,
-) -> (Vec<(Pending, Reply)>, Option<CallError>) {
+    inflight: &mut Vec<(Vec<Pending>, Call)>,
+) -> (Vec<(Vec<Pending>, Vec<Reply>)>, Option<CallError>) {
     poll_fn(|cx| {
         let mut finished = Vec::new();
         let mut i = 0;

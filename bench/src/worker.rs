@@ -28,6 +28,8 @@ pub struct Settings {
     /// gRPC unary calls over HTTP/2 instead of a byte-stream codec.
     pub grpc: bool,
     pub pipeline: usize,
+    /// gRPC: keys per call (`--batch`); 1 is the old API's unary calls.
+    pub batch: usize,
     pub timeout: Duration,
     pub value_size: usize,
     pub ttl_ms: u64,
@@ -100,12 +102,12 @@ async fn run(
     ticks: Sender<Tick>,
 ) -> anyhow::Result<Outcome> {
     let value = Rc::new(make_value(s.value_size, s.seed));
-    let ttl_ms = s.ttl_ms;
+    let (ttl_ms, batch) = (s.ttl_ms, s.batch);
     let opened = plans.iter().map(|plan| {
         let (addr, timeout, value) = (plan.addr, s.timeout, value.clone());
         if s.grpc {
             return spawn_local(async move {
-                GrpcConn::connect(addr, timeout, &value, ttl_ms)
+                GrpcConn::connect(addr, timeout, &value, ttl_ms, batch)
                     .await
                     .map(AnyConn::Grpc)
             });

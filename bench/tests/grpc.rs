@@ -1,5 +1,5 @@
-//! End to end: the real `kvmesh-bench --target grpc` against a small fake DistributedCache
-//! server (hyper's HTTP/2 server and tonic's `Grpc` on glommio, as the node serves it), so the
+//! End to end: the real `kvmesh-bench --target grpc` against a small fake DistributedCache (and
+//! KvMesh MultiGet/MultiPut) server (hyper's HTTP/2 server and tonic's `Grpc` on glommio, as the node serves it), so the
 //! gRPC client machinery runs without a kvmesh node.
 
 use std::convert::Infallible;
@@ -10,7 +10,10 @@ use std::sync::{mpsc, Arc};
 
 use glommio::net::TcpListener;
 use kvmesh_net::hyper_io::{Io, LocalExec};
-use kvmesh_proto::distributed_cache::{GetRequest, GetResponse, PutRequest, PutResponse};
+use kvmesh_proto::distributed_cache::{
+    GetRequest, GetResponse, KvGetResult, KvMultiGetRequest, KvMultiGetResponse, KvMultiPutRequest,
+    KvMultiPutResponse, KvWriteResult, PutRequest, PutResponse,
+};
 use tonic::server::{Grpc, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
@@ -41,6 +44,9 @@ struct Fake {
     puts: AtomicU64,
     /// Requests whose grpc-timeout header was missing.
     without_deadline: AtomicU64,
+    /// Batch calls, and the keys they carried.
+    multi_calls: AtomicU64,
+    multi_keys: AtomicU64,
 }
 
 struct Get(Arc<Fake>);
@@ -77,6 +83,44 @@ impl UnaryService<PutRequest> for Put {
     }
 }
 
+struct MultiGet(Arc<Fake>);
+struct MultiPut(Arc<Fake>);
+
+impl UnaryService<KvMultiGetRequest> for MultiGet {
+    type Response = KvMultiGetResponse;
+    type Future = Ready<Result<Response<KvMultiGetResponse>, Status>>;
+    fn call(&mut self, req: Request<KvMultiGetRequest>) -> Self::Future {
+        let keys = &req.get_ref().keys;
+        self.0.multi_calls.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .multi_keys
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        // Keys ending in 7 are missing, per key.
+        let results = keys
+            .iter()
+            .map(|k| KvGetResult {
+                code: if k.ends_with(b"7") { 5 } else { 0 },
+                ..KvGetResult::default()
+            })
+            .collect();
+        ready(Ok(Response::new(KvMultiGetResponse { results })))
+    }
+}
+
+impl UnaryService<KvMultiPutRequest> for MultiPut {
+    type Response = KvMultiPutResponse;
+    type Future = Ready<Result<Response<KvMultiPutResponse>, Status>>;
+    fn call(&mut self, req: Request<KvMultiPutRequest>) -> Self::Future {
+        let entries = &req.get_ref().entries;
+        self.0.multi_calls.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .multi_keys
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let results = entries.iter().map(|_| KvWriteResult::default()).collect();
+        ready(Ok(Response::new(KvMultiPutResponse { results })))
+    }
+}
+
 /// Starts the fake server on its own glommio executor; returns its address.
 fn fake_server(fake: Arc<Fake>) -> String {
     let (tx, rx) = mpsc::channel();
@@ -92,7 +136,16 @@ fn fake_server(fake: Arc<Fake>) -> String {
                         if !req.headers().contains_key("grpc-timeout") {
                             fake.without_deadline.fetch_add(1, Ordering::Relaxed);
                         }
-                        let response = if req.uri().path().ends_with("/Get") {
+                        let path = req.uri().path().to_string();
+                        let response = if path.ends_with("/MultiGet") {
+                            Grpc::new(ProstCodec::default())
+                                .unary(MultiGet(fake), req)
+                                .await
+                        } else if path.ends_with("/MultiPut") {
+                            Grpc::new(ProstCodec::default())
+                                .unary(MultiPut(fake), req)
+                                .await
+                        } else if path.ends_with("/Get") {
                             Grpc::new(ProstCodec::default()).unary(Get(fake), req).await
                         } else {
                             Grpc::new(ProstCodec::default()).unary(Put(fake), req).await
@@ -170,4 +223,41 @@ fn grpc_error_statuses_are_error_replies() {
     assert_eq!(report["errors"], 400);
     assert_eq!(report["error_replies"], 400);
     assert_eq!(report["first_errors"][0], "Unavailable: nope", "{report}");
+}
+
+#[test]
+fn grpc_batches_count_every_key() {
+    let fake = Arc::new(Fake::default());
+    let addr = fake_server(fake.clone());
+    let report = bench(&[
+        "--target",
+        "grpc",
+        "--addr",
+        &addr,
+        "--requests",
+        "5000",
+        "--connections",
+        "2",
+        "--pipeline",
+        "4",
+        "--batch",
+        "100",
+        "--keys",
+        "1000",
+    ]);
+    assert_eq!(report["requests"], 5000, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["batch"], 100);
+    // The prefill's 1000 keys and the 5000 measured ones, all through the batch calls.
+    assert_eq!(fake.multi_keys.load(Ordering::Relaxed), 6000);
+    assert_eq!(
+        fake.gets.load(Ordering::Relaxed) + fake.puts.load(Ordering::Relaxed),
+        0
+    );
+    // 90% Gets and 10% Sets in each batch of 100: at most two calls per batch, some
+    // partial batches at the ends; far fewer calls than keys.
+    let calls = fake.multi_calls.load(Ordering::Relaxed);
+    assert!((60..=200).contains(&calls), "{calls} calls");
+    let hit_rate = report["hit_rate"].as_f64().unwrap();
+    assert!((0.85..0.95).contains(&hit_rate), "{report}");
 }

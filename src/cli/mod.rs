@@ -1,6 +1,8 @@
-//! The `kvmesh` command line: `node` runs a node; `put`, `get`, `remove` and `stats` talk to one.
+//! The `kvmesh` command line: `node` runs a node; `gateway` runs the standalone gRPC front-end;
+//! `put`, `get`, `remove` and `stats` talk to a node.
 
 mod client;
+mod gateway;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +19,8 @@ pub struct Cli {
 enum Command {
     /// Run a node: one shard per core, serving the wire protocol.
     Node(node::NodeArgs),
+    /// Run the gRPC front-end alone: holds no data, forwards every call to its node.
+    Gateway(gateway::GatewayArgs),
     /// Store a value.
     Put(client::PutArgs),
     /// Print a key's value; exits with status 1 when the key is missing.
@@ -32,6 +36,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(args) => node::run(args).map(|()| 0),
+        Command::Gateway(args) => gateway::run(args).map(|()| 0),
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),
         Command::Remove(args) => client::remove(args),

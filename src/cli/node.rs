@@ -44,7 +44,8 @@ pub struct NodeArgs {
     /// How long a shard waits for another shard to answer a forwarded request.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     forward_timeout: Duration,
-    /// gRPC address (the `distributed_cache.DistributedCache` API) served by every shard.
+    /// gRPC address served by every shard: the DistributedCache and KvMesh APIs, health and
+    /// reflection (health answers NOT_SERVING while the node recovers its log).
     #[arg(long, default_value = "127.0.0.1:50051", value_name = "HOST:PORT")]
     grpc: SocketAddr,
     /// Largest gRPC message accepted or sent; must fit the largest key plus the largest value.

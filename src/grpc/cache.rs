@@ -1,45 +1,35 @@
 //! The `distributed_cache.DistributedCache` handlers: each turns a request into one wire [`Op`],
-//! runs it through [`dispatch::execute`] (so forwarding, limits and durability apply exactly as
-//! for the wire protocol), and turns the result into a reply or an [`Error`].
+//! runs it on the [`Backend`] (in a node: its one dispatch path, so forwarding, limits and
+//! durability apply exactly as for the wire protocol), and turns the result into a reply or an
+//! [`Error`].
 //!
 //! The conversions are pure functions, tested below without a node.
 
 use kvmesh_proto::distributed_cache::{
     GetRequest, GetResponse, PutRequest, PutResponse, RemoveRequest, RemoveResponse,
 };
-use kvmesh_proto::wire::{Op, OpCode, OpResult, Status as WireStatus};
+use kvmesh_proto::wire::{Op, OpCode, OpResult};
 
+use super::backend::{ok, run_one, ttl_ms, Backend};
 use super::status::Error;
-use crate::node::{dispatch, ShardCtx};
 
 /// `Get`: the value, `NOT_FOUND` when missing or expired, `FAILED_PRECONDITION` when it is not
 /// UTF-8.
-pub async fn get(ctx: &ShardCtx, req: GetRequest) -> Result<GetResponse, Error> {
-    get_reply(run(ctx, get_op(req)).await)
+pub async fn get<B: Backend>(backend: &B, req: GetRequest) -> Result<GetResponse, Error> {
+    get_reply(run_one(backend, get_op(req)).await)
 }
 
 /// `Put`: `success = true` once the write is applied; refused writes are errors, never `false`.
-pub async fn put(ctx: &ShardCtx, req: PutRequest) -> Result<PutResponse, Error> {
-    ok(run(ctx, put_op(req)?).await)?;
+pub async fn put<B: Backend>(backend: &B, req: PutRequest) -> Result<PutResponse, Error> {
+    ok(run_one(backend, put_op(req)?).await)?;
     Ok(PutResponse { success: true })
 }
 
 /// `Remove`: `success = true` once applied, whether or not the key existed.
-pub async fn remove(ctx: &ShardCtx, req: RemoveRequest) -> Result<RemoveResponse, Error> {
+pub async fn remove<B: Backend>(backend: &B, req: RemoveRequest) -> Result<RemoveResponse, Error> {
     // Removing a missing key succeeds: the op is idempotent, and `found` is not part of this API.
-    ok(run(ctx, remove_op(req)).await)?;
+    ok(run_one(backend, remove_op(req)).await)?;
     Ok(RemoveResponse { success: true })
-}
-
-async fn run(ctx: &ShardCtx, op: Op) -> OpResult {
-    dispatch::execute(ctx, vec![op])
-        .await
-        .pop()
-        .unwrap_or_else(|| OpResult {
-            status: WireStatus::Internal as i32,
-            message: "dispatch returned no result".to_string(),
-            ..OpResult::default()
-        })
 }
 
 /// The wire op of a `Get`: the key's UTF-8 bytes.
@@ -50,13 +40,11 @@ pub fn get_op(req: GetRequest) -> Op {
 /// `ttl` is seconds, `0` never expires, negative is refused. Field 4 (`is_replica`, the old
 /// node-to-node flag) and field 5 (never used) are ignored.
 pub fn put_op(req: PutRequest) -> Result<Op, Error> {
-    let ttl_s = u64::try_from(req.ttl).map_err(|_| Error::NegativeTtl(req.ttl))?;
-    // Past u64::MAX milliseconds (half a billion years) the key simply never expires.
     Ok(op(
         OpCode::OpPut,
         req.key,
         req.value.into_bytes(),
-        ttl_s.saturating_mul(1000),
+        ttl_ms(req.ttl)?,
     ))
 }
 
@@ -79,28 +67,14 @@ pub fn get_reply(result: OpResult) -> Result<GetResponse, Error> {
     })
 }
 
-fn ok(result: OpResult) -> Result<OpResult, Error> {
-    match result.status() {
-        WireStatus::Ok => Ok(result),
-        status => Err(Error::Op {
-            status,
-            message: result.message,
-        }),
-    }
-}
-
 fn op(code: OpCode, key: String, value: Vec<u8>, ttl_ms: u64) -> Op {
-    Op {
-        code: code as i32,
-        key: key.into_bytes(),
-        value,
-        ttl_ms,
-    }
+    super::backend::op(code, key.into_bytes(), value, ttl_ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvmesh_proto::wire::Status as WireStatus;
 
     fn put(ttl: i64) -> PutRequest {
         PutRequest {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kvmesh_proto::wire::Status as WireStatus;
+use kvmesh_proto::wire::{OpResult, Status as WireStatus};
 use tonic::{Code, Status};
 
 /// Why a gRPC call did not succeed.
@@ -22,8 +22,20 @@ pub enum Error {
     NotUtf8 { len: usize, valid_up_to: usize },
     #[error("the request's grpc-timeout of {0:?} passed before it finished")]
     Deadline(Duration),
-    #[error("unknown method {0}: this node serves /distributed_cache.DistributedCache/{{Get,Put,Remove}}")]
+    #[error(
+        "unknown method {0}: kvmesh serves distributed_cache.DistributedCache, \
+         distributed_cache.KvMesh, grpc.health.v1.Health and server reflection (list them with \
+         grpcurl -plaintext HOST:PORT list)"
+    )]
     UnknownMethod(String),
+    #[error("a batch of {len} keys is over the limit of {max}: split it into smaller batches")]
+    BatchTooLarge { len: usize, max: usize },
+    /// Not serving yet: the node is still replaying its log.
+    #[error("{0}")]
+    NotReady(String),
+    /// A health check about a service this server does not serve.
+    #[error("unknown service {0:?}: ask about \"\" (the whole server) or a service that reflection lists")]
+    UnknownService(String),
 }
 
 /// The one mapping from what went wrong to the status a client sees.
@@ -45,6 +57,9 @@ pub fn status(e: &Error) -> Status {
         Error::NotUtf8 { .. } => Code::FailedPrecondition,
         Error::Deadline(_) => Code::DeadlineExceeded,
         Error::UnknownMethod(_) => Code::Unimplemented,
+        Error::BatchTooLarge { .. } => Code::InvalidArgument,
+        Error::NotReady(_) => Code::Unavailable,
+        Error::UnknownService(_) => Code::NotFound,
     };
     let message = match e {
         Error::Op {
@@ -54,6 +69,21 @@ pub fn status(e: &Error) -> Status {
         _ => e.to_string(),
     };
     Status::new(code, message)
+}
+
+/// One op's outcome inside a batch reply: a gRPC status code (0 for OK) and its message, as a
+/// unary call for that key would have answered.
+pub fn per_key(result: &OpResult) -> (i32, String) {
+    match result.status() {
+        WireStatus::Ok => (Code::Ok as i32, String::new()),
+        status => {
+            let s = self::status(&Error::Op {
+                status,
+                message: result.message.clone(),
+            });
+            (s.code() as i32, s.message().to_string())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,10 +123,32 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (Error::UnknownMethod("/x/Y".into()), Code::Unimplemented),
+            (
+                Error::BatchTooLarge { len: 2, max: 1 },
+                Code::InvalidArgument,
+            ),
+            (Error::NotReady("recovering".into()), Code::Unavailable),
+            (Error::UnknownService("x.Y".into()), Code::NotFound),
         ];
         for (error, code) in cases {
             assert_eq!(status(&error).code(), code, "{error:?}");
         }
+    }
+
+    #[test]
+    fn per_key_codes_match_unary_calls() {
+        assert_eq!(per_key(&OpResult::default()), (0, String::new()));
+        let missing = OpResult {
+            status: WireStatus::NotFound as i32,
+            ..OpResult::default()
+        };
+        assert_eq!(per_key(&missing), (5, "key not found".to_string()));
+        let big = OpResult {
+            status: WireStatus::InvalidArgument as i32,
+            message: "too big".into(),
+            ..OpResult::default()
+        };
+        assert_eq!(per_key(&big), (3, "too big".to_string()));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`reply`]: errors to wire statuses, in one place;
 //! - [`dispatch`]: runs a batch of ops here or on their owners, for every front-end;
 //! - [`durable`]: each shard's write-ahead log, the data directory, recovery at start;
+//! - [`grpc_backend`]: the gRPC front-end's backend in a node (runs ops through `dispatch`);
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
 //! - [`sys`]: start-up checks (memlock, ports, CPUs).
 
@@ -14,6 +15,7 @@ pub mod config;
 mod conn;
 pub(crate) mod dispatch;
 pub mod durable;
+mod grpc_backend;
 mod mesh;
 mod reply;
 pub mod router;
@@ -30,8 +32,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use config::NodeConfig;
-pub(crate) use server::ShardCtx;
-pub use sys::{raise_memlock, usable_cpus};
+pub use sys::{check_ports_free, raise_memlock, usable_cpus};
 
 /// Capacity of each shard-to-shard channel, in messages.
 const MESH_CHANNEL: usize = 1024;

@@ -1,6 +1,6 @@
-//! One shard's life on its executor: bind its listeners, replay its log (with a data
-//! directory), join the mesh, accept connections, reclaim expired keys in the background, and
-//! stop when told to, syncing its log.
+//! One shard's life on its executor: bind its listeners, serve gRPC health at once, replay its
+//! log (with a data directory), join the mesh, accept connections, reclaim expired keys in the
+//! background, and stop when told to, syncing its log.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -18,8 +18,10 @@ use kvmesh_proto::wire::Topology;
 use super::config::NodeConfig;
 use super::conn;
 use super::durable;
+use super::grpc_backend::NodeBackend;
 use super::mesh::{self, Envelope, Mesh};
 use super::shard::Shard;
+use crate::grpc::{Frontend, Serving};
 
 /// How often the background step looks for expired keys, and how many it reclaims per step
 /// before yielding to requests.
@@ -34,6 +36,9 @@ pub struct ShardCtx {
     pub config: Arc<NodeConfig>,
     pub shard: Rc<RefCell<Shard>>,
     pub mesh: Rc<Mesh>,
+    /// Whether this shard serves, as its gRPC health check reports it: serving once recovery
+    /// is done; a shutdown path calls `serving.set_stopping()` first.
+    pub serving: Serving,
 }
 
 impl ShardCtx {
@@ -78,6 +83,15 @@ pub async fn run_shard(
             return;
         }
     };
+    // gRPC answers health (NOT_SERVING) and reflection during recovery, and every other call
+    // UNAVAILABLE, so a load balancer can tell a recovering node from a dead one.
+    let serving = Serving::recovering();
+    let front = Frontend::<NodeBackend>::new(
+        format!("node {}'s shard {me}", config.node_id),
+        config.grpc_max_message,
+        serving.clone(),
+    );
+    let _grpc = glommio::spawn_local(crate::grpc::accept_loop(grpc, front.clone()));
     // Replay this shard's log before joining the mesh: shards recover in parallel.
     let mut shard = Shard::new(
         me,
@@ -93,6 +107,7 @@ pub async fn run_shard(
                 return;
             }
         }
+        hold_recovery_for_tests().await;
     }
     let (senders, receivers) = match mesh.join().await {
         Ok(joined) => joined,
@@ -111,6 +126,7 @@ pub async fn run_shard(
         config,
         shard: shard.clone(),
         mesh,
+        serving,
     });
 
     // Dropping these tasks at the end closes the listeners and stops the expiry step.
@@ -118,19 +134,35 @@ pub async fn run_shard(
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(listener, ctx.clone())))
         .collect();
-    let _grpc = glommio::spawn_local(crate::grpc::accept_loop(grpc, ctx.clone()));
     let _expiring = glommio::spawn_local(expire_loop(shard));
+    front.attach(Rc::new(NodeBackend(ctx.clone())));
+    ctx.serving.set_serving();
     let _ = ready.send(Ok(()));
 
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;
     }
+    ctx.serving.set_stopping();
     // Whatever was written is synced before the shard goes, whatever the fsync mode.
     let log = ctx.shard.borrow().log().cloned();
     if let Some(log) = log {
         if let Err(e) = log.close().await {
             eprintln!("kvmesh: shard {me}: closing the write-ahead log: {e}");
         }
+    }
+}
+
+/// Test hook: with `KVMESH_TEST_HOLD_RECOVERY_UNTIL=PATH` in its environment, a durable node
+/// stays in recovery (health NOT_SERVING, other gRPC calls UNAVAILABLE) after replaying its log
+/// until PATH exists (at most a minute), so an end-to-end test can observe recovery
+/// deterministically however fast the replay is.
+async fn hold_recovery_for_tests() {
+    let Some(path) = std::env::var_os("KVMESH_TEST_HOLD_RECOVERY_UNTIL") else {
+        return;
+    };
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(&path).exists() && std::time::Instant::now() < give_up {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 

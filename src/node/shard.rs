@@ -94,6 +94,7 @@ impl Shard {
             Ok(OpCode::OpPut) => self.put(op, now_ms),
             Ok(OpCode::OpRemove) => self.remove(op, now_ms),
             Ok(OpCode::OpTouch) => self.touch(op, now_ms),
+            Ok(OpCode::OpTtl) => self.ttl(op, now_ms),
             Ok(OpCode::OpStats) => OpResult {
                 stats: Some(self.stats()),
                 ..OpResult::default()
@@ -268,6 +269,19 @@ impl Shard {
         }
     }
 
+    /// The remaining TTL, read without touching the LRU order or the hit counters.
+    fn ttl(&mut self, op: &Op, now_ms: u64) -> Executed {
+        let result = match self.store.expires_at(&op.key, now_ms) {
+            None => reply::status(Status::NotFound, ""),
+            Some(deadline) => OpResult {
+                found: true,
+                ttl_ms: remaining(deadline, now_ms),
+                ..OpResult::default()
+            },
+        };
+        self.settled_after(result, &op.key)
+    }
+
     /// `result`, once `entry` (a change just applied) is logged after the removals it caused.
     /// The append cannot fail in practice: the log was checked before the change was applied,
     /// and validation keeps every record within a segment.
@@ -333,6 +347,15 @@ fn deadline(now_ms: u64, ttl_ms: u64) -> u64 {
     }
 }
 
+/// Milliseconds left before `deadline` (0: never expires), at least 1 for a live key.
+fn remaining(deadline: u64, now_ms: u64) -> u64 {
+    if deadline == 0 {
+        0
+    } else {
+        deadline.saturating_sub(now_ms).max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,6 +413,22 @@ mod tests {
             (3, 1, 1, 1)
         );
         assert_eq!((stats.hits, stats.misses, stats.expirations), (1, 2, 1));
+    }
+
+    #[test]
+    fn ttl_reports_what_is_left() {
+        let mut s = shard(1 << 20);
+        let ttl = |s: &mut Shard, key: &str, t| s.execute(&op(OpCode::OpTtl, key, "", 0), t).result;
+        s.execute(&op(OpCode::OpPut, "a", "1", 1_000), 0);
+        s.execute(&op(OpCode::OpPut, "b", "2", 0), 0);
+        assert_eq!(ttl(&mut s, "a", 250).ttl_ms, 750);
+        assert_eq!(ttl(&mut s, "a", 999).ttl_ms, 1);
+        assert_eq!(ttl(&mut s, "a", 1_000).status(), Status::NotFound);
+        let forever = ttl(&mut s, "b", 5);
+        assert_eq!((forever.status(), forever.ttl_ms), (Status::Ok, 0));
+        assert_eq!(ttl(&mut s, "c", 0).status(), Status::NotFound);
+        // Reading a TTL is not a get: no hit, no miss.
+        assert_eq!((s.stats().hits, s.stats().misses), (0, 0));
     }
 
     #[test]

@@ -177,8 +177,20 @@ pub fn grpc_addr(addr: SocketAddr, shards: usize) -> SocketAddr {
 }
 
 pub fn spawn_node(addr: SocketAddr, shards: usize, extra: &[&str], log: &std::path::Path) -> Child {
+    spawn_node_with_env(addr, shards, extra, log, &[])
+}
+
+/// [`spawn_node`] with extra environment variables (test hooks).
+pub fn spawn_node_with_env(
+    addr: SocketAddr,
+    shards: usize,
+    extra: &[&str],
+    log: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Child {
     let log_file = File::create(log).expect("create node log");
     Command::new(bin())
+        .envs(env.iter().copied())
         .args([
             "node",
             "--listen",
@@ -285,5 +297,65 @@ impl WireClient {
             Status::NotFound => None,
             other => panic!("get failed: {other:?} {}", r.message),
         }
+    }
+}
+
+/// A running `kvmesh gateway` forwarding to one node, killed when dropped.
+pub struct Gateway {
+    pub grpc: SocketAddr,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+    _ports: PortBlock,
+}
+
+impl Gateway {
+    /// Starts a gateway on a fresh port, forwarding to node `id` at wire address `node`, and
+    /// waits until it reports ready.
+    pub fn start(id: u32, node: SocketAddr, extra: &[&str]) -> Gateway {
+        let ports = PortBlock::reserve(1);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("gateway.log");
+        let log_file = File::create(&log).expect("create gateway log");
+        let grpc = ports.addr();
+        let child = Command::new(bin())
+            .args([
+                "gateway",
+                "--grpc",
+                &grpc.to_string(),
+                "--peers",
+                &format!("{id}={node}"),
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn kvmesh gateway");
+        let mut gateway = Gateway {
+            grpc,
+            child,
+            log,
+            _dir: dir,
+            _ports: ports,
+        };
+        wait_for("the gateway to be ready", || {
+            if let Ok(Some(status)) = gateway.child.try_wait() {
+                panic!("gateway exited during start ({status}):\n{}", gateway.log());
+            }
+            gateway.log().contains("gateway ready").then_some(())
+        });
+        gateway
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,12 +1,14 @@
-"""Fixtures for the DistributedCache suite: stubs generated from proto/ at test time, and the
-addresses of a running kvmesh node.
+"""Fixtures for the gRPC suite: stubs generated from proto/ at test time, and the addresses of a
+running kvmesh node and of a gateway in front of it.
 
-`cargo test --workspace` runs this suite through tests/grpc_python.rs, which starts a node on
-free ports and sets KVMESH_GRPC_ADDR (gRPC) and KVMESH_WIRE_ADDR (kvmesh's wire protocol).
-To run it by hand against a node of your own:
+`cargo test --workspace` runs this suite through tests/grpc_python.rs, which starts a node and a
+`kvmesh gateway` forwarding to it, on free ports, and sets KVMESH_GRPC_ADDR (the node's gRPC
+port), KVMESH_GATEWAY_ADDR (the gateway's) and KVMESH_WIRE_ADDR (the node's wire protocol).
+Every test that talks gRPC runs once per target: `[node]` and `[gateway]`; without
+KVMESH_GATEWAY_ADDR the gateway runs are skipped. To run it by hand:
 
     KVMESH_GRPC_ADDR=127.0.0.1:50051 KVMESH_WIRE_ADDR=127.0.0.1:7000 \
-        target/pyenv/bin/python -m pytest tests/python
+    KVMESH_GATEWAY_ADDR=127.0.0.1:50052 target/pyenv/bin/python -m pytest tests/python
 """
 
 import importlib
@@ -35,23 +37,40 @@ def stubs(tmp_path_factory):
     """The modules grpcio-tools generates from distributed_cache.proto and kvmesh/wire.proto,
     exactly as an old client's build would generate them."""
     out = tmp_path_factory.mktemp("stubs")
-    for proto, grpc_out in (("distributed_cache.proto", True), ("kvmesh/wire.proto", False)):
-        args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={out}"]
+    # health.proto is compiled from its own directory: a generated `grpc/` package would hide
+    # grpcio's.
+    health_dir = PROTO_DIR / "grpc/health/v1"
+    for include, proto, grpc_out in (
+        (PROTO_DIR, "distributed_cache.proto", True),
+        (PROTO_DIR, "kvmesh_api.proto", True),
+        (PROTO_DIR, "kvmesh/wire.proto", False),
+        (health_dir, "health.proto", True),
+    ):
+        args = ["protoc", f"-I{include}", f"--python_out={out}"]
         if grpc_out:
             args.append(f"--grpc_python_out={out}")
-        assert protoc.main(args + [str(PROTO_DIR / proto)]) == 0, f"protoc failed on {proto}"
+        assert protoc.main(args + [str(include / proto)]) == 0, f"protoc failed on {proto}"
     sys.path.insert(0, str(out))
 
     class Stubs:
         pb = importlib.import_module("distributed_cache_pb2")
         pb_grpc = importlib.import_module("distributed_cache_pb2_grpc")
+        kv = importlib.import_module("kvmesh_api_pb2")
+        kv_grpc = importlib.import_module("kvmesh_api_pb2_grpc")
         wire = importlib.import_module("kvmesh.wire_pb2")
+        health = importlib.import_module("health_pb2")
+        health_grpc = importlib.import_module("health_pb2_grpc")
 
     return Stubs
 
 
-@pytest.fixture(scope="session")
-def grpc_addr():
+@pytest.fixture(scope="session", params=["node", "gateway"])
+def grpc_addr(request):
+    """The gRPC address under test: the node's own port, then the gateway's."""
+    if request.param == "gateway":
+        if not os.environ.get("KVMESH_GATEWAY_ADDR"):
+            pytest.skip("KVMESH_GATEWAY_ADDR is not set")
+        return _address("KVMESH_GATEWAY_ADDR")
     return _address("KVMESH_GRPC_ADDR")
 
 
@@ -70,6 +89,12 @@ def channel(grpc_addr):
 def cache(stubs, channel):
     """An old client's stub, with grpcio's default options."""
     return stubs.pb_grpc.DistributedCacheStub(channel)
+
+
+@pytest.fixture
+def kv(stubs, channel):
+    """A stub of the bytes API, distributed_cache.KvMesh."""
+    return stubs.kv_grpc.KvMeshStub(channel)
 
 
 class WireClient:

@@ -1,0 +1,49 @@
+//! The node's [`Backend`] for the gRPC front-end: ops run through the node's one dispatch path
+//! (so forwarding, limits and durability apply exactly as for the wire protocol), and the
+//! topology is this node's.
+
+use std::rc::Rc;
+
+use kvmesh_proto::distributed_cache::{KvNode, KvTopologyResponse};
+use kvmesh_proto::wire::{Op, OpResult};
+
+use super::dispatch;
+use super::server::ShardCtx;
+use crate::grpc::backend::{ConnectionGuard, LocalFuture};
+use crate::grpc::status::Error;
+use crate::grpc::Backend;
+
+/// The ring's version while membership cannot change.
+pub const RING_VERSION: u64 = 1;
+
+/// One shard's backend.
+pub struct NodeBackend(pub Rc<ShardCtx>);
+
+impl Backend for NodeBackend {
+    fn execute(&self, ops: Vec<Op>) -> LocalFuture<'_, Vec<OpResult>> {
+        Box::pin(dispatch::execute(&self.0, ops))
+    }
+
+    fn topology(&self) -> LocalFuture<'_, Result<KvTopologyResponse, Error>> {
+        let config = &self.0.config;
+        let node = KvNode {
+            id: config.node_id,
+            host: config.listen.ip().to_string(),
+            wire_port: u32::from(config.listen.port()),
+            shard_ports: config.shard_ports(),
+            shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
+        };
+        Box::pin(std::future::ready(Ok(KvTopologyResponse {
+            ring_version: RING_VERSION,
+            nodes: vec![node],
+        })))
+    }
+
+    fn count_protocol_error(&self) {
+        self.0.shard.borrow_mut().counters.protocol_errors += 1;
+    }
+
+    fn connection_opened(&self) -> ConnectionGuard {
+        Box::new(self.0.connection_opened())
+    }
+}
