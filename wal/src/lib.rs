@@ -53,6 +53,7 @@ pub mod record;
 pub mod recover;
 pub mod scan;
 pub mod segment;
+pub mod snapshot;
 pub mod testing;
 
 use std::cell::Cell;
