@@ -123,7 +123,10 @@ mod tests {
         let (seen, steps) = scan_all(&s, 7, T0);
         assert_eq!(seen.len(), 99);
         assert!(!seen.contains_key(&b"k1"[..]));
-        assert_eq!(seen[&b"k10"[..]], (b"v".to_vec(), T0 + 5, Version::new(11, 1)));
+        assert_eq!(
+            seen[&b"k10"[..]],
+            (b"v".to_vec(), T0 + 5, Version::new(11, 1))
+        );
         assert_eq!(steps, 100usize.div_ceil(7));
         // Once the deadlines pass, those entries are skipped too (not reclaimed: &self).
         let (later, _) = scan_all(&s, 1000, T0 + 5);
@@ -151,7 +154,8 @@ mod tests {
             for _ in 0..8 {
                 hlc += 1;
                 let key = format!("churn-{churn}");
-                s.put(key.as_bytes(), b"c", 0, Version::new(hlc, 1), T0).unwrap();
+                s.put(key.as_bytes(), b"c", 0, Version::new(hlc, 1), T0)
+                    .unwrap();
                 if churn % 2 == 0 {
                     hlc += 1;
                     s.remove(key.as_bytes(), Version::new(hlc, 1), T0).unwrap();
@@ -160,7 +164,8 @@ mod tests {
             }
             hlc += 1;
             let key = &stable[(hlc % 500) as usize];
-            s.put(key.as_bytes(), b"S", 0, Version::new(hlc, 1), T0).unwrap();
+            s.put(key.as_bytes(), b"S", 0, Version::new(hlc, 1), T0)
+                .unwrap();
         }
         for key in &stable {
             assert!(seen.contains_key(key.as_bytes()), "{key} missed");

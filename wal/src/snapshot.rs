@@ -258,7 +258,9 @@ pub fn read(
             let (chunks, entries) = trailer_at(at).unwrap_or_default();
             summary.trailer = Some((chunks, entries));
             let after = pos + TRAILER_LEN;
-            if summary.damage.is_empty() && (chunks as u64, entries) != (summary.chunks, summary.entries) {
+            if summary.damage.is_empty()
+                && (chunks as u64, entries) != (summary.chunks, summary.entries)
+            {
                 let why = format!(
                     "the trailer counts {chunks} chunks and {entries} entries, {} and {} were read",
                     summary.chunks, summary.entries

@@ -43,7 +43,11 @@ fn sample(n: usize) -> Vec<Owned> {
             (
                 format!("key-{i}").into_bytes(),
                 vec![i as u8; i % 7],
-                if i % 3 == 0 { 1_700_000_000_000 + i as u64 } else { 0 },
+                if i % 3 == 0 {
+                    1_700_000_000_000 + i as u64
+                } else {
+                    0
+                },
                 100 + i as u64,
                 7,
             )
@@ -101,14 +105,21 @@ fn chunk_and_trailer_layout() {
         h.update(&out[16..]);
         h.finalize()
     };
-    let crc: String = crc.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let crc: String = crc
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let want = format!(
         "534e434b 1f000000 01000000 {crc} \
          01000000 02000000 0500000000000000 0600000000000000 07000000 6b 7676"
     );
     assert_eq!(hex, want.replace(' ', ""));
     let t = encode_trailer(3, 9);
-    assert_eq!(&t[..16], b"SNND\x03\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00");
+    assert_eq!(
+        &t[..16],
+        b"SNND\x03\x00\x00\x00\x09\x00\x00\x00\x00\x00\x00\x00"
+    );
 }
 
 #[test]
