@@ -34,6 +34,8 @@ pub struct ShardCtx {
     pub config: Arc<NodeConfig>,
     pub shard: Rc<RefCell<Shard>>,
     pub mesh: Rc<Mesh>,
+    /// This shard's snapshots, with a data directory.
+    pub snapshots: Option<Rc<durable::Snapshots>>,
 }
 
 impl ShardCtx {
@@ -85,9 +87,13 @@ pub async fn run_shard(
         store_config(&config),
         topology(&config, me),
     );
+    let mut snapshots = None;
     if let Some(durability) = &config.durability {
-        match durable::open_log(me, durability, &mut shard).await {
-            Ok(report) => eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: ")),
+        match durable::open_log(me, config.shards, durability, &mut shard).await {
+            Ok((report, taker)) => {
+                eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: "));
+                snapshots = Some(taker);
+            }
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
@@ -111,6 +117,7 @@ pub async fn run_shard(
         config,
         shard: shard.clone(),
         mesh,
+        snapshots: snapshots.clone(),
     });
 
     // Dropping these tasks at the end closes the listeners and stops the expiry step.
@@ -119,6 +126,7 @@ pub async fn run_shard(
         .map(|listener| glommio::spawn_local(accept_loop(listener, ctx.clone())))
         .collect();
     let _grpc = glommio::spawn_local(crate::grpc::accept_loop(grpc, ctx.clone()));
+    let _snapshotting = snapshots.map(|s| glommio::spawn_local(s.run_automatic(shard.clone())));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     let _ = ready.send(Ok(()));
 

@@ -1,0 +1,1 @@
+//! Redistribution of a data directory to a new shard count.
