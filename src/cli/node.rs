@@ -118,6 +118,22 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             if let Some(warning) = &data.warning {
                 eprintln!("kvmesh: warning: {warning}");
             }
+            let mut data = data;
+            if let Some(done) = &data.resumed {
+                eprintln!("kvmesh: {done}");
+            }
+            if let Some(to) = data.reshard_to.take() {
+                let report = crate::node::durable::reshard::run(
+                    data.path(),
+                    data.node_id,
+                    data.shards,
+                    to,
+                    &wal_config(&args),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
+                eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: "));
+                data.shards = to;
+            }
             Some(data)
         }
         None => {
