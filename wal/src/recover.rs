@@ -141,7 +141,8 @@ impl fmt::Display for Report {
             write!(
                 f,
                 "\nshard {}: {} damaged region(s) skipped, {lost} record(s) lost; the damage stays \
-                 in the log, so later starts need --recovery tolerate-corruption too",
+                 in the log, so later starts need --recovery tolerate-corruption too, until a \
+                 snapshot covers it",
                 self.shard,
                 self.skipped.len()
             )?;
