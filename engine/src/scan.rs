@@ -38,6 +38,13 @@ pub struct EntryRef<'a> {
 }
 
 impl Store {
+    /// Makes room in the hash index for `additional` more keys, so that loading that many
+    /// (say, from a snapshot) never rehashes. Charges nothing; an index much larger than what
+    /// it holds shrinks again after removals.
+    pub fn reserve(&mut self, additional: usize) {
+        self.index.reserve(&self.slab, additional);
+    }
+
     /// Visits up to `max_slots` slots from `cursor`, calling `visit` for each live entry
     /// (tombstones and entries whose deadline has passed at `now_ms` are skipped). Returns
     /// where to go on, or `None` once every slot has been looked at. Changes nothing: no LRU
@@ -99,6 +106,17 @@ mod tests {
             });
         }
         (seen, steps)
+    }
+
+    #[test]
+    fn reserve_then_fill() {
+        let mut s = Store::new(Config::default());
+        s.reserve(10_000);
+        for i in 0..10_000u64 {
+            s.put(&i.to_le_bytes(), b"v", 0, Version::new(i + 1, 1), T0)
+                .unwrap();
+        }
+        assert_eq!(scan_all(&s, 4096, T0).0.len(), 10_000);
     }
 
     #[test]

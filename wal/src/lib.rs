@@ -87,7 +87,15 @@ pub async fn open<D: SegmentDir + 'static>(
 ) -> Result<(Log, Report)> {
     let apply = std::cell::RefCell::new(apply);
     let load = |e: &snapshot::Entry<'_>| (apply.borrow_mut())(&snapshot_record(e));
-    open_with(dir, shard, config, load, |r| (apply.borrow_mut())(r)).await
+    open_with(
+        dir,
+        shard,
+        config,
+        |_| {},
+        load,
+        |r| (apply.borrow_mut())(r),
+    )
+    .await
 }
 
 /// A snapshot entry as the `Put` record that would have stored it.
@@ -105,18 +113,20 @@ pub fn snapshot_record(e: &snapshot::Entry<'_>) -> Record {
 }
 
 /// Recovers shard `shard`'s state without opening its log for writing: loads the newest
-/// snapshot into `load`, then replays the later records into `apply` (a torn tail is still
-/// truncated). Used to read a data directory written with another shard count.
+/// snapshot into `load` (after `start` got its header), then replays the later records into
+/// `apply` (a torn tail is still truncated). Used to read a data directory written with
+/// another shard count.
 pub async fn replay<D: SegmentDir>(
     dir: &D,
     shard: u32,
     config: &Config,
+    start: impl FnOnce(&snapshot::Header),
     load: impl FnMut(&snapshot::Entry<'_>),
     mut apply: impl FnMut(&Record),
 ) -> Result<Report> {
     config.validate().map_err(Error::Unsupported)?;
     let mut notes = Vec::new();
-    let loaded = snapfile::load_newest(dir, shard, config, &mut notes, load).await?;
+    let loaded = snapfile::load_newest(dir, shard, config, &mut notes, start, load).await?;
     let from = loaded.as_ref().map(|l| l.header.covered_seq);
     let mut recovered = recover::recover(dir, shard, config, from, &mut apply).await?;
     recovered.report.snapshot = loaded;
@@ -124,20 +134,21 @@ pub async fn replay<D: SegmentDir>(
     Ok(recovered.report)
 }
 
-/// [`open`], with the snapshot's entries handed to `load`, borrowed, before any record goes
-/// to `apply`. Also removes what an interrupted snapshot left: a temporary file, segments and
+/// [`open`], with the snapshot's header handed to `start` (to size a table, say) and its
+/// entries to `load`, borrowed, before any record goes to `apply`. Also removes what an interrupted snapshot left: a temporary file, segments and
 /// older snapshots that the newest one covers.
 pub async fn open_with<D: SegmentDir + 'static>(
     dir: D,
     shard: u32,
     config: Config,
+    start: impl FnOnce(&snapshot::Header),
     load: impl FnMut(&snapshot::Entry<'_>),
     mut apply: impl FnMut(&Record),
 ) -> Result<(Log, Report)> {
     config.validate().map_err(Error::Unsupported)?;
     let dir = Rc::new(dir);
     let mut notes = Vec::new();
-    let loaded = snapfile::load_newest(&*dir, shard, &config, &mut notes, load).await?;
+    let loaded = snapfile::load_newest(&*dir, shard, &config, &mut notes, start, load).await?;
     let from = loaded.as_ref().map(|l| l.header.covered_seq);
     if let Some(seq) = from {
         snapfile::release(&*dir, seq).await?;

@@ -73,13 +73,16 @@ pub struct Writer<D: SegmentDir> {
 }
 
 impl<D: SegmentDir> Writer<D> {
-    /// Starts `<name>.tmp` in `dir`, replacing a leftover one.
+    /// Starts `<name>.tmp` in `dir`, removing what unfinished snapshots left (one snapshot of
+    /// a directory is written at a time).
     pub async fn create(dir: D, header: Header) -> Result<Writer<D>> {
         let tmp = format!("{}.tmp", name(header.covered_seq));
-        match dir.remove(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("removing", dir.path(&tmp), e)),
+        let names = dir
+            .list()
+            .map_err(|e| Error::io("listing", dir.path(""), e))?;
+        for leftover in names.iter().filter(|n| is_temporary(n)) {
+            dir.remove(leftover)
+                .map_err(|e| Error::io("removing", dir.path(leftover), e))?;
         }
         let file = dir
             .create(&tmp)
@@ -298,7 +301,8 @@ impl fmt::Display for Loaded {
     }
 }
 
-/// Loads the newest snapshot of `dir`, if any, calling `load` for each entry; removes
+/// Loads the newest snapshot of `dir`, if any, calling `start` with its header, then `load`
+/// for each entry; removes
 /// leftovers of unfinished snapshots. A damaged newest snapshot is an error unless the
 /// config tolerates corruption: there is no silent fall back to an older one.
 pub async fn load_newest<D: SegmentDir>(
@@ -306,6 +310,7 @@ pub async fn load_newest<D: SegmentDir>(
     shard: u32,
     config: &Config,
     notes: &mut Vec<String>,
+    start: impl FnOnce(&Header),
     mut load: impl FnMut(&Entry<'_>),
 ) -> Result<Option<Loaded>> {
     let started = Instant::now();
@@ -338,13 +343,14 @@ pub async fn load_newest<D: SegmentDir>(
         .map_err(|e| Error::io("reading", path.clone(), e))?;
     drop(file);
     let tolerate = config.recovery == Recovery::TolerateCorruption;
-    let summary: Summary = snapshot::read(&bytes, tolerate, &mut load).map_err(|(d, _)| {
-        Error::SnapshotCorruption {
-            file: path.clone(),
-            offset: d.offset,
-            why: d.why,
-        }
-    })?;
+    let summary: Summary =
+        snapshot::read_with(&bytes, tolerate, start, &mut load).map_err(|(d, _)| {
+            Error::SnapshotCorruption {
+                file: path.clone(),
+                offset: d.offset,
+                why: d.why,
+            }
+        })?;
     if summary.header.shard != shard {
         return Err(Error::BadHeader(format!(
             "{path} belongs to shard {}, not shard {shard}: snapshot files were moved between \

@@ -39,6 +39,9 @@ pub struct Header {
     pub shards: u32,
     /// Every log record with a lower sequence number is reflected; replay starts at it.
     pub covered_seq: u64,
+    /// About how many entries follow (the store's key count when the snapshot began, capped
+    /// at `u32::MAX`), so a loader can size its table once; the trailer has the exact count.
+    pub entries_hint: u32,
 }
 
 /// One entry, borrowed.
@@ -63,7 +66,7 @@ pub struct Entry<'a> {
 //     8    4   format version: 1
 //     12   4   shard id
 //     16   4   shard count the keys were split by
-//     20   4   reserved, 0
+//     20   4   entries hint: about how many entries follow (the trailer has the count)
 //     24   8   covered seq: every log record below it is reflected; replay starts at it
 //     32   4   crc: CRC32 (crc32fast) of bytes 0..32
 //   chunks, back to back from offset 36
@@ -90,6 +93,7 @@ pub fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
     out[8..12].copy_from_slice(&VERSION.to_le_bytes());
     out[12..16].copy_from_slice(&h.shard.to_le_bytes());
     out[16..20].copy_from_slice(&h.shards.to_le_bytes());
+    out[20..24].copy_from_slice(&h.entries_hint.to_le_bytes());
     out[24..32].copy_from_slice(&h.covered_seq.to_le_bytes());
     let crc = crc32fast::hash(&out[..32]);
     out[32..36].copy_from_slice(&crc.to_le_bytes());
@@ -125,6 +129,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Header> {
         shard: u32_at(b, 12),
         shards: u32_at(b, 16),
         covered_seq: u64_at(b, 24),
+        entries_hint: u32_at(b, 20),
     })
 }
 
@@ -242,9 +247,20 @@ impl Summary {
 pub fn read(
     bytes: &[u8],
     tolerate: bool,
+    visit: impl FnMut(&Entry<'_>),
+) -> std::result::Result<Summary, (Damage, Option<Header>)> {
+    read_with(bytes, tolerate, |_| {}, visit)
+}
+
+/// [`read`], calling `start` with the header before the first entry.
+pub fn read_with(
+    bytes: &[u8],
+    tolerate: bool,
+    start: impl FnOnce(&Header),
     mut visit: impl FnMut(&Entry<'_>),
 ) -> std::result::Result<Summary, (Damage, Option<Header>)> {
     let header = decode_header(bytes).map_err(|e| (damage(0, 0, e.to_string()), None))?;
+    start(&header);
     let mut summary = Summary {
         header,
         ..Summary::default()

@@ -59,6 +59,7 @@ const H: Header = Header {
     shard: 2,
     shards: 3,
     covered_seq: 0x42,
+    entries_hint: 5,
 };
 
 fn read_all(bytes: &[u8], tolerate: bool) -> Result<(Summary, Vec<Owned>), Damage> {
@@ -78,7 +79,7 @@ fn header_layout() {
          01000000\
          02000000\
          03000000\
-         00000000\
+         05000000\
          4200000000000000"
     );
     assert_eq!(&bytes[32..], &crc32fast::hash(&bytes[..32]).to_le_bytes());
@@ -257,7 +258,7 @@ proptest! {
         per_chunk in 1usize..20,
         covered in any::<u64>(),
     ) {
-        let header = Header { shard: 1, shards: 4, covered_seq: covered };
+        let header = Header { shard: 1, shards: 4, covered_seq: covered, entries_hint: 0 };
         let bytes = build(&header, &entries, per_chunk, 4096);
         let (summary, got) = read_all(&bytes, false).unwrap();
         prop_assert_eq!(summary.header, header);

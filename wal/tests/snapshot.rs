@@ -44,6 +44,7 @@ async fn snapshot(dir: &MemDir, state: &State, covered: u64) -> snapfile::Writte
         shard: 0,
         shards: 1,
         covered_seq: covered,
+        entries_hint: state.len() as u32,
     };
     let mut w = Writer::create(dir.clone(), header).await.unwrap();
     for (i, (k, v)) in state.iter().enumerate() {
@@ -204,6 +205,7 @@ fn a_crash_at_any_step_of_a_snapshot_recovers_the_same_state() {
             shard: 0,
             shards: 1,
             covered_seq: log.next_seq(),
+            entries_hint: 0,
         };
         let mut w = Writer::create(dir.clone(), header).await.unwrap();
         w.push(&SnapEntry {

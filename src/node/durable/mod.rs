@@ -105,6 +105,7 @@ pub async fn open_log(
         dir.clone(),
         me as u32,
         durability.wal.clone(),
+        |header| store.borrow_mut().reserve(header.entries_hint as usize),
         |entry| replay.borrow_mut().load(&mut store.borrow_mut(), entry),
         |record| replay.borrow_mut().apply(&mut store.borrow_mut(), record),
     )

@@ -97,6 +97,7 @@ async fn stage(
             shard: j as u32,
             shards: to as u32,
             covered_seq: 1,
+            entries_hint: 0,
         };
         let writer = Writer::create(dir, header)
             .await
@@ -126,6 +127,7 @@ async fn stage(
             &dir,
             i as u32,
             &wal,
+            |h| store_cell.borrow_mut().reserve(h.entries_hint as usize),
             |e| replay.borrow_mut().load(&mut store_cell.borrow_mut(), e),
             |r| replay.borrow_mut().apply(&mut store_cell.borrow_mut(), r),
         )

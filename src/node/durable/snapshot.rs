@@ -46,6 +46,15 @@ pub struct Snapshots {
     pub last_error: RefCell<Option<String>>,
 }
 
+/// Marks a snapshot as running until dropped.
+struct Running<'a>(&'a Cell<bool>);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// What one snapshot did.
 #[derive(Clone, Debug)]
 pub struct Taken {
@@ -98,8 +107,9 @@ impl Snapshots {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
         self.running.set(true);
+        // Cleared also when this future is dropped (the asking connection went away).
+        let _running = Running(&self.running);
         let result = self.write(shard).await;
-        self.running.set(false);
         match &result {
             Ok(_) => self.taken.set(self.taken.get() + 1),
             Err(e) => *self.last_error.borrow_mut() = Some(e.clone()),
@@ -123,6 +133,7 @@ impl Snapshots {
             shard: me as u32,
             shards: self.shards as u32,
             covered_seq: covered,
+            entries_hint: u32::try_from(shard.borrow().store().len()).unwrap_or(u32::MAX),
         };
         let fail = |e: kvmesh_wal::Error| format!("shard {me}: snapshot failed: {e}");
         let mut writer = Writer::create(self.dir.clone(), header)
