@@ -242,7 +242,7 @@ pub(crate) async fn recover<D: SegmentDir>(
             .await
             .map_err(|e| Error::io("reading", path.clone(), e))?;
         drop(file);
-        if i + 1 == names.len() && bytes.iter().all(|&b| b == 0) {
+        if i + 1 == names.len() && scan::is_zero(&bytes) {
             // Prepared for the next rotation and never used, or its preparation was cut
             // short: nothing in it. It is prepared again in the background.
             dir.remove(name)

@@ -265,7 +265,7 @@ pub fn read_with(
         header,
         ..Summary::default()
     };
-    let end_of_data = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let end_of_data = crate::scan::end_of_data(bytes);
     let mut pos = HEADER_LEN;
     let fail = |d: Damage| Err((d, Some(header)));
     loop {
