@@ -47,7 +47,7 @@ start_node() {
     "$KVMESH" node --listen "$ADDR" --grpc "127.0.0.1:$((port + 2))" --shards 1 --cpus 0 \
         --max-memory 4GiB --data-dir "$dir" "$@" >"$WORK/$name.log" 2>&1 &
     PID=$!
-    for _ in $(seq 3000); do
+    for _ in $(seq 12000); do
         if grep -q " ready: " "$WORK/$name.log" 2>/dev/null; then
             t1=$(date +%s%N)
             READY_MS=$(( (t1 - t0) / 1000000 ))
@@ -58,7 +58,7 @@ start_node() {
         fi
         sleep 0.01
     done
-    log "node not ready after 30 s:"; cat "$WORK/$name.log" >&2; exit 1
+    log "node not ready after 120 s:"; cat "$WORK/$name.log" >&2; exit 1
 }
 
 kill_node() {
@@ -68,7 +68,8 @@ kill_node() {
 }
 
 keys_held() {
-    "$KVMESH" stats --addr "$ADDR" --json | grep -o '"total":{"keys":[0-9]*' | grep -o '[0-9]*$'
+    "$KVMESH" stats --addr "$ADDR" --json | grep -o '"total":{"keys":[0-9]*' | grep -o '[0-9]*$' ||
+        { log "kvmesh stats failed"; exit 1; }
 }
 
 log "building kvmesh and kvmesh-bench (release)"
@@ -80,8 +81,10 @@ KVMESH=target/release/kvmesh
 D=$WORK/filled
 start_node "$D" fill --fsync never
 log "filling $KEYS keys of 100 bytes"
-"$BENCH" --addr "$ADDR" --cpus 1 --connections 50 --pipeline 16 --keys "$KEYS" \
-    --value-size 100 --prefill-only >"$WORK/fill.out" 2>&1
+if ! "$BENCH" --addr "$ADDR" --cpus 1 --connections 50 --pipeline 16 --keys "$KEYS" \
+    --value-size 100 --prefill-only >"$WORK/fill.out" 2>&1; then
+    log "the fill failed:"; cat "$WORK/fill.out" "$WORK/fill.log" >&2; exit 1
+fi
 held=$(keys_held)
 log_bytes=$(du -sb "$D" | cut -f1)
 kill_node
@@ -89,7 +92,9 @@ start_node "$D" replay --fsync never
 replay_ms=$READY_MS
 replay_line=$(grep "shard 0: replayed" "$WORK/replay.log")
 replay_held=$(keys_held)
-"$KVMESH" snapshot --addr "$ADDR" >"$WORK/snapshot.out"
+if ! "$KVMESH" snapshot --addr "$ADDR" >"$WORK/snapshot.out" 2>&1; then
+    log "kvmesh snapshot failed:"; cat "$WORK/snapshot.out" >&2; exit 1
+fi
 snap_line=$(cat "$WORK/snapshot.out")
 kill_node
 start_node "$D" loaded --fsync never
@@ -120,9 +125,11 @@ start_node "$D2" bounded --fsync never
 SAMPLER=$!
 log "$WRITES writes over 10,000 keys"
 t0=$(date +%s)
-"$BENCH" --addr "$ADDR" --cpus 1 --connections 50 --pipeline 16 --keys 10000 \
+if ! "$BENCH" --addr "$ADDR" --cpus 1 --connections 50 --pipeline 16 --keys 10000 \
     --value-size 100 --read-ratio 0 --no-prefill --requests "$WRITES" --json \
-    >"$WORK/bounded.out" 2>&1
+    >"$WORK/bounded.out" 2>&1; then
+    log "the writes failed:"; cat "$WORK/bounded.out" >&2; exit 1
+fi
 t1=$(date +%s)
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true

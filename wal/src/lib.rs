@@ -135,8 +135,9 @@ pub async fn replay<D: SegmentDir>(
 }
 
 /// [`open`], with the snapshot's header handed to `start` (to size a table, say) and its
-/// entries to `load`, borrowed, before any record goes to `apply`. Also removes what an interrupted snapshot left: a temporary file, segments and
-/// older snapshots that the newest one covers.
+/// entries to `load`, borrowed, before any record goes to `apply`. Also removes what an
+/// interrupted snapshot left: a temporary file, segments and older snapshots that the newest
+/// one covers.
 pub async fn open_with<D: SegmentDir + 'static>(
     dir: D,
     shard: u32,

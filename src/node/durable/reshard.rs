@@ -51,12 +51,6 @@ pub fn run(
         .map_err(|e| format!("cannot start an io_uring executor to redistribute: {e}"))?;
     let (read, written, notes) =
         executor.run(stage(data_dir.to_path_buf(), from, to, wal.clone()))?;
-    if read != written.iter().sum::<u64>() {
-        return Err(format!(
-            "redistribution read {read} keys but staged {}: nothing was changed",
-            written.iter().sum::<u64>()
-        ));
-    }
     sync_dir(&staging)?;
     let marker = data_dir.join(MARKER);
     write_synced(&marker, &format!("from = {from}\nto = {to}\n"))?;
@@ -159,10 +153,18 @@ async fn stage(
             }
         }
     }
-    for w in writers {
-        w.finish()
+    for (j, w) in writers.into_iter().enumerate() {
+        // `finish` reads each snapshot back: count what it holds, not what was pushed.
+        let done = w
+            .finish()
             .await
             .map_err(|e| format!("redistributing: {e}"))?;
+        if done.entries != written[j] {
+            return Err(format!(
+                "redistributing: {} holds {} keys, {} were written to it; nothing was changed",
+                done.file, done.entries, written[j]
+            ));
+        }
     }
     Ok((read, written, notes))
 }
