@@ -23,8 +23,15 @@
 //!
 //! # Start
 //!
-//! Each shard replays its own segments into its store before it joins the mesh ([`open_log`]),
-//! keeping TTLs' absolute deadlines, and resumes its clock above the largest version replayed.
+//! Each shard loads its newest snapshot and replays the later segments into its store before
+//! it joins the mesh ([`open_log`]), keeping TTLs' absolute deadlines, and resumes its clock
+//! above the largest version replayed. A data directory written with another shard count is
+//! redistributed first ([`reshard`]).
+//!
+//! # Snapshots
+//!
+//! Each shard snapshots itself in the background when its log outgrows its data, or when
+//! asked (`OP_SNAPSHOT`), and then removes the segments the snapshot covers ([`snapshot`]).
 
 pub mod datadir;
 mod pending;
