@@ -335,6 +335,18 @@ pub(crate) async fn recover<D: SegmentDir>(
             damage.readable();
             damaged_since_record = false;
             expected = Some(record.seq + 1);
+            if record.seq <= from_seq {
+                // Everything before this record is covered by the snapshot: damage there
+                // loses nothing.
+                if let Some(d) = damage.first.take() {
+                    report.notes.push(format!(
+                        "{} at offset {} ({}): damage inside records the snapshot covers; \
+                         nothing lost",
+                        d.loss.file, d.loss.offset, d.loss.why
+                    ));
+                    (marker_after, dropped_after) = (0, 0);
+                }
+            }
             if damage.first.is_some() {
                 if record.op == Op::Synced {
                     marker_after = marker_after.max(record.synced_below);
