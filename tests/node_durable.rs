@@ -138,15 +138,25 @@ fn writer(
     seen
 }
 
-/// Runs writers until `kill_after` acks, then SIGKILLs the node; returns what they saw.
+/// Runs writers until `kill_after` acks, then SIGKILLs the node; returns what they saw. With
+/// `snapshots`, a thread also asks for snapshots (`kvmesh snapshot`) back to back meanwhile.
 fn write_until_killed(
     node: &mut Node,
     round: usize,
     seed: u64,
     kill_after: u64,
+    snapshots: bool,
 ) -> HashMap<String, Seen> {
     let acks = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let storm = snapshots.then(|| {
+        let (addr, stop) = (node.addr, stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = common::cli(addr, &["snapshot"]);
+            }
+        })
+    });
     let writers: Vec<_> = (0..12)
         .map(|id| {
             // Half on the shared port (forwarded by the shard that took the connection), half
@@ -168,6 +178,9 @@ fn write_until_killed(
     let mut seen = HashMap::new();
     for w in writers {
         seen.extend(w.join().expect("writer thread"));
+    }
+    if let Some(storm) = storm {
+        storm.join().expect("snapshot thread");
     }
     seen
 }
@@ -199,17 +212,25 @@ fn verify(node: &Node, expected: &mut HashMap<String, Expect>, context: &str) {
 }
 
 fn crash_rounds(fsync: &str, rounds: usize) {
+    crash_rounds_with(fsync, rounds, false, &[]);
+}
+
+/// Crash rounds; with `snapshots`, under back-to-back snapshots and with `extra` flags.
+fn crash_rounds_with(fsync: &str, rounds: usize, snapshots: bool, extra: &[&str]) {
     let seed = seed();
-    eprintln!("crash test --fsync {fsync}: seed {seed}");
+    eprintln!("crash test --fsync {fsync}, snapshots {snapshots}: seed {seed}");
     let mut rng = Rng(seed);
     let data = tempfile::tempdir().unwrap();
     let mut expected: HashMap<String, Expect> = HashMap::new();
     for round in 0..rounds {
-        let mut node = durable_node(data.path(), &["--fsync", fsync]);
+        let mut flags = vec!["--fsync", fsync];
+        flags.extend(extra);
+        let mut node = durable_node(data.path(), &flags);
         let context = format!("--fsync {fsync}, seed {seed}, after kill {round}");
         verify(&node, &mut expected, &context);
         let kill_after = 200 + rng.next() % 1500;
-        for (key, seen) in write_until_killed(&mut node, round, seed ^ round as u64, kill_after) {
+        let seen = write_until_killed(&mut node, round, seed ^ round as u64, kill_after, snapshots);
+        for (key, seen) in seen {
             let entry = expected.entry(key).or_default();
             if let Some(state) = seen.acked {
                 entry.acked = state;
@@ -218,7 +239,9 @@ fn crash_rounds(fsync: &str, rounds: usize) {
         }
         assert!(!node.log().contains("panicked"), "{}", node.log());
     }
-    let node = durable_node(data.path(), &["--fsync", fsync]);
+    let mut flags = vec!["--fsync", fsync];
+    flags.extend(extra);
+    let node = durable_node(data.path(), &flags);
     verify(
         &node,
         &mut expected,
@@ -230,6 +253,9 @@ fn crash_rounds(fsync: &str, rounds: usize) {
         log.contains("shard 0: replayed") && log.contains("shard 1: replayed"),
         "{log}"
     );
+    if snapshots {
+        assert!(log.contains("loaded snapshot"), "{log}");
+    }
     eprintln!("{log}");
 }
 
@@ -241,6 +267,12 @@ fn acknowledged_writes_survive_sigkill_with_fsync_always() {
 #[test]
 fn acknowledged_writes_survive_sigkill_with_fsync_never() {
     crash_rounds("never", 2);
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill_during_snapshots() {
+    // Snapshots back to back on demand, and automatic ones every 2 segments of log.
+    crash_rounds_with("always", 4, true, &["--snapshot-factor", "2"]);
 }
 
 /// The node id a node reports in its topology.
@@ -383,35 +415,4 @@ fn damage_to_synced_records_stops_start_up_unless_tolerated() {
     for i in (0..40).filter(|&i| i != 10) {
         assert!(c.get(format!("key-{i}").as_bytes()).is_some(), "key-{i}");
     }
-}
-
-#[test]
-fn a_data_directory_written_with_other_shards_is_refused() {
-    let data = tempfile::tempdir().unwrap();
-    drop(durable_node(data.path(), &[]));
-    let dir = data.path().to_str().unwrap();
-    let ports = PortBlock::reserve(4);
-    let logs = tempfile::tempdir().unwrap();
-    let log = logs.path().join("node.log");
-    let mut child = Reaped(
-        std::process::Command::new(common::bin())
-            .args([
-                "node",
-                "--listen",
-                &ports.addr().to_string(),
-                "--shards",
-                "3",
-            ])
-            .args(["--data-dir", dir])
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let status = wait_for("the node to exit", || child.0.try_wait().ok().flatten());
-    assert!(!status.success());
-    let out = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        out.contains("--shards 3 does not match the 2 shards"),
-        "{out}"
-    );
 }

@@ -51,6 +51,13 @@ impl Index {
         }
     }
 
+    /// Makes room for `additional` more keys without growing (no rehash while they go in).
+    pub(crate) fn reserve(&mut self, slab: &Slab, additional: usize) {
+        let hasher = &self.hasher;
+        self.table
+            .reserve(additional, |&i| hasher.hash_one(slab.blob(i).key()));
+    }
+
     /// hashbrown never shrinks on its own, so after mass removal the table would keep its
     /// peak size. Shrink once it is below 1/4 full, to fit what it holds: that restores the
     /// load the charge assumes (>= 7/16), so between shrinks the table holds at most ~2x its

@@ -53,6 +53,11 @@ impl Slab {
         self.limit
     }
 
+    /// Slots ever handed out: every slot index in use is below it.
+    pub(crate) fn high(&self) -> u32 {
+        self.high
+    }
+
     /// True when `insert` will succeed.
     pub(crate) fn has_room(&self) -> bool {
         self.free != NIL || self.high < self.limit

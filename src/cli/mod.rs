@@ -4,6 +4,7 @@
 mod client;
 mod gateway;
 mod node;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ enum Command {
     Remove(client::KeyArgs),
     /// Show every shard's counters and the node's totals.
     Stats(client::StatsArgs),
+    /// Make every shard of a node write a snapshot now (needs a node with --data-dir).
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 /// Runs the command; returns the process exit code.
@@ -41,6 +44,7 @@ pub fn main() -> i32 {
         Command::Get(args) => client::get(args),
         Command::Remove(args) => client::remove(args),
         Command::Stats(args) => client::stats(args),
+        Command::Snapshot(args) => snapshot::run(args),
     };
     match result {
         Ok(code) => code,

@@ -76,6 +76,12 @@ pub struct NodeArgs {
     /// largest record (key + value) [default: 64MiB]. Needs --data-dir.
     #[arg(long, value_name = "SIZE")]
     wal_segment_size: Option<ByteSize>,
+    /// A shard writes a snapshot of its live keys, and removes the log segments it covers,
+    /// when its log on disk exceeds this many times the larger of its live data (bytes
+    /// charged, see --max-memory) and one segment. A ratio; 0 turns automatic snapshots off
+    /// (`kvmesh snapshot` still works) [default: 4]. Needs --data-dir.
+    #[arg(long, value_name = "RATIO")]
+    snapshot_factor: Option<f64>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -113,6 +119,22 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             if let Some(warning) = &data.warning {
                 eprintln!("kvmesh: warning: {warning}");
             }
+            let mut data = data;
+            if let Some(done) = &data.resumed {
+                eprintln!("kvmesh: {done}");
+            }
+            if let Some(to) = data.reshard_to.take() {
+                let report = crate::node::durable::reshard::run(
+                    data.path(),
+                    data.node_id,
+                    data.shards,
+                    to,
+                    &wal_config(&args),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
+                eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: "));
+                data.shards = to;
+            }
             Some(data)
         }
         None => {
@@ -121,6 +143,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 (args.fsync_interval.is_some(), "--fsync-interval"),
                 (args.recovery.is_some(), "--recovery"),
                 (args.wal_segment_size.is_some(), "--wal-segment-size"),
+                (args.snapshot_factor.is_some(), "--snapshot-factor"),
             ];
             if let Some((_, flag)) = durable_only.iter().find(|(given, _)| *given) {
                 anyhow::bail!("{flag} needs --data-dir: without it the node keeps nothing on disk");
@@ -140,6 +163,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let durability = data_dir.as_ref().map(|data| Durability {
         data_dir: data.path().to_path_buf(),
         wal: wal_config(&args),
+        snapshot_factor: args
+            .snapshot_factor
+            .unwrap_or(crate::node::durable::DEFAULT_SNAPSHOT_FACTOR),
     });
     let to_usize = |b: ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
     let config = NodeConfig {

@@ -105,6 +105,13 @@ impl NodeConfig {
             if let Err(e) = durability.wal.validate() {
                 problems.push(e);
             }
+            let factor = durability.snapshot_factor;
+            if !(factor == 0.0 || (2.0..=1e6).contains(&factor)) {
+                problems.push(format!(
+                    "--snapshot-factor {factor} must be 0 (off) or between 2 and 1000000: below \
+                     2, a snapshot could not free a segment beside the active one and the spare"
+                ));
+            }
             // A put's record: key, value, version, deadline, seq, framing.
             let largest_record = self.max_key_len + self.max_value_len + 64;
             if durability.wal.max_payload() < largest_record {
@@ -225,6 +232,7 @@ mod tests {
                 segment_size: 1 << 20,
                 ..kvmesh_wal::Config::default()
             },
+            snapshot_factor: 4.0,
         });
         assert!(c.validate().unwrap_err().contains("--wal-segment-size"));
         c.max_value_len = 64 << 10;

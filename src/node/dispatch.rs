@@ -6,7 +6,7 @@
 //! once) and sends the forwards; [`Started::finish`] waits for the log records the replies
 //! depend on (see `durable`) and for the owners' answers. [`execute`] does both.
 
-use kvmesh_proto::wire::{Op, OpResult};
+use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 
 use super::durable;
 use super::mesh::Pending;
@@ -27,6 +27,8 @@ pub struct Started {
     waits: Vec<(usize, u64)>,
     /// Per owning shard: the indices its answers fill, and the forward (or why it failed).
     remote: Vec<(Vec<usize>, Result<Pending, reply::ForwardError>)>,
+    /// Indices of `OP_SNAPSHOT` ops: run, one after another, in `finish`.
+    snapshots: Vec<usize>,
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
@@ -34,12 +36,14 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
     let now = super::now_ms();
     let mut results = vec![OpResult::default(); ops.len()];
     let mut waits = Vec::new();
+    let mut snapshots = Vec::new();
     // (owning shard, indices into `results`, ops) for ops this shard does not own.
     let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
     {
         let mut shard = ctx.shard.borrow_mut();
         for (i, op) in ops.into_iter().enumerate() {
             match route(&op, ctx.me, ctx.config.shards, ctx.config.max_key_len) {
+                Route::Here if op.code == OpCode::OpSnapshot as i32 => snapshots.push(i),
                 Route::Local | Route::Here => {
                     let executed = shard.execute(&op, now);
                     results[i] = executed.result;
@@ -73,6 +77,7 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
         results,
         waits,
         remote: sent,
+        snapshots,
     }
 }
 
@@ -84,7 +89,17 @@ impl Started {
             mut results,
             waits,
             remote,
+            snapshots,
         } = self;
+        for i in snapshots {
+            results[i] = match &ctx.snapshots {
+                Some(taker) => taker.reply(&ctx.shard).await,
+                None => reply::status(
+                    Status::InvalidArgument,
+                    "snapshots need a data directory: this node runs without --data-dir",
+                ),
+            };
+        }
         let log = ctx.shard.borrow().log().cloned();
         durable::settle(ctx.me, log, &mut results, &waits).await;
         for (idx, sent) in remote {

@@ -30,7 +30,7 @@ pub fn route(op: &Op, me: usize, nr_shards: usize, max_key_len: usize) -> Route 
         Ok(code) => code,
     };
     match code {
-        OpCode::OpStats | OpCode::OpTopology => Route::Here,
+        OpCode::OpStats | OpCode::OpTopology | OpCode::OpSnapshot => Route::Here,
         OpCode::OpGet | OpCode::OpPut | OpCode::OpRemove | OpCode::OpTouch | OpCode::OpTtl => {
             if op.key.len() > max_key_len {
                 return Route::Reject(Rejection::KeyTooLarge {

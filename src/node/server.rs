@@ -39,6 +39,8 @@ pub struct ShardCtx {
     /// Whether this shard serves, as its gRPC health check reports it: serving once recovery
     /// is done; a shutdown path calls `serving.set_stopping()` first.
     pub serving: Serving,
+    /// This shard's snapshots, with a data directory.
+    pub snapshots: Option<Rc<durable::Snapshots>>,
 }
 
 impl ShardCtx {
@@ -99,9 +101,13 @@ pub async fn run_shard(
         store_config(&config),
         topology(&config, me),
     );
+    let mut snapshots = None;
     if let Some(durability) = &config.durability {
-        match durable::open_log(me, durability, &mut shard).await {
-            Ok(report) => eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: ")),
+        match durable::open_log(me, config.shards, durability, &mut shard).await {
+            Ok((report, taker)) => {
+                eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: "));
+                snapshots = Some(taker);
+            }
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
@@ -127,6 +133,7 @@ pub async fn run_shard(
         shard: shard.clone(),
         mesh,
         serving,
+        snapshots: snapshots.clone(),
     });
 
     // Dropping these tasks at the end closes the listeners and stops the expiry step.
@@ -134,6 +141,7 @@ pub async fn run_shard(
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(listener, ctx.clone())))
         .collect();
+    let _snapshotting = snapshots.map(|s| glommio::spawn_local(s.run_automatic(shard.clone())));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     front.attach(Rc::new(NodeBackend(ctx.clone())));
     ctx.serving.set_serving();

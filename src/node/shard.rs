@@ -67,6 +67,11 @@ impl Shard {
         }
     }
 
+    /// The store, read-only: snapshots scan it.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The store, for replaying a log into it before the log is attached.
     pub fn store_mut(&mut self) -> &mut Store {
         &mut self.store
@@ -105,6 +110,10 @@ impl Shard {
                 ..OpResult::default()
             }
             .into(),
+            // Runs asynchronously, in `dispatch`; never reaches a shard's handler.
+            Ok(OpCode::OpSnapshot) => {
+                reply::status(Status::Internal, "snapshot not dispatched").into()
+            }
             Ok(OpCode::OpUnspecified) | Err(_) => {
                 self.counters.protocol_errors += 1;
                 reply::unknown_operation(op.code).into()

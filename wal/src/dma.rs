@@ -16,8 +16,8 @@ const READ_CHUNK: u64 = 8 << 20;
 /// Size of the file that settles glommio's polling decision: one block of any device.
 const PRIME_BLOCK: usize = 64 << 10;
 
-/// A shard's segment directory on a real file system.
-#[derive(Debug)]
+/// A shard's segment directory on a real file system. Clones name the same directory.
+#[derive(Clone, Debug)]
 pub struct DmaDir {
     path: PathBuf,
 }
@@ -99,6 +99,15 @@ impl SegmentFile for DmaSegment {
         Ok(out)
     }
 
+    async fn read_head(&self, len: usize) -> io::Result<Vec<u8>> {
+        let size = self.file.file_size().await?;
+        let want = (len as u64).min(size) as usize;
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.file.read_at(0, want).await?.to_vec())
+    }
+
     async fn sync(&self) -> io::Result<()> {
         Ok(self.file.fdatasync().await?)
     }
@@ -165,6 +174,10 @@ impl SegmentDir for DmaDir {
 
     fn remove(&self, name: &str) -> io::Result<()> {
         std::fs::remove_file(self.path.join(name))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.path.join(from), self.path.join(to))
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -60,6 +60,21 @@ pub enum Error {
         /// Sequence number of the first record that cannot be read.
         first_lost: u64,
     },
+    /// The newest snapshot does not check, and the recovery mode is strict.
+    #[error(
+        "{file}: damaged snapshot at offset {offset} ({why}). kvmesh refuses to start rather than \
+         lose its entries silently or fall back to an older state: restore the data directory \
+         from a copy, or start with --recovery tolerate-corruption to load the chunks that \
+         check (the report counts what is lost)"
+    )]
+    SnapshotCorruption {
+        /// The snapshot, as a path.
+        file: String,
+        /// Byte offset of the first damaged byte.
+        offset: u64,
+        /// What is wrong there.
+        why: String,
+    },
     /// A file operation failed.
     #[error("{op} {file}: {source}")]
     Io {

@@ -24,6 +24,9 @@ pub trait SegmentFile {
     /// The whole file.
     async fn read_all(&self) -> io::Result<Vec<u8>>;
 
+    /// Up to `len` bytes from offset 0 (fewer when the file is shorter).
+    async fn read_head(&self, len: usize) -> io::Result<Vec<u8>>;
+
     /// `fdatasync`: every write completed before the call is durable when it returns.
     async fn sync(&self) -> io::Result<()>;
 
@@ -50,6 +53,9 @@ pub trait SegmentDir {
 
     /// Removes a file.
     fn remove(&self, name: &str) -> io::Result<()>;
+
+    /// Renames `from` to `to` atomically, replacing `to`; durable after [`SegmentDir::sync`].
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
 
     /// `fsync` of the directory itself: created and removed names are durable when it returns.
     fn sync(&self) -> io::Result<()>;

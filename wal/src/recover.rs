@@ -76,6 +76,10 @@ pub struct Report {
     pub segments: usize,
     /// Records replayed (sync markers not counted).
     pub records: u64,
+    /// Records read but not replayed because the snapshot already reflects them.
+    pub covered: u64,
+    /// The snapshot loaded before the segments, if there was one.
+    pub snapshot: Option<crate::snapfile::Loaded>,
     /// Bytes read.
     pub bytes: u64,
     /// The sequence number the next record gets.
@@ -92,6 +96,12 @@ pub struct Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(snapshot) = &self.snapshot {
+            let text = snapshot
+                .to_string()
+                .replace('\n', &format!("\nshard {}: ", self.shard));
+            writeln!(f, "shard {}: {text}", self.shard)?;
+        }
         write!(
             f,
             "shard {}: replayed {} records from {} segment(s), {} bytes read, in {} ms; next seq {}",
@@ -102,6 +112,13 @@ impl fmt::Display for Report {
             self.elapsed.as_millis(),
             self.next_seq
         )?;
+        if self.covered > 0 {
+            write!(
+                f,
+                " ({} older records skipped: the snapshot covers them)",
+                self.covered
+            )?;
+        }
         if let Some(torn) = &self.torn_tail {
             write!(f, "\nshard {}: torn tail truncated: {torn}", self.shard)?;
         }
@@ -124,7 +141,8 @@ impl fmt::Display for Report {
             write!(
                 f,
                 "\nshard {}: {} damaged region(s) skipped, {lost} record(s) lost; the damage stays \
-                 in the log, so later starts need --recovery tolerate-corruption too",
+                 in the log, so later starts need --recovery tolerate-corruption too, until a \
+                 snapshot covers it",
                 self.shard,
                 self.skipped.len()
             )?;
@@ -168,14 +186,18 @@ struct Damaged {
 }
 
 /// Replays the segments of `dir`, calling `apply` for each record in log order (sync markers
-/// excluded), then repairs a torn tail.
+/// excluded), then repairs a torn tail. With a snapshot covering the records below
+/// `snapshot_seq`, those records are read (to find the log's end) but not replayed, and a gap
+/// in the log below that seq is no loss.
 pub(crate) async fn recover<D: SegmentDir>(
     dir: &D,
     shard: u32,
     config: &Config,
+    snapshot_seq: Option<u64>,
     apply: &mut impl FnMut(&Record),
 ) -> Result<Recovered<D::File>> {
     let started = Instant::now();
+    let from_seq = snapshot_seq.unwrap_or(0);
     let mut report = Report {
         shard,
         ..Report::default()
@@ -187,6 +209,7 @@ pub(crate) async fn recover<D: SegmentDir>(
     for name in listed {
         match segment::parse_name(&name) {
             Some(index) => names.push((index, name)),
+            None if crate::snapfile::parse_name(&name).is_some() => {}
             None => report
                 .notes
                 .push(format!("ignored {}: not a segment", dir.path(&name))),
@@ -219,7 +242,7 @@ pub(crate) async fn recover<D: SegmentDir>(
             .await
             .map_err(|e| Error::io("reading", path.clone(), e))?;
         drop(file);
-        if i + 1 == names.len() && bytes.iter().all(|&b| b == 0) {
+        if i + 1 == names.len() && scan::is_zero(&bytes) {
             // Prepared for the next rotation and never used, or its preparation was cut
             // short: nothing in it. It is prepared again in the background.
             dir.remove(name)
@@ -238,7 +261,7 @@ pub(crate) async fn recover<D: SegmentDir>(
                 )))
             }
             Ok(Some(h)) => {
-                expected.get_or_insert(h.first_seq);
+                expected.get_or_insert(snapshot_seq.map_or(h.first_seq, |s| s.min(h.first_seq)));
                 Some(u64::from(h.block))
             }
             Ok(None) => {
@@ -286,8 +309,10 @@ pub(crate) async fn recover<D: SegmentDir>(
                 Event::Record(offset, record) => (offset, record),
             };
             if let Some(exp) = expected {
-                // After damage, a jump in seq is what the damage destroyed, not a new loss.
-                if record.seq < exp || (record.seq > exp && !damaged_since_record) {
+                // After damage, a jump in seq is what the damage destroyed, not a new loss;
+                // nor is a jump below what the snapshot covers.
+                let gap_from = exp.max(from_seq.min(record.seq));
+                if record.seq < exp || (record.seq > gap_from && !damaged_since_record) {
                     let why = if record.seq > exp {
                         format!("records {exp}..={} are missing", record.seq - 1)
                     } else {
@@ -310,6 +335,18 @@ pub(crate) async fn recover<D: SegmentDir>(
             damage.readable();
             damaged_since_record = false;
             expected = Some(record.seq + 1);
+            if record.seq <= from_seq {
+                // Everything before this record is covered by the snapshot: damage there
+                // loses nothing.
+                if let Some(d) = damage.first.take() {
+                    report.notes.push(format!(
+                        "{} at offset {} ({}): damage inside records the snapshot covers; \
+                         nothing lost",
+                        d.loss.file, d.loss.offset, d.loss.why
+                    ));
+                    (marker_after, dropped_after) = (0, 0);
+                }
+            }
             if damage.first.is_some() {
                 if record.op == Op::Synced {
                     marker_after = marker_after.max(record.synced_below);
@@ -318,7 +355,9 @@ pub(crate) async fn recover<D: SegmentDir>(
                 }
                 continue;
             }
-            if record.op != Op::Synced {
+            if record.op != Op::Synced && record.seq < from_seq {
+                report.covered += 1;
+            } else if record.op != Op::Synced {
                 apply(&record);
                 report.records += 1;
             }
@@ -354,13 +393,17 @@ pub(crate) async fn recover<D: SegmentDir>(
         next_seq = Some(d.loss.first_seq);
         report.torn_tail = Some(d.loss);
     }
-    let next_seq = next_seq.or(expected).unwrap_or(1);
+    let logged_below = next_seq.or(expected).unwrap_or(1);
+    // The log may end below the snapshot (its tail was never synced, and a power loss took it
+    // while the snapshot survived): continue above the snapshot, in a new segment.
+    let below_snapshot = logged_below < from_seq;
+    let next_seq = logged_below.max(from_seq).max(1);
     report.next_seq = next_seq;
     report.elapsed = started.elapsed();
 
     let next_index = seen.last().map_or(1, |s| s.index + 1);
     let tail = match seen.last() {
-        Some(last) if last.block.is_some() => {
+        Some(last) if last.block.is_some() && !below_snapshot => {
             let path = dir.path(&last.name);
             let file = dir
                 .open(&last.name)

@@ -215,3 +215,22 @@ fn garbage_never_panics() {
         assert!(s.items.len() <= 8);
     }
 }
+
+#[test]
+fn end_of_data_matches_the_plain_definition() {
+    let naive = |b: &[u8]| b.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+    for len in [0usize, 1, 63, 64, 65, 4095, 4096, 4097, 10_000] {
+        let zeros = vec![0u8; len];
+        assert_eq!(end_of_data(&zeros), 0);
+        assert!(is_zero(&zeros));
+        for at in [0, len / 3, len.saturating_sub(1)] {
+            if at >= len {
+                continue;
+            }
+            let mut b = zeros.clone();
+            b[at] = 7;
+            assert_eq!(end_of_data(&b), naive(&b), "len {len} at {at}");
+            assert!(!is_zero(&b));
+        }
+    }
+}

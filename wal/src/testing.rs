@@ -206,6 +206,11 @@ impl SegmentFile for MemFile {
         Ok(self.contents.data.borrow().clone())
     }
 
+    async fn read_head(&self, len: usize) -> io::Result<Vec<u8>> {
+        let data = self.contents.data.borrow();
+        Ok(data[..len.min(data.len())].to_vec())
+    }
+
     async fn sync(&self) -> io::Result<()> {
         if let Some(Fault::Error(errno)) = Faults::take(&self.faults.syncs, &self.faults.syncs_done)
         {
@@ -262,6 +267,15 @@ impl SegmentDir for MemDir {
             .remove(name)
             .map(drop)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut files = self.files.borrow_mut();
+        let contents = files
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        files.insert(to.to_string(), contents);
+        Ok(())
     }
 
     fn sync(&self) -> io::Result<()> {

@@ -7,7 +7,9 @@
 //!   shard-0/              shard 0's log segments
 //!     000000000001.wal
 //!     000000000002.wal
+//!     00000000000000000042.snap   the newest snapshot (see kvmesh_wal::snapfile)
 //!   shard-1/ ...
+//!   RESHARD, reshard.new/, reshard.old/   only while the shard count changes (see reshard)
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -28,6 +30,11 @@ pub struct DataDir {
     pub node_id: u32,
     /// The shard count the directory was written with.
     pub shards: usize,
+    /// A different shard count asked for with `--shards`: the keys must be redistributed
+    /// ([`super::reshard`]) before the node starts.
+    pub reshard_to: Option<usize>,
+    /// What finishing an interrupted redistribution did, if one was found.
+    pub resumed: Option<String>,
     /// True when this start created the identity.
     pub created: bool,
     /// From the probe: something the operator should know.
@@ -40,8 +47,9 @@ impl DataDir {
     /// reads its identity, or writes one at first start (node id `id`, or a random one;
     /// `shards`, or `default_shards()`).
     ///
-    /// A given `id` or `shards` must match what the directory holds: a data directory belongs
-    /// to one node, and its records are split by shard.
+    /// A given `id` must match what the directory holds: a data directory belongs to one node.
+    /// A different `shards` is returned as [`DataDir::reshard_to`]. A redistribution that
+    /// committed but did not finish is finished first.
     pub fn open(
         path: &Path,
         id: Option<u32>,
@@ -57,10 +65,20 @@ impl DataDir {
         let lock = lock(&path)?;
         let probe = kvmesh_wal::probe::probe(&path).map_err(|e| e.to_string())?;
         let meta_path = path.join(META);
+        let mut resumed = None;
+        let mut reshard_to = None;
         let (node_id, dir_shards, created) = match std::fs::read_to_string(&meta_path) {
             Ok(text) => {
-                let (node_id, dir_shards) =
+                let (node_id, mut dir_shards) =
                     parse_meta(&text).map_err(|e| format!("{}: {e}", meta_path.display()))?;
+                resumed = super::reshard::finish_interrupted(&path, node_id)?;
+                if resumed.is_some() {
+                    let text = std::fs::read_to_string(&meta_path)
+                        .map_err(|e| format!("cannot read {}: {e}", meta_path.display()))?;
+                    dir_shards = parse_meta(&text)
+                        .map_err(|e| format!("{}: {e}", meta_path.display()))?
+                        .1;
+                }
                 if let Some(id) = id.filter(|&id| id != node_id) {
                     return Err(format!(
                         "--id {id} does not match node id {node_id} kept in {}: a data directory \
@@ -68,14 +86,7 @@ impl DataDir {
                         meta_path.display()
                     ));
                 }
-                if let Some(n) = shards.filter(|&n| n != dir_shards) {
-                    return Err(format!(
-                        "--shards {n} does not match the {dir_shards} shards that wrote {}: \
-                         each shard replays its own log. Start with --shards {dir_shards} \
-                         (moving keys between shards is not supported yet)",
-                        path.display()
-                    ));
-                }
+                reshard_to = shards.filter(|&n| n != dir_shards);
                 (node_id, dir_shards, false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -100,6 +111,8 @@ impl DataDir {
             path,
             node_id,
             shards: dir_shards,
+            reshard_to,
+            resumed,
             created,
             warning: probe.warning,
             _lock: lock,
@@ -193,7 +206,7 @@ fn parse_meta(text: &str) -> Result<(u32, usize), String> {
 }
 
 /// Writes `node.meta` through a temporary file, synced and renamed, then syncs the directory.
-fn write_meta(dir: &Path, node_id: u32, shards: usize) -> Result<(), String> {
+pub(super) fn write_meta(dir: &Path, node_id: u32, shards: usize) -> Result<(), String> {
     let tmp = dir.join(format!("{META}.tmp"));
     let text = format!(
         "# kvmesh data directory: written at first start, checked at every start.\n\
@@ -235,8 +248,8 @@ mod tests {
         drop(again);
         let err = open(&dir, Some(5), None).unwrap_err();
         assert!(err.contains("--id 5 does not match node id 77"), "{err}");
-        let err = open(&dir, None, Some(4)).unwrap_err();
-        assert!(err.contains("--shards 2"), "{err}");
+        let other = open(&dir, None, Some(4)).unwrap();
+        assert_eq!((other.shards, other.reshard_to), (2, Some(4)));
     }
 
     #[test]

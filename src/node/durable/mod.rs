@@ -23,14 +23,24 @@
 //!
 //! # Start
 //!
-//! Each shard replays its own segments into its store before it joins the mesh ([`open_log`]),
-//! keeping TTLs' absolute deadlines, and resumes its clock above the largest version replayed.
+//! Each shard loads its newest snapshot and replays the later segments into its store before
+//! it joins the mesh ([`open_log`]), keeping TTLs' absolute deadlines, and resumes its clock
+//! above the largest version replayed. A data directory written with another shard count is
+//! redistributed first ([`reshard`]).
+//!
+//! # Snapshots
+//!
+//! Each shard snapshots itself in the background when its log outgrows its data, or when
+//! asked (`OP_SNAPSHOT`), and then removes the segments the snapshot covers ([`snapshot`]).
 
 pub mod datadir;
 mod pending;
 mod replay;
+pub mod reshard;
+pub mod snapshot;
 
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use kvmesh_proto::wire::OpResult;
 use kvmesh_wal::dma::DmaDir;
@@ -38,6 +48,7 @@ use kvmesh_wal::{Fsync, Log};
 
 pub use pending::Pending;
 pub use replay::Replay;
+pub use snapshot::Snapshots;
 
 use super::reply;
 use super::shard::Shard;
@@ -49,7 +60,13 @@ pub struct Durability {
     pub data_dir: PathBuf,
     /// How each shard's log syncs, rotates and recovers.
     pub wal: kvmesh_wal::Config,
+    /// A shard snapshots when its log on disk is more than this many times the larger of its
+    /// live data and one segment (a ratio); 0 turns automatic snapshots off. Default: 4.
+    pub snapshot_factor: f64,
 }
+
+/// The default of [`Durability::snapshot_factor`].
+pub const DEFAULT_SNAPSHOT_FACTOR: f64 = 4.0;
 
 /// The flag value of a sync mode.
 pub fn fsync_name(fsync: Fsync) -> &'static str {
@@ -76,23 +93,41 @@ pub fn fsync_promise(wal: &kvmesh_wal::Config) -> String {
     }
 }
 
-/// Opens shard `me`'s log in the data directory, replays it into `shard` and attaches it.
-/// Returns the recovery report, one line per finding.
+/// Opens shard `me` (of `shards`)'s log in the data directory, loads its newest snapshot and
+/// replays the later records into `shard`, and attaches the log. Returns the recovery report,
+/// one line per finding, and the shard's snapshot taker.
 pub async fn open_log(
     me: usize,
+    shards: usize,
     durability: &Durability,
     shard: &mut Shard,
-) -> Result<String, String> {
+) -> Result<(String, Rc<Snapshots>), String> {
     let path = datadir::shard_dir(&durability.data_dir, me);
     let dir = DmaDir::create_all(&path)
         .await
         .map_err(|e| format!("shard {me}: cannot open {}: {e}", path.display()))?;
-    let mut replay = Replay::new(super::now_ms());
-    let (log, report) = kvmesh_wal::open(dir, me as u32, durability.wal.clone(), |record| {
-        replay.apply(shard.store_mut(), record)
-    })
+    let replay = std::cell::RefCell::new(Replay::new(super::now_ms()));
+    let store = std::cell::RefCell::new(shard.store_mut());
+    let (log, report) = kvmesh_wal::open_with(
+        dir.clone(),
+        me as u32,
+        durability.wal.clone(),
+        |header| store.borrow_mut().reserve(header.entries_hint as usize),
+        |entry| replay.borrow_mut().load(&mut store.borrow_mut(), entry),
+        |record| replay.borrow_mut().apply(&mut store.borrow_mut(), record),
+    )
     .await
     .map_err(|e| format!("shard {me}: recovery stopped: {e}"))?;
+    let replay = replay.into_inner();
+    if let Some(loaded) = &report.snapshot {
+        if loaded.header.shards as usize != shards {
+            return Err(format!(
+                "shard {me}: {} was written for {} shards, the node runs {shards}: the data \
+                 directory's shard count was changed by hand",
+                loaded.file, loaded.header.shards
+            ));
+        }
+    }
     let mut text = report.to_string();
     if replay.refused > 0 {
         text.push_str(&format!(
@@ -102,7 +137,14 @@ pub async fn open_log(
         ));
     }
     shard.attach_log(log, replay);
-    Ok(text)
+    let snapshots = Snapshots::new(
+        me,
+        shards,
+        dir,
+        durability.snapshot_factor,
+        durability.wal.segment_size,
+    );
+    Ok((text, Rc::new(snapshots)))
 }
 
 /// Waits until the records in `waits` (`(index into results, seq)`) are durable. If the log

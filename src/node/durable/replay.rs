@@ -29,6 +29,27 @@ impl Replay {
         }
     }
 
+    /// Loads one snapshot entry: a put of its value, deadline and version. Entries come before
+    /// the records after the snapshot, and last writer wins by version, so an entry that a
+    /// later record rewrote or removed ends as that record says.
+    pub fn load(&mut self, store: &mut Store, entry: &kvmesh_wal::snapshot::Entry<'_>) {
+        let version = Version::new(entry.version_hlc, entry.version_node);
+        self.max_version = self.max_version.max(version);
+        let now = self.now_ms;
+        if entry.expires_at_ms != 0 && entry.expires_at_ms <= now {
+            store.forget(entry.key, version);
+        } else if let Err(e) = store.put(entry.key, entry.value, entry.expires_at_ms, version, now)
+        {
+            store.forget(entry.key, version);
+            self.refused += 1;
+            self.first_refusal.get_or_insert_with(|| e.to_string());
+        }
+        for removal in store.drain_removals() {
+            self.removals
+                .push((removal.kind, removal.key().to_vec(), removal.version));
+        }
+    }
+
     /// Applies one record as the shard applied it before the restart. Deadlines are the
     /// original absolute ones: an entry whose deadline passed while the node was down is not
     /// brought back. Evictions and expirations drop exactly the version they dropped then.
