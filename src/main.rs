@@ -2,6 +2,7 @@
 
 mod cli;
 mod grpc;
+mod logging;
 mod node;
 mod units;
 

@@ -16,7 +16,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: one shard per core, serving the wire protocol.
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Store a value.
     Put(client::PutArgs),
     /// Print a key's value; exits with status 1 when the key is missing.
@@ -31,7 +31,7 @@ enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Node(args) => node::run(args).map(|()| 0),
+        Command::Node(args) => node::run(*args).map(|()| 0),
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),
         Command::Remove(args) => client::remove(args),

@@ -75,6 +75,29 @@ pub struct NodeArgs {
     /// largest record (key + value) [default: 64MiB]. Needs --data-dir.
     #[arg(long, value_name = "SIZE")]
     wal_segment_size: Option<ByteSize>,
+    /// How long a graceful stop (SIGINT, SIGTERM) may take: the node stops accepting, lets
+    /// connections finish what they sent, syncs the log and exits 0; past this it exits 1.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    shutdown_timeout: Duration,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (from shard 0) [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Client connections the node accepts at once (wire and gRPC), split evenly across the
+    /// shards; one over its shard's share is refused with an error and closed [default: no
+    /// limit].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Close client connections that send nothing for this long [default: never].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    idle_timeout: Option<Duration>,
+    /// Read settings from this TOML file: each key is a flag's long name without the dashes
+    /// (`max-memory = "2GiB"`); flags on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (the file, then the flags, then the defaults) as
+    /// TOML, and exit without starting.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -91,6 +114,7 @@ enum RecoveryMode {
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    crate::logging::init();
     let explicit_shards = args
         .shards
         .or((!args.cpus.is_empty()).then_some(args.cpus.len()));
@@ -102,15 +126,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             })
             .map_err(|e| anyhow::anyhow!(e))?;
             if data.created {
-                eprintln!(
-                    "kvmesh: new data directory {}: node id {}, {} shard(s), kept for later starts",
+                tracing::info!(
+                    "new data directory {}: node id {}, {} shard(s), kept for later starts",
                     data.path().display(),
                     data.node_id,
                     data.shards
                 );
             }
             if let Some(warning) = &data.warning {
-                eprintln!("kvmesh: warning: {warning}");
+                tracing::warn!("{warning}");
             }
             Some(data)
         }
@@ -154,6 +178,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         grpc: args.grpc,
         grpc_max_message: to_usize(args.grpc_max_message),
         durability,
+        shutdown_timeout: args.shutdown_timeout,
+        metrics: args.metrics,
+        max_connections: args.max_connections,
+        idle_timeout: args.idle_timeout,
     };
     let result = node::run(config);
     drop(data_dir);

@@ -37,7 +37,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Rc<ShardCtx>) {
             Err(e) => {
                 // Out of file descriptors or a transient network error: back off, keep serving
                 // the connections we have.
-                eprintln!("kvmesh: shard {}: gRPC accept failed: {e}", ctx.me);
+                tracing::warn!("shard {}: gRPC accept failed: {e}", ctx.me);
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -60,7 +60,18 @@ async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>) {
     });
     // An error here (not HTTP/2, a protocol violation, a reset) ends this connection only;
     // hyper has already answered with GOAWAY where it could.
-    let _ = hyper::server::conn::http2::Builder::new(LocalExec)
-        .serve_connection(Io::new(stream), service)
-        .await;
+    let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+        .serve_connection(Io::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let drain = ctx.clone();
+    let served = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
+        drain.serving.draining().await;
+        None
+    })
+    .await;
+    if served.is_none() {
+        // Shutdown: GOAWAY, then let the streams already open finish.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
 }

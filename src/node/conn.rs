@@ -4,7 +4,8 @@
 //! Every request parsed from one read is started before any is waited for, and their replies
 //! go out in one write. A frame that is too large or does not decode gets a frame-level error
 //! reply and the connection closes; other connections are unaffected. EOF between frames is a
-//! clean close; EOF inside a frame is counted as a protocol error.
+//! clean close; EOF inside a frame is counted as a protocol error. When the shard drains for
+//! shutdown, a connection answers what it has read and closes.
 
 use std::rc::Rc;
 
@@ -84,7 +85,17 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
                 buf.resize(PREFIX_LEN + len, 0);
             }
         }
-        match stream.read(&mut buf[end..]).await {
+        // A draining shard stops reading: what was read has been answered above.
+        let read =
+            futures_lite::future::or(async { Some(stream.read(&mut buf[end..]).await) }, async {
+                ctx.serving.draining().await;
+                None
+            });
+        let Some(read) = read.await else {
+            let _ = stream.close().await;
+            return;
+        };
+        match read {
             Ok(0) | Err(_) => {
                 if end > 0 {
                     ctx.shard.borrow_mut().counters.protocol_errors += 1;

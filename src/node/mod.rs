@@ -8,7 +8,8 @@
 //! - [`dispatch`]: runs a batch of ops here or on their owners, for every front-end;
 //! - [`durable`]: each shard's write-ahead log, the data directory, recovery at start;
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
-//! - [`sys`]: start-up checks (memlock, ports, CPUs).
+//! - [`sys`]: start-up checks (memlock, ports, CPUs);
+//! - [`shutdown`]: each shard's serving state, and the graceful stop on SIGINT or SIGTERM.
 
 pub mod config;
 mod conn;
@@ -19,9 +20,9 @@ mod reply;
 pub mod router;
 mod server;
 mod shard;
+pub mod shutdown;
 mod sys;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,14 +67,16 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let placement = config::plan_placement(config.shards, &config.cpus, &usable);
     let pinned = placement.iter().all(Option::is_some);
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = shutdown::Stop::new(config.shards, config.shutdown_timeout);
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while stopping exits at once.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.requested.clone())
             .context("cannot install signal handlers")?;
-        signal_hook::flag::register(signal, stop.clone())
+        signal_hook::flag::register(signal, stop.requested.clone())
             .context("cannot install signal handlers")?;
     }
+    stop.spawn_watchdog()
+        .context("cannot start the shutdown watchdog")?;
 
     let config = Arc::new(config);
     let mesh = MeshBuilder::full(config.shards, MESH_CHANNEL);
@@ -117,8 +120,8 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
     let first_port = config.shard_addr(0).port();
     let last_port = config.shard_addr(config.shards - 1).port();
-    eprintln!(
-        "kvmesh: node {} ready: wire {} (shard ports {first_port}-{last_port}), gRPC {}, \
+    tracing::info!(
+        "node {} ready: wire {} (shard ports {first_port}-{last_port}), gRPC {}, \
          {} shard(s) {}, max memory {} ({} per shard)",
         config.node_id,
         config.listen,
@@ -136,21 +139,30 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         crate::units::ByteSize(config.shard_memory()),
     );
     match &config.durability {
-        None => eprintln!(
-            "kvmesh: in-memory only (no --data-dir): nothing survives a restart of the node"
-        ),
-        Some(d) => eprintln!(
-            "kvmesh: durable: write-ahead log in {}, --fsync {} ({})",
+        None => {
+            tracing::info!("in-memory only (no --data-dir): nothing survives a restart of the node")
+        }
+        Some(d) => tracing::info!(
+            "durable: write-ahead log in {}, --fsync {} ({})",
             d.data_dir.display(),
             durable::fsync_name(d.wal.fsync),
             durable::fsync_promise(&d.wal),
         ),
     }
+    tracing::info!("{}", config.limits_summary());
     for handle in executors {
         handle
             .join()
             .map_err(|e| anyhow!("a shard's executor failed: {e}"))?;
     }
-    eprintln!("kvmesh: node {} stopped", config.node_id);
+    tracing::info!(
+        "node {} stopped{}",
+        config.node_id,
+        if config.durability.is_some() {
+            "; write-ahead logs synced"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

@@ -4,10 +4,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
@@ -20,13 +19,12 @@ use super::conn;
 use super::durable;
 use super::mesh::{self, Envelope, Mesh};
 use super::shard::Shard;
+use super::shutdown::{Serving, Stop};
 
 /// How often the background step looks for expired keys, and how many it reclaims per step
 /// before yielding to requests.
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 const EXPIRE_BATCH: usize = 1024;
-/// How often a shard checks whether the node was asked to stop.
-const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// What every task of one shard shares.
 pub struct ShardCtx {
@@ -34,6 +32,8 @@ pub struct ShardCtx {
     pub config: Arc<NodeConfig>,
     pub shard: Rc<RefCell<Shard>>,
     pub mesh: Rc<Mesh>,
+    /// Whether this shard serves, or drains for shutdown (see `shutdown`).
+    pub serving: Serving,
 }
 
 impl ShardCtx {
@@ -56,13 +56,13 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Runs shard `me` until `stop` is set. Reports on `ready` once it serves, or why it cannot.
+/// Runs shard `me` until a stop is requested, then drains it (see `shutdown`). Reports on `ready` once it serves, or why it cannot.
 pub async fn run_shard(
     me: usize,
     config: Arc<NodeConfig>,
     mesh: MeshBuilder<Envelope, Full>,
     ready: mpsc::Sender<Result<(), String>>,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
 ) {
     let bind = |addr| {
         TcpListener::bind(addr).map_err(|e| format!("shard {me} cannot listen on {addr}: {e}"))
@@ -87,7 +87,11 @@ pub async fn run_shard(
     );
     if let Some(durability) = &config.durability {
         match durable::open_log(me, durability, &mut shard).await {
-            Ok(report) => eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: ")),
+            Ok(report) => {
+                for line in report.lines() {
+                    tracing::info!("{line}");
+                }
+            }
             Err(e) => {
                 let _ = ready.send(Err(e));
                 return;
@@ -111,25 +115,36 @@ pub async fn run_shard(
         config,
         shard: shard.clone(),
         mesh,
+        serving: Serving::new(),
     });
 
-    // Dropping these tasks at the end closes the listeners and stops the expiry step.
-    let _accepting: Vec<Task<()>> = listeners
+    // Dropping these tasks closes the listeners.
+    let accepting: Vec<Task<()>> = listeners
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(listener, ctx.clone())))
         .collect();
-    let _grpc = glommio::spawn_local(crate::grpc::accept_loop(grpc, ctx.clone()));
+    let grpc = glommio::spawn_local(crate::grpc::accept_loop(grpc, ctx.clone()));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     let _ = ready.send(Ok(()));
 
-    while !stop.load(Ordering::Relaxed) {
-        glommio::timer::sleep(STOP_POLL).await;
+    stop.requested().await;
+    let since = Instant::now();
+    ctx.serving.drain();
+    drop((accepting, grpc));
+    let left = stop
+        .drain(since, || ctx.shard.borrow().counters.connections_open)
+        .await;
+    if left > 0 {
+        tracing::warn!(
+            shard = me,
+            "{left} connection(s) still busy after the drain budget; closing them"
+        );
     }
     // Whatever was written is synced before the shard goes, whatever the fsync mode.
     let log = ctx.shard.borrow().log().cloned();
     if let Some(log) = log {
         if let Err(e) = log.close().await {
-            eprintln!("kvmesh: shard {me}: closing the write-ahead log: {e}");
+            tracing::error!("shard {me}: closing the write-ahead log: {e}");
         }
     }
 }
@@ -162,7 +177,7 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<ShardCtx>) {
             Err(e) => {
                 // Out of file descriptors or a transient network error: back off, keep serving
                 // the connections we have.
-                eprintln!("kvmesh: shard {}: accept failed: {e}", ctx.me);
+                tracing::warn!("shard {}: accept failed: {e}", ctx.me);
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
