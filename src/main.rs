@@ -4,6 +4,7 @@ mod cli;
 mod config_file;
 mod grpc;
 mod logging;
+mod metrics;
 mod node;
 mod units;
 

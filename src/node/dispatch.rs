@@ -6,6 +6,8 @@
 //! once) and sends the forwards; [`Started::finish`] waits for the log records the replies
 //! depend on (see `durable`) and for the owners' answers. [`execute`] does both.
 
+use std::time::Instant;
+
 use kvmesh_proto::wire::{Op, OpResult};
 
 use super::durable;
@@ -27,10 +29,18 @@ pub struct Started {
     waits: Vec<(usize, u64)>,
     /// Per owning shard: the indices its answers fill, and the forward (or why it failed).
     remote: Vec<(Vec<usize>, Result<Pending, reply::ForwardError>)>,
+    /// For the latency histograms: when it started, and its ops by kind.
+    began: Instant,
+    kinds: [u32; crate::metrics::latency::KINDS.len()],
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
 pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
+    let began = Instant::now();
+    let mut kinds = [0u32; crate::metrics::latency::KINDS.len()];
+    for op in &ops {
+        kinds[crate::metrics::latency::kind(op.code)] += 1;
+    }
     let now = super::now_ms();
     let mut results = vec![OpResult::default(); ops.len()];
     let mut waits = Vec::new();
@@ -73,6 +83,8 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
         results,
         waits,
         remote: sent,
+        began,
+        kinds,
     }
 }
 
@@ -84,6 +96,8 @@ impl Started {
             mut results,
             waits,
             remote,
+            began,
+            kinds,
         } = self;
         let log = ctx.shard.borrow().log().cloned();
         durable::settle(ctx.me, log, &mut results, &waits).await;
@@ -114,6 +128,10 @@ impl Started {
                 }
             }
         }
+        ctx.metrics
+            .borrow_mut()
+            .latency
+            .record(&kinds, began.elapsed());
         results
     }
 }

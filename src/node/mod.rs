@@ -55,6 +55,11 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut ports = vec![(config.listen, "the node's wire port".to_string())];
     ports.extend((0..config.shards).map(|i| (config.shard_addr(i), format!("shard {i}'s port"))));
     ports.push((config.grpc, "the node's gRPC port (--grpc)".to_string()));
+    ports.extend(
+        config
+            .metrics
+            .map(|m| (m, "the metrics port (--metrics)".to_string())),
+    );
     sys::check_ports_free(&ports).map_err(|e| anyhow!(e))?;
 
     let usable = sys::usable_cpus().map_err(|e| anyhow!(e))?;
@@ -82,13 +87,17 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mesh = MeshBuilder::full(config.shards, MESH_CHANNEL);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut executors = Vec::with_capacity(config.shards);
+    let mut metrics = config
+        .metrics
+        .map(|_| crate::metrics::wire(config.shards).into_iter());
     for (me, cpu) in placement.iter().enumerate() {
         let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
         let (config, mesh, ready, stop) =
             (config.clone(), mesh.clone(), ready_tx.clone(), stop.clone());
+        let metrics = metrics.as_mut().and_then(Iterator::next);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("kvmesh-shard-{me}"))
-            .spawn(move || server::run_shard(me, config, mesh, ready, stop))
+            .spawn(move || server::run_shard(me, config, mesh, ready, stop, metrics))
             .map_err(|e| {
                 anyhow!(
                     "cannot start shard {me}'s executor: {e}. kvmesh runs on glommio, which needs \

@@ -34,6 +34,8 @@ pub struct ShardCtx {
     pub mesh: Rc<Mesh>,
     /// Whether this shard serves, or drains for shutdown (see `shutdown`).
     pub serving: Serving,
+    /// Latencies and connection limits, for `/metrics` (see `crate::metrics`).
+    pub metrics: RefCell<crate::metrics::ShardMetrics>,
 }
 
 impl ShardCtx {
@@ -63,6 +65,7 @@ pub async fn run_shard(
     mesh: MeshBuilder<Envelope, Full>,
     ready: mpsc::Sender<Result<(), String>>,
     stop: Stop,
+    metrics: Option<crate::metrics::Wiring>,
 ) {
     let bind = |addr| {
         TcpListener::bind(addr).map_err(|e| format!("shard {me} cannot listen on {addr}: {e}"))
@@ -116,7 +119,16 @@ pub async fn run_shard(
         shard: shard.clone(),
         mesh,
         serving: Serving::new(),
+        metrics: RefCell::default(),
     });
+    let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
+        Some(Err(e)) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+        Some(Ok(task)) => task,
+        None => None,
+    };
 
     // Dropping these tasks closes the listeners.
     let accepting: Vec<Task<()>> = listeners
@@ -130,7 +142,7 @@ pub async fn run_shard(
     stop.requested().await;
     let since = Instant::now();
     ctx.serving.drain();
-    drop((accepting, grpc));
+    drop((accepting, grpc, serving_metrics));
     let left = stop
         .drain(since, || ctx.shard.borrow().counters.connections_open)
         .await;
