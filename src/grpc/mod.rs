@@ -11,9 +11,11 @@
 //! - [`router`]: dispatch by path, message limits, the client's deadline;
 //! - [`cache`]: the `distributed_cache.DistributedCache` API (Get, Put, Remove);
 //! - [`status`]: errors to gRPC statuses, in one place;
-//! - [`timeout`]: the `grpc-timeout` header (pure).
+//! - [`timeout`]: the `grpc-timeout` header (pure);
+//! - [`limits`]: `--max-connections` and `--idle-timeout` on the gRPC port.
 
 mod cache;
+mod limits;
 mod router;
 mod status;
 mod timeout;
@@ -50,13 +52,23 @@ async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>) {
     let _open = ctx.connection_opened();
     // Small replies must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    if let Some(why) = crate::node::refuse_connection(&ctx) {
+        return limits::refuse(stream, why).await;
+    }
     let max_message = ctx.config.grpc_max_message;
     let service_ctx = ctx.clone();
+    let activity = Rc::new(limits::Activity::default());
+    let calls = activity.clone();
     let service = hyper::service::service_fn(move |req| {
+        let call_in_flight = calls.begin();
         // A call's future is several KiB (tonic's decoding and encoding state); boxed, it is
         // built in place once instead of being moved into each task hyper spawns for a stream.
         let call = Box::pin(router::handle(req, service_ctx.clone(), max_message));
-        async move { Ok::<_, Infallible>(call.await) }
+        async move {
+            let response = call.await;
+            drop(call_in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
     // An error here (not HTTP/2, a protocol violation, a reset) ends this connection only;
     // hyper has already answered with GOAWAY where it could.
@@ -64,13 +76,23 @@ async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>) {
         .serve_connection(Io::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let drain = ctx.clone();
+    let idle_timeout = ctx.config.idle_timeout;
     let served = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
-        drain.serving.draining().await;
+        match idle_timeout {
+            Some(idle) => {
+                futures_lite::future::or(drain.serving.draining(), async {
+                    activity.idle_for(idle).await;
+                    drain.metrics.borrow_mut().connections_idle_closed += 1;
+                })
+                .await
+            }
+            None => drain.serving.draining().await,
+        }
         None
     })
     .await;
     if served.is_none() {
-        // Shutdown: GOAWAY, then let the streams already open finish.
+        // Shutdown or idle: GOAWAY, then let the streams already open finish.
         conn.as_mut().graceful_shutdown();
         let _ = conn.await;
     }

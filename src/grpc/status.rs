@@ -32,7 +32,7 @@ pub fn status(e: &Error) -> Status {
         Error::Op { status, .. } => match status {
             WireStatus::NotFound => Code::NotFound,
             WireStatus::InvalidArgument => Code::InvalidArgument,
-            WireStatus::NoSpace => Code::ResourceExhausted,
+            WireStatus::NoSpace | WireStatus::Busy => Code::ResourceExhausted,
             // The owning shard did not answer: it cannot be reached, whatever the reason.
             WireStatus::Unavailable | WireStatus::Timeout => Code::Unavailable,
             WireStatus::Ok

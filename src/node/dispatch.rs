@@ -89,6 +89,12 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
 }
 
 impl Started {
+    /// The bytes of the values its local ops have read so far: what its reply will hold, at
+    /// least (forwarded ops' answers are not known yet).
+    pub fn reply_bytes(&self) -> usize {
+        self.results.iter().map(|r| r.value.len()).sum()
+    }
+
     /// Waits until every local change the results depend on is durable and every owner has
     /// answered; returns the results in op order.
     pub async fn finish(self, ctx: &ShardCtx) -> Vec<OpResult> {

@@ -9,12 +9,14 @@
 //! - [`durable`]: each shard's write-ahead log, the data directory, recovery at start;
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
 //! - [`sys`]: start-up checks (memlock, ports, CPUs);
-//! - [`shutdown`]: each shard's serving state, and the graceful stop on SIGINT or SIGTERM.
+//! - [`shutdown`]: each shard's serving state, and the graceful stop on SIGINT or SIGTERM;
+//! - [`limits`]: connection limits, idle connections, replies a client does not read.
 
 pub mod config;
 mod conn;
 pub(crate) mod dispatch;
 pub mod durable;
+mod limits;
 mod mesh;
 mod reply;
 pub mod router;
@@ -31,6 +33,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use config::NodeConfig;
+pub(crate) use limits::{refuse as refuse_connection, REFUSED_GRPC_GRACE};
 pub(crate) use server::ShardCtx;
 pub use sys::{raise_memlock, usable_cpus};
 
