@@ -94,8 +94,8 @@ pub struct NodeArgs {
     /// (`max-memory = "2GiB"`); flags on the command line override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Print the effective configuration (the file, then the flags, then the defaults) as
-    /// TOML, and exit without starting.
+    /// Print the effective configuration as TOML (each flag from the command line, else the
+    /// --config file, else its default) and exit without starting.
     #[arg(long)]
     print_config: bool,
 }

@@ -58,7 +58,8 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Runs shard `me` until a stop is requested, then drains it (see `shutdown`). Reports on `ready` once it serves, or why it cannot.
+/// Runs shard `me` until a stop is requested, then drains it (see `shutdown`). Reports on
+/// `ready` once it serves, or why it cannot.
 pub async fn run_shard(
     me: usize,
     config: Arc<NodeConfig>,
@@ -148,8 +149,7 @@ pub async fn run_shard(
         .await;
     if left > 0 {
         tracing::warn!(
-            shard = me,
-            "{left} connection(s) still busy after the drain budget; closing them"
+            "shard {me}: {left} connection(s) still busy after the drain budget; closing them"
         );
     }
     // Whatever was written is synced before the shard goes, whatever the fsync mode.

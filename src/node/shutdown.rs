@@ -58,7 +58,6 @@ impl Serving {
     }
 
     /// True until the shard starts draining.
-    #[allow(dead_code)] // read by the health service (gRPC front-end II) and the metrics
     pub fn is_serving(&self) -> bool {
         self.serving.get()
     }
