@@ -33,7 +33,9 @@ fn rss_bytes(pid: u32) -> u64 {
 #[test]
 fn connections_over_the_limit_are_refused_with_an_error_frame() {
     // Two shards, two connections each.
-    let node = Node::start(2, &["--max-connections", "4"]);
+    let metrics = common::PortBlock::reserve(1);
+    let metrics_addr = metrics.addr().to_string();
+    let node = Node::start(2, &["--max-connections", "4", "--metrics", &metrics_addr]);
     let mut held: Vec<WireClient> = (0..2)
         .map(|i| {
             let mut c = WireClient::connect(node.shard_addr(0));
@@ -50,6 +52,11 @@ fn connections_over_the_limit_are_refused_with_an_error_frame() {
         refusal.message
     );
     assert!(extra.recv().is_none(), "a refused connection is closed");
+    let scrape = common::http_get(metrics.addr(), "/metrics");
+    assert!(
+        scrape.contains("kvmesh_connections_refused_total{shard=\"0\"} 1"),
+        "{scrape}"
+    );
 
     // The others are served meanwhile, on this shard and on the other.
     assert_eq!(held[0].get(b"k1").as_deref(), Some(&b"v"[..]));
