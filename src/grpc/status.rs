@@ -76,6 +76,7 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (op(WireStatus::NoSpace, "big"), Code::ResourceExhausted),
+            (op(WireStatus::Busy, "busy"), Code::ResourceExhausted),
             (op(WireStatus::Unavailable, "gone"), Code::Unavailable),
             (op(WireStatus::Timeout, "slow"), Code::Unavailable),
             (op(WireStatus::Internal, "bug"), Code::Internal),
