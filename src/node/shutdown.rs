@@ -133,7 +133,7 @@ impl Stop {
     pub fn spawn_watchdog(&self) -> std::io::Result<()> {
         let stop = self.clone();
         std::thread::Builder::new()
-            .name("kvmesh-shutdown-watchdog".to_string())
+            .name("kvmesh-stop".to_string())
             .spawn(move || {
                 while !stop.requested.load(Ordering::Relaxed) {
                     std::thread::sleep(STOP_POLL);
