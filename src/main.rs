@@ -1,8 +1,11 @@
 //! The `kvmesh` binary: thin wiring over the node and the CLI.
 
 mod cli;
+mod config_file;
 mod gateway;
 mod grpc;
+mod logging;
+mod metrics;
 mod node;
 mod units;
 

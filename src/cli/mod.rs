@@ -6,7 +6,7 @@ mod gateway;
 mod node;
 mod snapshot;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// kvmesh: a distributed in-memory cache, one pinned shard per core.
 #[derive(Parser, Debug)]
@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: one shard per core, serving the wire protocol.
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Run the gRPC front-end alone: holds no data, forwards every call to its node.
     Gateway(gateway::GatewayArgs),
     /// Store a value.
@@ -34,11 +34,34 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
 }
 
+/// The command line's definition. A flag given twice takes its last value, so that the
+/// command line overrides `kvmesh node --config FILE` (see `config_file`).
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("node", |node| node.args_override_self(true))
+}
+
 /// Runs the command; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let command = command();
+    let argv = match crate::config_file::expand(std::env::args_os().collect(), &command) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("kvmesh: error: {e}");
+            return 2;
+        }
+    };
+    let matches = command.clone().get_matches_from(argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(node) = matches.subcommand_matches("node") {
+        if node.get_flag("print_config") {
+            if let Some(definition) = command.find_subcommand("node") {
+                print!("{}", crate::config_file::render(node, definition));
+            }
+            return 0;
+        }
+    }
     let result = match cli.command {
-        Command::Node(args) => node::run(args).map(|()| 0),
+        Command::Node(args) => node::run(*args).map(|()| 0),
         Command::Gateway(args) => gateway::run(args).map(|()| 0),
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),

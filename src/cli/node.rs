@@ -82,6 +82,29 @@ pub struct NodeArgs {
     /// (`kvmesh snapshot` still works) [default: 4]. Needs --data-dir.
     #[arg(long, value_name = "RATIO")]
     snapshot_factor: Option<f64>,
+    /// How long a graceful stop (SIGINT, SIGTERM) may take: the node stops accepting, lets
+    /// connections finish what they sent, syncs the log and exits 0; past this it exits 1.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    shutdown_timeout: Duration,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics (from shard 0) [default: off].
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<SocketAddr>,
+    /// Client connections the node accepts at once (wire and gRPC), split evenly across the
+    /// shards; one over its shard's share is refused with an error and closed [default: no
+    /// limit].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Close client connections that send nothing for this long [default: never].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    idle_timeout: Option<Duration>,
+    /// Read settings from this TOML file: each key is a flag's long name without the dashes
+    /// (`max-memory = "2GiB"`); flags on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (each flag from the command line, else the
+    /// --config file, else its default) and exit without starting.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -98,6 +121,7 @@ enum RecoveryMode {
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    crate::logging::init();
     let explicit_shards = args
         .shards
         .or((!args.cpus.is_empty()).then_some(args.cpus.len()));
@@ -109,15 +133,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             })
             .map_err(|e| anyhow::anyhow!(e))?;
             if data.created {
-                eprintln!(
-                    "kvmesh: new data directory {}: node id {}, {} shard(s), kept for later starts",
+                tracing::info!(
+                    "new data directory {}: node id {}, {} shard(s), kept for later starts",
                     data.path().display(),
                     data.node_id,
                     data.shards
                 );
             }
             if let Some(warning) = &data.warning {
-                eprintln!("kvmesh: warning: {warning}");
+                tracing::warn!("{warning}");
             }
             let mut data = data;
             if let Some(done) = &data.resumed {
@@ -181,6 +205,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         grpc: args.grpc,
         grpc_max_message: to_usize(args.grpc_max_message),
         durability,
+        shutdown_timeout: args.shutdown_timeout,
+        metrics: args.metrics,
+        max_connections: args.max_connections,
+        idle_timeout: args.idle_timeout,
     };
     let result = node::run(config);
     drop(data_dir);

@@ -6,6 +6,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use kvmesh_proto::distributed_cache::KvTopologyResponse;
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status as WireStatus};
@@ -33,6 +34,25 @@ pub trait Backend: 'static {
     /// Called for each accepted connection; the guard is dropped when it closes.
     fn connection_opened(&self) -> ConnectionGuard {
         Box::new(())
+    }
+
+    /// Why a new connection must be refused (over `--max-connections`), if it must.
+    fn refuse_connection(&self) -> Option<String> {
+        None
+    }
+
+    /// Connections with no call in flight for this long are closed with a GOAWAY.
+    fn idle_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Counts a connection closed by [`Backend::idle_timeout`].
+    fn count_idle_closed(&self) {}
+
+    /// Completes when the executor starts draining for shutdown: connections then get a GOAWAY
+    /// and finish the calls they have open.
+    fn draining(&self) -> LocalFuture<'_, ()> {
+        Box::pin(std::future::pending())
     }
 }
 

@@ -17,12 +17,14 @@
 //! - [`health`], [`serving`]: `grpc.health.v1.Health` and the per-executor state behind it;
 //! - [`reflection`]: server reflection v1 and v1alpha from protox's descriptor set;
 //! - [`status`]: errors to gRPC statuses, in one place;
-//! - [`timeout`]: the `grpc-timeout` header (pure).
+//! - [`timeout`]: the `grpc-timeout` header (pure);
+//! - [`limits`]: `--max-connections` and `--idle-timeout` on the gRPC port.
 
 pub mod backend;
 mod cache;
 mod health;
 mod kvmesh;
+mod limits;
 mod reflection;
 mod router;
 pub mod serving;
@@ -84,7 +86,7 @@ pub async fn accept_loop<B: Backend>(listener: TcpListener, front: Rc<Frontend<B
             Err(e) => {
                 // Out of file descriptors or a transient network error: back off, keep serving
                 // the connections we have.
-                eprintln!("kvmesh: {}: gRPC accept failed: {e}", front.name);
+                tracing::warn!("{}: gRPC accept failed: {e}", front.name);
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -94,19 +96,55 @@ pub async fn accept_loop<B: Backend>(listener: TcpListener, front: Rc<Frontend<B
 /// Serves one HTTP/2 connection until the peer closes it or breaks the protocol. A connection
 /// error ends only this connection.
 async fn serve<B: Backend>(stream: TcpStream, front: Rc<Frontend<B>>) {
-    let _open = front.backend().map(|b| b.connection_opened());
+    let backend = front.backend();
+    let _open = backend.as_ref().map(|b| b.connection_opened());
     // Small replies must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    if let Some(why) = backend.as_ref().and_then(|b| b.refuse_connection()) {
+        return limits::refuse(stream, why).await;
+    }
     let service_front = front.clone();
+    let activity = Rc::new(limits::Activity::default());
+    let calls = activity.clone();
     let service = hyper::service::service_fn(move |req| {
+        let call_in_flight = calls.begin();
         // A call's future is several KiB (tonic's decoding and encoding state); boxed, it is
         // built in place once instead of being moved into each task hyper spawns for a stream.
         let call = Box::pin(router::handle(req, service_front.clone()));
-        async move { Ok::<_, Infallible>(call.await) }
+        async move {
+            let response = call.await;
+            drop(call_in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
     // An error here (not HTTP/2, a protocol violation, a reset) ends this connection only;
     // hyper has already answered with GOAWAY where it could.
-    let _ = hyper::server::conn::http2::Builder::new(LocalExec)
-        .serve_connection(Io::new(stream), service)
-        .await;
+    let conn = hyper::server::conn::http2::Builder::new(LocalExec)
+        .serve_connection(Io::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    // A connection accepted during recovery has no backend: no limits, nothing to drain.
+    let Some(backend) = backend else {
+        let _ = conn.await;
+        return;
+    };
+    let idle_timeout = backend.idle_timeout();
+    let served = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
+        match idle_timeout {
+            Some(idle) => {
+                futures_lite::future::or(backend.draining(), async {
+                    activity.idle_for(idle).await;
+                    backend.count_idle_closed();
+                })
+                .await
+            }
+            None => backend.draining().await,
+        }
+        None
+    })
+    .await;
+    if served.is_none() {
+        // Shutdown or idle: GOAWAY, then let the streams already open finish.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
 }

@@ -44,7 +44,7 @@ pub fn status(e: &Error) -> Status {
         Error::Op { status, .. } => match status {
             WireStatus::NotFound => Code::NotFound,
             WireStatus::InvalidArgument => Code::InvalidArgument,
-            WireStatus::NoSpace => Code::ResourceExhausted,
+            WireStatus::NoSpace | WireStatus::Busy => Code::ResourceExhausted,
             // The owning shard did not answer: it cannot be reached, whatever the reason.
             WireStatus::Unavailable | WireStatus::Timeout => Code::Unavailable,
             WireStatus::Ok
@@ -106,6 +106,7 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (op(WireStatus::NoSpace, "big"), Code::ResourceExhausted),
+            (op(WireStatus::Busy, "busy"), Code::ResourceExhausted),
             (op(WireStatus::Unavailable, "gone"), Code::Unavailable),
             (op(WireStatus::Timeout, "slow"), Code::Unavailable),
             (op(WireStatus::Internal, "bug"), Code::Internal),

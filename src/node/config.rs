@@ -34,6 +34,15 @@ pub struct NodeConfig {
     pub grpc_max_message: usize,
     /// The write-ahead log, with `--data-dir`; `None`: a pure in-memory cache.
     pub durability: Option<Durability>,
+    /// How long a graceful stop (SIGINT, SIGTERM) may take before the process exits anyway.
+    pub shutdown_timeout: Duration,
+    /// Where `/metrics` is served (Prometheus text format), by shard 0; `None`: nowhere.
+    pub metrics: Option<SocketAddr>,
+    /// Client connections the node accepts at once, split evenly across shards (see
+    /// [`NodeConfig::shard_max_connections`]); `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// Client connections idle longer than this are closed; `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -122,6 +131,36 @@ impl NodeConfig {
                 ));
             }
         }
+        if self.shutdown_timeout.is_zero() {
+            problems.push("--shutdown-timeout must be more than 0".to_string());
+        }
+        if let Some(max) = self.max_connections {
+            if max < self.shards {
+                problems.push(format!(
+                    "--max-connections {max} is less than one connection for each of {} shards",
+                    self.shards
+                ));
+            }
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            problems.push(
+                "--idle-timeout must be more than 0 (leave it out to never close idle connections)"
+                    .to_string(),
+            );
+        }
+        if let Some(metrics) = self.metrics {
+            if metrics.port() == 0 {
+                problems.push("--metrics needs an explicit port".to_string());
+            } else if metrics == self.grpc
+                || ((metrics.ip() == self.listen.ip() || metrics.ip().is_unspecified())
+                    && (self.listen.port()..=self.listen.port().saturating_add(self.shards as u16))
+                        .contains(&metrics.port()))
+            {
+                problems.push(format!(
+                    "--metrics {metrics} collides with the wire ports or the gRPC port"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -140,6 +179,29 @@ impl NodeConfig {
         (0..self.shards)
             .map(|i| u32::from(self.shard_addr(i).port()))
             .collect()
+    }
+
+    /// Each shard's share of `--max-connections` (rounded down, at least 1); `None`: no limit.
+    /// Shards count their own connections only, so no counter is shared across cores.
+    pub fn shard_max_connections(&self) -> Option<u64> {
+        self.max_connections
+            .map(|max| (max / self.shards.max(1)).max(1) as u64)
+    }
+
+    /// The start-up line about limits and shutdown.
+    pub fn limits_summary(&self) -> String {
+        format!(
+            "limits: max connections {}, idle timeout {}, shutdown timeout {:?}, metrics {}",
+            match (self.max_connections, self.shard_max_connections()) {
+                (Some(max), Some(per)) => format!("{max} ({per} per shard)"),
+                _ => "unlimited".to_string(),
+            },
+            self.idle_timeout
+                .map_or("none".to_string(), |t| format!("{t:?}")),
+            self.shutdown_timeout,
+            self.metrics
+                .map_or("off".to_string(), |a| format!("http://{a}/metrics")),
+        )
     }
 
     /// Each shard's memory budget.
@@ -183,6 +245,10 @@ mod tests {
             grpc: "127.0.0.1:50051".parse().unwrap(),
             grpc_max_message: 17 << 20,
             durability: None,
+            shutdown_timeout: Duration::from_secs(10),
+            metrics: None,
+            max_connections: None,
+            idle_timeout: None,
         }
     }
 
@@ -236,6 +302,22 @@ mod tests {
         });
         assert!(c.validate().unwrap_err().contains("--wal-segment-size"));
         c.max_value_len = 64 << 10;
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn operations_settings() {
+        let mut c = config();
+        c.max_connections = Some(5);
+        assert_eq!(c.shard_max_connections(), Some(2));
+        c.max_connections = Some(1);
+        c.shutdown_timeout = Duration::ZERO;
+        c.idle_timeout = Some(Duration::ZERO);
+        c.metrics = Some("127.0.0.1:7001".parse().unwrap());
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.lines().count(), 4, "{err}");
+        c = config();
+        c.metrics = Some("127.0.0.1:9100".parse().unwrap());
         assert_eq!(c.validate(), Ok(()));
     }
 

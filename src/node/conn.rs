@@ -4,7 +4,8 @@
 //! Every request parsed from one read is started before any is waited for, and their replies
 //! go out in one write. A frame that is too large or does not decode gets a frame-level error
 //! reply and the connection closes; other connections are unaffected. EOF between frames is a
-//! clean close; EOF inside a frame is counted as a protocol error.
+//! clean close; EOF inside a frame is counted as a protocol error. When the shard drains for
+//! shutdown, a connection answers what it has read and closes.
 
 use std::rc::Rc;
 
@@ -14,6 +15,7 @@ use kvmesh_net::frame::{self, PREFIX_LEN};
 use kvmesh_proto::wire::{Request, Response};
 
 use super::dispatch;
+use super::limits;
 use super::reply;
 use super::server::ShardCtx;
 
@@ -24,6 +26,13 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
     let _open = ctx.connection_opened();
     // Small replies must not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    if let Some(why) = limits::refuse(&ctx) {
+        let mut out = Vec::new();
+        frame::encode(&limits::refusal_frame(why), &mut out);
+        let _ = stream.write_all(&out).await;
+        let _ = stream.close().await;
+        return;
+    }
     let max_frame = ctx.config.max_frame;
     let mut buf = vec![0u8; READ_BUF];
     let (mut pos, mut end) = (0usize, 0usize);
@@ -31,13 +40,18 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
     let mut started = Vec::new();
     loop {
         // Start every buffered request before waiting for any: their writes then share the
-        // log's commits, and a pipelining client fills the next batch.
+        // log's commits, and a pipelining client fills the next batch. Stop at MAX_UNSENT
+        // reply bytes: the rest waits in the buffer until the client has read these replies,
+        // so one that never reads cannot make the node hold more.
         let mut bad_frame = None;
-        loop {
+        let mut unsent = 0;
+        while unsent < limits::MAX_UNSENT {
             match frame::decode::<Request>(&buf[pos..end], max_frame) {
                 Ok(Some((request, used))) => {
                     pos += used;
-                    started.push((request.id, dispatch::start(&ctx, request.ops).await));
+                    let running = dispatch::start(&ctx, request.ops).await;
+                    unsent += running.reply_bytes();
+                    started.push((request.id, running));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -66,6 +80,10 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
                 return;
             }
             out.clear();
+            // Do not keep a burst's worth of memory for a connection that goes quiet.
+            if out.capacity() > 4 * READ_BUF {
+                out.shrink_to(READ_BUF);
+            }
         }
         // Make room for the rest of the current frame.
         if pos == end {
@@ -84,7 +102,31 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
                 buf.resize(PREFIX_LEN + len, 0);
             }
         }
-        match stream.read(&mut buf[end..]).await {
+        if unsent >= limits::MAX_UNSENT {
+            // Requests are still buffered: serve them before reading more.
+            continue;
+        }
+        // A draining shard stops reading: what was read has been answered above. So does a
+        // connection that sends nothing for --idle-timeout.
+        let read =
+            futures_lite::future::or(async { Some(stream.read(&mut buf[end..]).await) }, async {
+                match ctx.config.idle_timeout {
+                    Some(idle) => {
+                        futures_lite::future::or(ctx.serving.draining(), async {
+                            glommio::timer::sleep(idle).await;
+                            limits::idle_closed(&ctx);
+                        })
+                        .await
+                    }
+                    None => ctx.serving.draining().await,
+                }
+                None
+            });
+        let Some(read) = read.await else {
+            let _ = stream.close().await;
+            return;
+        };
+        match read {
             Ok(0) | Err(_) => {
                 if end > 0 {
                     ctx.shard.borrow_mut().counters.protocol_errors += 1;

@@ -6,6 +6,8 @@
 //! once) and sends the forwards; [`Started::finish`] waits for the log records the replies
 //! depend on (see `durable`) and for the owners' answers. [`execute`] does both.
 
+use std::time::Instant;
+
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 
 use super::durable;
@@ -29,10 +31,18 @@ pub struct Started {
     remote: Vec<(Vec<usize>, Result<Pending, reply::ForwardError>)>,
     /// Indices of `OP_SNAPSHOT` ops: run, one after another, in `finish`.
     snapshots: Vec<usize>,
+    /// For the latency histograms: when it started, and its ops by kind.
+    began: Instant,
+    kinds: [u32; crate::metrics::latency::KINDS.len()],
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
 pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
+    let began = Instant::now();
+    let mut kinds = [0u32; crate::metrics::latency::KINDS.len()];
+    for op in &ops {
+        kinds[crate::metrics::latency::kind(op.code)] += 1;
+    }
     let now = super::now_ms();
     let mut results = vec![OpResult::default(); ops.len()];
     let mut waits = Vec::new();
@@ -78,10 +88,18 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
         waits,
         remote: sent,
         snapshots,
+        began,
+        kinds,
     }
 }
 
 impl Started {
+    /// The bytes of the values its local ops have read so far: what its reply will hold, at
+    /// least (forwarded ops' answers are not known yet).
+    pub fn reply_bytes(&self) -> usize {
+        self.results.iter().map(|r| r.value.len()).sum()
+    }
+
     /// Waits until every local change the results depend on is durable and every owner has
     /// answered; returns the results in op order.
     pub async fn finish(self, ctx: &ShardCtx) -> Vec<OpResult> {
@@ -90,6 +108,8 @@ impl Started {
             waits,
             remote,
             snapshots,
+            began,
+            kinds,
         } = self;
         for i in snapshots {
             results[i] = match &ctx.snapshots {
@@ -129,6 +149,10 @@ impl Started {
                 }
             }
         }
+        ctx.metrics
+            .borrow_mut()
+            .latency
+            .record(&kinds, began.elapsed());
         results
     }
 }

@@ -3,6 +3,7 @@
 //! topology is this node's.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use kvmesh_proto::distributed_cache::{KvNode, KvTopologyResponse};
 use kvmesh_proto::wire::{Op, OpResult};
@@ -45,5 +46,21 @@ impl Backend for NodeBackend {
 
     fn connection_opened(&self) -> ConnectionGuard {
         Box::new(self.0.connection_opened())
+    }
+
+    fn refuse_connection(&self) -> Option<String> {
+        super::limits::refuse(&self.0)
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        self.0.config.idle_timeout
+    }
+
+    fn count_idle_closed(&self) {
+        super::limits::idle_closed(&self.0);
+    }
+
+    fn draining(&self) -> LocalFuture<'_, ()> {
+        Box::pin(self.0.serving.draining())
     }
 }

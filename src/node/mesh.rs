@@ -18,6 +18,10 @@ use super::durable;
 use super::reply::ForwardError;
 use super::shard::Shard;
 
+/// How long a forward may wait for room in the owner's queue (bounded, `MESH_CHANNEL`
+/// messages) before it is answered busy.
+const BUSY_AFTER: Duration = Duration::from_millis(100);
+
 /// What shards send each other.
 #[derive(Debug)]
 pub enum Envelope {
@@ -79,7 +83,9 @@ impl Mesh {
             ops,
             now_ms,
         };
-        let sent = glommio::timer::timeout(self.timeout, async {
+        // A queue that stays full means the owner is saturated: answer busy rather than wait.
+        let queue_wait = self.timeout.min(BUSY_AFTER);
+        let sent = glommio::timer::timeout(queue_wait, async {
             self.senders
                 .send_to(to, envelope)
                 .await
@@ -88,7 +94,13 @@ impl Mesh {
         .await;
         if let Err(e) = sent {
             self.pending.borrow_mut().remove(&tag);
-            return Err(self.failure(to, e));
+            return Err(match e {
+                glommio::GlommioError::TimedOut(_) => ForwardError::Busy {
+                    shard: to,
+                    ms: queue_wait.as_millis(),
+                },
+                other => self.failure(to, other),
+            });
         }
         Ok(Pending { shard: to, tag, rx })
     }
@@ -188,5 +200,54 @@ pub fn spawn_receivers(
             }
         })
         .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use glommio::channels::channel_mesh::MeshBuilder;
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    use super::*;
+
+    #[test]
+    fn a_queue_that_stays_full_answers_busy() {
+        // Queues of one message; the other shard joins but never receives. Ids follow the
+        // order of joining, so the sender looks its peer up.
+        let mesh = MeshBuilder::full(2, 1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let idle = {
+            let mesh = mesh.clone();
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .spawn(move || async move {
+                    let _joined = mesh.join().await.expect("join");
+                    let _ = done_rx.recv();
+                })
+                .expect("executor")
+        };
+        let sender = LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let (senders, _receivers) = mesh.join().await.expect("join");
+                let mesh = Mesh::new(senders, Duration::from_secs(5));
+                let peer = 1 - mesh.me();
+                let first = mesh.send(peer, vec![], 0).await.err();
+                let began = std::time::Instant::now();
+                let busy = mesh.send(peer, vec![], 0).await.err();
+                let waited = began.elapsed();
+                let _ = done_tx.send(());
+                (peer, first, busy, waited)
+            })
+            .expect("executor");
+        let (peer, first, busy, waited) = sender.join().expect("sender");
+        idle.join().expect("idle shard");
+        assert!(first.is_none(), "{first:?}");
+        assert!(
+            matches!(busy, Some(ForwardError::Busy { shard, ms: 100 }) if shard == peer),
+            "{busy:?}"
+        );
+        assert!(
+            waited >= BUSY_AFTER && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
     }
 }

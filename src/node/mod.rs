@@ -9,21 +9,24 @@
 //! - [`durable`]: each shard's write-ahead log, the data directory, recovery at start;
 //! - [`grpc_backend`]: the gRPC front-end's backend in a node (runs ops through `dispatch`);
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
-//! - [`sys`]: start-up checks (memlock, ports, CPUs).
+//! - [`sys`]: start-up checks (memlock, ports, CPUs);
+//! - [`shutdown`]: each shard's serving state, and the graceful stop on SIGINT or SIGTERM;
+//! - [`limits`]: connection limits, idle connections, replies a client does not read.
 
 pub mod config;
 mod conn;
 pub(crate) mod dispatch;
 pub mod durable;
 mod grpc_backend;
+mod limits;
 mod mesh;
 mod reply;
 pub mod router;
 mod server;
 mod shard;
+pub mod shutdown;
 mod sys;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +35,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use config::NodeConfig;
+pub(crate) use server::ShardCtx;
 pub use sys::{check_ports_free, raise_memlock, usable_cpus};
 
 /// Capacity of each shard-to-shard channel, in messages.
@@ -55,6 +59,11 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut ports = vec![(config.listen, "the node's wire port".to_string())];
     ports.extend((0..config.shards).map(|i| (config.shard_addr(i), format!("shard {i}'s port"))));
     ports.push((config.grpc, "the node's gRPC port (--grpc)".to_string()));
+    ports.extend(
+        config
+            .metrics
+            .map(|m| (m, "the metrics port (--metrics)".to_string())),
+    );
     sys::check_ports_free(&ports).map_err(|e| anyhow!(e))?;
 
     let usable = sys::usable_cpus().map_err(|e| anyhow!(e))?;
@@ -67,26 +76,32 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let placement = config::plan_placement(config.shards, &config.cpus, &usable);
     let pinned = placement.iter().all(Option::is_some);
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = shutdown::Stop::new(config.shards, config.shutdown_timeout);
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while stopping exits at once.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+        signal_hook::flag::register_conditional_shutdown(signal, 1, stop.requested.clone())
             .context("cannot install signal handlers")?;
-        signal_hook::flag::register(signal, stop.clone())
+        signal_hook::flag::register(signal, stop.requested.clone())
             .context("cannot install signal handlers")?;
     }
+    stop.spawn_watchdog()
+        .context("cannot start the shutdown watchdog")?;
 
     let config = Arc::new(config);
     let mesh = MeshBuilder::full(config.shards, MESH_CHANNEL);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut executors = Vec::with_capacity(config.shards);
+    let mut metrics = config
+        .metrics
+        .map(|_| crate::metrics::wire(config.shards).into_iter());
     for (me, cpu) in placement.iter().enumerate() {
         let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
         let (config, mesh, ready, stop) =
             (config.clone(), mesh.clone(), ready_tx.clone(), stop.clone());
+        let metrics = metrics.as_mut().and_then(Iterator::next);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("kvmesh-shard-{me}"))
-            .spawn(move || server::run_shard(me, config, mesh, ready, stop))
+            .spawn(move || server::run_shard(me, config, mesh, ready, stop, metrics))
             .map_err(|e| {
                 anyhow!(
                     "cannot start shard {me}'s executor: {e}. kvmesh runs on glommio, which needs \
@@ -118,8 +133,8 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
     let first_port = config.shard_addr(0).port();
     let last_port = config.shard_addr(config.shards - 1).port();
-    eprintln!(
-        "kvmesh: node {} ready: wire {} (shard ports {first_port}-{last_port}), gRPC {}, \
+    tracing::info!(
+        "node {} ready: wire {} (shard ports {first_port}-{last_port}), gRPC {}, \
          {} shard(s) {}, max memory {} ({} per shard)",
         config.node_id,
         config.listen,
@@ -137,21 +152,30 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
         crate::units::ByteSize(config.shard_memory()),
     );
     match &config.durability {
-        None => eprintln!(
-            "kvmesh: in-memory only (no --data-dir): nothing survives a restart of the node"
-        ),
-        Some(d) => eprintln!(
-            "kvmesh: durable: write-ahead log in {}, --fsync {} ({})",
+        None => {
+            tracing::info!("in-memory only (no --data-dir): nothing survives a restart of the node")
+        }
+        Some(d) => tracing::info!(
+            "durable: write-ahead log in {}, --fsync {} ({})",
             d.data_dir.display(),
             durable::fsync_name(d.wal.fsync),
             durable::fsync_promise(&d.wal),
         ),
     }
+    tracing::info!("{}", config.limits_summary());
     for handle in executors {
         handle
             .join()
             .map_err(|e| anyhow!("a shard's executor failed: {e}"))?;
     }
-    eprintln!("kvmesh: node {} stopped", config.node_id);
+    tracing::info!(
+        "node {} stopped{}",
+        config.node_id,
+        if config.durability.is_some() {
+            "; write-ahead logs synced"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

@@ -70,12 +70,16 @@ pub enum ForwardError {
     Timeout { shard: usize, ms: u128 },
     #[error("shard {shard} is not reachable: {why}")]
     Unreachable { shard: usize, why: String },
+    /// Its queue stayed full: the owner is saturated.
+    #[error("busy: shard {shard}'s queue stayed full for {ms} ms; retry later")]
+    Busy { shard: usize, ms: u128 },
 }
 
 pub fn forward_error(e: &ForwardError) -> OpResult {
     let code = match e {
         ForwardError::Timeout { .. } => Status::Timeout,
         ForwardError::Unreachable { .. } => Status::Unavailable,
+        ForwardError::Busy { .. } => Status::Busy,
     };
     status(code, e.to_string())
 }

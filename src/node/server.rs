@@ -4,10 +4,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::TcpListener;
@@ -21,14 +20,13 @@ use super::durable;
 use super::grpc_backend::NodeBackend;
 use super::mesh::{self, Envelope, Mesh};
 use super::shard::Shard;
-use crate::grpc::{Frontend, Serving};
+use super::shutdown::{Serving, Stop};
+use crate::grpc::{self, Frontend};
 
 /// How often the background step looks for expired keys, and how many it reclaims per step
 /// before yielding to requests.
 const EXPIRE_EVERY: Duration = Duration::from_millis(100);
 const EXPIRE_BATCH: usize = 1024;
-/// How often a shard checks whether the node was asked to stop.
-const STOP_POLL: Duration = Duration::from_millis(50);
 
 /// What every task of one shard shares.
 pub struct ShardCtx {
@@ -36,11 +34,15 @@ pub struct ShardCtx {
     pub config: Arc<NodeConfig>,
     pub shard: Rc<RefCell<Shard>>,
     pub mesh: Rc<Mesh>,
-    /// Whether this shard serves, as its gRPC health check reports it: serving once recovery
-    /// is done; a shutdown path calls `serving.set_stopping()` first.
+    /// Whether this shard serves, or drains for shutdown (see `shutdown`).
     pub serving: Serving,
+    /// What its gRPC health check answers: serving once recovery is done, stopping from the
+    /// moment a shutdown begins.
+    pub health: grpc::Serving,
     /// This shard's snapshots, with a data directory.
     pub snapshots: Option<Rc<durable::Snapshots>>,
+    /// Latencies and connection limits, for `/metrics` (see `crate::metrics`).
+    pub metrics: RefCell<crate::metrics::ShardMetrics>,
 }
 
 impl ShardCtx {
@@ -63,13 +65,15 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Runs shard `me` until `stop` is set. Reports on `ready` once it serves, or why it cannot.
+/// Runs shard `me` until a stop is requested, then drains it (see `shutdown`). Reports on
+/// `ready` once it serves, or why it cannot.
 pub async fn run_shard(
     me: usize,
     config: Arc<NodeConfig>,
     mesh: MeshBuilder<Envelope, Full>,
     ready: mpsc::Sender<Result<(), String>>,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
+    metrics: Option<crate::metrics::Wiring>,
 ) {
     let bind = |addr| {
         TcpListener::bind(addr).map_err(|e| format!("shard {me} cannot listen on {addr}: {e}"))
@@ -87,13 +91,13 @@ pub async fn run_shard(
     };
     // gRPC answers health (NOT_SERVING) and reflection during recovery, and every other call
     // UNAVAILABLE, so a load balancer can tell a recovering node from a dead one.
-    let serving = Serving::recovering();
+    let health = grpc::Serving::recovering();
     let front = Frontend::<NodeBackend>::new(
         format!("node {}'s shard {me}", config.node_id),
         config.grpc_max_message,
-        serving.clone(),
+        health.clone(),
     );
-    let _grpc = glommio::spawn_local(crate::grpc::accept_loop(grpc, front.clone()));
+    let grpc = glommio::spawn_local(grpc::accept_loop(grpc, front.clone()));
     // Replay this shard's log before joining the mesh: shards recover in parallel.
     let mut shard = Shard::new(
         me,
@@ -105,7 +109,9 @@ pub async fn run_shard(
     if let Some(durability) = &config.durability {
         match durable::open_log(me, config.shards, durability, &mut shard).await {
             Ok((report, taker)) => {
-                eprintln!("kvmesh: {}", report.replace('\n', "\nkvmesh: "));
+                for line in report.lines() {
+                    tracing::info!("{line}");
+                }
                 snapshots = Some(taker);
             }
             Err(e) => {
@@ -132,30 +138,49 @@ pub async fn run_shard(
         config,
         shard: shard.clone(),
         mesh,
-        serving,
+        serving: Serving::new(),
+        health,
         snapshots: snapshots.clone(),
+        metrics: RefCell::default(),
     });
+    let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
+        Some(Err(e)) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+        Some(Ok(task)) => task,
+        None => None,
+    };
 
-    // Dropping these tasks at the end closes the listeners and stops the expiry step.
-    let _accepting: Vec<Task<()>> = listeners
+    // Dropping these tasks closes the listeners.
+    let accepting: Vec<Task<()>> = listeners
         .into_iter()
         .map(|listener| glommio::spawn_local(accept_loop(listener, ctx.clone())))
         .collect();
-    let _snapshotting = snapshots.map(|s| glommio::spawn_local(s.run_automatic(shard.clone())));
+    let snapshotting = snapshots.map(|s| glommio::spawn_local(s.run_automatic(shard.clone())));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     front.attach(Rc::new(NodeBackend(ctx.clone())));
-    ctx.serving.set_serving();
+    ctx.health.set_serving();
     let _ = ready.send(Ok(()));
 
-    while !stop.load(Ordering::Relaxed) {
-        glommio::timer::sleep(STOP_POLL).await;
+    stop.requested().await;
+    let since = Instant::now();
+    ctx.health.set_stopping();
+    ctx.serving.drain();
+    drop((accepting, grpc, serving_metrics, snapshotting));
+    let left = stop
+        .drain(since, || ctx.shard.borrow().counters.connections_open)
+        .await;
+    if left > 0 {
+        tracing::warn!(
+            "shard {me}: {left} connection(s) still busy after the drain budget; closing them"
+        );
     }
-    ctx.serving.set_stopping();
     // Whatever was written is synced before the shard goes, whatever the fsync mode.
     let log = ctx.shard.borrow().log().cloned();
     if let Some(log) = log {
         if let Err(e) = log.close().await {
-            eprintln!("kvmesh: shard {me}: closing the write-ahead log: {e}");
+            tracing::error!("shard {me}: closing the write-ahead log: {e}");
         }
     }
 }
@@ -202,7 +227,7 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<ShardCtx>) {
             Err(e) => {
                 // Out of file descriptors or a transient network error: back off, keep serving
                 // the connections we have.
-                eprintln!("kvmesh: shard {}: accept failed: {e}", ctx.me);
+                tracing::warn!("shard {}: accept failed: {e}", ctx.me);
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -359,3 +359,19 @@ impl Drop for Gateway {
         let _ = self.child.wait();
     }
 }
+
+/// The body of `GET path` over HTTP/1.1 (the node's `/metrics`); panics on anything but 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect over HTTP");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: kvmesh\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the HTTP reply");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP reply");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
