@@ -1,6 +1,7 @@
 //! The `kvmesh` binary: thin wiring over the node and the CLI.
 
 mod cli;
+mod cluster;
 mod grpc;
 mod node;
 mod units;

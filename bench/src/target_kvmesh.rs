@@ -191,7 +191,9 @@ mod tests {
                     key: key.to_vec(),
                     value: value.to_vec(),
                     ttl_ms,
+                    ..Op::default()
                 }],
+                ..Request::default()
             };
             let mut prost_bytes = Vec::new();
             frame::encode(&want, &mut prost_bytes);

@@ -14,6 +14,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the size of the node's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run a node: one shard per core, serving the wire protocol.
     Node(node::NodeArgs),

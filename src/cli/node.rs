@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::cluster::membership::{self, Membership};
 use crate::node::durable::datadir::DataDir;
 use crate::node::durable::Durability;
 use crate::node::{self, NodeConfig};
@@ -75,6 +76,18 @@ pub struct NodeArgs {
     /// largest record (key + value) [default: 64MiB]. Needs --data-dir.
     #[arg(long, value_name = "SIZE")]
     wal_segment_size: Option<ByteSize>,
+    /// Every member of the cluster, this node included, as ID=HOST:PORT (their advertised wire
+    /// addresses), comma-separated; every node gets the same list. A cluster of more than one
+    /// needs --id and --data-dir [default: this node alone].
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    peers: Option<String>,
+    /// The cluster's name: a node refuses peers that give another.
+    #[arg(long, default_value = crate::cluster::membership::DEFAULT_CLUSTER, value_name = "NAME")]
+    cluster: String,
+    /// The wire address peers and clients reach this node at; must be this node's entry in
+    /// --peers [default: --listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<SocketAddr>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -91,6 +104,14 @@ enum RecoveryMode {
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let advertise = args.advertise.unwrap_or(args.listen);
+    let peers = match &args.peers {
+        Some(text) => Some(membership::parse_peers(text).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
+    if peers.as_ref().is_some_and(|p| p.len() > 1) && args.id.is_none() {
+        anyhow::bail!("--peers lists several members: give --id, which of them this node is");
+    }
     let explicit_shards = args
         .shards
         .or((!args.cpus.is_empty()).then_some(args.cpus.len()));
@@ -140,6 +161,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         data_dir: data.path().to_path_buf(),
         wal: wal_config(&args),
     });
+    let members = peers.unwrap_or_else(|| vec![(node_id, advertise)]);
+    let cluster = Membership::new(&args.cluster, node_id, advertise, members)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let to_usize = |b: ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
     let config = NodeConfig {
         node_id,
@@ -154,6 +178,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         grpc: args.grpc,
         grpc_max_message: to_usize(args.grpc_max_message),
         durability,
+        cluster,
     };
     let result = node::run(config);
     drop(data_dir);

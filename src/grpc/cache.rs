@@ -95,6 +95,7 @@ fn op(code: OpCode, key: String, value: Vec<u8>, ttl_ms: u64) -> Op {
         key: key.into_bytes(),
         value,
         ttl_ms,
+        ..Op::default()
     }
 }
 

@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub grpc_max_message: usize,
     /// The write-ahead log, with `--data-dir`; `None`: a pure in-memory cache.
     pub durability: Option<Durability>,
+    /// The cluster this node belongs to: its name, this node's id and advertised address, and
+    /// every member (`--cluster`, `--peers`, `--advertise`). A node alone is a 1-member cluster.
+    pub cluster: crate::cluster::Membership,
 }
 
 impl NodeConfig {
@@ -115,6 +118,20 @@ impl NodeConfig {
                 ));
             }
         }
+        if self.cluster.is_multi_node() && self.durability.is_none() {
+            problems.push(format!(
+                "a node in a cluster of more than one (--peers lists {} members) needs --data-dir: \
+                 an in-memory node that restarted empty would answer \"not found\" for keys it \
+                 had acknowledged. Pure in-memory mode is for single nodes",
+                self.cluster.members.len()
+            ));
+        }
+        if self.cluster.me != self.node_id {
+            problems.push(format!(
+                "this node's id is {}, but the cluster configuration says {}",
+                self.node_id, self.cluster.me
+            ));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -176,6 +193,7 @@ mod tests {
             grpc: "127.0.0.1:50051".parse().unwrap(),
             grpc_max_message: 17 << 20,
             durability: None,
+            cluster: crate::cluster::Membership::single(1, "127.0.0.1:7000".parse().unwrap()),
         }
     }
 
@@ -228,6 +246,22 @@ mod tests {
         });
         assert!(c.validate().unwrap_err().contains("--wal-segment-size"));
         c.max_value_len = 64 << 10;
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_cluster_of_more_than_one_needs_a_data_dir() {
+        let mut c = config();
+        let members = vec![(1, c.listen), (2, "127.0.0.1:7100".parse().unwrap())];
+        c.cluster = crate::cluster::Membership::new("c", 1, c.listen, members).unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("needs --data-dir"), "{err}");
+        assert!(err.contains("lists 2 members"), "{err}");
+        c.durability = Some(Durability {
+            data_dir: "/tmp/x".into(),
+            wal: kvmesh_wal::Config::default(),
+        });
+        c.max_value_len = 1 << 20;
         assert_eq!(c.validate(), Ok(()));
     }
 

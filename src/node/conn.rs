@@ -37,7 +37,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             match frame::decode::<Request>(&buf[pos..end], max_frame) {
                 Ok(Some((request, used))) => {
                     pos += used;
-                    started.push((request.id, dispatch::start(&ctx, request.ops).await));
+                    let Request { id, ops, forwarded } = request;
+                    started.push((id, dispatch::start_from(&ctx, ops, forwarded).await));
                 }
                 Ok(None) => break,
                 Err(e) => {

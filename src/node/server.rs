@@ -34,6 +34,8 @@ pub struct ShardCtx {
     pub config: Arc<NodeConfig>,
     pub shard: Rc<RefCell<Shard>>,
     pub mesh: Rc<Mesh>,
+    /// Connections to the other nodes of the cluster.
+    pub peers: Rc<crate::cluster::Peers>,
 }
 
 impl ShardCtx {
@@ -105,12 +107,18 @@ pub async fn run_shard(
     };
     let shard = Rc::new(RefCell::new(shard));
     let mesh = Mesh::new(senders, config.forward_timeout);
+    let peers = crate::cluster::Peers::new(
+        config.cluster.clone(),
+        &topology(&config, me),
+        config.forward_timeout,
+    );
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone());
     let ctx = Rc::new(ShardCtx {
         me,
         config,
         shard: shard.clone(),
         mesh,
+        peers: peers.clone(),
     });
 
     // Dropping these tasks at the end closes the listeners and stops the expiry step.
@@ -121,6 +129,9 @@ pub async fn run_shard(
     let _grpc = glommio::spawn_local(crate::grpc::accept_loop(grpc, ctx.clone()));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     let _ = ready.send(Ok(()));
+    // One shard introduces the node to its peers at start, so a misconfigured peer is reported
+    // at once, not at the first request for its keys.
+    let _probe = (me == 0).then(|| glommio::spawn_local(peers.probe()));
 
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;
@@ -141,6 +152,8 @@ fn topology(config: &NodeConfig, me: usize) -> Topology {
         shard: me as u32,
         shard_ports: config.shard_ports(),
         shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
+        cluster: config.cluster.cluster.clone(),
+        members: config.cluster.wire_members(),
     }
 }
 

@@ -264,7 +264,14 @@ impl WireClient {
         let id = self.next_id;
         self.next_id += 1;
         let mut bytes = Vec::new();
-        frame::encode(&Request { id, ops }, &mut bytes);
+        frame::encode(
+            &Request {
+                id,
+                ops,
+                ..Request::default()
+            },
+            &mut bytes,
+        );
         self.send_raw(&bytes);
         let response = self.recv().expect("node closed the connection");
         assert_eq!(response.id, id);
