@@ -72,7 +72,8 @@ pub struct TableArgs {
 /// What the load generator talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Target {
-    /// kvmesh's wire protocol, topology-aware: every key goes straight to its owning shard's port.
+    /// kvmesh's wire protocol, cluster- and topology-aware: every key goes straight to its owner
+    /// node's owning shard port (unless --via-addr).
     Kvmesh,
     /// RESP `GET`/`SET` (redis-server, or anything that speaks RESP2).
     Redis,
@@ -102,6 +103,11 @@ pub struct RunArgs {
     /// come from its topology. For grpc it is the node's `--grpc` address.
     #[arg(long)]
     pub addr: Option<String>,
+    /// kvmesh only: send every key to --addr itself instead of to its owner's shard port, so
+    /// the node forwards what it does not own (to another shard, or another node): measures
+    /// the cost of the hop.
+    #[arg(long)]
+    pub via_addr: bool,
     /// Connections in total, spread over the client cores (and, for kvmesh, over the shards in
     /// proportion to the share of the load each shard owns).
     #[arg(long, default_value_t = 50)]

@@ -33,14 +33,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let addr = resolve(&addr_text)?;
     let timeout = args.timeout.0;
 
+    // For kvmesh, where each key lives: its owner node's owning shard port.
+    let mut route = None;
     let endpoints: Vec<SocketAddr> = match args.target {
         Target::Redis => vec![addr],
+        Target::Kvmesh if args.via_addr => vec![addr],
         Target::Kvmesh => {
-            let topology = crate::target_kvmesh::discover(addr, timeout)?;
-            let ports = topology.shard_ports.iter();
-            ports
-                .map(|&p| Ok(SocketAddr::new(addr.ip(), u16::try_from(p)?)))
-                .collect::<anyhow::Result<_>>()?
+            let map = crate::target_kvmesh::discover(addr, timeout)?;
+            let endpoints = map.endpoints();
+            route = Some(map);
+            endpoints
         }
         // One endpoint: the node's gRPC port, which every shard serves.
         Target::Grpc => vec![addr],
@@ -49,10 +51,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut key = Vec::new();
     let owner = |k: u32| {
         write_key(k, &mut key);
-        if parts == 1 {
-            0
-        } else {
-            shard_for(&key, parts)
+        match &route {
+            _ if parts == 1 => 0,
+            Some(map) => map.endpoint_for(&key),
+            None => shard_for(&key, parts),
         }
     };
     let sets: Vec<_> =

@@ -1,6 +1,8 @@
-//! The `kvmesh` command line: `node` runs a node; `put`, `get`, `remove` and `stats` talk to one.
+//! The `kvmesh` command line: `node` runs a node, `cluster` a local cluster of nodes; `put`, `get`,
+//! `remove` and `stats` talk to one.
 
 mod client;
+mod cluster;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,8 @@ pub struct Cli {
 enum Command {
     /// Run a node: one shard per core, serving the wire protocol.
     Node(node::NodeArgs),
+    /// Run a local cluster: N node processes on loopback ports, data under ./kvmesh-data.
+    Cluster(cluster::ClusterArgs),
     /// Store a value.
     Put(client::PutArgs),
     /// Print a key's value; exits with status 1 when the key is missing.
@@ -34,6 +38,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(args) => node::run(args).map(|()| 0),
+        Command::Cluster(args) => cluster::run(args),
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),
         Command::Remove(args) => client::remove(args),

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cluster;
+pub mod python;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -102,12 +105,18 @@ impl Node {
     /// Starts a node with `shards` shards on a fresh port block (wire port, shard ports, gRPC
     /// port), plus `extra` flags, and waits until it reports ready.
     pub fn start(shards: usize, extra: &[&str]) -> Node {
-        let ports = PortBlock::reserve(shards as u16 + 2);
+        let mut node = Node::spawn(PortBlock::reserve(shards as u16 + 2), shards, extra);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts a node on `ports` (a block of `shards + 2`) without waiting for it.
+    pub fn spawn(ports: PortBlock, shards: usize, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("node.log");
         let addr = ports.addr();
         let child = spawn_node(addr, shards, extra, &log);
-        let mut node = Node {
+        Node {
             addr,
             grpc: grpc_addr(addr, shards),
             shards,
@@ -115,14 +124,22 @@ impl Node {
             log,
             _dir: dir,
             _ports: ports,
-        };
+        }
+    }
+
+    /// Waits until the node reports ready; panics with its log if it exits first.
+    pub fn wait_ready(&mut self) {
         wait_for("the node to be ready", || {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("node exited during start ({status}):\n{}", node.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node exited during start ({status}):\n{}", self.log());
             }
-            node.log().contains(" ready: ").then_some(())
+            self.log().contains(" ready: ").then_some(())
         });
-        node
+    }
+
+    /// A directory of this node's own, removed with it (e.g. for `--data-dir`).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub fn log(&self) -> String {
