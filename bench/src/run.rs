@@ -126,7 +126,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // Memory per key only means something when the prefill loads a fresh server.
     let rss_pid = pid.filter(|_| settings.prefill_only);
     let sample_rss = || rss_pid.map(procstat::rss_bytes).transpose();
-    let sample_cpu = || pid.map(procstat::cpu_seconds).transpose();
+    let sample_cpu = || -> anyhow::Result<Option<f64>> {
+        let Some(pid) = pid else { return Ok(None) };
+        let mut cpu = procstat::cpu_seconds(pid)?;
+        for &other in &args.also_server_pid {
+            cpu += procstat::cpu_seconds(other)?;
+        }
+        Ok(Some(cpu))
+    };
     if !gate.wait_all(Stage::Connected) {
         return Err(join(handles)
             .err()
