@@ -11,8 +11,8 @@
 # synced, so the disk does not hide the hop) pinned to core 0, the client pinned to core 1. So
 # the nodes share one core: throughput shows what the hop costs in server CPU, and "CPU us/req"
 # is both nodes' user+system time over the measured phase divided by the requests. Workload:
-# 100,000 keys (uniform, pre-filled), 100-byte values, 90% GET, closed loop: 1 connection with
-# one request in flight (the hop's latency), then 50 connections at pipeline 1 and 16.
+# 100,000 keys (uniform, pre-filled), 100-byte values, 90% GET, closed loop: 2 connections with
+# one request in flight each (the hop's latency), then 50 connections at pipeline 1 and 16.
 # Everything it starts is stopped when it exits, however it exits.
 set -euo pipefail
 
@@ -106,9 +106,9 @@ if [ "$(nproc)" -lt 2 ]; then
     exit 1
 fi
 
-# One request in flight: the hop's latency, without queueing. Then 50 connections, at
-# pipeline 1 and 16: its cost in throughput and server CPU.
-for shape in "1 1" "50 1" "50 16"; do
+# Two connections with one request in flight each: the hop's latency, with little queueing.
+# Then 50 connections at pipeline 1 and 16: its cost in throughput and server CPU.
+for shape in "2 1" "50 1" "50 16"; do
     # shellcheck disable=SC2086 # two numbers on purpose
     set -- $shape
     run "direct" "$1" "$2"

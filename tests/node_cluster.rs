@@ -88,7 +88,7 @@ fn three_nodes_serve_every_key_through_every_node() {
         table.starts_with("cluster \"test\": 3 member(s)"),
         "{table}"
     );
-    assert_eq!(table.matches(" yes ").count(), 3, "{table}");
+    assert_eq!(table.matches("  yes\n").count(), 3, "{table}");
     let out = cluster.nodes[0].cli(&["stats", "--json"]);
     let json = stdout(&out);
     assert_eq!(json.matches("\"reachable\":true").count(), 3, "{json}");

@@ -170,7 +170,12 @@ pub struct RunArgs {
     pub server_pid: Option<u32>,
     /// More server processes whose CPU time counts with --server-pid's (the other nodes of a
     /// cluster), comma-separated.
-    #[arg(long, value_delimiter = ',', requires = "server_pid", value_name = "PID,...")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "server_pid",
+        value_name = "PID,..."
+    )]
     pub also_server_pid: Vec<u32>,
     /// Seed for key and operation choice; the same seed replays the same requests.
     #[arg(long, default_value_t = 1)]

@@ -257,3 +257,7 @@ async fn read_loop(shared: Rc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "mux_tests.rs"]
+mod tests;

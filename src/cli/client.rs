@@ -143,11 +143,10 @@ impl From<&MemberStats> for MemberView {
 
 fn members_table(cluster: &str, members: &[MemberView]) -> String {
     let mut out = format!(
-        "cluster {cluster:?}: {} member(s)\n{:<8} {:<22} {:<10} {:>12}",
+        "cluster {cluster:?}: {} member(s)\n{:<8} {:<22} {:>12}  reachable",
         members.len(),
         "member",
         "address",
-        "reachable",
         "keys"
     );
     for m in members {
@@ -156,8 +155,8 @@ fn members_table(cluster: &str, members: &[MemberView]) -> String {
             Err(why) => (format!("no ({why})"), "-".to_string()),
         };
         out.push_str(&format!(
-            "\n{:<8} {:<22} {:<10} {:>12}",
-            m.id, m.addr, reachable, keys
+            "\n{:<8} {:<22} {:>12}  {reachable}",
+            m.id, m.addr, keys
         ));
     }
     out

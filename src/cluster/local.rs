@@ -110,8 +110,9 @@ struct Running {
 }
 
 /// Starts the cluster, prints its addresses, and runs until SIGINT or SIGTERM (passed on to
-/// the nodes) or until a node exits on its own (the others are then stopped). Returns the exit
-/// code: 0 when every node stopped cleanly after a signal.
+/// the nodes) or until every node has exited. A node that fails to start stops the others; one
+/// that exits later is reported and the others keep running. Returns the exit code: 0 when
+/// every node stopped cleanly after a signal.
 pub fn run(plan: Plan) -> anyhow::Result<i32> {
     if plan.nodes == 0 || plan.shards == 0 {
         bail!("--nodes and --shards must be at least 1");
@@ -229,13 +230,15 @@ pub fn run(plan: Plan) -> anyhow::Result<i32> {
     }
     if failed.is_none() && signal.load(Ordering::Relaxed) == 0 {
         print_summary(&plan, &ports);
-        loop {
-            if signal.load(Ordering::Relaxed) != 0 {
-                break;
-            }
+        // A node that dies is reported and the others keep serving (its keys are unavailable
+        // until it is back): a local cluster is where one tries that out.
+        while signal.load(Ordering::Relaxed) == 0 {
             if let Some((id, status)) = reap(&mut nodes) {
-                failed = Some(format!("node {id} exited ({status}); stopping the others"));
-                break;
+                eprintln!("kvmesh: node {id} exited ({status}); the others keep running");
+                if nodes.iter().all(|n| n.status.is_some()) {
+                    failed = Some("every node has exited".into());
+                    break;
+                }
             }
             std::thread::sleep(POLL);
         }
@@ -252,6 +255,14 @@ pub fn run(plan: Plan) -> anyhow::Result<i32> {
         let _ = relay.join();
     }
     let clean = nodes.iter().all(|n| n.status.is_some_and(|s| s.success()));
+    for node in nodes
+        .iter()
+        .filter(|n| !n.status.is_some_and(|s| s.success()))
+    {
+        if let Some(status) = node.status {
+            eprintln!("kvmesh: node {} ended with {status}", node.id);
+        }
+    }
     eprintln!("kvmesh: cluster stopped");
     Ok(if failed.is_none() && clean { 0 } else { 2 })
 }

@@ -250,8 +250,10 @@ impl Peers {
         addr: SocketAddr,
     ) -> Result<Rc<Mux>, PeerError> {
         let open = |state: &LinkState| {
-            state.conns[shard]
-                .as_ref()
+            state
+                .conns
+                .get(shard)
+                .and_then(Option::as_ref)
                 .filter(|m| !m.is_closed())
                 .cloned()
         };
@@ -263,12 +265,23 @@ impl Peers {
             return Ok(mux);
         }
         self.fail_fast(link)?;
-        let (conn, _) = self
-            .handshake(link, addr)
-            .await
-            .map_err(|e| self.backoff(link, e))?;
+        let (conn, theirs) = self.handshake(link, addr).await.map_err(|e| {
+            // Learn the ports afresh next time: the peer may have come back with others.
+            link.state.borrow_mut().shard_ports = None;
+            self.backoff(link, e)
+        })?;
         let mux = Rc::new(Mux::new(conn).map_err(|e| unreachable(link.id, addr, &e))?);
-        link.state.borrow_mut().conns[shard] = Some(mux.clone());
+        let mut state = link.state.borrow_mut();
+        let ports: Vec<u16> = theirs.shard_ports.iter().map(|&p| p as u16).collect();
+        if state.shard_ports.as_ref() != Some(&ports) {
+            // The peer restarted with other shards: route by what it says now. An op already
+            // sent to the wrong shard is still served there (the peer passes it on inside).
+            state.conns = (0..ports.len()).map(|_| None).collect();
+            state.shard_ports = Some(ports);
+        }
+        if shard < state.conns.len() {
+            state.conns[shard] = Some(mux.clone());
+        }
         Ok(mux)
     }
 
