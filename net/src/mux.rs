@@ -185,6 +185,8 @@ impl Shared {
 async fn write_loop(shared: Rc<Shared>) {
     let mut buf = Vec::with_capacity(4096);
     loop {
+        // Let every task that is ready now queue its requests first: they leave in one send.
+        futures_lite::future::yield_now().await;
         std::mem::swap(&mut buf, &mut shared.out.borrow_mut());
         if buf.is_empty() || shared.failed.borrow().is_some() {
             shared.writing.set(false);
