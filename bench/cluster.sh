@@ -4,8 +4,8 @@
 # every request sent to node 1's wire port (--via-addr), which serves its own keys and forwards
 # the others (about half) to node 2 over its persistent peer connection.
 #
-#   bench/cluster.sh                          # from anywhere; takes about 2 minutes
-#   DURATION=20s WARMUP=5s bench/cluster.sh   # longer runs
+#   bench/cluster.sh                          # from anywhere; takes about 6 minutes
+#   ROUNDS=5 DURATION=20s bench/cluster.sh    # more and longer runs
 #
 # Placement: both nodes (1 shard each, durable with --fsync never: the log is written but never
 # synced, so the disk does not hide the hop) pinned to core 0, the client pinned to core 1. So
@@ -17,6 +17,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 WORK=$(mktemp -d -t kvmesh-cluster.XXXXXX)
@@ -107,30 +108,50 @@ if [ "$(nproc)" -lt 2 ]; then
 fi
 
 # Two connections with one request in flight each: the hop's latency, with little queueing.
-# Then 50 connections at pipeline 1 and 16: its cost in throughput and server CPU.
-for shape in "2 1" "50 1" "50 16"; do
-    # shellcheck disable=SC2086 # two numbers on purpose
-    set -- $shape
-    run "direct" "$1" "$2"
-    run "via node 1" "$1" "$2"
+# Then 50 connections at pipeline 1 and 16: its cost in throughput and server CPU. Direct and
+# via node 1 alternate, in ROUNDS rounds, so a busy machine disturbs both alike; the tables
+# give medians.
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    for shape in "2 1" "50 1" "50 16"; do
+        # shellcheck disable=SC2086 # two numbers on purpose
+        set -- $shape
+        run "direct" "$1" "$2"
+        run "via node 1" "$1" "$2"
+    done
 done
 
 echo "## kvmesh, one hop between nodes, $(date -u +%Y-%m-%d)"
 echo
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)."
 echo "kvmesh: $(git describe --always --dirty 2>/dev/null || echo "no commit yet")."
-echo "Command: \`bench/cluster.sh\` (DURATION=$DURATION, WARMUP=$WARMUP per run). 2 nodes of 1 shard, both on core 0, --fsync never; client on core 1."
+echo "Command: \`bench/cluster.sh\` (ROUNDS=$ROUNDS, DURATION=$DURATION, WARMUP=$WARMUP per run; medians of the rounds, ops/s range in brackets). 2 nodes of 1 shard, both on core 0, --fsync never; client on core 1."
 echo "100,000 keys, 100-byte values, 90% GET, closed loop. CPU us/req: both nodes' user+system time per request."
 echo
 python3 - "$WORK/results.jsonl" <<'EOF'
 import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
-print("| route | connections x pipeline | ops/s | mean us | p50 us | p99 us | CPU us/req | requests hopped | errors |")
-print("| ----- | ---------------------: | ----: | ------: | -----: | -----: | ---------: | --------------: | -----: |")
+runs = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+from statistics import median
+groups = {}
+for r in runs:
+    groups.setdefault((r["label"], r["connections"], r["pipeline"]), []).append(r)
+rows = []
+for (label, conns, pipeline), rs in groups.items():
+    row = {"label": label, "connections": conns, "pipeline": pipeline,
+           "errors": sum(r["errors"] for r in rs),
+           "lo": min(r["ops_per_sec"] for r in rs), "hi": max(r["ops_per_sec"] for r in rs)}
+    for k in ("ops_per_sec", "mean_us", "p50_us", "p99_us", "hopped"):
+        row[k] = median(r[k] for r in rs)
+    cpus = [r["server_cpu_us_per_req"] for r in rs if r.get("server_cpu_us_per_req")]
+    row["server_cpu_us_per_req"] = median(cpus) if cpus else None
+    rows.append(row)
+print("| route | connections x pipeline | ops/s [range] | mean us | p50 us | p99 us | CPU us/req | requests hopped | errors |")
+print("| ----- | ---------------------: | ------------: | ------: | -----: | -----: | ---------: | --------------: | -----: |")
 for r in rows:
     cpu = r.get("server_cpu_us_per_req")
     cpu = "n/a" if cpu is None else f"{cpu:.2f}"
-    print(f"| {r['label']} | {r['connections']} x {r['pipeline']} | {r['ops_per_sec']:,.0f} "
+    print(f"| {r['label']} | {r['connections']} x {r['pipeline']} "
+          f"| {r['ops_per_sec']:,.0f} [{r['lo']:,.0f}–{r['hi']:,.0f}] "
           f"| {r['mean_us']:.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {cpu} "
           f"| {r['hopped']:.1%} | {r['errors']} |")
 print()
@@ -146,7 +167,7 @@ for conns, pipeline in sorted({(r["connections"], r["pipeline"]) for r in rows})
     if direct.get("server_cpu_us_per_req") and via.get("server_cpu_us_per_req"):
         cpu = f"{(via['server_cpu_us_per_req'] - direct['server_cpu_us_per_req']) / share:.1f} us"
     latency = (via["mean_us"] - direct["mean_us"]) / share
-    print(f"- {conns} x {pipeline}: one hop adds {latency:.0f} us to a forwarded request's mean "
-          f"latency and costs {cpu} of server CPU; throughput via node 1 is "
+    print(f"- {conns} x {pipeline}: one hop costs {cpu} of server CPU per forwarded request and "
+          f"changes its mean latency by {latency:+.0f} us; throughput via node 1 is "
           f"{via['ops_per_sec'] / direct['ops_per_sec']:.2f}x direct ({share:.0%} hopped).")
 EOF
