@@ -187,6 +187,41 @@ fn one_and_two_node_clusters_work() {
 }
 
 #[test]
+fn a_dead_peer_fails_fast_and_is_reached_again_when_it_is_back() {
+    let mut cluster = Cluster::start(2, 1, &["--forward-timeout", "5s"]);
+    let ring = Ring::new(&[1, 2]).unwrap();
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| ring.owner(k.as_bytes()) == 2)
+        .unwrap();
+    let mut client = WireClient::connect(cluster.nodes[0].addr);
+    client.put(key.as_bytes(), b"kept");
+    // Node 1 now holds a connection to node 2. Kill node 2: the next request fails at once
+    // (the connection is gone, and reconnecting is refused), not after the forward timeout.
+    cluster.nodes[1].signal_and_wait(libc::SIGKILL);
+    let start = std::time::Instant::now();
+    let result = client
+        .call(vec![op(OpCode::OpGet, key.as_bytes(), b"", 0)])
+        .remove(0);
+    assert_eq!(result.status(), Status::Unavailable, "{}", result.message);
+    assert!(result.message.contains("node 2"), "{}", result.message);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    // Back on the same ports and data: node 1 reconnects, and the acknowledged write is there.
+    cluster.restart(2);
+    wait_for("node 1 to reach node 2 again", || {
+        let result = client
+            .call(vec![op(OpCode::OpGet, key.as_bytes(), b"", 0)])
+            .remove(0);
+        (result.status() == Status::Ok).then_some(result.value)
+    });
+    assert_eq!(client.get(key.as_bytes()).as_deref(), Some(&b"kept"[..]));
+}
+
+#[test]
 fn a_node_with_another_cluster_name_is_refused() {
     let cluster = Cluster::start_with(2, 1, |id| {
         if id == 2 {

@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -172,6 +173,15 @@ impl Shared {
     fn fail(&self, why: String) {
         if self.failed.borrow().is_none() {
             *self.failed.borrow_mut() = Some(why.clone());
+            // Close our end now, not when the owner replaces this connection: a peer that died
+            // leaves its end waiting for ours (FIN_WAIT2), which would keep it from binding its
+            // port again when it restarts.
+            // SAFETY: the descriptor is open (owned by `stream`, which outlives this call), and
+            // ManuallyDrop keeps the std wrapper from closing it.
+            let std = std::mem::ManuallyDrop::new(unsafe {
+                std::net::TcpStream::from_raw_fd(self.stream.borrow().as_raw_fd())
+            });
+            let _ = std.shutdown(std::net::Shutdown::Both);
         }
         for (_, tx) in self.waiting.borrow_mut().drain() {
             let _ = tx.send(Err(ClientError::Lost {

@@ -69,14 +69,15 @@ pub fn route_in_cluster(
     nr_shards: usize,
     max_key_len: usize,
 ) -> Route {
-    match route(op, me, nr_shards, max_key_len) {
+    let here = route(op, me, nr_shards, max_key_len);
+    match here {
         Route::Local | Route::Forward(_) if !forwarded && ring.nodes().len() > 1 => {
             match ring.owner(&op.key) {
                 owner if owner != node => Route::Remote(owner),
-                _ => route(op, me, nr_shards, max_key_len),
+                _ => here,
             }
         }
-        route => route,
+        _ => here,
     }
 }
 

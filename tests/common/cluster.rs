@@ -9,6 +9,8 @@ pub struct Cluster {
     /// Node `i + 1` (its `--id`) is `nodes[i]`.
     pub nodes: Vec<Node>,
     pub peers: String,
+    /// Each node's flags, for restarting it.
+    args: Vec<Vec<String>>,
     /// The nodes' data directories; removed after the nodes are killed (fields drop in order).
     _data: Vec<tempfile::TempDir>,
 }
@@ -33,6 +35,7 @@ impl Cluster {
         let peers = peers.join(",");
         let mut nodes: Vec<Node> = Vec::with_capacity(n);
         let mut data_dirs = Vec::with_capacity(n);
+        let mut all_args = Vec::with_capacity(n);
         for (i, block) in blocks.into_iter().enumerate() {
             let id = (i + 1).to_string();
             let data = tempfile::tempdir().expect("temp data dir");
@@ -48,8 +51,9 @@ impl Cluster {
             args.push(data.path().display().to_string());
             data_dirs.push(data);
             args.extend(extra);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            nodes.push(Node::spawn(block, shards, &args));
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(Node::spawn(block, shards, &argv));
+            all_args.push(args);
         }
         for node in &mut nodes {
             node.wait_ready();
@@ -57,8 +61,17 @@ impl Cluster {
         Cluster {
             nodes,
             peers,
+            args: all_args,
             _data: data_dirs,
         }
+    }
+
+    /// Kills node `id` (SIGKILL) and starts it again with the same flags and data; waits
+    /// until it is ready.
+    pub fn restart(&mut self, id: usize) {
+        let argv: Vec<&str> = self.args[id - 1].iter().map(String::as_str).collect();
+        self.nodes[id - 1].respawn(&argv);
+        self.nodes[id - 1].wait_ready();
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {

@@ -137,6 +137,14 @@ impl Node {
         });
     }
 
+    /// Kills the node (SIGKILL) if it runs, and starts it again on the same ports with
+    /// `extra` flags, without waiting for it. Its log starts afresh.
+    pub fn respawn(&mut self, extra: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_node(self.addr, self.shards, extra, &self.log);
+    }
+
     /// A directory of this node's own, removed with it (e.g. for `--data-dir`).
     pub fn dir(&self) -> &std::path::Path {
         self._dir.path()
