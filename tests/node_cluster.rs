@@ -233,14 +233,14 @@ fn a_node_with_another_cluster_name_is_refused() {
     let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
     // Each side logs why, whichever connected first.
     let refusal = format!(
-        "node 1 at {} is in cluster \"test\", this node is in cluster \"other\" (--cluster)",
+        "node 1 at {} is in cluster \"test\", node 2 is in cluster \"other\" (--cluster)",
         one.addr
     );
     wait_for("node 2 to refuse node 1", || {
         two.log().contains(&refusal).then_some(())
     });
     let theirs = format!(
-        "node 2 at {} is in cluster \"other\", this node is in cluster \"test\" (--cluster)",
+        "node 2 at {} is in cluster \"other\", node 1 is in cluster \"test\" (--cluster)",
         two.addr
     );
     wait_for("node 1 to refuse node 2", || {

@@ -126,15 +126,16 @@ impl Membership {
     /// caller dialed (when this node is the one connecting).
     pub fn check_hello(&self, hello: &Hello, expected: Option<NodeId>) -> Result<(), String> {
         let who = format!("node {} at {}", hello.node_id, hello.addr);
+        let me = self.me;
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(format!(
-                "{who} speaks protocol version {}, this node speaks {PROTOCOL_VERSION}",
+                "{who} speaks protocol version {}, node {me} speaks {PROTOCOL_VERSION}",
                 hello.protocol_version
             ));
         }
         if hello.cluster != self.cluster {
             return Err(format!(
-                "{who} is in cluster {:?}, this node is in cluster {:?} (--cluster)",
+                "{who} is in cluster {:?}, node {me} is in cluster {:?} (--cluster)",
                 hello.cluster, self.cluster
             ));
         }
@@ -149,11 +150,14 @@ impl Membership {
             }
         }
         if hello.node_id == self.me {
-            return Err(format!("{who} has this node's own id {}", self.me));
+            return Err(format!(
+                "{who} has the id of node {me} itself (at {})",
+                self.advertise
+            ));
         }
         let Some(listed) = self.addr_of(hello.node_id) else {
             return Err(format!(
-                "{who} is not in this node's member list (--peers {})",
+                "{who} is not in node {me}'s member list (--peers {})",
                 peers_flag(&self.members)
             ));
         };
@@ -170,7 +174,7 @@ impl Membership {
                 .map(|m| format!("{}={}", m.id, m.addr))
                 .collect();
             return Err(format!(
-                "{who} has another member list (--peers {}; this node has --peers {})",
+                "{who} has another member list (--peers {}; node {me} has --peers {})",
                 theirs.join(","),
                 peers_flag(&self.members)
             ));

@@ -69,7 +69,7 @@ fn each_disagreement_is_named() {
                 ..good.clone()
             },
             None,
-            r#"node 2 at 127.0.0.1:7100 is in cluster "staging", this node is in cluster "prod""#,
+            r#"node 2 at 127.0.0.1:7100 is in cluster "staging", node 1 is in cluster "prod" (--cluster)"#,
         ),
         (
             Hello {
@@ -77,7 +77,7 @@ fn each_disagreement_is_named() {
                 ..good.clone()
             },
             None,
-            "speaks protocol version 9, this node speaks 1",
+            "speaks protocol version 9, node 1 speaks 1",
         ),
         (
             good.clone(),
@@ -98,7 +98,7 @@ fn each_disagreement_is_named() {
                 ..good.clone()
             },
             None,
-            "node 4 at 127.0.0.1:7100 is not in this node's member list",
+            "node 4 at 127.0.0.1:7100 is not in node 1's member list",
         ),
         (
             Hello {
@@ -106,7 +106,7 @@ fn each_disagreement_is_named() {
                 ..good.clone()
             },
             None,
-            "has this node's own id 1",
+            "has the id of node 1 itself (at 127.0.0.1:7000)",
         ),
         (
             Hello {
@@ -114,7 +114,7 @@ fn each_disagreement_is_named() {
                 ..good.clone()
             },
             None,
-            "has another member list (--peers 1=127.0.0.1:7000,2=127.0.0.1:7100; this node has",
+            "has another member list (--peers 1=127.0.0.1:7000,2=127.0.0.1:7100; node 1 has",
         ),
         (
             Hello {

@@ -116,10 +116,10 @@ impl Peers {
                 ..OpResult::default()
             },
             Err(why) => {
-                eprintln!("kvmesh: refused a peer: {why}");
+                eprintln!("kvmesh: refused a peer's handshake: {why}");
                 OpResult {
                     status: Status::Refused as i32,
-                    message: format!("node {} refused this node: {why}", self.membership.me),
+                    message: format!("node {} refused the handshake: {why}", self.membership.me),
                     ..OpResult::default()
                 }
             }
