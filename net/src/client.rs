@@ -288,9 +288,9 @@ impl Client {
             .into_iter()
             .map(|(id, member_addr)| NodeLink {
                 id,
-                // The contacted node is reached the way the caller reached it.
+                // The contacted node is reached on the host the caller reached it at.
                 addr: if id == topology.node_id {
-                    addr
+                    SocketAddr::new(addr.ip(), member_addr.port())
                 } else {
                     member_addr
                 },

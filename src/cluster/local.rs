@@ -5,7 +5,8 @@
 //! wire port and shard ports form one block of free ports, the first at or above
 //! `--base-port` after the previous node's; its gRPC port likewise from `--grpc-base-port`.
 //! The nodes run in their own process group, so a Ctrl-C reaches them once, from here: this
-//! process passes SIGINT or SIGTERM on to every node and waits for all of them.
+//! process passes SIGINT or SIGTERM on to every node and waits for all of them. Should this
+//! process die without that, the kernel sends each node SIGTERM (`PR_SET_PDEATHSIG`).
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -175,6 +176,14 @@ pub fn run(plan: Plan) -> anyhow::Result<i32> {
             // Its own process group: a Ctrl-C in the terminal reaches this process only, which
             // passes it on once.
             .process_group(0);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to send SIGTERM to the
+        // node if this process dies first (even by SIGKILL), so no node outlives it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => {
