@@ -192,6 +192,9 @@ impl RunArgs {
                 self.ttl.0
             ));
         }
+        if self.via_addr && self.target != Target::Kvmesh {
+            problems.push("--via-addr is for --target kvmesh".into());
+        }
         if self.connections == 0 {
             problems.push("--connections must be at least 1".into());
         }

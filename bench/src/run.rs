@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use kvmesh_net::routing::shard_for;
 
 use crate::args::{RunArgs, Target};
 use crate::gate::{Gate, Stage};
@@ -52,9 +51,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let owner = |k: u32| {
         write_key(k, &mut key);
         match &route {
-            _ if parts == 1 => 0,
-            Some(map) => map.endpoint_for(&key),
-            None => shard_for(&key, parts),
+            Some(map) if parts > 1 => map.endpoint_for(&key),
+            _ => 0,
         }
     };
     let sets: Vec<_> =

@@ -145,11 +145,6 @@ impl Node {
         self.child = spawn_node(self.addr, self.shards, extra, &self.log);
     }
 
-    /// A directory of this node's own, removed with it (e.g. for `--data-dir`).
-    pub fn dir(&self) -> &std::path::Path {
-        self._dir.path()
-    }
-
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
