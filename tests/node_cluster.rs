@@ -1,7 +1,8 @@
 //! End to end: clusters of real `kvmesh node` processes on loopback ports. Every key is served
 //! through every node, by the CLI (which goes straight to the owner), by plain wire requests to
 //! each node's main port (which the node forwards to the owner), by gRPC and by the load
-//! generator; 1- and 2-node clusters; and the refusals: another cluster name, no --data-dir.
+//! generator; 1- and 2-node clusters; a dead peer and its return; `kvmesh cluster` itself; and
+//! the refusals: another cluster name, no --data-dir.
 
 mod common;
 
@@ -291,4 +292,78 @@ fn a_cluster_node_without_a_data_dir_does_not_start() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Kills the process if the test fails before it exits (its nodes follow: PR_SET_PDEATHSIG).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn kvmesh_cluster_starts_nodes_that_serve_and_stops_them_on_sigint() {
+    // Two nodes of one shard: wire ports base..base+3, gRPC ports grpc..grpc+1.
+    let wire = common::PortBlock::reserve(4);
+    let grpc = common::PortBlock::reserve(2);
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut launcher = Reap(
+        Command::new(common::bin())
+            .args(["cluster", "--nodes", "2", "--shards", "1"])
+            .args(["--base-port", &wire.base.to_string()])
+            .args(["--grpc-base-port", &grpc.base.to_string()])
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--", "--fsync", "never"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run kvmesh cluster"),
+    );
+    let child = &mut launcher.0;
+    let node1 = wire.addr();
+    let node2 = std::net::SocketAddr::from(([127, 0, 0, 1], wire.base + 2));
+    // Ready once both nodes answer; the CLI routes through the cluster.
+    wait_for("the local cluster to serve", || {
+        common::cli(node2, &["put", "greeting", "hello"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(stdout(&common::cli(node1, &["get", "greeting"])), "hello\n");
+    let out = common::cli(node1, &["stats"]);
+    assert!(
+        stdout(&out).starts_with("cluster \"local\": 2 member(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(data.path().join("node-1").join("node.meta").exists());
+    assert!(data.path().join("node-2").join("node.meta").exists());
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_for("kvmesh cluster to exit", || child.try_wait().ok().flatten());
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+    let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    // It printed every node's addresses, and both nodes stopped cleanly through it.
+    assert!(out.contains(&format!("127.0.0.1:{}", wire.base)), "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.1:{}", grpc.base + 1)),
+        "{out}"
+    );
+    for id in [1, 2] {
+        assert!(
+            err.contains(&format!("[node {id}] kvmesh: node {id} stopped")),
+            "{err}"
+        );
+    }
+    assert!(err.contains("kvmesh: cluster stopped"), "{err}");
 }
