@@ -42,7 +42,8 @@ pub struct NodeArgs {
     /// Largest wire frame accepted; must fit the largest key plus the largest value.
     #[arg(long, default_value = "17MiB", value_name = "SIZE")]
     max_frame: ByteSize,
-    /// How long a shard waits for another shard to answer a forwarded request.
+    /// How long a shard waits for another shard, or another node, to answer a forwarded request
+    /// (and, for another node, to accept a connection): the timeout of each hop.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     forward_timeout: Duration,
     /// gRPC address (the `distributed_cache.DistributedCache` API) served by every shard.

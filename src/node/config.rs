@@ -25,7 +25,8 @@ pub struct NodeConfig {
     pub max_value_len: usize,
     /// Largest wire frame accepted, in bytes (the length prefix is checked before allocating).
     pub max_frame: usize,
-    /// How long a shard waits for another shard to answer a forwarded request.
+    /// How long a shard waits for another shard, or another node, to answer a forwarded request
+    /// (and, for another node, to accept a connection): the timeout of each hop.
     pub forward_timeout: Duration,
     /// The gRPC address served by every shard (SO_REUSEPORT spreads connections).
     pub grpc: SocketAddr,
