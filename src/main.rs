@@ -1,6 +1,7 @@
 //! The `kvmesh` binary: thin wiring over the node and the CLI.
 
 mod cli;
+mod cluster;
 mod config_file;
 mod gateway;
 mod grpc;

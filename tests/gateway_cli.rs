@@ -15,17 +15,17 @@ fn gateway(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn refuses_more_than_one_peer_until_clustering_exists() {
+fn refuses_a_node_named_twice() {
     let ports = common::PortBlock::reserve(1);
     let out = gateway(&[
         "--grpc",
         &ports.addr().to_string(),
         "--peers",
-        "1=127.0.0.1:7000,2=127.0.0.1:7100",
+        "1=127.0.0.1:7000,1=127.0.0.1:7100",
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        common::stderr(&out).contains("clustering is not built yet"),
+        common::stderr(&out).contains("names node 1 twice"),
         "{}",
         common::stderr(&out)
     );

@@ -48,6 +48,7 @@ fn truncated_frame_then_disconnect() {
             &Request {
                 id: 1,
                 ops: vec![op(OpCode::OpPut, b"k", &[7; 100], 0)],
+                ..Request::default()
             },
             &mut bytes,
         );

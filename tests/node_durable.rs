@@ -118,6 +118,7 @@ fn writer(
             &Request {
                 id: n,
                 ops: vec![request],
+                ..Request::default()
             },
             &mut bytes,
         );

@@ -71,6 +71,7 @@ fn connections_over_the_limit_are_refused_with_an_error_frame() {
         let request = Request {
             id: 1,
             ops: vec![op(OpCode::OpGet, b"k0", b"", 0)],
+            ..Request::default()
         };
         frame::encode(&request, &mut bytes);
         c.send_raw(&bytes);
@@ -124,6 +125,7 @@ fn a_client_that_never_reads_leaves_memory_bounded() {
         let request = Request {
             id,
             ops: vec![op(OpCode::OpGet, b"big", b"", 0)],
+            ..Request::default()
         };
         frame::encode(&request, &mut batch);
     }

@@ -40,7 +40,14 @@ fn writer(node: std::net::SocketAddr, id: usize, stop: Arc<AtomicBool>) -> Vec<S
             .iter()
             .map(|k| op(OpCode::OpPut, k.as_bytes(), b"value", 0))
             .collect();
-        frame::encode(&Request { id: n, ops }, &mut bytes);
+        frame::encode(
+            &Request {
+                id: n,
+                ops,
+                ..Request::default()
+            },
+            &mut bytes,
+        );
         if std::io::Write::write_all(&mut c.stream, &bytes).is_err() {
             break;
         }

@@ -72,7 +72,8 @@ pub struct TableArgs {
 /// What the load generator talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Target {
-    /// kvmesh's wire protocol, topology-aware: every key goes straight to its owning shard's port.
+    /// kvmesh's wire protocol, cluster- and topology-aware: every key goes straight to its owner
+    /// node's owning shard port (unless --via-addr).
     Kvmesh,
     /// RESP `GET`/`SET` (redis-server, or anything that speaks RESP2).
     Redis,
@@ -102,6 +103,11 @@ pub struct RunArgs {
     /// come from its topology. For grpc it is the node's `--grpc` address.
     #[arg(long)]
     pub addr: Option<String>,
+    /// kvmesh only: send every key to --addr itself instead of to its owner's shard port, so
+    /// the node forwards what it does not own (to another shard, or another node): measures
+    /// the cost of the hop.
+    #[arg(long)]
+    pub via_addr: bool,
     /// Connections in total, spread over the client cores (and, for kvmesh, over the shards in
     /// proportion to the share of the load each shard owns).
     #[arg(long, default_value_t = 50)]
@@ -167,6 +173,15 @@ pub struct RunArgs {
     /// `--prefill-only`, its resident memory per key (RSS after the prefill minus before).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// More server processes whose CPU time counts with --server-pid's (the other nodes of a
+    /// cluster), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "server_pid",
+        value_name = "PID,..."
+    )]
+    pub also_server_pid: Vec<u32>,
     /// Seed for key and operation choice; the same seed replays the same requests.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -181,6 +196,9 @@ impl RunArgs {
                 "--ttl {:?} is not whole seconds, and the gRPC API's ttl is seconds",
                 self.ttl.0
             ));
+        }
+        if self.via_addr && self.target != Target::Kvmesh {
+            problems.push("--via-addr is for --target kvmesh".into());
         }
         if self.connections == 0 {
             problems.push("--connections must be at least 1".into());

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use kvmesh_net::routing::shard_for;
 
 use crate::args::{RunArgs, Target};
 use crate::gate::{Gate, Stage};
@@ -33,14 +32,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let addr = resolve(&addr_text)?;
     let timeout = args.timeout.0;
 
+    // For kvmesh, where each key lives: its owner node's owning shard port.
+    let mut route = None;
     let endpoints: Vec<SocketAddr> = match args.target {
         Target::Redis => vec![addr],
+        Target::Kvmesh if args.via_addr => vec![addr],
         Target::Kvmesh => {
-            let topology = crate::target_kvmesh::discover(addr, timeout)?;
-            let ports = topology.shard_ports.iter();
-            ports
-                .map(|&p| Ok(SocketAddr::new(addr.ip(), u16::try_from(p)?)))
-                .collect::<anyhow::Result<_>>()?
+            let map = crate::target_kvmesh::discover(addr, timeout)?;
+            let endpoints = map.endpoints();
+            route = Some(map);
+            endpoints
         }
         // One endpoint: the node's gRPC port, which every shard serves.
         Target::Grpc => vec![addr],
@@ -49,10 +50,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut key = Vec::new();
     let owner = |k: u32| {
         write_key(k, &mut key);
-        if parts == 1 {
-            0
-        } else {
-            shard_for(&key, parts)
+        match &route {
+            Some(map) if parts > 1 => map.endpoint_for(&key),
+            _ => 0,
         }
     };
     let sets: Vec<_> =
@@ -125,7 +125,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // Memory per key only means something when the prefill loads a fresh server.
     let rss_pid = pid.filter(|_| settings.prefill_only);
     let sample_rss = || rss_pid.map(procstat::rss_bytes).transpose();
-    let sample_cpu = || pid.map(procstat::cpu_seconds).transpose();
+    let sample_cpu = || -> anyhow::Result<Option<f64>> {
+        let Some(pid) = pid else { return Ok(None) };
+        let mut cpu = procstat::cpu_seconds(pid)?;
+        for &other in &args.also_server_pid {
+            cpu += procstat::cpu_seconds(other)?;
+        }
+        Ok(Some(cpu))
+    };
     if !gate.wait_all(Stage::Connected) {
         return Err(join(handles)
             .err()

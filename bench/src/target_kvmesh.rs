@@ -1,10 +1,12 @@
-//! The kvmesh target: the wire protocol, topology-aware.
+//! The kvmesh target: the wire protocol, cluster- and topology-aware.
 //!
-//! Routing: at start the bench asks the node for its [`Topology`] (shard count, each shard's
-//! own port, the name of the shard hash) and refuses to run if the node routes keys with a
-//! different function than `kvmesh_net::routing`. The key space is then split by
-//! `shard_for(key, shards)`, and every connection is bound to one shard's own port and only
-//! sends keys that shard owns, so no request pays the hop between shards.
+//! Routing: at start the bench asks the node for the cluster's members and each member for its
+//! topology (shard count, each shard's own port, the name of the shard hash), and refuses to
+//! run if a node routes keys with a different function than `kvmesh_net::routing`. The key
+//! space is then split by owner (ring, then shard: [`ClusterMap::endpoint_for`]), and every
+//! connection is bound to one shard's own port and only sends keys that shard owns, so no
+//! request pays a hop between nodes or shards. With `--via-addr` every key goes to the given
+//! port instead, and the node forwards.
 //!
 //! Requests are encoded by hand (one op per frame, ids counting up from 1) to keep the client
 //! allocation-free; a test checks the bytes against prost's own encoding.
@@ -15,40 +17,38 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use kvmesh_net::frame::{self, DEFAULT_MAX_FRAME, PREFIX_LEN};
 use kvmesh_net::routing::SHARD_HASH_NAME;
-use kvmesh_proto::wire::{OpCode, Response, Status, Topology};
+use kvmesh_net::ClusterMap;
+use kvmesh_proto::wire::{OpCode, Response, Status};
 use prost::encoding::{encode_varint, encoded_len_varint};
 
 use crate::codec::{Codec, Fatal, Reply};
 use crate::workload::OpKind;
 
-/// Asks the node at `addr` for its topology and checks that it routes like this client.
-pub fn discover(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Topology> {
+/// Asks the node at `addr` for the cluster's members and each member for its topology, and
+/// checks that every node routes like this client.
+pub fn discover(addr: SocketAddr, timeout: Duration) -> anyhow::Result<ClusterMap> {
     let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name("bench-topology")
         .spawn(move || async move {
-            let mut conn = kvmesh_net::Connection::connect(addr, timeout).await?;
-            kvmesh_net::client::fetch_topology(&mut conn).await
+            let mut client = kvmesh_net::Client::connect(addr, timeout).await?;
+            client.map().await
         })
         .map_err(|e| anyhow::anyhow!("cannot start a glommio executor: {e}"))?;
-    let topology = handle
+    let map = handle
         .join()
         .map_err(|e| anyhow::anyhow!("topology thread failed: {e}"))?
-        .with_context(|| format!("cannot learn the topology of the kvmesh node at {addr}"))?;
-    if topology.shard_hash != SHARD_HASH_NAME {
-        bail!(
-            "the node at {addr} maps keys to shards with `{}`, this bench with `{SHARD_HASH_NAME}`: \
-             rebuild one of them from the same source",
-            topology.shard_hash
-        );
+        .with_context(|| format!("cannot learn the topology of the kvmesh cluster at {addr}"))?;
+    for topology in map.topologies() {
+        if topology.shard_hash != SHARD_HASH_NAME {
+            bail!(
+                "node {} maps keys to shards with `{}`, this bench with `{SHARD_HASH_NAME}`: \
+                 rebuild one of them from the same source",
+                topology.node_id,
+                topology.shard_hash
+            );
+        }
     }
-    if topology.shards == 0 || topology.shard_ports.len() != topology.shards as usize {
-        bail!(
-            "the node at {addr} reports {} shards but {} shard ports",
-            topology.shards,
-            topology.shard_ports.len()
-        );
-    }
-    Ok(topology)
+    Ok(map)
 }
 
 /// Speaks kvmesh's wire protocol: one op per request frame, replies checked for their id.
@@ -191,7 +191,9 @@ mod tests {
                     key: key.to_vec(),
                     value: value.to_vec(),
                     ttl_ms,
+                    ..Op::default()
                 }],
+                ..Request::default()
             };
             let mut prost_bytes = Vec::new();
             frame::encode(&want, &mut prost_bytes);

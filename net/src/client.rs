@@ -3,7 +3,9 @@
 //! [`Connection`] is one TCP connection on which any number of requests may be in flight:
 //! [`Connection::queue`] buffers requests, [`Connection::flush`] sends them in one write, and
 //! [`Connection::recv`] returns replies in the order the node sends them. [`Client`] sits on top:
-//! it learns the node's topology and sends each key straight to its owning shard's port.
+//! it learns the cluster's members and each member's topology, and sends each key straight to its
+//! owner's owning shard port. [`ClusterMap`] is the same routing, pure, for clients that open
+//! their connections up front.
 //!
 //! Both run on the glommio executor of the thread that created them. Every read, write and
 //! connect is bounded by the timeout given at connect time.
@@ -16,6 +18,7 @@ use glommio::net::TcpStream;
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Request, Response, ShardStats, Status, Topology};
 
 use crate::frame::{self, FrameError, DEFAULT_MAX_FRAME};
+use crate::ring::{NodeId, Ring};
 use crate::routing::shard_for;
 
 /// Why a call failed. Server-side refusals of a single op are not errors here: they come back as
@@ -41,6 +44,12 @@ pub enum ClientError {
     /// The node rejected a whole frame (the connection is closed after this).
     #[error("node refused the request: {status:?}: {message}")]
     Refused { status: Status, message: String },
+    /// A shared connection ([`crate::mux::Mux`]) failed before the reply came.
+    #[error("connection to {addr} lost: {why}")]
+    Lost { addr: SocketAddr, why: String },
+    /// The cluster's topology, as the nodes report it, does not add up.
+    #[error("bad cluster topology: {0}")]
+    Topology(String),
     /// The node answered something that does not match what was asked.
     #[error("protocol violation from {addr}: {what}")]
     Protocol { addr: SocketAddr, what: String },
@@ -92,11 +101,29 @@ impl Connection {
         self.addr
     }
 
+    /// The stream, for a [`crate::mux::Mux`] to take over. Refused while replies are buffered.
+    pub fn into_stream(self) -> Result<TcpStream, ClientError> {
+        if self.pos != self.end || !self.out.is_empty() {
+            return Err(ClientError::Protocol {
+                addr: self.addr,
+                what: "bytes still buffered when the connection was handed over".into(),
+            });
+        }
+        Ok(self.stream)
+    }
+
     /// Buffers one request and returns its id. Nothing is sent until [`Connection::flush`].
     pub fn queue(&mut self, ops: Vec<Op>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        frame::encode(&Request { id, ops }, &mut self.out);
+        frame::encode(
+            &Request {
+                id,
+                ops,
+                forwarded: false,
+            },
+            &mut self.out,
+        );
         id
     }
 
@@ -215,79 +242,264 @@ pub fn op(code: OpCode, key: &[u8], value: &[u8], ttl_ms: u64) -> Op {
         key: key.to_vec(),
         value: value.to_vec(),
         ttl_ms,
+        hello: None,
     }
 }
 
-/// A topology-aware client: each key goes to its owning shard's own port, so no request pays
-/// the hop between shards.
+/// A cluster- and topology-aware client: each key goes to its owner on the ring, and there to
+/// its owning shard's own port, so no request pays a hop between nodes or shards.
+///
+/// It learns the member list from the node it first contacts, and each member's shard ports
+/// by asking that member, on first use. A connection that fails is dropped and reopened by the
+/// next call that needs it.
 pub struct Client {
+    /// The topology of the node first contacted.
     topology: Topology,
-    host: std::net::IpAddr,
+    ring: Ring,
+    /// One per member, in ascending id order (as `ring.nodes()`).
+    nodes: Vec<NodeLink>,
     timeout: Duration,
+}
+
+struct NodeLink {
+    id: NodeId,
+    addr: SocketAddr,
+    topology: Option<Topology>,
     shards: Vec<Option<Connection>>,
 }
 
+/// Ops of one call owned by one (member index, shard): the indices of their results, and the
+/// ops themselves.
+type Group = ((usize, usize), Vec<usize>, Vec<Op>);
+
+/// One member's counters, or why it could not be asked.
+pub struct MemberStats {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub shards: Result<Vec<ShardStats>, ClientError>,
+}
+
 impl Client {
-    /// Connects to a node's wire port and learns its topology.
+    /// Connects to any wire port of any member and learns the cluster's member list.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ClientError> {
         let mut first = Connection::connect(addr, timeout).await?;
         let topology = fetch_topology(&mut first).await?;
-        let nr = topology.shards as usize;
-        if nr == 0 || topology.shard_ports.len() != nr {
-            return Err(ClientError::Protocol {
-                addr,
-                what: format!(
-                    "topology lists {} shards but {} shard ports",
-                    nr,
-                    topology.shard_ports.len()
-                ),
-            });
-        }
-        let mut shards: Vec<Option<Connection>> = (0..nr).map(|_| None).collect();
+        check_shard_ports(addr, &topology)?;
+        let members = members(&topology, addr)?;
+        let ids: Vec<NodeId> = members.iter().map(|m| m.0).collect();
+        let ring = Ring::new(&ids).map_err(|e| ClientError::Topology(e.to_string()))?;
+        let mut nodes: Vec<NodeLink> = members
+            .into_iter()
+            .map(|(id, member_addr)| NodeLink {
+                id,
+                // The contacted node is reached on the host the caller reached it at.
+                addr: if id == topology.node_id {
+                    SocketAddr::new(addr.ip(), member_addr.port())
+                } else {
+                    member_addr
+                },
+                topology: None,
+                shards: Vec::new(),
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.id);
+        let me = nodes
+            .iter_mut()
+            .find(|n| n.id == topology.node_id)
+            .ok_or_else(|| {
+                ClientError::Topology(format!(
+                    "node {} at {addr} is not in its own member list",
+                    topology.node_id
+                ))
+            })?;
+        me.shards = (0..topology.shards).map(|_| None).collect();
         // Keep the first connection if it already is a shard's own port.
         if let Some(i) = topology
             .shard_ports
             .iter()
             .position(|&p| u32::from(addr.port()) == p)
         {
-            shards[i] = Some(first);
+            me.shards[i] = Some(first);
         }
+        me.topology = Some(topology.clone());
         Ok(Self {
             topology,
-            host: addr.ip(),
+            ring,
+            nodes,
             timeout,
-            shards,
         })
     }
 
+    /// The topology of the node first contacted.
     pub fn topology(&self) -> &Topology {
         &self.topology
     }
 
-    /// The connection to shard `shard`'s own port, opened on first use.
-    pub async fn shard(&mut self, shard: usize) -> Result<&mut Connection, ClientError> {
-        let slot = &mut self.shards[shard];
+    /// The members, in id order, with the address each is reached at.
+    pub fn members(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.nodes.iter().map(|n| (n.id, n.addr)).collect()
+    }
+
+    /// Learns every member's topology (asking those not asked yet) and returns the whole map.
+    pub async fn map(&mut self) -> Result<ClusterMap, ClientError> {
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for i in 0..self.nodes.len() {
+            self.learn(i).await?;
+            let link = &self.nodes[i];
+            let topology = link.topology.clone().expect("learned above");
+            nodes.push((link.id, link.addr.ip(), topology));
+        }
+        Ok(ClusterMap {
+            ring: self.ring.clone(),
+            nodes,
+        })
+    }
+
+    /// Asks member `i` for its topology, once.
+    async fn learn(&mut self, i: usize) -> Result<(), ClientError> {
+        let link = &mut self.nodes[i];
+        if link.topology.is_some() {
+            return Ok(());
+        }
+        let mut conn = Connection::connect(link.addr, self.timeout).await?;
+        let topology = fetch_topology(&mut conn).await?;
+        check_shard_ports(link.addr, &topology)?;
+        if topology.node_id != link.id {
+            return Err(ClientError::Topology(format!(
+                "the member list gives {} as node {}, but that node says it is node {}",
+                link.addr, link.id, topology.node_id
+            )));
+        }
+        link.shards = (0..topology.shards).map(|_| None).collect();
+        link.topology = Some(topology);
+        Ok(())
+    }
+
+    /// The connection to shard `shard` of member `i` (its own port), opened on first use.
+    async fn conn(&mut self, i: usize, shard: usize) -> Result<&mut Connection, ClientError> {
+        self.learn(i).await?;
+        let link = &mut self.nodes[i];
+        let slot = &mut link.shards[shard];
         if slot.is_none() {
-            let port = self.topology.shard_ports[shard] as u16;
-            let addr = SocketAddr::new(self.host, port);
+            let topology = link.topology.as_ref().expect("learned above");
+            let port = topology.shard_ports[shard] as u16;
+            let addr = SocketAddr::new(link.addr.ip(), port);
             *slot = Some(Connection::connect(addr, self.timeout).await?);
         }
         Ok(slot.as_mut().expect("connection was just opened"))
     }
 
-    /// Runs one op on the shard that owns its key.
+    /// Where `key` lives: (member index, shard of that member).
+    async fn locate(&mut self, key: &[u8]) -> Result<(usize, usize), ClientError> {
+        let owner = self.ring.owner(key);
+        let i = self
+            .nodes
+            .binary_search_by_key(&owner, |n| n.id)
+            .map_err(|_| ClientError::Topology(format!("ring owner {owner} is not a member")))?;
+        self.learn(i).await?;
+        let shards = self.nodes[i].shards.len();
+        Ok((i, shard_for(key, shards)))
+    }
+
+    /// Runs one op on the shard, of the member, that owns its key.
     pub async fn execute(&mut self, op: Op) -> Result<OpResult, ClientError> {
-        let shard = shard_for(&op.key, self.shards.len());
-        let conn = self.shard(shard).await?;
+        let (i, shard) = self.locate(&op.key).await?;
+        let conn = self.conn(i, shard).await?;
         let addr = conn.addr();
         let mut results = conn.call(vec![op]).await.inspect_err(|_| {
             // A failed connection is not reused: the next call reconnects.
-            self.shards[shard] = None;
+            self.nodes[i].shards[shard] = None;
         })?;
         results.pop().ok_or(ClientError::Protocol {
             addr,
             what: "empty reply".into(),
         })
+    }
+
+    /// Runs `ops` on the shards, of the members, that own their keys, and returns one result
+    /// per op, in order. The ops are grouped by owning shard and pipelined: one request per
+    /// shard, all sent before any reply is awaited. A connection that fails is dropped (the
+    /// next call reconnects) and fails the whole call.
+    pub async fn execute_many(&mut self, ops: Vec<Op>) -> Result<Vec<OpResult>, ClientError> {
+        // One per owning (member, shard), in order of first appearance.
+        let mut groups: Vec<Group> = Vec::new();
+        let n = ops.len();
+        for (i, op) in ops.into_iter().enumerate() {
+            let at = self.locate(&op.key).await?;
+            match groups.iter_mut().find(|(g, _, _)| *g == at) {
+                Some((_, idx, ops)) => {
+                    idx.push(i);
+                    ops.push(op);
+                }
+                None => groups.push((at, vec![i], vec![op])),
+            }
+        }
+        let mut ids = Vec::with_capacity(groups.len());
+        for ((i, shard), _, ops) in &mut groups {
+            let conn = self.conn(*i, *shard).await?;
+            ids.push(conn.queue(std::mem::take(ops)));
+            let flushed = conn.flush().await;
+            self.forget_on_error(*i, *shard, flushed)?;
+        }
+        let mut results = vec![OpResult::default(); n];
+        for (((i, shard), idx, _), id) in groups.into_iter().zip(ids) {
+            let conn = self.conn(i, shard).await?;
+            let addr = conn.addr();
+            let response = conn.recv().await;
+            let response = self.forget_on_error(i, shard, response)?;
+            if response.id != id || response.results.len() != idx.len() {
+                self.nodes[i].shards[shard] = None;
+                return Err(ClientError::Protocol {
+                    addr,
+                    what: format!(
+                        "asked request {id} with {} ops, got request {} with {} results",
+                        idx.len(),
+                        response.id,
+                        response.results.len()
+                    ),
+                });
+            }
+            for (k, result) in idx.into_iter().zip(response.results) {
+                results[k] = result;
+            }
+        }
+        Ok(results)
+    }
+
+    /// Passes `result` on; on an error, first drops the connection it came from.
+    fn forget_on_error<T>(
+        &mut self,
+        i: usize,
+        shard: usize,
+        result: Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        if result.is_err() {
+            self.nodes[i].shards[shard] = None;
+        }
+        result
+    }
+
+    /// The connection to shard `shard` of the node first contacted (its own port), for ops
+    /// that address a shard rather than a key (snapshots, stats).
+    pub async fn contacted_shard(&mut self, shard: usize) -> Result<&mut Connection, ClientError> {
+        let me = self.contacted();
+        if shard >= self.topology.shards as usize {
+            return Err(ClientError::Topology(format!(
+                "node {} has {} shards, not {}",
+                self.topology.node_id,
+                self.topology.shards,
+                shard + 1
+            )));
+        }
+        self.conn(me, shard).await
+    }
+
+    /// The index, into `nodes`, of the node first contacted.
+    fn contacted(&self) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == self.topology.node_id)
+            .expect("the contacted node is a member")
     }
 
     /// The value of `key`, or `None` when it is missing or expired.
@@ -324,11 +536,36 @@ impl Client {
         }
     }
 
-    /// The counters of every shard, in shard order.
+    /// The counters of every shard of the node first contacted, in shard order.
     pub async fn stats(&mut self) -> Result<Vec<ShardStats>, ClientError> {
-        let mut all = Vec::with_capacity(self.shards.len());
-        for shard in 0..self.shards.len() {
-            let conn = self.shard(shard).await?;
+        let me = self.contacted();
+        self.member_stats(me).await
+    }
+
+    /// Every member's counters, or why that member could not be asked now.
+    pub async fn cluster_stats(&mut self) -> Vec<MemberStats> {
+        let mut all = Vec::with_capacity(self.nodes.len());
+        for i in 0..self.nodes.len() {
+            let shards = self.member_stats(i).await;
+            if shards.is_err() {
+                let link = &mut self.nodes[i];
+                link.shards.iter_mut().for_each(|c| *c = None);
+            }
+            all.push(MemberStats {
+                id: self.nodes[i].id,
+                addr: self.nodes[i].addr,
+                shards,
+            });
+        }
+        all
+    }
+
+    async fn member_stats(&mut self, i: usize) -> Result<Vec<ShardStats>, ClientError> {
+        self.learn(i).await?;
+        let nr = self.nodes[i].shards.len();
+        let mut all = Vec::with_capacity(nr);
+        for shard in 0..nr {
+            let conn = self.conn(i, shard).await?;
             let addr = conn.addr();
             let result = conn
                 .call(vec![op(OpCode::OpStats, &[], &[], 0)])
@@ -346,6 +583,82 @@ impl Client {
         }
         Ok(all)
     }
+}
+
+/// Where every key of a cluster lives, once every member's topology is known: what a client
+/// that opens its connections up front (the load generator) routes with. Pure.
+#[derive(Clone, Debug)]
+pub struct ClusterMap {
+    ring: Ring,
+    /// (id, host, topology), in id order.
+    nodes: Vec<(NodeId, std::net::IpAddr, Topology)>,
+}
+
+impl ClusterMap {
+    /// Every shard port of every member, member by member in id order, shards in order.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.nodes
+            .iter()
+            .flat_map(|(_, host, t)| {
+                t.shard_ports
+                    .iter()
+                    .map(move |&p| SocketAddr::new(*host, p as u16))
+            })
+            .collect()
+    }
+
+    /// The index, into [`ClusterMap::endpoints`], of the shard port that owns `key`.
+    pub fn endpoint_for(&self, key: &[u8]) -> usize {
+        let owner = self.ring.owner(key);
+        let mut base = 0;
+        for (id, _, t) in &self.nodes {
+            if *id == owner {
+                return base + shard_for(key, t.shards as usize);
+            }
+            base += t.shards as usize;
+        }
+        unreachable!("the ring is built from these members")
+    }
+
+    /// The topologies, in id order.
+    pub fn topologies(&self) -> impl Iterator<Item = &Topology> {
+        self.nodes.iter().map(|n| &n.2)
+    }
+}
+
+/// The members a topology lists, or the node alone when it lists none.
+fn members(
+    topology: &Topology,
+    addr: SocketAddr,
+) -> Result<Vec<(NodeId, SocketAddr)>, ClientError> {
+    if topology.members.is_empty() {
+        return Ok(vec![(topology.node_id, addr)]);
+    }
+    topology
+        .members
+        .iter()
+        .map(|m| {
+            let member_addr = m.addr.parse().map_err(|e| {
+                ClientError::Topology(format!("member {} has address {:?}: {e}", m.id, m.addr))
+            })?;
+            Ok((m.id, member_addr))
+        })
+        .collect()
+}
+
+fn check_shard_ports(addr: SocketAddr, topology: &Topology) -> Result<(), ClientError> {
+    let nr = topology.shards as usize;
+    if nr == 0 || topology.shard_ports.len() != nr {
+        return Err(ClientError::Protocol {
+            addr,
+            what: format!(
+                "topology lists {} shards but {} shard ports",
+                nr,
+                topology.shard_ports.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Asks a connection's node for its topology.

@@ -91,6 +91,7 @@ mod tests {
                 key: key.to_vec(),
                 ..Op::default()
             }],
+            ..Request::default()
         }
     }
 

@@ -2,15 +2,17 @@
 //! consistent-hash ring, and the pipelined client used by the CLI and the load generator.
 //!
 //! - [`frame`], [`routing`] and [`ring`] are pure: no I/O, no clock.
-//! - [`client`] runs on a glommio executor, on the thread that created it.
+//! - [`client`] and [`mux`] (one connection shared by many tasks, for node-to-node forwarding)
+//!   run on a glommio executor, on the thread that created them.
 //! - [`hyper_io`] lets hyper's HTTP/2 (gRPC) server and client run on glommio, without tokio.
 
 pub mod client;
 pub mod frame;
 pub mod hyper_io;
+pub mod mux;
 pub mod ring;
 pub mod routing;
 
-pub use client::{Client, ClientError, Connection};
+pub use client::{Client, ClientError, ClusterMap, Connection};
 pub use frame::{decode, encode, FrameError, DEFAULT_MAX_FRAME};
 pub use routing::shard_for;

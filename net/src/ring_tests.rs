@@ -22,6 +22,26 @@ fn balance_bound_holds_for_every_cluster_size_up_to_16() {
     }
 }
 
+/// The shares are what keys see: 200,000 keys land on each node in proportion to its share.
+#[test]
+fn keys_follow_the_shares() {
+    let ring = Ring::new(&[3, 11, 42]).unwrap();
+    let keys = keys(200_000);
+    let mut counts = [0usize; 3];
+    for key in &keys {
+        let at = ring.nodes().binary_search(&ring.owner(key)).unwrap();
+        counts[at] += 1;
+    }
+    for ((node, share), count) in ring.shares().into_iter().zip(counts) {
+        let seen = count as f64 / keys.len() as f64;
+        assert!(
+            (seen - share).abs() < 0.005,
+            "node {node}: share {share:.4}, keys {seen:.4}"
+        );
+        assert!(seen * 3.0 < 1.06, "node {node} holds {seen:.4} of the keys");
+    }
+}
+
 /// Test vectors, computed with an independent implementation (Python's `xxhash` and `bisect`)
 /// of the algorithm in the module docs. If any of these change, data lands on other nodes.
 #[test]
@@ -123,6 +143,19 @@ proptest! {
         for (b, a) in before.iter().zip(&after) {
             prop_assert_eq!(b != a, *b == gone);
         }
+    }
+
+    /// Balance does not depend on the ids being small or consecutive: any 2 to 16 ids keep the
+    /// largest share within 1.10 of the mean (1.06 for the ids 1..=k, above).
+    #[test]
+    fn balance_bound_holds_for_any_ids(
+        members in proptest::collection::btree_set(any::<u32>(), 2..17),
+    ) {
+        let members: Vec<NodeId> = members.into_iter().collect();
+        let ring = Ring::new(&members).unwrap();
+        let max = ring.shares().iter().map(|s| s.1).fold(0.0, f64::max);
+        let ratio = max * members.len() as f64;
+        prop_assert!(ratio <= 1.10, "{} nodes: max/mean share {:.4}", members.len(), ratio);
     }
 
     /// The n owners are n distinct members, whatever the key.

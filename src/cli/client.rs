@@ -1,5 +1,6 @@
 //! `kvmesh put|get|remove|stats`: one-off commands over the wire protocol, each going straight
-//! to the shard that owns the key.
+//! to the node, and the shard, that owns the key. `stats` shows the cluster view (every member,
+//! whether it answers now, its keys) and the contacted node's counters.
 
 use std::future::Future;
 use std::io::Write;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
+use kvmesh_net::client::MemberStats;
 use kvmesh_net::Client;
 use kvmesh_proto::wire::ShardStats;
 
@@ -15,7 +17,7 @@ use crate::units::parse_duration;
 
 #[derive(Args, Debug)]
 pub struct Target {
-    /// Any wire port of the node.
+    /// Any wire port of any node of the cluster.
     #[arg(long, default_value = "127.0.0.1:7000", value_name = "HOST:PORT")]
     addr: SocketAddr,
     /// Give up on connecting or on a reply after this long.
@@ -89,16 +91,92 @@ pub fn remove(args: KeyArgs) -> anyhow::Result<i32> {
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<i32> {
     with_client(&args.target, move |mut client| async move {
-        let shards = client.stats().await?;
         let node_id = client.topology().node_id;
+        let cluster = client.topology().cluster.clone();
+        let members = client.cluster_stats().await;
+        let shards = match members.iter().find(|m| m.id == node_id).map(|m| &m.shards) {
+            Some(Ok(shards)) => shards.clone(),
+            Some(Err(e)) => return Err(anyhow!("{e}")),
+            None => client.stats().await?,
+        };
+        let view: Vec<MemberView> = members.iter().map(MemberView::from).collect();
         let text = if args.json {
-            stats_json(node_id, &shards)
+            let json = stats_json(node_id, &shards);
+            format!(
+                "{},\"cluster\":{:?},\"members\":{}}}",
+                &json[..json.len() - 1],
+                cluster,
+                members_json(&view)
+            )
         } else {
-            stats_table(node_id, &shards)
+            format!(
+                "{}\n\n{}",
+                members_table(&cluster, &view),
+                stats_table(node_id, &shards)
+            )
         };
         println!("{text}");
         Ok(0)
     })
+}
+
+/// One member as `kvmesh stats` shows it: reachable now or not, and its keys.
+struct MemberView {
+    id: u32,
+    addr: String,
+    /// `Ok(keys)` when it answered now, else why not.
+    keys: Result<u64, String>,
+}
+
+impl From<&MemberStats> for MemberView {
+    fn from(m: &MemberStats) -> Self {
+        MemberView {
+            id: m.id,
+            addr: m.addr.to_string(),
+            keys: match &m.shards {
+                Ok(shards) => Ok(shards.iter().map(|s| s.keys).sum()),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
+
+fn members_table(cluster: &str, members: &[MemberView]) -> String {
+    let mut out = format!(
+        "cluster {cluster:?}: {} member(s)\n{:<8} {:<22} {:>12}  reachable",
+        members.len(),
+        "member",
+        "address",
+        "keys"
+    );
+    for m in members {
+        let (reachable, keys) = match &m.keys {
+            Ok(keys) => ("yes".to_string(), keys.to_string()),
+            Err(why) => (format!("no ({why})"), "-".to_string()),
+        };
+        out.push_str(&format!(
+            "\n{:<8} {:<22} {:>12}  {reachable}",
+            m.id, m.addr, keys
+        ));
+    }
+    out
+}
+
+fn members_json(members: &[MemberView]) -> String {
+    let items: Vec<String> = members
+        .iter()
+        .map(|m| match &m.keys {
+            Ok(keys) => format!(
+                "{{\"id\":{},\"addr\":{:?},\"reachable\":true,\"keys\":{keys}}}",
+                m.id, m.addr
+            ),
+            Err(why) => format!(
+                "{{\"id\":{},\"addr\":{:?},\"reachable\":false,\"error\":{why:?}}}",
+                m.id, m.addr
+            ),
+        })
+        .collect();
+    format!("[{}]", items.join(","))
 }
 
 /// Connects on a fresh single-threaded executor and runs `body` with the client.
@@ -119,7 +197,7 @@ where
 }
 
 /// Counter columns: (header, value).
-fn columns(s: &ShardStats) -> [(&'static str, u64); 22] {
+fn columns(s: &ShardStats) -> [(&'static str, u64); 24] {
     [
         ("keys", s.keys),
         ("bytes_used", s.bytes_used),
@@ -134,6 +212,8 @@ fn columns(s: &ShardStats) -> [(&'static str, u64); 22] {
         ("touches", s.touches),
         ("forwarded_out", s.forwarded_out),
         ("forwarded_in", s.forwarded_in),
+        ("node_forwarded_out", s.node_forwarded_out),
+        ("node_forwarded_in", s.node_forwarded_in),
         ("connections_open", s.connections_open),
         ("protocol_errors", s.protocol_errors),
         ("wal_records", s.wal_records),
@@ -147,7 +227,7 @@ fn columns(s: &ShardStats) -> [(&'static str, u64); 22] {
 }
 
 fn totals(shards: &[ShardStats]) -> Vec<u64> {
-    let mut sum = vec![0u64; 22];
+    let mut sum = vec![0u64; 24];
     for s in shards {
         for (total, (_, v)) in sum.iter_mut().zip(columns(s)) {
             *total += v;
@@ -158,14 +238,14 @@ fn totals(shards: &[ShardStats]) -> Vec<u64> {
 
 /// One row per counter, one column per shard, then the node's total.
 fn stats_table(node_id: u32, shards: &[ShardStats]) -> String {
-    let mut out = format!("node {node_id}\n{:<18}", "");
+    let mut out = format!("node {node_id}\n{:<19}", "");
     for s in shards {
         out.push_str(&format!(" {:>14}", format!("shard {}", s.shard)));
     }
     out.push_str(&format!(" {:>14}", "total"));
-    let per_shard: Vec<[(&str, u64); 22]> = shards.iter().map(columns).collect();
+    let per_shard: Vec<[(&str, u64); 24]> = shards.iter().map(columns).collect();
     for (row, (name, _)) in columns(&ShardStats::default()).iter().enumerate() {
-        out.push_str(&format!("\n{name:<18}"));
+        out.push_str(&format!("\n{name:<19}"));
         for values in &per_shard {
             out.push_str(&format!(" {:>14}", values[row].1));
         }
@@ -198,6 +278,34 @@ fn stats_json(node_id: u32, shards: &[ShardStats]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_show_who_answered() {
+        let members = [
+            MemberView {
+                id: 1,
+                addr: "127.0.0.1:7000".into(),
+                keys: Ok(5),
+            },
+            MemberView {
+                id: 2,
+                addr: "127.0.0.1:7002".into(),
+                keys: Err("cannot connect".into()),
+            },
+        ];
+        let table = members_table("local", &members);
+        assert!(
+            table.starts_with("cluster \"local\": 2 member(s)"),
+            "{table}"
+        );
+        assert!(table.contains("yes"), "{table}");
+        assert!(table.contains("no (cannot connect)"), "{table}");
+        assert_eq!(
+            members_json(&members),
+            "[{\"id\":1,\"addr\":\"127.0.0.1:7000\",\"reachable\":true,\"keys\":5},\
+             {\"id\":2,\"addr\":\"127.0.0.1:7002\",\"reachable\":false,\"error\":\"cannot connect\"}]"
+        );
+    }
 
     #[test]
     fn json_sums_shards() {

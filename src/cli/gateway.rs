@@ -14,8 +14,9 @@ pub struct GatewayArgs {
     /// gRPC address to serve (both services, health and reflection), on every thread.
     #[arg(long, default_value = "127.0.0.1:50051", value_name = "HOST:PORT")]
     grpc: SocketAddr,
-    /// The node to forward to, as its id and wire address (`kvmesh node --id` and `--listen`),
-    /// e.g. `1=127.0.0.1:7000`. One node until clustering exists.
+    /// The cluster's members, as each node's id and wire address (the nodes' own --peers list),
+    /// e.g. `1=127.0.0.1:7000,2=127.0.0.1:7100`. The gateway learns the cluster through the
+    /// first that answers and checks that its member list is this one.
     #[arg(long, required = true, value_delimiter = ',', value_parser = parse_peer, value_name = "ID=HOST:PORT,...")]
     peers: Vec<Peer>,
     /// Threads (glommio executors, unpinned) serving gRPC.

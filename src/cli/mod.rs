@@ -1,7 +1,8 @@
-//! The `kvmesh` command line: `node` runs a node; `gateway` runs the standalone gRPC front-end;
-//! `put`, `get`, `remove` and `stats` talk to a node.
+//! The `kvmesh` command line: `node` runs a node, `cluster` a local cluster of nodes, `gateway`
+//! the standalone gRPC front-end; `put`, `get`, `remove`, `stats` and `snapshot` talk to a node.
 
 mod client;
+mod cluster;
 mod gateway;
 mod node;
 mod snapshot;
@@ -22,6 +23,8 @@ enum Command {
     Node(Box<node::NodeArgs>),
     /// Run the gRPC front-end alone: holds no data, forwards every call to its node.
     Gateway(gateway::GatewayArgs),
+    /// Run a local cluster: N node processes on loopback ports, data under ./kvmesh-data.
+    Cluster(cluster::ClusterArgs),
     /// Store a value.
     Put(client::PutArgs),
     /// Print a key's value; exits with status 1 when the key is missing.
@@ -63,6 +66,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Node(args) => node::run(*args).map(|()| 0),
         Command::Gateway(args) => gateway::run(args).map(|()| 0),
+        Command::Cluster(args) => cluster::run(args),
         Command::Put(args) => client::put(args),
         Command::Get(args) => client::get(args),
         Command::Remove(args) => client::remove(args),

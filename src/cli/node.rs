@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::cluster::membership::{self, Membership};
 use crate::node::durable::datadir::DataDir;
 use crate::node::durable::Durability;
 use crate::node::{self, NodeConfig};
@@ -41,7 +42,8 @@ pub struct NodeArgs {
     /// Largest wire frame accepted; must fit the largest key plus the largest value.
     #[arg(long, default_value = "17MiB", value_name = "SIZE")]
     max_frame: ByteSize,
-    /// How long a shard waits for another shard to answer a forwarded request.
+    /// How long a shard waits for another shard, or another node, to answer a forwarded request
+    /// (and, for another node, to accept a connection): the timeout of each hop.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     forward_timeout: Duration,
     /// gRPC address served by every shard: the DistributedCache and KvMesh APIs, health and
@@ -105,6 +107,18 @@ pub struct NodeArgs {
     /// --config file, else its default) and exit without starting.
     #[arg(long)]
     print_config: bool,
+    /// Every member of the cluster, this node included, as ID=HOST:PORT (their advertised wire
+    /// addresses), comma-separated; every node gets the same list. A cluster of more than one
+    /// needs --id and --data-dir [default: this node alone].
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    peers: Option<String>,
+    /// The cluster's name: a node refuses peers that give another.
+    #[arg(long, default_value = crate::cluster::membership::DEFAULT_CLUSTER, value_name = "NAME")]
+    cluster: String,
+    /// The wire address peers and clients reach this node at; must be this node's entry in
+    /// --peers [default: --listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<SocketAddr>,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -122,6 +136,14 @@ enum RecoveryMode {
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     crate::logging::init();
+    let advertise = args.advertise.unwrap_or(args.listen);
+    let peers = match &args.peers {
+        Some(text) => Some(membership::parse_peers(text).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
+    if peers.as_ref().is_some_and(|p| p.len() > 1) && args.id.is_none() {
+        anyhow::bail!("--peers lists several members: give --id, which of them this node is");
+    }
     let explicit_shards = args
         .shards
         .or((!args.cpus.is_empty()).then_some(args.cpus.len()));
@@ -191,6 +213,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             .snapshot_factor
             .unwrap_or(crate::node::durable::DEFAULT_SNAPSHOT_FACTOR),
     });
+    let members = peers.unwrap_or_else(|| vec![(node_id, advertise)]);
+    let cluster = Membership::new(&args.cluster, node_id, advertise, members)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let to_usize = |b: ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
     let config = NodeConfig {
         node_id,
@@ -209,6 +234,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         metrics: args.metrics,
         max_connections: args.max_connections,
         idle_timeout: args.idle_timeout,
+        cluster,
     };
     let result = node::run(config);
     drop(data_dir);

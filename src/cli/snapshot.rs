@@ -33,7 +33,12 @@ pub fn run(args: SnapshotArgs) -> anyhow::Result<i32> {
         let mut failed = 0;
         for shard in 0..shards {
             let op = kvmesh_net::client::op(OpCode::OpSnapshot, &[], &[], 0);
-            let result = client.shard(shard).await?.call(vec![op]).await?.pop();
+            let result = client
+                .contacted_shard(shard)
+                .await?
+                .call(vec![op])
+                .await?
+                .pop();
             let Some(result) = result else {
                 bail!("shard {shard} sent an empty reply");
             };

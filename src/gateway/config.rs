@@ -15,7 +15,7 @@ pub struct Peer {
 pub struct GatewayConfig {
     /// The gRPC address every executor serves (SO_REUSEPORT).
     pub grpc: SocketAddr,
-    /// The nodes to forward to; exactly one until clustering exists.
+    /// The cluster's members (`--peers`); at least one, each id once.
     pub peers: Vec<Peer>,
     /// Executors (threads) serving gRPC, unpinned.
     pub executors: usize,
@@ -44,14 +44,18 @@ pub fn parse_peer(s: &str) -> Result<Peer, String> {
 impl GatewayConfig {
     /// One clear message per problem.
     pub fn validate(&self) -> Result<(), String> {
-        match self.peers.len() {
-            0 => Err("--peers names no node: give the node as ID=HOST:PORT (its wire port)".into()),
-            1 => Ok(()),
-            n => Err(format!(
-                "--peers names {n} nodes, but clustering is not built yet: the gateway serves one \
-                 node (its own --peers entry) until it is"
-            )),
-        }?;
+        if self.peers.is_empty() {
+            return Err(
+                "--peers names no node: give the cluster's members as ID=HOST:PORT,... (their \
+                 wire ports)"
+                    .into(),
+            );
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            if self.peers[..i].iter().any(|p| p.id == peer.id) {
+                return Err(format!("--peers names node {} twice", peer.id));
+            }
+        }
         if self.executors == 0 {
             return Err("--threads must be at least 1".into());
         }
@@ -81,7 +85,7 @@ mod tests {
     }
 
     #[test]
-    fn one_peer_until_clustering() {
+    fn peers_are_required_and_unique() {
         let peer = parse_peer("1=127.0.0.1:7000").unwrap();
         let mut config = GatewayConfig {
             grpc: "127.0.0.1:50051".parse().unwrap(),
@@ -91,8 +95,10 @@ mod tests {
             grpc_max_message: 1 << 20,
         };
         assert_eq!(config.validate(), Ok(()));
+        config.peers.push(parse_peer("2=127.0.0.1:7100").unwrap());
+        assert_eq!(config.validate(), Ok(()));
         config.peers.push(peer);
-        assert!(config.validate().unwrap_err().contains("one node"));
+        assert!(config.validate().unwrap_err().contains("twice"));
         config.peers.clear();
         assert!(config.validate().is_err());
     }

@@ -33,6 +33,7 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 /// Starts the gateway and blocks until SIGINT or SIGTERM stops it.
 pub fn run(config: GatewayConfig) -> anyhow::Result<()> {
     config.validate().map_err(|e| anyhow!(e))?;
+    crate::logging::init();
     crate::node::raise_memlock().map_err(|e| anyhow!(e))?;
     crate::node::check_ports_free(&[(config.grpc, "the gateway's gRPC port (--grpc)".into())])
         .map_err(|e| anyhow!(e))?;
@@ -73,8 +74,8 @@ pub fn run(config: GatewayConfig) -> anyhow::Result<()> {
         .iter()
         .map(|p| format!("node {} at {}", p.id, p.addr))
         .collect();
-    eprintln!(
-        "kvmesh: gateway ready: gRPC {}, {} thread(s), forwarding to {}",
+    tracing::info!(
+        "gateway ready: gRPC {}, {} thread(s), forwarding to {}",
         config.grpc,
         config.executors,
         peers.join(", ")
@@ -84,7 +85,7 @@ pub fn run(config: GatewayConfig) -> anyhow::Result<()> {
             .join()
             .map_err(|e| anyhow!("a gateway executor failed: {e}"))?;
     }
-    eprintln!("kvmesh: gateway stopped");
+    tracing::info!("gateway stopped");
     Ok(())
 }
 
@@ -111,9 +112,10 @@ async fn serve(
         config.grpc_max_message,
         serving.clone(),
     );
-    // Validated: exactly one peer until clustering exists.
-    let peer = config.peers[0].clone();
-    front.attach(std::rc::Rc::new(RemoteBackend::new(peer, config.timeout)));
+    front.attach(std::rc::Rc::new(RemoteBackend::new(
+        config.peers.clone(),
+        config.timeout,
+    )));
     serving.set_serving();
     let _accepting = glommio::spawn_local(crate::grpc::accept_loop(listener, front));
     let _ = ready.send(Ok(()));

@@ -1,15 +1,15 @@
 //! The gateway's [`Backend`]: every op goes to its owning node and shard over the wire
-//! protocol, through `kvmesh_net`'s topology-aware [`Client`].
+//! protocol, through `kvmesh_net`'s cluster-aware [`Client`] (ring owner, then shard).
 //!
 //! A `Client` carries one request at a time per connection, so each executor keeps a pool of
 //! idle clients: a call takes one (or connects a new one), runs, and gives it back; a client
 //! whose connection failed is dropped, so the next call reconnects. The ops of one call are
 //! grouped by owning shard and pipelined: one request per shard, all sent before any reply is
-//! awaited.
+//! awaited ([`Client::execute_many`]).
 
 use std::cell::RefCell;
+use std::time::Duration;
 
-use kvmesh_net::client::ClientError;
 use kvmesh_net::Client;
 use kvmesh_proto::distributed_cache::{KvNode, KvTopologyResponse};
 use kvmesh_proto::wire::{Op, OpResult, Status as WireStatus};
@@ -23,33 +23,60 @@ use crate::grpc::Backend;
 const RING_VERSION: u64 = 1;
 
 pub struct RemoteBackend {
-    peer: Peer,
-    timeout: std::time::Duration,
+    /// The cluster's members, as `--peers` gives them; any of them can introduce the rest.
+    peers: Vec<Peer>,
+    timeout: Duration,
     idle: RefCell<Vec<Client>>,
 }
 
 impl RemoteBackend {
-    pub fn new(peer: Peer, timeout: std::time::Duration) -> Self {
+    pub fn new(peers: Vec<Peer>, timeout: Duration) -> Self {
         RemoteBackend {
-            peer,
+            peers,
             timeout,
             idle: RefCell::new(Vec::new()),
         }
     }
 
-    /// An idle client, or a new one connected to the peer.
+    /// An idle client, or a new one connected through the first peer that answers.
     async fn client(&self) -> Result<Client, String> {
         if let Some(client) = self.idle.borrow_mut().pop() {
             return Ok(client);
         }
-        let client = Client::connect(self.peer.addr, self.timeout)
+        let mut failures = Vec::new();
+        for peer in &self.peers {
+            match self.connect(peer).await {
+                Ok(client) => return Ok(client),
+                Err(why) => failures.push(why),
+            }
+        }
+        Err(format!(
+            "no member of --peers answers: {}",
+            failures.join("; ")
+        ))
+    }
+
+    /// A client introduced by `peer`, checked against `--peers`: the node there must be the
+    /// one named, and its member list must be the one given.
+    async fn connect(&self, peer: &Peer) -> Result<Client, String> {
+        let client = Client::connect(peer.addr, self.timeout)
             .await
-            .map_err(|e| format!("node {} at {}: {e}", self.peer.id, self.peer.addr))?;
+            .map_err(|e| format!("node {} at {}: {e}", peer.id, peer.addr))?;
         let id = client.topology().node_id;
-        if id != self.peer.id {
+        if id != peer.id {
             return Err(format!(
                 "--peers names node {} at {}, but the node there is node {id}",
-                self.peer.id, self.peer.addr
+                peer.id, peer.addr
+            ));
+        }
+        let mut theirs: Vec<u32> = client.members().iter().map(|m| m.0).collect();
+        let mut ours: Vec<u32> = self.peers.iter().map(|p| p.id).collect();
+        theirs.sort_unstable();
+        ours.sort_unstable();
+        if theirs != ours {
+            return Err(format!(
+                "node {id} at {} has the members {theirs:?}, but --peers names {ours:?}",
+                peer.addr
             ));
         }
         Ok(client)
@@ -61,16 +88,43 @@ impl RemoteBackend {
             Ok(client) => client,
             Err(why) => return vec![unavailable(&why); n],
         };
-        match run_on(&mut client, ops).await {
+        match client.execute_many(ops).await {
             Ok(results) => {
                 self.idle.borrow_mut().push(client);
                 results
             }
             Err(e) => {
-                let why = format!("node {} at {}: {e}", self.peer.id, self.peer.addr);
-                vec![unavailable(&why); n]
+                // The client dropped the failed connection; the others stay usable.
+                self.idle.borrow_mut().push(client);
+                vec![unavailable(&e.to_string()); n]
             }
         }
+    }
+
+    async fn topology(&self) -> Result<KvTopologyResponse, Error> {
+        let unavailable = |message: String| Error::Op {
+            status: WireStatus::Unavailable,
+            message,
+        };
+        let mut client = self.client().await.map_err(unavailable)?;
+        let map = client.map().await.map_err(|e| unavailable(e.to_string()))?;
+        let nodes = client
+            .members()
+            .into_iter()
+            .zip(map.topologies())
+            .map(|((id, addr), t)| KvNode {
+                id,
+                host: addr.ip().to_string(),
+                wire_port: u32::from(addr.port()),
+                shard_ports: t.shard_ports.clone(),
+                shard_hash: t.shard_hash.clone(),
+            })
+            .collect();
+        self.idle.borrow_mut().push(client);
+        Ok(KvTopologyResponse {
+            ring_version: RING_VERSION,
+            nodes,
+        })
     }
 }
 
@@ -80,69 +134,8 @@ impl Backend for RemoteBackend {
     }
 
     fn topology(&self) -> LocalFuture<'_, Result<KvTopologyResponse, Error>> {
-        Box::pin(async move {
-            let client = self.client().await.map_err(|why| Error::Op {
-                status: WireStatus::Unavailable,
-                message: why,
-            })?;
-            let t = client.topology();
-            let node = KvNode {
-                id: t.node_id,
-                host: self.peer.addr.ip().to_string(),
-                wire_port: u32::from(self.peer.addr.port()),
-                shard_ports: t.shard_ports.clone(),
-                shard_hash: t.shard_hash.clone(),
-            };
-            self.idle.borrow_mut().push(client);
-            Ok(KvTopologyResponse {
-                ring_version: RING_VERSION,
-                nodes: vec![node],
-            })
-        })
+        Box::pin(self.topology())
     }
-}
-
-/// Runs `ops` on their owning shards: one pipelined request per shard, results in op order.
-async fn run_on(client: &mut Client, ops: Vec<Op>) -> Result<Vec<OpResult>, ClientError> {
-    let shards = client.topology().shards as usize;
-    // (shard, indices into the results, ops), in order of first appearance.
-    let mut groups: Vec<(usize, Vec<usize>, Vec<Op>)> = Vec::new();
-    for (i, op) in ops.into_iter().enumerate() {
-        let shard = kvmesh_net::shard_for(&op.key, shards);
-        match groups.iter_mut().find(|(s, _, _)| *s == shard) {
-            Some((_, idx, ops)) => {
-                idx.push(i);
-                ops.push(op);
-            }
-            None => groups.push((shard, vec![i], vec![op])),
-        }
-    }
-    let mut ids = Vec::with_capacity(groups.len());
-    for (shard, _, ops) in &mut groups {
-        let conn = client.shard(*shard).await?;
-        ids.push(conn.queue(std::mem::take(ops)));
-        conn.flush().await?;
-    }
-    let mut results = vec![OpResult::default(); groups.iter().map(|g| g.1.len()).sum()];
-    for ((shard, idx, _), id) in groups.into_iter().zip(ids) {
-        let conn = client.shard(shard).await?;
-        let response = conn.recv().await?;
-        if response.id != id || response.results.len() != idx.len() {
-            return Err(ClientError::Protocol {
-                addr: conn.addr(),
-                what: format!(
-                    "asked request {id} with {} ops, got request {} with {} results",
-                    idx.len(),
-                    response.id,
-                    response.results.len()
-                ),
-            });
-        }
-        for (i, result) in idx.into_iter().zip(response.results) {
-            results[i] = result;
-        }
-    }
-    Ok(results)
 }
 
 fn unavailable(why: &str) -> OpResult {

@@ -87,6 +87,7 @@ pub fn op(code: OpCode, key: Vec<u8>, value: Vec<u8>, ttl_ms: u64) -> Op {
         key,
         value,
         ttl_ms,
+        ..Op::default()
     }
 }
 

@@ -51,7 +51,8 @@ pub fn status(e: &Error) -> Status {
             | WireStatus::UnknownOperation
             | WireStatus::MalformedFrame
             | WireStatus::FrameTooLarge
-            | WireStatus::Internal => Code::Internal,
+            | WireStatus::Internal
+            | WireStatus::Refused => Code::Internal,
         },
         Error::NegativeTtl(_) => Code::InvalidArgument,
         Error::NotUtf8 { .. } => Code::FailedPrecondition,

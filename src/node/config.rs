@@ -25,7 +25,8 @@ pub struct NodeConfig {
     pub max_value_len: usize,
     /// Largest wire frame accepted, in bytes (the length prefix is checked before allocating).
     pub max_frame: usize,
-    /// How long a shard waits for another shard to answer a forwarded request.
+    /// How long a shard waits for another shard, or another node, to answer a forwarded request
+    /// (and, for another node, to accept a connection): the timeout of each hop.
     pub forward_timeout: Duration,
     /// The gRPC address served by every shard (SO_REUSEPORT spreads connections).
     pub grpc: SocketAddr,
@@ -43,6 +44,9 @@ pub struct NodeConfig {
     pub max_connections: Option<usize>,
     /// Client connections idle longer than this are closed; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// The cluster this node belongs to: its name, this node's id and advertised address, and
+    /// every member (`--cluster`, `--peers`, `--advertise`). A node alone is a 1-member cluster.
+    pub cluster: crate::cluster::Membership,
 }
 
 impl NodeConfig {
@@ -161,6 +165,20 @@ impl NodeConfig {
                 ));
             }
         }
+        if self.cluster.is_multi_node() && self.durability.is_none() {
+            problems.push(format!(
+                "a node in a cluster of more than one (--peers lists {} members) needs --data-dir: \
+                 an in-memory node that restarted empty would answer \"not found\" for keys it \
+                 had acknowledged. Pure in-memory mode is for single nodes",
+                self.cluster.members.len()
+            ));
+        }
+        if self.cluster.me != self.node_id {
+            problems.push(format!(
+                "this node's id is {}, but the cluster configuration says {}",
+                self.node_id, self.cluster.me
+            ));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -249,6 +267,7 @@ mod tests {
             metrics: None,
             max_connections: None,
             idle_timeout: None,
+            cluster: crate::cluster::Membership::single(1, "127.0.0.1:7000".parse().unwrap()),
         }
     }
 
@@ -318,6 +337,23 @@ mod tests {
         assert_eq!(err.lines().count(), 4, "{err}");
         c = config();
         c.metrics = Some("127.0.0.1:9100".parse().unwrap());
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_cluster_of_more_than_one_needs_a_data_dir() {
+        let mut c = config();
+        let members = vec![(1, c.listen), (2, "127.0.0.1:7100".parse().unwrap())];
+        c.cluster = crate::cluster::Membership::new("c", 1, c.listen, members).unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("needs --data-dir"), "{err}");
+        assert!(err.contains("lists 2 members"), "{err}");
+        c.durability = Some(Durability {
+            data_dir: "/tmp/x".into(),
+            wal: kvmesh_wal::Config::default(),
+            snapshot_factor: crate::node::durable::DEFAULT_SNAPSHOT_FACTOR,
+        });
+        c.max_value_len = 1 << 20;
         assert_eq!(c.validate(), Ok(()));
     }
 

@@ -49,9 +49,10 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             match frame::decode::<Request>(&buf[pos..end], max_frame) {
                 Ok(Some((request, used))) => {
                     pos += used;
-                    let running = dispatch::start(&ctx, request.ops).await;
+                    let Request { id, ops, forwarded } = request;
+                    let running = dispatch::start_from(&ctx, ops, forwarded).await;
                     unsent += running.reply_bytes();
-                    started.push((request.id, running));
+                    started.push((id, running));
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -1,5 +1,6 @@
 //! Executes a batch of ops arriving at one shard, whatever the front-end: the ops this shard
-//! owns run here, the rest go to their owners over the mesh, batched per owner.
+//! owns run here, the rest go to their owners, batched per owner: over the mesh to another
+//! shard of this node, or over a peer connection (`cluster::peers`) to another node.
 //!
 //! It runs in two steps, so a connection can start every request it has buffered before it
 //! waits for any: [`start`] executes the local ops (their writes are applied and logged at
@@ -10,10 +11,12 @@ use std::time::Instant;
 
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 
+use crate::cluster::peers::Sent;
+
 use super::durable;
 use super::mesh::Pending;
 use super::reply;
-use super::router::{route, Rejection, Route};
+use super::router::{route_in_cluster, Rejection, Route};
 use super::server::ShardCtx;
 
 /// Runs `ops` and returns one result per op, in order. Never fails as a whole: an op that could
@@ -34,16 +37,26 @@ pub struct Started {
     /// For the latency histograms: when it started, and its ops by kind.
     began: Instant,
     kinds: [u32; crate::metrics::latency::KINDS.len()],
+    /// Per peer shard of another node: the indices its answers fill, and the request.
+    nodes: Vec<(Vec<usize>, Sent)>,
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
 pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
+    start_from(ctx, ops, false).await
+}
+
+/// [`start`] for a request that another node `forwarded`: its ops are served by this node,
+/// never sent to another (see `router::route_in_cluster`).
+pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Started {
     let began = Instant::now();
     let mut kinds = [0u32; crate::metrics::latency::KINDS.len()];
     for op in &ops {
         kinds[crate::metrics::latency::kind(op.code)] += 1;
     }
     let now = super::now_ms();
+    let membership = ctx.peers.membership();
+    let mut for_nodes: Vec<(u32, Vec<(usize, Op)>)> = Vec::new();
     let mut results = vec![OpResult::default(); ops.len()];
     let mut waits = Vec::new();
     let mut snapshots = Vec::new();
@@ -52,12 +65,32 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
     {
         let mut shard = ctx.shard.borrow_mut();
         for (i, op) in ops.into_iter().enumerate() {
-            match route(&op, ctx.me, ctx.config.shards, ctx.config.max_key_len) {
+            let route = route_in_cluster(
+                &op,
+                membership.ring(),
+                membership.me,
+                forwarded,
+                ctx.me,
+                ctx.config.shards,
+                ctx.config.max_key_len,
+            );
+            if forwarded {
+                shard.counters.node_forwarded_in += 1;
+            }
+            match route {
                 Route::Here if op.code == OpCode::OpSnapshot as i32 => snapshots.push(i),
                 Route::Local | Route::Here => {
                     let executed = shard.execute(&op, now);
                     results[i] = executed.result;
                     waits.extend(executed.wait.map(|seq| (i, seq)));
+                }
+                Route::Hello => results[i] = ctx.peers.answer_hello(op.hello.as_ref()),
+                Route::Remote(node) => {
+                    shard.counters.node_forwarded_out += 1;
+                    match for_nodes.iter_mut().find(|(n, _)| *n == node) {
+                        Some((_, ops)) => ops.push((i, op)),
+                        None => for_nodes.push((node, vec![(i, op)])),
+                    }
                 }
                 Route::Reject(rejection) => {
                     if matches!(rejection, Rejection::UnknownOperation(_)) {
@@ -83,6 +116,10 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
     for (owner, idx, ops) in remote {
         sent.push((idx, ctx.mesh.send(owner, ops, now).await));
     }
+    let mut nodes = Vec::new();
+    for (node, ops) in for_nodes {
+        nodes.extend(ctx.peers.send(node, ops).await);
+    }
     Started {
         results,
         waits,
@@ -90,6 +127,7 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
         snapshots,
         began,
         kinds,
+        nodes,
     }
 }
 
@@ -110,6 +148,7 @@ impl Started {
             snapshots,
             began,
             kinds,
+            nodes,
         } = self;
         for i in snapshots {
             results[i] = match &ctx.snapshots {
@@ -145,6 +184,20 @@ impl Started {
                 Err(e) => {
                     for i in idx {
                         results[i] = reply::forward_error(&e);
+                    }
+                }
+            }
+        }
+        for (idx, sent) in nodes {
+            match ctx.peers.wait(sent).await {
+                Ok(answers) => {
+                    for (i, answer) in idx.into_iter().zip(answers) {
+                        results[i] = answer;
+                    }
+                }
+                Err(e) => {
+                    for i in idx {
+                        results[i] = reply::peer_error(&e);
                     }
                 }
             }

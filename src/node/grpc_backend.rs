@@ -26,18 +26,31 @@ impl Backend for NodeBackend {
     }
 
     fn topology(&self) -> LocalFuture<'_, Result<KvTopologyResponse, Error>> {
-        let config = &self.0.config;
-        let node = KvNode {
-            id: config.node_id,
-            host: config.listen.ip().to_string(),
-            wire_port: u32::from(config.listen.port()),
-            shard_ports: config.shard_ports(),
-            shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
-        };
-        Box::pin(std::future::ready(Ok(KvTopologyResponse {
-            ring_version: RING_VERSION,
-            nodes: vec![node],
-        })))
+        Box::pin(async move {
+            let ctx = &self.0;
+            let membership = ctx.peers.membership();
+            let mut nodes = Vec::with_capacity(membership.members.len());
+            for &(id, addr) in &membership.members {
+                let shard_ports = if id == membership.me {
+                    ctx.config.shard_ports()
+                } else {
+                    // A member this node cannot reach now is listed without its shard ports.
+                    let ports = ctx.peers.shard_ports_of(id).await.unwrap_or_default();
+                    ports.into_iter().map(u32::from).collect()
+                };
+                nodes.push(KvNode {
+                    id,
+                    host: addr.ip().to_string(),
+                    wire_port: u32::from(addr.port()),
+                    shard_ports,
+                    shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
+                });
+            }
+            Ok(KvTopologyResponse {
+                ring_version: RING_VERSION,
+                nodes,
+            })
+        })
     }
 
     fn count_protocol_error(&self) {

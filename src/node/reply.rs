@@ -75,6 +75,16 @@ pub enum ForwardError {
     Busy { shard: usize, ms: u128 },
 }
 
+/// Ops for another node that got no answer (see `cluster::peers`).
+pub fn peer_error(e: &crate::cluster::PeerError) -> OpResult {
+    use crate::cluster::PeerError;
+    let code = match e {
+        PeerError::Timeout { .. } => Status::Timeout,
+        PeerError::Unreachable { .. } | PeerError::Refused(_) => Status::Unavailable,
+    };
+    status(code, e.to_string())
+}
+
 pub fn forward_error(e: &ForwardError) -> OpResult {
     let code = match e {
         ForwardError::Timeout { .. } => Status::Timeout,

@@ -1,5 +1,9 @@
 //! Where an op runs: a pure decision, so it can be tested without executors or sockets.
+//!
+//! In a cluster the ring decides first (which node owns the key), then the shard hash (which
+//! shard of that node): [`route_in_cluster`].
 
+use kvmesh_net::ring::{NodeId, Ring};
 use kvmesh_proto::wire::{Op, OpCode};
 
 /// The decision for one op arriving at shard `me`.
@@ -11,6 +15,10 @@ pub enum Route {
     Forward(usize),
     /// About this shard itself (stats, topology): answered here, never forwarded.
     Here,
+    /// A keyed op owned by another node of the cluster.
+    Remote(NodeId),
+    /// A peer's handshake: answered here, never forwarded.
+    Hello,
     /// Refused before it reaches any store.
     Reject(Rejection),
 }
@@ -31,6 +39,7 @@ pub fn route(op: &Op, me: usize, nr_shards: usize, max_key_len: usize) -> Route 
     };
     match code {
         OpCode::OpStats | OpCode::OpTopology | OpCode::OpSnapshot => Route::Here,
+        OpCode::OpHello => Route::Hello,
         OpCode::OpGet | OpCode::OpPut | OpCode::OpRemove | OpCode::OpTouch | OpCode::OpTtl => {
             if op.key.len() > max_key_len {
                 return Route::Reject(Rejection::KeyTooLarge {
@@ -44,6 +53,31 @@ pub fn route(op: &Op, me: usize, nr_shards: usize, max_key_len: usize) -> Route 
             }
         }
         OpCode::OpUnspecified => unreachable!("handled above"),
+    }
+}
+
+/// Routes `op` arriving at shard `me` (of `nr_shards`) of node `node`, in the cluster `ring`:
+/// a keyed op whose owner on the ring is another node goes there, unless it was `forwarded`
+/// by a node already, which makes this node serve it as owner (so two nodes that disagree
+/// about the ring cannot bounce it between them). Everything else routes as [`route`].
+pub fn route_in_cluster(
+    op: &Op,
+    ring: &Ring,
+    node: NodeId,
+    forwarded: bool,
+    me: usize,
+    nr_shards: usize,
+    max_key_len: usize,
+) -> Route {
+    let here = route(op, me, nr_shards, max_key_len);
+    match here {
+        Route::Local | Route::Forward(_) if !forwarded && ring.nodes().len() > 1 => {
+            match ring.owner(&op.key) {
+                owner if owner != node => Route::Remote(owner),
+                _ => here,
+            }
+        }
+        _ => here,
     }
 }
 
@@ -88,5 +122,43 @@ mod tests {
         for (op, me, want) in cases {
             assert_eq!(route(&op, me, 2, 8), want, "{op:?} at shard {me}");
         }
+    }
+
+    #[test]
+    fn ring_first_then_shard() {
+        // On the ring over nodes 1, 2, 3 with 4 vnodes each, "user:42" belongs to node 2 and
+        // "a" to node 3 (kvmesh-net's ring test vectors); "user:42" is shard 1's of 2.
+        let ring = Ring::with_hasher(&[1, 2, 3], 4, kvmesh_net::ring::RingHash).unwrap();
+        let get = |key: &[u8]| op(OpCode::OpGet as i32, key);
+        let at =
+            |node, forwarded, me, op: &Op| route_in_cluster(op, &ring, node, forwarded, me, 2, 8);
+        assert_eq!(at(1, false, 0, &get(b"user:42")), Route::Remote(2));
+        assert_eq!(at(3, false, 1, &get(b"user:42")), Route::Remote(2));
+        assert_eq!(at(2, false, 0, &get(b"user:42")), Route::Forward(1));
+        assert_eq!(at(2, false, 1, &get(b"user:42")), Route::Local);
+        assert_eq!(at(1, false, 0, &get(b"a")), Route::Remote(3));
+        // A forwarded op is served by whichever node receives it, never sent on.
+        assert_eq!(at(1, true, 0, &get(b"user:42")), Route::Forward(1));
+        assert_eq!(at(1, true, 1, &get(b"user:42")), Route::Local);
+        // Not keyed: never leaves the shard.
+        assert_eq!(
+            at(1, false, 0, &op(OpCode::OpHello as i32, b"")),
+            Route::Hello
+        );
+        assert_eq!(
+            at(1, false, 0, &op(OpCode::OpStats as i32, b"a")),
+            Route::Here
+        );
+        // Rejections come before the ring.
+        assert_eq!(
+            at(1, false, 0, &op(OpCode::OpGet as i32, &[b'x'; 9])),
+            Route::Reject(Rejection::KeyTooLarge { len: 9, max: 8 })
+        );
+        // One node: the ring is not consulted.
+        let one = Ring::new(&[1]).unwrap();
+        assert_eq!(
+            route_in_cluster(&get(b"user:42"), &one, 1, false, 0, 2, 8),
+            Route::Forward(1)
+        );
     }
 }

@@ -43,6 +43,8 @@ pub struct ShardCtx {
     pub snapshots: Option<Rc<durable::Snapshots>>,
     /// Latencies and connection limits, for `/metrics` (see `crate::metrics`).
     pub metrics: RefCell<crate::metrics::ShardMetrics>,
+    /// Connections to the other nodes of the cluster.
+    pub peers: Rc<crate::cluster::Peers>,
 }
 
 impl ShardCtx {
@@ -132,6 +134,11 @@ pub async fn run_shard(
     };
     let shard = Rc::new(RefCell::new(shard));
     let mesh = Mesh::new(senders, config.forward_timeout);
+    let peers = crate::cluster::Peers::new(
+        config.cluster.clone(),
+        &topology(&config, me),
+        config.forward_timeout,
+    );
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone());
     let ctx = Rc::new(ShardCtx {
         me,
@@ -142,6 +149,7 @@ pub async fn run_shard(
         health,
         snapshots: snapshots.clone(),
         metrics: RefCell::default(),
+        peers: peers.clone(),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
@@ -162,6 +170,9 @@ pub async fn run_shard(
     front.attach(Rc::new(NodeBackend(ctx.clone())));
     ctx.health.set_serving();
     let _ = ready.send(Ok(()));
+    // One shard introduces the node to its peers at start, so a misconfigured peer is reported
+    // at once, not at the first request for its keys.
+    let _probe = (me == 0).then(|| glommio::spawn_local(peers.probe()));
 
     stop.requested().await;
     let since = Instant::now();
@@ -206,6 +217,8 @@ fn topology(config: &NodeConfig, me: usize) -> Topology {
         shard: me as u32,
         shard_ports: config.shard_ports(),
         shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
+        cluster: config.cluster.cluster.clone(),
+        members: config.cluster.wire_members(),
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Counters {
     pub connections_accepted: u64,
     pub connections_open: u64,
     pub protocol_errors: u64,
+    pub node_forwarded_out: u64,
+    pub node_forwarded_in: u64,
 }
 
 /// What one shard owns: its store, its clock, its counters and, when durable, its log.
@@ -114,7 +116,7 @@ impl Shard {
             Ok(OpCode::OpSnapshot) => {
                 reply::status(Status::Internal, "snapshot not dispatched").into()
             }
-            Ok(OpCode::OpUnspecified) | Err(_) => {
+            Ok(OpCode::OpUnspecified | OpCode::OpHello) | Err(_) => {
                 self.counters.protocol_errors += 1;
                 reply::unknown_operation(op.code).into()
             }
@@ -343,6 +345,8 @@ impl Shard {
             wal_failed: u64::from(self.log.as_ref().is_some_and(|l| l.failure().is_some())),
             wal_write_us: wal.write_micros,
             wal_sync_us: wal.sync_micros,
+            node_forwarded_out: c.node_forwarded_out,
+            node_forwarded_in: c.node_forwarded_in,
         }
     }
 }

@@ -44,9 +44,16 @@ pub fn raise_memlock() -> Result<(), String> {
 /// glommio's listeners always set SO_REUSEPORT, which would let a second node silently share
 /// ports with a running one and split its traffic. A plain bind, without SO_REUSEPORT, fails on
 /// a port that anyone holds, so it is tried first for every port the node needs.
+///
+/// A port that only connections of a previous run still hold (TIME_WAIT: a node that was
+/// killed closed its peers' connections first) fails that bind too, but nothing listens on it,
+/// and glommio's SO_REUSEPORT bind succeeds there; so a refused connection clears the port.
 pub fn check_ports_free(addrs: &[(SocketAddr, String)]) -> Result<(), String> {
     for (addr, role) in addrs {
         if let Err(e) = TcpListener::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse && nothing_listens(*addr) {
+                continue;
+            }
             return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
                 format!(
                     "{addr} ({role}) is already in use, perhaps by another kvmesh node; \
@@ -59,6 +66,18 @@ pub fn check_ports_free(addrs: &[(SocketAddr, String)]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// True when a connection to `addr` is refused: no listener holds it.
+fn nothing_listens(addr: SocketAddr) -> bool {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    matches!(
+        std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_millis(500)),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// The cores this process may run on: the online cores within its affinity mask, so `taskset`

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cluster;
+pub mod python;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -102,12 +105,18 @@ impl Node {
     /// Starts a node with `shards` shards on a fresh port block (wire port, shard ports, gRPC
     /// port), plus `extra` flags, and waits until it reports ready.
     pub fn start(shards: usize, extra: &[&str]) -> Node {
-        let ports = PortBlock::reserve(shards as u16 + 2);
+        let mut node = Node::spawn(PortBlock::reserve(shards as u16 + 2), shards, extra);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts a node on `ports` (a block of `shards + 2`) without waiting for it.
+    pub fn spawn(ports: PortBlock, shards: usize, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("node.log");
         let addr = ports.addr();
         let child = spawn_node(addr, shards, extra, &log);
-        let mut node = Node {
+        Node {
             addr,
             grpc: grpc_addr(addr, shards),
             shards,
@@ -115,14 +124,25 @@ impl Node {
             log,
             _dir: dir,
             _ports: ports,
-        };
+        }
+    }
+
+    /// Waits until the node reports ready; panics with its log if it exits first.
+    pub fn wait_ready(&mut self) {
         wait_for("the node to be ready", || {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("node exited during start ({status}):\n{}", node.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node exited during start ({status}):\n{}", self.log());
             }
-            node.log().contains(" ready: ").then_some(())
+            self.log().contains(" ready: ").then_some(())
         });
-        node
+    }
+
+    /// Kills the node (SIGKILL) if it runs, and starts it again on the same ports with
+    /// `extra` flags, without waiting for it. Its log starts afresh.
+    pub fn respawn(&mut self, extra: &[&str]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_node(self.addr, self.shards, extra, &self.log);
     }
 
     pub fn log(&self) -> String {
@@ -276,7 +296,14 @@ impl WireClient {
         let id = self.next_id;
         self.next_id += 1;
         let mut bytes = Vec::new();
-        frame::encode(&Request { id, ops }, &mut bytes);
+        frame::encode(
+            &Request {
+                id,
+                ops,
+                ..Request::default()
+            },
+            &mut bytes,
+        );
         self.send_raw(&bytes);
         let response = self.recv().expect("node closed the connection");
         assert_eq!(response.id, id);
@@ -313,19 +340,18 @@ impl Gateway {
     /// Starts a gateway on a fresh port, forwarding to node `id` at wire address `node`, and
     /// waits until it reports ready.
     pub fn start(id: u32, node: SocketAddr, extra: &[&str]) -> Gateway {
+        Gateway::start_peers(&format!("{id}={node}"), extra)
+    }
+
+    /// Starts a gateway on a fresh port in front of the members `peers` (ID=HOST:PORT,...).
+    pub fn start_peers(peers: &str, extra: &[&str]) -> Gateway {
         let ports = PortBlock::reserve(1);
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("gateway.log");
         let log_file = File::create(&log).expect("create gateway log");
         let grpc = ports.addr();
         let child = Command::new(bin())
-            .args([
-                "gateway",
-                "--grpc",
-                &grpc.to_string(),
-                "--peers",
-                &format!("{id}={node}"),
-            ])
+            .args(["gateway", "--grpc", &grpc.to_string(), "--peers", peers])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log"))

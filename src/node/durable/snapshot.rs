@@ -204,8 +204,8 @@ impl Snapshots {
                 continue;
             }
             match self.take(&shard).await {
-                Ok(t) => eprintln!(
-                    "kvmesh: shard {}: snapshot {} ({} entries, {} bytes) in {} ms; removed {} \
+                Ok(t) => tracing::info!(
+                    "shard {}: snapshot {} ({} entries, {} bytes) in {} ms; removed {} \
                      segment(s)",
                     self.me,
                     t.written.file,
@@ -215,7 +215,7 @@ impl Snapshots {
                     t.released.segments.len()
                 ),
                 Err(e) => {
-                    eprintln!("kvmesh: {e}; retrying in 10s");
+                    tracing::warn!("{e}; retrying in 10s");
                     glommio::timer::sleep(Duration::from_secs(10)).await;
                 }
             }

@@ -1,0 +1,14 @@
+//! The cluster: which node owns a key, who the members are, and the connections between them.
+//!
+//! - [`membership`]: the static member list (`--peers`) and the handshake's checks (pure);
+//! - [`peers`]: one shard's persistent, pipelined connections to the other nodes (glommio I/O);
+//! - [`local`]: `kvmesh cluster`, a local cluster of node processes on loopback ports.
+//!
+//! The routing decision itself (ring owner first, then shard) is `node::router`, pure.
+
+pub mod local;
+pub mod membership;
+pub mod peers;
+
+pub use membership::Membership;
+pub use peers::{PeerError, Peers};

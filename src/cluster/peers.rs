@@ -1,0 +1,380 @@
+//! One shard's connections to the other nodes of the cluster: the I/O half of forwarding.
+//!
+//! Each shard keeps, per peer node, at most one persistent connection per peer shard, opened on
+//! first use and shared by every request of this shard ([`kvmesh_net::mux::Mux`]: pipelined,
+//! replies matched by id). Every connection starts with a handshake (`OP_HELLO`): the peer's
+//! cluster name, id, address and member list must match this node's, and it tells this shard
+//! the peer's shard ports. A connection that fails is replaced by the next request that needs
+//! it; after a failed connect or a refusal, requests to that peer fail at once for
+//! [`RETRY_AFTER`], so a dead peer costs no connect storm. Every hop is bounded by the
+//! node's `--forward-timeout`.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use glommio::sync::Semaphore;
+use kvmesh_net::mux::{Mux, Reply};
+use kvmesh_net::ring::NodeId;
+use kvmesh_net::{shard_for, ClientError, Connection};
+use kvmesh_proto::wire::{Hello, Op, OpCode, OpResult, Status, Topology};
+
+use super::membership::Membership;
+
+/// How long requests to a peer fail fast after connecting to it failed.
+pub const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// How long the start-up probe keeps trying to reach a peer that is not up yet.
+const PROBE_FOR: Duration = Duration::from_secs(60);
+
+/// Why ops for another node got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    #[error("node {node} ({addr}) did not answer within {ms} ms")]
+    Timeout {
+        node: NodeId,
+        addr: SocketAddr,
+        ms: u128,
+    },
+    #[error("node {node} ({addr}) is not reachable: {why}")]
+    Unreachable {
+        node: NodeId,
+        addr: SocketAddr,
+        why: String,
+    },
+    /// The handshake failed: one side refused the other, saying why.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// This shard's links to every other member.
+pub struct Peers {
+    membership: Rc<Membership>,
+    hello: Hello,
+    timeout: Duration,
+    links: Vec<Link>,
+}
+
+struct Link {
+    id: NodeId,
+    addr: SocketAddr,
+    /// Held while a connection to this peer is being opened, so concurrent requests open one.
+    opening: Semaphore,
+    state: RefCell<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// The peer's shard ports, from its handshake.
+    shard_ports: Option<Vec<u16>>,
+    conns: Vec<Option<Rc<Mux>>>,
+    /// After a failure: fail fast until then, with this error.
+    backoff: Option<(Instant, PeerError)>,
+}
+
+/// Ops sent to one peer shard, waiting for their answers.
+pub struct Sent {
+    node: NodeId,
+    addr: SocketAddr,
+    reply: Result<Reply, PeerError>,
+}
+
+impl Peers {
+    pub fn new(membership: Membership, topology: &Topology, timeout: Duration) -> Rc<Self> {
+        let hello = membership.hello(topology);
+        let links = membership
+            .peers()
+            .map(|(id, addr)| Link {
+                id,
+                addr,
+                opening: Semaphore::new(1),
+                state: RefCell::new(LinkState::default()),
+            })
+            .collect();
+        Rc::new(Self {
+            membership: Rc::new(membership),
+            hello,
+            timeout,
+            links,
+        })
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Answers a peer's handshake: this node's own hello, or `STATUS_REFUSED` and why (also
+    /// logged, so both sides' operators see it).
+    pub fn answer_hello(&self, theirs: Option<&Hello>) -> OpResult {
+        let checked = match theirs {
+            Some(hello) => self.membership.check_hello(hello, None),
+            None => Err("a handshake without a hello".to_string()),
+        };
+        match checked {
+            Ok(()) => OpResult {
+                hello: Some(self.hello.clone()),
+                ..OpResult::default()
+            },
+            Err(why) => {
+                tracing::warn!("refused a peer's handshake: {why}");
+                OpResult {
+                    status: Status::Refused as i32,
+                    message: format!("node {} refused the handshake: {why}", self.membership.me),
+                    ..OpResult::default()
+                }
+            }
+        }
+    }
+
+    /// Sends `ops`, all owned by node `node`, to their owning shards there, one request per
+    /// peer shard. Returns, per request, the indices (as given) its results fill.
+    pub async fn send(&self, node: NodeId, ops: Vec<(usize, Op)>) -> Vec<(Vec<usize>, Sent)> {
+        let Some(link) = self.links.iter().find(|l| l.id == node) else {
+            let why = format!("node {node} is not a peer of this node");
+            let idx = ops.into_iter().map(|(i, _)| i).collect();
+            return vec![(idx, self.failed(node, None, PeerError::Refused(why)))];
+        };
+        let ports = match self.shard_ports(link).await {
+            Ok(ports) => ports,
+            Err(e) => {
+                let idx = ops.into_iter().map(|(i, _)| i).collect();
+                return vec![(idx, self.failed(node, Some(link.addr), e))];
+            }
+        };
+        // (peer shard, indices, ops)
+        let mut groups: Vec<(usize, Vec<usize>, Vec<Op>)> = Vec::new();
+        for (i, op) in ops {
+            let shard = shard_for(&op.key, ports.len());
+            match groups.iter_mut().find(|g| g.0 == shard) {
+                Some(g) => {
+                    g.1.push(i);
+                    g.2.push(op);
+                }
+                None => groups.push((shard, vec![i], vec![op])),
+            }
+        }
+        let mut sent = Vec::with_capacity(groups.len());
+        for (shard, idx, ops) in groups {
+            let addr = SocketAddr::new(link.addr.ip(), ports[shard]);
+            let reply = match self.conn(link, shard, addr).await {
+                Ok(mux) => mux.send(ops, true).map_err(|e| unreachable(node, addr, &e)),
+                Err(e) => Err(e),
+            };
+            sent.push((idx, Sent { node, addr, reply }));
+        }
+        sent
+    }
+
+    /// Waits for the answers to `sent`, at most the forward timeout.
+    pub async fn wait(&self, sent: Sent) -> Result<Vec<OpResult>, PeerError> {
+        let Sent { node, addr, reply } = sent;
+        match reply?.wait(self.timeout).await {
+            Ok(results) => Ok(results),
+            Err(ClientError::Timeout(_)) => Err(PeerError::Timeout {
+                node,
+                addr,
+                ms: self.timeout.as_millis(),
+            }),
+            Err(e) => Err(unreachable(node, addr, &e)),
+        }
+    }
+
+    /// Handshakes with every peer once, in the background, logging who answered and who
+    /// refused; a peer that is not up yet is retried for a while.
+    pub async fn probe(self: Rc<Self>) {
+        let start = Instant::now();
+        for link in &self.links {
+            loop {
+                match self.shard_ports(link).await {
+                    Ok(ports) => {
+                        tracing::info!(
+                            "peer node {} at {}: handshake ok, {} shard(s)",
+                            link.id,
+                            link.addr,
+                            ports.len()
+                        );
+                        break;
+                    }
+                    // Logged where it was found out.
+                    Err(PeerError::Refused(_)) => break,
+                    Err(_) if start.elapsed() > PROBE_FOR => {
+                        tracing::warn!(
+                            "peer node {} at {} did not answer within {PROBE_FOR:?} of \
+                             start; requests for its keys will try again",
+                            link.id,
+                            link.addr
+                        );
+                        break;
+                    }
+                    Err(_) => glommio::timer::sleep(RETRY_AFTER).await,
+                }
+            }
+        }
+    }
+
+    fn failed(&self, node: NodeId, addr: Option<SocketAddr>, e: PeerError) -> Sent {
+        Sent {
+            node,
+            addr: addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            reply: Err(e),
+        }
+    }
+
+    /// Peer `node`'s shard ports, from a handshake the first time; `None` when it is not a
+    /// peer or cannot be reached now.
+    pub async fn shard_ports_of(&self, node: NodeId) -> Option<Vec<u16>> {
+        let link = self.links.iter().find(|l| l.id == node)?;
+        self.shard_ports(link).await.ok()
+    }
+
+    /// The peer's shard ports, from a handshake on its wire port the first time.
+    async fn shard_ports(&self, link: &Link) -> Result<Vec<u16>, PeerError> {
+        if let Some(ports) = link.state.borrow().shard_ports.clone() {
+            return Ok(ports);
+        }
+        let _opening = self.open_permit(link).await?;
+        if let Some(ports) = link.state.borrow().shard_ports.clone() {
+            return Ok(ports);
+        }
+        self.fail_fast(link)?;
+        match self.handshake(link, link.addr).await {
+            Ok((_conn, theirs)) => {
+                let ports: Vec<u16> = theirs.shard_ports.iter().map(|&p| p as u16).collect();
+                let mut state = link.state.borrow_mut();
+                state.conns = (0..ports.len()).map(|_| None).collect();
+                state.shard_ports = Some(ports.clone());
+                Ok(ports)
+            }
+            Err(e) => Err(self.backoff(link, e)),
+        }
+    }
+
+    /// The open connection to peer shard `shard` at `addr`, opened (with a handshake) if there
+    /// is none or it failed.
+    async fn conn(
+        &self,
+        link: &Link,
+        shard: usize,
+        addr: SocketAddr,
+    ) -> Result<Rc<Mux>, PeerError> {
+        let open = |state: &LinkState| {
+            state
+                .conns
+                .get(shard)
+                .and_then(Option::as_ref)
+                .filter(|m| !m.is_closed())
+                .cloned()
+        };
+        if let Some(mux) = open(&link.state.borrow()) {
+            return Ok(mux);
+        }
+        let _opening = self.open_permit(link).await?;
+        if let Some(mux) = open(&link.state.borrow()) {
+            return Ok(mux);
+        }
+        self.fail_fast(link)?;
+        let (conn, theirs) = self.handshake(link, addr).await.map_err(|e| {
+            // Learn the ports afresh next time: the peer may have come back with others.
+            link.state.borrow_mut().shard_ports = None;
+            self.backoff(link, e)
+        })?;
+        let mux = Rc::new(Mux::new(conn).map_err(|e| unreachable(link.id, addr, &e))?);
+        let mut state = link.state.borrow_mut();
+        let ports: Vec<u16> = theirs.shard_ports.iter().map(|&p| p as u16).collect();
+        if state.shard_ports.as_ref() != Some(&ports) {
+            // The peer restarted with other shards: route by what it says now. An op already
+            // sent to the wrong shard is still served there (the peer passes it on inside).
+            state.conns = (0..ports.len()).map(|_| None).collect();
+            state.shard_ports = Some(ports);
+        }
+        if shard < state.conns.len() {
+            state.conns[shard] = Some(mux.clone());
+        }
+        Ok(mux)
+    }
+
+    async fn open_permit<'a>(
+        &self,
+        link: &'a Link,
+    ) -> Result<glommio::sync::Permit<'a>, PeerError> {
+        link.opening
+            .acquire_permit(1)
+            .await
+            .map_err(|e| PeerError::Unreachable {
+                node: link.id,
+                addr: link.addr,
+                why: e.to_string(),
+            })
+    }
+
+    fn fail_fast(&self, link: &Link) -> Result<(), PeerError> {
+        match &link.state.borrow().backoff {
+            Some((until, e)) if Instant::now() < *until => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    fn backoff(&self, link: &Link, e: PeerError) -> PeerError {
+        let mut state = link.state.borrow_mut();
+        let repeated =
+            matches!(&state.backoff, Some((_, last)) if last.to_string() == e.to_string());
+        if matches!(e, PeerError::Refused(_)) && !repeated {
+            tracing::error!("{e}");
+        }
+        state.backoff = Some((Instant::now() + RETRY_AFTER, e.clone()));
+        e
+    }
+
+    /// Connects to `addr` (a wire port of `link`'s node) and exchanges hellos.
+    async fn handshake(
+        &self,
+        link: &Link,
+        addr: SocketAddr,
+    ) -> Result<(Connection, Hello), PeerError> {
+        let (node, timeout) = (link.id, self.timeout);
+        let unreachable_ = |e: ClientError| unreachable(node, addr, &e);
+        let mut conn = Connection::connect(addr, timeout)
+            .await
+            .map_err(unreachable_)?;
+        let op = Op {
+            code: OpCode::OpHello as i32,
+            hello: Some(self.hello.clone()),
+            ..Op::default()
+        };
+        let result = conn
+            .call(vec![op])
+            .await
+            .map_err(unreachable_)?
+            .pop()
+            .unwrap_or_default();
+        match result.status() {
+            Status::Ok => {}
+            Status::Refused => return Err(PeerError::Refused(result.message)),
+            other => {
+                return Err(PeerError::Unreachable {
+                    node,
+                    addr,
+                    why: format!("handshake answered {other:?}: {}", result.message),
+                })
+            }
+        }
+        let theirs = result.hello.unwrap_or_default();
+        self.membership
+            .check_hello(&theirs, Some(node))
+            .map_err(|why| {
+                PeerError::Refused(format!(
+                    "node {} refused node {node} at {addr}: {why}",
+                    self.membership.me
+                ))
+            })?;
+        Ok((conn, theirs))
+    }
+}
+
+fn unreachable(node: NodeId, addr: SocketAddr, e: &ClientError) -> PeerError {
+    PeerError::Unreachable {
+        node,
+        addr,
+        why: e.to_string(),
+    }
+}
