@@ -2,65 +2,27 @@
 //! clients generate them) against a real node and against a `kvmesh gateway` in front of it;
 //! and the health check of a node that is still recovering its log.
 //!
-//! The suite runs in a venv at `target/pyenv`, which `tests/python/ensure_venv.sh` creates the
-//! first time (pip installs `tests/python/requirements.txt`) and reuses afterwards; concurrent
-//! callers take turns on a lock file. pytest's whole output is shown when it fails.
+//! The suite runs in the venv of `common::python` (created the first time, reused afterwards).
+//! pytest's whole output is shown when it fails.
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::python::pytest;
 use common::{Gateway, Node};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `target/pyenv`, or the same place under `CARGO_TARGET_DIR`.
-fn venv() -> PathBuf {
-    let target_tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    target_tmp.parent().expect("target dir").join("pyenv")
-}
-
-fn ensure_venv() -> PathBuf {
-    let venv = venv();
-    let out = Command::new("bash")
-        .arg(repo().join("tests/python/ensure_venv.sh"))
-        .arg(&venv)
-        .output()
-        .expect("run tests/python/ensure_venv.sh");
-    assert!(
-        out.status.success(),
-        "could not create the Python venv at {}:\n{}\n{}",
-        venv.display(),
-        common::stdout(&out),
-        common::stderr(&out)
-    );
-    venv
-}
-
-fn pytest(venv: &Path) -> Command {
-    let mut command = Command::new(venv.join("bin/python"));
-    command
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .current_dir(repo());
-    command
-}
 
 #[test]
 fn python_grpc_suite_on_a_node_and_a_gateway() {
-    let venv = ensure_venv();
     let node = Node::start(2, &["--id", "42"]);
     let gateway = Gateway::start(42, node.addr, &[]);
-    let out = pytest(&venv)
-        .arg("tests/python")
-        .env("KVMESH_GRPC_ADDR", node.grpc.to_string())
-        .env("KVMESH_GATEWAY_ADDR", gateway.grpc.to_string())
-        .env("KVMESH_WIRE_ADDR", node.addr.to_string())
-        .env("KVMESH_SHARDS", node.shards.to_string())
-        .output()
-        .expect("run pytest");
+    let out = pytest(
+        "tests/python",
+        &[
+            ("KVMESH_GRPC_ADDR", node.grpc.to_string()),
+            ("KVMESH_GATEWAY_ADDR", gateway.grpc.to_string()),
+            ("KVMESH_WIRE_ADDR", node.addr.to_string()),
+            ("KVMESH_SHARDS", node.shards.to_string()),
+        ],
+    );
     let report = format!(
         "pytest:\n{}\n{}\nnode log:\n{}\ngateway log:\n{}",
         common::stdout(&out),
@@ -77,7 +39,6 @@ fn python_grpc_suite_on_a_node_and_a_gateway() {
 
 #[test]
 fn health_is_not_serving_during_recovery_then_serving() {
-    let venv = ensure_venv();
     let data = tempfile::tempdir().expect("temp dir");
     let data_dir = data.path().join("node");
     let data_arg = data_dir.to_str().expect("utf-8 temp path");
@@ -98,17 +59,18 @@ fn health_is_not_serving_during_recovery_then_serving() {
         &log,
         &[("KVMESH_TEST_HOLD_RECOVERY_UNTIL", release.as_os_str())],
     );
-    let out = pytest(&venv)
-        .arg("tests/python/test_recovery_health.py")
-        .env(
-            "KVMESH_RECOVERING_GRPC_ADDR",
-            common::grpc_addr(ports.addr(), 1).to_string(),
-        )
-        .env("KVMESH_RECOVERY_RELEASE", &release)
-        .env("KVMESH_RECOVERED_KEY", key)
-        .env("KVMESH_RECOVERED_VALUE", value)
-        .output()
-        .expect("run pytest");
+    let out = pytest(
+        "tests/python/test_recovery_health.py",
+        &[
+            (
+                "KVMESH_RECOVERING_GRPC_ADDR",
+                common::grpc_addr(ports.addr(), 1).to_string(),
+            ),
+            ("KVMESH_RECOVERY_RELEASE", release.display().to_string()),
+            ("KVMESH_RECOVERED_KEY", key.to_string()),
+            ("KVMESH_RECOVERED_VALUE", value.to_string()),
+        ],
+    );
     let _ = node.kill();
     let _ = node.wait();
     let report = format!(

@@ -7,7 +7,6 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -151,22 +150,6 @@ fn a_client_that_never_reads_leaves_memory_bounded() {
     drop(slow);
 }
 
-/// `tests/grpc_python.rs`'s venv (grpcio), created on first use.
-fn python() -> std::path::PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("pyenv");
-    let out = Command::new("bash")
-        .arg(repo.join("tests/python/ensure_venv.sh"))
-        .arg(&venv)
-        .output()
-        .expect("run tests/python/ensure_venv.sh");
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    venv.join("bin/python")
-}
-
 /// Two gRPC connections to a one-shard node with `--max-connections 1`: the second one's call
 /// gets RESOURCE_EXHAUSTED, the first is still served.
 const GRPC_REFUSAL: &str = r#"
@@ -189,7 +172,7 @@ print("again", *get(first))
 
 #[test]
 fn grpc_connections_over_the_limit_get_resource_exhausted() {
-    let python = python();
+    let python = common::python::python();
     let node = Node::start(1, &["--max-connections", "1"]);
     let out = Command::new(python)
         .args(["-c", GRPC_REFUSAL, &node.grpc.to_string()])
