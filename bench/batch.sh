@@ -13,43 +13,10 @@
 # stopped when it exits, however it exits.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 BATCH=${BATCH:-100}
-WORK=$(mktemp -d -t kvmesh-batch.XXXXXX)
-PIDS=()
-
-log() { echo "batch.sh: $*" >&2; }
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# wait_ready LOG PID TEXT: waits until LOG contains TEXT.
-wait_ready() {
-    for _ in $(seq 200); do
-        grep -q "$3" "$1" && return 0
-        if ! kill -0 "$2" 2>/dev/null; then
-            log "exited before it was ready:"; cat "$1" >&2; exit 1
-        fi
-        sleep 0.1
-    done
-    log "not ready after 20 s:"; cat "$1" >&2; exit 1
-}
 
 # run LABEL ADDR PID BATCH READ_RATIO CONNECTIONS PIPELINE: one run, its JSON report appended to
 # results.jsonl; PID is the process whose CPU time per key is reported (the node, or the gateway).
@@ -69,29 +36,17 @@ run() {
     log "$label batch $batch read-ratio $ratio ${conns}x$pipeline -> $(grep -E '^throughput:' "$WORK/run.out" | tr -s ' ')"
 }
 
-log "building kvmesh and kvmesh-bench (release)"
-cargo build --release -q -p kvmesh -p kvmesh-bench
-BENCH=target/release/kvmesh-bench
-KVMESH=target/release/kvmesh
-if [ "$(nproc)" -lt 2 ]; then
-    log "needs at least 2 cores (node on core 0, client and gateway on core 1); this machine has $(nproc)"
-    exit 1
-fi
+bench_init batch
 
-port=$("$BENCH" free-port --count 4)
-WIRE_ADDR=127.0.0.1:$port
-NODE_GRPC=127.0.0.1:$((port + 2))
-GATEWAY_GRPC=127.0.0.1:$((port + 3))
-"$KVMESH" node --id 1 --listen "$WIRE_ADDR" --shards 1 --cpus 0 --max-memory 2GiB \
-    --grpc "$NODE_GRPC" >"$WORK/node.log" 2>&1 &
-NODE_PID=$!
-PIDS+=("$NODE_PID")
-wait_ready "$WORK/node.log" "$NODE_PID" " ready: "
-taskset -c 1 "$KVMESH" gateway --grpc "$GATEWAY_GRPC" --peers "1=$WIRE_ADDR" --threads 1 \
+start_kvmesh 1 0 --id 1
+NODE_PID=$SERVER_PID
+NODE_GRPC=$GRPC_ADDR
+GATEWAY_GRPC=127.0.0.1:$("$BENCH" free-port)
+taskset -c 1 "$KVMESH" gateway --grpc "$GATEWAY_GRPC" --peers "1=$SERVER_ADDR" --threads 1 \
     >"$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
-PIDS+=("$GATEWAY_PID")
-wait_ready "$WORK/gateway.log" "$GATEWAY_PID" "gateway ready"
+track "$GATEWAY_PID"
+wait_for_log "$GATEWAY_PID" "$WORK/gateway.log" "gateway ready"
 
 for path in node gateway; do
     addr=$NODE_GRPC pid=$NODE_PID
@@ -104,8 +59,8 @@ done
 
 echo "## kvmesh gRPC batches, $(date -u +%Y-%m-%d)"
 echo
-echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)."
-echo "kvmesh: $(git describe --always --dirty 2>/dev/null || echo "no commit yet") (in-memory, no --data-dir)."
+machine_line
+echo "kvmesh: $(kvmesh_version) (in-memory, no --data-dir)."
 echo "Command: \`bench/batch.sh\` (DURATION=$DURATION, WARMUP=$WARMUP per run). 100,000 keys, 100-byte values, closed loop, 2 connections."
 echo "Node: 1 shard on core 0. Client: core 1. Gateway (1 thread): core 1, sharing it with the client."
 echo "keys/s counts every key of a batch. CPU us/key: user+system time over the measured phase per key,"

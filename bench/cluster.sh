@@ -16,36 +16,20 @@
 # Everything it starts is stopped when it exits, however it exits.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
-WORK=$(mktemp -d -t kvmesh-cluster.XXXXXX)
-PIDS=()
+NODES=()
 
-log() { echo "cluster.sh: $*" >&2; }
-
+# stop_cluster: stops both nodes.
 stop_cluster() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
+    local pid
+    for pid in "${NODES[@]}"; do stop_server "$pid"; done
+    NODES=()
 }
 
-cleanup() {
-    stop_cluster
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start_cluster: two fresh nodes on free ports; sets PIDS, NODE1 and NODE2 (wire addresses).
+# start_cluster: two fresh nodes on free ports; sets NODES, NODE1 and NODE2 (wire addresses).
 start_cluster() {
     local base peers i port
     base=$("$BENCH" free-port --count 6)
@@ -58,17 +42,11 @@ start_cluster() {
         "$KVMESH" node --id "$i" --listen "127.0.0.1:$port" --grpc "127.0.0.1:$((port + 2))" \
             --shards 1 --cpus 0 --max-memory 2GiB --peers "$peers" --cluster bench \
             --data-dir "$WORK/data/node-$i" --fsync never >"$WORK/node-$i.log" 2>&1 &
-        PIDS+=($!)
+        NODES+=($!)
+        track "$!"
     done
     for i in 1 2; do
-        for _ in $(seq 300); do
-            grep -q " ready: " "$WORK/node-$i.log" && break
-            if ! kill -0 "${PIDS[$((i - 1))]}" 2>/dev/null; then
-                log "node $i exited before it was ready:"; cat "$WORK/node-$i.log" >&2; exit 1
-            fi
-            sleep 0.1
-        done
-        grep -q " ready: " "$WORK/node-$i.log" || { log "node $i was not ready after 30 s"; exit 1; }
+        wait_for_log "${NODES[$((i - 1))]}" "$WORK/node-$i.log" " ready: "
     done
 }
 
@@ -79,7 +57,7 @@ run() {
     [ "$route" = "via node 1" ] && extra=(--via-addr)
     start_cluster
     if ! "$BENCH" --target kvmesh --addr "$NODE1" "${extra[@]}" --label "$route" \
-        --server-pid "${PIDS[0]}" --also-server-pid "${PIDS[1]}" --cpus 1 --connections "$conns" \
+        --server-pid "${NODES[0]}" --also-server-pid "${NODES[1]}" --cpus 1 --connections "$conns" \
         --pipeline "$pipeline" --keys 100000 --value-size 100 --read-ratio 0.9 \
         --duration "$DURATION" --warmup "$WARMUP" --json >"$WORK/run.out" 2>"$WORK/run.err"; then
         log "kvmesh-bench failed:"; cat "$WORK/run.err" "$WORK/run.out" >&2; exit 1
@@ -98,14 +76,7 @@ EOF
     stop_cluster
 }
 
-log "building kvmesh and kvmesh-bench (release)"
-cargo build --release -q -p kvmesh -p kvmesh-bench
-BENCH=target/release/kvmesh-bench
-KVMESH=target/release/kvmesh
-if [ "$(nproc)" -lt 2 ]; then
-    log "needs at least 2 cores (nodes on core 0, client on core 1); this machine has $(nproc)"
-    exit 1
-fi
+bench_init cluster
 
 # Two connections with one request in flight each: the hop's latency, with little queueing.
 # Then 50 connections at pipeline 1 and 16: its cost in throughput and server CPU. Direct and
@@ -123,8 +94,8 @@ done
 
 echo "## kvmesh, one hop between nodes, $(date -u +%Y-%m-%d)"
 echo
-echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)."
-echo "kvmesh: $(git describe --always --dirty 2>/dev/null || echo "no commit yet")."
+machine_line
+echo "kvmesh: $(kvmesh_version)."
 echo "Command: \`bench/cluster.sh\` (ROUNDS=$ROUNDS, DURATION=$DURATION, WARMUP=$WARMUP per run; medians of the rounds, ops/s range in brackets). 2 nodes of 1 shard, both on core 0, --fsync never; client on core 1."
 echo "100,000 keys, 100-byte values, 90% GET, closed loop. CPU us/req: both nodes' user+system time per request."
 echo
