@@ -151,6 +151,9 @@ fn load_generator_through_a_cluster() {
             "0",
             "--read-ratio",
             "0.5",
+            // A busy machine must not turn a slow reply into an error.
+            "--timeout",
+            "10s",
             "--json",
         ];
         if via {
