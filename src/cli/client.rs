@@ -115,7 +115,7 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<i32> {
                 stats_table(node_id, &shards)
             )
         };
-        println!("{text}");
+        writeln!(std::io::stdout().lock(), "{text}")?;
         Ok(0)
     })
 }

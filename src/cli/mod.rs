@@ -75,9 +75,19 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`kvmesh stats | head`): what it wanted was written.
+        Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
             eprintln!("kvmesh: error: {e:#}");
             2
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,6 +1,7 @@
 //! `kvmesh snapshot`: asks every shard of a node to write a snapshot now, and prints what
 //! each wrote.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -43,7 +44,9 @@ pub fn run(args: SnapshotArgs) -> anyhow::Result<i32> {
                 bail!("shard {shard} sent an empty reply");
             };
             match (result.status(), result.snapshot) {
-                (Status::Ok, Some(info)) => println!("{}", describe(&info)),
+                (Status::Ok, Some(info)) => {
+                    writeln!(std::io::stdout().lock(), "{}", describe(&info))?
+                }
                 (status, _) => {
                     failed += 1;
                     eprintln!("kvmesh: shard {shard}: {status:?}: {}", result.message);
