@@ -384,3 +384,62 @@ fn kvmesh_cluster_starts_nodes_that_serve_and_stops_them_on_sigint() {
     }
     assert!(err.contains("kvmesh: cluster stopped"), "{err}");
 }
+
+#[test]
+fn peer_connections_are_not_refused_by_max_connections() {
+    // Node 2 takes one client connection (one shard); a client holds it.
+    let mut cluster = Cluster::start_with(2, 1, |id| {
+        if id == 2 {
+            vec!["--max-connections".into(), "1".into()]
+        } else {
+            Vec::new()
+        }
+    });
+    let ring = Ring::new(&[1, 2]).unwrap();
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("owned-by-2-{i}"))
+        .filter(|k| ring.owner(k.as_bytes()) == 2)
+        .take(20)
+        .collect();
+    // Until its hello is read, a peer's new connection counts like a client's: let node 1's
+    // connection to node 2 say hello before the client takes the slot.
+    wait_for("node 1's handshake with node 2", || {
+        cluster.nodes[0]
+            .log()
+            .contains("handshake ok")
+            .then_some(())
+    });
+    let mut held = WireClient::connect(cluster.nodes[1].shard_addr(0));
+    held.put(b"held", b"v");
+    let mut extra = WireClient::connect(cluster.nodes[1].shard_addr(0));
+    let refusal = extra.recv().expect("a refusal frame");
+    assert_eq!(refusal.error(), Status::Busy, "{}", refusal.message);
+
+    // Restarted, node 1 opens new connections to node 2 while the client holds node 2's only
+    // slot: they are a peer's, so node 2 serves them, and node 1 forwards node 2's keys.
+    cluster.restart(1);
+    let mut client = WireClient::connect(cluster.nodes[0].addr);
+    for key in &keys {
+        let result = client
+            .call(vec![op(
+                OpCode::OpPut,
+                key.as_bytes(),
+                b"through node 1",
+                0,
+            )])
+            .remove(0);
+        assert_eq!(
+            result.status(),
+            Status::Ok,
+            "{}\n{}",
+            result.message,
+            cluster.logs()
+        );
+    }
+    for key in &keys {
+        assert_eq!(
+            held.get(key.as_bytes()).as_deref(),
+            Some(&b"through node 1"[..])
+        );
+    }
+}

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kvmesh_net::frame::{self, PREFIX_LEN};
-use kvmesh_proto::wire::{Request, Response};
+use kvmesh_proto::wire::{OpCode, Request, Response};
 
 use super::dispatch;
 use super::limits;
@@ -21,21 +21,50 @@ use super::server::ShardCtx;
 
 const READ_BUF: usize = 64 * 1024;
 
+/// Reads into `buf` until it holds a whole frame, the peer stops sending, or
+/// [`limits::PEER_GRACE`] passes; returns how many bytes it holds.
+async fn first_bytes(stream: &mut TcpStream, buf: &mut [u8], max_frame: usize) -> usize {
+    let mut end = 0;
+    let _ = glommio::timer::timeout(limits::PEER_GRACE, async {
+        while end < buf.len()
+            && !matches!(
+                frame::decode::<Request>(&buf[..end], max_frame),
+                Ok(Some(_)) | Err(_)
+            )
+        {
+            match stream.read(&mut buf[end..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => end += n,
+            }
+        }
+        Ok(())
+    })
+    .await;
+    end
+}
+
 /// Serves one accepted connection until the peer closes it or sends something unacceptable.
 pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
-    let _open = ctx.connection_opened();
+    let mut open = Some(ctx.connection_opened());
     // Small replies must not wait for Nagle.
     let _ = stream.set_nodelay(true);
-    if let Some(why) = limits::refuse(&ctx) {
-        let mut out = Vec::new();
-        frame::encode(&limits::refusal_frame(why), &mut out);
-        let _ = stream.write_all(&out).await;
-        let _ = stream.close().await;
-        return;
-    }
     let max_frame = ctx.config.max_frame;
     let mut buf = vec![0u8; READ_BUF];
     let (mut pos, mut end) = (0usize, 0usize);
+    if limits::over_share(&ctx) {
+        // Connections between nodes are not counted, so a flood of clients cannot cut the
+        // cluster apart: a peer's connection starts with its hello.
+        end = first_bytes(&mut stream, &mut buf, max_frame).await;
+        if limits::starts_with_hello(&buf[..end], max_frame) {
+            open = None;
+        } else {
+            let mut out = Vec::new();
+            frame::encode(&limits::refusal_frame(limits::refusal(&ctx)), &mut out);
+            let _ = stream.write_all(&out).await;
+            let _ = stream.close().await;
+            return;
+        }
+    }
     let mut out = Vec::with_capacity(READ_BUF);
     let mut started = Vec::new();
     loop {
@@ -50,6 +79,14 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
                 Ok(Some((request, used))) => {
                     pos += used;
                     let Request { id, ops, forwarded } = request;
+                    if open.is_some()
+                        && ops
+                            .first()
+                            .is_some_and(|op| op.code == OpCode::OpHello as i32)
+                    {
+                        // A peer node's connection: not a client's, so not counted.
+                        open = None;
+                    }
                     let running = dispatch::start_from(&ctx, ops, forwarded).await;
                     unsent += running.reply_bytes();
                     started.push((id, running));
