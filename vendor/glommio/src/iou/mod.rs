@@ -92,6 +92,10 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// Completions are not signalled to a running task with an IPI; they are picked up
+        /// at its next transition to the kernel (Linux 5.19). kvmesh patch, see
+        /// `vendor/README.md`.
+        const COOP_TASKRUN = 1 << 8;
     }
 }
 

@@ -895,6 +895,26 @@ struct SleepableRing {
     in_kernel: usize,
 }
 
+/// kvmesh patch (see `vendor/README.md`): the main and latency rings are set up with
+/// `IORING_SETUP_COOP_TASKRUN`, so a completion (a socket poll, a timer) that arrives while
+/// this thread runs is not signalled to it with an inter-processor interrupt, which in a
+/// virtual machine is a VM exit on both sides; the thread runs it at its next system call or
+/// interrupt instead. Kernels older than 5.19 reject the flag: the ring is then set up
+/// without it. `GLOMMIO_NO_COOP_TASKRUN=1` in the environment turns the patch off, for A/B
+/// measurements.
+fn new_sleepable_ring(size: usize) -> io::Result<iou::IoUring> {
+    if std::env::var_os("GLOMMIO_NO_COOP_TASKRUN").is_none() {
+        if let Ok(ring) = iou::IoUring::new_with_flags(
+            size as _,
+            iou::SetupFlags::COOP_TASKRUN,
+            iou::SetupFeatures::empty(),
+        ) {
+            return Ok(ring);
+        }
+    }
+    iou::IoUring::new(size as _)
+}
+
 impl SleepableRing {
     fn new(
         size: usize,
@@ -904,7 +924,7 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring: new_sleepable_ring(size)?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
