@@ -3,7 +3,10 @@
 #
 #   bench/ab.sh BASE_BINARY NEW_BINARY [node flags for both...]
 #   ROUNDS=5 DURATION=10s bench/ab.sh /tmp/kvmesh-main target/release/kvmesh --metrics 127.0.0.1:9100
+#   BASE_ENV=GLOMMIO_NO_COOP_TASKRUN=1 bench/ab.sh target/release/kvmesh target/release/kvmesh
 #
+# BASE_ENV and NEW_ENV (space-separated VAR=value words, empty by default) are set for that
+# side's node and client, so one binary can be compared with a switch off and on.
 # Each round runs, against each binary in turn, a fresh node with 1 shard pinned to core 0
 # (no --data-dir) and kvmesh-bench pinned to core 1: 50 connections, 100k keys, 100-byte values,
 # GET and SET at pipeline 1, GET at pipeline 16. It logs every run, then prints a table per
@@ -13,7 +16,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,11p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,15p "$0" >&2; exit 2; }
 BASE=$(realpath "$1") NEW=$(realpath "$2")
 shift 2
 ROUNDS=${ROUNDS:-3}
@@ -35,9 +38,12 @@ log() { echo "ab: $*" >&2; }
 # run LABEL BINARY ROUND: one node, the three workloads, results appended to
 # $WORK/round-ROUND.jsonl.
 run() {
-    local label=$1 binary=$2 round=$3 port
+    local label=$1 binary=$2 round=$3 port vars
     port=$("$BENCH" free-port --count 3)
-    taskset -c 0 "$binary" node --listen "127.0.0.1:$port" --shards 1 --cpus 0 \
+    vars=${BASE_ENV:-}
+    [ "$label" = new ] && vars=${NEW_ENV:-}
+    # shellcheck disable=SC2086 # VAR=value words
+    env $vars taskset -c 0 "$binary" node --listen "127.0.0.1:$port" --shards 1 --cpus 0 \
         --grpc "127.0.0.1:$((port + 2))" "${NODE_FLAGS[@]}" >"$WORK/node.log" 2>&1 &
     PID=$!
     for _ in $(seq 200); do
@@ -47,7 +53,8 @@ run() {
     done
     for workload in "1 1" "0 1" "1 16"; do
         set -- $workload
-        "$BENCH" --target kvmesh --addr "127.0.0.1:$port" --server-pid "$PID" --label "$label" \
+        # shellcheck disable=SC2086
+        env $vars "$BENCH" --target kvmesh --addr "127.0.0.1:$port" --server-pid "$PID" --label "$label" \
             --cpus 1 --json --connections 50 --keys 100000 --value-size 100 --read-ratio "$1" \
             --pipeline "$2" --duration "$DURATION" --warmup "$WARMUP" >"$WORK/run.out"
         tail -n 1 "$WORK/run.out" >>"$WORK/round-$round.jsonl"
@@ -63,7 +70,7 @@ for round in $(seq "$ROUNDS"); do
     run base "$BASE" "$round"
     run new "$NEW" "$round"
 done
-echo "base: $BASE; new: $NEW; node flags: ${NODE_FLAGS[*]:-(none)}; $ROUNDS rounds of $DURATION."
+echo "base: $BASE ${BASE_ENV:-}; new: $NEW ${NEW_ENV:-}; node flags: ${NODE_FLAGS[*]:-(none)}; $ROUNDS rounds of $DURATION."
 for round in $(seq "$ROUNDS"); do
     "$BENCH" table --title "round $round" "$WORK/round-$round.jsonl"
 done
