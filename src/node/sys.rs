@@ -51,7 +51,7 @@ pub fn raise_memlock() -> Result<(), String> {
 pub fn check_ports_free(addrs: &[(SocketAddr, String)]) -> Result<(), String> {
     for (addr, role) in addrs {
         if let Err(e) = TcpListener::bind(addr) {
-            if e.kind() == std::io::ErrorKind::AddrInUse && nothing_listens(*addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse && released_soon(*addr) {
                 continue;
             }
             return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -66,6 +66,24 @@ pub fn check_ports_free(addrs: &[(SocketAddr, String)]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// How long a port may take to be released by a process that is exiting: a killed node's
+/// listeners stay open until the kernel has torn down its io_uring, a moment after it died.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// True when nothing listens on `addr`, now or within [`RELEASE_WAIT`].
+fn released_soon(addr: SocketAddr) -> bool {
+    let give_up = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        if nothing_listens(addr) {
+            return true;
+        }
+        if std::time::Instant::now() >= give_up {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// True when a connection to `addr` is refused: no listener holds it.
