@@ -242,7 +242,7 @@ pub fn op(code: OpCode, key: &[u8], value: &[u8], ttl_ms: u64) -> Op {
         key: key.to_vec(),
         value: value.to_vec(),
         ttl_ms,
-        hello: None,
+        ..Op::default()
     }
 }
 

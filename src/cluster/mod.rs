@@ -2,13 +2,17 @@
 //!
 //! - [`membership`]: the static member list (`--peers`) and the handshake's checks (pure);
 //! - [`peers`]: one shard's persistent, pipelined connections to the other nodes (glommio I/O);
-//! - [`local`]: `kvmesh cluster`, a local cluster of node processes on loopback ports.
+//! - [`local`]: `kvmesh cluster`, a local cluster of node processes on loopback ports;
+//! - [`replication`]: owners, acknowledgement counts and when a write is done (pure);
+//! - [`hints`]: hinted handoff's bounded queue of writes an owner missed (pure).
 //!
 //! The routing decision itself (ring owner first, then shard) is `node::router`, pure.
 
+pub mod hints;
 pub mod local;
 pub mod membership;
 pub mod peers;
+pub mod replication;
 
 pub use membership::Membership;
 pub use peers::{PeerError, Peers};

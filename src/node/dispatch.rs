@@ -15,8 +15,9 @@ use crate::cluster::peers::Sent;
 
 use super::durable;
 use super::mesh::Pending;
+use super::replicate;
 use super::reply;
-use super::router::{route_in_cluster, Rejection, Route};
+use super::router::{route_in_cluster, Place, Rejection, Route};
 use super::server::ShardCtx;
 
 /// Runs `ops` and returns one result per op, in order. Never fails as a whole: an op that could
@@ -39,6 +40,8 @@ pub struct Started {
     kinds: [u32; crate::metrics::latency::KINDS.len()],
     /// Per peer shard of another node: the indices its answers fill, and the request.
     nodes: Vec<(Vec<usize>, Sent)>,
+    /// Writes this node coordinates: sent to the keys' other owners in `finish`.
+    replicate: replicate::Plan,
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
@@ -62,13 +65,20 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     let mut snapshots = Vec::new();
     // (owning shard, indices into `results`, ops) for ops this shard does not own.
     let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
+    let mut plan = replicate::Plan::default();
+    let live = |node| ctx.peers.is_live(node);
+    let place = Place {
+        ring: membership.ring(),
+        node: membership.me,
+        replicas: ctx.config.replication.replicas,
+        live: &live,
+    };
     {
         let mut shard = ctx.shard.borrow_mut();
         for (i, op) in ops.into_iter().enumerate() {
             let route = route_in_cluster(
                 &op,
-                membership.ring(),
-                membership.me,
+                &place,
                 forwarded,
                 ctx.me,
                 ctx.config.shards,
@@ -82,6 +92,12 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                 Route::Local | Route::Here => {
                     let executed = shard.execute(&op, now);
                     results[i] = executed.result;
+                    if let Some(stats) = results[i].stats.as_mut() {
+                        replicate::annotate(ctx, stats);
+                    }
+                    if route == Route::Local {
+                        plan.note(ctx, i, &op);
+                    }
                     waits.extend(executed.wait.map(|seq| (i, seq)));
                 }
                 Route::Hello => results[i] = ctx.peers.answer_hello(op.hello.as_ref()),
@@ -100,6 +116,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                 }
                 Route::Forward(owner) => {
                     shard.counters.forwarded_out += 1;
+                    plan.note(ctx, i, &op);
                     match remote.iter_mut().find(|(s, _, _)| *s == owner) {
                         Some((_, idx, ops)) => {
                             idx.push(i);
@@ -128,6 +145,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
         began,
         kinds,
         nodes,
+        replicate: plan,
     }
 }
 
@@ -149,6 +167,7 @@ impl Started {
             began,
             kinds,
             nodes,
+            replicate,
         } = self;
         for i in snapshots {
             results[i] = match &ctx.snapshots {
@@ -202,6 +221,7 @@ impl Started {
                 }
             }
         }
+        replicate::complete(ctx, replicate, &mut results).await;
         ctx.metrics
             .borrow_mut()
             .latency

@@ -1,0 +1,259 @@
+//! End to end: replication across real `kvmesh node` processes on loopback ports. Quorum
+//! writes keep going when a node is killed with SIGKILL, reads keep working, the node that
+//! comes back converges through hinted handoff (removes included) and alone answers every
+//! acknowledged write; a 2-node cluster blocks quorum writes with one node down while
+//! `--write-ack one` keeps writing; concurrent writers to one key converge on every replica;
+//! a replica's acknowledgement survives its SIGKILL.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{op, stderr, stdout, wait_for, WireClient};
+use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
+
+/// The documented failure-detection time with the default flags (README, "Replication").
+const DETECTION: Duration = Duration::from_secs(5);
+
+/// Node `id`'s own copy of `key`: `(status, value, version)`, read on its owning shard.
+fn replica_get(cluster: &Cluster, id: usize, key: &[u8]) -> (Status, Vec<u8>, (u64, u32)) {
+    let node = &cluster.nodes[id - 1];
+    let shard = kvmesh_net::shard_for(key, node.shards);
+    let mut c = WireClient::connect(node.shard_addr(shard));
+    let read = Op {
+        replica: true,
+        ..op(OpCode::OpGet, key, b"", 0)
+    };
+    let r = c.call(vec![read]).remove(0);
+    (r.status(), r.value, (r.version_hlc, r.version_node))
+}
+
+fn put(client: &mut WireClient, key: &[u8], value: &[u8]) -> OpResult {
+    client
+        .call(vec![op(OpCode::OpPut, key, value, 0)])
+        .remove(0)
+}
+
+fn hints_queued(cluster: &Cluster, id: usize) -> (u64, u64) {
+    let stats = cluster.nodes[id - 1].stats();
+    (
+        stats.iter().map(|s| s.hints_queued).sum(),
+        stats.iter().map(|s| s.hints_delivered).sum(),
+    )
+}
+
+#[test]
+fn quorum_writes_survive_a_killed_node_which_converges_through_hints() {
+    let mut cluster = Cluster::start(3, 2, &[]);
+    // Keys removed while node 3 is down must stay removed once it is back.
+    let mut seed = WireClient::connect(cluster.nodes[0].addr);
+    for j in 0..20 {
+        let r = put(&mut seed, format!("gone-{j}").as_bytes(), b"soon removed");
+        assert_eq!(r.status(), Status::Ok, "{}", r.message);
+    }
+
+    // One writer through node 1: per key, the last acknowledged value and the values of
+    // later writes that failed (a failed write may still have been applied somewhere).
+    type Seen = HashMap<String, (Option<String>, Vec<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let failures: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (seen, failures, acked, stop) =
+            (seen.clone(), failures.clone(), acked.clone(), stop.clone());
+        let addr = cluster.nodes[0].addr;
+        std::thread::spawn(move || {
+            let mut client = WireClient::connect(addr);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (key, value) = (format!("k{}", i % 500), format!("v{i}"));
+                let r = put(&mut client, key.as_bytes(), value.as_bytes());
+                let mut seen = seen.lock().unwrap();
+                let entry = seen.entry(key).or_default();
+                if r.status() == Status::Ok {
+                    *entry = (Some(value), Vec::new());
+                    acked.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    entry.1.push(value);
+                    failures.lock().unwrap().push((Instant::now(), r.message));
+                }
+                i += 1;
+            }
+        })
+    };
+    let acked_now = || acked.load(Ordering::Relaxed);
+    wait_for("writes before the kill", || {
+        (acked_now() >= 300).then_some(())
+    });
+    cluster.kill(3);
+    let killed = Instant::now();
+    // Removes and reads through node 1 while node 3 is down.
+    let mut reader = WireClient::connect(cluster.nodes[0].addr);
+    for j in 0..20 {
+        let r = reader.call(vec![op(
+            OpCode::OpRemove,
+            format!("gone-{j}").as_bytes(),
+            b"",
+            0,
+        )]);
+        assert_eq!(r[0].status(), Status::Ok, "{}", r[0].message);
+    }
+    let before = acked_now();
+    wait_for("writes after the kill, past the detection time", || {
+        (killed.elapsed() > DETECTION + Duration::from_secs(1) && acked_now() >= before + 500)
+            .then_some(())
+    });
+    for i in 0..50 {
+        let key = format!("k{i}");
+        let got = reader.get(key.as_bytes());
+        assert!(got.is_some(), "{key} through node 1 with node 3 down");
+    }
+    // Node 3 comes back: first its own log, then its hints.
+    cluster.restart(3);
+    let resumed = acked_now();
+    wait_for("writes after node 3 is back", || {
+        (acked_now() >= resumed + 200).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    let late: Vec<(Instant, String)> = failures
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, _)| at.duration_since(killed) > DETECTION)
+        .cloned()
+        .collect();
+    assert!(late.is_empty(), "writes failed after detection: {late:?}");
+    wait_for("node 1 to deliver every hint to node 3", || {
+        let (queued, delivered) = hints_queued(&cluster, 1);
+        (queued == 0 && delivered > 0).then_some(())
+    });
+
+    // Node 3 alone answers every acknowledged write with its latest value.
+    cluster.kill(1);
+    cluster.kill(2);
+    let mut alone = WireClient::connect(cluster.nodes[2].addr);
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() >= 400, "only {} keys written", seen.len());
+    for (key, (last_acked, failed)) in seen.iter() {
+        let got = alone
+            .get(key.as_bytes())
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let ok =
+            got.as_ref() == last_acked.as_ref() || got.as_ref().is_some_and(|v| failed.contains(v));
+        assert!(
+            ok,
+            "{key}: node 3 alone answers {got:?}, last acknowledged {last_acked:?}\n{}",
+            cluster.logs()
+        );
+    }
+    for j in 0..20 {
+        let key = format!("gone-{j}");
+        assert_eq!(alone.get(key.as_bytes()), None, "{key} came back on node 3");
+    }
+}
+
+#[test]
+fn two_nodes_with_quorum_refuse_writes_with_one_down_and_write_ack_one_keeps_writing() {
+    let mut quorum = Cluster::start(2, 1, &[]);
+    let mut client = WireClient::connect(quorum.nodes[0].addr);
+    assert_eq!(put(&mut client, b"a", b"1").status(), Status::Ok);
+    quorum.kill(2);
+    let refused = wait_for("a quorum write to be refused", || {
+        let r = put(&mut client, b"a", b"2");
+        (r.status() != Status::Ok).then_some(r)
+    });
+    assert_eq!(refused.status(), Status::Unavailable, "{}", refused.message);
+    assert!(
+        refused.message.contains("2 needed (--write-ack Quorum)"),
+        "{}",
+        refused.message
+    );
+    // Reads still work, from the owner that is up.
+    assert!(client.get(b"a").is_some());
+
+    let mut one = Cluster::start(2, 1, &["--write-ack", "one"]);
+    let mut client = WireClient::connect(one.nodes[0].addr);
+    one.kill(2);
+    for i in 0..50 {
+        let r = put(&mut client, format!("k{i}").as_bytes(), b"v");
+        assert_eq!(r.status(), Status::Ok, "{}", r.message);
+    }
+    assert_eq!(client.get(b"k7").as_deref(), Some(&b"v"[..]));
+    // Node 2 gets what it missed once it is back.
+    one.restart(2);
+    wait_for("node 2 to receive its hints", || {
+        (replica_get(&one, 2, b"k49").1 == b"v").then_some(())
+    });
+}
+
+#[test]
+fn concurrent_writers_to_one_key_converge_on_every_replica() {
+    let cluster = Cluster::start(3, 2, &[]);
+    let writers: Vec<_> = [0usize, 1]
+        .into_iter()
+        .map(|n| {
+            let addr = cluster.nodes[n].addr;
+            std::thread::spawn(move || {
+                let mut c = WireClient::connect(addr);
+                for i in 0..200 {
+                    let r = put(
+                        &mut c,
+                        b"contended",
+                        format!("node{}-{i}", n + 1).as_bytes(),
+                    );
+                    assert_eq!(r.status(), Status::Ok, "{}", r.message);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let copies = wait_for("every replica to hold the same version", || {
+        let copies: Vec<_> = (1..=3)
+            .map(|id| replica_get(&cluster, id, b"contended"))
+            .collect();
+        copies.windows(2).all(|w| w[0] == w[1]).then_some(copies)
+    });
+    assert_eq!(copies[0].0, Status::Ok);
+    assert!(copies[0].1.ends_with(b"-199"), "{:?}", copies[0]);
+}
+
+#[test]
+fn a_replica_killed_right_after_acknowledging_keeps_the_writes() {
+    let mut cluster = Cluster::start(3, 1, &["--write-ack", "all"]);
+    let mut client = WireClient::connect(cluster.nodes[0].addr);
+    let mut versions = Vec::new();
+    for i in 0..50 {
+        let r = put(
+            &mut client,
+            format!("d{i}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        );
+        assert_eq!(r.status(), Status::Ok, "{}", r.message);
+        versions.push((r.version_hlc, r.version_node));
+    }
+    cluster.restart(2);
+    for (i, version) in versions.into_iter().enumerate() {
+        let (status, value, held) = replica_get(&cluster, 2, format!("d{i}").as_bytes());
+        assert_eq!(
+            (status, value, held),
+            (Status::Ok, format!("v{i}").into_bytes(), version)
+        );
+    }
+    // And the CLI shows the same copy.
+    let out = cluster.nodes[0].cli(&["get", "d3", "--replica", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "v3\n");
+    assert!(
+        stderr(&out).contains("node 2's copy: version "),
+        "{}",
+        stderr(&out)
+    );
+}
