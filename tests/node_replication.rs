@@ -257,3 +257,39 @@ fn a_replica_killed_right_after_acknowledging_keeps_the_writes() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_quorum_read_returns_the_newest_version_and_repairs_the_stale_owner() {
+    // No hints (a zero budget drops them all), so node 3 stays behind until a read repairs it.
+    let mut cluster = Cluster::start(3, 2, &["--read-from", "quorum", "--hint-max-bytes", "0"]);
+    let mut one = WireClient::connect(cluster.nodes[0].addr);
+    assert_eq!(put(&mut one, b"r", b"old").status(), Status::Ok);
+    assert_eq!(put(&mut one, b"gone", b"here").status(), Status::Ok);
+    cluster.kill(3);
+    assert_eq!(put(&mut one, b"r", b"new").status(), Status::Ok);
+    let removed = one
+        .call(vec![op(OpCode::OpRemove, b"gone", b"", 0)])
+        .remove(0);
+    assert_eq!(removed.status(), Status::Ok, "{}", removed.message);
+    cluster.restart(3);
+    assert_eq!(replica_get(&cluster, 3, b"r").1, b"old");
+    assert_eq!(replica_get(&cluster, 3, b"gone").1, b"here");
+
+    // Through node 3, whose own copy is the stale one: the newest version wins.
+    let mut three = WireClient::connect(cluster.nodes[2].addr);
+    assert_eq!(three.get(b"r").as_deref(), Some(&b"new"[..]));
+    assert_eq!(three.get(b"gone"), None);
+    wait_for("node 3 to be repaired", || {
+        let copies: Vec<_> = (1..=3).map(|id| replica_get(&cluster, id, b"r")).collect();
+        copies.windows(2).all(|w| w[0] == w[1]).then_some(())
+    });
+    wait_for("the remove to reach node 3", || {
+        (replica_get(&cluster, 3, b"gone").0 == Status::NotFound).then_some(())
+    });
+    let repairs: u64 = cluster.nodes[2]
+        .stats()
+        .iter()
+        .map(|s| s.read_repairs)
+        .sum();
+    assert!(repairs >= 2, "{repairs} repairs");
+}

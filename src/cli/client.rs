@@ -256,7 +256,7 @@ where
 }
 
 /// Counters `kvmesh stats` shows.
-const COLUMNS: usize = 33;
+const COLUMNS: usize = 35;
 
 /// Counter columns: (header, value).
 fn columns(s: &ShardStats) -> [(&'static str, u64); COLUMNS] {
@@ -294,6 +294,8 @@ fn columns(s: &ShardStats) -> [(&'static str, u64); COLUMNS] {
         ("hints_dropped", s.hints_dropped),
         ("peers_down", s.peers_down),
         ("peer_down_events", s.peer_down_events),
+        ("quorum_reads", s.quorum_reads),
+        ("read_repairs", s.read_repairs),
     ]
 }
 

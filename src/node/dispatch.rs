@@ -15,6 +15,7 @@ use crate::cluster::peers::Sent;
 
 use super::durable;
 use super::mesh::Pending;
+use super::quorum_read;
 use super::replicate;
 use super::reply;
 use super::router::{route_in_cluster, Place, Rejection, Route};
@@ -42,6 +43,8 @@ pub struct Started {
     nodes: Vec<(Vec<usize>, Sent)>,
     /// Writes this node coordinates: sent to the keys' other owners in `finish`.
     replicate: replicate::Plan,
+    /// Reads that ask a quorum of owners (`--read-from quorum`), also in `finish`.
+    reads: quorum_read::Reads,
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
@@ -66,6 +69,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     // (owning shard, indices into `results`, ops) for ops this shard does not own.
     let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
     let mut plan = replicate::Plan::default();
+    let mut reads = quorum_read::Reads::default();
     let live = |node| ctx.peers.is_live(node);
     let place = Place {
         ring: membership.ring(),
@@ -75,7 +79,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     };
     {
         let mut shard = ctx.shard.borrow_mut();
-        for (i, op) in ops.into_iter().enumerate() {
+        for (i, mut op) in ops.into_iter().enumerate() {
             let route = route_in_cluster(
                 &op,
                 &place,
@@ -86,6 +90,9 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
             );
             if forwarded {
                 shard.counters.node_forwarded_in += 1;
+            }
+            if matches!(route, Route::Local | Route::Forward(_)) {
+                reads.note(ctx, i, &mut op);
             }
             match route {
                 Route::Here if op.code == OpCode::OpSnapshot as i32 => snapshots.push(i),
@@ -146,6 +153,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
         kinds,
         nodes,
         replicate: plan,
+        reads,
     }
 }
 
@@ -168,6 +176,7 @@ impl Started {
             kinds,
             nodes,
             replicate,
+            reads,
         } = self;
         for i in snapshots {
             results[i] = match &ctx.snapshots {
@@ -221,6 +230,7 @@ impl Started {
                 }
             }
         }
+        quorum_read::complete(ctx, reads, &mut results).await;
         replicate::complete(ctx, replicate, &mut results).await;
         ctx.metrics
             .borrow_mut()

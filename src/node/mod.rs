@@ -7,6 +7,7 @@
 //! - [`reply`]: errors to wire statuses, in one place;
 //! - [`dispatch`]: runs a batch of ops here or on their owners, for every front-end;
 //! - [`replicate`]: a coordinator's replication of the writes it applied, and hinted handoff;
+//! - [`quorum_read`]: reads that ask a majority of owners, and read repair;
 //! - [`durable`]: each shard's write-ahead log, the data directory, recovery at start;
 //! - [`grpc_backend`]: the gRPC front-end's backend in a node (runs ops through `dispatch`);
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
@@ -21,6 +22,7 @@ pub mod durable;
 mod grpc_backend;
 mod limits;
 mod mesh;
+mod quorum_read;
 mod replicate;
 mod reply;
 pub mod router;

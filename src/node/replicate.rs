@@ -165,11 +165,17 @@ pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
 }
 
 fn hint(hints: &RefCell<Hints>, node: NodeId, op: Op, now_ms: u64) {
-    if !hints.borrow_mut().push(node, op, now_ms) {
-        tracing::warn!(
-            "hint for node {node} dropped: the hint queue is full (--hint-max-bytes); that \
-             owner stays behind for this key until it is written again"
-        );
+    let mut hints = hints.borrow_mut();
+    if !hints.push(node, op, now_ms) {
+        // The first drop, then one line per thousand: a long outage must not flood the log.
+        if hints.dropped % 1000 == 1 {
+            tracing::warn!(
+                "hint for node {node} dropped ({} so far): the hint queue is full \
+                 (--hint-max-bytes); that owner stays behind for those keys until they are \
+                 written again",
+                hints.dropped
+            );
+        }
     }
 }
 

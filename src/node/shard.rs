@@ -32,6 +32,8 @@ pub struct Counters {
     pub replica_writes_sent: u64,
     pub replica_writes_failed: u64,
     pub replica_writes_applied: u64,
+    pub quorum_reads: u64,
+    pub read_repairs: u64,
 }
 
 /// What one shard owns: its store, its clock, its counters and, when durable, its log.
@@ -361,6 +363,8 @@ impl Shard {
             replica_writes_sent: c.replica_writes_sent,
             replica_writes_failed: c.replica_writes_failed,
             replica_writes_applied: c.replica_writes_applied,
+            quorum_reads: c.quorum_reads,
+            read_repairs: c.read_repairs,
             ..ShardStats::default()
         }
     }

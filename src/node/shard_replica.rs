@@ -6,7 +6,7 @@ use kvmesh_engine::{Applied, Removed, Version};
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 use kvmesh_wal::{Entry, Op as LogOp};
 
-use super::{deadline, reply, versioned, Executed, Shard};
+use super::{deadline, remaining, reply, versioned, Executed, Shard};
 
 impl Shard {
     /// Executes a replica op: a versioned put, remove or touch, or a read of this shard's own
@@ -91,13 +91,14 @@ impl Shard {
         }
     }
 
-    /// This shard's own copy of the key and its version: NOT_FOUND (with the tombstone's
-    /// version, if any) when there is no live value.
+    /// This shard's own copy of the key, its version and its remaining TTL (`ttl_ms`, 0 =
+    /// never): NOT_FOUND (with the tombstone's version, if any) when there is no live value.
     fn peek(&mut self, op: &Op, now_ms: u64) -> Executed {
         let result = match self.store.peek(&op.key, now_ms) {
             Some(p) if !p.tombstone => OpResult {
                 value: p.value.to_vec(),
                 found: true,
+                ttl_ms: remaining(p.expires_at_ms, now_ms),
                 ..versioned(OpResult::default(), p.version)
             },
             Some(p) => versioned(reply::status(Status::NotFound, "removed"), p.version),
