@@ -293,3 +293,37 @@ fn a_quorum_read_returns_the_newest_version_and_repairs_the_stale_owner() {
         .sum();
     assert!(repairs >= 2, "{repairs} repairs");
 }
+
+#[test]
+fn hints_survive_the_coordinator_being_killed() {
+    let mut cluster = Cluster::start(3, 2, &[]);
+    cluster.kill(3);
+    let mut one = WireClient::connect(cluster.nodes[0].addr);
+    for i in 0..100 {
+        let r = put(
+            &mut one,
+            format!("h{i}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        );
+        assert_eq!(r.status(), Status::Ok, "{}", r.message);
+    }
+    wait_for("node 1 to hold a hint per write", || {
+        (hints_queued(&cluster, 1).0 == 100).then_some(())
+    });
+    // The coordinator dies holding them; it comes back before the owner that missed them.
+    cluster.restart(1);
+    assert!(
+        cluster.nodes[0].log().contains("loaded"),
+        "{}",
+        cluster.nodes[0].log()
+    );
+    cluster.restart(3);
+    wait_for("node 1 to deliver the hints it reloaded", || {
+        let (queued, delivered) = hints_queued(&cluster, 1);
+        (queued == 0 && delivered >= 100).then_some(())
+    });
+    for i in 0..100 {
+        let (status, value, _) = replica_get(&cluster, 3, format!("h{i}").as_bytes());
+        assert_eq!((status, value), (Status::Ok, format!("v{i}").into_bytes()));
+    }
+}

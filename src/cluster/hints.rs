@@ -2,10 +2,10 @@
 //! shard until that owner is back, bounded by bytes and by age. Pure: time is passed in;
 //! `node::handoff` delivers them.
 //!
-//! The queue lives in memory: a coordinator that is itself killed loses the hints it held (the
-//! README says so; a durable hint log is left for later). When a bound is exceeded the hint is
-//! dropped, counted and logged; the owner then stays behind for that key until the key is
-//! written again (anti-entropy repair is future work).
+//! The queue lives in memory; `hint_log` keeps a copy on disk so a coordinator that is killed
+//! delivers its hints after its restart. When a bound is exceeded the hint is dropped, counted
+//! and logged; the owner then stays behind for that key until the key is written again or a
+//! quorum read repairs it (anti-entropy repair is future work).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -110,6 +110,17 @@ impl Hints {
             self.bytes += charge(&op);
             queue.push_front(Hint { op, at_ms });
         }
+    }
+
+    /// Every hint held, as `(owner, op, made at)`, per owner oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, &Op, u64)> + '_ {
+        self.queues
+            .iter()
+            .flat_map(|(&node, q)| q.iter().map(move |h| (node, &h.op, h.at_ms)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
     }
 
     /// `(hints held, their bytes)`.

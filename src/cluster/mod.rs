@@ -4,10 +4,12 @@
 //! - [`peers`]: one shard's persistent, pipelined connections to the other nodes (glommio I/O);
 //! - [`local`]: `kvmesh cluster`, a local cluster of node processes on loopback ports;
 //! - [`replication`]: owners, acknowledgement counts and when a write is done (pure);
-//! - [`hints`]: hinted handoff's bounded queue of writes an owner missed (pure).
+//! - [`hints`]: hinted handoff's bounded queue of writes an owner missed (pure);
+//! - [`hint_log`]: that queue's copy on disk, in the write-ahead log's record format.
 //!
 //! The routing decision itself (ring owner first, then shard) is `node::router`, pure.
 
+pub mod hint_log;
 pub mod hints;
 pub mod local;
 pub mod membership;

@@ -20,6 +20,7 @@ mod conn;
 pub(crate) mod dispatch;
 pub mod durable;
 mod grpc_backend;
+mod hint_store;
 mod limits;
 mod mesh;
 mod quorum_read;

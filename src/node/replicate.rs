@@ -15,9 +15,9 @@ use futures_lite::StreamExt;
 use kvmesh_net::ring::NodeId;
 use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status};
 
-use crate::cluster::hints::Hints;
 use crate::cluster::replication::{Outcome, Tally};
 
+use super::hint_store::HintStore;
 use super::reply;
 use super::server::ShardCtx;
 
@@ -128,6 +128,7 @@ pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
                     }
                     let _ = tx.unbounded_send((k, failure));
                 }
+                hints.borrow_mut().flush();
             })
             .detach();
         }
@@ -164,16 +165,17 @@ pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
     }
 }
 
-fn hint(hints: &RefCell<Hints>, node: NodeId, op: Op, now_ms: u64) {
+fn hint(hints: &RefCell<HintStore>, node: NodeId, op: Op, now_ms: u64) {
     let mut hints = hints.borrow_mut();
     if !hints.push(node, op, now_ms) {
         // The first drop, then one line per thousand: a long outage must not flood the log.
-        if hints.dropped % 1000 == 1 {
+        let dropped = hints.queue.dropped;
+        if dropped % 1000 == 1 {
             tracing::warn!(
                 "hint for node {node} dropped ({} so far): the hint queue is full \
                  (--hint-max-bytes); that owner stays behind for those keys until they are \
                  written again",
-                hints.dropped
+                dropped
             );
         }
     }
@@ -181,7 +183,8 @@ fn hint(hints: &RefCell<Hints>, node: NodeId, op: Op, now_ms: u64) {
 
 /// Adds this shard's replication state to its stats: hints and peers.
 pub fn annotate(ctx: &ShardCtx, stats: &mut ShardStats) {
-    let hints = ctx.hints.borrow();
+    let store = ctx.hints.borrow();
+    let hints = &store.queue;
     let (queued, bytes) = hints.held();
     stats.hints_queued = queued;
     stats.hints_bytes = bytes;
@@ -200,7 +203,7 @@ const HANDOFF_BATCH: usize = 256;
 pub async fn handoff(ctx: Rc<ShardCtx>, every: Duration) {
     loop {
         glommio::timer::sleep(every).await;
-        let expired = ctx.hints.borrow_mut().expire(super::now_ms());
+        let expired = ctx.hints.borrow_mut().queue.expire(super::now_ms());
         if expired > 0 {
             tracing::warn!(
                 "shard {}: dropped {expired} hint(s) older than --hint-max-age; their owners \
@@ -208,13 +211,14 @@ pub async fn handoff(ctx: Rc<ShardCtx>, every: Duration) {
                 ctx.me
             );
         }
-        let nodes = ctx.hints.borrow().nodes();
+        let nodes = ctx.hints.borrow().queue.nodes();
         for node in nodes {
             if !ctx.peers.is_live(node) {
                 continue;
             }
             deliver(&ctx, node).await;
         }
+        ctx.hints.borrow_mut().settle();
     }
 }
 
@@ -222,7 +226,7 @@ pub async fn handoff(ctx: Rc<ShardCtx>, every: Duration) {
 async fn deliver(ctx: &ShardCtx, node: NodeId) {
     let mut total = 0;
     loop {
-        let batch = ctx.hints.borrow_mut().take(node, HANDOFF_BATCH);
+        let batch = ctx.hints.borrow_mut().queue.take(node, HANDOFF_BATCH);
         if batch.is_empty() {
             break;
         }
@@ -244,7 +248,7 @@ async fn deliver(ctx: &ShardCtx, node: NodeId) {
         }
         let stop = !failed.is_empty();
         {
-            let mut hints = ctx.hints.borrow_mut();
+            let hints = &mut ctx.hints.borrow_mut().queue;
             hints.delivered += (batch.len() - failed.len()) as u64;
             hints.give_back(node, failed);
         }

@@ -46,7 +46,7 @@ pub struct ShardCtx {
     /// Connections to the other nodes of the cluster.
     pub peers: Rc<crate::cluster::Peers>,
     /// Writes this shard coordinated that an owner missed, until that owner is back.
-    pub hints: Rc<RefCell<crate::cluster::hints::Hints>>,
+    pub hints: Rc<RefCell<super::hint_store::HintStore>>,
 }
 
 impl ShardCtx {
@@ -142,10 +142,20 @@ pub async fn run_shard(
         config.forward_timeout,
     );
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone());
-    let hints = crate::cluster::hints::Hints::new(
+    let hint_dir = config
+        .durability
+        .as_ref()
+        .filter(|_| config.cluster.is_multi_node())
+        .map(|d| d.data_dir.join("hints"));
+    let (hints, loaded) = super::hint_store::HintStore::open(
+        hint_dir.as_deref(),
+        me,
         config.hint_max_bytes / config.shards as u64,
         config.hint_max_age.as_millis() as u64,
     );
+    if let Some(report) = loaded {
+        tracing::info!("{report}");
+    }
     let ctx = Rc::new(ShardCtx {
         me,
         config,
