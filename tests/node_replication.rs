@@ -113,6 +113,11 @@ fn quorum_writes_survive_a_killed_node_which_converges_through_hints() {
         let got = reader.get(key.as_bytes());
         assert!(got.is_some(), "{key} through node 1 with node 3 down");
     }
+    // The CLI's topology-aware client passes over the dead owner.
+    for i in 0..10 {
+        let out = cluster.nodes[1].cli(&["get", &format!("k{i}")]);
+        assert!(out.status.success(), "get k{i}: {}", stderr(&out));
+    }
     // Node 3 comes back: first its own log, then its hints.
     cluster.restart(3);
     let resumed = acked_now();
