@@ -40,6 +40,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use config::NodeConfig;
+pub(crate) use replicate::annotate as annotate_replication;
 pub(crate) use server::ShardCtx;
 pub use sys::{check_ports_free, raise_memlock, usable_cpus};
 
