@@ -56,36 +56,40 @@ fn quorum_writes_survive_a_killed_node_which_converges_through_hints() {
         assert_eq!(r.status(), Status::Ok, "{}", r.message);
     }
 
-    // One writer through node 1: per key, the last acknowledged value and the values of
-    // later writes that failed (a failed write may still have been applied somewhere).
+    // Writers through node 1: per key, the last acknowledged value and the values of later
+    // writes that failed (a failed write may still have been applied somewhere).
     type Seen = HashMap<String, (Option<String>, Vec<String>)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let failures: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (seen, failures, acked, stop) =
-            (seen.clone(), failures.clone(), acked.clone(), stop.clone());
-        let addr = cluster.nodes[0].addr;
-        std::thread::spawn(move || {
-            let mut client = WireClient::connect(addr);
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (key, value) = (format!("k{}", i % 500), format!("v{i}"));
-                let r = put(&mut client, key.as_bytes(), value.as_bytes());
-                let mut seen = seen.lock().unwrap();
-                let entry = seen.entry(key).or_default();
-                if r.status() == Status::Ok {
-                    *entry = (Some(value), Vec::new());
-                    acked.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    entry.1.push(value);
-                    failures.lock().unwrap().push((Instant::now(), r.message));
+    // Three concurrent writers, each over its own keys, so each key's last acknowledged
+    // write is known.
+    let writers: Vec<_> = (0..3)
+        .map(|t| {
+            let (seen, failures, acked, stop) =
+                (seen.clone(), failures.clone(), acked.clone(), stop.clone());
+            let addr = cluster.nodes[0].addr;
+            std::thread::spawn(move || {
+                let mut client = WireClient::connect(addr);
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let (key, value) = (format!("k{t}-{}", i % 170), format!("v{i}"));
+                    let r = put(&mut client, key.as_bytes(), value.as_bytes());
+                    let mut seen = seen.lock().unwrap();
+                    let entry = seen.entry(key).or_default();
+                    if r.status() == Status::Ok {
+                        *entry = (Some(value), Vec::new());
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        entry.1.push(value);
+                        failures.lock().unwrap().push((Instant::now(), r.message));
+                    }
+                    i += 1;
                 }
-                i += 1;
-            }
+            })
         })
-    };
+        .collect();
     let acked_now = || acked.load(Ordering::Relaxed);
     wait_for("writes before the kill", || {
         (acked_now() >= 300).then_some(())
@@ -109,14 +113,14 @@ fn quorum_writes_survive_a_killed_node_which_converges_through_hints() {
             .then_some(())
     });
     for i in 0..50 {
-        let key = format!("k{i}");
+        let key = format!("k0-{i}");
         let got = reader.get(key.as_bytes());
         assert!(got.is_some(), "{key} through node 1 with node 3 down");
     }
     // The CLI's topology-aware client passes over the dead owner.
     for i in 0..10 {
-        let out = cluster.nodes[1].cli(&["get", &format!("k{i}")]);
-        assert!(out.status.success(), "get k{i}: {}", stderr(&out));
+        let out = cluster.nodes[1].cli(&["get", &format!("k1-{i}")]);
+        assert!(out.status.success(), "get k1-{i}: {}", stderr(&out));
     }
     // Node 3 comes back: first its own log, then its hints.
     cluster.restart(3);
@@ -125,7 +129,9 @@ fn quorum_writes_survive_a_killed_node_which_converges_through_hints() {
         (acked_now() >= resumed + 200).then_some(())
     });
     stop.store(true, Ordering::Relaxed);
-    writer.join().expect("writer");
+    for writer in writers {
+        writer.join().expect("writer");
+    }
     let late: Vec<(Instant, String)> = failures
         .lock()
         .unwrap()
