@@ -41,8 +41,11 @@ pub struct Started {
     kinds: [u32; crate::metrics::latency::KINDS.len()],
     /// Per peer shard of another node: the indices its answers fill, and the request.
     nodes: Vec<(Vec<usize>, Sent)>,
-    /// Writes this node coordinates: sent to the keys' other owners in `finish`.
+    /// Writes this node coordinates that another shard of it executes: sent to the keys'
+    /// other owners in `finish`, once that shard answered with their versions.
     replicate: replicate::Plan,
+    /// Writes this node coordinates that this shard executed: already sent to the other owners.
+    replicating: replicate::InFlight,
     /// Reads that ask a quorum of owners (`--read-from quorum`), also in `finish`.
     reads: quorum_read::Reads,
 }
@@ -144,6 +147,8 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     for (node, ops) in for_nodes {
         nodes.extend(ctx.peers.send(node, ops).await);
     }
+    let executed = plan.take_executed(&results);
+    let replicating = replicate::send(ctx, executed, &results).await;
     Started {
         results,
         waits,
@@ -153,6 +158,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
         kinds,
         nodes,
         replicate: plan,
+        replicating,
         reads,
     }
 }
@@ -176,6 +182,7 @@ impl Started {
             kinds,
             nodes,
             replicate,
+            replicating,
             reads,
         } = self;
         for i in snapshots {
@@ -231,6 +238,7 @@ impl Started {
             }
         }
         quorum_read::complete(ctx, reads, &mut results).await;
+        replicating.finish(ctx, &mut results).await;
         replicate::complete(ctx, replicate, &mut results).await;
         ctx.metrics
             .borrow_mut()

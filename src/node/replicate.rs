@@ -26,6 +26,18 @@ use super::server::ShardCtx;
 pub struct Plan(Vec<(usize, Op, Vec<NodeId>)>);
 
 impl Plan {
+    /// Moves the writes whose local result is already in `results` (executed by this shard)
+    /// into a plan of their own, so they can be sent at once.
+    pub fn take_executed(&mut self, results: &[OpResult]) -> Plan {
+        let (done, rest) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(i, _, _)| {
+                results[*i].version_hlc != 0 || results[*i].status() != Status::Ok
+            });
+        self.0 = rest;
+        Plan(done)
+    }
+
     /// Notes op `i` if this node must replicate it: a client write (not itself a replica
     /// write) to a key with owners besides this node.
     pub fn note(&mut self, ctx: &ShardCtx, i: usize, op: &Op) {
@@ -60,8 +72,25 @@ type Answer = (usize, Option<String>);
 /// peer shard, and waits until each has `--write-ack` acknowledgements or cannot get them;
 /// a write that cannot is answered UNAVAILABLE, saying how many owners applied it.
 pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
+    send(ctx, plan, results).await.finish(ctx, results).await;
+}
+
+/// Replica writes on their way: per write, its tally; and the owners' answers as they come.
+pub struct InFlight {
+    tallies: Vec<Option<(usize, Tally, Vec<String>)>>,
+    rx: Option<futures_channel::mpsc::UnboundedReceiver<Answer>>,
+}
+
+/// Sends the plan's writes that the local owner applied (their results carry a version) to
+/// their other owners, batched per peer shard, without waiting: [`InFlight::finish`] waits.
+/// Sent as soon as the local owner applied them, before its log made them durable, so a
+/// pipelining connection's requests replicate in parallel.
+pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight {
     if plan.0.is_empty() {
-        return;
+        return InFlight {
+            tallies: Vec::new(),
+            rx: None,
+        };
     }
     let settings = ctx.config.replication;
     let now = super::now_ms();
@@ -93,7 +122,7 @@ pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
         }
         tallies.push(Some((i, tally, Vec::new())));
     }
-    let (tx, mut rx) = futures_channel::mpsc::unbounded::<Answer>();
+    let (tx, rx) = futures_channel::mpsc::unbounded::<Answer>();
     for (node, ops) in per_node {
         ctx.shard.borrow_mut().counters.replica_writes_sent += ops.len() as u64;
         let copies: Vec<(usize, Op)> = ops.clone();
@@ -134,33 +163,49 @@ pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
         }
     }
     drop(tx);
-    let undecided = |t: &[Option<(usize, Tally, Vec<String>)>]| {
-        t.iter()
-            .flatten()
-            .any(|(_, tally, _)| tally.outcome() == Outcome::Pending)
-    };
-    while undecided(&tallies) {
-        let Some((k, failure)) = rx.next().await else {
-            break;
-        };
-        if let Some(Some((_, tally, why))) = tallies.get_mut(k) {
-            tally.record(failure.is_none());
-            why.extend(failure);
-        }
+    InFlight {
+        tallies,
+        rx: Some(rx),
     }
-    for (i, tally, why) in tallies.into_iter().flatten() {
-        if tally.outcome() != Outcome::Done {
-            results[i] = reply::status(
-                Status::Unavailable,
-                format!(
-                    "write applied by {} of the key's owners, {} needed (--write-ack {:?}); \
-                     the others get it by hinted handoff: {}",
-                    tally.acked(),
-                    tally.needed(),
-                    settings.write_ack,
-                    why.join("; ")
-                ),
-            );
+}
+
+impl InFlight {
+    /// Waits until each write has `--write-ack` acknowledgements or cannot get them; a write
+    /// that cannot is answered UNAVAILABLE, saying how many owners applied it. A write whose
+    /// local result became an error meanwhile (its log failed) keeps that error.
+    pub async fn finish(self, ctx: &ShardCtx, results: &mut [OpResult]) {
+        let InFlight { mut tallies, rx } = self;
+        let Some(mut rx) = rx else {
+            return;
+        };
+        let undecided = |t: &[Option<(usize, Tally, Vec<String>)>]| {
+            t.iter()
+                .flatten()
+                .any(|(_, tally, _)| tally.outcome() == Outcome::Pending)
+        };
+        while undecided(&tallies) {
+            let Some((k, failure)) = rx.next().await else {
+                break;
+            };
+            if let Some(Some((_, tally, why))) = tallies.get_mut(k) {
+                tally.record(failure.is_none());
+                why.extend(failure);
+            }
+        }
+        let write_ack = ctx.config.replication.write_ack;
+        for (i, tally, why) in tallies.into_iter().flatten() {
+            if tally.outcome() != Outcome::Done && results[i].status() == Status::Ok {
+                results[i] = reply::status(
+                    Status::Unavailable,
+                    format!(
+                        "write applied by {} of the key's owners, {} needed (--write-ack \
+                         {write_ack:?}); the others get it by hinted handoff: {}",
+                        tally.acked(),
+                        tally.needed(),
+                        why.join("; ")
+                    ),
+                );
+            }
         }
     }
 }
