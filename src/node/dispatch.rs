@@ -46,8 +46,8 @@ pub struct Started {
     replicate: replicate::Plan,
     /// Writes this node coordinates that this shard executed: already sent to the other owners.
     replicating: replicate::InFlight,
-    /// Reads that ask a quorum of owners (`--read-from quorum`), also in `finish`.
-    reads: quorum_read::Reads,
+    /// Reads that ask a quorum of owners (`--read-from quorum`): the others are asked already.
+    reads: quorum_read::Asked,
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
@@ -149,6 +149,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     }
     let executed = plan.take_executed(&results);
     let replicating = replicate::send(ctx, executed, &results).await;
+    let reads = quorum_read::ask(ctx, reads).await;
     Started {
         results,
         waits,
@@ -237,7 +238,7 @@ impl Started {
                 }
             }
         }
-        quorum_read::complete(ctx, reads, &mut results).await;
+        reads.finish(ctx, &mut results).await;
         replicating.finish(ctx, &mut results).await;
         replicate::complete(ctx, replicate, &mut results).await;
         ctx.metrics

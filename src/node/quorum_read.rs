@@ -66,27 +66,25 @@ fn usable(r: &OpResult) -> bool {
     matches!(r.status(), Status::Ok | Status::NotFound)
 }
 
-/// Asks the other owners, answers each read with the newest copy among a majority, and
-/// starts the repairs.
-pub async fn complete(ctx: &ShardCtx, reads: Reads, results: &mut [OpResult]) {
+/// Answers from other owners: `(read, owner, its copy if usable)`.
+type Answers = futures_channel::mpsc::UnboundedReceiver<(usize, NodeId, Option<OpResult>)>;
+
+/// Quorum reads whose other owners were asked, waiting for their answers.
+pub struct Asked {
+    reads: Reads,
+    rx: Option<Answers>,
+}
+
+/// Asks the other owners of each read for their copies, without waiting (the local copy is
+/// not needed for that): [`Asked::finish`] waits. Sent from `dispatch::start_from`, so a
+/// pipelining connection's reads ask in parallel.
+pub async fn ask(ctx: &ShardCtx, reads: Reads) -> Asked {
     if reads.0.is_empty() {
-        return;
+        return Asked { reads, rx: None };
     }
     ctx.shard.borrow_mut().counters.quorum_reads += reads.0.len() as u64;
-    // Per read: its tally and the answers so far.
-    let mut state: Vec<(Tally, Vec<(From, OpResult)>)> = Vec::with_capacity(reads.0.len());
     let mut per_node: Vec<(NodeId, Vec<(usize, Op)>)> = Vec::new();
-    for (k, (i, key, others)) in reads.0.iter().enumerate() {
-        let owners = others.len() + 1;
-        let mut tally = Tally::new(owners, needed(WriteAck::Quorum, owners));
-        let local = results[*i].clone();
-        tally.record(usable(&local));
-        let answers = if usable(&local) {
-            vec![(From::Here, local)]
-        } else {
-            Vec::new()
-        };
-        state.push((tally, answers));
+    for (k, (_, key, others)) in reads.0.iter().enumerate() {
         let op = Op {
             replica: true,
             ..kvmesh_net::client::op(OpCode::OpGet, key, b"", 0)
@@ -98,7 +96,7 @@ pub async fn complete(ctx: &ShardCtx, reads: Reads, results: &mut [OpResult]) {
             }
         }
     }
-    let (tx, mut rx) = futures_channel::mpsc::unbounded::<(usize, NodeId, Option<OpResult>)>();
+    let (tx, rx) = futures_channel::mpsc::unbounded();
     for (node, ops) in per_node {
         for (ks, sent) in ctx.peers.send(node, ops).await {
             let (peers, tx) = (ctx.peers.clone(), tx.clone());
@@ -112,31 +110,67 @@ pub async fn complete(ctx: &ShardCtx, reads: Reads, results: &mut [OpResult]) {
             .detach();
         }
     }
-    drop(tx);
-    while state.iter().any(|(t, _)| t.outcome() == Outcome::Pending) {
-        let Some((k, node, answer)) = rx.next().await else {
-            break;
+    Asked {
+        reads,
+        rx: Some(rx),
+    }
+}
+
+impl Asked {
+    /// Answers each read with the newest copy among a majority of its owners (this one's
+    /// copy, now in `results`, included), and starts the repairs.
+    pub async fn finish(self, ctx: &ShardCtx, results: &mut [OpResult]) {
+        let Asked { reads, rx } = self;
+        let Some(mut rx) = rx else {
+            return;
         };
-        if let Some((tally, answers)) = state.get_mut(k) {
-            tally.record(answer.is_some());
-            answers.extend(answer.map(|a| (From::Peer(node), a)));
+        // Per read: its tally and the answers so far.
+        let mut state: Vec<(Tally, Vec<(From, OpResult)>)> = reads
+            .0
+            .iter()
+            .map(|(i, _, others)| {
+                let owners = others.len() + 1;
+                let mut tally = Tally::new(owners, needed(WriteAck::Quorum, owners));
+                let local = &results[*i];
+                tally.record(usable(local));
+                let answers = if usable(local) {
+                    vec![(From::Here, local.clone())]
+                } else {
+                    Vec::new()
+                };
+                (tally, answers)
+            })
+            .collect();
+        while state.iter().any(|(t, _)| t.outcome() == Outcome::Pending) {
+            let Some((k, node, answer)) = rx.next().await else {
+                break;
+            };
+            if let Some((tally, answers)) = state.get_mut(k) {
+                tally.record(answer.is_some());
+                answers.extend(answer.map(|a| (From::Peer(node), a)));
+            }
         }
-    }
-    for ((i, _, _), (tally, answers)) in reads.0.iter().zip(&state) {
-        results[*i] = match answers.iter().max_by_key(|(_, r)| version(r)) {
-            Some((_, newest)) if tally.outcome() == Outcome::Done => newest.clone(),
-            _ => reply::status(
-                Status::Unavailable,
-                format!(
-                    "read answered by {} of the key's owners, {} needed (--read-from quorum)",
-                    tally.acked(),
-                    tally.needed()
+        for ((i, _, _), (tally, answers)) in reads.0.iter().zip(&state) {
+            results[*i] = match answers.iter().max_by_key(|(_, r)| version(r)) {
+                Some((_, newest)) if tally.outcome() == Outcome::Done => newest.clone(),
+                _ => reply::status(
+                    Status::Unavailable,
+                    format!(
+                        "read answered by {} of the key's owners, {} needed (--read-from quorum)",
+                        tally.acked(),
+                        tally.needed()
+                    ),
                 ),
-            ),
-        };
+            };
+        }
+        repair(ctx, reads, state, rx);
     }
+}
+
+/// Starts the repair of these reads' stale owners in the background.
+fn repair(ctx: &ShardCtx, reads: Reads, state: Vec<(Tally, Vec<(From, OpResult)>)>, rx: Answers) {
     // Late answers still take part in the repair.
-    let repair = Repair {
+    let job = Repair {
         peers: ctx.peers.clone(),
         mesh: ctx.mesh.clone(),
         shard: ctx.shard.clone(),
@@ -145,7 +179,7 @@ pub async fn complete(ctx: &ShardCtx, reads: Reads, results: &mut [OpResult]) {
     };
     let keys: Vec<Vec<u8>> = reads.0.into_iter().map(|(_, key, _)| key).collect();
     let answers: Vec<Vec<(From, OpResult)>> = state.into_iter().map(|(_, a)| a).collect();
-    glommio::spawn_local(repair.run(keys, answers, rx)).detach();
+    glommio::spawn_local(job.run(keys, answers, rx)).detach();
 }
 
 struct Repair {
@@ -163,7 +197,7 @@ impl Repair {
         self,
         keys: Vec<Vec<u8>>,
         mut answers: Vec<Vec<(From, OpResult)>>,
-        mut rx: futures_channel::mpsc::UnboundedReceiver<(usize, NodeId, Option<OpResult>)>,
+        mut rx: Answers,
     ) {
         while let Some((k, node, answer)) = rx.next().await {
             if let (Some(list), Some(answer)) = (answers.get_mut(k), answer) {
