@@ -97,11 +97,14 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
     // Per write: (index into results, tally, why owners failed); None when not replicated.
     let mut tallies: Vec<Option<(usize, Tally, Vec<String>)>> = Vec::with_capacity(plan.0.len());
     let mut per_node: Vec<(NodeId, Vec<(usize, Op)>)> = Vec::new();
+    // Per write, its replica op: what a failed owner's hint holds.
+    let mut replicas: Vec<Option<Op>> = Vec::with_capacity(plan.0.len());
     for (k, (i, op, others)) in plan.0.into_iter().enumerate() {
         let local = &results[i];
         // The local owner refused it (or a touch found no key): its answer stands.
         if local.status() != Status::Ok || local.version_hlc == 0 {
             tallies.push(None);
+            replicas.push(None);
             continue;
         }
         let owners = others.len() + 1;
@@ -121,28 +124,25 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
             }
         }
         tallies.push(Some((i, tally, Vec::new())));
+        replicas.push(Some(replica));
     }
+    let replicas = Rc::new(replicas);
     let (tx, rx) = futures_channel::mpsc::unbounded::<Answer>();
     for (node, ops) in per_node {
         ctx.shard.borrow_mut().counters.replica_writes_sent += ops.len() as u64;
-        let copies: Vec<(usize, Op)> = ops.clone();
         for (ks, sent) in ctx.peers.send(node, ops).await {
-            let mine: Vec<(usize, Op)> = copies
-                .iter()
-                .filter(|(k, _)| ks.contains(k))
-                .cloned()
-                .collect();
-            let (peers, shard, hints, tx) = (
+            let (peers, shard, hints, tx, replicas) = (
                 ctx.peers.clone(),
                 ctx.shard.clone(),
                 ctx.hints.clone(),
                 tx.clone(),
+                replicas.clone(),
             );
             // Waits apart from the request, so the reply goes as soon as enough owners
             // answered, and an owner that fails later still gets its hint.
             glommio::spawn_local(async move {
                 let answered = peers.wait(sent).await;
-                for (j, (k, op)) in mine.into_iter().enumerate() {
+                for (j, k) in ks.into_iter().enumerate() {
                     let failure = match &answered {
                         Ok(results) => match results.get(j) {
                             Some(r) if r.status() == Status::Ok => None,
@@ -153,7 +153,9 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
                     };
                     if failure.is_some() {
                         shard.borrow_mut().counters.replica_writes_failed += 1;
-                        hint(&hints, node, op, now);
+                        if let Some(Some(op)) = replicas.get(k) {
+                            hint(&hints, node, op.clone(), now);
+                        }
                     }
                     let _ = tx.unbounded_send((k, failure));
                 }
