@@ -16,8 +16,26 @@ use common::cluster::Cluster;
 use common::{op, stderr, stdout, wait_for, WireClient};
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 
-/// The documented failure-detection time with the default flags (README, "Replication").
+/// The failure-detection time the issue allows by default; a killed node is detected at
+/// once (its connections reset), a hung one within --heartbeat + --forward-timeout.
 const DETECTION: Duration = Duration::from_secs(5);
+
+/// Flags of every node here: a hop may take up to 5 s on a loaded 2-core machine before it
+/// counts as failed (the default is 2 s).
+const FLAGS: [&str; 2] = ["--forward-timeout", "5s"];
+
+/// The clusters of these tests run one at a time: each is 3 processes of pinned executors,
+/// and several at once on 2 shared cores made healthy nodes miss their hop timeouts.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn with_flags(extra: &[&'static str]) -> Vec<&'static str> {
+    FLAGS.iter().chain(extra).copied().collect()
+}
 
 /// Node `id`'s own copy of `key`: `(status, value, version)`, read on its owning shard.
 fn replica_get(cluster: &Cluster, id: usize, key: &[u8]) -> (Status, Vec<u8>, (u64, u32)) {
@@ -48,7 +66,8 @@ fn hints_queued(cluster: &Cluster, id: usize) -> (u64, u64) {
 
 #[test]
 fn quorum_writes_survive_a_killed_node_which_converges_through_hints() {
-    let mut cluster = Cluster::start(3, 2, &[]);
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, 2, &with_flags(&[]));
     // Keys removed while node 3 is down must stay removed once it is back.
     let mut seed = WireClient::connect(cluster.nodes[0].addr);
     for j in 0..20 {
@@ -171,7 +190,8 @@ fn quorum_writes_survive_a_killed_node_which_converges_through_hints() {
 
 #[test]
 fn two_nodes_with_quorum_refuse_writes_with_one_down_and_write_ack_one_keeps_writing() {
-    let mut quorum = Cluster::start(2, 1, &[]);
+    let _serial = serial();
+    let mut quorum = Cluster::start(2, 1, &with_flags(&[]));
     let mut client = WireClient::connect(quorum.nodes[0].addr);
     assert_eq!(put(&mut client, b"a", b"1").status(), Status::Ok);
     quorum.kill(2);
@@ -188,7 +208,7 @@ fn two_nodes_with_quorum_refuse_writes_with_one_down_and_write_ack_one_keeps_wri
     // Reads still work, from the owner that is up.
     assert!(client.get(b"a").is_some());
 
-    let mut one = Cluster::start(2, 1, &["--write-ack", "one"]);
+    let mut one = Cluster::start(2, 1, &with_flags(&["--write-ack", "one"]));
     let mut client = WireClient::connect(one.nodes[0].addr);
     one.kill(2);
     for i in 0..50 {
@@ -205,7 +225,8 @@ fn two_nodes_with_quorum_refuse_writes_with_one_down_and_write_ack_one_keeps_wri
 
 #[test]
 fn concurrent_writers_to_one_key_converge_on_every_replica() {
-    let cluster = Cluster::start(3, 2, &[]);
+    let _serial = serial();
+    let cluster = Cluster::start(3, 2, &with_flags(&[]));
     let writers: Vec<_> = [0usize, 1]
         .into_iter()
         .map(|n| {
@@ -238,7 +259,8 @@ fn concurrent_writers_to_one_key_converge_on_every_replica() {
 
 #[test]
 fn a_replica_killed_right_after_acknowledging_keeps_the_writes() {
-    let mut cluster = Cluster::start(3, 1, &["--write-ack", "all"]);
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, 1, &with_flags(&["--write-ack", "all"]));
     let mut client = WireClient::connect(cluster.nodes[0].addr);
     let mut versions = Vec::new();
     for i in 0..50 {
@@ -271,8 +293,13 @@ fn a_replica_killed_right_after_acknowledging_keeps_the_writes() {
 
 #[test]
 fn a_quorum_read_returns_the_newest_version_and_repairs_the_stale_owner() {
+    let _serial = serial();
     // No hints (a zero budget drops them all), so node 3 stays behind until a read repairs it.
-    let mut cluster = Cluster::start(3, 2, &["--read-from", "quorum", "--hint-max-bytes", "0"]);
+    let mut cluster = Cluster::start(
+        3,
+        2,
+        &with_flags(&["--read-from", "quorum", "--hint-max-bytes", "0"]),
+    );
     let mut one = WireClient::connect(cluster.nodes[0].addr);
     assert_eq!(put(&mut one, b"r", b"old").status(), Status::Ok);
     assert_eq!(put(&mut one, b"gone", b"here").status(), Status::Ok);
@@ -307,7 +334,8 @@ fn a_quorum_read_returns_the_newest_version_and_repairs_the_stale_owner() {
 
 #[test]
 fn hints_survive_the_coordinator_being_killed() {
-    let mut cluster = Cluster::start(3, 2, &[]);
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, 2, &with_flags(&[]));
     cluster.kill(3);
     let mut one = WireClient::connect(cluster.nodes[0].addr);
     for i in 0..100 {
