@@ -3,7 +3,9 @@
 //! comes back converges through hinted handoff (removes included) and alone answers every
 //! acknowledged write; a 2-node cluster blocks quorum writes with one node down while
 //! `--write-ack one` keeps writing; concurrent writers to one key converge on every replica;
-//! a replica's acknowledgement survives its SIGKILL.
+//! a replica's acknowledgement survives its SIGKILL; hints survive the coordinator's SIGKILL;
+//! a quorum read returns the newest version and repairs the stale owner. The clusters run one
+//! at a time (see [`serial`]).
 
 mod common;
 
