@@ -3,6 +3,9 @@
 //! each node's main port (which the node forwards to the owner), by gRPC and by the load
 //! generator; 1- and 2-node clusters; a dead peer and its return; `kvmesh cluster` itself; and
 //! the refusals: another cluster name, no --data-dir.
+//!
+//! Where a test counts where keys live or needs a key with a single owner, its nodes run with
+//! `--replicas 1` (one owner per key); replication is tested in `node_replication.rs`.
 
 mod common;
 
@@ -43,7 +46,7 @@ fn every_key_through_every_node(cluster: &Cluster, prefix: &str, keys: usize) {
 
 #[test]
 fn three_nodes_serve_every_key_through_every_node() {
-    let cluster = Cluster::start(3, 2, &[]);
+    let cluster = Cluster::start(3, 2, &["--replicas", "1"]);
     every_key_through_every_node(&cluster, "wire-", 150);
 
     // Every node owns some keys, and every node forwarded some.
@@ -132,7 +135,7 @@ fn bench_binary() -> std::path::PathBuf {
 
 #[test]
 fn load_generator_through_a_cluster() {
-    let cluster = Cluster::start(3, 2, &[]);
+    let cluster = Cluster::start(3, 2, &["--replicas", "1"]);
     let bench = bench_binary();
     for via in [false, true] {
         let addr = cluster.nodes[1].addr.to_string();
@@ -203,7 +206,7 @@ fn one_and_two_node_clusters_work() {
 
 #[test]
 fn a_dead_peer_fails_fast_and_is_reached_again_when_it_is_back() {
-    let mut cluster = Cluster::start(2, 1, &["--forward-timeout", "5s"]);
+    let mut cluster = Cluster::start(2, 1, &["--forward-timeout", "5s", "--replicas", "1"]);
     let ring = Ring::new(&[1, 2]).unwrap();
     let key = (0..)
         .map(|i| format!("k{i}"))
@@ -239,11 +242,11 @@ fn a_dead_peer_fails_fast_and_is_reached_again_when_it_is_back() {
 #[test]
 fn a_node_with_another_cluster_name_is_refused() {
     let cluster = Cluster::start_with(2, 1, |id| {
+        let mut flags = vec!["--replicas".to_string(), "1".to_string()];
         if id == 2 {
-            vec!["--cluster".into(), "other".into()]
-        } else {
-            vec![]
+            flags.extend(["--cluster".into(), "other".into()]);
         }
+        flags
     });
     let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
     // Each side logs why, whichever connected first.

@@ -242,7 +242,7 @@ pub fn op(code: OpCode, key: &[u8], value: &[u8], ttl_ms: u64) -> Op {
         key: key.to_vec(),
         value: value.to_vec(),
         ttl_ms,
-        hello: None,
+        ..Op::default()
     }
 }
 
@@ -401,9 +401,35 @@ impl Client {
         Ok((i, shard_for(key, shards)))
     }
 
-    /// Runs one op on the shard, of the member, that owns its key.
+    /// Runs one op on the shard, of the member, that owns its key. When that member cannot
+    /// be reached, the op goes to the next members clockwise on the ring in turn (each serves
+    /// it if it holds the key as a replica, or passes it to an owner that is up), and the
+    /// first member's error is returned only when none answers.
     pub async fn execute(&mut self, op: Op) -> Result<OpResult, ClientError> {
-        let (i, shard) = self.locate(&op.key).await?;
+        let mut first = None;
+        for id in self.ring.owners(&op.key, self.nodes.len()) {
+            let Ok(i) = self.nodes.binary_search_by_key(&id, |n| n.id) else {
+                continue;
+            };
+            let called = match self.learn(i).await {
+                Ok(()) => {
+                    let shard = shard_for(&op.key, self.nodes[i].shards.len());
+                    self.call_at(i, shard, op.clone()).await
+                }
+                Err(e) => Err(e),
+            };
+            match called {
+                Ok(result) => return Ok(result),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(first.unwrap_or_else(|| ClientError::Topology("the cluster has no members".into())))
+    }
+
+    /// Runs one op on shard `shard` of member `i`.
+    async fn call_at(&mut self, i: usize, shard: usize, op: Op) -> Result<OpResult, ClientError> {
         let conn = self.conn(i, shard).await?;
         let addr = conn.addr();
         let mut results = conn.call(vec![op]).await.inspect_err(|_| {

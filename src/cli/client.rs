@@ -11,7 +11,7 @@ use anyhow::anyhow;
 use clap::Args;
 use kvmesh_net::client::MemberStats;
 use kvmesh_net::Client;
-use kvmesh_proto::wire::ShardStats;
+use kvmesh_proto::wire::{OpCode, ShardStats, Status};
 
 use crate::units::parse_duration;
 
@@ -44,6 +44,17 @@ pub struct KeyArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct GetArgs {
+    key: String,
+    /// Read node NODE's own copy (its id), without coordination, and print its version on
+    /// stderr: for seeing divergence and repair between replicas.
+    #[arg(long, value_name = "NODE")]
+    replica: Option<u32>,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args, Debug)]
 pub struct StatsArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -62,7 +73,10 @@ pub fn put(args: PutArgs) -> anyhow::Result<i32> {
     })
 }
 
-pub fn get(args: KeyArgs) -> anyhow::Result<i32> {
+pub fn get(args: GetArgs) -> anyhow::Result<i32> {
+    if let Some(node) = args.replica {
+        return get_replica(args.key, node, &args.target);
+    }
     with_client(&args.target, move |mut client| async move {
         match client.get(args.key.as_bytes()).await? {
             Some(value) => {
@@ -75,6 +89,51 @@ pub fn get(args: KeyArgs) -> anyhow::Result<i32> {
                 eprintln!("kvmesh: key not found: {}", args.key);
                 Ok(1)
             }
+        }
+    })
+}
+
+/// `kvmesh get KEY --replica NODE`: node NODE's own copy, on its owning shard's port.
+fn get_replica(key: String, node: u32, target: &Target) -> anyhow::Result<i32> {
+    let timeout = target.timeout;
+    with_client(target, move |client| async move {
+        let addr = client
+            .members()
+            .into_iter()
+            .find(|(id, _)| *id == node)
+            .map(|(_, addr)| addr)
+            .ok_or_else(|| anyhow!("node {node} is not a member of this cluster"))?;
+        let mut there = Client::connect(addr, timeout).await?;
+        let shard = kvmesh_net::shard_for(key.as_bytes(), there.topology().shards as usize);
+        let op = kvmesh_proto::wire::Op {
+            replica: true,
+            ..kvmesh_net::client::op(OpCode::OpGet, key.as_bytes(), b"", 0)
+        };
+        let result = there
+            .contacted_shard(shard)
+            .await?
+            .call(vec![op])
+            .await?
+            .pop()
+            .ok_or_else(|| anyhow!("node {node} sent an empty reply"))?;
+        let version = format!("version {}.{}", result.version_hlc, result.version_node);
+        match result.status() {
+            Status::Ok => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&result.value)?;
+                out.write_all(b"\n")?;
+                eprintln!("kvmesh: node {node}'s copy: {version}");
+                Ok(0)
+            }
+            Status::NotFound if result.version_hlc != 0 => {
+                eprintln!("kvmesh: node {node} holds {key} as removed ({version})");
+                Ok(1)
+            }
+            Status::NotFound => {
+                eprintln!("kvmesh: node {node} holds no copy of {key}");
+                Ok(1)
+            }
+            other => Err(anyhow!("node {node}: {other:?}: {}", result.message)),
         }
     })
 }
@@ -196,8 +255,11 @@ where
     })
 }
 
+/// Counters `kvmesh stats` shows.
+const COLUMNS: usize = 35;
+
 /// Counter columns: (header, value).
-fn columns(s: &ShardStats) -> [(&'static str, u64); 24] {
+fn columns(s: &ShardStats) -> [(&'static str, u64); COLUMNS] {
     [
         ("keys", s.keys),
         ("bytes_used", s.bytes_used),
@@ -223,11 +285,22 @@ fn columns(s: &ShardStats) -> [(&'static str, u64); 24] {
         ("wal_failed", s.wal_failed),
         ("wal_write_us", s.wal_write_us),
         ("wal_sync_us", s.wal_sync_us),
+        ("replica_writes_sent", s.replica_writes_sent),
+        ("replica_writes_failed", s.replica_writes_failed),
+        ("replica_writes_applied", s.replica_writes_applied),
+        ("hints_queued", s.hints_queued),
+        ("hints_bytes", s.hints_bytes),
+        ("hints_delivered", s.hints_delivered),
+        ("hints_dropped", s.hints_dropped),
+        ("peers_down", s.peers_down),
+        ("peer_down_events", s.peer_down_events),
+        ("quorum_reads", s.quorum_reads),
+        ("read_repairs", s.read_repairs),
     ]
 }
 
 fn totals(shards: &[ShardStats]) -> Vec<u64> {
-    let mut sum = vec![0u64; 24];
+    let mut sum = vec![0u64; COLUMNS];
     for s in shards {
         for (total, (_, v)) in sum.iter_mut().zip(columns(s)) {
             *total += v;
@@ -238,14 +311,14 @@ fn totals(shards: &[ShardStats]) -> Vec<u64> {
 
 /// One row per counter, one column per shard, then the node's total.
 fn stats_table(node_id: u32, shards: &[ShardStats]) -> String {
-    let mut out = format!("node {node_id}\n{:<19}", "");
+    let mut out = format!("node {node_id}\n{:<22}", "");
     for s in shards {
         out.push_str(&format!(" {:>14}", format!("shard {}", s.shard)));
     }
     out.push_str(&format!(" {:>14}", "total"));
-    let per_shard: Vec<[(&str, u64); 24]> = shards.iter().map(columns).collect();
+    let per_shard: Vec<[(&str, u64); COLUMNS]> = shards.iter().map(columns).collect();
     for (row, (name, _)) in columns(&ShardStats::default()).iter().enumerate() {
-        out.push_str(&format!("\n{name:<19}"));
+        out.push_str(&format!("\n{name:<22}"));
         for values in &per_shard {
             out.push_str(&format!(" {:>14}", values[row].1));
         }

@@ -28,7 +28,7 @@ enum Command {
     /// Store a value.
     Put(client::PutArgs),
     /// Print a key's value; exits with status 1 when the key is missing.
-    Get(client::KeyArgs),
+    Get(client::GetArgs),
     /// Remove a key (succeeds whether or not it existed).
     Remove(client::KeyArgs),
     /// Show every shard's counters and the node's totals.

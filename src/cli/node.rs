@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::cluster::membership::{self, Membership};
+use crate::cluster::replication::{ReadFrom, Replication, WriteAck};
 use crate::node::durable::datadir::DataDir;
 use crate::node::durable::Durability;
 use crate::node::{self, NodeConfig};
@@ -119,6 +120,33 @@ pub struct NodeArgs {
     /// --peers [default: --listen].
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<SocketAddr>,
+    /// Nodes that hold each key (its owners on the ring), clamped to the cluster size.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    replicas: usize,
+    /// Owners that must have applied a write durably (each in its own --fsync mode) before it
+    /// is acknowledged. one: the coordinator; quorum: a majority of the owners; all: every
+    /// owner.
+    #[arg(long, value_enum, default_value = "quorum", value_name = "MODE")]
+    write_ack: WriteAck,
+    /// Owners a read asks. one: this node when it owns the key, else the first owner believed
+    /// up; quorum: a majority, the newest version wins and stale owners are repaired.
+    #[arg(long, value_enum, default_value = "one", value_name = "MODE")]
+    read_from: ReadFrom,
+    /// How long a remove's tombstone is kept in a cluster, so a late, older write (a retry, a
+    /// hint) cannot bring the key back; must exceed --hint-max-age.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    tombstone_grace: Duration,
+    /// Bytes of hints (writes an owner missed) the node keeps, split across shards; past it new
+    /// hints are dropped, counted and logged.
+    #[arg(long, default_value = "64MiB", value_name = "SIZE")]
+    hint_max_bytes: ByteSize,
+    /// Hints older than this are dropped, counted and logged.
+    #[arg(long, default_value = "10min", value_parser = parse_duration, value_name = "DURATION")]
+    hint_max_age: Duration,
+    /// How often each shard checks that every peer answers: a peer is marked down at the first
+    /// failed request or heartbeat, and up at the first that succeeds.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
+    heartbeat: Duration,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -235,6 +263,15 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections,
         idle_timeout: args.idle_timeout,
         cluster,
+        replication: Replication {
+            replicas: args.replicas,
+            write_ack: args.write_ack,
+            read_from: args.read_from,
+        },
+        tombstone_grace: args.tombstone_grace,
+        hint_max_bytes: args.hint_max_bytes.0,
+        hint_max_age: args.hint_max_age,
+        heartbeat: args.heartbeat,
     };
     let result = node::run(config);
     drop(data_dir);

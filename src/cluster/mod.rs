@@ -2,13 +2,19 @@
 //!
 //! - [`membership`]: the static member list (`--peers`) and the handshake's checks (pure);
 //! - [`peers`]: one shard's persistent, pipelined connections to the other nodes (glommio I/O);
-//! - [`local`]: `kvmesh cluster`, a local cluster of node processes on loopback ports.
+//! - [`local`]: `kvmesh cluster`, a local cluster of node processes on loopback ports;
+//! - [`replication`]: owners, acknowledgement counts and when a write is done (pure);
+//! - [`hints`]: hinted handoff's bounded queue of writes an owner missed (pure);
+//! - [`hint_log`]: that queue's copy on disk, in the write-ahead log's record format.
 //!
 //! The routing decision itself (ring owner first, then shard) is `node::router`, pure.
 
+pub mod hint_log;
+pub mod hints;
 pub mod local;
 pub mod membership;
 pub mod peers;
+pub mod replication;
 
 pub use membership::Membership;
 pub use peers::{PeerError, Peers};

@@ -70,6 +70,10 @@ struct LinkState {
     conns: Vec<Option<Rc<Mux>>>,
     /// After a failure: fail fast until then, with this error.
     backoff: Option<(Instant, PeerError)>,
+    /// Believed down: its last request or heartbeat failed (see [`Peers::heartbeat`]).
+    down: bool,
+    /// Times it went from up to down.
+    down_events: u64,
 }
 
 /// Ops sent to one peer shard, waiting for their answers.
@@ -165,17 +169,88 @@ impl Peers {
         sent
     }
 
-    /// Waits for the answers to `sent`, at most the forward timeout.
+    /// Waits for the answers to `sent`, at most the forward timeout. The outcome updates
+    /// whether the peer is believed up ([`Peers::is_live`]).
     pub async fn wait(&self, sent: Sent) -> Result<Vec<OpResult>, PeerError> {
         let Sent { node, addr, reply } = sent;
-        match reply?.wait(self.timeout).await {
-            Ok(results) => Ok(results),
-            Err(ClientError::Timeout(_)) => Err(PeerError::Timeout {
-                node,
-                addr,
-                ms: self.timeout.as_millis(),
-            }),
-            Err(e) => Err(unreachable(node, addr, &e)),
+        let answered = match reply {
+            Err(e) => Err(e),
+            Ok(reply) => match reply.wait(self.timeout).await {
+                Ok(results) => Ok(results),
+                Err(ClientError::Timeout(_)) => Err(PeerError::Timeout {
+                    node,
+                    addr,
+                    ms: self.timeout.as_millis(),
+                }),
+                Err(e) => Err(unreachable(node, addr, &e)),
+            },
+        };
+        match &answered {
+            Ok(_) => self.mark(node, None),
+            Err(e) => self.mark(node, Some(e)),
+        }
+        answered
+    }
+
+    /// Whether peer `node` is believed up: true until a request or heartbeat to it fails,
+    /// and again from the next one that succeeds. This node itself, and unknown ids, are live.
+    pub fn is_live(&self, node: NodeId) -> bool {
+        self.links
+            .iter()
+            .find(|l| l.id == node)
+            .is_none_or(|l| !l.state.borrow().down)
+    }
+
+    /// `(peers believed down now, times a peer went down)`, for `kvmesh stats`.
+    pub fn down_counts(&self) -> (u64, u64) {
+        self.links.iter().fold((0, 0), |(now, events), l| {
+            let state = l.state.borrow();
+            (now + state.down as u64, events + state.down_events)
+        })
+    }
+
+    /// The ids of the other members.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.links.iter().map(|l| l.id)
+    }
+
+    /// Records the outcome of a request to `node`: up (`None`) or down, logging each change.
+    fn mark(&self, node: NodeId, failure: Option<&PeerError>) {
+        let Some(link) = self.links.iter().find(|l| l.id == node) else {
+            return;
+        };
+        let mut state = link.state.borrow_mut();
+        match failure {
+            None if state.down => {
+                state.down = false;
+                tracing::info!("peer node {node} at {} is up again", link.addr);
+            }
+            Some(e) if !state.down => {
+                state.down = true;
+                state.down_events += 1;
+                tracing::warn!("peer node {node} is down: {e}");
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends a cheap request (`OP_TOPOLOGY`) to every peer every `every`, so a peer's failure
+    /// is noticed within `every` plus the forward timeout even when no request needs it, and
+    /// its return within `every` plus [`RETRY_AFTER`]. Runs until dropped.
+    pub async fn heartbeat(self: Rc<Self>, every: Duration) {
+        loop {
+            glommio::timer::sleep(every).await;
+            let mut sent = Vec::new();
+            for node in self.ids().collect::<Vec<_>>() {
+                let op = Op {
+                    code: OpCode::OpTopology as i32,
+                    ..Op::default()
+                };
+                sent.extend(self.send(node, vec![(0, op)]).await);
+            }
+            for (_, sent) in sent {
+                let _ = self.wait(sent).await;
+            }
         }
     }
 

@@ -33,7 +33,7 @@ const COUNTER: MetricType = MetricType::Counter;
 const GAUGE: MetricType = MetricType::Gauge;
 
 #[rustfmt::skip]
-const PER_SHARD: [PerShard; 22] = [
+const PER_SHARD: [PerShard; 33] = [
     ("kvmesh_hits", "Gets that found their key.", COUNTER, |s| s.stats.hits),
     ("kvmesh_misses", "Gets that did not find their key.", COUNTER, |s| s.stats.misses),
     ("kvmesh_evictions", "Keys evicted to stay within --max-memory.", COUNTER,
@@ -73,6 +73,28 @@ const PER_SHARD: [PerShard; 22] = [
         |s| s.stats.wal_sync_us),
     ("kvmesh_wal_failed", "1 once the shard's log has failed (writes refused).", GAUGE,
         |s| s.stats.wal_failed),
+    ("kvmesh_node_forwarded_out", "Ops this shard sent to another node.", COUNTER,
+        |s| s.stats.node_forwarded_out),
+    ("kvmesh_node_forwarded_in", "Ops this shard served for another node.", COUNTER,
+        |s| s.stats.node_forwarded_in),
+    ("kvmesh_replica_writes_sent", "Versioned writes this shard sent to other owners as \
+        coordinator.", COUNTER, |s| s.stats.replica_writes_sent),
+    ("kvmesh_replica_writes_failed", "Versioned writes another owner did not apply (each is \
+        hinted).", COUNTER, |s| s.stats.replica_writes_failed),
+    ("kvmesh_replica_writes_applied", "Versioned writes this shard applied for a coordinator.",
+        COUNTER, |s| s.stats.replica_writes_applied),
+    ("kvmesh_read_repairs", "Stale owners sent the newest copy after a quorum read.", COUNTER,
+        |s| s.stats.read_repairs),
+    ("kvmesh_hints_queued", "Hints held for owners that missed writes.", GAUGE,
+        |s| s.stats.hints_queued),
+    ("kvmesh_hints_bytes", "Bytes of hints held (key + value + 64 each).", GAUGE,
+        |s| s.stats.hints_bytes),
+    ("kvmesh_hints_delivered", "Hints delivered to their owner.", COUNTER,
+        |s| s.stats.hints_delivered),
+    ("kvmesh_hints_dropped", "Hints dropped past --hint-max-bytes or --hint-max-age.", COUNTER,
+        |s| s.stats.hints_dropped),
+    ("kvmesh_peers_down", "Peers this shard believes down now.", GAUGE,
+        |s| s.stats.peers_down),
 ];
 
 #[derive(Debug)]

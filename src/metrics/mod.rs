@@ -70,9 +70,11 @@ pub fn wire(shards: usize) -> Vec<Wiring> {
 
 /// This shard's snapshot.
 pub fn snapshot(ctx: &ShardCtx) -> Snapshot {
+    let mut stats = ctx.shard.borrow().stats();
+    crate::node::annotate_replication(ctx, &mut stats);
     Snapshot {
         shard: ctx.me,
-        stats: ctx.shard.borrow().stats(),
+        stats,
         local: ctx.metrics.borrow().clone(),
         serving: ctx.serving.is_serving(),
     }

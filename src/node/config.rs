@@ -47,9 +47,32 @@ pub struct NodeConfig {
     /// The cluster this node belongs to: its name, this node's id and advertised address, and
     /// every member (`--cluster`, `--peers`, `--advertise`). A node alone is a 1-member cluster.
     pub cluster: crate::cluster::Membership,
+    /// Owners per key and how many must acknowledge a write (`--replicas`, `--write-ack`,
+    /// `--read-from`).
+    pub replication: crate::cluster::replication::Replication,
+    /// How long a remove's tombstone is kept in a cluster (`--tombstone-grace`, default 1 h):
+    /// while it lives, an older write arriving late (a retry, a hint) cannot bring the key back.
+    pub tombstone_grace: Duration,
+    /// Bytes of hints the node keeps for owners that missed writes, split across shards
+    /// (`--hint-max-bytes`, default 64 MiB).
+    pub hint_max_bytes: u64,
+    /// Age past which a hint is dropped (`--hint-max-age`, default 10 min); must be below
+    /// the tombstone grace.
+    pub hint_max_age: Duration,
+    /// How often each shard checks on every peer (`--heartbeat`, default 500 ms).
+    pub heartbeat: Duration,
 }
 
 impl NodeConfig {
+    /// The tombstone grace the stores use: none on a node alone, where nothing arrives late.
+    pub fn tombstone_grace_ms(&self) -> u64 {
+        if self.cluster.ring().nodes().len() > 1 {
+            self.tombstone_grace.as_millis() as u64
+        } else {
+            0
+        }
+    }
+
     /// Checks the values against each other, with one clear message per problem.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
@@ -173,6 +196,19 @@ impl NodeConfig {
                 self.cluster.members.len()
             ));
         }
+        if self.replication.replicas == 0 {
+            problems.push("--replicas must be at least 1".to_string());
+        }
+        if self.heartbeat.is_zero() {
+            problems.push("--heartbeat must be more than 0".to_string());
+        }
+        if self.cluster.is_multi_node() && self.hint_max_age >= self.tombstone_grace {
+            problems.push(format!(
+                "--hint-max-age ({:?}) must be below --tombstone-grace ({:?}): a hint older than \
+                 a remove's tombstone could bring the removed key back",
+                self.hint_max_age, self.tombstone_grace
+            ));
+        }
         if self.cluster.me != self.node_id {
             problems.push(format!(
                 "this node's id is {}, but the cluster configuration says {}",
@@ -268,6 +304,11 @@ mod tests {
             max_connections: None,
             idle_timeout: None,
             cluster: crate::cluster::Membership::single(1, "127.0.0.1:7000".parse().unwrap()),
+            replication: Default::default(),
+            tombstone_grace: Duration::from_secs(3600),
+            hint_max_bytes: 64 << 20,
+            hint_max_age: Duration::from_secs(600),
+            heartbeat: Duration::from_millis(500),
         }
     }
 

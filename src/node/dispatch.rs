@@ -15,8 +15,10 @@ use crate::cluster::peers::Sent;
 
 use super::durable;
 use super::mesh::Pending;
+use super::quorum_read;
+use super::replicate;
 use super::reply;
-use super::router::{route_in_cluster, Rejection, Route};
+use super::router::{route_in_cluster, Place, Rejection, Route};
 use super::server::ShardCtx;
 
 /// Runs `ops` and returns one result per op, in order. Never fails as a whole: an op that could
@@ -39,6 +41,13 @@ pub struct Started {
     kinds: [u32; crate::metrics::latency::KINDS.len()],
     /// Per peer shard of another node: the indices its answers fill, and the request.
     nodes: Vec<(Vec<usize>, Sent)>,
+    /// Writes this node coordinates that another shard of it executes: sent to the keys'
+    /// other owners in `finish`, once that shard answered with their versions.
+    replicate: replicate::Plan,
+    /// Writes this node coordinates that this shard executed: already sent to the other owners.
+    replicating: replicate::InFlight,
+    /// Reads that ask a quorum of owners (`--read-from quorum`): the others are asked already.
+    reads: quorum_read::Asked,
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
@@ -62,13 +71,21 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     let mut snapshots = Vec::new();
     // (owning shard, indices into `results`, ops) for ops this shard does not own.
     let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
+    let mut plan = replicate::Plan::default();
+    let mut reads = quorum_read::Reads::default();
+    let live = |node| ctx.peers.is_live(node);
+    let place = Place {
+        ring: membership.ring(),
+        node: membership.me,
+        replicas: ctx.config.replication.replicas,
+        live: &live,
+    };
     {
         let mut shard = ctx.shard.borrow_mut();
-        for (i, op) in ops.into_iter().enumerate() {
+        for (i, mut op) in ops.into_iter().enumerate() {
             let route = route_in_cluster(
                 &op,
-                membership.ring(),
-                membership.me,
+                &place,
                 forwarded,
                 ctx.me,
                 ctx.config.shards,
@@ -77,11 +94,20 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
             if forwarded {
                 shard.counters.node_forwarded_in += 1;
             }
+            if matches!(route, Route::Local | Route::Forward(_)) {
+                reads.note(ctx, i, &mut op);
+            }
             match route {
                 Route::Here if op.code == OpCode::OpSnapshot as i32 => snapshots.push(i),
                 Route::Local | Route::Here => {
                     let executed = shard.execute(&op, now);
                     results[i] = executed.result;
+                    if let Some(stats) = results[i].stats.as_mut() {
+                        replicate::annotate(ctx, stats);
+                    }
+                    if route == Route::Local {
+                        plan.note(ctx, i, &op);
+                    }
                     waits.extend(executed.wait.map(|seq| (i, seq)));
                 }
                 Route::Hello => results[i] = ctx.peers.answer_hello(op.hello.as_ref()),
@@ -100,6 +126,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                 }
                 Route::Forward(owner) => {
                     shard.counters.forwarded_out += 1;
+                    plan.note(ctx, i, &op);
                     match remote.iter_mut().find(|(s, _, _)| *s == owner) {
                         Some((_, idx, ops)) => {
                             idx.push(i);
@@ -120,6 +147,9 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     for (node, ops) in for_nodes {
         nodes.extend(ctx.peers.send(node, ops).await);
     }
+    let executed = plan.take_executed(&results);
+    let replicating = replicate::send(ctx, executed, &results).await;
+    let reads = quorum_read::ask(ctx, reads).await;
     Started {
         results,
         waits,
@@ -128,6 +158,9 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
         began,
         kinds,
         nodes,
+        replicate: plan,
+        replicating,
+        reads,
     }
 }
 
@@ -149,6 +182,9 @@ impl Started {
             began,
             kinds,
             nodes,
+            replicate,
+            replicating,
+            reads,
         } = self;
         for i in snapshots {
             results[i] = match &ctx.snapshots {
@@ -202,6 +238,9 @@ impl Started {
                 }
             }
         }
+        reads.finish(ctx, &mut results).await;
+        replicating.finish(ctx, &mut results).await;
+        replicate::complete(ctx, replicate, &mut results).await;
         ctx.metrics
             .borrow_mut()
             .latency

@@ -6,6 +6,8 @@
 //! - [`shard`]: one shard's state and handler (no I/O);
 //! - [`reply`]: errors to wire statuses, in one place;
 //! - [`dispatch`]: runs a batch of ops here or on their owners, for every front-end;
+//! - [`replicate`]: a coordinator's replication of the writes it applied, and hinted handoff;
+//! - [`quorum_read`]: reads that ask a majority of owners, and read repair;
 //! - [`durable`]: each shard's write-ahead log, the data directory, recovery at start;
 //! - [`grpc_backend`]: the gRPC front-end's backend in a node (runs ops through `dispatch`);
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
@@ -18,8 +20,11 @@ mod conn;
 pub(crate) mod dispatch;
 pub mod durable;
 mod grpc_backend;
+mod hint_store;
 mod limits;
 mod mesh;
+mod quorum_read;
+mod replicate;
 mod reply;
 pub mod router;
 mod server;
@@ -35,6 +40,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use config::NodeConfig;
+pub(crate) use replicate::annotate as annotate_replication;
 pub(crate) use server::ShardCtx;
 pub use sys::{check_ports_free, raise_memlock, usable_cpus};
 

@@ -56,14 +56,25 @@ pub fn route(op: &Op, me: usize, nr_shards: usize, max_key_len: usize) -> Route 
     }
 }
 
-/// Routes `op` arriving at shard `me` (of `nr_shards`) of node `node`, in the cluster `ring`:
-/// a keyed op whose owner on the ring is another node goes there, unless it was `forwarded`
-/// by a node already, which makes this node serve it as owner (so two nodes that disagree
+/// Where this node stands in the cluster, for [`route_in_cluster`].
+pub struct Place<'a> {
+    pub ring: &'a Ring,
+    /// This node.
+    pub node: NodeId,
+    /// Owners per key (`--replicas`).
+    pub replicas: usize,
+    /// Whether a peer is believed up now (see `cluster::peers`).
+    pub live: &'a dyn Fn(NodeId) -> bool,
+}
+
+/// Routes `op` arriving at shard `me` (of `nr_shards`) of node `place.node`: a keyed op of
+/// which this node is not one of the `replicas` owners goes to the first owner believed live
+/// (the first owner when none is), unless it was `forwarded` by a node already or is a
+/// replica write (`Op.replica`), which this node serves as owner (so two nodes that disagree
 /// about the ring cannot bounce it between them). Everything else routes as [`route`].
 pub fn route_in_cluster(
     op: &Op,
-    ring: &Ring,
-    node: NodeId,
+    place: &Place<'_>,
     forwarded: bool,
     me: usize,
     nr_shards: usize,
@@ -71,11 +82,21 @@ pub fn route_in_cluster(
 ) -> Route {
     let here = route(op, me, nr_shards, max_key_len);
     match here {
-        Route::Local | Route::Forward(_) if !forwarded && ring.nodes().len() > 1 => {
-            match ring.owner(&op.key) {
-                owner if owner != node => Route::Remote(owner),
-                _ => here,
+        Route::Local | Route::Forward(_)
+            if !forwarded && !op.replica && place.ring.nodes().len() > 1 =>
+        {
+            if place.replicas <= 1 {
+                return match place.ring.owner(&op.key) {
+                    owner if owner != place.node => Route::Remote(owner),
+                    _ => here,
+                };
             }
+            let owners = place.ring.owners(&op.key, place.replicas);
+            if owners.contains(&place.node) {
+                return here;
+            }
+            let live = owners.iter().copied().find(|&n| (place.live)(n));
+            Route::Remote(live.unwrap_or(owners[0]))
         }
         _ => here,
     }
@@ -130,8 +151,16 @@ mod tests {
         // "a" to node 3 (kvmesh-net's ring test vectors); "user:42" is shard 1's of 2.
         let ring = Ring::with_hasher(&[1, 2, 3], 4, kvmesh_net::ring::RingHash).unwrap();
         let get = |key: &[u8]| op(OpCode::OpGet as i32, key);
-        let at =
-            |node, forwarded, me, op: &Op| route_in_cluster(op, &ring, node, forwarded, me, 2, 8);
+        let all_live = |_| true;
+        let at = |node, forwarded, me, op: &Op| {
+            let place = Place {
+                ring: &ring,
+                node,
+                replicas: 1,
+                live: &all_live,
+            };
+            route_in_cluster(op, &place, forwarded, me, 2, 8)
+        };
         assert_eq!(at(1, false, 0, &get(b"user:42")), Route::Remote(2));
         assert_eq!(at(3, false, 1, &get(b"user:42")), Route::Remote(2));
         assert_eq!(at(2, false, 0, &get(b"user:42")), Route::Forward(1));
@@ -156,9 +185,48 @@ mod tests {
         );
         // One node: the ring is not consulted.
         let one = Ring::new(&[1]).unwrap();
+        let place = Place {
+            ring: &one,
+            node: 1,
+            replicas: 1,
+            live: &all_live,
+        };
         assert_eq!(
-            route_in_cluster(&get(b"user:42"), &one, 1, false, 0, 2, 8),
+            route_in_cluster(&get(b"user:42"), &place, false, 0, 2, 8),
             Route::Forward(1)
         );
+    }
+
+    #[test]
+    fn any_owner_serves_and_others_go_to_a_live_owner() {
+        let ring = Ring::with_hasher(&[1, 2, 3, 4], 4, kvmesh_net::ring::RingHash).unwrap();
+        let key = b"user:42";
+        let owners = ring.owners(key, 2);
+        let other = *[1, 2, 3, 4].iter().find(|n| !owners.contains(n)).unwrap();
+        let get = op(OpCode::OpGet as i32, key);
+        let at = |node, live: &dyn Fn(NodeId) -> bool, op: &Op| {
+            let place = Place {
+                ring: &ring,
+                node,
+                replicas: 2,
+                live,
+            };
+            route_in_cluster(op, &place, false, 1, 2, 8)
+        };
+        let all = |_| true;
+        for &owner in &owners {
+            assert_eq!(at(owner, &all, &get), Route::Local);
+        }
+        assert_eq!(at(other, &all, &get), Route::Remote(owners[0]));
+        let first_down = |n| n != owners[0];
+        assert_eq!(at(other, &first_down, &get), Route::Remote(owners[1]));
+        let none = |_| false;
+        assert_eq!(at(other, &none, &get), Route::Remote(owners[0]));
+        // A replica write is served where it arrives.
+        let replica = Op {
+            replica: true,
+            ..op(OpCode::OpPut as i32, key)
+        };
+        assert_eq!(at(other, &all, &replica), Route::Local);
     }
 }

@@ -45,6 +45,8 @@ pub struct ShardCtx {
     pub metrics: RefCell<crate::metrics::ShardMetrics>,
     /// Connections to the other nodes of the cluster.
     pub peers: Rc<crate::cluster::Peers>,
+    /// Writes this shard coordinated that an owner missed, until that owner is back.
+    pub hints: Rc<RefCell<super::hint_store::HintStore>>,
 }
 
 impl ShardCtx {
@@ -140,6 +142,20 @@ pub async fn run_shard(
         config.forward_timeout,
     );
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone());
+    let hint_dir = config
+        .durability
+        .as_ref()
+        .filter(|_| config.cluster.is_multi_node())
+        .map(|d| d.data_dir.join("hints"));
+    let (hints, loaded) = super::hint_store::HintStore::open(
+        hint_dir.as_deref(),
+        me,
+        config.hint_max_bytes / config.shards as u64,
+        config.hint_max_age.as_millis() as u64,
+    );
+    if let Some(report) = loaded {
+        tracing::info!("{report}");
+    }
     let ctx = Rc::new(ShardCtx {
         me,
         config,
@@ -150,6 +166,7 @@ pub async fn run_shard(
         snapshots: snapshots.clone(),
         metrics: RefCell::default(),
         peers: peers.clone(),
+        hints: Rc::new(RefCell::new(hints)),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
@@ -172,7 +189,12 @@ pub async fn run_shard(
     let _ = ready.send(Ok(()));
     // One shard introduces the node to its peers at start, so a misconfigured peer is reported
     // at once, not at the first request for its keys.
-    let _probe = (me == 0).then(|| glommio::spawn_local(peers.probe()));
+    let _probe = (me == 0).then(|| glommio::spawn_local(peers.clone().probe()));
+    let clustered = ctx.config.cluster.ring().nodes().len() > 1;
+    let _heartbeat = clustered.then(|| glommio::spawn_local(peers.heartbeat(ctx.config.heartbeat)));
+    let _handoff = clustered.then(|| {
+        glommio::spawn_local(super::replicate::handoff(ctx.clone(), ctx.config.heartbeat))
+    });
 
     stop.requested().await;
     let since = Instant::now();
@@ -227,7 +249,7 @@ fn store_config(config: &NodeConfig) -> StoreConfig {
         max_memory: config.shard_memory(),
         max_key_len: config.max_key_len,
         max_value_len: config.max_value_len,
-        ..StoreConfig::default()
+        tombstone_grace_ms: config.tombstone_grace_ms(),
     }
 }
 

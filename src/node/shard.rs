@@ -12,6 +12,9 @@ use kvmesh_wal::{Entry, Log, Op as LogOp};
 use super::durable::{Pending, Replay};
 use super::reply;
 
+#[path = "shard_replica.rs"]
+mod replica;
+
 /// Counters of the node layer's own work. The store counts hits, misses and evictions itself.
 #[derive(Clone, Debug, Default)]
 pub struct Counters {
@@ -26,6 +29,11 @@ pub struct Counters {
     pub protocol_errors: u64,
     pub node_forwarded_out: u64,
     pub node_forwarded_in: u64,
+    pub replica_writes_sent: u64,
+    pub replica_writes_failed: u64,
+    pub replica_writes_applied: u64,
+    pub quorum_reads: u64,
+    pub read_repairs: u64,
 }
 
 /// What one shard owns: its store, its clock, its counters and, when durable, its log.
@@ -96,6 +104,11 @@ impl Shard {
     /// Executes one op that this shard owns, or one about the shard itself. Routing has already
     /// checked the op code and the key length.
     pub fn execute(&mut self, op: &Op, now_ms: u64) -> Executed {
+        if op.replica {
+            let executed = self.execute_replica(op, now_ms);
+            self.log_removals();
+            return executed;
+        }
         let executed = match OpCode::try_from(op.code) {
             Ok(OpCode::OpGet) => self.get(op, now_ms),
             Ok(OpCode::OpPut) => self.put(op, now_ms),
@@ -217,7 +230,7 @@ impl Shard {
                     version_node: version.node,
                     ..Entry::new(LogOp::Put, &op.key)
                 };
-                self.logged(OpResult::default(), &entry)
+                self.logged(versioned(OpResult::default(), version), &entry)
             }
             // A stale write cannot happen with one clock per shard, but either way the store
             // holds a version at least as new as this one.
@@ -236,7 +249,7 @@ impl Shard {
             Ok(removed) => {
                 let result = OpResult {
                     found: removed == Removed::Removed,
-                    ..OpResult::default()
+                    ..versioned(OpResult::default(), version)
                 };
                 // A remove that found nothing changed nothing, unless it left a tombstone.
                 let changed = removed == Removed::Removed
@@ -272,7 +285,7 @@ impl Shard {
             };
             let result = OpResult {
                 found: true,
-                ..OpResult::default()
+                ..versioned(OpResult::default(), version)
             };
             self.logged(result, &entry)
         } else {
@@ -347,7 +360,22 @@ impl Shard {
             wal_sync_us: wal.sync_micros,
             node_forwarded_out: c.node_forwarded_out,
             node_forwarded_in: c.node_forwarded_in,
+            replica_writes_sent: c.replica_writes_sent,
+            replica_writes_failed: c.replica_writes_failed,
+            replica_writes_applied: c.replica_writes_applied,
+            quorum_reads: c.quorum_reads,
+            read_repairs: c.read_repairs,
+            ..ShardStats::default()
         }
+    }
+}
+
+/// `result` carrying the version of the write it answers (see `Op.replica`).
+pub(crate) fn versioned(result: OpResult, version: Version) -> OpResult {
+    OpResult {
+        version_hlc: version.hlc,
+        version_node: version.node,
+        ..result
     }
 }
 

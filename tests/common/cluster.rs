@@ -74,6 +74,12 @@ impl Cluster {
         self.nodes[id - 1].wait_ready();
     }
 
+    /// Kills node `id` with SIGKILL and waits until it is gone; [`Cluster::restart`] starts
+    /// it again.
+    pub fn kill(&mut self, id: usize) {
+        self.nodes[id - 1].signal_and_wait(libc::SIGKILL);
+    }
+
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.nodes.iter().map(|n| n.addr).collect()
     }

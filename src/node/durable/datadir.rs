@@ -9,6 +9,7 @@
 //!     000000000002.wal
 //!     00000000000000000042.snap   the newest snapshot (see kvmesh_wal::snapfile)
 //!   shard-1/ ...
+//!   hints/shard-N.hints   in a cluster: writes other nodes missed (see cluster::hint_log)
 //!   RESHARD, reshard.new/, reshard.old/   only while the shard count changes (see reshard)
 //! ```
 

@@ -1,0 +1,310 @@
+//! The coordinator's half of replication: after this node's owning shard applied a write and
+//! gave it a version, send the versioned write to the key's other owners at once and decide,
+//! by `cluster::replication::Tally`, when it may be acknowledged. Owners that miss it get a
+//! hint (`cluster::hints`), delivered by [`handoff`] once they are back.
+//!
+//! A write that fails here (too few owners answered) was still applied by the owners that did
+//! answer, and is hinted to the others: like a write whose reply was lost, it may become
+//! visible later. The client sees UNAVAILABLE and may retry; a retry gets a newer version.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use kvmesh_net::ring::NodeId;
+use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status};
+
+use crate::cluster::replication::{Outcome, Tally};
+
+use super::hint_store::HintStore;
+use super::reply;
+use super::server::ShardCtx;
+
+/// Replicated writes of one batch: `(index into the results, the op, the key's other owners)`.
+#[derive(Default)]
+pub struct Plan(Vec<(usize, Op, Vec<NodeId>)>);
+
+impl Plan {
+    /// Moves the writes whose local result is already in `results` (executed by this shard)
+    /// into a plan of their own, so they can be sent at once.
+    pub fn take_executed(&mut self, results: &[OpResult]) -> Plan {
+        let (done, rest) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(i, _, _)| {
+                results[*i].version_hlc != 0 || results[*i].status() != Status::Ok
+            });
+        self.0 = rest;
+        Plan(done)
+    }
+
+    /// Notes op `i` if this node must replicate it: a client write (not itself a replica
+    /// write) to a key with owners besides this node.
+    pub fn note(&mut self, ctx: &ShardCtx, i: usize, op: &Op) {
+        let settings = &ctx.config.replication;
+        let ring = ctx.peers.membership().ring();
+        if op.replica || settings.replicas <= 1 || ring.nodes().len() <= 1 || !is_write(op.code) {
+            return;
+        }
+        let me = ctx.peers.membership().me;
+        let others: Vec<NodeId> = settings
+            .owners(ring, &op.key)
+            .into_iter()
+            .filter(|&n| n != me)
+            .collect();
+        if !others.is_empty() {
+            self.0.push((i, op.clone(), others));
+        }
+    }
+}
+
+fn is_write(code: i32) -> bool {
+    [OpCode::OpPut, OpCode::OpRemove, OpCode::OpTouch]
+        .iter()
+        .any(|&c| c as i32 == code)
+}
+
+/// One owner's answer to one replicated write: the write's place in the plan, and why it
+/// failed, if it did.
+type Answer = (usize, Option<String>);
+
+/// Sends the plan's writes (those the local owner applied) to their other owners, batched per
+/// peer shard, and waits until each has `--write-ack` acknowledgements or cannot get them;
+/// a write that cannot is answered UNAVAILABLE, saying how many owners applied it.
+pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
+    send(ctx, plan, results).await.finish(ctx, results).await;
+}
+
+/// Replica writes on their way: per write, its tally; and the owners' answers as they come.
+pub struct InFlight {
+    tallies: Vec<Option<(usize, Tally, Vec<String>)>>,
+    rx: Option<futures_channel::mpsc::UnboundedReceiver<Answer>>,
+}
+
+/// Sends the plan's writes that the local owner applied (their results carry a version) to
+/// their other owners, batched per peer shard, without waiting: [`InFlight::finish`] waits.
+/// Sent as soon as the local owner applied them, before its log made them durable, so a
+/// pipelining connection's requests replicate in parallel.
+pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight {
+    if plan.0.is_empty() {
+        return InFlight {
+            tallies: Vec::new(),
+            rx: None,
+        };
+    }
+    let settings = ctx.config.replication;
+    let now = super::now_ms();
+    // Per write: (index into results, tally, why owners failed); None when not replicated.
+    let mut tallies: Vec<Option<(usize, Tally, Vec<String>)>> = Vec::with_capacity(plan.0.len());
+    let mut per_node: Vec<(NodeId, Vec<(usize, Op)>)> = Vec::new();
+    // Per write, its replica op: what a failed owner's hint holds.
+    let mut replicas: Vec<Option<Op>> = Vec::with_capacity(plan.0.len());
+    for (k, (i, op, others)) in plan.0.into_iter().enumerate() {
+        let local = &results[i];
+        // The local owner refused it (or a touch found no key): its answer stands.
+        if local.status() != Status::Ok || local.version_hlc == 0 {
+            tallies.push(None);
+            replicas.push(None);
+            continue;
+        }
+        let owners = others.len() + 1;
+        let mut tally = Tally::new(owners, settings.write_acks(owners));
+        tally.record(true);
+        let replica = Op {
+            replica: true,
+            version_hlc: local.version_hlc,
+            version_node: local.version_node,
+            hello: None,
+            ..op
+        };
+        for node in others {
+            match per_node.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, ops)) => ops.push((k, replica.clone())),
+                None => per_node.push((node, vec![(k, replica.clone())])),
+            }
+        }
+        tallies.push(Some((i, tally, Vec::new())));
+        replicas.push(Some(replica));
+    }
+    let replicas = Rc::new(replicas);
+    let (tx, rx) = futures_channel::mpsc::unbounded::<Answer>();
+    for (node, ops) in per_node {
+        ctx.shard.borrow_mut().counters.replica_writes_sent += ops.len() as u64;
+        for (ks, sent) in ctx.peers.send(node, ops).await {
+            let (peers, shard, hints, tx, replicas) = (
+                ctx.peers.clone(),
+                ctx.shard.clone(),
+                ctx.hints.clone(),
+                tx.clone(),
+                replicas.clone(),
+            );
+            // Waits apart from the request, so the reply goes as soon as enough owners
+            // answered, and an owner that fails later still gets its hint.
+            glommio::spawn_local(async move {
+                let answered = peers.wait(sent).await;
+                for (j, k) in ks.into_iter().enumerate() {
+                    let failure = match &answered {
+                        Ok(results) => match results.get(j) {
+                            Some(r) if r.status() == Status::Ok => None,
+                            Some(r) => Some(format!("node {node}: {}", r.message)),
+                            None => Some(format!("node {node}: no answer")),
+                        },
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if failure.is_some() {
+                        shard.borrow_mut().counters.replica_writes_failed += 1;
+                        if let Some(Some(op)) = replicas.get(k) {
+                            hint(&hints, node, op.clone(), now);
+                        }
+                    }
+                    let _ = tx.unbounded_send((k, failure));
+                }
+                hints.borrow_mut().flush();
+            })
+            .detach();
+        }
+    }
+    drop(tx);
+    InFlight {
+        tallies,
+        rx: Some(rx),
+    }
+}
+
+impl InFlight {
+    /// Waits until each write has `--write-ack` acknowledgements or cannot get them; a write
+    /// that cannot is answered UNAVAILABLE, saying how many owners applied it. A write whose
+    /// local result became an error meanwhile (its log failed) keeps that error.
+    pub async fn finish(self, ctx: &ShardCtx, results: &mut [OpResult]) {
+        let InFlight { mut tallies, rx } = self;
+        let Some(mut rx) = rx else {
+            return;
+        };
+        let undecided = |t: &[Option<(usize, Tally, Vec<String>)>]| {
+            t.iter()
+                .flatten()
+                .any(|(_, tally, _)| tally.outcome() == Outcome::Pending)
+        };
+        while undecided(&tallies) {
+            let Some((k, failure)) = rx.next().await else {
+                break;
+            };
+            if let Some(Some((_, tally, why))) = tallies.get_mut(k) {
+                tally.record(failure.is_none());
+                why.extend(failure);
+            }
+        }
+        let write_ack = ctx.config.replication.write_ack;
+        for (i, tally, why) in tallies.into_iter().flatten() {
+            if tally.outcome() != Outcome::Done && results[i].status() == Status::Ok {
+                results[i] = reply::status(
+                    Status::Unavailable,
+                    format!(
+                        "write applied by {} of the key's owners, {} needed (--write-ack \
+                         {write_ack:?}); the others get it by hinted handoff: {}",
+                        tally.acked(),
+                        tally.needed(),
+                        why.join("; ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn hint(hints: &RefCell<HintStore>, node: NodeId, op: Op, now_ms: u64) {
+    let mut hints = hints.borrow_mut();
+    if !hints.push(node, op, now_ms) {
+        // The first drop, then one line per thousand: a long outage must not flood the log.
+        let dropped = hints.queue.dropped;
+        if dropped % 1000 == 1 {
+            tracing::warn!(
+                "hint for node {node} dropped ({} so far): the hint queue is full \
+                 (--hint-max-bytes); that owner stays behind for those keys until they are \
+                 written again",
+                dropped
+            );
+        }
+    }
+}
+
+/// Adds this shard's replication state to its stats: hints and peers.
+pub fn annotate(ctx: &ShardCtx, stats: &mut ShardStats) {
+    let store = ctx.hints.borrow();
+    let hints = &store.queue;
+    let (queued, bytes) = hints.held();
+    stats.hints_queued = queued;
+    stats.hints_bytes = bytes;
+    stats.hints_delivered = hints.delivered;
+    stats.hints_dropped = hints.dropped;
+    let (down, events) = ctx.peers.down_counts();
+    stats.peers_down = down;
+    stats.peer_down_events = events;
+}
+
+/// Hints delivered per request.
+const HANDOFF_BATCH: usize = 256;
+
+/// Delivers this shard's hints to owners that are back, every `every`, and drops those
+/// older than `--hint-max-age` (counted and logged). Runs until dropped.
+pub async fn handoff(ctx: Rc<ShardCtx>, every: Duration) {
+    loop {
+        glommio::timer::sleep(every).await;
+        let expired = ctx.hints.borrow_mut().queue.expire(super::now_ms());
+        if expired > 0 {
+            tracing::warn!(
+                "shard {}: dropped {expired} hint(s) older than --hint-max-age; their owners \
+                 stay behind for those keys until they are written again",
+                ctx.me
+            );
+        }
+        let nodes = ctx.hints.borrow().queue.nodes();
+        for node in nodes {
+            if !ctx.peers.is_live(node) {
+                continue;
+            }
+            deliver(&ctx, node).await;
+        }
+        ctx.hints.borrow_mut().settle();
+    }
+}
+
+/// Sends `node` its hints, a batch at a time, until none are left or one fails.
+async fn deliver(ctx: &ShardCtx, node: NodeId) {
+    let mut total = 0;
+    loop {
+        let batch = ctx.hints.borrow_mut().queue.take(node, HANDOFF_BATCH);
+        if batch.is_empty() {
+            break;
+        }
+        let ops: Vec<(usize, Op)> = batch.iter().map(|(op, _)| op.clone()).enumerate().collect();
+        let mut failed = Vec::new();
+        for (idx, sent) in ctx.peers.send(node, ops).await {
+            match ctx.peers.wait(sent).await {
+                Ok(results) => {
+                    for (j, i) in idx.into_iter().enumerate() {
+                        if results.get(j).is_some_and(|r| r.status() == Status::Ok) {
+                            total += 1;
+                        } else {
+                            failed.push(batch[i].clone());
+                        }
+                    }
+                }
+                Err(_) => failed.extend(idx.into_iter().map(|i| batch[i].clone())),
+            }
+        }
+        let stop = !failed.is_empty();
+        {
+            let hints = &mut ctx.hints.borrow_mut().queue;
+            hints.delivered += (batch.len() - failed.len()) as u64;
+            hints.give_back(node, failed);
+        }
+        if stop {
+            break;
+        }
+        glommio::yield_if_needed().await;
+    }
+    if total > 0 {
+        tracing::info!("shard {}: delivered {total} hint(s) to node {node}", ctx.me);
+    }
+}
