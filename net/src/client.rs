@@ -1,250 +1,20 @@
-//! The pipelined wire client, used by the CLI and the load generator.
+//! The cluster-aware wire client, used by the CLI, the gateway and the load generator.
 //!
-//! [`Connection`] is one TCP connection on which any number of requests may be in flight:
-//! [`Connection::queue`] buffers requests, [`Connection::flush`] sends them in one write, and
-//! [`Connection::recv`] returns replies in the order the node sends them. [`Client`] sits on top:
-//! it learns the cluster's members and each member's topology, and sends each key straight to its
+//! [`Client`] sits on [`Connection`]s (one per shard it talks to): it learns the cluster's members and each member's topology, and sends each key straight to its
 //! owner's owning shard port. [`ClusterMap`] is the same routing, pure, for clients that open
 //! their connections up front.
 //!
-//! Both run on the glommio executor of the thread that created them. Every read, write and
+//! It runs on the glommio executor of the thread that created it. Every read, write and
 //! connect is bounded by the timeout given at connect time.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
-use kvmesh_proto::wire::{Op, OpCode, OpResult, Request, Response, ShardStats, Status, Topology};
+use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status, Topology};
 
-use crate::frame::{self, FrameError, DEFAULT_MAX_FRAME};
+pub use crate::connection::{fetch_topology, op, ClientError, Connection};
 use crate::ring::{NodeId, Ring};
 use crate::routing::shard_for;
-
-/// Why a call failed. Server-side refusals of a single op are not errors here: they come back as
-/// that op's [`OpResult::status`].
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot connect to {addr}: {error}")]
-    Connect {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
-    #[error("connection to {addr} failed: {error}")]
-    Io {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
-    #[error("{addr} closed the connection")]
-    Closed { addr: SocketAddr },
-    #[error("bad frame from {addr}: {error}")]
-    Frame { addr: SocketAddr, error: FrameError },
-    /// The node rejected a whole frame (the connection is closed after this).
-    #[error("node refused the request: {status:?}: {message}")]
-    Refused { status: Status, message: String },
-    /// A shared connection ([`crate::mux::Mux`]) failed before the reply came.
-    #[error("connection to {addr} lost: {why}")]
-    Lost { addr: SocketAddr, why: String },
-    /// The cluster's topology, as the nodes report it, does not add up.
-    #[error("bad cluster topology: {0}")]
-    Topology(String),
-    /// The node answered something that does not match what was asked.
-    #[error("protocol violation from {addr}: {what}")]
-    Protocol { addr: SocketAddr, what: String },
-}
-
-/// One pipelined connection to a wire port.
-pub struct Connection {
-    stream: TcpStream,
-    addr: SocketAddr,
-    timeout: Duration,
-    next_id: u64,
-    out: Vec<u8>,
-    buf: Vec<u8>,
-    /// Start of unparsed bytes in `buf`.
-    pos: usize,
-    /// End of valid bytes in `buf`.
-    end: usize,
-}
-
-impl Connection {
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect_timeout(addr, timeout)
-            .await
-            .map_err(|e| ClientError::Connect {
-                addr,
-                error: e.into(),
-            })?;
-        let io = |error: std::io::Error| ClientError::Io { addr, error };
-        stream.set_nodelay(true).map_err(|e| io(e.into()))?;
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| io(e.into()))?;
-        stream
-            .set_write_timeout(Some(timeout))
-            .map_err(|e| io(e.into()))?;
-        Ok(Self {
-            stream,
-            addr,
-            timeout,
-            next_id: 1,
-            out: Vec::with_capacity(4096),
-            buf: vec![0; 64 * 1024],
-            pos: 0,
-            end: 0,
-        })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The stream, for a [`crate::mux::Mux`] to take over. Refused while replies are buffered.
-    pub fn into_stream(self) -> Result<TcpStream, ClientError> {
-        if self.pos != self.end || !self.out.is_empty() {
-            return Err(ClientError::Protocol {
-                addr: self.addr,
-                what: "bytes still buffered when the connection was handed over".into(),
-            });
-        }
-        Ok(self.stream)
-    }
-
-    /// Buffers one request and returns its id. Nothing is sent until [`Connection::flush`].
-    pub fn queue(&mut self, ops: Vec<Op>) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        frame::encode(
-            &Request {
-                id,
-                ops,
-                forwarded: false,
-            },
-            &mut self.out,
-        );
-        id
-    }
-
-    /// Buffers raw bytes, for tests that must send what a well-behaved client never would.
-    pub fn queue_raw(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(bytes);
-    }
-
-    /// Sends everything queued.
-    pub async fn flush(&mut self) -> Result<(), ClientError> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let result = self.stream.write_all(&self.out).await;
-        self.out.clear();
-        result.map_err(|e| self.io_error(e))
-    }
-
-    /// The next reply on this connection, in the order the node sent them. A frame-level
-    /// refusal from the node becomes [`ClientError::Refused`].
-    pub async fn recv(&mut self) -> Result<Response, ClientError> {
-        loop {
-            match frame::decode::<Response>(&self.buf[self.pos..self.end], DEFAULT_MAX_FRAME) {
-                Ok(Some((response, used))) => {
-                    self.pos += used;
-                    let status = response.error();
-                    if status != Status::Ok {
-                        return Err(ClientError::Refused {
-                            status,
-                            message: response.message,
-                        });
-                    }
-                    return Ok(response);
-                }
-                Ok(None) => self.fill().await?,
-                Err(error) => {
-                    return Err(ClientError::Frame {
-                        addr: self.addr,
-                        error,
-                    })
-                }
-            }
-        }
-    }
-
-    /// Sends one request and waits for its reply. Must not be mixed with replies still pending
-    /// from [`Connection::queue`].
-    pub async fn call(&mut self, ops: Vec<Op>) -> Result<Vec<OpResult>, ClientError> {
-        let n = ops.len();
-        let id = self.queue(ops);
-        self.flush().await?;
-        let response = self.recv().await?;
-        if response.id != id || response.results.len() != n {
-            return Err(ClientError::Protocol {
-                addr: self.addr,
-                what: format!(
-                    "asked request {id} with {n} ops, got request {} with {} results",
-                    response.id,
-                    response.results.len()
-                ),
-            });
-        }
-        Ok(response.results)
-    }
-
-    /// Reads more bytes into the buffer, compacting or growing it as needed.
-    async fn fill(&mut self) -> Result<(), ClientError> {
-        if self.pos == self.end {
-            self.pos = 0;
-            self.end = 0;
-        }
-        if self.end == self.buf.len() {
-            if self.pos > 0 {
-                self.buf.copy_within(self.pos..self.end, 0);
-                self.end -= self.pos;
-                self.pos = 0;
-            } else {
-                let wanted = frame::peek_len(&self.buf[..self.end], DEFAULT_MAX_FRAME)
-                    .ok()
-                    .flatten()
-                    .map_or(self.buf.len() * 2, |len| len + frame::PREFIX_LEN);
-                self.buf.resize(wanted.max(self.buf.len() * 2), 0);
-            }
-        }
-        let n = self
-            .stream
-            .read(&mut self.buf[self.end..])
-            .await
-            .map_err(|e| self.io_error(e))?;
-        if n == 0 {
-            return Err(ClientError::Closed { addr: self.addr });
-        }
-        self.end += n;
-        Ok(())
-    }
-
-    fn io_error(&self, error: std::io::Error) -> ClientError {
-        if matches!(
-            error.kind(),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-        ) {
-            ClientError::Timeout(self.timeout)
-        } else {
-            ClientError::Io {
-                addr: self.addr,
-                error,
-            }
-        }
-    }
-}
-
-/// Builds an op; the small helpers below name the common ones.
-pub fn op(code: OpCode, key: &[u8], value: &[u8], ttl_ms: u64) -> Op {
-    Op {
-        code: code as i32,
-        key: key.to_vec(),
-        value: value.to_vec(),
-        ttl_ms,
-        ..Op::default()
-    }
-}
 
 /// A cluster- and topology-aware client: each key goes to its owner on the ring, and there to
 /// its owning shard's own port, so no request pays a hop between nodes or shards.
@@ -685,21 +455,6 @@ fn check_shard_ports(addr: SocketAddr, topology: &Topology) -> Result<(), Client
         });
     }
     Ok(())
-}
-
-/// Asks a connection's node for its topology.
-pub async fn fetch_topology(conn: &mut Connection) -> Result<Topology, ClientError> {
-    let addr = conn.addr();
-    let result = conn
-        .call(vec![op(OpCode::OpTopology, &[], &[], 0)])
-        .await?
-        .pop();
-    result
-        .and_then(|r| r.topology)
-        .ok_or(ClientError::Protocol {
-            addr,
-            what: "topology reply without topology".into(),
-        })
 }
 
 fn refused(status: Status, message: String) -> ClientError {

@@ -2,11 +2,13 @@
 //! consistent-hash ring, and the pipelined client used by the CLI and the load generator.
 //!
 //! - [`frame`], [`routing`] and [`ring`] are pure: no I/O, no clock.
-//! - [`client`] and [`mux`] (one connection shared by many tasks, for node-to-node forwarding)
-//!   run on a glommio executor, on the thread that created them.
+//! - [`connection`] (one pipelined connection), [`client`] (cluster-aware, on connections) and
+//!   [`mux`] (one connection shared by many tasks, for node-to-node forwarding) run on a glommio
+//!   executor, on the thread that created them.
 //! - [`hyper_io`] lets hyper's HTTP/2 (gRPC) server and client run on glommio, without tokio.
 
 pub mod client;
+pub mod connection;
 pub mod frame;
 pub mod hyper_io;
 pub mod mux;
