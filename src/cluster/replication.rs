@@ -56,6 +56,13 @@ impl Replication {
         ring.owners(key, self.replicas.max(1))
     }
 
+    /// The owners of `key` other than node `me`, in ring order.
+    pub fn other_owners(&self, ring: &Ring, key: &[u8], me: NodeId) -> Vec<NodeId> {
+        let mut owners = self.owners(ring, key);
+        owners.retain(|&n| n != me);
+        owners
+    }
+
     /// Acknowledgements a write to `owners` owners needs.
     pub fn write_acks(&self, owners: usize) -> usize {
         needed(self.write_ack, owners)
@@ -183,5 +190,19 @@ mod tests {
         let three = Ring::new(&[1, 2, 3]).unwrap();
         let owners = r.owners(&three, b"k");
         assert_eq!(owners[0], three.owner(b"k"));
+    }
+
+    #[test]
+    fn other_owners_leave_out_only_this_node() {
+        let ring = Ring::new(&[1, 2, 3]).unwrap();
+        let r = Replication::default();
+        for key in [&b"a"[..], b"k", b"user:42"] {
+            let all = r.owners(&ring, key);
+            for me in [1, 2, 3, 4] {
+                let others = r.other_owners(&ring, key, me);
+                let want: Vec<NodeId> = all.iter().copied().filter(|&n| n != me).collect();
+                assert_eq!(others, want, "key {key:?}, node {me}");
+            }
+        }
     }
 }

@@ -36,12 +36,7 @@ impl Reads {
         {
             return;
         }
-        let me = ctx.peers.membership().me;
-        let others: Vec<NodeId> = settings
-            .owners(ring, &op.key)
-            .into_iter()
-            .filter(|&n| n != me)
-            .collect();
+        let others = settings.other_owners(ring, &op.key, ctx.peers.membership().me);
         if !others.is_empty() {
             op.replica = true;
             self.0.push((i, op.key.clone(), others));

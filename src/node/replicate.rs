@@ -46,12 +46,7 @@ impl Plan {
         if op.replica || settings.replicas <= 1 || ring.nodes().len() <= 1 || !is_write(op.code) {
             return;
         }
-        let me = ctx.peers.membership().me;
-        let others: Vec<NodeId> = settings
-            .owners(ring, &op.key)
-            .into_iter()
-            .filter(|&n| n != me)
-            .collect();
+        let others = settings.other_owners(ring, &op.key, ctx.peers.membership().me);
         if !others.is_empty() {
             self.0.push((i, op.clone(), others));
         }
