@@ -142,23 +142,8 @@ impl Node {
     pub fn respawn(&mut self, extra: &[&str]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // A killed process's io_uring is torn down by the kernel after the process is gone,
-        // and its listening sockets with it: on a busy machine they can still accept for a
-        // moment. Start again once they refuse.
-        let ports: Vec<SocketAddr> = std::iter::once(self.addr)
-            .chain((0..self.shards).map(|i| self.shard_addr(i)))
-            .collect();
-        wait_for("the killed node's ports to close", || {
-            ports
-                .iter()
-                .all(|&addr| {
-                    matches!(
-                        TcpStream::connect_timeout(&addr, Duration::from_millis(200)),
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
-                    )
-                })
-                .then_some(())
-        });
+        // The node itself waits for the ports a killed process still holds for a moment
+        // (see `check_ports_free`).
         self.child = spawn_node(self.addr, self.shards, extra, &self.log);
     }
 
