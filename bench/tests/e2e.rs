@@ -2,9 +2,10 @@
 //! so the whole machinery (workers, gate, pipelining, routing, accounting, JSON) runs without
 //! redis-server or a kvmesh node installed.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -13,22 +14,7 @@ use kvmesh_net::frame;
 use kvmesh_net::routing::{shard_for, SHARD_HASH_NAME};
 use kvmesh_proto::wire::{OpCode, OpResult, Request, Response, Status, Topology};
 
-/// Runs the bench with `args` and returns its JSON report.
-fn bench(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_kvmesh-bench"))
-        .args(args)
-        .args(["--json", "--warmup", "0"])
-        .output()
-        .expect("kvmesh-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kvmesh-bench failed:\n{stdout}\n{stderr}"
-    );
-    let last = stdout.lines().last().expect("some output");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
+use common::bench;
 
 /// Serves every connection accepted on `listener` with `serve`, each on its own thread.
 fn serve_forever(listener: TcpListener, serve: impl Fn(TcpStream) + Send + Sync + 'static) {

@@ -2,9 +2,10 @@
 //! KvMesh MultiGet/MultiPut) server (hyper's HTTP/2 server and tonic's `Grpc` on glommio, as the node serves it), so the
 //! gRPC client machinery runs without a kvmesh node.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::{ready, Ready};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
@@ -18,22 +19,7 @@ use tonic::server::{Grpc, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 
-/// Runs the bench with `args` and returns its JSON report.
-fn bench(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_kvmesh-bench"))
-        .args(args)
-        .args(["--json", "--warmup", "0"])
-        .output()
-        .expect("kvmesh-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "kvmesh-bench failed:\n{stdout}\n{stderr}"
-    );
-    let last = stdout.lines().last().expect("some output");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
+use common::bench;
 
 /// What the fake server answers and counts.
 #[derive(Default)]
