@@ -198,6 +198,9 @@ pub async fn run_shard(
 
     stop.requested().await;
     let since = Instant::now();
+    if me == 0 {
+        stop.announce();
+    }
     ctx.health.set_stopping();
     ctx.serving.drain();
     drop((accepting, grpc, serving_metrics, snapshotting));

@@ -112,6 +112,16 @@ impl Stop {
         }
     }
 
+    /// The log line for step 1, written once per node (by shard 0) before anything drains,
+    /// so it always precedes the "stopped" line.
+    pub fn announce(&self) {
+        tracing::info!(
+            "stop requested: no longer accepting, draining connections (at most {:?}); \
+             a second signal exits at once",
+            self.timeout
+        );
+    }
+
     /// Shard side of steps 2 and 3 (see the module doc): waits until `open()` reports no
     /// connection left, then until every shard has drained; both bounded by the drain budget
     /// counted from `since`. Returns the connections still open when it gave up waiting.
@@ -138,11 +148,6 @@ impl Stop {
                 while !stop.requested.load(Ordering::Relaxed) {
                     std::thread::sleep(STOP_POLL);
                 }
-                tracing::info!(
-                    "stop requested: no longer accepting, draining connections (at most {:?}); \
-                     a second signal exits at once",
-                    stop.timeout
-                );
                 std::thread::sleep(stop.timeout);
                 tracing::error!(
                     "shutdown did not finish within --shutdown-timeout {:?}; exiting now \
