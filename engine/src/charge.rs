@@ -2,10 +2,8 @@
 //! [`Store::entry_charge`](crate::Store::entry_charge); `benches/store.rs` measures it against a counting
 //! allocator at one million entries.
 
-use crate::blob;
-
-/// The slab slot: `size_of::<Slot>()` (blob pointer + LRU prev/next), asserted in slab.rs.
-pub(crate) const SLOT_BYTES: u64 = 16;
+use crate::arena::{self, PAGE_ENTRY_BYTES, SMALL_MAX};
+use crate::block;
 
 /// The hash-index slot: hashbrown spends one `u32` plus one control byte per bucket, 5 bytes,
 /// and keeps at least 7/16 of its buckets full as it grows (it doubles at 7/8), so one entry's
@@ -29,14 +27,24 @@ pub(crate) fn heap_block(n: usize) -> u64 {
     }
 }
 
-/// Charge of an entry whose heap block is `block_len` bytes.
+/// What the arena spends on a block of `block_len` bytes: its size-class slot, or for a large
+/// block its own page as glibc malloc takes it plus its page-table slot.
+pub(crate) fn arena_block(block_len: usize) -> u64 {
+    if block_len <= SMALL_MAX {
+        arena::slot_len(block_len) as u64
+    } else {
+        heap_block(block_len) + PAGE_ENTRY_BYTES
+    }
+}
+
+/// Charge of an entry whose block is `block_len` bytes.
 pub(crate) fn for_block(block_len: usize) -> u64 {
-    SLOT_BYTES + INDEX_BYTES + heap_block(block_len)
+    INDEX_BYTES + arena_block(block_len)
 }
 
 /// Charge of an entry with these lengths.
 pub(crate) fn for_entry(key_len: usize, value_len: usize, has_deadline: bool) -> u64 {
-    for_block(blob::block_len(key_len, value_len, has_deadline))
+    for_block(block::block_len(key_len, value_len, has_deadline))
 }
 
 #[cfg(test)]
@@ -64,10 +72,28 @@ mod tests {
 
     #[test]
     fn a_typical_entry() {
-        // 12-byte key, 100-byte value, no deadline: block = 13 + 1 + 1 + 112 = 127 bytes.
-        assert_eq!(blob::block_len(12, 100, false), 127);
-        assert_eq!(for_entry(12, 100, false), 16 + 12 + 144);
-        // With a deadline: 143 bytes → a 160-byte chunk.
-        assert_eq!(for_entry(12, 100, true), 16 + 12 + 160);
+        // 12-byte key, 100-byte value, no deadline: block = 21 + 1 + 1 + 112 = 135 bytes,
+        // in the 136-byte class.
+        assert_eq!(block::block_len(12, 100, false), 135);
+        assert_eq!(for_entry(12, 100, false), 12 + 136);
+        // With a deadline: 151 bytes → the 152-byte class.
+        assert_eq!(for_entry(12, 100, true), 12 + 152);
+    }
+
+    #[test]
+    fn arena_block_follows_the_size_classes_then_malloc() {
+        // (block length, bytes spent)
+        let table = [
+            (23, 24),
+            (24, 24),
+            (25, 32),
+            (135, 136),
+            (1_024, 1_024),
+            (1_025, 1_040 + PAGE_ENTRY_BYTES),
+            (200_000, 200_704 + PAGE_ENTRY_BYTES),
+        ];
+        for (len, spent) in table {
+            assert_eq!(arena_block(len), spent, "{len}");
+        }
     }
 }

@@ -33,10 +33,11 @@ pub enum Error {
         /// The configured limit.
         max_memory: u64,
     },
-    /// The store already holds as many entries as its 32-bit slot indices can name.
-    #[error("store holds {max} entries, the most one shard can index; use more shards")]
+    /// The store's block space is full: its 32-bit block addresses name at most `max` bytes
+    /// of blocks (32 GiB), and no slot of the size needed is left.
+    #[error("store's block space of {max} bytes is full, the most one shard can address; use more shards")]
     TooManyEntries {
-        /// The most entries one store can hold.
+        /// The most bytes of blocks one store can address.
         max: u64,
     },
 }

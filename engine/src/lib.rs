@@ -33,13 +33,16 @@
 //!
 //! # Memory
 //!
-//! Each entry costs one 16-byte slab slot, one slot of the hash index and one heap block holding
-//! its version, lengths, key, value and (only when it has one) its deadline. The charge per entry
-//! is documented at [`Store::entry_charge`]; `benches/store.rs` checks it against a counting allocator.
-#![deny(unsafe_code)]
+//! Each entry costs one slot of the hash index and one block in the store's arena holding its
+//! LRU links, version, lengths, key, value and (only when it has one) its deadline; the arena
+//! packs blocks into 64 KiB pages by 8-byte size classes, with no per-block header. The charge
+//! per entry is documented at [`Store::entry_charge`]; `benches/store.rs` checks it against a
+//! counting allocator.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod blob;
+mod arena;
+mod block;
 mod charge;
 mod config;
 mod error;
@@ -49,9 +52,10 @@ mod outcome;
 mod peek;
 mod reclaim;
 mod scan;
-mod slab;
 mod stats;
 mod store;
+#[cfg(test)]
+mod test_blocks;
 mod varint;
 mod version;
 mod wheel;

@@ -1,7 +1,8 @@
-//! The exact LRU order: a doubly linked list through the slab slots' `prev`/`next` indices.
-//! Every operation is O(1) and allocates nothing.
+//! The exact LRU order: a doubly linked list through the blocks' `lru_prev`/`lru_next`
+//! addresses (see block.rs). Every operation is O(1) and allocates nothing.
 
-use crate::slab::{Slab, NIL};
+use crate::arena::Arena;
+use crate::block::NIL;
 
 /// Ends of the list; `head` is the most recently used entry.
 pub(crate) struct Lru {
@@ -17,42 +18,42 @@ impl Lru {
         }
     }
 
-    /// Links an unlinked slot as the most recently used.
-    pub(crate) fn push_front(&mut self, slab: &mut Slab, idx: u32) {
+    /// Links an unlinked block as the most recently used.
+    pub(crate) fn push_front(&mut self, arena: &mut Arena, idx: u32) {
         let old = self.head;
-        let slot = slab.slot_mut(idx);
-        slot.prev = NIL;
-        slot.next = old;
+        let mut block = arena.block_mut(idx);
+        block.set_lru_prev(NIL);
+        block.set_lru_next(old);
         if old == NIL {
             self.tail = idx;
         } else {
-            slab.slot_mut(old).prev = idx;
+            arena.block_mut(old).set_lru_prev(idx);
         }
         self.head = idx;
     }
 
-    pub(crate) fn unlink(&mut self, slab: &mut Slab, idx: u32) {
-        let slot = slab.slot_mut(idx);
-        let (prev, next) = (slot.prev, slot.next);
-        slot.prev = NIL;
-        slot.next = NIL;
+    pub(crate) fn unlink(&mut self, arena: &mut Arena, idx: u32) {
+        let mut block = arena.block_mut(idx);
+        let (prev, next) = (block.get().lru_prev(), block.get().lru_next());
+        block.set_lru_prev(NIL);
+        block.set_lru_next(NIL);
         if prev == NIL {
             self.head = next;
         } else {
-            slab.slot_mut(prev).next = next;
+            arena.block_mut(prev).set_lru_next(next);
         }
         if next == NIL {
             self.tail = prev;
         } else {
-            slab.slot_mut(next).prev = prev;
+            arena.block_mut(next).set_lru_prev(prev);
         }
     }
 
     /// Makes `idx` the most recently used.
-    pub(crate) fn bump(&mut self, slab: &mut Slab, idx: u32) {
+    pub(crate) fn bump(&mut self, arena: &mut Arena, idx: u32) {
         if self.head != idx {
-            self.unlink(slab, idx);
-            self.push_front(slab, idx);
+            self.unlink(arena, idx);
+            self.push_front(arena, idx);
         }
     }
 
@@ -65,21 +66,20 @@ impl Lru {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::Blob;
-    use crate::version::Version;
+    use crate::test_blocks::insert;
 
-    fn order(lru: &Lru, slab: &Slab) -> Vec<u32> {
+    fn order(lru: &Lru, arena: &Arena) -> Vec<u32> {
         let mut out = Vec::new();
         let mut at = lru.head;
         while at != NIL {
             out.push(at);
-            at = slab.slot(at).next;
+            at = arena.block(at).lru_next();
         }
         let mut back = Vec::new();
         let mut at = lru.tail;
         while at != NIL {
             back.push(at);
-            at = slab.slot(at).prev;
+            at = arena.block(at).lru_prev();
         }
         back.reverse();
         assert_eq!(out, back, "forward and backward links agree");
@@ -88,25 +88,29 @@ mod tests {
 
     #[test]
     fn push_bump_unlink() {
-        let mut slab = Slab::new();
+        let mut arena = Arena::new();
         let mut lru = Lru::new();
         assert_eq!(lru.oldest(), None);
-        for i in 0..4u8 {
-            let idx = slab.insert(Blob::new(&[i], b"", Version::ZERO, 0, false));
-            lru.push_front(&mut slab, idx);
+        let ids: Vec<u32> = (0..4u8)
+            .map(|i| {
+                let idx = insert(&mut arena, &[i], 0);
+                lru.push_front(&mut arena, idx);
+                idx
+            })
+            .collect();
+        let at = |order: &[usize]| order.iter().map(|&i| ids[i]).collect::<Vec<_>>();
+        assert_eq!(order(&lru, &arena), at(&[3, 2, 1, 0]));
+        lru.bump(&mut arena, ids[0]);
+        assert_eq!(order(&lru, &arena), at(&[0, 3, 2, 1]));
+        lru.bump(&mut arena, ids[0]);
+        assert_eq!(order(&lru, &arena), at(&[0, 3, 2, 1]));
+        lru.unlink(&mut arena, ids[2]);
+        assert_eq!(order(&lru, &arena), at(&[0, 3, 1]));
+        assert_eq!(lru.oldest(), Some(ids[1]));
+        for i in [1, 0, 3] {
+            lru.unlink(&mut arena, ids[i]);
         }
-        assert_eq!(order(&lru, &slab), [3, 2, 1, 0]);
-        lru.bump(&mut slab, 0);
-        assert_eq!(order(&lru, &slab), [0, 3, 2, 1]);
-        lru.bump(&mut slab, 0);
-        assert_eq!(order(&lru, &slab), [0, 3, 2, 1]);
-        lru.unlink(&mut slab, 2);
-        assert_eq!(order(&lru, &slab), [0, 3, 1]);
-        assert_eq!(lru.oldest(), Some(1));
-        for idx in [1, 0, 3] {
-            lru.unlink(&mut slab, idx);
-        }
-        assert_eq!(order(&lru, &slab), []);
+        assert!(order(&lru, &arena).is_empty());
         assert_eq!(lru.oldest(), None);
     }
 }

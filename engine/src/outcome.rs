@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::blob::Blob;
+use crate::block::Block;
 use crate::version::Version;
 
 /// Outcome of [`Store::put`](crate::Store::put).
@@ -35,27 +35,27 @@ pub enum RemovalKind {
 }
 
 /// A live entry the store dropped on its own; the WAL logs it like a remove so a restart does
-/// not bring the key back. It owns the entry's own heap block: reporting copies nothing.
+/// not bring the key back. It owns a copy of the key (the entry's slot is reused at once).
 pub struct Removal {
     /// Why it was dropped.
     pub kind: RemovalKind,
     /// The dropped entry's version.
     pub version: Version,
-    blob: Blob,
+    key: Box<[u8]>,
 }
 
 impl Removal {
-    pub(crate) fn new(kind: RemovalKind, blob: Blob) -> Removal {
+    pub(crate) fn new(kind: RemovalKind, block: Block<'_>) -> Removal {
         Removal {
             kind,
-            version: blob.version(),
-            blob,
+            version: block.version(),
+            key: block.key().into(),
         }
     }
 
     /// The dropped key.
     pub fn key(&self) -> &[u8] {
-        self.blob.key()
+        &self.key
     }
 }
 

@@ -22,13 +22,13 @@ impl Store {
     /// nothing, so replica reads (read repair, `kvmesh get --replica`) do not disturb the
     /// store.
     pub fn peek(&self, key: &[u8], now_ms: u64) -> Option<Peeked<'_>> {
-        let idx = self.index.find(&self.slab, self.index.hash(key), key)?;
-        let blob = self.slab.blob(idx);
-        (!blob.is_dead(now_ms)).then(|| Peeked {
-            value: blob.value(),
-            version: blob.version(),
-            tombstone: blob.is_tombstone(),
-            expires_at_ms: blob.deadline(),
+        let idx = self.index.find(&self.arena, self.index.hash(key), key)?;
+        let block = self.arena.block(idx);
+        (!block.is_dead(now_ms)).then(|| Peeked {
+            value: block.value(),
+            version: block.version(),
+            tombstone: block.is_tombstone(),
+            expires_at_ms: block.deadline(),
         })
     }
 }

@@ -1,6 +1,5 @@
 //! Taking entries out: unlinking, eviction to make room, and the background expiry step.
 
-use crate::blob::Blob;
 use crate::outcome::{Removal, RemovalKind};
 use crate::store::{charge_of, Store};
 
@@ -13,7 +12,7 @@ impl Store {
     pub fn expire(&mut self, now_ms: u64, max: usize) -> usize {
         let mut done = 0;
         while done < max {
-            let Some(idx) = self.wheel.next_due(&mut self.slab, now_ms) else {
+            let Some(idx) = self.wheel.next_due(&mut self.arena, now_ms) else {
                 break;
             };
             self.discard(idx, now_ms);
@@ -21,22 +20,22 @@ impl Store {
         }
         self.stats.expire_steps = self.wheel.steps();
         if done > 0 {
-            self.index.shrink_if_sparse(&self.slab);
+            self.index.shrink_if_sparse(&self.arena);
         }
         done
     }
 
-    /// Takes entry `idx` out of the index, the LRU, the wheel and the slab, settles the
-    /// counters, and hands back its block.
-    pub(crate) fn release(&mut self, idx: u32) -> Blob {
-        let blob = self.slab.blob(idx);
-        let hash = self.index.hash(blob.key());
+    /// Takes entry `idx` out of the index, the LRU, the wheel and the arena, and settles the
+    /// counters; its slot is free afterwards.
+    pub(crate) fn release(&mut self, idx: u32) {
+        let block = self.arena.block(idx);
+        let hash = self.index.hash(block.key());
         let (charge, tombstone, timed) =
-            (charge_of(blob), blob.is_tombstone(), blob.deadline() != 0);
+            (charge_of(block), block.is_tombstone(), block.has_deadline());
         self.index.remove(hash, idx);
-        self.lru.unlink(&mut self.slab, idx);
+        self.lru.unlink(&mut self.arena, idx);
         if timed {
-            self.wheel.remove(&mut self.slab, idx);
+            self.wheel.remove(&mut self.arena, idx);
         }
         self.stats.bytes_used -= charge;
         if tombstone {
@@ -44,25 +43,26 @@ impl Store {
         } else {
             self.stats.keys -= 1;
         }
-        self.slab.remove(idx)
+        self.arena.free(idx);
     }
 
     /// Drops entry `idx` on the store's own account: a live entry is reported as expired (if
     /// its deadline has passed) or evicted; a tombstone is dropped silently, since its key is
     /// already absent and its remove already logged.
     pub(crate) fn discard(&mut self, idx: u32, now_ms: u64) {
-        let blob = self.release(idx);
-        let kind = if blob.is_tombstone() {
+        let block = self.arena.block(idx);
+        let removal = if block.is_tombstone() {
             self.stats.tombstones_dropped += 1;
-            return;
-        } else if blob.is_dead(now_ms) {
+            None
+        } else if block.is_dead(now_ms) {
             self.stats.expirations += 1;
-            RemovalKind::Expired
+            Some(Removal::new(RemovalKind::Expired, block))
         } else {
             self.stats.evictions += 1;
-            RemovalKind::Evicted
+            Some(Removal::new(RemovalKind::Evicted, block))
         };
-        self.removals.push(Removal::new(kind, blob));
+        self.release(idx);
+        self.removals.extend(removal);
     }
 
     /// Evicts least-recently-used entries until `charge` more bytes fit. Callers ensure
@@ -78,13 +78,13 @@ impl Store {
     }
 
     /// Unlinks entry `idx` from the LRU and the wheel and uncharges it, keeping it indexed and
-    /// in its slot, so it can be rewritten in place; `relink` puts it back.
+    /// in its slot, so it can be rewritten (in place or moved); `relink` puts it back.
     pub(crate) fn unlink_for_rewrite(&mut self, idx: u32) {
-        let blob = self.slab.blob(idx);
-        let (charge, timed) = (charge_of(blob), blob.deadline() != 0);
-        self.lru.unlink(&mut self.slab, idx);
+        let block = self.arena.block(idx);
+        let (charge, timed) = (charge_of(block), block.has_deadline());
+        self.lru.unlink(&mut self.arena, idx);
         if timed {
-            self.wheel.remove(&mut self.slab, idx);
+            self.wheel.remove(&mut self.arena, idx);
         }
         self.stats.bytes_used -= charge;
     }
@@ -92,13 +92,13 @@ impl Store {
     /// Charges entry `idx` and links it as the most recently used (and into the wheel if it
     /// has a deadline).
     pub(crate) fn relink(&mut self, idx: u32, now_ms: u64) {
-        let blob = self.slab.blob(idx);
-        let (charge, timed) = (charge_of(blob), blob.deadline() != 0);
+        let block = self.arena.block(idx);
+        let (charge, timed) = (charge_of(block), block.has_deadline());
         self.stats.bytes_used += charge;
         debug_assert!(self.stats.bytes_used <= self.config.max_memory);
-        self.lru.push_front(&mut self.slab, idx);
+        self.lru.push_front(&mut self.arena, idx);
         if timed {
-            self.wheel.insert(&mut self.slab, idx, now_ms);
+            self.wheel.insert(&mut self.arena, idx, now_ms);
         }
     }
 }

@@ -1,13 +1,15 @@
 //! Chunked iteration over a store's live entries, for snapshots taken between requests.
 //!
-//! A scan walks the slab by slot index. Slots never move (an overwrite keeps its slot), so a
-//! scan that runs in many steps, with writes in between, has a simple contract:
+//! A scan walks the arena by address. An entry keeps its slot until it is removed or rewritten
+//! to another size class, so a scan that runs in many steps, with writes in between, has a
+//! simple contract:
 //!
 //! - an entry that is live, and keeps its key, from the scan's first step to its last is
 //!   visited exactly once;
 //! - an entry written, removed or replaced while the scan runs may or may not be visited,
-//!   with the value it had when its slot was reached; a key removed and written again
-//!   during the scan may be visited twice, with two versions (the newer one is the later).
+//!   with the value it had when its slot was reached; a key removed and written again, or
+//!   rewritten to another size, during the scan may be visited twice, with two versions (the
+//!   newer one is the later).
 //!
 //! So a scan is not a point-in-time image; a snapshot built from one is made exact by
 //! replaying every change logged from the moment the scan started (see `kvmesh-wal`).
@@ -15,7 +17,7 @@
 use crate::store::Store;
 use crate::version::Version;
 
-/// Where a scan goes on: the next slot index to look at. Start with [`Cursor::START`].
+/// Where a scan goes on: the next arena address to look at. Start with [`Cursor::START`].
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cursor(u32);
 
@@ -42,7 +44,7 @@ impl Store {
     /// (say, from a snapshot) never rehashes. Charges nothing; an index much larger than what
     /// it holds shrinks again after removals.
     pub fn reserve(&mut self, additional: usize) {
-        self.index.reserve(&self.slab, additional);
+        self.index.reserve(&self.arena, additional);
     }
 
     /// Visits up to `max_slots` slots from `cursor`, calling `visit` for each live entry
@@ -56,26 +58,18 @@ impl Store {
         now_ms: u64,
         mut visit: impl FnMut(EntryRef<'_>),
     ) -> Option<Cursor> {
-        let high = self.slab.high();
-        let end = cursor
-            .0
-            .saturating_add(u32::try_from(max_slots).unwrap_or(u32::MAX))
-            .min(high);
-        for idx in cursor.0..end {
-            let Some(blob) = self.slab.slot(idx).blob.as_ref() else {
-                continue;
-            };
-            if blob.is_tombstone() || blob.is_dead(now_ms) {
-                continue;
+        let next = self.arena.walk(cursor.0, max_slots, |block| {
+            if block.is_tombstone() || block.is_dead(now_ms) {
+                return;
             }
             visit(EntryRef {
-                key: blob.key(),
-                value: blob.value(),
-                expires_at_ms: blob.deadline(),
-                version: blob.version(),
+                key: block.key(),
+                value: block.value(),
+                expires_at_ms: block.deadline(),
+                version: block.version(),
             });
-        }
-        (end < high).then_some(Cursor(end))
+        });
+        next.map(Cursor)
     }
 }
 

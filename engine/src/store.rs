@@ -4,13 +4,13 @@
 use std::fmt;
 use std::vec::Drain;
 
-use crate::blob::Blob;
+use crate::arena::Arena;
+use crate::block::Block;
 use crate::charge;
 use crate::config::Config;
 use crate::index::Index;
 use crate::lru::Lru;
 use crate::outcome::Removal;
-use crate::slab::Slab;
 use crate::stats::Stats;
 use crate::wheel::Wheel;
 
@@ -23,7 +23,7 @@ use crate::wheel::Wheel;
 pub struct Store {
     pub(crate) config: Config,
     pub(crate) index: Index,
-    pub(crate) slab: Slab,
+    pub(crate) arena: Arena,
     pub(crate) lru: Lru,
     pub(crate) wheel: Wheel,
     pub(crate) removals: Vec<Removal>,
@@ -33,10 +33,10 @@ pub struct Store {
 impl Store {
     /// An empty store with these limits.
     pub fn new(config: Config) -> Store {
-        Store::with_slab(config, Slab::new())
+        Store::with_arena(config, Arena::new())
     }
 
-    pub(crate) fn with_slab(config: Config, slab: Slab) -> Store {
+    pub(crate) fn with_arena(config: Config, arena: Arena) -> Store {
         let stats = Stats {
             max_memory: config.max_memory,
             ..Stats::default()
@@ -44,7 +44,7 @@ impl Store {
         Store {
             config,
             index: Index::new(),
-            slab,
+            arena,
             lru: Lru::new(),
             wheel: Wheel::new(),
             removals: Vec::new(),
@@ -58,10 +58,10 @@ impl Store {
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&[u8]> {
         let hash = self.index.hash(key);
         match self.find(key, hash, now_ms) {
-            Some(idx) if !self.slab.blob(idx).is_tombstone() => {
+            Some(idx) if !self.arena.block(idx).is_tombstone() => {
                 self.stats.hits += 1;
-                self.lru.bump(&mut self.slab, idx);
-                Some(self.slab.blob(idx).value())
+                self.lru.bump(&mut self.arena, idx);
+                Some(self.arena.block(idx).value())
             }
             _ => {
                 self.stats.misses += 1;
@@ -73,9 +73,9 @@ impl Store {
     /// The deadline of a live key without touching the LRU order or the counters: `None` when
     /// missing, removed or expired, `Some(0)` when it never expires.
     pub fn expires_at(&self, key: &[u8], now_ms: u64) -> Option<u64> {
-        let idx = self.index.find(&self.slab, self.index.hash(key), key)?;
-        let blob = self.slab.blob(idx);
-        (!blob.is_tombstone() && !blob.is_dead(now_ms)).then(|| blob.deadline())
+        let idx = self.index.find(&self.arena, self.index.hash(key), key)?;
+        let block = self.arena.block(idx);
+        (!block.is_tombstone() && !block.is_dead(now_ms)).then(|| block.deadline())
     }
 
     /// Evictions and expirations since the last drain, oldest first, so the WAL can log them
@@ -115,25 +115,30 @@ impl Store {
     /// deadline ([`Store::charge`] covers both cases):
     ///
     /// ```text
-    /// charge = 16                    slab slot: blob pointer + LRU prev/next (u32 each)
-    ///        + 12                    hash-index share: 5 B per bucket (u32 + control byte)
+    /// charge = 12                    hash-index share: 5 B per bucket (u32 + control byte)
     ///                                  at hashbrown's lowest load after growth, 7/16 → 11.4
-    ///        + malloc(block)         the heap block, as glibc malloc really takes it:
+    ///        + slot(block)           the block's place in the store's arena:
+    ///                                  round_up(max(block, 24), 8) up to 1024 bytes,
+    ///                                  above that its own page as glibc malloc takes it,
     ///                                  max(32, round_up(block + 8, 16)) below 128 KiB,
-    ///                                  round_up(that + 8, 4096) from 128 KiB (mmap)
-    /// block  = 13                    version (hlc 8 + node 4) + flags 1
+    ///                                  round_up(that + 8, 4096) from 128 KiB (mmap),
+    ///                                  + 17 (the page-table slot)
+    /// block  = 21                    LRU prev/next (u32 each) + version (hlc 8 + node 4)
+    ///                                  + flags 1
     ///        + varint(key_len) + varint(value_len)      LEB128, 1 byte below 128
     ///        + key_len + value_len
     ///        + 16 if has_deadline    deadline 8 + timer-wheel prev/next (u32 each)
     /// ```
     ///
-    /// For a 12-byte key and a 100-byte value without deadline: 16 + 12 + 144 = 172 bytes.
+    /// For a 12-byte key and a 100-byte value without deadline: 12 + 136 = 148 bytes.
     /// A tombstone is charged as an entry with an empty value and a deadline
-    /// ([`Store::tombstone_charge`]). Not charged: the fixed-size wheel (≈3 KiB), up to one
-    /// partly used slab chunk (64 KiB), index capacity left behind by mass removal until it
-    /// shrinks, and allocator fragmentation. The heap term models glibc malloc, the system
-    /// allocator; a binary that installs another `#[global_allocator]` must re-check it with
-    /// the bench.
+    /// ([`Store::tombstone_charge`]). Not charged: the fixed-size wheel (≈3 KiB), the unused
+    /// tail of each size class's current 64 KiB page (at most 126 such pages), free slots a
+    /// size class keeps after its entries were removed or rewritten to another size, the
+    /// page table's spare capacity, index capacity left behind by mass removal until it
+    /// shrinks, and fragmentation of the global allocator. The large-block term models glibc
+    /// malloc, the system allocator; a binary that installs another `#[global_allocator]`
+    /// must re-check it with the bench.
     pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
         charge::for_entry(key_len, value_len, false)
     }
@@ -152,8 +157,8 @@ impl Store {
     /// The record (live entry or tombstone) for `key`; one whose deadline or grace has passed
     /// is reclaimed here and counts as absent.
     pub(crate) fn find(&mut self, key: &[u8], hash: u64, now_ms: u64) -> Option<u32> {
-        let idx = self.index.find(&self.slab, hash, key)?;
-        if self.slab.blob(idx).is_dead(now_ms) {
+        let idx = self.index.find(&self.arena, hash, key)?;
+        if self.arena.block(idx).is_dead(now_ms) {
             self.discard(idx, now_ms);
             return None;
         }
@@ -177,7 +182,7 @@ const _: () = {
     assert_send::<Store>();
 };
 
-/// The charge of the entry held in `blob`.
-pub(crate) fn charge_of(blob: &Blob) -> u64 {
-    charge::for_block(blob.len())
+/// The charge of the entry held in `block`.
+pub(crate) fn charge_of(block: Block<'_>) -> u64 {
+    charge::for_block(block.len())
 }

@@ -1,9 +1,9 @@
 //! Store behaviour case by case; the model-based property tests are in tests/model.rs.
 
 use super::*;
+use crate::arena::Arena;
 use crate::config::Config;
 use crate::outcome::{Removal, RemovalKind};
-use crate::slab::Slab;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -190,8 +190,9 @@ fn eviction_is_exact_lru_by_bytes_and_reported() {
     assert_eq!(s.get(b"k0", T0), Some(&[0u8; 50][..])); // k1 is now the oldest
     s.put(b"k3", &[3; 50], 0, v(9), T0).unwrap();
     assert_eq!(drained(&mut s), [(RemovalKind::Evicted, b"k1".to_vec())]);
-    // A value twice as large needs two slots' worth: k2 then k0 go.
-    s.put(b"k4", &[4; 150], 0, v(10), T0).unwrap();
+    // A value almost three times as large needs two entries' worth: k2 then k0 go.
+    assert!(Store::entry_charge(2, 140) <= 2 * each);
+    s.put(b"k4", &[4; 140], 0, v(10), T0).unwrap();
     assert_eq!(
         drained(&mut s),
         [
@@ -266,16 +267,23 @@ fn expire_work_is_proportional_to_what_expired() {
 }
 
 #[test]
-fn too_many_entries_is_an_error_not_a_panic() {
-    let mut s = Store::with_slab(Config::default(), Slab::with_limit(2));
-    s.put(b"a", b"", 0, v(1), T0).unwrap();
-    s.put(b"b", b"", 0, v(1), T0).unwrap();
-    assert_eq!(
-        s.put(b"c", b"", 0, v(1), T0),
-        Err(Error::TooManyEntries { max: 2 })
+fn a_full_block_space_is_an_error_not_a_panic() {
+    // One 64 KiB page: the first class to ask gets it, every other class finds no room.
+    let mut s = Store::with_arena(Config::default(), Arena::with_page_limit(1));
+    s.put(b"a", b"vv", 0, v(1), T0).unwrap();
+    s.put(b"b", b"vv", 0, v(1), T0).unwrap();
+    let full = Err(Error::TooManyEntries { max: 65_536 });
+    assert_eq!(s.put(b"c", b"another size class", 0, v(1), T0), full);
+    // An overwrite that stays in its class is fine; one that must move fails, changing nothing.
+    assert_eq!(s.put(b"a", b"x", 0, v(2), T0), Ok(Applied::Stored));
+    assert_eq!(s.put(b"a", b"a longer value", 0, v(3), T0), full);
+    assert!(
+        !s.touch(b"a", T0 + 1_000, v(3), T0),
+        "a deadline would move it"
     );
-    assert_eq!(s.put(b"a", b"overwrite", 0, v(2), T0), Ok(Applied::Stored));
+    assert_eq!(s.get(b"a", T0), Some(&b"x"[..]));
     assert_eq!(s.len(), 2);
+    assert_eq!(s.bytes_used(), 2 * Store::entry_charge(1, 1));
 }
 
 #[test]

@@ -1,6 +1,5 @@
-//! LEB128 lengths for the block header (blob.rs): 7 bits per byte, high bit = more follows.
-//! Lengths below 128 take one byte, so a small entry's header stays at 15 bytes.
-#![allow(unsafe_code)]
+//! LEB128 lengths for the block header (block.rs): 7 bits per byte, high bit = more follows.
+//! Lengths below 128 take one byte, so a small entry's header stays at 23 bytes.
 
 /// Bytes `n` takes encoded.
 pub(crate) fn varint_len(mut n: usize) -> usize {
@@ -24,17 +23,14 @@ pub(crate) fn put_varint(buf: &mut [u8], mut n: usize) -> usize {
     i + 1
 }
 
-/// Decodes the varint at `p + *at` and moves `*at` past it. Reads through a raw pointer
-/// because a block's length is only known once its varints are decoded.
-///
-/// # Safety
-/// `p + *at` must start a varint written by `put_varint` inside one live allocation: decoding
-/// stops at its last byte (the first below 0x80), so no byte past it is read.
-pub(crate) unsafe fn read(p: *const u8, at: &mut usize) -> usize {
+/// Decodes the varint at `buf[*at..]` and moves `*at` past it. Decoding stops at its last
+/// byte (the first below 0x80). Panics if `buf` ends inside it: blocks only hold varints that
+/// `put_varint` wrote.
+pub(crate) fn read(buf: &[u8], at: &mut usize) -> usize {
     let mut n = 0usize;
     let mut shift = 0;
     loop {
-        let byte = *p.add(*at);
+        let byte = buf[*at];
         *at += 1;
         n |= ((byte & 0x7f) as usize) << shift;
         if byte < 0x80 {
@@ -65,8 +61,7 @@ mod tests {
             let mut buf = [0u8; 10];
             assert_eq!(put_varint(&mut buf, n), len);
             let mut at = 0;
-            // SAFETY: buf holds a varint written by put_varint.
-            assert_eq!(unsafe { read(buf.as_ptr(), &mut at) }, n);
+            assert_eq!(read(&buf, &mut at), n);
             assert_eq!(at, len);
         }
     }

@@ -9,18 +9,19 @@
 //! mask per level) and moves each entry down at most once per level on its way to the `due`
 //! list. Entries without a deadline are never in the wheel, so work tracks what expires.
 //!
-//! Links are intrusive: `wheel_prev`/`wheel_next` in each entry's blob (see blob.rs), as slab
-//! indices. A bucket's first entry has `wheel_prev = HEAD_TAG | bucket`, so an entry can be
+//! Links are intrusive: `wheel_prev`/`wheel_next` in each entry's block (see block.rs), as arena
+//! addresses. A bucket's first entry has `wheel_prev = HEAD_TAG | bucket`, so an entry can be
 //! unlinked in O(1) without knowing where it is.
 
-use crate::slab::{Slab, MAX_SLOTS, NIL};
+use crate::arena::{Arena, MAX_ADDR};
+use crate::block::NIL;
 
 const LEVELS: usize = 11;
 const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 /// Bucket id of the list of entries whose deadline is <= `elapsed`.
 const DUE: usize = LEVELS * SLOTS;
-const HEAD_TAG: u32 = MAX_SLOTS;
+const HEAD_TAG: u32 = MAX_ADDR;
 
 const _: () = assert!(DUE < (NIL - HEAD_TAG) as usize);
 
@@ -51,18 +52,18 @@ impl Wheel {
     }
 
     /// Links entry `idx`, which has a deadline and is not in the wheel.
-    pub(crate) fn insert(&mut self, slab: &mut Slab, idx: u32, now: u64) {
+    pub(crate) fn insert(&mut self, arena: &mut Arena, idx: u32, now: u64) {
         if self.len == 0 && now > self.elapsed {
             // Nothing to re-file, so wheel time can jump to `now`: entries then land at the
             // lowest level their distance allows, instead of all sharing one high bucket.
             self.elapsed = now;
         }
         self.len += 1;
-        self.link(slab, idx);
+        self.link(arena, idx);
     }
 
-    fn link(&mut self, slab: &mut Slab, idx: u32) {
-        let when = slab.blob(idx).deadline();
+    fn link(&mut self, arena: &mut Arena, idx: u32) {
+        let when = arena.block(idx).deadline();
         debug_assert!(
             when != 0,
             "invariant: only entries with a deadline enter the wheel"
@@ -76,19 +77,19 @@ impl Wheel {
             level * SLOTS + slot
         };
         let old = self.heads[bucket];
-        let blob = slab.blob_mut(idx);
-        blob.set_wheel_prev(HEAD_TAG | bucket as u32);
-        blob.set_wheel_next(old);
+        let mut block = arena.block_mut(idx);
+        block.set_wheel_prev(HEAD_TAG | bucket as u32);
+        block.set_wheel_next(old);
         if old != NIL {
-            slab.blob_mut(old).set_wheel_prev(idx);
+            arena.block_mut(old).set_wheel_prev(idx);
         }
         self.heads[bucket] = idx;
     }
 
     /// Unlinks entry `idx` from whichever bucket holds it.
-    pub(crate) fn remove(&mut self, slab: &mut Slab, idx: u32) {
+    pub(crate) fn remove(&mut self, arena: &mut Arena, idx: u32) {
         self.len -= 1;
-        let (prev, next) = slab.blob(idx).wheel_links();
+        let (prev, next) = arena.block(idx).wheel_links();
         if prev >= HEAD_TAG {
             let bucket = (prev - HEAD_TAG) as usize;
             self.heads[bucket] = next;
@@ -96,16 +97,16 @@ impl Wheel {
                 self.occupied[bucket / SLOTS] &= !(1 << (bucket % SLOTS));
             }
         } else {
-            slab.blob_mut(prev).set_wheel_next(next);
+            arena.block_mut(prev).set_wheel_next(next);
         }
         if next != NIL {
-            slab.blob_mut(next).set_wheel_prev(prev);
+            arena.block_mut(next).set_wheel_prev(prev);
         }
     }
 
     /// An entry whose deadline is <= `now`, advancing the wheel as far as needed to find one;
     /// `None` when nothing more is due. The caller reclaims it (which unlinks it).
-    pub(crate) fn next_due(&mut self, slab: &mut Slab, now: u64) -> Option<u32> {
+    pub(crate) fn next_due(&mut self, arena: &mut Arena, now: u64) -> Option<u32> {
         if now < self.elapsed {
             // The clock went back: entries in `due` may not be expired at `now`. Wait.
             return None;
@@ -122,7 +123,7 @@ impl Wheel {
                         "invariant: buckets lie ahead of elapsed"
                     );
                     self.elapsed = start;
-                    self.cascade(slab, bucket);
+                    self.cascade(arena, bucket);
                 }
                 _ => {
                     // Nothing left up to `now`: every occupied bucket starts later, so each
@@ -148,13 +149,13 @@ impl Wheel {
     }
 
     /// Empties `bucket` and re-files its entries against the new `elapsed`: lower levels, or due.
-    fn cascade(&mut self, slab: &mut Slab, bucket: usize) {
+    fn cascade(&mut self, arena: &mut Arena, bucket: usize) {
         self.steps += 1;
         let mut idx = std::mem::replace(&mut self.heads[bucket], NIL);
         self.occupied[bucket / SLOTS] &= !(1 << (bucket % SLOTS));
         while idx != NIL {
-            let (_, next) = slab.blob(idx).wheel_links();
-            self.link(slab, idx);
+            let (_, next) = arena.block(idx).wheel_links();
+            self.link(arena, idx);
             self.steps += 1;
             idx = next;
         }

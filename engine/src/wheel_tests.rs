@@ -1,26 +1,19 @@
 //! Table tests of the wheel: levels, due order, unlinking from anywhere, bounded work.
 
 use super::*;
-use crate::blob::Blob;
-use crate::version::Version;
+use crate::test_blocks::insert;
 
-fn entry(slab: &mut Slab, when: u64) -> u32 {
-    slab.insert(Blob::new(
-        &when.to_le_bytes(),
-        b"",
-        Version::ZERO,
-        when,
-        false,
-    ))
+fn entry(arena: &mut Arena, when: u64) -> u32 {
+    insert(arena, &when.to_le_bytes(), when)
 }
 
 /// Pops everything due at `now`, as `Store::expire` does, returning the deadlines.
-fn drain(wheel: &mut Wheel, slab: &mut Slab, now: u64) -> Vec<u64> {
+fn drain(wheel: &mut Wheel, arena: &mut Arena, now: u64) -> Vec<u64> {
     let mut out = Vec::new();
-    while let Some(idx) = wheel.next_due(slab, now) {
-        out.push(slab.blob(idx).deadline());
-        wheel.remove(slab, idx);
-        slab.remove(idx);
+    while let Some(idx) = wheel.next_due(arena, now) {
+        out.push(arena.block(idx).deadline());
+        wheel.remove(arena, idx);
+        arena.free(idx);
     }
     out.sort_unstable();
     out
@@ -58,11 +51,11 @@ fn expires_exactly_what_is_due_at_each_time() {
         base + 3_600_000,
         u64::MAX,
     ];
-    let mut slab = Slab::new();
+    let mut arena = Arena::new();
     let mut wheel = Wheel::new();
     for when in deadlines {
-        let idx = entry(&mut slab, when);
-        wheel.insert(&mut slab, idx, 0);
+        let idx = entry(&mut arena, when);
+        wheel.insert(&mut arena, idx, 0);
     }
     // (now, deadlines reclaimed at that call)
     let table: [(u64, &[u64]); 6] = [
@@ -74,46 +67,46 @@ fn expires_exactly_what_is_due_at_each_time() {
         (u64::MAX - 1, &[]),
     ];
     for (now, expect) in table {
-        assert_eq!(drain(&mut wheel, &mut slab, now), expect, "at {now}");
+        assert_eq!(drain(&mut wheel, &mut arena, now), expect, "at {now}");
     }
-    assert_eq!(drain(&mut wheel, &mut slab, u64::MAX), [u64::MAX]);
+    assert_eq!(drain(&mut wheel, &mut arena, u64::MAX), [u64::MAX]);
 }
 
 #[test]
 fn entries_already_past_go_straight_to_due() {
-    let mut slab = Slab::new();
+    let mut arena = Arena::new();
     let mut wheel = Wheel::new();
-    assert_eq!(drain(&mut wheel, &mut slab, 1_000), []);
-    let idx = entry(&mut slab, 900);
-    wheel.insert(&mut slab, idx, 0);
-    assert_eq!(drain(&mut wheel, &mut slab, 1_000), [900]);
+    assert_eq!(drain(&mut wheel, &mut arena, 1_000), Vec::<u64>::new());
+    let idx = entry(&mut arena, 900);
+    wheel.insert(&mut arena, idx, 0);
+    assert_eq!(drain(&mut wheel, &mut arena, 1_000), [900]);
 }
 
 #[test]
 fn time_going_backwards_reclaims_nothing() {
-    let mut slab = Slab::new();
+    let mut arena = Arena::new();
     let mut wheel = Wheel::new();
-    assert_eq!(drain(&mut wheel, &mut slab, 1_000), []);
-    let idx = entry(&mut slab, 1_000);
-    wheel.insert(&mut slab, idx, 0);
-    assert_eq!(drain(&mut wheel, &mut slab, 999), []);
-    assert_eq!(drain(&mut wheel, &mut slab, 1_000), [1_000]);
+    assert_eq!(drain(&mut wheel, &mut arena, 1_000), Vec::<u64>::new());
+    let idx = entry(&mut arena, 1_000);
+    wheel.insert(&mut arena, idx, 0);
+    assert_eq!(drain(&mut wheel, &mut arena, 999), Vec::<u64>::new());
+    assert_eq!(drain(&mut wheel, &mut arena, 1_000), [1_000]);
 }
 
 #[test]
 fn removing_from_head_middle_and_tail_keeps_the_rest() {
-    let mut slab = Slab::new();
+    let mut arena = Arena::new();
     let mut wheel = Wheel::new();
-    let ids: Vec<u32> = (0..5).map(|_| entry(&mut slab, 10)).collect();
+    let ids: Vec<u32> = (0..5).map(|_| entry(&mut arena, 10)).collect();
     for &idx in &ids {
-        wheel.insert(&mut slab, idx, 0);
+        wheel.insert(&mut arena, idx, 0);
     }
     // The bucket list is ids in reverse; remove its head (4), middle (2) and tail (0).
     for idx in [ids[4], ids[2], ids[0]] {
-        wheel.remove(&mut slab, idx);
-        slab.remove(idx);
+        wheel.remove(&mut arena, idx);
+        arena.free(idx);
     }
-    assert_eq!(drain(&mut wheel, &mut slab, 10), [10, 10]);
+    assert_eq!(drain(&mut wheel, &mut arena, 10), [10, 10]);
     assert!(wheel.occupied.iter().all(|&m| m == 0));
     assert!(wheel.heads.iter().all(|&h| h == NIL));
 }
@@ -121,19 +114,19 @@ fn removing_from_head_middle_and_tail_keeps_the_rest() {
 #[test]
 fn work_tracks_what_expires_not_what_waits() {
     let base = 1_700_000_000_000u64;
-    let mut slab = Slab::new();
+    let mut arena = Arena::new();
     let mut wheel = Wheel::new();
-    drain(&mut wheel, &mut slab, base);
+    drain(&mut wheel, &mut arena, base);
     for i in 0..10_000 {
-        let idx = entry(&mut slab, base + 86_400_000 + i); // a day later
-        wheel.insert(&mut slab, idx, 0);
+        let idx = entry(&mut arena, base + 86_400_000 + i); // a day later
+        wheel.insert(&mut arena, idx, 0);
     }
     for i in 0..10 {
-        let idx = entry(&mut slab, base + 10 + i);
-        wheel.insert(&mut slab, idx, 0);
+        let idx = entry(&mut arena, base + 10 + i);
+        wheel.insert(&mut arena, idx, 0);
     }
     let before = wheel.steps();
-    assert_eq!(drain(&mut wheel, &mut slab, base + 1_000).len(), 10);
+    assert_eq!(drain(&mut wheel, &mut arena, base + 1_000).len(), 10);
     let steps = wheel.steps() - before;
     assert!(steps <= 40, "{steps} steps for 10 expired entries");
 }

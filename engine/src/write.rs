@@ -1,6 +1,7 @@
 //! Writes: put, remove and touch, each applied last-writer-wins by [`Version`].
 
-use crate::blob::Blob;
+use crate::arena;
+use crate::block::{self, block_len};
 use crate::charge;
 use crate::error::Error;
 use crate::outcome::{Applied, Removed};
@@ -15,8 +16,8 @@ impl Store {
     ///
     /// Errors (the write is not applied), checked in this order: `EmptyKey`, `KeyTooLarge`,
     /// `ValueTooLarge`, `EntryTooLarge` (the entry *with* a deadline would not fit in
-    /// `max_memory` even alone, so a later `touch` can always make room), and for a new key
-    /// `TooManyEntries`.
+    /// `max_memory` even alone, so a later `touch` can always make room), and
+    /// `TooManyEntries` when the store's block space has no slot for it.
     pub fn put(
         &mut self,
         key: &[u8],
@@ -41,31 +42,31 @@ impl Store {
         }
         let charge = charge::for_entry(key.len(), value.len(), expires_at_ms != 0);
         let hash = self.index.hash(key);
+        let new = NewBlock {
+            key,
+            value,
+            version,
+            deadline: expires_at_ms,
+            tombstone: false,
+        };
         let Some(idx) = self.find(key, hash, now_ms) else {
-            self.insert_new(
-                hash,
-                Blob::new(key, value, version, expires_at_ms, false),
-                charge,
-                now_ms,
-            )?;
+            self.insert_new(hash, new, charge, now_ms)?;
             self.stats.puts += 1;
             return Ok(Applied::Stored);
         };
-        let old = self.slab.blob(idx);
+        let old = self.arena.block(idx);
         if old.version() >= version {
             self.stats.stale_writes += 1;
             return Ok(Applied::Stale);
         }
-        if old.is_tombstone() {
+        self.check_room_to_move(idx, new.len())?;
+        if self.arena.block(idx).is_tombstone() {
             self.stats.tombstones -= 1;
             self.stats.keys += 1;
         }
         self.unlink_for_rewrite(idx);
         self.make_room(charge, now_ms);
-        let blob = self.slab.blob_mut(idx);
-        if !blob.rewrite(value, version, expires_at_ms, false) {
-            *blob = Blob::new(key, value, version, expires_at_ms, false);
-        }
+        let idx = self.rewrite(idx, hash, new);
         self.relink(idx, now_ms);
         self.stats.puts += 1;
         Ok(Applied::Stored)
@@ -81,47 +82,47 @@ impl Store {
     /// tombstone that alone would exceed `max_memory` is not kept. The removed entry itself
     /// is not reported as a removal: the caller logs its own remove.
     ///
-    /// Errors: `EmptyKey`, `KeyTooLarge`, and `TooManyEntries` when a new tombstone finds no
-    /// slot.
+    /// Errors: `EmptyKey`, `KeyTooLarge`, and `TooManyEntries` when a tombstone finds no slot
+    /// in the store's block space.
     pub fn remove(&mut self, key: &[u8], version: Version, now_ms: u64) -> Result<Removed, Error> {
         self.check_key(key)?;
         let grace = self.config.tombstone_grace_ms;
         let tomb_charge = Store::tombstone_charge(key.len());
         let keep_tombstone = grace > 0 && tomb_charge <= self.config.max_memory;
         let deadline = now_ms.saturating_add(grace);
+        let tombstone = NewBlock {
+            key,
+            value: b"",
+            version,
+            deadline,
+            tombstone: true,
+        };
         let hash = self.index.hash(key);
         let Some(idx) = self.find(key, hash, now_ms) else {
             if keep_tombstone {
-                self.insert_new(
-                    hash,
-                    Blob::new(key, b"", version, deadline, true),
-                    tomb_charge,
-                    now_ms,
-                )?;
+                self.insert_new(hash, tombstone, tomb_charge, now_ms)?;
             }
             return Ok(Removed::NotFound);
         };
-        let old = self.slab.blob(idx);
+        let old = self.arena.block(idx);
         if old.version() >= version {
             self.stats.stale_writes += 1;
             return Ok(Removed::Stale);
         }
         let was_live = !old.is_tombstone();
         if keep_tombstone {
+            self.check_room_to_move(idx, tombstone.len())?;
             if was_live {
                 self.stats.keys -= 1;
                 self.stats.tombstones += 1;
             }
             self.unlink_for_rewrite(idx);
             self.make_room(tomb_charge, now_ms);
-            let blob = self.slab.blob_mut(idx);
-            if !blob.rewrite(b"", version, deadline, true) {
-                *blob = Blob::new(key, b"", version, deadline, true);
-            }
+            let idx = self.rewrite(idx, hash, tombstone);
             self.relink(idx, now_ms);
         } else {
-            drop(self.release(idx));
-            self.index.shrink_if_sparse(&self.slab);
+            self.release(idx);
+            self.index.shrink_if_sparse(&self.arena);
         }
         if was_live {
             self.stats.removes += 1;
@@ -133,27 +134,34 @@ impl Store {
 
     /// Sets a new absolute deadline on a live key (0 = never) and makes it the most recently
     /// used; the entry takes `version`. Returns false, changing nothing, when the key is
-    /// missing, removed or expired, or when its stored version is >= `version`. Adding a
-    /// deadline enlarges the entry's block (see [`Store::charge`]), which may evict others.
+    /// missing, removed or expired, when its stored version is >= `version`, or when the
+    /// block must move and the store's block space is full (see `Error::TooManyEntries`).
+    /// Adding a deadline enlarges the entry's block (see [`Store::charge`]), which may evict
+    /// others.
     pub fn touch(&mut self, key: &[u8], expires_at_ms: u64, version: Version, now_ms: u64) -> bool {
         let hash = self.index.hash(key);
         let Some(idx) = self.find(key, hash, now_ms) else {
             return false;
         };
-        let blob = self.slab.blob(idx);
-        if blob.is_tombstone() {
+        let old = self.arena.block(idx);
+        if old.is_tombstone() {
             return false;
         }
-        if blob.version() >= version {
+        if old.version() >= version {
             self.stats.stale_writes += 1;
             return false;
         }
-        let charge = charge::for_entry(key.len(), blob.value().len(), expires_at_ms != 0);
+        let body = old.body_len();
+        let len = body + block_len(0, 0, expires_at_ms != 0) - block_len(0, 0, false);
+        if self.check_room_to_move(idx, len).is_err() {
+            return false;
+        }
         self.unlink_for_rewrite(idx);
-        self.make_room(charge, now_ms);
-        let blob = self.slab.blob_mut(idx);
-        blob.set_deadline(expires_at_ms);
-        blob.set_version(version);
+        self.make_room(charge::for_block(len), now_ms);
+        let idx = self.resize(idx, hash, len, body);
+        let mut block = self.arena.block_mut(idx);
+        block.set_deadline(expires_at_ms);
+        block.set_version(version);
         self.relink(idx, now_ms);
         self.stats.touches += 1;
         true
@@ -167,15 +175,15 @@ impl Store {
     /// the node was down does not come back.
     pub fn forget(&mut self, key: &[u8], version: Version) -> bool {
         let hash = self.index.hash(key);
-        let Some(idx) = self.index.find(&self.slab, hash, key) else {
+        let Some(idx) = self.index.find(&self.arena, hash, key) else {
             return false;
         };
-        if self.slab.blob(idx).version() > version {
+        if self.arena.block(idx).version() > version {
             return false;
         }
-        let live = !self.slab.blob(idx).is_tombstone();
-        drop(self.release(idx));
-        self.index.shrink_if_sparse(&self.slab);
+        let live = !self.arena.block(idx).is_tombstone();
+        self.release(idx);
+        self.index.shrink_if_sparse(&self.arena);
         live
     }
 
@@ -193,23 +201,93 @@ impl Store {
     }
 
     /// Adds a record for a key that has none, evicting to make room first.
-    fn insert_new(&mut self, hash: u64, blob: Blob, charge: u64, now_ms: u64) -> Result<(), Error> {
-        if !self.slab.has_room() {
-            return Err(Error::TooManyEntries {
-                max: self.slab.limit().into(),
-            });
+    fn insert_new(
+        &mut self,
+        hash: u64,
+        new: NewBlock<'_>,
+        charge: u64,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        if !self.arena.has_room(new.len()) {
+            return Err(self.too_many_entries());
         }
-        let tombstone = blob.is_tombstone();
         self.make_room(charge, now_ms);
-        let idx = self.slab.insert(blob);
-        self.index.insert(&self.slab, hash, idx);
-        if tombstone {
+        let idx = self.arena.alloc(new.len());
+        new.encode(self.arena.slot_mut(idx));
+        self.index.insert(&self.arena, hash, idx);
+        if new.tombstone {
             self.stats.tombstones += 1;
         } else {
             self.stats.keys += 1;
         }
         self.relink(idx, now_ms);
         Ok(())
+    }
+
+    fn too_many_entries(&self) -> Error {
+        Error::TooManyEntries {
+            max: self.arena.limit_bytes(),
+        }
+    }
+
+    /// Fails when the block at `idx` would have to move to a slot of another size for a new
+    /// length of `len` bytes and the arena has none left.
+    fn check_room_to_move(&self, idx: u32, len: usize) -> Result<(), Error> {
+        if arena::slot_len(len) == self.arena.slot_len_at(idx) || self.arena.has_room(len) {
+            Ok(())
+        } else {
+            Err(self.too_many_entries())
+        }
+    }
+
+    /// Writes `new` over the unlinked entry at `idx`: in its slot when the size class is the
+    /// same, else in a new slot that the index then names. Returns where the entry is now.
+    fn rewrite(&mut self, idx: u32, hash: u64, new: NewBlock<'_>) -> u32 {
+        let at = self.resize(idx, hash, new.len(), 0);
+        new.encode(self.arena.slot_mut(at));
+        at
+    }
+
+    /// Gives the unlinked entry at `idx` a slot for a block of `len` bytes, keeping its first
+    /// `keep` bytes: the same slot when the size class is the same, else a new one that the
+    /// index then names (check `check_room_to_move` first). Returns where the entry is now.
+    fn resize(&mut self, idx: u32, hash: u64, len: usize, keep: usize) -> u32 {
+        if arena::slot_len(len) == self.arena.slot_len_at(idx) {
+            return idx;
+        }
+        let at = self.arena.alloc(len);
+        self.arena.copy(idx, at, keep);
+        self.arena.free(idx);
+        self.index.replace(hash, idx, at);
+        at
+    }
+}
+
+/// A record about to be written into a slot.
+#[derive(Clone, Copy)]
+struct NewBlock<'a> {
+    key: &'a [u8],
+    value: &'a [u8],
+    version: Version,
+    /// 0 = none.
+    deadline: u64,
+    tombstone: bool,
+}
+
+impl NewBlock<'_> {
+    fn len(&self) -> usize {
+        block_len(self.key.len(), self.value.len(), self.deadline != 0)
+    }
+
+    fn encode(&self, slot: &mut [u8]) {
+        block::encode(
+            slot,
+            self.key,
+            self.value,
+            self.version,
+            self.deadline,
+            self.tombstone,
+        );
     }
 }
 

@@ -13,6 +13,13 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A block in a buffer with spare room after it, as in a size-class slot.
+fn encoded(key: &[u8], value: &[u8], deadline: u64, tombstone: bool) -> Vec<u8> {
+    let mut buf = vec![0xee; block_len(key.len(), value.len(), true) + 7];
+    encode(&mut buf, key, value, V, deadline, tombstone);
+    buf
+}
+
 #[test]
 fn fields_round_trip() {
     // (key len, value len, deadline, tombstone)
@@ -27,13 +34,17 @@ fn fields_round_trip() {
     ];
     for (k, v, deadline, tomb) in table {
         let (key, value) = (pattern(k, 1), pattern(v, 2));
-        let b = Blob::new(&key, &value, V, deadline, tomb);
+        let buf = encoded(&key, &value, deadline, tomb);
+        let b = Block(&buf);
         assert_eq!(b.key(), &key[..]);
         assert_eq!(b.value(), &value[..]);
         assert_eq!(b.version(), V);
         assert_eq!(b.deadline(), deadline);
         assert_eq!(b.is_tombstone(), tomb);
+        assert!(b.in_use());
         assert_eq!(b.len(), block_len(k, v, deadline != 0));
+        assert_eq!(b.body_len(), block_len(k, v, false));
+        assert_eq!((b.lru_prev(), b.lru_next()), (NIL, NIL));
         if deadline != 0 {
             assert_eq!(b.wheel_links(), (UNLINKED, UNLINKED));
         }
@@ -41,66 +52,57 @@ fn fields_round_trip() {
 }
 
 #[test]
+fn a_typical_block_is_135_bytes() {
+    assert_eq!(block_len(12, 100, false), 135);
+    assert_eq!(block_len(12, 100, true), 151);
+}
+
+#[test]
 fn is_dead_only_from_the_deadline_on() {
-    let b = Blob::new(b"k", b"v", V, 100, false);
+    let buf = encoded(b"k", b"v", 100, false);
+    let b = Block(&buf);
     assert!(!b.is_dead(99));
     assert!(b.is_dead(100));
     assert!(b.is_dead(101));
-    let forever = Blob::new(b"k", b"v", V, 0, false);
-    assert!(!forever.is_dead(u64::MAX));
+    let forever = encoded(b"k", b"v", 0, false);
+    assert!(!Block(&forever).is_dead(u64::MAX));
 }
 
 #[test]
 fn adding_and_dropping_the_deadline_keeps_key_and_value() {
     for v in [0, 5, 100, 300_000] {
         let (key, value) = (pattern(20, 3), pattern(v, 4));
-        let mut b = Blob::new(&key, &value, V, 0, false);
+        let mut buf = encoded(&key, &value, 0, false);
+        let mut b = BlockMut(&mut buf);
         b.set_deadline(1_000);
-        assert_eq!((b.deadline(), b.len()), (1_000, block_len(20, v, true)));
+        assert_eq!(
+            (b.get().deadline(), b.get().len()),
+            (1_000, block_len(20, v, true))
+        );
         b.set_wheel_prev(7);
         b.set_wheel_next(9);
-        assert_eq!(b.wheel_links(), (7, 9));
+        assert_eq!(b.get().wheel_links(), (7, 9));
         b.set_deadline(2_000);
-        assert_eq!(b.deadline(), 2_000);
-        assert_eq!(b.wheel_links(), (UNLINKED, UNLINKED));
+        assert_eq!(b.get().deadline(), 2_000);
+        assert_eq!(b.get().wheel_links(), (UNLINKED, UNLINKED));
         b.set_deadline(0);
+        let b = b.get();
         assert_eq!((b.deadline(), b.len()), (0, block_len(20, v, false)));
         assert_eq!((b.key(), b.value(), b.version()), (&key[..], &value[..], V));
     }
 }
 
 #[test]
-fn rewrite_in_place_only_for_the_same_layout() {
-    let newer = Version::new(9, 9);
-    let mut b = Blob::new(b"key", b"aaaa", V, 50, false);
-    assert!(
-        !b.rewrite(b"bbbbb", newer, 50, false),
-        "value length differs"
-    );
-    assert!(
-        !b.rewrite(b"bbbb", newer, 0, false),
-        "deadline presence differs"
-    );
-    assert_eq!((b.value(), b.version()), (&b"aaaa"[..], V));
-    assert!(b.rewrite(b"bbbb", newer, 60, false));
-    assert_eq!(
-        (b.key(), b.value(), b.version(), b.deadline()),
-        (&b"key"[..], &b"bbbb"[..], newer, 60)
-    );
-
-    let mut t = Blob::new(b"key", b"", V, 10, false);
-    assert!(t.rewrite(b"", newer, 20, true));
-    assert!(t.is_tombstone());
-    assert!(t.rewrite(b"", V, 20, false));
-    assert!(!t.is_tombstone());
-}
-
-#[test]
-fn set_version_touches_nothing_else() {
-    let mut b = Blob::new(b"key", b"value", V, 30, false);
+fn setters_touch_nothing_else() {
+    let mut buf = encoded(b"key", b"value", 30, false);
+    let mut b = BlockMut(&mut buf);
     b.set_version(Version::new(1, 2));
+    b.set_lru_prev(3);
+    b.set_lru_next(4);
+    let b = b.get();
     assert_eq!(
         (b.version(), b.key(), b.value(), b.deadline()),
         (Version::new(1, 2), &b"key"[..], &b"value"[..], 30)
     );
+    assert_eq!((b.lru_prev(), b.lru_next()), (3, 4));
 }
