@@ -14,7 +14,7 @@
 //! rest for the page. Addresses at and above `MAX_PAGES << 13` are left to the timer wheel's
 //! bucket tags and to `NIL`, so at most 32 GiB of blocks are addressable per store.
 
-use crate::block::{Block, BlockMut, FLAGS, IN_USE, NIL};
+use crate::block::{Block, BlockMut, NIL};
 
 const PAGE_BITS: u32 = 16;
 /// Bytes in a class page.
@@ -27,7 +27,7 @@ pub(crate) const MAX_PAGES: u32 = 0xFFFF_0000 >> OFFSET_BITS;
 pub(crate) const MAX_ADDR: u32 = MAX_PAGES << OFFSET_BITS;
 /// Longest block that gets a class slot; longer ones get a page of their own.
 pub(crate) const SMALL_MAX: usize = 1024;
-/// The smallest block (21-byte header, two 1-byte lengths, 1-byte key) rounded to 8.
+/// The smallest block (20-byte header, two 1-byte lengths, 1-byte key) rounded to 8.
 const MIN_SLOT: usize = 24;
 const CLASSES: usize = (SMALL_MAX - MIN_SLOT) / 8 + 1;
 /// Page kinds beyond the class numbers.
@@ -178,9 +178,9 @@ impl Arena {
         let class = &mut self.classes[kind as usize];
         let next = class.free;
         class.free = at;
-        let bytes = &mut self.pages[page][offset..];
-        bytes[FLAGS] &= !IN_USE;
-        BlockMut(bytes).set_lru_next(next);
+        let mut block = BlockMut(&mut self.pages[page][offset..]);
+        block.set_free();
+        block.set_lru_next(next);
     }
 
     /// Bytes of the slot at `addr`.

@@ -13,10 +13,11 @@
 //                             slot, the next free slot of its size class
 //   8       8     hlc         version.hlc
 //   16      4     node        version.node
-//   20      1     flags       bit 0: tombstone; bit 1: the deadline section is present;
-//                             bit 7: in use (clear in a free slot and in never-used, zeroed
-//                             arena bytes, which is how a scan tells them apart)
-//   21      1..10 key_len     LEB128
+//   20      1..10 key_flags   LEB128 of key_len << 2 | flags; flags bit 0: tombstone, bit 1:
+//                             the deadline section is present. Both sit in this first byte.
+//                             Keys are never empty, so the byte is never 0 in a block in use;
+//                             0 marks a free slot (and never-used, zeroed arena bytes), which
+//                             is how a scan tells them apart.
 //   ..      1..10 value_len   LEB128
 //   ..      k     key
 //   ..      v     value       (empty for a tombstone)
@@ -38,18 +39,22 @@ const LRU_PREV: usize = 0;
 const LRU_NEXT: usize = 4;
 const HLC: usize = 8;
 const NODE: usize = 16;
-pub(crate) const FLAGS: usize = 20;
-const LENS: usize = 21;
+/// Where the lengths start; the first byte also holds the flags (and is 0 in a free slot).
+const LENS: usize = 20;
 const TOMBSTONE: u8 = 1;
 const HAS_DEADLINE: u8 = 2;
-pub(crate) const IN_USE: u8 = 0x80;
+const FLAG_BITS: u32 = 2;
 const DEADLINE_SECTION: usize = 16;
 const UNLINKED: u32 = u32::MAX;
 
 /// Length of the block for an entry of these lengths.
 pub(crate) fn block_len(key_len: usize, value_len: usize, has_deadline: bool) -> usize {
     let section = if has_deadline { DEADLINE_SECTION } else { 0 };
-    LENS + varint_len(key_len) + varint_len(value_len) + key_len + value_len + section
+    LENS + varint_len(key_len << FLAG_BITS | 3)
+        + varint_len(value_len)
+        + key_len
+        + value_len
+        + section
 }
 
 /// Writes a whole block at the start of `buf` (at least `block_len` bytes long): in use, LRU
@@ -66,11 +71,10 @@ pub(crate) fn encode(
     buf[LRU_NEXT..LRU_NEXT + 4].copy_from_slice(&NIL.to_le_bytes());
     buf[HLC..HLC + 8].copy_from_slice(&version.hlc.to_le_bytes());
     buf[NODE..NODE + 4].copy_from_slice(&version.node.to_le_bytes());
-    buf[FLAGS] = IN_USE
-        | if tombstone { TOMBSTONE } else { 0 }
-        | if deadline != 0 { HAS_DEADLINE } else { 0 };
+    let flags =
+        if tombstone { TOMBSTONE } else { 0 } | if deadline != 0 { HAS_DEADLINE } else { 0 };
     let mut at = LENS;
-    at += put_varint(&mut buf[at..], key.len());
+    at += put_varint(&mut buf[at..], key.len() << FLAG_BITS | usize::from(flags));
     at += put_varint(&mut buf[at..], value.len());
     buf[at..at + key.len()].copy_from_slice(key);
     at += key.len();
@@ -92,10 +96,10 @@ struct Shape {
 
 fn shape(b: &[u8]) -> Shape {
     let mut at = LENS;
-    let key_len = varint::read(b, &mut at);
+    let key_flags = varint::read(b, &mut at);
+    let key_len = key_flags >> FLAG_BITS;
     let value_len = varint::read(b, &mut at);
-    let flags = b[FLAGS];
-    let section = if flags & HAS_DEADLINE != 0 {
+    let section = if key_flags & usize::from(HAS_DEADLINE) != 0 {
         DEADLINE_SECTION
     } else {
         0
@@ -137,16 +141,16 @@ impl<'a> Block<'a> {
     }
 
     pub(crate) fn is_tombstone(self) -> bool {
-        self.0[FLAGS] & TOMBSTONE != 0
+        self.0[LENS] & TOMBSTONE != 0
     }
 
     /// True for a block in use, false for a free or never-used slot.
     pub(crate) fn in_use(self) -> bool {
-        self.0[FLAGS] & IN_USE != 0
+        self.0[LENS] != 0
     }
 
     pub(crate) fn has_deadline(self) -> bool {
-        self.0[FLAGS] & HAS_DEADLINE != 0
+        self.0[LENS] & HAS_DEADLINE != 0
     }
 
     /// The deadline, or 0 when the entry has none.
@@ -197,6 +201,11 @@ impl BlockMut<'_> {
         Block(self.0)
     }
 
+    /// Marks the slot free: the first length byte becomes 0 (see the layout).
+    pub(crate) fn set_free(&mut self) {
+        self.0[LENS] = 0;
+    }
+
     pub(crate) fn set_version(&mut self, version: Version) {
         self.0[HLC..HLC + 8].copy_from_slice(&version.hlc.to_le_bytes());
         self.0[NODE..NODE + 4].copy_from_slice(&version.node.to_le_bytes());
@@ -215,12 +224,11 @@ impl BlockMut<'_> {
     /// the entry from the wheel first.
     pub(crate) fn set_deadline(&mut self, deadline: u64) {
         let end = self.get().body_len();
-        let flags = self.0[FLAGS];
         if deadline == 0 {
-            self.0[FLAGS] = flags & !HAS_DEADLINE;
+            self.0[LENS] &= !HAS_DEADLINE;
         } else {
             self.0[end..end + DEADLINE_SECTION].copy_from_slice(&deadline_section(deadline));
-            self.0[FLAGS] = flags | HAS_DEADLINE;
+            self.0[LENS] |= HAS_DEADLINE;
         }
     }
 

@@ -52,9 +52,32 @@ fn fields_round_trip() {
 }
 
 #[test]
-fn a_typical_block_is_135_bytes() {
-    assert_eq!(block_len(12, 100, false), 135);
-    assert_eq!(block_len(12, 100, true), 151);
+fn typical_blocks_and_the_key_length_boundary() {
+    assert_eq!(block_len(12, 100, false), 134);
+    assert_eq!(block_len(12, 100, true), 150);
+    // key_len << 2 | flags takes one byte up to 31-byte keys, two from 32.
+    assert_eq!(block_len(31, 0, false), 20 + 1 + 1 + 31);
+    assert_eq!(block_len(32, 0, false), 20 + 2 + 1 + 32);
+    for k in [1, 31, 32, 33, 4_095, 4_096] {
+        let key = pattern(k, 9);
+        for (deadline, tomb) in [(0, false), (0, true), (5, false), (5, true)] {
+            let buf = encoded(&key, b"v", deadline, tomb);
+            let b = Block(&buf);
+            assert_eq!((b.key(), b.value()), (&key[..], &b"v"[..]), "{k}");
+            assert_eq!((b.deadline(), b.is_tombstone()), (deadline, tomb), "{k}");
+            assert_eq!(b.len(), block_len(k, 1, deadline != 0), "{k}");
+        }
+    }
+}
+
+#[test]
+fn a_freed_slot_is_not_in_use() {
+    let mut buf = encoded(b"k", b"v", 0, false);
+    let mut b = BlockMut(&mut buf);
+    assert!(b.get().in_use());
+    b.set_free();
+    assert!(!b.get().in_use());
+    assert!(!Block(&[0u8; 24]).in_use(), "zeroed bytes are free");
 }
 
 #[test]

@@ -123,14 +123,14 @@ impl Store {
     ///                                  max(32, round_up(block + 8, 16)) below 128 KiB,
     ///                                  round_up(that + 8, 4096) from 128 KiB (mmap),
     ///                                  + 17 (the page-table slot)
-    /// block  = 21                    LRU prev/next (u32 each) + version (hlc 8 + node 4)
-    ///                                  + flags 1
-    ///        + varint(key_len) + varint(value_len)      LEB128, 1 byte below 128
+    /// block  = 20                    LRU prev/next (u32 each) + version (hlc 8 + node 4)
+    ///        + varint(key_len × 4 + flags)              LEB128: 1 byte below 32-byte keys
+    ///        + varint(value_len)                        LEB128: 1 byte below 128
     ///        + key_len + value_len
     ///        + 16 if has_deadline    deadline 8 + timer-wheel prev/next (u32 each)
     /// ```
     ///
-    /// For a 12-byte key and a 100-byte value without deadline: 12 + 136 = 148 bytes.
+    /// For a 12- to 14-byte key and a 100-byte value without deadline: 12 + 136 = 148 bytes.
     /// A tombstone is charged as an entry with an empty value and a deadline
     /// ([`Store::tombstone_charge`]). Not charged: the fixed-size wheel (≈3 KiB), the unused
     /// tail of each size class's current 64 KiB page (at most 126 such pages), free slots a

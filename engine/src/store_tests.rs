@@ -270,20 +270,20 @@ fn expire_work_is_proportional_to_what_expired() {
 fn a_full_block_space_is_an_error_not_a_panic() {
     // One 64 KiB page: the first class to ask gets it, every other class finds no room.
     let mut s = Store::with_arena(Config::default(), Arena::with_page_limit(1));
-    s.put(b"a", b"vv", 0, v(1), T0).unwrap();
-    s.put(b"b", b"vv", 0, v(1), T0).unwrap();
+    s.put(b"a", b"vvv", 0, v(1), T0).unwrap();
+    s.put(b"b", b"vvv", 0, v(1), T0).unwrap();
     let full = Err(Error::TooManyEntries { max: 65_536 });
     assert_eq!(s.put(b"c", b"another size class", 0, v(1), T0), full);
     // An overwrite that stays in its class is fine; one that must move fails, changing nothing.
-    assert_eq!(s.put(b"a", b"x", 0, v(2), T0), Ok(Applied::Stored));
+    assert_eq!(s.put(b"a", b"xy", 0, v(2), T0), Ok(Applied::Stored));
     assert_eq!(s.put(b"a", b"a longer value", 0, v(3), T0), full);
     assert!(
         !s.touch(b"a", T0 + 1_000, v(3), T0),
         "a deadline would move it"
     );
-    assert_eq!(s.get(b"a", T0), Some(&b"x"[..]));
+    assert_eq!(s.get(b"a", T0), Some(&b"xy"[..]));
     assert_eq!(s.len(), 2);
-    assert_eq!(s.bytes_used(), 2 * Store::entry_charge(1, 1));
+    assert_eq!(s.bytes_used(), 2 * Store::entry_charge(1, 3));
 }
 
 #[test]

@@ -1,13 +1,15 @@
 //! Property tests: random operation sequences run against the store and the model side by
 //! side, with small memory limits (eviction), short TTLs and grace periods (expiry), small
 //! version ranges (stale writes) and limits that some keys and values exceed (errors). After
-//! every operation the results, the reported removals, the byte accounting, the counters and
-//! every key's visible state must agree.
+//! every operation the results, the reported removals, the byte accounting, the counters,
+//! every key's visible state and what a scan (in steps of 3 slots) sees must agree.
 
 #[path = "support/model.rs"]
 mod model;
 
-use kvmesh_engine::{Config, Store, Version};
+use std::collections::BTreeMap;
+
+use kvmesh_engine::{Config, Cursor, Store, Version};
 use model::Model;
 use proptest::prelude::*;
 
@@ -178,6 +180,12 @@ fn run(cfg: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 step
             );
         }
+        prop_assert_eq!(
+            scanned(&store, now),
+            model_live(&model, now),
+            "scan at step {}",
+            step
+        );
     }
     // Reclaiming everything leaves nothing charged.
     let end = now + 1_000;
@@ -185,6 +193,32 @@ fn run(cfg: Config, ops: Vec<Op>) -> Result<(), TestCaseError> {
     model.expire(end);
     prop_assert_eq!(store.bytes_used(), model.bytes);
     Ok(())
+}
+
+type Live = BTreeMap<Vec<u8>, (Vec<u8>, u64, Version)>;
+
+/// Every live entry a scan sees, in steps of 3 slots, each seen once.
+fn scanned(store: &Store, now: u64) -> Live {
+    let (mut seen, mut cursor) = (Live::new(), Some(Cursor::START));
+    while let Some(c) = cursor {
+        cursor = store.scan(c, 3, now, |e| {
+            let old = seen.insert(
+                e.key.to_vec(),
+                (e.value.to_vec(), e.expires_at_ms, e.version),
+            );
+            assert!(old.is_none(), "visited twice: {:?}", e.key);
+        });
+    }
+    seen
+}
+
+fn model_live(model: &Model, now: u64) -> Live {
+    model
+        .recs
+        .iter()
+        .filter(|(_, r)| r.deadline == 0 || r.deadline > now)
+        .filter_map(|(k, r)| Some((k.clone(), (r.value.clone()?, r.deadline, r.version))))
+        .collect()
 }
 
 proptest! {
