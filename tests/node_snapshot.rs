@@ -97,7 +97,7 @@ fn disk_stays_bounded_under_overwrites_and_a_restart_restores_the_live_set() {
     // The documented bound, per shard: (factor + 1) segments of log before a snapshot
     // triggers, the active segment and the spare, one more segment written while the check
     // waits and the snapshot runs, and two snapshots (the old one and the one being written).
-    // Live data is ~1.2 MB per shard here (charge of 172 B per entry), a snapshot ~0.7 MB.
+    // Live data is ~1.0 MB per shard here (charge of 148 B per entry), a snapshot ~0.7 MB.
     let snapshot = 2 * 700_000;
     let bound = 2 * ((4 + 1 + 2 + 1) * SEGMENT + snapshot);
     let peak = *samples.iter().max().unwrap();

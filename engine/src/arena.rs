@@ -3,7 +3,7 @@
 //!
 //! Memory comes in pages of 64 KiB. A block of up to [`SMALL_MAX`] bytes gets a slot in a page
 //! of its size class (classes every 8 bytes from 24 to 1024), with no header and at most 7
-//! bytes of rounding; glibc malloc would add an 8-byte header and round to 16 (a 135-byte
+//! bytes of rounding; glibc malloc would add an 8-byte header and round to 16 (a 134-byte
 //! block costs 136 bytes here, 144 from malloc). A larger block gets a page of its own, of
 //! exactly its length, from the global allocator. Freed slots go on their class's free list
 //! (threaded through the slot's `lru_next`) and are reused first; a freed large page's table

@@ -44,7 +44,8 @@ const LENS: usize = 20;
 const TOMBSTONE: u8 = 1;
 const HAS_DEADLINE: u8 = 2;
 const FLAG_BITS: u32 = 2;
-const DEADLINE_SECTION: usize = 16;
+/// Bytes of the deadline section, when there is one.
+pub(crate) const DEADLINE_SECTION: usize = 16;
 const UNLINKED: u32 = u32::MAX;
 
 /// Length of the block for an entry of these lengths.

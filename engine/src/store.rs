@@ -79,9 +79,9 @@ impl Store {
     }
 
     /// Evictions and expirations since the last drain, oldest first, so the WAL can log them
-    /// like removes. Each [`Removal`] owns the dropped entry's block (nothing is copied). Drain
-    /// after each call that can evict or expire (`put`, `remove`, `touch`, `get`, `expire`):
-    /// undrained removals hold memory that is no longer charged.
+    /// like removes. Each [`Removal`] owns a copy of the dropped key. Drain after each call
+    /// that can evict or expire (`put`, `remove`, `touch`, `get`, `expire`): undrained
+    /// removals hold memory that is not charged.
     pub fn drain_removals(&mut self) -> Drain<'_, Removal> {
         self.removals.drain(..)
     }

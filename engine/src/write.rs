@@ -1,7 +1,7 @@
 //! Writes: put, remove and touch, each applied last-writer-wins by [`Version`].
 
 use crate::arena;
-use crate::block::{self, block_len};
+use crate::block::{self, block_len, DEADLINE_SECTION};
 use crate::charge;
 use crate::error::Error;
 use crate::outcome::{Applied, Removed};
@@ -152,7 +152,7 @@ impl Store {
             return false;
         }
         let body = old.body_len();
-        let len = body + block_len(0, 0, expires_at_ms != 0) - block_len(0, 0, false);
+        let len = body + DEADLINE_SECTION * usize::from(expires_at_ms != 0);
         if self.check_room_to_move(idx, len).is_err() {
             return false;
         }
