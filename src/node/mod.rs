@@ -33,8 +33,6 @@ pub mod router;
 mod server;
 mod shard;
 pub mod shutdown;
-// Called by the membership control plane (issue 12), which lands separately.
-#[allow(dead_code)]
 pub mod stream;
 mod sys;
 

@@ -30,6 +30,8 @@
 //! its client limit); the hello's answer is not required to be OK, because during a change the
 //! two nodes' member lists legitimately differ. The agreed topology vouches for the address.
 
+#[path = "stream_hook.rs"]
+pub mod hook;
 #[path = "stream_progress.rs"]
 pub mod progress;
 #[path = "stream_throttle.rs"]
