@@ -47,7 +47,7 @@ use glommio::sync::Semaphore;
 use kvmesh_engine::Cursor;
 use kvmesh_net::moves::{self, MoveCost};
 use kvmesh_net::mux::Mux;
-use kvmesh_net::ring::{NodeId, Ring};
+use kvmesh_net::ring::{NodeId, Ring, RingError};
 use kvmesh_net::{shard_for, Connection};
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status, Topology};
 
@@ -88,6 +88,36 @@ pub struct Move {
     pub replicas: usize,
     /// Every member of old ∪ new.
     pub addrs: BTreeMap<NodeId, Endpoint>,
+}
+
+impl Move {
+    /// The move between two member lists (ids and wire addresses), as `--peers` gives them;
+    /// shard ports are asked from each node at first use. An address in `new` wins over one
+    /// in `old` for the same id.
+    pub fn from_members(
+        epoch: u64,
+        old: &[(NodeId, SocketAddr)],
+        new: &[(NodeId, SocketAddr)],
+        replicas: usize,
+    ) -> Result<Move, RingError> {
+        let ids =
+            |members: &[(NodeId, SocketAddr)]| members.iter().map(|m| m.0).collect::<Vec<_>>();
+        let addrs = old
+            .iter()
+            .chain(new)
+            .map(|&(id, addr)| {
+                let shard_ports = Vec::new();
+                (id, Endpoint { addr, shard_ports })
+            })
+            .collect();
+        Ok(Move {
+            epoch,
+            old: Ring::new(&ids(old))?,
+            new: Ring::new(&ids(new))?,
+            replicas,
+            addrs,
+        })
+    }
 }
 
 /// What one shard's stream did.
@@ -575,4 +605,77 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u
         );
     }
     dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value_len: usize) -> Op {
+        Op {
+            replica: true,
+            version_hlc: 7,
+            version_node: 1,
+            ..kvmesh_net::client::op(OpCode::OpPut, key.as_bytes(), &vec![b'v'; value_len], 0)
+        }
+    }
+
+    fn answered(status: Status) -> OpResult {
+        OpResult {
+            status: status as i32,
+            ..OpResult::default()
+        }
+    }
+
+    #[test]
+    fn answers_split_into_done_resend_and_refused() {
+        let ops = vec![
+            put("a", 1),
+            put("b", 1),
+            put("c", 1),
+            put("d", 1),
+            put("e", 1),
+        ];
+        let results = [
+            answered(Status::Ok),
+            answered(Status::Unavailable),
+            answered(Status::NoSpace),
+            answered(Status::Timeout),
+        ];
+        // "e" got no answer at all: resent too.
+        let (retry, refused) = sort_answers(ops, &results);
+        let keys: Vec<&[u8]> = retry.iter().map(|o| o.key.as_slice()).collect();
+        assert_eq!(keys, [&b"b"[..], b"d", b"e"]);
+        assert_eq!(refused, 1);
+    }
+
+    #[test]
+    fn batches_end_at_their_byte_or_op_budget() {
+        let mut b = Batch::default();
+        b.push(put("k", BATCH_BYTES - 2));
+        assert!(!b.is_full());
+        b.push(put("k", 1));
+        assert!(b.is_full());
+        let mut b = Batch::default();
+        for i in 0..BATCH_OPS {
+            assert!(!b.is_full());
+            b.push(put(&i.to_string(), 0));
+        }
+        assert!(b.is_full());
+        assert_eq!(
+            (remaining(0, 50), remaining(100, 50), remaining(100, 150)),
+            (0, 50, 1)
+        );
+    }
+
+    #[test]
+    fn a_move_from_member_lists() {
+        let a: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:7100".parse().unwrap();
+        let mv = Move::from_members(3, &[(1, a)], &[(1, a), (2, b)], 2).unwrap();
+        assert_eq!((mv.old.nodes(), mv.new.nodes()), (&[1][..], &[1, 2][..]));
+        assert_eq!(mv.addrs.len(), 2);
+        assert_eq!(mv.addrs[&2].addr, b);
+        assert!(Move::from_members(3, &[], &[(1, a)], 1).is_err());
+    }
 }

@@ -22,9 +22,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::Task;
-use kvmesh_net::ring::Ring;
 
-use super::{drop_unowned, stream_shard, Endpoint, Move};
+use super::{drop_unowned, stream_shard, Move};
 use crate::cluster::membership::parse_peers;
 use crate::node::server::ShardCtx;
 
@@ -67,27 +66,11 @@ async fn run(ctx: &Rc<ShardCtx>, fields: &BTreeMap<String, String>) -> Result<St
         |k: &str| -> Result<u64, String> { get(k)?.parse().map_err(|e| format!("{k}: {e}")) };
     let old = parse_peers(get("old")?)?;
     let new = parse_peers(get("new")?)?;
-    let ring = |members: &[(u32, std::net::SocketAddr)]| {
-        let ids: Vec<u32> = members.iter().map(|m| m.0).collect();
-        Ring::new(&ids).map_err(|e| e.to_string())
-    };
     let replicas = number("replicas")? as usize;
+    let mv =
+        Move::from_members(number("epoch")?, &old, &new, replicas).map_err(|e| e.to_string())?;
     match get("action")?.as_str() {
         "stream" => {
-            let mv = Move {
-                epoch: number("epoch")?,
-                old: ring(&old)?,
-                new: ring(&new)?,
-                replicas,
-                addrs: old
-                    .iter()
-                    .chain(&new)
-                    .map(|&(id, addr)| {
-                        let shard_ports = Vec::new();
-                        (id, Endpoint { addr, shard_ports })
-                    })
-                    .collect(),
-            };
             let r = stream_shard(ctx, &mv).await.map_err(|e| e.to_string())?;
             Ok(format!(
                 "ok\nranges={}\nplanned_keys={}\nplanned_copies={}\nplanned_bytes={}\n\
@@ -104,7 +87,7 @@ async fn run(ctx: &Rc<ShardCtx>, fields: &BTreeMap<String, String>) -> Result<St
             ))
         }
         "drop" => {
-            let dropped = drop_unowned(ctx, &ring(&new)?, replicas).await;
+            let dropped = drop_unowned(ctx, &mv.new, replicas).await;
             Ok(format!("ok\ndropped={dropped}\n"))
         }
         other => Err(format!("unknown action {other:?}")),
