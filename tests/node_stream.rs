@@ -186,6 +186,14 @@ fn moved_keys_arrive_with_their_versions_and_the_drop_leaves_the_owned_ones() {
         shown.contains("streaming (node 1): 0 range(s) pending"),
         "{shown}"
     );
+    // The cost report, in the log of each shard.
+    let log = one.node.log();
+    let done: Vec<&str> = log.lines().filter(|l| l.contains("stream done:")).collect();
+    assert_eq!(done.len(), one.node.shards, "{log}");
+    if total(&answers, "retries") == 0 {
+        assert!(done.iter().all(|l| l.contains("(1.000×)")), "{done:?}");
+    }
+    eprintln!("{}", done.join("\n"));
 
     // The drop pass: node 1 keeps exactly the keys it owns under {1, 2}, after a restart too.
     let versions: Vec<_> = (0..KEYS).map(|i| own_copy(&one.node, &key(i))).collect();
@@ -238,6 +246,7 @@ fn a_destination_that_is_down_is_retried_and_the_rate_holds() {
             .then_some(shown)
     });
     assert!(shown.contains("ETA unknown"), "{shown}");
+    eprintln!("{shown}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(!one.hook.path().join("done-1-0").exists());
 
