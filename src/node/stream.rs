@@ -10,8 +10,9 @@
 //! 2. the streaming pass scans again the same way and appends each key this node sends, as a
 //!    versioned replica put (`Op.replica`, the key's stored version, its remaining TTL), to a
 //!    batch per destination shard (the shard the destination node's shard hash gives);
-//! 3. a batch goes once it holds [`BATCH_BYTES`] (or at the end), after the throttle allows
-//!    it (this shard's share of `--stream-rate`), with at most [`WINDOW`] batches in flight;
+//! 3. a batch goes once it holds [`BATCH_BYTES`] or [`BATCH_OPS`] (or at the end), after the
+//!    throttle allows it (this shard's share of `--stream-rate`), with at most [`WINDOW`]
+//!    batches in flight;
 //!    a batch that fails (the destination is down, slow or refuses for now) is resent, with
 //!    backoff, until its destination acknowledges every op of it.
 //!
@@ -38,12 +39,11 @@ pub mod progress;
 mod throttle;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::sync::Semaphore;
 use kvmesh_engine::Cursor;
 use kvmesh_net::moves::{self, MoveCost};
 use kvmesh_net::mux::Mux;
@@ -173,7 +173,9 @@ pub enum StreamError {
 /// shards, batched, at this shard's share of `--stream-rate`, as versioned replica writes
 /// (last-writer-wins, so racing client writes never go back in time). Returns once every batch
 /// was acknowledged durably by its destination; retries a destination that is down, for as
-/// long as it takes (until the shard stops: [`StreamError::Stopping`]).
+/// long as it takes (until the shard stops: [`StreamError::Stopping`]). Dropping the future
+/// cancels the batches in flight. Run one stream per shard at a time (the progress counters
+/// describe one); running the same move again is harmless, only slower.
 pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport, StreamError> {
     let me = ctx.peers.membership().me;
     let ranges = moves::moved_ranges(&mv.old, &mv.new, mv.replicas)
@@ -200,9 +202,11 @@ pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport,
         planned.bytes
     );
     let sender = Rc::new(Sender::new(ctx.clone(), mv.addrs.clone()));
-    let outcome = send_all(ctx, mv, me, &sender).await;
-    ctx.shard.borrow_mut().stream.finish();
-    outcome?;
+    {
+        // Progress ends with the stream, also when the caller drops it unfinished.
+        let _active = Active(ctx);
+        send_all(ctx, mv, me, &sender).await?;
+    }
     let report = {
         let mut r = sender.report.borrow().clone();
         r.ranges = ranges;
@@ -215,6 +219,15 @@ pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport,
         mv.epoch
     );
     Ok(report)
+}
+
+/// Marks the shard's stream finished in its progress counters when dropped.
+struct Active<'a>(&'a ShardCtx);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.shard.borrow_mut().stream.finish();
+    }
 }
 
 /// The counting pass: this shard's planned cost, and every destination it will send to.
@@ -250,14 +263,14 @@ async fn send_all(
     me: NodeId,
     sender: &Rc<Sender>,
 ) -> Result<(), StreamError> {
-    let window = Rc::new(Semaphore::new(WINDOW as u64));
+    // The batches in flight, oldest first: dropping them (an early return) cancels them.
+    let mut window = VecDeque::with_capacity(WINDOW);
     let mut batches: BTreeMap<(NodeId, usize), Batch> = BTreeMap::new();
     let mut throttle = Throttle::new(
         ctx.config.shard_stream_rate(),
         BATCH_BYTES as u64,
         Instant::now(),
     );
-    let mut tasks = Vec::new();
     let mut cursor = Some(Cursor::START);
     while let Some(at) = cursor {
         if !ctx.serving.is_serving() {
@@ -292,50 +305,50 @@ async fn send_all(
                 batch.push(op.clone());
                 if batch.is_full() {
                     let batch = std::mem::take(batch);
-                    tasks.push(launch(sender, &window, &mut throttle, node, shard, batch).await?);
+                    launch(sender, &mut window, &mut throttle, (node, shard), batch).await?;
                 }
             }
         }
         futures_lite::future::yield_now().await;
     }
-    for ((node, shard), batch) in std::mem::take(&mut batches) {
+    for (to, batch) in std::mem::take(&mut batches) {
         if !batch.ops.is_empty() {
-            tasks.push(launch(sender, &window, &mut throttle, node, shard, batch).await?);
+            launch(sender, &mut window, &mut throttle, to, batch).await?;
         }
     }
-    let mut outcome = Ok(());
-    for task in tasks {
-        if let Err(e) = task.await {
-            outcome = Err(e);
-        }
+    while let Some(task) = window.pop_front() {
+        task.await?;
     }
-    outcome
+    Ok(())
 }
 
-/// Waits for the throttle and a window slot, then sends `batch` in a task of its own (dropping
-/// the task cancels it).
+/// A batch on its way, in a task of its own.
+type InFlight = glommio::Task<Result<(), StreamError>>;
+
+/// Waits for the throttle and for room in the window (the oldest batch in flight to be
+/// acknowledged, when [`WINDOW`] are), then sends `batch` to shard `to.1` of node `to.0` in a
+/// task of its own.
 async fn launch(
     sender: &Rc<Sender>,
-    window: &Rc<Semaphore>,
+    window: &mut VecDeque<InFlight>,
     throttle: &mut Throttle,
-    node: NodeId,
-    shard: usize,
+    to: (NodeId, usize),
     batch: Batch,
-) -> Result<glommio::Task<Result<(), StreamError>>, StreamError> {
+) -> Result<(), StreamError> {
     let wait = throttle.take(batch.bytes as u64, Instant::now());
     if !wait.is_zero() {
         glommio::timer::sleep(wait).await;
     }
-    // The window is never closed: an error would mean the stream is being torn down.
-    let permit = window
-        .acquire_static_permit(1)
-        .await
-        .map_err(|_| StreamError::Stopping)?;
+    if window.len() >= WINDOW {
+        if let Some(oldest) = window.pop_front() {
+            oldest.await?;
+        }
+    }
     let sender = sender.clone();
-    Ok(glommio::spawn_local(async move {
-        let _permit = permit;
-        sender.deliver(node, shard, batch).await
-    }))
+    window.push_back(glommio::spawn_local(async move {
+        sender.deliver(to.0, to.1, batch).await
+    }));
+    Ok(())
 }
 
 /// Ops for one destination shard, and their key + value bytes.
