@@ -505,6 +505,21 @@ mod tests {
     }
 
     #[test]
+    fn a_local_drop_forgets_only_up_to_its_version() {
+        let mut s = shard(1 << 20);
+        let put = s.execute(&op(OpCode::OpPut, "k", "v", 0), 5).result;
+        let version = Version::new(put.version_hlc, put.version_node);
+        let older = Version::new(put.version_hlc - 1, put.version_node);
+        assert_eq!(s.drop_local(b"k", older), None, "a newer write is kept");
+        assert_eq!(s.drop_local(b"k", version), Some(None), "no log attached");
+        assert_eq!(s.drop_local(b"k", version), None, "already gone");
+        let got = s.execute(&op(OpCode::OpGet, "k", "", 0), 5).result;
+        assert_eq!(got.status(), Status::NotFound);
+        // No tombstone: the key is simply absent, and nothing counts it as removed.
+        assert_eq!((s.stats().keys, s.stats().removes), (0, 0));
+    }
+
+    #[test]
     fn unknown_op_is_counted() {
         let mut s = shard(1 << 20);
         let mut bad = op(OpCode::OpGet, "k", "", 0);
