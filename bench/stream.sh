@@ -49,7 +49,7 @@ run_once() {
         log "the stream failed: $done_files"; exit 1
     fi
     sum() { grep "^$1=" <<<"$done_files" | cut -d= -f2 | paste -sd+ | bc; }
-    awk -v rate="$rate" -v keys="$(sum keys_sent)" -v sent="$(sum bytes_sent)" \
+    awk -v rate="$rate" -v keys="$(sum keys_acked)" -v sent="$(sum bytes_sent)" \
         -v min="$(sum planned_bytes)" -v retries="$(sum retries)" -v s="$start" -v e="$end" \
         'BEGIN { t = e - s; printf "| %s | %d | %d | %d | %.4f | %d | %.2f | %.1f |\n",
                  (rate == 0 ? "unlimited" : rate " MiB/s"), keys, min, sent, sent / min,
