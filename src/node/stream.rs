@@ -56,8 +56,9 @@ use throttle::Throttle;
 
 /// Slots scanned per step before the executor serves requests again (as a snapshot does).
 pub const SCAN_SLOTS: usize = 4096;
-/// Key + value bytes per batch (a batch also ends at [`BATCH_OPS`] ops); an entry larger
-/// than this goes in a batch of its own.
+/// Key + value bytes per batch at most (a batch also ends at [`BATCH_OPS`] ops), except that
+/// an entry larger than this goes in a batch of its own: a batch never holds more than one
+/// entry's worth above the budget, so it fits any frame limit that fits the largest entry.
 pub const BATCH_BYTES: usize = 256 << 10;
 /// Ops per batch at most.
 pub const BATCH_OPS: usize = 1024;
@@ -304,10 +305,8 @@ async fn send_all(
         for (op, destinations) in found {
             for node in destinations {
                 let shard = sender.shard_of(node, &op.key).await?;
-                let batch = batches.entry((node, shard)).or_default();
-                batch.push(op.clone());
-                if batch.is_full() {
-                    let batch = std::mem::take(batch);
+                let ready = batches.entry((node, shard)).or_default().push(op.clone());
+                for batch in ready {
                     launch(sender, &mut window, &mut throttle, (node, shard), batch).await?;
                 }
             }
@@ -362,13 +361,20 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, op: Op) {
-        self.bytes += op.key.len() + op.value.len();
+    /// Adds `op`; returns the batches ready to go: this one first when `op` would take it past
+    /// the byte budget, then the one holding `op` once it is full.
+    fn push(&mut self, op: Op) -> Vec<Batch> {
+        let mut ready = Vec::new();
+        let len = op.key.len() + op.value.len();
+        if !self.ops.is_empty() && self.bytes + len > BATCH_BYTES {
+            ready.push(std::mem::take(self));
+        }
+        self.bytes += len;
         self.ops.push(op);
-    }
-
-    fn is_full(&self) -> bool {
-        self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS
+        if self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS {
+            ready.push(std::mem::take(self));
+        }
+        ready
     }
 }
 
@@ -450,7 +456,7 @@ impl Sender {
                 return Err(StreamError::Stopping);
             }
             let answered = match self.conn(node, shard).await {
-                Ok(mux) => match mux.send(ops.clone(), true) {
+                Ok(mux) => match mux.send(ops.clone(), false) {
                     Ok(reply) => {
                         self.sent(&ops);
                         reply
@@ -695,17 +701,23 @@ mod tests {
 
     #[test]
     fn batches_end_at_their_byte_or_op_budget() {
+        let sizes = |ready: Vec<Batch>| -> Vec<(usize, usize)> {
+            ready.iter().map(|b| (b.ops.len(), b.bytes)).collect()
+        };
         let mut b = Batch::default();
-        b.push(put("k", BATCH_BYTES - 2));
-        assert!(!b.is_full());
-        b.push(put("k", 1));
-        assert!(b.is_full());
-        let mut b = Batch::default();
-        for i in 0..BATCH_OPS {
-            assert!(!b.is_full());
-            b.push(put(&i.to_string(), 0));
+        assert_eq!(sizes(b.push(put("k", BATCH_BYTES - 3))), []);
+        assert_eq!(sizes(b.push(put("k", 1))), [(2, BATCH_BYTES)]);
+        // An entry above the budget goes alone, after what was waiting.
+        assert_eq!(sizes(b.push(put("a", 10))), []);
+        assert_eq!(
+            sizes(b.push(put("b", 2 * BATCH_BYTES))),
+            [(1, 11), (1, 2 * BATCH_BYTES + 1)]
+        );
+        assert!(b.ops.is_empty());
+        for i in 0..BATCH_OPS - 1 {
+            assert_eq!(sizes(b.push(put(&i.to_string(), 0))), []);
         }
-        assert!(b.is_full());
+        assert_eq!(b.push(put("last", 0)).len(), 1);
         assert_eq!(
             (remaining(0, 50), remaining(100, 50), remaining(100, 150)),
             (0, 50, 1)
