@@ -52,6 +52,7 @@ use kvmesh_net::{shard_for, Connection};
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status, Topology};
 
 use super::server::ShardCtx;
+use super::shard::remaining;
 use throttle::Throttle;
 
 /// Slots scanned per step before the executor serves requests again (as a snapshot does).
@@ -593,15 +594,6 @@ fn payload(ops: &[Op]) -> u64 {
         .sum()
 }
 
-/// Milliseconds left before `deadline` (0: never), at least 1 for a live key.
-fn remaining(deadline: u64, now_ms: u64) -> u64 {
-    if deadline == 0 {
-        0
-    } else {
-        deadline.saturating_sub(now_ms).max(1)
-    }
-}
-
 /// After the change is finished: drops this shard's keys that this node does not own under
 /// `ring` at `replicas`. A local drop: each is logged (as an eviction record, which recovery
 /// replays by forgetting that version) so a restart does not bring it back, and it is never
@@ -718,10 +710,6 @@ mod tests {
             assert_eq!(sizes(b.push(put(&i.to_string(), 0))), []);
         }
         assert_eq!(b.push(put("last", 0)).len(), 1);
-        assert_eq!(
-            (remaining(0, 50), remaining(100, 50), remaining(100, 150)),
-            (0, 50, 1)
-        );
     }
 
     #[test]
