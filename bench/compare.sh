@@ -13,7 +13,8 @@
 #     loop answering kvmesh's frames from a plain hash map, the network path's physical limit)
 #     each pinned to core 0, the client pinned to core 1; the three run side by side and each
 #     workload is run against all three in turn, so a change in the machine's load hits them
-#     alike; ratios kvmesh/redis and kvmesh/probe;
+#     alike (only the first workload prefills the 100k keys; the servers keep them); ratios
+#     kvmesh/redis and kvmesh/probe;
 #   - second table: kvmesh with 2 shards on cores 0,1, the client sharing both cores;
 #   - workloads: 100-byte values, 100k keys, 50 connections, GET-only and SET-only, pipeline 1
 #     and 16; throughput, p99, server CPU time per request (utime+stime from /proc over the
@@ -41,8 +42,9 @@ run_bench() {
 
 # The four workloads of a table, each against every server of SERVERS_UNDER_TEST in turn:
 # "LABEL TARGET PID ADDR" words.
+# Only the first workload prefills: the servers keep every key for the later ones.
 run_workloads() {
-    local results=$1 cpus=$2 server
+    local results=$1 cpus=$2 server prefill=()
     for ratio in 1 0; do
         for pipeline in 1 16; do
             for server in "${SERVERS_UNDER_TEST[@]}"; do
@@ -51,8 +53,9 @@ run_workloads() {
                 SERVER_PID=$3 SERVER_ADDR=$4
                 run_bench "$results" "$1" "$2" "$cpus" --connections 50 --keys 100000 \
                     --value-size 100 --read-ratio "$ratio" --pipeline "$pipeline" \
-                    --duration "$DURATION" --warmup "$WARMUP"
+                    --duration "$DURATION" --warmup "$WARMUP" "${prefill[@]}"
             done
+            prefill=(--no-prefill)
         done
     done
 }
