@@ -12,7 +12,7 @@ use std::rc::Rc;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kvmesh_net::frame::{self, PREFIX_LEN};
-use kvmesh_proto::wire::{OpCode, Request, Response};
+use kvmesh_proto::wire::{OpCode, Request};
 
 use super::dispatch;
 use super::limits;
@@ -99,12 +99,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             }
         }
         for (id, request) in started.drain(..) {
-            let response = Response {
-                id,
-                results: request.finish(&ctx).await,
-                ..Response::default()
-            };
-            frame::encode(&response, &mut out);
+            reply::encode_response(id, &request.finish(&ctx).await, &mut out);
         }
         if let Some(e) = bad_frame {
             ctx.shard.borrow_mut().counters.protocol_errors += 1;

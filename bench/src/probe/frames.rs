@@ -485,7 +485,7 @@ mod tests {
                     ..OpResult::default()
                 },
                 OpResult {
-                    topology: Some(topology),
+                    topology: Some(Box::new(topology)),
                     ..OpResult::default()
                 },
             ],
