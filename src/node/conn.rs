@@ -75,7 +75,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
         let mut bad_frame = None;
         let mut unsent = 0;
         while unsent < limits::MAX_UNSENT {
-            match frame::decode::<Request>(&buf[pos..end], max_frame) {
+            match frame::decode_with(&buf[pos..end], max_frame, kvmesh_net::request::decode) {
                 Ok(Some((request, used))) => {
                     pos += used;
                     let Request { id, ops, forwarded } = request;
