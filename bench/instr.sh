@@ -19,7 +19,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 REQUESTS=${REQUESTS:-20000}
 PIPELINES=${PIPELINES:-1}
-SERVERS=${*:-kvmesh probe}
+TARGETS=${*:-kvmesh probe}
 
 bench_init instr
 KVMESH=${KVMESH_BIN:-$KVMESH}
@@ -72,7 +72,7 @@ counted() {
     ' "$out".[0-9]*
 }
 
-for server in $SERVERS; do
+for server in $TARGETS; do
     for pipeline in $PIPELINES; do
         counted "$server" 1 "$pipeline"
         counted "$server" 0 "$pipeline"
