@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kvmesh and Redis, measured side by side by the same client (kvmesh-bench), on this machine.
 #
-#   bench/compare.sh                        # from anywhere; takes about 6 minutes
+#   bench/compare.sh                        # from anywhere; takes about 7 minutes
 #   DURATION=20s WARMUP=5s bench/compare.sh # longer runs
 #
 # What it does:
@@ -9,12 +9,12 @@
 #     it is left alone: this script runs its own private instance on a free port);
 #   - builds kvmesh and kvmesh-bench in release;
 #   - headline, per core: redis-server (no persistence), a kvmesh node (1 shard, no
-#     --data-dir: pure in-memory) and the raw probe (`kvmesh-bench probe-server`: one bare epoll
-#     loop answering kvmesh's frames from a plain hash map, the network path's physical limit)
-#     each pinned to core 0, the client pinned to core 1; the three run side by side and each
-#     workload is run against all three in turn, so a change in the machine's load hits them
-#     alike (only the first workload prefills the 100k keys; the servers keep them); ratios
-#     kvmesh/redis and kvmesh/probe;
+#     --data-dir: pure in-memory) and the raw probes (`kvmesh-bench probe-server`: one bare
+#     epoll loop, and one bare io_uring loop, answering kvmesh's frames from a plain hash map:
+#     the network path's physical limit) each pinned to core 0, the client pinned to core 1;
+#     the four run side by side and each workload is run against all four in turn, so a change
+#     in the machine's load hits them alike (only the first workload prefills the 100k keys;
+#     the servers keep them); ratios kvmesh/redis, kvmesh/probe and kvmesh/probe-uring;
 #   - second table: kvmesh with 2 shards on cores 0,1, the client sharing both cores;
 #   - workloads: 100-byte values, 100k keys, 50 connections, GET-only and SET-only, pipeline 1
 #     and 16; throughput, p99, server CPU time per request (utime+stime from /proc over the
@@ -70,6 +70,8 @@ start_kvmesh 1 0
 SERVERS_UNDER_TEST+=("kvmesh kvmesh $SERVER_PID $SERVER_ADDR")
 start_probe 0 epoll
 SERVERS_UNDER_TEST+=("probe kvmesh $SERVER_PID $SERVER_ADDR")
+start_probe 0 uring
+SERVERS_UNDER_TEST+=("probe-uring kvmesh $SERVER_PID $SERVER_ADDR")
 run_workloads "$WORK/headline.jsonl" 1
 for server in "${SERVERS_UNDER_TEST[@]}"; do
     # shellcheck disable=SC2086
@@ -96,11 +98,11 @@ stop_server "$SERVER_PID"
 echo "## kvmesh vs Redis, $(date -u +%Y-%m-%d)"
 echo
 machine_line
-echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) (no persistence). kvmesh: $(kvmesh_version) (in-memory, no --data-dir). probe: \`kvmesh-bench probe-server --mode epoll\`."
+echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) (no persistence). kvmesh: $(kvmesh_version) (in-memory, no --data-dir). probe: \`kvmesh-bench probe-server --mode epoll\`, probe-uring: \`--mode uring\`."
 echo "Command: \`bench/compare.sh\` (DURATION=$DURATION, WARMUP=$WARMUP per run). CPU us/req is the server's user+system time over the measured phase divided by the requests."
 echo
 "$BENCH" table --title "Per core: server pinned to core 0 (kvmesh: 1 shard), client on core 1" \
-    --ratio kvmesh/redis --ratio kvmesh/probe "$WORK/headline.jsonl"
+    --ratio kvmesh/redis --ratio kvmesh/probe --ratio kvmesh/probe-uring "$WORK/headline.jsonl"
 echo
 "$BENCH" table --title "kvmesh with 2 shards on cores 0,1, client sharing both cores" "$WORK/shards.jsonl"
 echo

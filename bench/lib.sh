@@ -112,8 +112,8 @@ start_redis() {
     wait_for_log "$SERVER_PID" "$SERVER_LOG" "Ready to accept connections"
 }
 
-# start_probe CORE MODE: `kvmesh-bench probe-server --mode MODE` (the raw epoll probe) on a
-# free port, pinned to CORE; sets SERVER_PID, SERVER_ADDR and SERVER_LOG.
+# start_probe CORE MODE: `kvmesh-bench probe-server --mode MODE` (a raw probe: epoll or uring) on
+# a free port, pinned to CORE; sets SERVER_PID, SERVER_ADDR and SERVER_LOG.
 start_probe() {
     local core=$1 mode=$2 port
     port=$("$BENCH" free-port)

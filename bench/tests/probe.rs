@@ -76,3 +76,8 @@ fn drive(mode: &str) {
 fn epoll_probe_serves_the_kvmesh_target() {
     drive("epoll");
 }
+
+#[test]
+fn uring_probe_serves_the_kvmesh_target() {
+    drive("uring");
+}

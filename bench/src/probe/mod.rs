@@ -10,11 +10,14 @@
 //! - [`Store`]: the map and the one function that answers an op.
 //! - [`epoll`]: one bare level-triggered epoll loop, as Redis's `ae` does: read once per ready
 //!   connection, answer every whole frame, write the replies of one turn before waiting again.
+//! - [`uring`]: one bare io_uring loop: a `recv` always in flight per connection, every `send`
+//!   and `recv` of a turn submitted together by one `io_uring_enter`.
 //!
 //! Thread model: the calling thread runs the loop forever; pin it with `taskset`.
 
 pub mod epoll;
 pub mod frames;
+pub mod uring;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -41,6 +44,8 @@ pub struct ProbeArgs {
 pub enum Mode {
     /// One level-triggered epoll loop with plain read and write calls.
     Epoll,
+    /// One io_uring loop: recv and send operations, submitted in batches.
+    Uring,
 }
 
 /// Runs the probe until the process is killed.
@@ -52,6 +57,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     eprintln!("probe ready: {addr} ({:?})", args.mode);
     match args.mode {
         Mode::Epoll => epoll::serve(listener, store).context("epoll loop failed"),
+        Mode::Uring => uring::serve(listener, store).context("io_uring loop failed"),
     }
 }
 
