@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # kvmesh and Redis, measured side by side by the same client (kvmesh-bench), on this machine.
 #
-#   bench/compare.sh                        # from anywhere; takes about 4 minutes
+#   bench/compare.sh                        # from anywhere; takes about 7 minutes
 #   DURATION=20s WARMUP=5s bench/compare.sh # longer runs
 #
 # What it does:
 #   - installs redis-server if it is missing (Debian's package also starts a service on 6379;
 #     it is left alone: this script runs its own private instance on a free port);
 #   - builds kvmesh and kvmesh-bench in release;
-#   - headline, per core: redis-server (no persistence) and a kvmesh node (1 shard, no
-#     --data-dir: pure in-memory) each pinned to core 0, the client pinned to core 1;
+#   - headline, per core: redis-server (no persistence), a kvmesh node (1 shard, no
+#     --data-dir: pure in-memory) and the raw probes (`kvmesh-bench probe-server`: one bare
+#     epoll loop, and one bare io_uring loop, answering kvmesh's frames from a plain hash map:
+#     the network path's physical limit) each pinned to core 0, the client pinned to core 1;
+#     the four run side by side and each workload is run against all four in turn, so a change
+#     in the machine's load hits them alike (only the first workload prefills the 100k keys;
+#     the servers keep them); ratios kvmesh/redis, kvmesh/probe and kvmesh/probe-uring;
 #   - second table: kvmesh with 2 shards on cores 0,1, the client sharing both cores;
 #   - workloads: 100-byte values, 100k keys, 50 connections, GET-only and SET-only, pipeline 1
 #     and 16; throughput, p99, server CPU time per request (utime+stime from /proc over the
@@ -35,14 +40,22 @@ run_bench() {
     log "$label $* -> $(grep -E '^(throughput|memory):' "$WORK/run.out" | head -n 1 | tr -s ' ')"
 }
 
-# The four workloads of a table.
+# The four workloads of a table, each against every server of SERVERS_UNDER_TEST in turn:
+# "LABEL TARGET PID ADDR" words.
+# Only the first workload prefills: the servers keep every key for the later ones.
 run_workloads() {
-    local results=$1 label=$2 target=$3 cpus=$4
+    local results=$1 cpus=$2 server prefill=()
     for ratio in 1 0; do
         for pipeline in 1 16; do
-            run_bench "$results" "$label" "$target" "$cpus" --connections 50 --keys 100000 \
-                --value-size 100 --read-ratio "$ratio" --pipeline "$pipeline" \
-                --duration "$DURATION" --warmup "$WARMUP"
+            for server in "${SERVERS_UNDER_TEST[@]}"; do
+                # shellcheck disable=SC2086 # LABEL TARGET PID ADDR words
+                set -- $server
+                SERVER_PID=$3 SERVER_ADDR=$4
+                run_bench "$results" "$1" "$2" "$cpus" --connections 50 --keys 100000 \
+                    --value-size 100 --read-ratio "$ratio" --pipeline "$pipeline" \
+                    --duration "$DURATION" --warmup "$WARMUP" "${prefill[@]}"
+            done
+            prefill=(--no-prefill)
         done
     done
 }
@@ -52,15 +65,24 @@ ensure_redis
 
 log "headline: one core each (server on core 0, client on core 1), $DURATION per run after $WARMUP warmup"
 start_redis 0 --appendonly no
-run_workloads "$WORK/headline.jsonl" redis redis 1
-stop_server "$SERVER_PID"
+SERVERS_UNDER_TEST=("redis redis $SERVER_PID $SERVER_ADDR")
 start_kvmesh 1 0
-run_workloads "$WORK/headline.jsonl" kvmesh kvmesh 1
-stop_server "$SERVER_PID"
+SERVERS_UNDER_TEST+=("kvmesh kvmesh $SERVER_PID $SERVER_ADDR")
+start_probe 0 epoll
+SERVERS_UNDER_TEST+=("probe kvmesh $SERVER_PID $SERVER_ADDR")
+start_probe 0 uring
+SERVERS_UNDER_TEST+=("probe-uring kvmesh $SERVER_PID $SERVER_ADDR")
+run_workloads "$WORK/headline.jsonl" 1
+for server in "${SERVERS_UNDER_TEST[@]}"; do
+    # shellcheck disable=SC2086
+    set -- $server
+    stop_server "$3"
+done
 
 log "second table: kvmesh with 2 shards on cores 0,1, client sharing both cores"
 start_kvmesh 2 0,1
-run_workloads "$WORK/shards.jsonl" kvmesh-2-shards kvmesh 0,1
+SERVERS_UNDER_TEST=("kvmesh-2-shards kvmesh $SERVER_PID $SERVER_ADDR")
+run_workloads "$WORK/shards.jsonl" 0,1
 stop_server "$SERVER_PID"
 
 log "memory: 1M keys of 100 bytes into a fresh server"
@@ -76,10 +98,11 @@ stop_server "$SERVER_PID"
 echo "## kvmesh vs Redis, $(date -u +%Y-%m-%d)"
 echo
 machine_line
-echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) (no persistence). kvmesh: $(kvmesh_version) (in-memory, no --data-dir)."
+echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) (no persistence). kvmesh: $(kvmesh_version) (in-memory, no --data-dir). probe: \`kvmesh-bench probe-server --mode epoll\`, probe-uring: \`--mode uring\`."
 echo "Command: \`bench/compare.sh\` (DURATION=$DURATION, WARMUP=$WARMUP per run). CPU us/req is the server's user+system time over the measured phase divided by the requests."
 echo
-"$BENCH" table --title "Per core: server pinned to core 0 (kvmesh: 1 shard), client on core 1" "$WORK/headline.jsonl"
+"$BENCH" table --title "Per core: server pinned to core 0 (kvmesh: 1 shard), client on core 1" \
+    --ratio kvmesh/redis --ratio kvmesh/probe --ratio kvmesh/probe-uring "$WORK/headline.jsonl"
 echo
 "$BENCH" table --title "kvmesh with 2 shards on cores 0,1, client sharing both cores" "$WORK/shards.jsonl"
 echo

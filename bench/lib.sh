@@ -112,6 +112,20 @@ start_redis() {
     wait_for_log "$SERVER_PID" "$SERVER_LOG" "Ready to accept connections"
 }
 
+# start_probe CORE MODE: `kvmesh-bench probe-server --mode MODE` (a raw probe: epoll or uring) on
+# a free port, pinned to CORE; sets SERVER_PID, SERVER_ADDR and SERVER_LOG.
+start_probe() {
+    local core=$1 mode=$2 port
+    port=$("$BENCH" free-port)
+    SERVER_LOG=$WORK/probe-$mode-$port.log
+    taskset -c "$core" "$BENCH" probe-server --listen "127.0.0.1:$port" --mode "$mode" \
+        >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+    track "$SERVER_PID"
+    SERVER_ADDR=127.0.0.1:$port
+    wait_for_log "$SERVER_PID" "$SERVER_LOG" "probe ready: "
+}
+
 # machine_line: one Markdown line naming the cores, the CPU model and the kernel.
 machine_line() {
     echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r)."

@@ -38,6 +38,10 @@ pub enum Command {
     /// the same for an appending buffered write (what Redis's AOF does). Prints the latencies
     /// and the physical limit of a closed loop: concurrency / latency.
     FsyncProbe(FsyncProbeArgs),
+    /// Serves kvmesh's wire frames for GET and SET from a plain hash map on one thread: the
+    /// physical limit of the network path, driven by `--target kvmesh` like a one-shard node.
+    /// Pin it with `taskset`; it runs until killed.
+    ProbeServer(crate::probe::ProbeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -67,6 +71,10 @@ pub struct TableArgs {
     /// A heading printed above the tables.
     #[arg(long)]
     pub title: Option<String>,
+    /// A ratio column pair to show, `LABEL/BASE` (e.g. `kvmesh/redis`); repeatable. Default:
+    /// every later label over the first.
+    #[arg(long = "ratio", value_name = "LABEL/BASE")]
+    pub ratios: Vec<String>,
 }
 
 /// What the load generator talks to.

@@ -19,6 +19,7 @@ mod fsync_probe;
 mod gate;
 mod pacer;
 mod plan;
+mod probe;
 mod procstat;
 mod progress;
 mod report;
@@ -45,6 +46,7 @@ fn main() {
         Some(Command::Table(table)) => table::run(table),
         Some(Command::FreePort { count }) => sys::free_ports(count).map(|port| println!("{port}")),
         Some(Command::FsyncProbe(probe)) => fsync_probe::run(probe),
+        Some(Command::ProbeServer(args)) => probe::run(args),
         None => sys::raise_memlock().and_then(|()| run::run(cli.run)),
     };
     if let Err(e) = result {

@@ -26,7 +26,16 @@ pub fn run(args: TableArgs) -> anyhow::Result<()> {
         text.push('\n');
     }
     let reports = parse_lines(&text);
-    print!("{}", render(&reports, args.title.as_deref()));
+    let mut ratios = Vec::new();
+    for text in &args.ratios {
+        match text.split_once('/') {
+            Some((label, base)) if !label.is_empty() && !base.is_empty() => {
+                ratios.push((label.to_string(), base.to_string()))
+            }
+            _ => anyhow::bail!("--ratio {text:?} is not LABEL/BASE"),
+        }
+    }
+    print!("{}", render(&reports, args.title.as_deref(), &ratios));
     Ok(())
 }
 
@@ -44,7 +53,9 @@ pub fn parse_lines(text: &str) -> Vec<Report> {
         .collect()
 }
 
-pub fn render(reports: &[Report], title: Option<&str>) -> String {
+/// The tables for `reports`. `ratios` names the (label, base) pairs whose ratios are shown;
+/// empty: every later label over the first.
+pub fn render(reports: &[Report], title: Option<&str>, ratios: &[(String, String)]) -> String {
     let mut out = String::new();
     if let Some(title) = title {
         out.push_str(&format!("### {title}\n\n"));
@@ -58,7 +69,7 @@ pub fn render(reports: &[Report], title: Option<&str>) -> String {
         .filter(|r| r.mode == "prefill-only")
         .collect();
     if !loads.is_empty() {
-        out.push_str(&load_table(&loads));
+        out.push_str(&load_table(&loads, ratios));
     }
     if !memory.is_empty() {
         if !loads.is_empty() {
@@ -89,8 +100,18 @@ fn row_key(r: &Report) -> (String, usize, usize, usize, u32, String, Option<u64>
     )
 }
 
-fn load_table(loads: &[&Report]) -> String {
+fn load_table(loads: &[&Report], ratios: &[(String, String)]) -> String {
     let labels = unique(loads.iter().map(|r| r.label.clone()));
+    let ratios: Vec<(String, String)> = if ratios.is_empty() {
+        let base = &labels[0];
+        labels
+            .iter()
+            .skip(1)
+            .map(|l| (l.clone(), base.clone()))
+            .collect()
+    } else {
+        ratios.to_vec()
+    };
     let rows = unique(loads.iter().map(|r| row_key(r)));
     let first = loads[0];
     let mut caption = format!(
@@ -112,9 +133,9 @@ fn load_table(loads: &[&Report]) -> String {
             format!("{label} errors"),
         ]);
     }
-    for label in labels.iter().skip(1) {
-        header.push(format!("{label}/{} ops/s", labels[0]));
-        header.push(format!("{label}/{} CPU/req", labels[0]));
+    for (label, base) in &ratios {
+        header.push(format!("{label}/{base} ops/s"));
+        header.push(format!("{label}/{base} CPU/req"));
     }
     let mut body = Vec::new();
     for key in &rows {
@@ -137,9 +158,8 @@ fn load_table(loads: &[&Report]) -> String {
                 None => row.extend(["-".to_string(), "-".into(), "-".into(), "-".into()]),
             }
         }
-        let base = find(&labels[0]);
-        for label in labels.iter().skip(1) {
-            let other = find(label);
+        for (label, base) in &ratios {
+            let (other, base) = (find(label), find(base));
             let ratio = |f: fn(&Report) -> Option<f64>| match (
                 base.and_then(|b| f(b)),
                 other.and_then(|o| f(o)),
@@ -285,7 +305,7 @@ mod tests {
             load("kvmesh", 1.0, 1, 150_000.0, 2.0),
             load("redis", 0.0, 16, 400_000.0, 1.0),
         ];
-        let text = render(&reports, Some("per core"));
+        let text = render(&reports, Some("per core"), &[]);
         assert!(text.starts_with(
             "### per core\n\n50 connections, 100000 keys (uniform), 100-byte values, closed loop"
         ));
@@ -305,13 +325,37 @@ mod tests {
     }
 
     #[test]
+    fn chosen_ratios() {
+        let reports = [
+            load("redis", 1.0, 1, 100_000.0, 4.0),
+            load("kvmesh", 1.0, 1, 150_000.0, 2.0),
+            load("probe", 1.0, 1, 300_000.0, 1.0),
+        ];
+        let pairs = [
+            ("kvmesh".to_string(), "redis".to_string()),
+            ("kvmesh".to_string(), "probe".to_string()),
+        ];
+        let text = render(&reports, None, &pairs);
+        let header = text.lines().find(|l| l.starts_with("| workload")).unwrap();
+        assert!(header.ends_with(
+            "kvmesh/redis ops/s | kvmesh/redis CPU/req | kvmesh/probe ops/s | kvmesh/probe CPU/req |"
+        ), "{header}");
+        let get = text.lines().find(|l| l.starts_with("| GET")).unwrap();
+        let cells: Vec<&str> = get.split('|').map(str::trim).collect();
+        assert_eq!(
+            cells[cells.len() - 5..],
+            ["1.50x", "0.50x", "0.50x", "2.00x", ""]
+        );
+    }
+
+    #[test]
     fn memory_rows_and_junk_lines() {
         let text = "prefill: 3 keys\n{\"label\":\"redis\",\"mode\":\"prefill-only\",\"prefill_keys\":1000000,\
                     \"value_size\":100,\"server_rss_before\":1048576,\"server_rss_after\":2097152,\
                     \"rss_bytes_per_key\":1.05}\nnot json {\n";
         let reports = parse_lines(text);
         assert_eq!(reports.len(), 1);
-        let table = render(&reports, None);
+        let table = render(&reports, None, &[]);
         assert!(table.contains("| redis  | 1000000 |"), "{table}");
         assert!(
             table.contains("1.0 |") && table.contains("2.0 |") && table.contains("1.1 |"),

@@ -235,7 +235,7 @@ fn serve_wire(mut stream: TcpStream, topology: impl Fn(()) -> Option<Topology>, 
                 .map(|op| {
                     let mut result = OpResult::default();
                     match op.code() {
-                        OpCode::OpTopology => result.topology = topology(()),
+                        OpCode::OpTopology => result.topology = topology(()).map(Box::new),
                         OpCode::OpGet => result.value = b"hello".to_vec(),
                         _ => {}
                     }

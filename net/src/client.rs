@@ -375,7 +375,7 @@ impl Client {
                 addr,
                 what: "stats reply without stats".into(),
             })?;
-            all.push(stats);
+            all.push(*stats);
         }
         Ok(all)
     }

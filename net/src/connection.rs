@@ -247,7 +247,7 @@ pub async fn fetch_topology(conn: &mut Connection) -> Result<Topology, ClientErr
         .await?
         .pop();
     result
-        .and_then(|r| r.topology)
+        .and_then(|r| r.topology.map(|t| *t))
         .ok_or(ClientError::Protocol {
             addr,
             what: "topology reply without topology".into(),

@@ -54,13 +54,22 @@ pub fn decode<M: Message + Default>(
     buf: &[u8],
     max: usize,
 ) -> Result<Option<(M, usize)>, FrameError> {
+    decode_with(buf, max, |body| M::decode(body))
+}
+
+/// [`decode`], with the body decoded by `body_decoder` (e.g. [`crate::request::decode`]).
+pub fn decode_with<M>(
+    buf: &[u8],
+    max: usize,
+    body_decoder: impl FnOnce(&[u8]) -> Result<M, prost::DecodeError>,
+) -> Result<Option<(M, usize)>, FrameError> {
     let Some(len) = peek_len(buf, max)? else {
         return Ok(None);
     };
     let Some(body) = buf.get(PREFIX_LEN..PREFIX_LEN + len) else {
         return Ok(None);
     };
-    let msg = M::decode(body)?;
+    let msg = body_decoder(body)?;
     Ok(Some((msg, PREFIX_LEN + len)))
 }
 

@@ -116,7 +116,7 @@ impl Peers {
         };
         match checked {
             Ok(()) => OpResult {
-                hello: Some(self.hello.clone()),
+                hello: Some(Box::new(self.hello.clone())),
                 ..OpResult::default()
             },
             Err(why) => {
@@ -413,7 +413,7 @@ impl Peers {
             .map_err(unreachable_)?;
         let op = Op {
             code: OpCode::OpHello as i32,
-            hello: Some(self.hello.clone()),
+            hello: Some(Box::new(self.hello.clone())),
             ..Op::default()
         };
         let result = conn
@@ -442,7 +442,7 @@ impl Peers {
                     self.membership.me
                 ))
             })?;
-        Ok((conn, theirs))
+        Ok((conn, *theirs))
     }
 }
 

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kvmesh_net::frame::{self, PREFIX_LEN};
-use kvmesh_proto::wire::{OpCode, Request, Response};
+use kvmesh_proto::wire::{OpCode, Request};
 
 use super::dispatch;
 use super::limits;
@@ -75,7 +75,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
         let mut bad_frame = None;
         let mut unsent = 0;
         while unsent < limits::MAX_UNSENT {
-            match frame::decode::<Request>(&buf[pos..end], max_frame) {
+            match frame::decode_with(&buf[pos..end], max_frame, kvmesh_net::request::decode) {
                 Ok(Some((request, used))) => {
                     pos += used;
                     let Request { id, ops, forwarded } = request;
@@ -99,12 +99,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             }
         }
         for (id, request) in started.drain(..) {
-            let response = Response {
-                id,
-                results: request.finish(&ctx).await,
-                ..Response::default()
-            };
-            frame::encode(&response, &mut out);
+            reply::encode_response(id, &request.finish(&ctx).await, &mut out);
         }
         if let Some(e) = bad_frame {
             ctx.shard.borrow_mut().counters.protocol_errors += 1;

@@ -110,7 +110,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                     }
                     waits.extend(executed.wait.map(|seq| (i, seq)));
                 }
-                Route::Hello => results[i] = ctx.peers.answer_hello(op.hello.as_ref()),
+                Route::Hello => results[i] = ctx.peers.answer_hello(op.hello.as_deref()),
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;
                     match for_nodes.iter_mut().find(|(n, _)| *n == node) {

@@ -1,8 +1,11 @@
 //! Every error a node reports becomes a wire status here, and nowhere else.
 
 use kvmesh_engine::Error as StoreError;
+use kvmesh_net::frame::PREFIX_LEN;
 use kvmesh_net::FrameError;
 use kvmesh_proto::wire::{OpResult, Response, Status};
+use prost::encoding::{encode_key, encode_varint, WireType};
+use prost::Message;
 
 use super::router::Rejection;
 
@@ -104,5 +107,68 @@ pub fn frame_error(e: &FrameError) -> Response {
         error: code as i32,
         message: e.to_string(),
         ..Response::default()
+    }
+}
+
+/// Appends the frame answering request `id` with `results` to `out`: byte for byte what
+/// `frame::encode(&Response { id, results, .. })` writes, but each result is measured once
+/// (prost measures a nested message twice: for the frame's length and for its own), and no
+/// `Response` is built.
+///
+/// # Panics
+/// If the body exceeds `u32::MAX` bytes; a connection bounds what one read starts far below.
+pub fn encode_response(id: u64, results: &[OpResult], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; PREFIX_LEN]);
+    if id != 0 {
+        encode_key(1, WireType::Varint, out);
+        encode_varint(id, out);
+    }
+    for result in results {
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(result.encoded_len() as u64, out);
+        result.encode_raw(out);
+    }
+    let body = u32::try_from(out.len() - start - PREFIX_LEN).expect("reply exceeds u32::MAX bytes");
+    out[start..start + PREFIX_LEN].copy_from_slice(&body.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvmesh_proto::wire::ShardStats;
+
+    #[test]
+    fn encode_response_matches_prost() {
+        let results = vec![
+            OpResult {
+                value: vec![7; 300],
+                ..OpResult::default()
+            },
+            status(Status::NotFound, ""),
+            OpResult::default(),
+            OpResult {
+                stats: Some(Box::new(ShardStats {
+                    keys: 5,
+                    ..ShardStats::default()
+                })),
+                version_hlc: 1 << 40,
+                ..OpResult::default()
+            },
+        ];
+        for (id, results) in [(0, vec![]), (1, results.clone()), (u64::MAX, results)] {
+            let mut ours = vec![9];
+            encode_response(id, &results, &mut ours);
+            let mut theirs = vec![9];
+            kvmesh_net::frame::encode(
+                &Response {
+                    id,
+                    results,
+                    ..Response::default()
+                },
+                &mut theirs,
+            );
+            assert_eq!(ours, theirs, "id {id}");
+        }
     }
 }

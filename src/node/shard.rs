@@ -119,12 +119,12 @@ impl Shard {
             Ok(OpCode::OpTouch) => self.touch(op, now_ms),
             Ok(OpCode::OpTtl) => self.ttl(op, now_ms),
             Ok(OpCode::OpStats) => OpResult {
-                stats: Some(self.stats()),
+                stats: Some(Box::new(self.stats())),
                 ..OpResult::default()
             }
             .into(),
             Ok(OpCode::OpTopology) => OpResult {
-                topology: Some(self.topology.clone()),
+                topology: Some(Box::new(self.topology.clone())),
                 ..OpResult::default()
             }
             .into(),

@@ -541,7 +541,7 @@ impl Sender {
         });
         let op = Op {
             code: OpCode::OpHello as i32,
-            hello: Some(hello),
+            hello: Some(Box::new(hello)),
             ..Op::default()
         };
         // Sent first on the connection, so the destination counts it as a peer's; its answer

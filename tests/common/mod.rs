@@ -186,7 +186,7 @@ impl Node {
             .map(|i| {
                 let mut c = WireClient::connect(self.shard_addr(i));
                 let r = c.call(vec![op(OpCode::OpStats, b"", b"", 0)]);
-                r[0].stats.expect("stats reply")
+                **r[0].stats.as_ref().expect("stats reply")
             })
             .collect()
     }

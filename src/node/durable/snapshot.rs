@@ -174,7 +174,7 @@ impl Snapshots {
     pub async fn reply(&self, shard: &Rc<RefCell<Shard>>) -> OpResult {
         match self.take(shard).await {
             Ok(t) => OpResult {
-                snapshot: Some(SnapshotInfo {
+                snapshot: Some(Box::new(SnapshotInfo {
                     shard: self.me as u32,
                     file: t.written.file,
                     covered_seq: t.written.covered_seq,
@@ -183,7 +183,7 @@ impl Snapshots {
                     segments_removed: t.released.segments.len() as u64,
                     snapshots_removed: t.released.snapshots.len() as u64,
                     elapsed_us: t.elapsed.as_micros() as u64,
-                }),
+                })),
                 ..OpResult::default()
             },
             Err(e) => reply::status(Status::Unavailable, e),

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# User-space instructions and allocations per request of a server, counted exactly by
+# callgrind: deterministic, so it says what a change to the request path saves even on a busy
+# machine (unlike wall-clock runs).
+#
+#   bench/instr.sh                       # kvmesh node and the raw probe, GET and SET, pipeline 1
+#   REQUESTS=50000 PIPELINES="1 16" bench/instr.sh
+#   KVMESH_BIN=/tmp/kvmesh-main bench/instr.sh kvmesh    # another build of the node
+#   KEEP=/tmp/prof bench/instr.sh kvmesh  # keeps the callgrind files for callgrind_annotate
+#
+# For each server (arguments: `kvmesh`, `probe`; default both) and workload, it starts a fresh
+# server under `valgrind --tool=callgrind` on core 0 (kvmesh: 1 shard, no --data-dir), fills
+# the keys with kvmesh-bench, zeroes the counters, runs exactly REQUESTS requests (50
+# connections, 10,000 keys, 100-byte values, client on core 1), dumps the counters and prints
+# one line per run: instructions per request (all threads, kernel time not included) and calls
+# to malloc per request. Needs valgrind (installs it if missing).
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh"
+REQUESTS=${REQUESTS:-20000}
+PIPELINES=${PIPELINES:-1}
+TARGETS=${*:-kvmesh probe}
+
+bench_init instr
+KVMESH=${KVMESH_BIN:-$KVMESH}
+if ! command -v valgrind >/dev/null; then
+    log "installing valgrind"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+fi
+
+# counted SERVER READ_RATIO PIPELINE: one run; prints its line.
+counted() {
+    local server=$1 ratio=$2 pipeline=$3 port out=$WORK/callgrind.out log=$WORK/server.log
+    port=$("$BENCH" free-port --count 3)
+    rm -f "$out"*
+    local cmd=(valgrind --tool=callgrind --callgrind-out-file="$out" --compress-strings=no
+        --compress-pos=no)
+    case $server in
+        kvmesh) taskset -c 0 "${cmd[@]}" "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 \
+            --cpus 0 --grpc "127.0.0.1:$((port + 2))" >"$log" 2>&1 &
+            ;;
+        probe) taskset -c 0 "${cmd[@]}" "$BENCH" probe-server --listen "127.0.0.1:$port" \
+            --mode epoll >"$log" 2>&1 &
+            ;;
+        *) log "unknown server $server (kvmesh or probe)"; exit 2 ;;
+    esac
+    local pid=$!
+    track "$pid"
+    case $server in
+        kvmesh) wait_for_log "$pid" "$log" " ready: " ;;
+        probe) wait_for_log "$pid" "$log" "probe ready: " ;;
+    esac
+    local flags=(--target kvmesh --addr "127.0.0.1:$port" --cpus 1 --connections 50
+        --keys 10000 --value-size 100 --pipeline "$pipeline" --timeout 10s --warmup 0)
+    "$BENCH" "${flags[@]}" --prefill-only >/dev/null 2>&1
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    "$BENCH" "${flags[@]}" --no-prefill --read-ratio "$ratio" --requests "$REQUESTS" --json \
+        >"$WORK/run.out" 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    stop_server "$pid"
+    if [ -n "${KEEP:-}" ]; then
+        cat "$out".[0-9]* >"$KEEP/callgrind.$server-$ratio-$pipeline"
+    fi
+    # The dump of the measured requests (not the exit dump): instructions, calls to malloc.
+    awk -v n="$REQUESTS" -v what="$server $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
+        /^summary:/ { ir += $2 }
+        /^cfn=(malloc|__libc_malloc)$/ { m = 1; next }
+        m && /^calls=/ { split($1, c, "="); mallocs += c[2] }
+        { m = 0 }
+        END { printf "%-28s %8.0f instructions/request  %5.2f malloc/request\n", what, ir / n, mallocs / n }
+    ' "$out".[0-9]*
+}
+
+for server in $TARGETS; do
+    for pipeline in $PIPELINES; do
+        counted "$server" 1 "$pipeline"
+        counted "$server" 0 "$pipeline"
+    done
+done
