@@ -204,6 +204,25 @@ impl Arena {
         Block(&self.pages[page][offset..])
     }
 
+    /// The block at `addr` if `addr` names the start of a slot, in use, of this arena as it is
+    /// now; `None` for any other address (one noted before its slot was freed, say).
+    pub(crate) fn used_block_at(&self, at: u32) -> Option<Block<'_>> {
+        let (page, offset) = split(at);
+        let start = match *self.kinds.get(page)? {
+            FREE_PAGE => false,
+            LARGE => offset == 0,
+            class => {
+                let c = &self.classes[class as usize];
+                let len = class_len(class);
+                offset % len == 0
+                    && offset + len <= PAGE
+                    && (c.page as usize != page || offset < c.bump)
+            }
+        };
+        let block = Block(&self.pages[page][offset..]);
+        (start && block.in_use()).then_some(block)
+    }
+
     pub(crate) fn block_mut(&mut self, at: u32) -> BlockMut<'_> {
         BlockMut(self.slot_mut(at))
     }

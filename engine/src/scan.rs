@@ -1,19 +1,25 @@
 //! Chunked iteration over a store's live entries, for snapshots taken between requests.
 //!
 //! A scan walks the arena by address. An entry keeps its slot until it is removed or rewritten
-//! to another size class, so a scan that runs in many steps, with writes in between, has a
-//! simple contract:
+//! to another size class (an overwrite with a value of another size, or a `touch` that adds or
+//! drops a deadline). Such a move may land behind the scan's cursor, so the store remembers the
+//! entries moved behind an unfinished scan and visits them first in its next step. A scan that
+//! runs in many steps, with writes in between, thus has a simple contract:
 //!
 //! - an entry that is live, and keeps its key, from the scan's first step to its last is
-//!   visited exactly once;
+//!   visited at least once, with the value it has when it is visited; exactly once if it is
+//!   not written (put or touch) during the scan;
 //! - an entry written, removed or replaced while the scan runs may or may not be visited,
-//!   with the value it had when its slot was reached; a key removed and written again, or
-//!   rewritten to another size, during the scan may be visited twice, with two versions (the
-//!   newer one is the later).
+//!   with the value it had when it was visited; a key written during the scan may be visited
+//!   more than once, and then the later visit carries the newer version.
+//!
+//! One scan runs at a time per store: a step from [`Cursor::START`] begins a new one and
+//! forgets the moves noted for any other.
 //!
 //! So a scan is not a point-in-time image; a snapshot built from one is made exact by
 //! replaying every change logged from the moment the scan started (see `kvmesh-wal`).
 
+use crate::block::Block;
 use crate::store::Store;
 use crate::version::Version;
 
@@ -48,17 +54,23 @@ impl Store {
     }
 
     /// Visits up to `max_slots` slots from `cursor`, calling `visit` for each live entry
-    /// (tombstones and entries whose deadline has passed at `now_ms` are skipped). Returns
-    /// where to go on, or `None` once every slot has been looked at. Changes nothing: no LRU
-    /// bump, no counter, no reclaim. O(`max_slots`).
+    /// (tombstones and entries whose deadline has passed at `now_ms` are skipped); first, the
+    /// entries moved behind the cursor since the last step (see the module docs). Returns
+    /// where to go on, or `None` once every slot has been looked at. Changes no entry: no LRU
+    /// bump, no counter, no reclaim; it only keeps the scan's position, so that later moves
+    /// behind it are noted. O(`max_slots` + entries moved since the last step).
     pub fn scan(
-        &self,
+        &mut self,
         cursor: Cursor,
         max_slots: usize,
         now_ms: u64,
         mut visit: impl FnMut(EntryRef<'_>),
     ) -> Option<Cursor> {
-        let next = self.arena.walk(cursor.0, max_slots, |block| {
+        let moved = match self.scan.take() {
+            Some(state) if cursor != Cursor::START => state.moved,
+            _ => Vec::new(),
+        };
+        let mut emit = |block: Block<'_>| {
             if block.is_tombstone() || block.is_dead(now_ms) {
                 return;
             }
@@ -68,9 +80,44 @@ impl Store {
                 expires_at_ms: block.deadline(),
                 version: block.version(),
             });
+        };
+        // A noted address may have been freed or reused since: a slot in use there holds a
+        // live entry all the same, which the contract allows to be visited.
+        for &at in &moved {
+            if let Some(block) = self.arena.used_block_at(at) {
+                emit(block);
+            }
+        }
+        let next = self.arena.walk(cursor.0, max_slots, emit);
+        self.scan = next.map(|at| ScanState {
+            at,
+            moved: recycle(moved),
         });
         next.map(Cursor)
     }
+
+    /// Notes that an entry was just moved to `to`: behind a running scan's cursor, the scan's
+    /// next step visits it there.
+    pub(crate) fn note_move(&mut self, to: u32) {
+        if let Some(scan) = &mut self.scan {
+            if to < scan.at {
+                scan.moved.push(to);
+            }
+        }
+    }
+}
+
+/// A scan that has not finished: where its next step starts, and the addresses of entries
+/// moved behind that point since its last step.
+#[derive(Debug, Default)]
+pub(crate) struct ScanState {
+    at: u32,
+    moved: Vec<u32>,
+}
+
+fn recycle(mut moved: Vec<u32>) -> Vec<u32> {
+    moved.clear();
+    moved
 }
 
 #[cfg(test)]
@@ -87,7 +134,7 @@ mod tests {
 
     type Seen = BTreeMap<Vec<u8>, (Vec<u8>, u64, Version)>;
 
-    fn scan_all(store: &Store, step: usize, now: u64) -> (Seen, usize) {
+    fn scan_all(store: &mut Store, step: usize, now: u64) -> (Seen, usize) {
         let (mut seen, mut steps, mut cursor) = (Seen::new(), 0, Some(Cursor::START));
         while let Some(c) = cursor {
             steps += 1;
@@ -110,12 +157,12 @@ mod tests {
             s.put(&i.to_le_bytes(), b"v", 0, Version::new(i + 1, 1), T0)
                 .unwrap();
         }
-        assert_eq!(scan_all(&s, 4096, T0).0.len(), 10_000);
+        assert_eq!(scan_all(&mut s, 4096, T0).0.len(), 10_000);
     }
 
     #[test]
     fn empty_store_is_one_step() {
-        let store = Store::new(Config::default());
+        let mut store = Store::new(Config::default());
         assert_eq!(store.scan(Cursor::START, 10, T0, |_| panic!("empty")), None);
     }
 
@@ -132,7 +179,7 @@ mod tests {
                 .unwrap();
         }
         s.remove(b"k1", Version::new(500, 1), T0).unwrap(); // leaves a tombstone
-        let (seen, steps) = scan_all(&s, 7, T0);
+        let (seen, steps) = scan_all(&mut s, 7, T0);
         assert_eq!(seen.len(), 99);
         assert!(!seen.contains_key(&b"k1"[..]));
         assert_eq!(
@@ -141,7 +188,7 @@ mod tests {
         );
         assert_eq!(steps, 100usize.div_ceil(7));
         // Once the deadlines pass, those entries are skipped too (not reclaimed: &self).
-        let (later, _) = scan_all(&s, 1000, T0 + 5);
+        let (later, _) = scan_all(&mut s, 1000, T0 + 5);
         assert_eq!(later.len(), 89);
         assert_eq!(s.len(), 99);
     }
@@ -181,6 +228,78 @@ mod tests {
         }
         for key in &stable {
             assert!(seen.contains_key(key.as_bytes()), "{key} missed");
+        }
+    }
+
+    /// Entries that a touch or an overwrite moves to another size class between steps, from
+    /// ahead of the cursor to free slots behind it, are still seen, with their newest value.
+    #[test]
+    fn entries_moved_behind_the_cursor_are_seen() {
+        let mut s = Store::new(Config::default());
+        let key = |i: u64| format!("key-{i:010}"); // 14 bytes: 136-byte blocks, 152 with a deadline
+        let value = [7u8; 100];
+        let mut hlc = 0;
+        let mut next = || {
+            hlc += 1;
+            Version::new(hlc, 1)
+        };
+        // Free slots of the 152- and 160-byte classes at the lowest addresses...
+        for i in 0..400 {
+            s.put(key(i).as_bytes(), &value, T0 + 60_000, next(), T0)
+                .unwrap();
+            s.put(format!("z{i}").as_bytes(), &[1; 120], 0, next(), T0)
+                .unwrap();
+        }
+        for i in 0..400 {
+            s.remove(key(i).as_bytes(), next(), T0).unwrap();
+            s.remove(format!("z{i}").as_bytes(), next(), T0).unwrap();
+        }
+        // ...then the entries, all in 136-byte slots after them.
+        let n = 2_000u64;
+        for i in 0..n {
+            s.put(key(i).as_bytes(), &value, 0, next(), T0).unwrap();
+        }
+        let mut seen = BTreeMap::new();
+        let (mut cursor, mut step) = (Some(Cursor::START), 0u64);
+        while let Some(c) = cursor {
+            cursor = s.scan(c, 64, T0, |e| {
+                seen.insert(e.key.to_vec(), (e.value.len(), e.expires_at_ms));
+            });
+            if cursor.is_none() {
+                break;
+            }
+            // Between steps, move entries from the far end: a touch adding a deadline, one
+            // dropping it again, an overwrite with a longer value.
+            for j in 0..3 {
+                let i = n - 1 - (3 * step + j) % n;
+                let k = key(i);
+                match j {
+                    0 => assert!(s.touch(k.as_bytes(), T0 + 60_000, next(), T0)),
+                    1 => {
+                        assert!(s.touch(k.as_bytes(), T0 + 60_000, next(), T0));
+                        assert!(s.touch(k.as_bytes(), 0, next(), T0));
+                    }
+                    _ => {
+                        s.put(k.as_bytes(), &[9; 120], 0, next(), T0).unwrap();
+                    }
+                }
+            }
+            step += 1;
+        }
+        for i in 0..n {
+            let k = key(i);
+            let Some(&(len, deadline)) = seen.get(k.as_bytes()) else {
+                panic!("{k} missed (scan of {step} steps)");
+            };
+            let now = (
+                s.get(k.as_bytes(), T0).map(<[u8]>::len),
+                s.expires_at(k.as_bytes(), T0),
+            );
+            assert_eq!(
+                (Some(len), Some(deadline)),
+                now,
+                "{k}: the last visit is the newest"
+            );
         }
     }
 }

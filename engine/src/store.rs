@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::index::Index;
 use crate::lru::Lru;
 use crate::outcome::Removal;
+use crate::scan::ScanState;
 use crate::stats::Stats;
 use crate::wheel::Wheel;
 
@@ -28,6 +29,8 @@ pub struct Store {
     pub(crate) wheel: Wheel,
     pub(crate) removals: Vec<Removal>,
     pub(crate) stats: Stats,
+    /// The scan in progress, if any (scan.rs).
+    pub(crate) scan: Option<ScanState>,
 }
 
 impl Store {
@@ -49,6 +52,7 @@ impl Store {
             wheel: Wheel::new(),
             removals: Vec::new(),
             stats,
+            scan: None,
         }
     }
 

@@ -259,6 +259,7 @@ impl Store {
         self.arena.copy(idx, at, keep);
         self.arena.free(idx);
         self.index.replace(hash, idx, at);
+        self.note_move(at);
         at
     }
 }
