@@ -274,10 +274,10 @@ mod tests {
                 let i = n - 1 - (3 * step + j) % n;
                 let k = key(i);
                 match j {
-                    0 => assert!(s.touch(k.as_bytes(), T0 + 60_000, next(), T0)),
+                    0 => assert_eq!(s.touch(k.as_bytes(), T0 + 60_000, next(), T0), Ok(true)),
                     1 => {
-                        assert!(s.touch(k.as_bytes(), T0 + 60_000, next(), T0));
-                        assert!(s.touch(k.as_bytes(), 0, next(), T0));
+                        assert_eq!(s.touch(k.as_bytes(), T0 + 60_000, next(), T0), Ok(true));
+                        assert_eq!(s.touch(k.as_bytes(), 0, next(), T0), Ok(true));
                     }
                     _ => {
                         s.put(k.as_bytes(), &[9; 120], 0, next(), T0).unwrap();

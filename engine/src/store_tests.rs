@@ -97,7 +97,7 @@ fn versions_decide_last_writer_wins() {
         s.put(b"k", b"c", 0, Version::new(5, 2), T0),
         Ok(Applied::Stored)
     );
-    assert!(!s.touch(b"k", T0 + 10, v(5), T0));
+    assert_eq!(s.touch(b"k", T0 + 10, v(5), T0), Ok(false));
     assert_eq!(s.remove(b"k", v(4), T0), Ok(Removed::Stale));
     assert_eq!(s.get(b"k", T0), Some(&b"c"[..]));
     assert_eq!(s.stats().stale_writes, 4);
@@ -116,7 +116,7 @@ fn tombstones_block_older_writes_until_their_grace_ends() {
     assert_eq!(s.bytes_used(), Store::tombstone_charge(1));
     assert_eq!(s.get(b"k", T0), None);
     assert_eq!(s.expires_at(b"k", T0), None);
-    assert!(!s.touch(b"k", 0, v(9), T0));
+    assert_eq!(s.touch(b"k", 0, v(9), T0), Ok(false));
     assert_eq!(s.put(b"k", b"late", 0, v(5), T0 + 50), Ok(Applied::Stale));
     assert_eq!(s.remove(b"k", v(6), T0 + 50), Ok(Removed::Stale));
     // A newer remove refreshes the tombstone: grace counts from now.
@@ -168,15 +168,15 @@ fn ttl_is_an_absolute_deadline_checked_on_every_read() {
 fn touch_adds_moves_and_drops_deadlines_and_recharges() {
     let mut s = store(1 << 20, 0);
     s.put(b"k", b"value", 0, v(1), T0).unwrap();
-    assert!(s.touch(b"k", T0 + 5, v(2), T0));
+    assert_eq!(s.touch(b"k", T0 + 5, v(2), T0), Ok(true));
     assert_eq!(s.bytes_used(), Store::charge(1, 5, true));
-    assert!(s.touch(b"k", T0 + 50, v(3), T0));
+    assert_eq!(s.touch(b"k", T0 + 50, v(3), T0), Ok(true));
     assert_eq!(s.expire(T0 + 10, usize::MAX), 0);
-    assert!(s.touch(b"k", 0, v(4), T0));
+    assert_eq!(s.touch(b"k", 0, v(4), T0), Ok(true));
     assert_eq!(s.bytes_used(), Store::entry_charge(1, 5));
     assert_eq!(s.expire(T0 + 100, usize::MAX), 0);
     assert_eq!(s.get(b"k", T0 + 100), Some(&b"value"[..]));
-    assert!(!s.touch(b"missing", 0, v(5), T0));
+    assert_eq!(s.touch(b"missing", 0, v(5), T0), Ok(false));
     assert_eq!(s.stats().touches, 3);
 }
 
@@ -281,21 +281,22 @@ fn a_full_block_space_evicts_then_is_an_error_not_a_panic() {
     assert_eq!(s.len(), 1);
     // An overwrite that stays in its class is fine; one that must move has nothing left to
     // evict (its own page is not idle) and fails, changing nothing.
-    let full = Err(Error::TooManyEntries {
+    let full = Error::TooManyEntries {
         class_bytes: 65_536,
         large_blocks: 1,
-    });
+    };
     assert_eq!(
         s.put(b"c", b"same size class!!!", 0, v(2), T0),
         Ok(Applied::Stored)
     );
     assert_eq!(
         s.put(b"c", b"a longer value, another class", 0, v(3), T0),
-        full
+        Err(full.clone())
     );
-    assert!(
-        !s.touch(b"c", T0 + 1_000, v(3), T0),
-        "a deadline would move it"
+    assert_eq!(
+        s.touch(b"c", T0 + 1_000, v(3), T0),
+        Err(full),
+        "a deadline would move it: an error, not a missing key"
     );
     assert_eq!(s.get(b"c", T0), Some(&b"same size class!!!"[..]));
     assert_eq!(s.len(), 1);

@@ -134,31 +134,37 @@ impl Store {
     }
 
     /// Sets a new absolute deadline on a live key (0 = never) and makes it the most recently
-    /// used; the entry takes `version`. Returns false, changing nothing, when the key is
-    /// missing, removed or expired, when its stored version is >= `version`, or when the
-    /// block must move and no block address is left even after evicting (see
-    /// `Error::TooManyEntries`).
+    /// used; the entry takes `version`. Returns `Ok(true)` when applied, `Ok(false)`, changing
+    /// nothing, when the key is missing, removed or expired or its stored version is >=
+    /// `version`.
+    ///
+    /// Errors: `TooManyEntries` when the block must move and no block address is left even
+    /// after evicting (the deadline is not changed; the entry becomes the most recently used).
     /// Adding a deadline enlarges the entry's block (see [`Store::charge`]), which may evict
     /// others.
-    pub fn touch(&mut self, key: &[u8], expires_at_ms: u64, version: Version, now_ms: u64) -> bool {
+    pub fn touch(
+        &mut self,
+        key: &[u8],
+        expires_at_ms: u64,
+        version: Version,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
         let hash = self.index.hash(key);
         let Some(idx) = self.find(key, hash, now_ms) else {
-            return false;
+            return Ok(false);
         };
         let old = self.arena.block(idx);
         if old.is_tombstone() {
-            return false;
+            return Ok(false);
         }
         if old.version() >= version {
             self.stats.stale_writes += 1;
-            return false;
+            return Ok(false);
         }
         let body = old.body_len();
         let len = body + DEADLINE_SECTION * usize::from(expires_at_ms != 0);
         self.unlink_for_rewrite(idx);
-        if self.make_slot_to_move(idx, len, now_ms).is_err() {
-            return false;
-        }
+        self.make_slot_to_move(idx, len, now_ms)?;
         self.make_room(charge::for_block(len), now_ms);
         let idx = self.resize(idx, hash, len, body);
         let mut block = self.arena.block_mut(idx);
@@ -166,7 +172,7 @@ impl Store {
         block.set_version(version);
         self.relink(idx, now_ms);
         self.stats.touches += 1;
-        true
+        Ok(true)
     }
 
     /// Drops `key`'s record, live entry or tombstone, if its version is <= `version`: no
