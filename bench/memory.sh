@@ -57,10 +57,16 @@ echo "Command: \`bench/memory.sh\` (KEYS=$KEYS, VALUE_SIZE=$VALUE_SIZE${KVMESH_B
 echo
 "$BENCH" table --title "Memory: $KEYS keys of $VALUE_SIZE bytes" "$WORK/memory.jsonl"
 echo
-per_key() { grep "\"label\":\"$1\"" "$WORK/memory.jsonl" | grep -o '"rss_bytes_per_key":[0-9.]*' | cut -d: -f2; }
+# per_key LABEL: that row's RSS per key, or nothing when there is no such row.
+per_key() {
+    { grep "\"label\":\"$1\"" "$WORK/memory.jsonl" || true; } \
+        | grep -o '"rss_bytes_per_key":[0-9.]*' | cut -d: -f2 || true
+}
 redis=$(per_key redis)
 for label in kvmesh-base kvmesh; do
     ours=$(per_key "$label")
-    [ -n "$ours" ] && awk -v l="$label" -v o="$ours" -v r="$redis" \
-        'BEGIN { printf "%s/redis bytes per key: %.2fx\n", l, o / r }'
+    if [ -n "$ours" ]; then
+        awk -v l="$label" -v o="$ours" -v r="$redis" \
+            'BEGIN { printf "%s/redis bytes per key: %.2fx\n", l, o / r }'
+    fi
 done

@@ -1,6 +1,7 @@
 //! Table tests of the arena: size classes, slot reuse, large pages, limits and the walk.
 
 use super::*;
+use crate::charge;
 use crate::test_blocks::insert;
 
 #[test]
@@ -53,21 +54,61 @@ fn classes_fill_their_own_pages() {
 }
 
 #[test]
-fn large_blocks_get_pages_of_their_own() {
+fn large_blocks_get_allocations_and_addresses_of_their_own() {
     let mut arena = Arena::new();
     let key = vec![1u8; 2_000];
+    let len = crate::block::block_len(2_000, 0, false);
     let a = insert(&mut arena, &key, 0);
-    assert_eq!(split(a), (0, 0));
-    assert_eq!(
-        arena.slot_len_at(a),
-        crate::block::block_len(2_000, 0, false)
-    );
+    assert_eq!(a, LARGE_BASE);
+    assert_eq!(arena.slot_len_at(a), len);
     assert_eq!(arena.block(a).key(), &key[..]);
-    arena.free(a);
-    // The freed page-table slot is reused, by a class page here.
+    assert_eq!(arena.resident_bytes(), charge::arena_block(len));
     let b = insert(&mut arena, b"k", 0);
-    assert_eq!(split(b), (0, 0));
+    assert_eq!(split(b), (0, 0), "class pages are numbered apart");
+    arena.free(a);
+    assert_eq!(arena.resident_bytes(), PAGE as u64);
+    // The freed table slot is reused; a thousand large blocks take no class page.
+    let ids: Vec<u32> = (0..1_000).map(|_| insert(&mut arena, &key, 0)).collect();
+    assert_eq!(ids[0], LARGE_BASE);
+    assert_eq!(ids[999], LARGE_BASE + 999);
+    assert_eq!(arena.pages.len(), 1);
     assert_eq!(arena.block(b).key(), b"k");
+}
+
+#[test]
+fn a_page_whose_last_block_goes_is_handed_back() {
+    let mut arena = Arena::new();
+    let per_page = PAGE / 24;
+    let ids: Vec<u32> = (0..2 * per_page)
+        .map(|_| insert(&mut arena, b"k", 0))
+        .collect();
+    assert_eq!(arena.resident_bytes(), 2 * PAGE as u64);
+    // Page 0 is full and no longer being filled: freeing all its blocks hands it back, and
+    // its free slots leave the free list with it.
+    for &id in &ids[..per_page - 1] {
+        arena.free(id);
+    }
+    assert_eq!(arena.resident_bytes(), 2 * PAGE as u64);
+    arena.free(ids[per_page - 1]);
+    assert_eq!(arena.resident_bytes(), PAGE as u64);
+    assert_eq!(arena.classes[0].free, NIL);
+    // Another class gets the page back (same number, new kind).
+    let other = insert(&mut arena, b"k", 9);
+    assert_eq!(split(other), (0, 0));
+    assert!(
+        arena.used_block_at(ids[1]).is_none(),
+        "a 24-byte slot is not a slot here"
+    );
+    // The page a class is filling stays when it empties, until its page number is needed.
+    for &id in &ids[per_page..] {
+        arena.free(id);
+    }
+    assert_eq!(arena.resident_bytes(), 2 * PAGE as u64);
+    assert_eq!(arena.first_pages_bytes(), 2 * PAGE as u64);
+    assert!(arena.release_idle_pages());
+    assert_eq!(arena.resident_bytes(), PAGE as u64);
+    assert_eq!(arena.first_pages_bytes(), PAGE as u64);
+    assert_eq!(insert(&mut arena, b"k", 0), addr(1, 0));
 }
 
 #[test]
@@ -90,19 +131,26 @@ fn copy_between_and_within_pages() {
 }
 
 #[test]
-fn limit_is_enforced_per_class() {
-    let mut arena = Arena::with_page_limit(1);
+fn limits_are_enforced_per_class_and_for_large_blocks() {
+    let mut arena = Arena::with_limits(1, 1);
     assert!(arena.has_room(24));
     let ids: Vec<u32> = (0..PAGE / 24)
         .map(|_| insert(&mut arena, b"k", 0))
         .collect();
     assert!(!arena.has_room(24), "the one page is full");
     assert!(!arena.has_room(40), "no page for another class");
-    assert!(!arena.has_room(5_000), "no page for a large block");
+    assert!(
+        arena.has_room(5_000),
+        "large blocks have addresses of their own"
+    );
+    let large = insert(&mut arena, &[1; 5_000], 0);
+    assert!(!arena.has_room(2_000), "one large block at most");
     arena.free(ids[10]);
     assert!(arena.has_room(24));
     assert!(!arena.has_room(40));
-    assert_eq!(arena.limit_bytes(), PAGE as u64);
+    arena.free(large);
+    assert!(arena.has_room(2_000));
+    assert_eq!(arena.limits(), (PAGE as u64, 1));
 }
 
 #[test]
@@ -111,7 +159,7 @@ fn walk_visits_used_slots_in_address_order_in_steps() {
     let mut ids = Vec::new();
     for i in 0..10u8 {
         ids.push(insert(&mut arena, &[i], 0));
-        ids.push(insert(&mut arena, &vec![i; 3_000], 0)); // large pages in between
+        ids.push(insert(&mut arena, &vec![i; 3_000], 0)); // large blocks: addressed after the class pages
         ids.push(insert(&mut arena, &[i], 77)); // another class
     }
     arena.free(ids[3]);
@@ -130,7 +178,30 @@ fn walk_visits_used_slots_in_address_order_in_steps() {
     expect.sort();
     seen.sort();
     assert_eq!(seen, expect);
-    // 30 slots: 10 + 10 in two class pages (two freed: one each kind), 10 large pages, of
+    // 30 slots: 10 + 10 in two class pages (two freed: one each kind), 10 large blocks, of
     // which one is free now but still a slot of the walk.
     assert_eq!(steps, 30usize.div_ceil(4));
+}
+
+#[test]
+fn a_walk_goes_on_in_a_page_given_to_another_class_meanwhile() {
+    let mut arena = Arena::new();
+    let per_page = PAGE / 24;
+    let ids: Vec<u32> = (0..per_page + 1)
+        .map(|_| insert(&mut arena, b"k", 0))
+        .collect();
+    let cursor = arena.walk(0, 3, |_| {}).unwrap();
+    assert_eq!(cursor, addr(0, 72));
+    for &id in &ids[..per_page] {
+        arena.free(id);
+    }
+    // Page 0 now holds 40-byte slots: the walk resumes at offset 80, not inside a slot.
+    let timed: Vec<u32> = (0..4).map(|_| insert(&mut arena, b"t", 9)).collect();
+    assert_eq!(timed[0], addr(0, 0));
+    let mut seen = Vec::new();
+    assert_eq!(
+        arena.walk(cursor, 100, |b| seen.push(b.key().to_vec())),
+        None
+    );
+    assert_eq!(seen, [&b"t"[..], b"t", b"k"]);
 }

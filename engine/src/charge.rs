@@ -2,7 +2,7 @@
 //! [`Store::entry_charge`](crate::Store::entry_charge); `benches/store.rs` measures it against a counting
 //! allocator at one million entries.
 
-use crate::arena::{self, PAGE_ENTRY_BYTES, SMALL_MAX};
+use crate::arena::{self, LARGE_ENTRY_BYTES, SMALL_MAX};
 use crate::block;
 
 /// The hash-index slot: hashbrown spends one `u32` plus one control byte per bucket, 5 bytes,
@@ -28,12 +28,12 @@ pub(crate) fn heap_block(n: usize) -> u64 {
 }
 
 /// What the arena spends on a block of `block_len` bytes: its size-class slot, or for a large
-/// block its own page as glibc malloc takes it plus its page-table slot.
+/// block its own allocation as glibc malloc takes it plus its slot in the large-block table.
 pub(crate) fn arena_block(block_len: usize) -> u64 {
     if block_len <= SMALL_MAX {
         arena::slot_len(block_len) as u64
     } else {
-        heap_block(block_len) + PAGE_ENTRY_BYTES
+        heap_block(block_len) + LARGE_ENTRY_BYTES
     }
 }
 
@@ -90,8 +90,8 @@ mod tests {
             (25, 32),
             (135, 136),
             (1_024, 1_024),
-            (1_025, 1_040 + PAGE_ENTRY_BYTES),
-            (200_000, 200_704 + PAGE_ENTRY_BYTES),
+            (1_025, 1_040 + LARGE_ENTRY_BYTES),
+            (200_000, 200_704 + LARGE_ENTRY_BYTES),
         ];
         for (len, spent) in table {
             assert_eq!(arena_block(len), spent, "{len}");

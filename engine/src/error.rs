@@ -33,12 +33,18 @@ pub enum Error {
         /// The configured limit.
         max_memory: u64,
     },
-    /// The store's block space is full: its 32-bit block addresses name at most `max` bytes
-    /// of blocks (32 GiB), and no slot of the size needed is left.
-    #[error("store's block space of {max} bytes is full, the most one shard can address; use more shards")]
+    /// The store's block addresses are used up: one store can name at most `class_bytes`
+    /// bytes of class pages (blocks up to 1 KiB) and `large_blocks` larger blocks, and
+    /// evicting every other entry did not free an address of the kind needed.
+    #[error(
+        "store has no block address left: one shard names at most {class_bytes} bytes of \
+         blocks up to 1 KiB and {large_blocks} larger blocks; use more shards"
+    )]
     TooManyEntries {
-        /// The most bytes of blocks one store can address.
-        max: u64,
+        /// The most bytes of class pages one store can address.
+        class_bytes: u64,
+        /// The most blocks above 1 KiB one store can address.
+        large_blocks: u64,
     },
 }
 
@@ -65,7 +71,13 @@ mod tests {
                 },
                 "max_memory",
             ),
-            (Error::TooManyEntries { max: 7 }, "more shards"),
+            (
+                Error::TooManyEntries {
+                    class_bytes: 7,
+                    large_blocks: 1,
+                },
+                "more shards",
+            ),
         ];
         for (err, needle) in cases {
             assert!(err.to_string().contains(needle), "{err}");

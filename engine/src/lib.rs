@@ -65,7 +65,7 @@ pub use config::Config;
 pub use error::Error;
 pub use outcome::{Applied, Removal, RemovalKind, Removed};
 pub use peek::Peeked;
-pub use scan::{Cursor, EntryRef};
+pub use scan::{Cursor, EntryRef, MAX_SCANS};
 pub use stats::Stats;
 pub use store::Store;
 pub use version::{Hlc, Version};

@@ -57,6 +57,11 @@ impl Removal {
     pub fn key(&self) -> &[u8] {
         &self.key
     }
+
+    /// The dropped key, owned, without copying it again.
+    pub fn into_key(self) -> Box<[u8]> {
+        self.key
+    }
 }
 
 impl fmt::Debug for Removal {

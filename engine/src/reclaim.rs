@@ -1,5 +1,7 @@
 //! Taking entries out: unlinking, eviction to make room, and the background expiry step.
 
+use crate::arena::SMALL_MAX;
+use crate::error::Error;
 use crate::outcome::{Removal, RemovalKind};
 use crate::store::{charge_of, Store};
 
@@ -44,6 +46,7 @@ impl Store {
             self.stats.keys -= 1;
         }
         self.arena.free(idx);
+        self.stats.arena_bytes = self.arena.resident_bytes();
     }
 
     /// Drops entry `idx` on the store's own account: a live entry is reported as expired (if
@@ -77,6 +80,46 @@ impl Store {
         }
     }
 
+    /// Evicts least-recently-used entries until the arena can take a block of `len` bytes:
+    /// while it has no address left for one, and while a large block, or a class page beyond
+    /// its class's first, would take its resident bytes above `max_memory` plus one page per
+    /// class in use (the bound documented at [`Store::entry_charge`]). Callers have unlinked
+    /// the entry being rewritten, if any, so it is never a victim. With nothing left to
+    /// evict, the bound may be passed; a missing address is `TooManyEntries`.
+    pub(crate) fn make_slot(&mut self, len: usize, now_ms: u64) -> Result<(), Error> {
+        loop {
+            let no_address = !self.arena.has_room(len);
+            let growth = self.arena.growth_for(len);
+            let beyond_first = len > SMALL_MAX || self.arena.class_has_page(len);
+            let over = growth > 0
+                && beyond_first
+                && self.arena.resident_bytes() + growth
+                    > self.config.max_memory + self.arena.first_pages_bytes();
+            if !no_address && !over {
+                return Ok(());
+            }
+            if no_address && self.arena.release_idle_pages() {
+                continue;
+            }
+            let Some(victim) = self.lru.oldest() else {
+                return if no_address {
+                    Err(self.too_many_entries())
+                } else {
+                    Ok(())
+                };
+            };
+            self.discard(victim, now_ms);
+        }
+    }
+
+    pub(crate) fn too_many_entries(&self) -> Error {
+        let (class_bytes, large_blocks) = self.arena.limits();
+        Error::TooManyEntries {
+            class_bytes,
+            large_blocks,
+        }
+    }
+
     /// Unlinks entry `idx` from the LRU and the wheel and uncharges it, keeping it indexed and
     /// in its slot, so it can be rewritten (in place or moved); `relink` puts it back.
     pub(crate) fn unlink_for_rewrite(&mut self, idx: u32) {
@@ -95,6 +138,7 @@ impl Store {
         let block = self.arena.block(idx);
         let (charge, timed) = (charge_of(block), block.has_deadline());
         self.stats.bytes_used += charge;
+        self.stats.arena_bytes = self.arena.resident_bytes();
         debug_assert!(self.stats.bytes_used <= self.config.max_memory);
         self.lru.push_front(&mut self.arena, idx);
         if timed {

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::index::Index;
 use crate::lru::Lru;
 use crate::outcome::Removal;
+use crate::scan::Scans;
 use crate::stats::Stats;
 use crate::wheel::Wheel;
 
@@ -28,6 +29,8 @@ pub struct Store {
     pub(crate) wheel: Wheel,
     pub(crate) removals: Vec<Removal>,
     pub(crate) stats: Stats,
+    /// The scans in progress (scan.rs).
+    pub(crate) scans: Scans,
 }
 
 impl Store {
@@ -49,6 +52,7 @@ impl Store {
             wheel: Wheel::new(),
             removals: Vec::new(),
             stats,
+            scans: Scans::default(),
         }
     }
 
@@ -122,7 +126,7 @@ impl Store {
     ///                                  above that its own page as glibc malloc takes it,
     ///                                  max(32, round_up(block + 8, 16)) below 128 KiB,
     ///                                  round_up(that + 8, 4096) from 128 KiB (mmap),
-    ///                                  + 17 (the page-table slot)
+    ///                                  + 16 (its slot in the large-block table)
     /// block  = 20                    LRU prev/next (u32 each) + version (hlc 8 + node 4)
     ///        + varint(key_len × 4 + flags)              LEB128: 1 byte below 32-byte keys
     ///        + varint(value_len)                        LEB128: 1 byte below 128
@@ -132,13 +136,21 @@ impl Store {
     ///
     /// For a 12- to 14-byte key and a 100-byte value without deadline: 12 + 136 = 148 bytes.
     /// A tombstone is charged as an entry with an empty value and a deadline
-    /// ([`Store::tombstone_charge`]). Not charged: the fixed-size wheel (≈3 KiB), the unused
-    /// tail of each size class's current 64 KiB page (at most 126 such pages), free slots a
-    /// size class keeps after its entries were removed or rewritten to another size, the
-    /// page table's spare capacity, index capacity left behind by mass removal until it
-    /// shrinks, and fragmentation of the global allocator. The large-block term models glibc
-    /// malloc, the system allocator; a binary that installs another `#[global_allocator]`
-    /// must re-check it with the bench.
+    /// ([`Store::tombstone_charge`]). Not charged: the fixed-size wheel (≈3 KiB), free slots
+    /// in the class pages (the unused tail of a page, slots left by removed entries or by
+    /// entries rewritten to another size), the page table's and the large-block table's spare
+    /// capacity, index capacity left behind by mass removal until it shrinks, and
+    /// fragmentation of the global allocator. The large-block term models glibc malloc, the
+    /// system allocator; a binary that installs another `#[global_allocator]` must re-check it
+    /// with the bench.
+    ///
+    /// Free slots are not charged, but they are bounded: the arena's resident bytes
+    /// ([`Stats::arena_bytes`]: its class pages and large blocks) stay at most `max_memory`
+    /// plus one 64 KiB page per size class in use, because a write that needs a new page
+    /// beyond its class's first, or a large block, while that bound would be passed evicts
+    /// least-recently-used entries until a slot or page is freed (a class page whose last
+    /// entry goes is handed back). So value sizes that change over time cannot hold memory
+    /// in pages of sizes no longer written.
     pub fn entry_charge(key_len: usize, value_len: usize) -> u64 {
         charge::for_entry(key_len, value_len, false)
     }

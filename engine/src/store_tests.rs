@@ -97,7 +97,7 @@ fn versions_decide_last_writer_wins() {
         s.put(b"k", b"c", 0, Version::new(5, 2), T0),
         Ok(Applied::Stored)
     );
-    assert!(!s.touch(b"k", T0 + 10, v(5), T0));
+    assert_eq!(s.touch(b"k", T0 + 10, v(5), T0), Ok(false));
     assert_eq!(s.remove(b"k", v(4), T0), Ok(Removed::Stale));
     assert_eq!(s.get(b"k", T0), Some(&b"c"[..]));
     assert_eq!(s.stats().stale_writes, 4);
@@ -116,7 +116,7 @@ fn tombstones_block_older_writes_until_their_grace_ends() {
     assert_eq!(s.bytes_used(), Store::tombstone_charge(1));
     assert_eq!(s.get(b"k", T0), None);
     assert_eq!(s.expires_at(b"k", T0), None);
-    assert!(!s.touch(b"k", 0, v(9), T0));
+    assert_eq!(s.touch(b"k", 0, v(9), T0), Ok(false));
     assert_eq!(s.put(b"k", b"late", 0, v(5), T0 + 50), Ok(Applied::Stale));
     assert_eq!(s.remove(b"k", v(6), T0 + 50), Ok(Removed::Stale));
     // A newer remove refreshes the tombstone: grace counts from now.
@@ -168,15 +168,15 @@ fn ttl_is_an_absolute_deadline_checked_on_every_read() {
 fn touch_adds_moves_and_drops_deadlines_and_recharges() {
     let mut s = store(1 << 20, 0);
     s.put(b"k", b"value", 0, v(1), T0).unwrap();
-    assert!(s.touch(b"k", T0 + 5, v(2), T0));
+    assert_eq!(s.touch(b"k", T0 + 5, v(2), T0), Ok(true));
     assert_eq!(s.bytes_used(), Store::charge(1, 5, true));
-    assert!(s.touch(b"k", T0 + 50, v(3), T0));
+    assert_eq!(s.touch(b"k", T0 + 50, v(3), T0), Ok(true));
     assert_eq!(s.expire(T0 + 10, usize::MAX), 0);
-    assert!(s.touch(b"k", 0, v(4), T0));
+    assert_eq!(s.touch(b"k", 0, v(4), T0), Ok(true));
     assert_eq!(s.bytes_used(), Store::entry_charge(1, 5));
     assert_eq!(s.expire(T0 + 100, usize::MAX), 0);
     assert_eq!(s.get(b"k", T0 + 100), Some(&b"value"[..]));
-    assert!(!s.touch(b"missing", 0, v(5), T0));
+    assert_eq!(s.touch(b"missing", 0, v(5), T0), Ok(false));
     assert_eq!(s.stats().touches, 3);
 }
 
@@ -267,23 +267,95 @@ fn expire_work_is_proportional_to_what_expired() {
 }
 
 #[test]
-fn a_full_block_space_is_an_error_not_a_panic() {
-    // One 64 KiB page: the first class to ask gets it, every other class finds no room.
-    let mut s = Store::with_arena(Config::default(), Arena::with_page_limit(1));
+fn a_full_block_space_evicts_then_is_an_error_not_a_panic() {
+    // One 64 KiB class page and one large block.
+    let mut s = Store::with_arena(Config::default(), Arena::with_limits(1, 1));
     s.put(b"a", b"vvv", 0, v(1), T0).unwrap();
     s.put(b"b", b"vvv", 0, v(1), T0).unwrap();
-    let full = Err(Error::TooManyEntries { max: 65_536 });
-    assert_eq!(s.put(b"c", b"another size class", 0, v(1), T0), full);
-    // An overwrite that stays in its class is fine; one that must move fails, changing nothing.
-    assert_eq!(s.put(b"a", b"xy", 0, v(2), T0), Ok(Applied::Stored));
-    assert_eq!(s.put(b"a", b"a longer value", 0, v(3), T0), full);
-    assert!(
-        !s.touch(b"a", T0 + 1_000, v(3), T0),
-        "a deadline would move it"
+    // Another class needs the page: the LRU goes until the page is idle and handed over.
+    assert_eq!(
+        s.put(b"c", b"another size class", 0, v(1), T0),
+        Ok(Applied::Stored)
     );
-    assert_eq!(s.get(b"a", T0), Some(&b"xy"[..]));
-    assert_eq!(s.len(), 2);
-    assert_eq!(s.bytes_used(), 2 * Store::entry_charge(1, 3));
+    assert_eq!(drained(&mut s).len(), 2);
+    assert_eq!(s.len(), 1);
+    // An overwrite that stays in its class is fine; one that must move has nothing left to
+    // evict (its own page is not idle) and fails, changing nothing.
+    let full = Error::TooManyEntries {
+        class_bytes: 65_536,
+        large_blocks: 1,
+    };
+    assert_eq!(
+        s.put(b"c", b"same size class!!!", 0, v(2), T0),
+        Ok(Applied::Stored)
+    );
+    assert_eq!(
+        s.put(b"c", b"a longer value, another class", 0, v(3), T0),
+        Err(full.clone())
+    );
+    assert_eq!(
+        s.touch(b"c", T0 + 1_000, v(3), T0),
+        Err(full),
+        "a deadline would move it: an error, not a missing key"
+    );
+    assert_eq!(s.get(b"c", T0), Some(&b"same size class!!!"[..]));
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.bytes_used(), Store::entry_charge(1, 18));
+    assert!(drained(&mut s).is_empty());
+}
+
+#[test]
+fn large_entries_evict_for_an_address_instead_of_failing() {
+    // Three large-block addresses, memory for many more: each new large entry evicts the
+    // least recently used one to free an address.
+    let config = Config {
+        max_memory: 1 << 30,
+        ..Config::default()
+    };
+    let mut s = Store::with_arena(config, Arena::with_limits(4, 3));
+    let value = vec![5u8; 4_000];
+    for i in 0..50u64 {
+        assert_eq!(
+            s.put(&i.to_le_bytes(), &value, 0, v(i + 1), T0),
+            Ok(Applied::Stored),
+            "{i}"
+        );
+    }
+    assert_eq!(s.len(), 3);
+    assert_eq!(s.stats().evictions, 47);
+    assert_eq!(s.get(&49u64.to_le_bytes(), T0), Some(&value[..]));
+}
+
+#[test]
+fn arena_bytes_stay_bounded_as_value_sizes_shift() {
+    // Values change size round after round, over keys old and new: pages of sizes no longer
+    // written must not pile up (each round writes 4 MiB of one size into a 1 MiB store).
+    let max = 1 << 20;
+    let mut s = store(max, 0);
+    let sizes = [100usize, 200, 60, 500, 900, 3_000, 100, 300, 40, 200];
+    let mut classes = std::collections::BTreeSet::new();
+    let mut hlc = 0;
+    for (round, &size) in sizes.iter().enumerate() {
+        let value = vec![round as u8; size];
+        let count = (4 * max as usize) / size;
+        for i in 0..count {
+            hlc += 1;
+            let key = format!("key-{:08}", (round * 1_000 + i) % 20_000);
+            s.put(key.as_bytes(), &value, 0, v(hlc), T0).unwrap();
+            let block = crate::block::block_len(key.len(), size, false);
+            if block <= crate::arena::SMALL_MAX {
+                classes.insert(crate::arena::slot_len(block));
+            }
+            let bound = max + classes.len() as u64 * crate::arena::PAGE as u64;
+            let resident = s.stats().arena_bytes;
+            assert!(
+                resident <= bound,
+                "round {round}, put {i}: {resident} > {bound}"
+            );
+        }
+        drained(&mut s);
+        assert_eq!(s.stats().arena_bytes, s.arena.resident_bytes());
+    }
 }
 
 #[test]

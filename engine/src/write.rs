@@ -17,7 +17,8 @@ impl Store {
     /// Errors (the write is not applied), checked in this order: `EmptyKey`, `KeyTooLarge`,
     /// `ValueTooLarge`, `EntryTooLarge` (the entry *with* a deadline would not fit in
     /// `max_memory` even alone, so a later `touch` can always make room), and
-    /// `TooManyEntries` when the store's block space has no slot for it.
+    /// `TooManyEntries` when the store's block addresses are used up and evicting every
+    /// other entry did not free one (those evictions are reported all the same).
     pub fn put(
         &mut self,
         key: &[u8],
@@ -59,12 +60,12 @@ impl Store {
             self.stats.stale_writes += 1;
             return Ok(Applied::Stale);
         }
-        self.check_room_to_move(idx, new.len())?;
+        self.unlink_for_rewrite(idx);
+        self.make_slot_to_move(idx, new.len(), now_ms)?;
         if self.arena.block(idx).is_tombstone() {
             self.stats.tombstones -= 1;
             self.stats.keys += 1;
         }
-        self.unlink_for_rewrite(idx);
         self.make_room(charge, now_ms);
         let idx = self.rewrite(idx, hash, new);
         self.relink(idx, now_ms);
@@ -82,8 +83,8 @@ impl Store {
     /// tombstone that alone would exceed `max_memory` is not kept. The removed entry itself
     /// is not reported as a removal: the caller logs its own remove.
     ///
-    /// Errors: `EmptyKey`, `KeyTooLarge`, and `TooManyEntries` when a tombstone finds no slot
-    /// in the store's block space.
+    /// Errors: `EmptyKey`, `KeyTooLarge`, and `TooManyEntries` when a tombstone finds no
+    /// block address even after evicting (as for `put`).
     pub fn remove(&mut self, key: &[u8], version: Version, now_ms: u64) -> Result<Removed, Error> {
         self.check_key(key)?;
         let grace = self.config.tombstone_grace_ms;
@@ -111,12 +112,12 @@ impl Store {
         }
         let was_live = !old.is_tombstone();
         if keep_tombstone {
-            self.check_room_to_move(idx, tombstone.len())?;
+            self.unlink_for_rewrite(idx);
+            self.make_slot_to_move(idx, tombstone.len(), now_ms)?;
             if was_live {
                 self.stats.keys -= 1;
                 self.stats.tombstones += 1;
             }
-            self.unlink_for_rewrite(idx);
             self.make_room(tomb_charge, now_ms);
             let idx = self.rewrite(idx, hash, tombstone);
             self.relink(idx, now_ms);
@@ -133,30 +134,37 @@ impl Store {
     }
 
     /// Sets a new absolute deadline on a live key (0 = never) and makes it the most recently
-    /// used; the entry takes `version`. Returns false, changing nothing, when the key is
-    /// missing, removed or expired, when its stored version is >= `version`, or when the
-    /// block must move and the store's block space is full (see `Error::TooManyEntries`).
+    /// used; the entry takes `version`. Returns `Ok(true)` when applied, `Ok(false)`, changing
+    /// nothing, when the key is missing, removed or expired or its stored version is >=
+    /// `version`.
+    ///
+    /// Errors: `TooManyEntries` when the block must move and no block address is left even
+    /// after evicting (the deadline is not changed; the entry becomes the most recently used).
     /// Adding a deadline enlarges the entry's block (see [`Store::charge`]), which may evict
     /// others.
-    pub fn touch(&mut self, key: &[u8], expires_at_ms: u64, version: Version, now_ms: u64) -> bool {
+    pub fn touch(
+        &mut self,
+        key: &[u8],
+        expires_at_ms: u64,
+        version: Version,
+        now_ms: u64,
+    ) -> Result<bool, Error> {
         let hash = self.index.hash(key);
         let Some(idx) = self.find(key, hash, now_ms) else {
-            return false;
+            return Ok(false);
         };
         let old = self.arena.block(idx);
         if old.is_tombstone() {
-            return false;
+            return Ok(false);
         }
         if old.version() >= version {
             self.stats.stale_writes += 1;
-            return false;
+            return Ok(false);
         }
         let body = old.body_len();
         let len = body + DEADLINE_SECTION * usize::from(expires_at_ms != 0);
-        if self.check_room_to_move(idx, len).is_err() {
-            return false;
-        }
         self.unlink_for_rewrite(idx);
+        self.make_slot_to_move(idx, len, now_ms)?;
         self.make_room(charge::for_block(len), now_ms);
         let idx = self.resize(idx, hash, len, body);
         let mut block = self.arena.block_mut(idx);
@@ -164,7 +172,7 @@ impl Store {
         block.set_version(version);
         self.relink(idx, now_ms);
         self.stats.touches += 1;
-        true
+        Ok(true)
     }
 
     /// Drops `key`'s record, live entry or tombstone, if its version is <= `version`: no
@@ -208,9 +216,7 @@ impl Store {
         charge: u64,
         now_ms: u64,
     ) -> Result<(), Error> {
-        if !self.arena.has_room(new.len()) {
-            return Err(self.too_many_entries());
-        }
+        self.make_slot(new.len(), now_ms)?;
         self.make_room(charge, now_ms);
         let idx = self.arena.alloc(new.len());
         new.encode(self.arena.slot_mut(idx));
@@ -224,20 +230,16 @@ impl Store {
         Ok(())
     }
 
-    fn too_many_entries(&self) -> Error {
-        Error::TooManyEntries {
-            max: self.arena.limit_bytes(),
+    /// For the unlinked entry at `idx`, about to take a new length of `len` bytes: when it
+    /// must move to a slot of another size, makes one ready (see `make_slot`). On failure the
+    /// entry is linked again, as the most recently used, and nothing else changed but the
+    /// evictions.
+    fn make_slot_to_move(&mut self, idx: u32, len: usize, now_ms: u64) -> Result<(), Error> {
+        if arena::fits_in_place(len, self.arena.slot_len_at(idx)) {
+            return Ok(());
         }
-    }
-
-    /// Fails when the block at `idx` would have to move to a slot of another size for a new
-    /// length of `len` bytes and the arena has none left.
-    fn check_room_to_move(&self, idx: u32, len: usize) -> Result<(), Error> {
-        if arena::slot_len(len) == self.arena.slot_len_at(idx) || self.arena.has_room(len) {
-            Ok(())
-        } else {
-            Err(self.too_many_entries())
-        }
+        self.make_slot(len, now_ms)
+            .inspect_err(|_| self.relink(idx, now_ms))
     }
 
     /// Writes `new` over the unlinked entry at `idx`: in its slot when the size class is the
@@ -250,15 +252,16 @@ impl Store {
 
     /// Gives the unlinked entry at `idx` a slot for a block of `len` bytes, keeping its first
     /// `keep` bytes: the same slot when the size class is the same, else a new one that the
-    /// index then names (check `check_room_to_move` first). Returns where the entry is now.
+    /// index then names (call `make_slot_to_move` first). Returns where the entry is now.
     fn resize(&mut self, idx: u32, hash: u64, len: usize, keep: usize) -> u32 {
-        if arena::slot_len(len) == self.arena.slot_len_at(idx) {
+        if arena::fits_in_place(len, self.arena.slot_len_at(idx)) {
             return idx;
         }
         let at = self.arena.alloc(len);
         self.arena.copy(idx, at, keep);
         self.arena.free(idx);
         self.index.replace(hash, idx, at);
+        self.note_move(at);
         at
     }
 }

@@ -19,7 +19,7 @@ pub fn status(status: Status, message: impl Into<String>) -> OpResult {
 
 pub fn store_error(e: &StoreError) -> OpResult {
     let code = match e {
-        StoreError::EntryTooLarge { .. } => Status::NoSpace,
+        StoreError::EntryTooLarge { .. } | StoreError::TooManyEntries { .. } => Status::NoSpace,
         _ => Status::InvalidArgument,
     };
     status(code, e.to_string())

@@ -181,12 +181,12 @@ impl Shard {
 
     /// Logs what the store dropped on its own (evictions, expirations), oldest first.
     fn log_removals(&mut self) {
-        let removals: Vec<(RemovalKind, Vec<u8>, Version)> = self
+        let removals: Vec<(RemovalKind, Version, Box<[u8]>)> = self
             .store
             .drain_removals()
-            .map(|r| (r.kind, r.key().to_vec(), r.version))
+            .map(|r| (r.kind, r.version, r.into_key()))
             .collect();
-        for (kind, key, version) in removals {
+        for (kind, version, key) in removals {
             self.log_removal(kind, &key, version);
         }
     }
@@ -296,7 +296,11 @@ impl Shard {
         }
         let version = self.hlc.now(now_ms);
         let expires_at_ms = deadline(now_ms, op.ttl_ms);
-        if self.store.touch(&op.key, expires_at_ms, version, now_ms) {
+        let touched = match self.store.touch(&op.key, expires_at_ms, version, now_ms) {
+            Ok(touched) => touched,
+            Err(e) => return reply::store_error(&e).into(),
+        };
+        if touched {
             let entry = Entry {
                 expires_at_ms,
                 version_hlc: version.hlc,

@@ -68,16 +68,18 @@ impl Shard {
             },
             Ok(OpCode::OpTouch) => {
                 let expires_at_ms = deadline(now_ms, op.ttl_ms);
-                if self.store.touch(key, expires_at_ms, version, now_ms) {
-                    let entry = Entry {
-                        expires_at_ms,
-                        version_hlc: version.hlc,
-                        version_node: version.node,
-                        ..Entry::new(LogOp::Touch, key)
-                    };
-                    self.logged(ok, &entry)
-                } else {
-                    self.settled_after(ok, key)
+                match self.store.touch(key, expires_at_ms, version, now_ms) {
+                    Ok(true) => {
+                        let entry = Entry {
+                            expires_at_ms,
+                            version_hlc: version.hlc,
+                            version_node: version.node,
+                            ..Entry::new(LogOp::Touch, key)
+                        };
+                        self.logged(ok, &entry)
+                    }
+                    Ok(false) => self.settled_after(ok, key),
+                    Err(e) => reply::store_error(&e).into(),
                 }
             }
             _ => {

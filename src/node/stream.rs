@@ -243,8 +243,8 @@ async fn count(ctx: &ShardCtx, mv: &Move, me: NodeId) -> (MoveCost, Vec<NodeId>)
     while let Some(at) = cursor {
         cursor = ctx
             .shard
-            .borrow()
-            .store()
+            .borrow_mut()
+            .store_mut()
             .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
                 let plan = moves::plan_key(&mv.old, &mv.new, mv.replicas, e.key);
                 if plan.is_sent_by(me) {
@@ -285,8 +285,8 @@ async fn send_all(
         let mut found: Vec<(Op, Vec<NodeId>)> = Vec::new();
         cursor = ctx
             .shard
-            .borrow()
-            .store()
+            .borrow_mut()
+            .store_mut()
             .scan(at, SCAN_SLOTS, now_ms, |e| {
                 let plan = moves::plan_key(&mv.old, &mv.new, mv.replicas, e.key);
                 if plan.is_sent_by(me) {
@@ -608,8 +608,8 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u
         let mut unowned = Vec::new();
         cursor = ctx
             .shard
-            .borrow()
-            .store()
+            .borrow_mut()
+            .store_mut()
             .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
                 if !moves::owns(ring, replicas, e.key, me) {
                     unowned.push((e.key.to_vec(), e.version));

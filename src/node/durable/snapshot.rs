@@ -141,18 +141,19 @@ impl Snapshots {
             .map_err(fail)?;
         let mut cursor = Some(Cursor::START);
         while let Some(at) = cursor {
-            cursor = shard
-                .borrow()
-                .store()
-                .scan(at, SCAN_SLOTS, super::super::now_ms(), |e| {
-                    writer.push(&Entry {
-                        key: e.key,
-                        value: e.value,
-                        expires_at_ms: e.expires_at_ms,
-                        version_hlc: e.version.hlc,
-                        version_node: e.version.node,
-                    })
-                });
+            cursor =
+                shard
+                    .borrow_mut()
+                    .store_mut()
+                    .scan(at, SCAN_SLOTS, super::super::now_ms(), |e| {
+                        writer.push(&Entry {
+                            key: e.key,
+                            value: e.value,
+                            expires_at_ms: e.expires_at_ms,
+                            version_hlc: e.version.hlc,
+                            version_node: e.version.node,
+                        })
+                    });
             writer.flush().await.map_err(fail)?;
             futures_lite::future::yield_now().await;
         }
