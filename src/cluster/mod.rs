@@ -5,7 +5,9 @@
 //! - [`local`]: `kvmesh cluster`, a local cluster of node processes on loopback ports;
 //! - [`replication`]: owners, acknowledgement counts and when a write is done (pure);
 //! - [`hints`]: hinted handoff's bounded queue of writes an owner missed (pure);
-//! - [`hint_log`]: that queue's copy on disk, in the write-ahead log's record format.
+//! - [`hint_log`]: that queue's copy on disk, in the write-ahead log's record format;
+//! - [`topology`]: the agreed, epoch-stamped member list and the one state machine that changes
+//!   it (pure); [`topology_wire`]: its wire form, the payload of a topology Raft entry.
 //!
 //! The routing decision itself (ring owner first, then shard) is `node::router`, pure.
 
@@ -15,6 +17,10 @@ pub mod local;
 pub mod membership;
 pub mod peers;
 pub mod replication;
+#[allow(dead_code)] // Driven by the topology Raft group, wired in next.
+pub mod topology;
+#[allow(dead_code)]
+pub mod topology_wire;
 
 pub use membership::Membership;
 pub use peers::{PeerError, Peers};

@@ -111,6 +111,10 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                     waits.extend(executed.wait.map(|seq| (i, seq)));
                 }
                 Route::Hello => results[i] = ctx.peers.answer_hello(op.hello.as_ref()),
+                Route::Raft => {
+                    results[i] =
+                        reply::status(Status::Unavailable, "this node runs no topology Raft group")
+                }
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;
                     match for_nodes.iter_mut().find(|(n, _)| *n == node) {

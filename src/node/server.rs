@@ -244,6 +244,7 @@ fn topology(config: &NodeConfig, me: usize) -> Topology {
         shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
         cluster: config.cluster.cluster.clone(),
         members: config.cluster.wire_members(),
+        epoch: 0,
     }
 }
 
