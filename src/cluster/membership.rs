@@ -27,6 +27,9 @@ pub struct Membership {
     pub advertise: SocketAddr,
     /// Every member, this node included, in ascending id order.
     pub members: Vec<(NodeId, SocketAddr)>,
+    /// The epoch of the agreed topology this list comes from; 0 when the node runs no topology
+    /// Raft group (a node alone), and until its group has applied the first entry.
+    pub epoch: u64,
     ring: Ring,
 }
 
@@ -69,6 +72,7 @@ impl Membership {
             me,
             advertise,
             members,
+            epoch: 0,
             ring,
         })
     }

@@ -7,7 +7,8 @@
 //! - [`hints`]: hinted handoff's bounded queue of writes an owner missed (pure);
 //! - [`hint_log`]: that queue's copy on disk, in the write-ahead log's record format;
 //! - [`topology`]: the agreed, epoch-stamped member list and the one state machine that changes
-//!   it (pure); [`topology_wire`]: its wire form, the payload of a topology Raft entry.
+//!   it (pure); [`topology_wire`]: its wire form, the payload of a topology Raft entry;
+//! - [`raft_state`]: the topology Raft group's state file in the data directory.
 //!
 //! The routing decision itself (ring owner first, then shard) is `node::router`, pure.
 
@@ -16,10 +17,9 @@ pub mod hints;
 pub mod local;
 pub mod membership;
 pub mod peers;
+pub mod raft_state;
 pub mod replication;
-#[allow(dead_code)] // Driven by the topology Raft group, wired in next.
 pub mod topology;
-#[allow(dead_code)]
 pub mod topology_wire;
 
 pub use membership::Membership;

@@ -49,7 +49,8 @@ pub enum PeerError {
 
 /// This shard's links to every other member.
 pub struct Peers {
-    membership: Rc<Membership>,
+    /// Replaced when the agreed topology moves to a new epoch (see [`Peers::set_epoch`]).
+    membership: RefCell<Rc<Membership>>,
     hello: Hello,
     timeout: Duration,
     links: Vec<Link>,
@@ -96,22 +97,71 @@ impl Peers {
             })
             .collect();
         Rc::new(Self {
-            membership: Rc::new(membership),
+            membership: RefCell::new(Rc::new(membership)),
             hello,
             timeout,
             links,
         })
     }
 
-    pub fn membership(&self) -> &Membership {
-        &self.membership
+    /// The current member list, stamped with the epoch of the agreed topology it comes from.
+    pub fn membership(&self) -> Rc<Membership> {
+        self.membership.borrow().clone()
+    }
+
+    /// Takes on an agreed topology (this shard's view; see `node::raft`). Member lists other
+    /// than this node's own are not applied yet (membership changes are not wired): only the
+    /// epoch is, and a differing list is logged.
+    pub fn apply_topology(&self, topology: &kvmesh_proto::wire::ClusterTopology) {
+        let current = self.membership();
+        if topology.members != current.wire_members() && topology.epoch > 0 {
+            tracing::warn!(
+                "the agreed topology (epoch {}) lists other members than --peers; this node \
+                 keeps routing by --peers",
+                topology.epoch
+            );
+        }
+        self.set_epoch(topology.epoch);
+    }
+
+    /// Records that the agreed topology is at `epoch`.
+    fn set_epoch(&self, epoch: u64) {
+        let mut current = self.membership.borrow_mut();
+        if current.epoch != epoch {
+            let mut next = Membership::clone(&current);
+            next.epoch = epoch;
+            *current = Rc::new(next);
+        }
+    }
+
+    /// Sends `ops` to shard `shard` of peer `node` (not routed by key): how the topology Raft
+    /// group reaches a member's shard 0.
+    pub async fn send_to_shard(&self, node: NodeId, shard: usize, ops: Vec<Op>) -> Sent {
+        let Some(link) = self.links.iter().find(|l| l.id == node) else {
+            let why = format!("node {node} is not a peer of this node");
+            return self.failed(node, None, PeerError::Refused(why));
+        };
+        let ports = match self.shard_ports(link).await {
+            Ok(ports) => ports,
+            Err(e) => return self.failed(node, Some(link.addr), e),
+        };
+        let Some(&port) = ports.get(shard) else {
+            let why = format!("node {node} has no shard {shard}");
+            return self.failed(node, Some(link.addr), PeerError::Refused(why));
+        };
+        let addr = SocketAddr::new(link.addr.ip(), port);
+        let reply = match self.conn(link, shard, addr).await {
+            Ok(mux) => mux.send(ops, true).map_err(|e| unreachable(node, addr, &e)),
+            Err(e) => Err(e),
+        };
+        Sent { node, addr, reply }
     }
 
     /// Answers a peer's handshake: this node's own hello, or `STATUS_REFUSED` and why (also
     /// logged, so both sides' operators see it).
     pub fn answer_hello(&self, theirs: Option<&Hello>) -> OpResult {
         let checked = match theirs {
-            Some(hello) => self.membership.check_hello(hello, None),
+            Some(hello) => self.membership.borrow().check_hello(hello, None),
             None => Err("a handshake without a hello".to_string()),
         };
         match checked {
@@ -123,7 +173,10 @@ impl Peers {
                 tracing::warn!("refused a peer's handshake: {why}");
                 OpResult {
                     status: Status::Refused as i32,
-                    message: format!("node {} refused the handshake: {why}", self.membership.me),
+                    message: format!(
+                        "node {} refused the handshake: {why}",
+                        self.membership.borrow().me
+                    ),
                     ..OpResult::default()
                 }
             }
@@ -435,11 +488,12 @@ impl Peers {
         }
         let theirs = result.hello.unwrap_or_default();
         self.membership
+            .borrow()
             .check_hello(&theirs, Some(node))
             .map_err(|why| {
                 PeerError::Refused(format!(
                     "node {} refused node {node} at {addr}: {why}",
-                    self.membership.me
+                    self.membership.borrow().me
                 ))
             })?;
         Ok((conn, theirs))

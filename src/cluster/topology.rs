@@ -59,6 +59,8 @@ pub struct Topology {
 /// One entry of the topology log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
+    /// The first entry of every log: the members of a cluster formed from `--peers`.
+    Bootstrap(Vec<Member>),
     /// Start adding `member` to the ring.
     BeginJoin(Member),
     /// Start removing node `id`. `replicas` is the proposer's `--replicas`, carried in the
@@ -77,6 +79,8 @@ pub enum Command {
 /// What an applied command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
+    /// The cluster was formed: epoch 1.
+    Bootstrapped,
     /// A transition began; the topology is at a new epoch.
     Began,
     /// A source's report was recorded (or it was recorded already). `all_done`: every source
@@ -93,6 +97,10 @@ pub enum Refused {
         "a membership change is running (epoch {epoch}: {change}); try again after it finished"
     )]
     Busy { epoch: u64, change: String },
+    #[error("the topology was bootstrapped already (epoch {0})")]
+    Bootstrapped(u64),
+    #[error("no bootstrap member list, or one that repeats an id or address")]
+    BadBootstrap,
     #[error("node {0} is a member already")]
     AlreadyMember(NodeId),
     #[error("node {id} at {addr}: the address belongs to member {owner}")]
@@ -131,20 +139,50 @@ impl std::fmt::Display for Change {
     }
 }
 
+#[allow(dead_code)] // Join and leave (the next step) use the rest.
 impl Topology {
-    /// The topology of a cluster formed from `--peers`: epoch 1, no change running.
-    pub fn initial(mut members: Vec<Member>) -> Self {
-        members.sort_by_key(|m| m.id);
+    /// The topology before the log's first entry: epoch 0, no members.
+    pub fn empty() -> Self {
         Topology {
-            epoch: 1,
-            members,
+            epoch: 0,
+            members: Vec::new(),
             transition: None,
         }
     }
 
+    /// The topology of a cluster formed from `--peers`: epoch 1, no change running.
+    pub fn initial(members: Vec<Member>) -> Result<Self, Refused> {
+        let mut t = Self::empty();
+        t.apply(&Command::Bootstrap(members))?;
+        Ok(t)
+    }
+
     /// Applies one committed command. A refused command leaves the topology as it was.
     pub fn apply(&mut self, command: &Command) -> Result<Applied, Refused> {
+        if let Command::Bootstrap(members) = command {
+            if self.epoch != 0 {
+                return Err(Refused::Bootstrapped(self.epoch));
+            }
+            let mut members = members.clone();
+            members.sort_by_key(|m| m.id);
+            let repeats = members.windows(2).any(|w| w[0].id == w[1].id)
+                || (1..members.len())
+                    .any(|i| members[..i].iter().any(|m| m.addr == members[i].addr));
+            if members.is_empty() || repeats {
+                return Err(Refused::BadBootstrap);
+            }
+            self.members = members;
+            self.epoch = 1;
+            return Ok(Applied::Bootstrapped);
+        }
+        if self.epoch == 0 {
+            return Err(Refused::NoSuchTransition {
+                asked: 0,
+                current: 0,
+            });
+        }
         match *command {
+            Command::Bootstrap(_) => unreachable!("handled above"),
             Command::BeginJoin(member) => {
                 self.idle()?;
                 if self.member(member.id).is_some() {

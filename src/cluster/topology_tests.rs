@@ -11,7 +11,7 @@ fn m(id: NodeId) -> Member {
 }
 
 fn three() -> Topology {
-    Topology::initial(vec![m(3), m(1), m(2)])
+    Topology::initial(vec![m(3), m(1), m(2)]).unwrap()
 }
 
 fn ids(members: &[Member]) -> Vec<NodeId> {
@@ -57,6 +57,41 @@ fn a_join_runs_begin_sources_finish() {
     assert_eq!(ids(&t.members), vec![1, 2, 3, 4]);
     assert_eq!(t.transition, None);
     assert_eq!(t.finish_due(), None);
+}
+
+#[test]
+fn the_log_starts_with_one_bootstrap() {
+    let mut t = Topology::empty();
+    assert!(
+        t.apply(&Command::BeginJoin(m(4))).is_err(),
+        "nothing before the bootstrap"
+    );
+    assert_eq!(
+        t.apply(&Command::Bootstrap(vec![])),
+        Err(Refused::BadBootstrap)
+    );
+    assert_eq!(
+        t.apply(&Command::Bootstrap(vec![m(1), m(1)])),
+        Err(Refused::BadBootstrap)
+    );
+    let twin = Member {
+        id: 2,
+        addr: m(1).addr,
+    };
+    assert_eq!(
+        t.apply(&Command::Bootstrap(vec![m(1), twin])),
+        Err(Refused::BadBootstrap)
+    );
+    assert_eq!(t, Topology::empty());
+    assert_eq!(
+        t.apply(&Command::Bootstrap(vec![m(2), m(1)])),
+        Ok(Applied::Bootstrapped)
+    );
+    assert_eq!((t.epoch, ids(&t.members)), (1, vec![1, 2]));
+    assert_eq!(
+        t.apply(&Command::Bootstrap(vec![m(3)])),
+        Err(Refused::Bootstrapped(1))
+    );
 }
 
 #[test]
@@ -138,7 +173,7 @@ fn a_leave_below_the_replication_factor_needs_force() {
     }
     t.apply(&Command::Finish { epoch: 2 }).unwrap();
     assert_eq!((t.epoch, ids(&t.members)), (3, vec![1, 3]));
-    let mut one = Topology::initial(vec![m(1)]);
+    let mut one = Topology::initial(vec![m(1)]).unwrap();
     assert_eq!(one.apply(&leave(1, 1, true)), Err(Refused::LastMember(1)));
 }
 
@@ -149,6 +184,7 @@ fn commands_and_topologies_round_trip_the_wire() {
         leave(2, 3, true),
         Command::SourceDone { epoch: 7, node: 3 },
         Command::Finish { epoch: 7 },
+        Command::Bootstrap(vec![m(1), m(2)]),
     ];
     for c in commands {
         assert_eq!(decode_command(&encode_command(&c)), Ok(c));

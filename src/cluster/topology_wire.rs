@@ -24,9 +24,12 @@ pub enum TopologyDecodeError {
 }
 
 pub fn encode_command(command: &Command) -> Vec<u8> {
-    let command = match *command {
-        Command::BeginJoin(m) => Wire::BeginJoin(member_to_wire(m)),
-        Command::BeginLeave {
+    let command = match command {
+        Command::Bootstrap(members) => Wire::Bootstrap(wire::Bootstrap {
+            members: members.iter().copied().map(member_to_wire).collect(),
+        }),
+        &Command::BeginJoin(m) => Wire::BeginJoin(member_to_wire(m)),
+        &Command::BeginLeave {
             id,
             replicas,
             force,
@@ -35,8 +38,8 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
             replicas,
             force,
         }),
-        Command::SourceDone { epoch, node } => Wire::SourceDone(wire::SourceDone { epoch, node }),
-        Command::Finish { epoch } => Wire::Finish(epoch),
+        &Command::SourceDone { epoch, node } => Wire::SourceDone(wire::SourceDone { epoch, node }),
+        &Command::Finish { epoch } => Wire::Finish(epoch),
     };
     wire::TopologyCommand {
         command: Some(command),
@@ -59,6 +62,12 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, TopologyDecodeError> {
             node: d.node,
         },
         Wire::Finish(epoch) => Command::Finish { epoch },
+        Wire::Bootstrap(b) => Command::Bootstrap(
+            b.members
+                .iter()
+                .map(member_from_wire)
+                .collect::<Result<_, _>>()?,
+        ),
     })
 }
 

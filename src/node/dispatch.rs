@@ -105,6 +105,9 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                     if let Some(stats) = results[i].stats.as_mut() {
                         replicate::annotate(ctx, stats);
                     }
+                    if let Some(topology) = results[i].topology.as_mut() {
+                        topology.epoch = membership.epoch;
+                    }
                     if route == Route::Local {
                         plan.note(ctx, i, &op);
                     }
@@ -112,8 +115,14 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                 }
                 Route::Hello => results[i] = ctx.peers.answer_hello(op.hello.as_ref()),
                 Route::Raft => {
-                    results[i] =
-                        reply::status(Status::Unavailable, "this node runs no topology Raft group")
+                    results[i] = match &ctx.raft {
+                        Some(raft) => raft.receive(&op.value),
+                        None => reply::status(
+                            Status::Unavailable,
+                            "this shard runs no topology Raft group (only shard 0 of a \
+                             multi-node cluster does)",
+                        ),
+                    }
                 }
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;

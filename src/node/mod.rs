@@ -24,6 +24,7 @@ mod hint_store;
 mod limits;
 mod mesh;
 mod quorum_read;
+mod raft;
 mod replicate;
 mod reply;
 pub mod router;

@@ -42,11 +42,12 @@ impl Plan {
     /// write) to a key with owners besides this node.
     pub fn note(&mut self, ctx: &ShardCtx, i: usize, op: &Op) {
         let settings = &ctx.config.replication;
-        let ring = ctx.peers.membership().ring();
+        let membership = ctx.peers.membership();
+        let ring = membership.ring();
         if op.replica || settings.replicas <= 1 || ring.nodes().len() <= 1 || !is_write(op.code) {
             return;
         }
-        let others = settings.other_owners(ring, &op.key, ctx.peers.membership().me);
+        let others = settings.other_owners(ring, &op.key, membership.me);
         if !others.is_empty() {
             self.0.push((i, op.clone(), others));
         }

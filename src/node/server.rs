@@ -47,6 +47,8 @@ pub struct ShardCtx {
     pub peers: Rc<crate::cluster::Peers>,
     /// Writes this shard coordinated that an owner missed, until that owner is back.
     pub hints: Rc<RefCell<super::hint_store::HintStore>>,
+    /// Shard 0 of a multi-node cluster: this node's member of the topology Raft group.
+    pub raft: Option<Rc<super::raft::RaftDriver>>,
 }
 
 impl ShardCtx {
@@ -141,7 +143,18 @@ pub async fn run_shard(
         &topology(&config, me),
         config.forward_timeout,
     );
-    mesh::spawn_receivers(mesh.clone(), receivers, shard.clone());
+    let on_topology: Rc<dyn Fn(&kvmesh_proto::wire::ClusterTopology)> = {
+        let peers = peers.clone();
+        Rc::new(move |topology| peers.apply_topology(topology))
+    };
+    mesh::spawn_receivers(mesh.clone(), receivers, shard.clone(), on_topology.clone());
+    let raft = match open_raft(me, &config, &peers, &mesh, on_topology) {
+        Ok(raft) => raft,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let hint_dir = config
         .durability
         .as_ref()
@@ -167,6 +180,7 @@ pub async fn run_shard(
         metrics: RefCell::default(),
         peers: peers.clone(),
         hints: Rc::new(RefCell::new(hints)),
+        raft: raft.clone(),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
@@ -192,6 +206,7 @@ pub async fn run_shard(
     let _probe = (me == 0).then(|| glommio::spawn_local(peers.clone().probe()));
     let clustered = ctx.config.cluster.ring().nodes().len() > 1;
     let _heartbeat = clustered.then(|| glommio::spawn_local(peers.heartbeat(ctx.config.heartbeat)));
+    let _raft = raft.map(|raft| glommio::spawn_local(raft.run()));
     let _handoff = clustered.then(|| {
         glommio::spawn_local(super::replicate::handoff(ctx.clone(), ctx.config.heartbeat))
     });
@@ -233,6 +248,42 @@ async fn hold_recovery_for_tests() {
     while !std::path::Path::new(&path).exists() && std::time::Instant::now() < give_up {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Shard 0 of a multi-node cluster with a data directory opens the topology Raft group; it
+/// tells this shard's peers and, over the mesh, every other shard each topology it applies.
+fn open_raft(
+    me: usize,
+    config: &NodeConfig,
+    peers: &Rc<crate::cluster::Peers>,
+    mesh: &Rc<Mesh>,
+    on_topology: Rc<dyn Fn(&kvmesh_proto::wire::ClusterTopology)>,
+) -> Result<Option<Rc<super::raft::RaftDriver>>, String> {
+    let Some(durability) = config.durability.as_ref() else {
+        return Ok(None);
+    };
+    if me != 0 || !config.cluster.is_multi_node() {
+        return Ok(None);
+    }
+    let members: Vec<_> = config
+        .cluster
+        .members
+        .iter()
+        .map(|&(id, addr)| crate::cluster::topology::Member { id, addr })
+        .collect();
+    let mesh = mesh.clone();
+    let publish = Box::new(move |topology: &kvmesh_proto::wire::ClusterTopology| {
+        on_topology(topology);
+        mesh.broadcast_topology(topology);
+    });
+    super::raft::RaftDriver::open(
+        config.node_id,
+        durability.data_dir.clone(),
+        &members,
+        peers.clone(),
+        publish,
+    )
+    .map(Some)
 }
 
 fn topology(config: &NodeConfig, me: usize) -> Topology {
