@@ -1,7 +1,7 @@
 //! kvmesh's network layer: the wire protocol's frame codec, shard routing, the cluster's
 //! consistent-hash ring, and the pipelined client used by the CLI and the load generator.
 //!
-//! - [`frame`], [`routing`] and [`ring`] are pure: no I/O, no clock.
+//! - [`frame`], [`routing`], [`ring`] and [`moves`] are pure: no I/O, no clock.
 //! - [`connection`] (one pipelined connection), [`client`] (cluster-aware, on connections) and
 //!   [`mux`] (one connection shared by many tasks, for node-to-node forwarding) run on a glommio
 //!   executor, on the thread that created them.
@@ -11,6 +11,7 @@ pub mod client;
 pub mod connection;
 pub mod frame;
 pub mod hyper_io;
+pub mod moves;
 pub mod mux;
 pub mod ring;
 pub mod routing;

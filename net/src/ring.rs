@@ -105,9 +105,14 @@ impl<H: KeyHash> Ring<H> {
     /// The `n` distinct nodes that own `key`, primary first, walking clockwise. `n` is clamped
     /// to the cluster size, so asking 3 owners of a 2-node ring gives both nodes.
     pub fn owners(&self, key: &[u8], n: usize) -> Vec<NodeId> {
+        self.owners_of_point(self.hasher.hash_key(key), n)
+    }
+
+    /// The `n` distinct nodes that own the keys whose hash is `point`, as [`Ring::owners`].
+    pub fn owners_of_point(&self, point: u64, n: usize) -> Vec<NodeId> {
         let n = n.min(self.nodes.len());
         let mut owners = Vec::with_capacity(n);
-        let start = self.start(self.hasher.hash_key(key));
+        let start = self.start(point);
         for step in 0..self.tokens.len() {
             if owners.len() == n {
                 break;
@@ -118,6 +123,16 @@ impl<H: KeyHash> Ring<H> {
             }
         }
         owners
+    }
+
+    /// Every vnode token, ascending (ties in node order): the boundaries of the ring's arcs.
+    pub fn tokens(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tokens.iter().map(|&(token, _)| token)
+    }
+
+    /// The hash of `key` on this ring.
+    pub fn point(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_key(key)
     }
 
     /// Each node's share of the hash space (sums to 1): what fraction of uniformly spread keys

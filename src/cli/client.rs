@@ -168,11 +168,26 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<i32> {
                 members_json(&view)
             )
         } else {
-            format!(
+            let mut text = format!(
                 "{}\n\n{}",
                 members_table(&cluster, &view),
                 stats_table(node_id, &shards)
-            )
+            );
+            let mine: Vec<&ShardStats> = shards.iter().collect();
+            let all: Vec<&ShardStats> = members
+                .iter()
+                .filter_map(|m| m.shards.as_ref().ok())
+                .flatten()
+                .collect();
+            let lines = [
+                stream_summary(&format!("node {node_id}"), &mine),
+                stream_summary("cluster", &all).filter(|_| members.len() > 1),
+            ];
+            for line in lines.into_iter().flatten() {
+                text.push_str("\n\n");
+                text.push_str(&line);
+            }
+            text
         };
         writeln!(std::io::stdout().lock(), "{text}")?;
         Ok(0)
@@ -256,7 +271,7 @@ where
 }
 
 /// Counters `kvmesh stats` shows.
-const COLUMNS: usize = 35;
+const COLUMNS: usize = 45;
 
 /// Counter columns: (header, value).
 fn columns(s: &ShardStats) -> [(&'static str, u64); COLUMNS] {
@@ -296,7 +311,59 @@ fn columns(s: &ShardStats) -> [(&'static str, u64); COLUMNS] {
         ("peer_down_events", s.peer_down_events),
         ("quorum_reads", s.quorum_reads),
         ("read_repairs", s.read_repairs),
+        ("stream_ranges_pending", s.stream_ranges_pending),
+        ("stream_keys_planned", s.stream_keys_planned),
+        ("stream_bytes_planned", s.stream_bytes_planned),
+        ("stream_keys_sent", s.stream_keys_sent),
+        ("stream_bytes_sent", s.stream_bytes_sent),
+        ("stream_bytes_left", s.stream_bytes_left),
+        ("stream_rate", s.stream_rate),
+        ("stream_bytes_total", s.stream_bytes_total),
+        ("stream_retries", s.stream_retries),
+        ("stream_keys_dropped", s.stream_keys_dropped),
     ]
+}
+
+/// One line on membership streaming over `shards` (of one node or of the whole cluster):
+/// ranges pending, bytes sent against the theoretical minimum, rate and ETA. `None` when
+/// nothing was ever streamed or planned.
+fn stream_summary(scope: &str, shards: &[&ShardStats]) -> Option<String> {
+    let sum = |f: fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
+    let (pending, planned, sent) = (
+        sum(|s| s.stream_ranges_pending),
+        sum(|s| s.stream_bytes_planned),
+        sum(|s| s.stream_bytes_sent),
+    );
+    let (left, rate, total) = (
+        sum(|s| s.stream_bytes_left),
+        sum(|s| s.stream_rate),
+        sum(|s| s.stream_bytes_total),
+    );
+    if planned == 0 && total == 0 {
+        return None;
+    }
+    let size = |b: u64| crate::units::ByteSize(b).to_string();
+    let ratio = if planned == 0 {
+        String::new()
+    } else {
+        format!(", {:.3}× the minimum", sent as f64 / planned as f64)
+    };
+    let eta = match crate::node::stream::progress::eta_secs(left, rate) {
+        Some(secs) => format!(", ETA {secs} s"),
+        None if pending > 0 => ", ETA unknown".to_string(),
+        None => String::new(),
+    };
+    Some(format!(
+        "streaming ({scope}): {pending} range(s) pending, {} streamed of a theoretical \
+         minimum of {}{ratio}, {}/s{eta}; {} streamed since start, {} batch(es) resent, \
+         {} key(s) dropped as no longer owned",
+        size(sent),
+        size(planned),
+        size(rate),
+        size(total),
+        sum(|s| s.stream_retries),
+        sum(|s| s.stream_keys_dropped),
+    ))
 }
 
 fn totals(shards: &[ShardStats]) -> Vec<u64> {
@@ -378,6 +445,36 @@ mod tests {
             "[{\"id\":1,\"addr\":\"127.0.0.1:7000\",\"reachable\":true,\"keys\":5},\
              {\"id\":2,\"addr\":\"127.0.0.1:7002\",\"reachable\":false,\"error\":\"cannot connect\"}]"
         );
+    }
+
+    #[test]
+    fn streaming_is_summed_with_rate_and_eta() {
+        assert_eq!(stream_summary("node 1", &[&ShardStats::default()]), None);
+        let a = ShardStats {
+            stream_ranges_pending: 3,
+            stream_bytes_planned: 4 << 20,
+            stream_bytes_sent: 1 << 20,
+            stream_bytes_left: 3 << 20,
+            stream_rate: 1 << 20,
+            stream_bytes_total: 1 << 20,
+            ..ShardStats::default()
+        };
+        let b = ShardStats {
+            stream_bytes_planned: 4 << 20,
+            stream_bytes_sent: 4 << 20,
+            stream_bytes_total: 4 << 20,
+            stream_retries: 2,
+            ..ShardStats::default()
+        };
+        let line = stream_summary("cluster", &[&a, &b]).unwrap();
+        assert!(
+            line.starts_with(
+                "streaming (cluster): 3 range(s) pending, 5MiB streamed of a theoretical \
+                 minimum of 8MiB, 0.625× the minimum, 1MiB/s, ETA 3 s;"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("2 batch(es) resent"), "{line}");
     }
 
     #[test]

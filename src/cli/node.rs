@@ -147,6 +147,10 @@ pub struct NodeArgs {
     /// failed request or heartbeat, and up at the first that succeeds.
     #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
     heartbeat: Duration,
+    /// MiB per second of keys and values the node streams to their new owners after a
+    /// membership change (join or leave), split evenly across shards; 0: unlimited.
+    #[arg(long, default_value_t = 64, value_name = "MIB_PER_SEC")]
+    stream_rate: u64,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -272,6 +276,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         hint_max_bytes: args.hint_max_bytes.0,
         hint_max_age: args.hint_max_age,
         heartbeat: args.heartbeat,
+        stream_rate: args.stream_rate.saturating_mul(1 << 20),
     };
     let result = node::run(config);
     drop(data_dir);

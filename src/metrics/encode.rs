@@ -33,7 +33,7 @@ const COUNTER: MetricType = MetricType::Counter;
 const GAUGE: MetricType = MetricType::Gauge;
 
 #[rustfmt::skip]
-const PER_SHARD: [PerShard; 33] = [
+const PER_SHARD: [PerShard; 38] = [
     ("kvmesh_hits", "Gets that found their key.", COUNTER, |s| s.stats.hits),
     ("kvmesh_misses", "Gets that did not find their key.", COUNTER, |s| s.stats.misses),
     ("kvmesh_evictions", "Keys evicted to stay within --max-memory.", COUNTER,
@@ -95,6 +95,16 @@ const PER_SHARD: [PerShard; 33] = [
         |s| s.stats.hints_dropped),
     ("kvmesh_peers_down", "Peers this shard believes down now.", GAUGE,
         |s| s.stats.peers_down),
+    ("kvmesh_stream_ranges_pending", "Moved ring ranges whose keys this shard has not finished \
+        streaming to their new owners.", GAUGE, |s| s.stats.stream_ranges_pending),
+    ("kvmesh_stream_bytes_left", "Key + value bytes the current stream still has to send.",
+        GAUGE, |s| s.stats.stream_bytes_left),
+    ("kvmesh_stream_bytes", "Key + value bytes streamed to new owners after membership \
+        changes, resends included.", COUNTER, |s| s.stats.stream_bytes_total),
+    ("kvmesh_stream_retries", "Stream batches resent after a failure.", COUNTER,
+        |s| s.stats.stream_retries),
+    ("kvmesh_stream_keys_dropped", "Keys dropped because this node no longer owns them.",
+        COUNTER, |s| s.stats.stream_keys_dropped),
 ];
 
 #[derive(Debug)]

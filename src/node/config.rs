@@ -61,9 +61,17 @@ pub struct NodeConfig {
     pub hint_max_age: Duration,
     /// How often each shard checks on every peer (`--heartbeat`, default 500 ms).
     pub heartbeat: Duration,
+    /// Bytes per second (keys and values) the node streams to new owners after a membership
+    /// change, split evenly across shards (`--stream-rate`, MiB/s, default 64); 0: unlimited.
+    pub stream_rate: u64,
 }
 
 impl NodeConfig {
+    /// This shard's share of `--stream-rate`, bytes per second; 0: unlimited.
+    pub fn shard_stream_rate(&self) -> u64 {
+        self.stream_rate / self.shards.max(1) as u64
+    }
+
     /// The tombstone grace the stores use: none on a node alone, where nothing arrives late.
     pub fn tombstone_grace_ms(&self) -> u64 {
         if self.cluster.ring().nodes().len() > 1 {
@@ -309,6 +317,7 @@ mod tests {
             hint_max_bytes: 64 << 20,
             hint_max_age: Duration::from_secs(600),
             heartbeat: Duration::from_millis(500),
+            stream_rate: 64 << 20,
         }
     }
 

@@ -13,7 +13,10 @@
 //! - [`mesh`], [`conn`], [`server`]: the glommio side: forwarding, connections, a shard's life;
 //! - [`sys`]: start-up checks (memlock, ports, CPUs);
 //! - [`shutdown`]: each shard's serving state, and the graceful stop on SIGINT or SIGTERM;
-//! - [`limits`]: connection limits, idle connections, replies a client does not read.
+//! - [`limits`]: connection limits, idle connections, replies a client does not read;
+//! - [`stream`]: the data plane of a membership change: streaming moved keys to their new
+//!   owners (throttled, batched, retried), progress counters, and dropping what is no
+//!   longer owned.
 
 pub mod config;
 mod conn;
@@ -31,6 +34,7 @@ pub mod router;
 mod server;
 mod shard;
 pub mod shutdown;
+pub mod stream;
 mod sys;
 
 use std::sync::{mpsc, Arc};

@@ -43,6 +43,8 @@ pub struct Shard {
     hlc: Hlc,
     topology: Topology,
     pub counters: Counters,
+    /// Streaming progress after a membership change (see `stream`).
+    pub stream: super::stream::progress::StreamProgress,
     log: Option<Log>,
     pending: Pending,
 }
@@ -72,6 +74,7 @@ impl Shard {
                 ..topology
             },
             counters: Counters::default(),
+            stream: Default::default(),
             log: None,
             pending: Pending::new(),
         }
@@ -137,6 +140,23 @@ impl Shard {
         // A get can expire its key on the spot: log that too, but do not wait for it.
         self.log_removals();
         executed
+    }
+
+    /// Drops `key` locally if its stored version is at most `version`: no tombstone, nothing
+    /// replicated, and logged as an eviction (which recovery replays by forgetting that
+    /// version) so a restart does not bring it back. Returns `None` when nothing was dropped,
+    /// else the log record to wait for (`Some(None)` without a log, or if the log failed: the
+    /// key is gone from memory either way).
+    pub fn drop_local(&mut self, key: &[u8], version: Version) -> Option<Option<u64>> {
+        if !self.store.forget(key, version) {
+            return None;
+        }
+        let entry = Entry {
+            version_hlc: version.hlc,
+            version_node: version.node,
+            ..Entry::new(LogOp::Evict, key)
+        };
+        Some(self.append(&entry).ok().flatten())
     }
 
     /// Reclaims up to `max` expired entries, logging each; returns how many.
@@ -333,7 +353,7 @@ impl Shard {
         let s = self.store.stats();
         let c = &self.counters;
         let wal = self.log.as_ref().map(Log::stats).unwrap_or_default();
-        ShardStats {
+        let mut stats = ShardStats {
             shard: self.id as u32,
             keys: self.store.len() as u64,
             bytes_used: self.store.bytes_used(),
@@ -366,7 +386,9 @@ impl Shard {
             quorum_reads: c.quorum_reads,
             read_repairs: c.read_repairs,
             ..ShardStats::default()
-        }
+        };
+        self.stream.annotate(&mut stats, std::time::Instant::now());
+        stats
     }
 }
 
@@ -480,6 +502,21 @@ mod tests {
         assert_eq!(s.expire(999, 100), 0);
         assert_eq!(s.expire(1_000, 100), 1);
         assert_eq!(s.stats().keys, 1);
+    }
+
+    #[test]
+    fn a_local_drop_forgets_only_up_to_its_version() {
+        let mut s = shard(1 << 20);
+        let put = s.execute(&op(OpCode::OpPut, "k", "v", 0), 5).result;
+        let version = Version::new(put.version_hlc, put.version_node);
+        let older = Version::new(put.version_hlc - 1, put.version_node);
+        assert_eq!(s.drop_local(b"k", older), None, "a newer write is kept");
+        assert_eq!(s.drop_local(b"k", version), Some(None), "no log attached");
+        assert_eq!(s.drop_local(b"k", version), None, "already gone");
+        let got = s.execute(&op(OpCode::OpGet, "k", "", 0), 5).result;
+        assert_eq!(got.status(), Status::NotFound);
+        // No tombstone: the key is simply absent, and nothing counts it as removed.
+        assert_eq!((s.stats().keys, s.stats().removes), (0, 0));
     }
 
     #[test]

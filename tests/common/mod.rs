@@ -97,6 +97,8 @@ pub struct Node {
     pub shards: usize,
     child: Child,
     log: PathBuf,
+    /// Environment variables (test hooks) it starts with, again at each respawn.
+    env: Vec<(String, std::ffi::OsString)>,
     _dir: tempfile::TempDir,
     _ports: PortBlock,
 }
@@ -112,16 +114,30 @@ impl Node {
 
     /// Starts a node on `ports` (a block of `shards + 2`) without waiting for it.
     pub fn spawn(ports: PortBlock, shards: usize, extra: &[&str]) -> Node {
+        Node::spawn_with_env(ports, shards, extra, &[])
+    }
+
+    /// [`Node::spawn`] with environment variables (test hooks), kept for [`Node::respawn`].
+    pub fn spawn_with_env(
+        ports: PortBlock,
+        shards: usize,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("node.log");
         let addr = ports.addr();
-        let child = spawn_node(addr, shards, extra, &log);
+        let child = spawn_node_with_env(addr, shards, extra, &log, env);
         Node {
             addr,
             grpc: grpc_addr(addr, shards),
             shards,
             child,
             log,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_os_string()))
+                .collect(),
             _dir: dir,
             _ports: ports,
         }
@@ -144,7 +160,12 @@ impl Node {
         let _ = self.child.wait();
         // The node itself waits for the ports a killed process still holds for a moment
         // (see `check_ports_free`).
-        self.child = spawn_node(self.addr, self.shards, extra, &self.log);
+        let env: Vec<(&str, &std::ffi::OsStr)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_os_str()))
+            .collect();
+        self.child = spawn_node_with_env(self.addr, self.shards, extra, &self.log, &env);
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,694 @@
+//! The data plane of a membership change: a shard streams the keys it is the source of (see
+//! `kvmesh_net::moves`) to their new owners, and, once the change is finished, drops the keys
+//! its node no longer owns.
+//!
+//! [`stream_shard`] runs on the shard's own executor, next to its requests:
+//!
+//! 1. a counting pass scans the store in steps of [`SCAN_SLOTS`] slots, yielding between
+//!    steps, and plans each key: what this shard must send is its share of the theoretical
+//!    minimum ([`MoveCost`]), and its progress total;
+//! 2. the streaming pass scans again the same way and appends each key this node sends, as a
+//!    versioned replica put (`Op.replica`, the key's stored version, its remaining TTL), to a
+//!    batch per destination shard (the shard the destination node's shard hash gives);
+//! 3. a batch goes once it holds [`BATCH_BYTES`] or [`BATCH_OPS`] (or at the end), after the
+//!    throttle allows it (this shard's share of `--stream-rate`), with at most [`WINDOW`]
+//!    batches in flight;
+//!    a batch that fails (the destination is down, slow or refuses for now) is resent, with
+//!    backoff, until its destination acknowledges every op of it.
+//!
+//! A replica write is acknowledged only once the destination's log holds it as `--fsync`
+//! promises, and it applies by last-writer-wins: a client write that raced the stream and
+//! reached the new owner first is never overwritten by an older streamed copy.
+//!
+//! The scan contract (`kvmesh_engine::scan`) gives every key that is live throughout the
+//! stream exactly once. A key written during the stream is not guaranteed to be streamed:
+//! writes during a transition go to the new owners as well (the routing's job), which is what
+//! makes the union complete.
+//!
+//! Streamed ops go over connections of their own, one per destination shard, opened from the
+//! addresses in [`Move::addrs`]: a joining node is not a peer of this node yet. Each starts
+//! with this node's hello, so the destination counts it as a peer's connection (never against
+//! its client limit); the hello's answer is not required to be OK, because during a change the
+//! two nodes' member lists legitimately differ. The agreed topology vouches for the address.
+
+#[path = "stream_hook.rs"]
+pub mod hook;
+#[path = "stream_progress.rs"]
+pub mod progress;
+#[path = "stream_throttle.rs"]
+mod throttle;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kvmesh_engine::Cursor;
+use kvmesh_net::moves::{self, MoveCost};
+use kvmesh_net::mux::Mux;
+use kvmesh_net::ring::{NodeId, Ring, RingError};
+use kvmesh_net::{shard_for, Connection};
+use kvmesh_proto::wire::{Op, OpCode, OpResult, Status, Topology};
+
+use super::server::ShardCtx;
+use throttle::Throttle;
+
+/// Slots scanned per step before the executor serves requests again (as a snapshot does).
+pub const SCAN_SLOTS: usize = 4096;
+/// Key + value bytes per batch (a batch also ends at [`BATCH_OPS`] ops); an entry larger
+/// than this goes in a batch of its own.
+pub const BATCH_BYTES: usize = 256 << 10;
+/// Ops per batch at most.
+pub const BATCH_OPS: usize = 1024;
+/// Batches of one shard in flight at once, over all destinations.
+pub const WINDOW: usize = 4;
+/// First and longest wait before a failed batch is resent.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A wire address and the shard ports of one member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The node's wire port (`--listen` / `--advertise`).
+    pub addr: SocketAddr,
+    /// Its shard ports, shard order. Empty: asked from the node (`OP_TOPOLOGY`) at first use.
+    pub shard_ports: Vec<u16>,
+}
+
+/// One membership change, as the agreed topology describes it.
+#[derive(Clone, Debug)]
+pub struct Move {
+    /// The epoch of the change (for logs).
+    pub epoch: u64,
+    /// The ring before and after the change.
+    pub old: Ring,
+    pub new: Ring,
+    /// Owners per key (`--replicas`).
+    pub replicas: usize,
+    /// Every member of old ∪ new.
+    pub addrs: BTreeMap<NodeId, Endpoint>,
+}
+
+impl Move {
+    /// The move between two member lists (ids and wire addresses), as `--peers` gives them;
+    /// shard ports are asked from each node at first use. An address in `new` wins over one
+    /// in `old` for the same id.
+    pub fn from_members(
+        epoch: u64,
+        old: &[(NodeId, SocketAddr)],
+        new: &[(NodeId, SocketAddr)],
+        replicas: usize,
+    ) -> Result<Move, RingError> {
+        let ids =
+            |members: &[(NodeId, SocketAddr)]| members.iter().map(|m| m.0).collect::<Vec<_>>();
+        let addrs = old
+            .iter()
+            .chain(new)
+            .map(|&(id, addr)| {
+                let shard_ports = Vec::new();
+                (id, Endpoint { addr, shard_ports })
+            })
+            .collect();
+        Ok(Move {
+            epoch,
+            old: Ring::new(&ids(old))?,
+            new: Ring::new(&ids(new))?,
+            replicas,
+            addrs,
+        })
+    }
+}
+
+/// What one shard's stream did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamReport {
+    /// Moved ring ranges this node is the source of (each shard streams its slice of them).
+    pub ranges: u64,
+    /// This shard's share of the theoretical minimum, from the counting pass.
+    pub planned: MoveCost,
+    /// Key copies and key + value bytes acknowledged, resends included: the real cost. A key
+    /// written between the two passes can make it differ slightly from `planned` either way.
+    pub keys_sent: u64,
+    pub bytes_sent: u64,
+    /// Batches acknowledged, and batches resent after a failure.
+    pub batches: u64,
+    pub retries: u64,
+    /// Ops a destination refused for good (a key or value over its limits): not retried.
+    pub refused: u64,
+}
+
+impl std::fmt::Display for StreamReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ratio = if self.planned.bytes == 0 {
+            1.0
+        } else {
+            self.bytes_sent as f64 / self.planned.bytes as f64
+        };
+        write!(
+            f,
+            "{} range(s), {} key copies, {} byte(s) streamed vs a minimum of {} ({ratio:.3}×), \
+             {} batch(es), {} resent, {} refused",
+            self.ranges,
+            self.keys_sent,
+            self.bytes_sent,
+            self.planned.bytes,
+            self.batches,
+            self.retries,
+            self.refused
+        )
+    }
+}
+
+/// Why a stream did not finish.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StreamError {
+    #[error("node {0} receives keys but the move gives no address for it")]
+    NoAddress(NodeId),
+    #[error("the shard is stopping; the stream did not finish")]
+    Stopping,
+}
+
+/// Streams this shard's keys for which this node is the source to their destinations' owning
+/// shards, batched, at this shard's share of `--stream-rate`, as versioned replica writes
+/// (last-writer-wins, so racing client writes never go back in time). Returns once every batch
+/// was acknowledged durably by its destination; retries a destination that is down, for as
+/// long as it takes (until the shard stops: [`StreamError::Stopping`]). Dropping the future
+/// cancels the batches in flight. Run one stream per shard at a time (the progress counters
+/// describe one); running the same move again is harmless, only slower.
+pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport, StreamError> {
+    let me = ctx.peers.membership().me;
+    let ranges = moves::moved_ranges(&mv.old, &mv.new, mv.replicas)
+        .iter()
+        .filter(|r| r.plan.is_sent_by(me))
+        .count() as u64;
+    let planned = count(ctx, mv, me).await;
+    for node in planned.1.iter() {
+        if !mv.addrs.contains_key(node) {
+            return Err(StreamError::NoAddress(*node));
+        }
+    }
+    let planned = planned.0;
+    ctx.shard
+        .borrow_mut()
+        .stream
+        .begin(ranges, planned, Instant::now());
+    tracing::info!(
+        "shard {}: epoch {}: streaming {} key copies ({} bytes) of {ranges} range(s) to their \
+         new owners",
+        ctx.me,
+        mv.epoch,
+        planned.copies,
+        planned.bytes
+    );
+    let sender = Rc::new(Sender::new(ctx.clone(), mv.addrs.clone()));
+    {
+        // Progress ends with the stream, also when the caller drops it unfinished.
+        let _active = Active(ctx);
+        send_all(ctx, mv, me, &sender).await?;
+    }
+    let report = {
+        let mut r = sender.report.borrow().clone();
+        r.ranges = ranges;
+        r.planned = planned;
+        r
+    };
+    tracing::info!(
+        "shard {}: epoch {}: stream done: {report}",
+        ctx.me,
+        mv.epoch
+    );
+    Ok(report)
+}
+
+/// Marks the shard's stream finished in its progress counters when dropped.
+struct Active<'a>(&'a ShardCtx);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.shard.borrow_mut().stream.finish();
+    }
+}
+
+/// The counting pass: this shard's planned cost, and every destination it will send to.
+async fn count(ctx: &ShardCtx, mv: &Move, me: NodeId) -> (MoveCost, Vec<NodeId>) {
+    let mut cost = MoveCost::default();
+    let mut destinations: Vec<NodeId> = Vec::new();
+    let mut cursor = Some(Cursor::START);
+    while let Some(at) = cursor {
+        cursor = ctx
+            .shard
+            .borrow()
+            .store()
+            .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
+                let plan = moves::plan_key(&mv.old, &mv.new, mv.replicas, e.key);
+                if plan.is_sent_by(me) {
+                    cost.add(&plan, e.key.len(), e.value.len());
+                    for d in &plan.destinations {
+                        if !destinations.contains(d) {
+                            destinations.push(*d);
+                        }
+                    }
+                }
+            });
+        futures_lite::future::yield_now().await;
+    }
+    (cost, destinations)
+}
+
+/// The streaming pass: scan, batch per destination shard, send through the window.
+async fn send_all(
+    ctx: &Rc<ShardCtx>,
+    mv: &Move,
+    me: NodeId,
+    sender: &Rc<Sender>,
+) -> Result<(), StreamError> {
+    // The batches in flight, oldest first: dropping them (an early return) cancels them.
+    let mut window = VecDeque::with_capacity(WINDOW);
+    let mut batches: BTreeMap<(NodeId, usize), Batch> = BTreeMap::new();
+    let mut throttle = Throttle::new(
+        ctx.config.shard_stream_rate(),
+        BATCH_BYTES as u64,
+        Instant::now(),
+    );
+    let mut cursor = Some(Cursor::START);
+    while let Some(at) = cursor {
+        if !ctx.serving.is_serving() {
+            return Err(StreamError::Stopping);
+        }
+        let now_ms = super::now_ms();
+        let mut found: Vec<(Op, Vec<NodeId>)> = Vec::new();
+        cursor = ctx
+            .shard
+            .borrow()
+            .store()
+            .scan(at, SCAN_SLOTS, now_ms, |e| {
+                let plan = moves::plan_key(&mv.old, &mv.new, mv.replicas, e.key);
+                if plan.is_sent_by(me) {
+                    let op = Op {
+                        code: OpCode::OpPut as i32,
+                        key: e.key.to_vec(),
+                        value: e.value.to_vec(),
+                        ttl_ms: remaining(e.expires_at_ms, now_ms),
+                        replica: true,
+                        version_hlc: e.version.hlc,
+                        version_node: e.version.node,
+                        ..Op::default()
+                    };
+                    found.push((op, plan.destinations));
+                }
+            });
+        for (op, destinations) in found {
+            for node in destinations {
+                let shard = sender.shard_of(node, &op.key).await?;
+                let batch = batches.entry((node, shard)).or_default();
+                batch.push(op.clone());
+                if batch.is_full() {
+                    let batch = std::mem::take(batch);
+                    launch(sender, &mut window, &mut throttle, (node, shard), batch).await?;
+                }
+            }
+        }
+        futures_lite::future::yield_now().await;
+    }
+    for (to, batch) in std::mem::take(&mut batches) {
+        if !batch.ops.is_empty() {
+            launch(sender, &mut window, &mut throttle, to, batch).await?;
+        }
+    }
+    while let Some(task) = window.pop_front() {
+        task.await?;
+    }
+    Ok(())
+}
+
+/// A batch on its way, in a task of its own.
+type InFlight = glommio::Task<Result<(), StreamError>>;
+
+/// Waits for the throttle and for room in the window (the oldest batch in flight to be
+/// acknowledged, when [`WINDOW`] are), then sends `batch` to shard `to.1` of node `to.0` in a
+/// task of its own.
+async fn launch(
+    sender: &Rc<Sender>,
+    window: &mut VecDeque<InFlight>,
+    throttle: &mut Throttle,
+    to: (NodeId, usize),
+    batch: Batch,
+) -> Result<(), StreamError> {
+    let wait = throttle.take(batch.bytes as u64, Instant::now());
+    if !wait.is_zero() {
+        glommio::timer::sleep(wait).await;
+    }
+    if window.len() >= WINDOW {
+        if let Some(oldest) = window.pop_front() {
+            oldest.await?;
+        }
+    }
+    let sender = sender.clone();
+    window.push_back(glommio::spawn_local(async move {
+        sender.deliver(to.0, to.1, batch).await
+    }));
+    Ok(())
+}
+
+/// Ops for one destination shard, and their key + value bytes.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, op: Op) {
+        self.bytes += op.key.len() + op.value.len();
+        self.ops.push(op);
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS
+    }
+}
+
+/// The stream's connections, one per destination shard, and its running report.
+struct Sender {
+    ctx: Rc<ShardCtx>,
+    addrs: BTreeMap<NodeId, Endpoint>,
+    ports: RefCell<BTreeMap<NodeId, Vec<u16>>>,
+    conns: RefCell<BTreeMap<(NodeId, usize), Rc<Mux>>>,
+    report: RefCell<StreamReport>,
+}
+
+impl Sender {
+    fn new(ctx: Rc<ShardCtx>, addrs: BTreeMap<NodeId, Endpoint>) -> Self {
+        let ports = addrs
+            .iter()
+            .filter(|(_, e)| !e.shard_ports.is_empty())
+            .map(|(&id, e)| (id, e.shard_ports.clone()))
+            .collect();
+        Self {
+            ctx,
+            addrs,
+            ports: RefCell::new(ports),
+            conns: RefCell::default(),
+            report: RefCell::default(),
+        }
+    }
+
+    /// The shard of node `node` that owns `key`, learning its shard ports first if needed
+    /// (retrying while the node is down).
+    async fn shard_of(&self, node: NodeId, key: &[u8]) -> Result<usize, StreamError> {
+        let ports = self.ports_of(node).await?;
+        Ok(shard_for(key, ports.len()))
+    }
+
+    async fn ports_of(&self, node: NodeId) -> Result<Vec<u16>, StreamError> {
+        if let Some(ports) = self.ports.borrow().get(&node) {
+            return Ok(ports.clone());
+        }
+        let addr = self
+            .addrs
+            .get(&node)
+            .ok_or(StreamError::NoAddress(node))?
+            .addr;
+        let timeout = self.ctx.config.forward_timeout;
+        let mut backoff = RETRY_FIRST;
+        loop {
+            if !self.ctx.serving.is_serving() {
+                return Err(StreamError::Stopping);
+            }
+            let asked = async {
+                let mut conn = Connection::connect(addr, timeout).await?;
+                kvmesh_net::connection::fetch_topology(&mut conn).await
+            };
+            match glommio::timer::timeout(timeout, async { Ok(asked.await) }).await {
+                Ok(Ok(topology)) if !topology.shard_ports.is_empty() => {
+                    let ports: Vec<u16> = topology.shard_ports.iter().map(|&p| p as u16).collect();
+                    self.ports.borrow_mut().insert(node, ports.clone());
+                    return Ok(ports);
+                }
+                outcome => {
+                    tracing::debug!(
+                        "stream: node {node} at {addr} did not say its shard ports: {outcome:?}"
+                    );
+                }
+            }
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Sends `batch` to shard `shard` of `node` until every op is acknowledged (or refused for
+    /// good), resending after failures with backoff.
+    async fn deliver(&self, node: NodeId, shard: usize, batch: Batch) -> Result<(), StreamError> {
+        let mut ops = batch.ops;
+        let mut backoff = RETRY_FIRST;
+        loop {
+            if !self.ctx.serving.is_serving() {
+                return Err(StreamError::Stopping);
+            }
+            let sent_bytes: usize = ops.iter().map(|o| o.key.len() + o.value.len()).sum();
+            let answered = match self.conn(node, shard).await {
+                Ok(mux) => match mux.send(ops.clone(), true) {
+                    Ok(reply) => reply
+                        .wait(self.ctx.config.forward_timeout)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(results) => {
+                    let (retry, refused) = sort_answers(ops, &results);
+                    let acked = results.len() - retry.len().min(results.len());
+                    let acked_bytes = sent_bytes
+                        - retry
+                            .iter()
+                            .map(|o| o.key.len() + o.value.len())
+                            .sum::<usize>();
+                    self.acked(acked as u64, acked_bytes as u64, refused);
+                    if retry.is_empty() {
+                        return Ok(());
+                    }
+                    tracing::debug!(
+                        "stream: node {node} shard {shard} did not take {} op(s) yet",
+                        retry.len()
+                    );
+                    ops = retry;
+                }
+                Err(why) => {
+                    self.conns.borrow_mut().remove(&(node, shard));
+                    tracing::debug!("stream: batch to node {node} shard {shard} failed: {why}");
+                }
+            }
+            self.report.borrow_mut().retries += 1;
+            self.ctx.shard.borrow_mut().stream.retries += 1;
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    fn acked(&self, keys: u64, bytes: u64, refused: u64) {
+        let mut report = self.report.borrow_mut();
+        report.batches += 1;
+        report.keys_sent += keys;
+        report.bytes_sent += bytes;
+        report.refused += refused;
+        self.ctx
+            .shard
+            .borrow_mut()
+            .stream
+            .acked(keys, bytes, Instant::now());
+    }
+
+    /// The open connection to shard `shard` of `node`, opened (hello first) if needed.
+    async fn conn(&self, node: NodeId, shard: usize) -> Result<Rc<Mux>, String> {
+        if let Some(mux) = self.conns.borrow().get(&(node, shard)) {
+            if !mux.is_closed() {
+                return Ok(mux.clone());
+            }
+        }
+        let ports = self.ports_of(node).await.map_err(|e| e.to_string())?;
+        let endpoint = self
+            .addrs
+            .get(&node)
+            .ok_or_else(|| StreamError::NoAddress(node).to_string())?;
+        let port = ports.get(shard).copied().unwrap_or(endpoint.addr.port());
+        let addr = SocketAddr::new(endpoint.addr.ip(), port);
+        let conn = Connection::connect(addr, self.ctx.config.forward_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mux = Rc::new(Mux::new(conn).map_err(|e| e.to_string())?);
+        let config = &self.ctx.config;
+        let hello = config.cluster.hello(&Topology {
+            shards: config.shards as u32,
+            shard_ports: config.shard_ports(),
+            ..Topology::default()
+        });
+        let op = Op {
+            code: OpCode::OpHello as i32,
+            hello: Some(hello),
+            ..Op::default()
+        };
+        // Sent first on the connection, so the destination counts it as a peer's; its answer
+        // is not awaited (see the module docs).
+        mux.send(vec![op], false).map_err(|e| e.to_string())?;
+        self.conns.borrow_mut().insert((node, shard), mux.clone());
+        Ok(mux)
+    }
+}
+
+/// Splits a batch's ops by their answers: those to resend, and how many were refused for
+/// good (a limit of the destination that a resend cannot change).
+fn sort_answers(ops: Vec<Op>, results: &[OpResult]) -> (Vec<Op>, u64) {
+    let mut retry = Vec::new();
+    let mut refused = 0;
+    for (i, op) in ops.into_iter().enumerate() {
+        match results.get(i).map(OpResult::status) {
+            Some(Status::Ok) => {}
+            Some(Status::InvalidArgument | Status::NoSpace | Status::UnknownOperation) => {
+                refused += 1;
+                tracing::warn!(
+                    "stream: a destination refused key {:?} for good: {}",
+                    String::from_utf8_lossy(&op.key[..op.key.len().min(64)]),
+                    results[i].message
+                );
+            }
+            _ => retry.push(op),
+        }
+    }
+    (retry, refused)
+}
+
+/// Milliseconds left before `deadline` (0: never), at least 1 for a live key.
+fn remaining(deadline: u64, now_ms: u64) -> u64 {
+    if deadline == 0 {
+        0
+    } else {
+        deadline.saturating_sub(now_ms).max(1)
+    }
+}
+
+/// After the change is finished: drops this shard's keys that this node does not own under
+/// `ring` at `replicas`. A local drop: each is logged (as an eviction record, which recovery
+/// replays by forgetting that version) so a restart does not bring it back, and it is never
+/// replicated, so the owners keep theirs. A key rewritten since the scan saw it is kept.
+/// Returns how many keys were dropped, once their records are durable.
+pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u64 {
+    let me = ctx.peers.membership().me;
+    let mut dropped = 0;
+    let mut last_seq = None;
+    let mut cursor = Some(Cursor::START);
+    while let Some(at) = cursor {
+        let mut unowned = Vec::new();
+        cursor = ctx
+            .shard
+            .borrow()
+            .store()
+            .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
+                if !moves::owns(ring, replicas, e.key, me) {
+                    unowned.push((e.key.to_vec(), e.version));
+                }
+            });
+        {
+            let mut shard = ctx.shard.borrow_mut();
+            for (key, version) in unowned {
+                if let Some(seq) = shard.drop_local(&key, version) {
+                    dropped += 1;
+                    shard.stream.keys_dropped += 1;
+                    last_seq = seq.or(last_seq);
+                }
+            }
+        }
+        futures_lite::future::yield_now().await;
+    }
+    let log = ctx.shard.borrow().log().cloned();
+    if let (Some(log), Some(seq)) = (log, last_seq) {
+        if let Err(e) = log.durable(seq).await {
+            tracing::error!(
+                "shard {}: the drop of keys no longer owned is not durable: {e}",
+                ctx.me
+            );
+        }
+    }
+    if dropped > 0 {
+        tracing::info!(
+            "shard {}: dropped {dropped} key(s) this node no longer owns",
+            ctx.me
+        );
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value_len: usize) -> Op {
+        Op {
+            replica: true,
+            version_hlc: 7,
+            version_node: 1,
+            ..kvmesh_net::client::op(OpCode::OpPut, key.as_bytes(), &vec![b'v'; value_len], 0)
+        }
+    }
+
+    fn answered(status: Status) -> OpResult {
+        OpResult {
+            status: status as i32,
+            ..OpResult::default()
+        }
+    }
+
+    #[test]
+    fn answers_split_into_done_resend_and_refused() {
+        let ops = vec![
+            put("a", 1),
+            put("b", 1),
+            put("c", 1),
+            put("d", 1),
+            put("e", 1),
+        ];
+        let results = [
+            answered(Status::Ok),
+            answered(Status::Unavailable),
+            answered(Status::NoSpace),
+            answered(Status::Timeout),
+        ];
+        // "e" got no answer at all: resent too.
+        let (retry, refused) = sort_answers(ops, &results);
+        let keys: Vec<&[u8]> = retry.iter().map(|o| o.key.as_slice()).collect();
+        assert_eq!(keys, [&b"b"[..], b"d", b"e"]);
+        assert_eq!(refused, 1);
+    }
+
+    #[test]
+    fn batches_end_at_their_byte_or_op_budget() {
+        let mut b = Batch::default();
+        b.push(put("k", BATCH_BYTES - 2));
+        assert!(!b.is_full());
+        b.push(put("k", 1));
+        assert!(b.is_full());
+        let mut b = Batch::default();
+        for i in 0..BATCH_OPS {
+            assert!(!b.is_full());
+            b.push(put(&i.to_string(), 0));
+        }
+        assert!(b.is_full());
+        assert_eq!(
+            (remaining(0, 50), remaining(100, 50), remaining(100, 150)),
+            (0, 50, 1)
+        );
+    }
+
+    #[test]
+    fn a_move_from_member_lists() {
+        let a: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:7100".parse().unwrap();
+        let mv = Move::from_members(3, &[(1, a)], &[(1, a), (2, b)], 2).unwrap();
+        assert_eq!((mv.old.nodes(), mv.new.nodes()), (&[1][..], &[1, 2][..]));
+        assert_eq!(mv.addrs.len(), 2);
+        assert_eq!(mv.addrs[&2].addr, b);
+        assert!(Move::from_members(3, &[], &[(1, a)], 1).is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! End to end: the data plane of a membership change (issue 12) between real `kvmesh node`
+//! processes. The control plane that starts a stream in a cluster lands separately, so these
+//! tests drive the engine through its test hook (`KVMESH_TEST_STREAM_DIR`, see
+//! `src/node/stream_hook.rs`) with an old and a new ring: node 1 holds every key (it runs
+//! alone), node 2 joins the ring `{1} → {1, 2}` at replicas 1.
+//!
+//! They check that every moved key reaches node 2 with its version and value, that the bytes
+//! sent equal the theoretical minimum, that the drop pass leaves node 1 exactly the keys it
+//! owns (also after a SIGKILL and restart), that a destination that is down is retried until
+//! it is up, that `--stream-rate` holds, and that `kvmesh stats` shows the progress.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{op, stdout, wait_for, Node, PortBlock, WireClient};
+use kvmesh_net::moves::{plan_key, MoveCost};
+use kvmesh_net::ring::Ring;
+use kvmesh_proto::wire::{Op, OpCode, Status};
+
+/// Every hop may take this long on a loaded 2-core machine before it counts as failed.
+const FLAGS: [&str; 2] = ["--forward-timeout", "10s"];
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key:{i}").into_bytes()
+}
+
+fn value(i: usize, len: usize) -> Vec<u8> {
+    let mut v = format!("value-{i}-").into_bytes();
+    v.resize(len, b'x');
+    v
+}
+
+/// A node with the stream test hook on, its data directory and its hook directory.
+struct Hooked {
+    node: Node,
+    hook: tempfile::TempDir,
+    _data: tempfile::TempDir,
+}
+
+fn start(id: u32, ports: PortBlock, shards: usize, extra: &[&str]) -> Hooked {
+    let hook = tempfile::tempdir().expect("hook dir");
+    let data = tempfile::tempdir().expect("data dir");
+    let id = id.to_string();
+    let mut flags = vec!["--id", &id, "--data-dir", data.path().to_str().unwrap()];
+    flags.extend(FLAGS);
+    flags.extend(extra);
+    let env = [("KVMESH_TEST_STREAM_DIR", hook.path().as_os_str())];
+    let mut node = Node::spawn_with_env(ports, shards, &flags, &env);
+    node.wait_ready();
+    Hooked {
+        node,
+        hook,
+        _data: data,
+    }
+}
+
+/// Asks every shard of `node` to run `action` and waits for their answers: per shard, its
+/// `key=value` lines.
+fn run(node: &Hooked, id: u32, action: &str, old: &str, new: &str) -> Vec<BTreeMap<String, u64>> {
+    request(node.hook.path(), id, action, old, new);
+    (0..node.node.shards)
+        .map(|shard| answer(node.hook.path(), id, shard))
+        .collect()
+}
+
+fn request(dir: &Path, id: u32, action: &str, old: &str, new: &str) {
+    let text = format!("id={id}\naction={action}\nepoch=2\nreplicas=1\nold={old}\nnew={new}\n");
+    let tmp = dir.join(".move.tmp");
+    std::fs::write(&tmp, text).expect("write the request");
+    std::fs::rename(&tmp, dir.join("move")).expect("rename the request");
+}
+
+fn answer(dir: &Path, id: u32, shard: usize) -> BTreeMap<String, u64> {
+    let path = dir.join(format!("done-{id}-{shard}"));
+    let text = wait_for("the stream hook's answer", || {
+        std::fs::read_to_string(&path).ok()
+    });
+    assert!(text.starts_with("ok\n"), "shard {shard}: {text}");
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().expect("a number")))
+        .collect()
+}
+
+fn total(answers: &[BTreeMap<String, u64>], field: &str) -> u64 {
+    answers.iter().map(|a| a[field]).sum()
+}
+
+/// Node `node`'s own copy of `key`: `(status, value, version)`.
+fn own_copy(node: &Node, key: &[u8]) -> (Status, Vec<u8>, (u64, u32)) {
+    let shard = kvmesh_net::shard_for(key, node.shards);
+    let mut c = WireClient::connect(node.shard_addr(shard));
+    let read = Op {
+        replica: true,
+        ..op(OpCode::OpGet, key, b"", 0)
+    };
+    let r = c.call(vec![read]).remove(0);
+    (r.status(), r.value, (r.version_hlc, r.version_node))
+}
+
+fn fill(node: &Node, keys: usize, value_len: usize) {
+    let mut c = WireClient::connect(node.addr);
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(500) {
+        let ops = chunk
+            .iter()
+            .map(|&i| op(OpCode::OpPut, &key(i), &value(i, value_len), 0))
+            .collect();
+        for r in c.call(ops) {
+            assert_eq!(r.status(), Status::Ok, "{}", r.message);
+        }
+    }
+}
+
+/// The theoretical minimum of moving `keys` keys from ring {1} to {1, 2} at replicas 1, and
+/// which keys move.
+fn minimum(keys: usize, value_len: usize) -> (MoveCost, Vec<bool>) {
+    let (old, new) = (Ring::new(&[1]).unwrap(), Ring::new(&[1, 2]).unwrap());
+    let mut cost = MoveCost::default();
+    let moved = (0..keys)
+        .map(|i| {
+            let plan = plan_key(&old, &new, 1, &key(i));
+            cost.add(&plan, key(i).len(), value_len);
+            assert!(plan.source.is_none() || plan.source == Some(1));
+            !plan.destinations.is_empty()
+        })
+        .collect();
+    (cost, moved)
+}
+
+#[test]
+fn moved_keys_arrive_with_their_versions_and_the_drop_leaves_the_owned_ones() {
+    const KEYS: usize = 3000;
+    const VALUE: usize = 200;
+    let mut one = start(1, PortBlock::reserve(4), 2, &[]);
+    let two = start(2, PortBlock::reserve(4), 2, &[]);
+    fill(&one.node, KEYS, VALUE);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, two.node.addr),
+    );
+
+    let (min, moved) = minimum(KEYS, VALUE);
+    // Writes that reached the new owner before the stream (as writes during a move do) are
+    // newer than the streamed copies, and stay.
+    let raced: Vec<usize> = (0..KEYS).filter(|&i| moved[i] && i % 10 == 0).collect();
+    let mut c = WireClient::connect(two.node.addr);
+    for &i in &raced {
+        c.put(&key(i), b"newer");
+    }
+    let answers = run(&one, 1, "stream", &old, &new);
+    assert!(min.keys > KEYS as u64 / 3, "{min:?}");
+    assert_eq!(total(&answers, "planned_copies"), min.copies);
+    assert_eq!(total(&answers, "planned_bytes"), min.bytes);
+    assert_eq!(total(&answers, "keys_sent"), min.copies);
+    assert_eq!(total(&answers, "refused"), 0);
+    if total(&answers, "retries") == 0 {
+        assert_eq!(
+            total(&answers, "bytes_sent"),
+            min.bytes,
+            "the theoretical minimum"
+        );
+    }
+    for (i, &moves) in moved.iter().enumerate() {
+        let theirs = own_copy(&two.node, &key(i));
+        if moves && i % 10 == 0 {
+            assert_eq!(theirs.1, b"newer", "key {i} went back in time on node 2");
+        } else if moves {
+            let mine = own_copy(&one.node, &key(i));
+            assert_eq!(mine.0, Status::Ok);
+            assert_eq!(theirs, mine, "key {i} on node 2");
+            assert_eq!(theirs.1, value(i, VALUE));
+        } else {
+            assert_eq!(theirs.0, Status::NotFound, "key {i} should not have moved");
+        }
+    }
+    let stats = one.node.stats();
+    let sum = |f: fn(&kvmesh_proto::wire::ShardStats) -> u64| stats.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|s| s.stream_ranges_pending), 0);
+    assert_eq!(sum(|s| s.stream_bytes_planned), min.bytes);
+    assert_eq!(sum(|s| s.stream_keys_sent), min.copies);
+    let shown = stdout(&one.node.cli(&["stats"]));
+    assert!(
+        shown.contains("streaming (node 1): 0 range(s) pending"),
+        "{shown}"
+    );
+    // The cost report, in the log of each shard.
+    let log = one.node.log();
+    let done: Vec<&str> = log.lines().filter(|l| l.contains("stream done:")).collect();
+    assert_eq!(done.len(), one.node.shards, "{log}");
+    if total(&answers, "retries") == 0 {
+        assert!(done.iter().all(|l| l.contains("(1.000×)")), "{done:?}");
+    }
+    eprintln!("{}", done.join("\n"));
+
+    // The drop pass: node 1 keeps exactly the keys it owns under {1, 2}, after a restart too.
+    let versions: Vec<_> = (0..KEYS).map(|i| own_copy(&one.node, &key(i))).collect();
+    let answers = run(&one, 2, "drop", &old, &new);
+    assert_eq!(total(&answers, "dropped"), min.keys);
+    for attempt in ["after the drop", "after a SIGKILL and restart"] {
+        for (i, &moves) in moved.iter().enumerate() {
+            let mine = own_copy(&one.node, &key(i));
+            if moves {
+                assert_eq!(mine.0, Status::NotFound, "key {i} {attempt}");
+            } else {
+                assert_eq!(mine, versions[i], "key {i} {attempt}");
+            }
+        }
+        let data = one._data.path().to_str().unwrap().to_string();
+        let mut flags = vec!["--id", "1", "--data-dir", &data];
+        flags.extend(FLAGS);
+        one.node.respawn(&flags);
+        one.node.wait_ready();
+    }
+    // Node 2 never dropped or lost anything.
+    for (i, &moves) in moved.iter().enumerate() {
+        if moves && i % 10 != 0 {
+            assert_eq!(
+                own_copy(&two.node, &key(i)),
+                versions[i],
+                "key {i} on node 2"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_destination_that_is_down_is_retried_and_the_rate_holds() {
+    const KEYS: usize = 2500;
+    const VALUE: usize = 1000;
+    let one = start(1, PortBlock::reserve(3), 1, &["--stream-rate", "1"]);
+    fill(&one.node, KEYS, VALUE);
+    let two_ports = PortBlock::reserve(3);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, two_ports.addr()),
+    );
+    request(one.hook.path(), 1, "stream", &old, &new);
+    // Node 2 is not up: the stream waits, and says so.
+    let shown = wait_for("the stream to start", || {
+        let shown = stdout(&one.node.cli(&["stats"]));
+        shown
+            .contains("range(s) pending, 0B streamed")
+            .then_some(shown)
+    });
+    assert!(shown.contains("ETA unknown"), "{shown}");
+    eprintln!("{shown}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!one.hook.path().join("done-1-0").exists());
+
+    let two = start_at(2, two_ports);
+    let up = Instant::now();
+    let answer = answer(one.hook.path(), 1, 0);
+    let took = up.elapsed();
+    let (min, moved) = minimum(KEYS, VALUE);
+    assert_eq!(answer["keys_sent"], min.copies);
+    // A full bucket (one batch) goes at once, the rest at 1 MiB/s.
+    let floor = (min.bytes - (256 << 10)) as f64 / (1 << 20) as f64;
+    assert!(
+        took.as_secs_f64() >= floor * 0.95,
+        "{} bytes took {took:?} at --stream-rate 1",
+        min.bytes
+    );
+    for (i, &moves) in moved.iter().enumerate() {
+        if moves {
+            assert_eq!(own_copy(&two.node, &key(i)).1, value(i, VALUE), "key {i}");
+        }
+    }
+}
+
+fn start_at(id: u32, ports: PortBlock) -> Hooked {
+    start(id, ports, 1, &[])
+}
