@@ -51,9 +51,15 @@ pub enum PeerError {
 pub struct Peers {
     /// Replaced when the agreed topology moves to a new epoch (see [`Peers::set_epoch`]).
     membership: RefCell<Rc<Membership>>,
-    hello: Hello,
     timeout: Duration,
-    links: Vec<Link>,
+    /// What this node says in its handshakes: rebuilt with each membership.
+    hello: RefCell<Hello>,
+    /// This shard's topology (shard ports), for rebuilding the hello.
+    topology: Topology,
+    /// One link per other node taking part; links are added and removed with the membership.
+    links: RefCell<Vec<Rc<Link>>>,
+    /// The agreed topology this shard has applied, if the node runs one (`node::raft`).
+    agreed: RefCell<Option<Rc<super::topology::Topology>>>,
 }
 
 struct Link {
@@ -62,6 +68,17 @@ struct Link {
     /// Held while a connection to this peer is being opened, so concurrent requests open one.
     opening: Semaphore,
     state: RefCell<LinkState>,
+}
+
+impl Link {
+    fn new(id: NodeId, addr: SocketAddr) -> Link {
+        Link {
+            id,
+            addr,
+            opening: Semaphore::new(1),
+            state: RefCell::new(LinkState::default()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -89,19 +106,25 @@ impl Peers {
         let hello = membership.hello(topology);
         let links = membership
             .peers()
-            .map(|(id, addr)| Link {
-                id,
-                addr,
-                opening: Semaphore::new(1),
-                state: RefCell::new(LinkState::default()),
-            })
+            .map(|(id, addr)| Rc::new(Link::new(id, addr)))
             .collect();
         Rc::new(Self {
             membership: RefCell::new(Rc::new(membership)),
-            hello,
+            hello: RefCell::new(hello),
+            topology: topology.clone(),
             timeout,
-            links,
+            links: RefCell::new(links),
+            agreed: RefCell::new(None),
         })
+    }
+
+    fn link(&self, node: NodeId) -> Option<Rc<Link>> {
+        self.links.borrow().iter().find(|l| l.id == node).cloned()
+    }
+
+    /// The agreed topology this shard has applied, if any.
+    pub fn agreed(&self) -> Option<Rc<super::topology::Topology>> {
+        self.agreed.borrow().clone()
     }
 
     /// The current member list, stamped with the epoch of the agreed topology it comes from.
@@ -109,39 +132,56 @@ impl Peers {
         self.membership.borrow().clone()
     }
 
-    /// Takes on an agreed topology (this shard's view; see `node::raft`). Member lists other
-    /// than this node's own are not applied yet (membership changes are not wired): only the
-    /// epoch is, and a differing list is logged.
-    pub fn apply_topology(&self, topology: &kvmesh_proto::wire::ClusterTopology) {
+    /// Takes on an agreed topology (this shard's view; see `node::raft`), or, with epoch 0,
+    /// the member list a cluster answered this node's join with: routes by its members' ring
+    /// from now on, and keeps links to every node taking part. An older epoch than the one
+    /// applied is ignored (mesh messages may pass each other).
+    pub fn apply_topology(&self, wire: &kvmesh_proto::wire::ClusterTopology) {
+        let topology = match super::topology_wire::topology_from_wire(wire) {
+            Ok(t) if !t.members.is_empty() => t,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!("an agreed topology does not decode: {e}");
+                return;
+            }
+        };
         let current = self.membership();
-        if topology.members != current.wire_members() && topology.epoch > 0 {
-            tracing::warn!(
-                "the agreed topology (epoch {}) lists other members than --peers; this node \
-                 keeps routing by --peers",
-                topology.epoch
-            );
+        if topology.epoch < current.epoch {
+            return;
         }
-        self.set_epoch(topology.epoch);
-    }
-
-    /// Records that the agreed topology is at `epoch`.
-    fn set_epoch(&self, epoch: u64) {
-        let mut current = self.membership.borrow_mut();
-        if current.epoch != epoch {
-            let mut next = Membership::clone(&current);
-            next.epoch = epoch;
-            *current = Rc::new(next);
+        let next = match current.with_topology(&topology) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("cannot route by the agreed topology: {e}");
+                return;
+            }
+        };
+        {
+            // A link to a node that left stays: the topology group still talks to it until
+            // it knows it left (and a moved address gets a new link).
+            let mut links = self.links.borrow_mut();
+            links.retain(|l| next.addr_of(l.id).is_none_or(|a| a == l.addr));
+            for (id, addr) in next.peers() {
+                if !links.iter().any(|l| l.id == id) {
+                    links.push(Rc::new(Link::new(id, addr)));
+                }
+            }
+        }
+        *self.hello.borrow_mut() = next.hello(&self.topology);
+        *self.membership.borrow_mut() = Rc::new(next);
+        if topology.epoch > 0 {
+            *self.agreed.borrow_mut() = Some(Rc::new(topology));
         }
     }
 
     /// Sends `ops` to shard `shard` of peer `node` (not routed by key): how the topology Raft
     /// group reaches a member's shard 0.
     pub async fn send_to_shard(&self, node: NodeId, shard: usize, ops: Vec<Op>) -> Sent {
-        let Some(link) = self.links.iter().find(|l| l.id == node) else {
+        let Some(link) = self.link(node) else {
             let why = format!("node {node} is not a peer of this node");
             return self.failed(node, None, PeerError::Refused(why));
         };
-        let ports = match self.shard_ports(link).await {
+        let ports = match self.shard_ports(&link).await {
             Ok(ports) => ports,
             Err(e) => return self.failed(node, Some(link.addr), e),
         };
@@ -150,7 +190,7 @@ impl Peers {
             return self.failed(node, Some(link.addr), PeerError::Refused(why));
         };
         let addr = SocketAddr::new(link.addr.ip(), port);
-        let reply = match self.conn(link, shard, addr).await {
+        let reply = match self.conn(&link, shard, addr).await {
             Ok(mux) => mux.send(ops, true).map_err(|e| unreachable(node, addr, &e)),
             Err(e) => Err(e),
         };
@@ -166,7 +206,7 @@ impl Peers {
         };
         match checked {
             Ok(()) => OpResult {
-                hello: Some(self.hello.clone()),
+                hello: Some(self.hello.borrow().clone()),
                 ..OpResult::default()
             },
             Err(why) => {
@@ -186,12 +226,12 @@ impl Peers {
     /// Sends `ops`, all owned by node `node`, to their owning shards there, one request per
     /// peer shard. Returns, per request, the indices (as given) its results fill.
     pub async fn send(&self, node: NodeId, ops: Vec<(usize, Op)>) -> Vec<(Vec<usize>, Sent)> {
-        let Some(link) = self.links.iter().find(|l| l.id == node) else {
+        let Some(link) = self.link(node) else {
             let why = format!("node {node} is not a peer of this node");
             let idx = ops.into_iter().map(|(i, _)| i).collect();
             return vec![(idx, self.failed(node, None, PeerError::Refused(why)))];
         };
-        let ports = match self.shard_ports(link).await {
+        let ports = match self.shard_ports(&link).await {
             Ok(ports) => ports,
             Err(e) => {
                 let idx = ops.into_iter().map(|(i, _)| i).collect();
@@ -213,7 +253,7 @@ impl Peers {
         let mut sent = Vec::with_capacity(groups.len());
         for (shard, idx, ops) in groups {
             let addr = SocketAddr::new(link.addr.ip(), ports[shard]);
-            let reply = match self.conn(link, shard, addr).await {
+            let reply = match self.conn(&link, shard, addr).await {
                 Ok(mux) => mux.send(ops, true).map_err(|e| unreachable(node, addr, &e)),
                 Err(e) => Err(e),
             };
@@ -248,28 +288,27 @@ impl Peers {
     /// Whether peer `node` is believed up: true until a request or heartbeat to it fails,
     /// and again from the next one that succeeds. This node itself, and unknown ids, are live.
     pub fn is_live(&self, node: NodeId) -> bool {
-        self.links
-            .iter()
-            .find(|l| l.id == node)
-            .is_none_or(|l| !l.state.borrow().down)
+        self.link(node).is_none_or(|l| !l.state.borrow().down)
     }
 
     /// `(peers believed down now, times a peer went down)`, for `kvmesh stats`.
     pub fn down_counts(&self) -> (u64, u64) {
-        self.links.iter().fold((0, 0), |(now, events), l| {
+        let current = self.ids();
+        self.links.borrow().iter().fold((0, 0), |(now, events), l| {
             let state = l.state.borrow();
-            (now + state.down as u64, events + state.down_events)
+            let down = state.down && current.contains(&l.id);
+            (now + down as u64, events + state.down_events)
         })
     }
 
-    /// The ids of the other members.
-    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.links.iter().map(|l| l.id)
+    /// The ids of the other nodes taking part.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.membership().peers().map(|(id, _)| id).collect()
     }
 
     /// Records the outcome of a request to `node`: up (`None`) or down, logging each change.
     fn mark(&self, node: NodeId, failure: Option<&PeerError>) {
-        let Some(link) = self.links.iter().find(|l| l.id == node) else {
+        let Some(link) = self.link(node) else {
             return;
         };
         let mut state = link.state.borrow_mut();
@@ -294,7 +333,7 @@ impl Peers {
         loop {
             glommio::timer::sleep(every).await;
             let mut sent = Vec::new();
-            for node in self.ids().collect::<Vec<_>>() {
+            for node in self.ids() {
                 let op = Op {
                     code: OpCode::OpTopology as i32,
                     ..Op::default()
@@ -311,7 +350,8 @@ impl Peers {
     /// refused; a peer that is not up yet is retried for a while.
     pub async fn probe(self: Rc<Self>) {
         let start = Instant::now();
-        for link in &self.links {
+        let links = self.links.borrow().clone();
+        for link in &links {
             loop {
                 match self.shard_ports(link).await {
                     Ok(ports) => {
@@ -351,8 +391,8 @@ impl Peers {
     /// Peer `node`'s shard ports, from a handshake the first time; `None` when it is not a
     /// peer or cannot be reached now.
     pub async fn shard_ports_of(&self, node: NodeId) -> Option<Vec<u16>> {
-        let link = self.links.iter().find(|l| l.id == node)?;
-        self.shard_ports(link).await.ok()
+        let link = self.link(node)?;
+        self.shard_ports(&link).await.ok()
     }
 
     /// The peer's shard ports, from a handshake on its wire port the first time.
@@ -466,7 +506,7 @@ impl Peers {
             .map_err(unreachable_)?;
         let op = Op {
             code: OpCode::OpHello as i32,
-            hello: Some(self.hello.clone()),
+            hello: Some(self.hello.borrow().clone()),
             ..Op::default()
         };
         let result = conn

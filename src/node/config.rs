@@ -64,9 +64,17 @@ pub struct NodeConfig {
     /// Bytes per second (keys and values) the node streams to new owners after a membership
     /// change, split evenly across shards (`--stream-rate`, MiB/s, default 64); 0: unlimited.
     pub stream_rate: u64,
+    /// `--join`: a member of the running cluster this node asks to join; only used while
+    /// no agreed topology is stored in the data directory.
+    pub join: Option<SocketAddr>,
 }
 
 impl NodeConfig {
+    /// Whether this node is, or is joining, a cluster of more than one.
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_multi_node() || self.join.is_some()
+    }
+
     /// This shard's share of `--stream-rate`, bytes per second; 0: unlimited.
     pub fn shard_stream_rate(&self) -> u64 {
         self.stream_rate / self.shards.max(1) as u64
@@ -318,6 +326,7 @@ mod tests {
             hint_max_age: Duration::from_secs(600),
             heartbeat: Duration::from_millis(500),
             stream_rate: 64 << 20,
+            join: None,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Started {
     remote: Vec<(Vec<usize>, Result<Pending, reply::ForwardError>)>,
     /// Indices of `OP_SNAPSHOT` ops: run, one after another, in `finish`.
     snapshots: Vec<usize>,
+    /// Membership changes asked of this node (`OP_JOIN`, `OP_LEAVE`): run in `finish`.
+    changes: Vec<(usize, Op)>,
     /// For the latency histograms: when it started, and its ops by kind.
     began: Instant,
     kinds: [u32; crate::metrics::latency::KINDS.len()],
@@ -69,6 +71,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     let mut results = vec![OpResult::default(); ops.len()];
     let mut waits = Vec::new();
     let mut snapshots = Vec::new();
+    let mut changes = Vec::new();
     // (owning shard, indices into `results`, ops) for ops this shard does not own.
     let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
     let mut plan = replicate::Plan::default();
@@ -99,6 +102,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
             }
             match route {
                 Route::Here if op.code == OpCode::OpSnapshot as i32 => snapshots.push(i),
+                Route::Change => changes.push((i, op)),
                 Route::Local | Route::Here => {
                     let executed = shard.execute(&op, now);
                     results[i] = executed.result;
@@ -106,7 +110,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                         replicate::annotate(ctx, stats);
                     }
                     if let Some(topology) = results[i].topology.as_mut() {
-                        topology.epoch = membership.epoch;
+                        super::change::annotate(ctx, &membership, topology);
                     }
                     if route == Route::Local {
                         plan.note(ctx, i, &op);
@@ -168,6 +172,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
         waits,
         remote: sent,
         snapshots,
+        changes,
         began,
         kinds,
         nodes,
@@ -192,6 +197,7 @@ impl Started {
             waits,
             remote,
             snapshots,
+            changes,
             began,
             kinds,
             nodes,
@@ -207,6 +213,9 @@ impl Started {
                     "snapshots need a data directory: this node runs without --data-dir",
                 ),
             };
+        }
+        for (i, op) in changes {
+            results[i] = super::change::answer(ctx, &op).await;
         }
         let log = ctx.shard.borrow().log().cloned();
         durable::settle(ctx.me, log, &mut results, &waits).await;

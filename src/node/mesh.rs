@@ -34,9 +34,18 @@ pub enum Envelope {
     },
     /// The results of the Forward with this tag, in op order.
     Reply { tag: u64, results: Vec<OpResult> },
+    /// Membership control between the shards of this node (see `node::change`).
+    Control(Control),
+}
+
+/// What shards tell each other about a membership change.
+#[derive(Debug, Clone)]
+pub enum Control {
     /// A topology the node's topology Raft group applied (shard 0 sends it to every other
     /// shard; see `node::raft`).
     Topology(ClusterTopology),
+    /// Shard `shard` streamed everything it owes for the change of `epoch` (to shard 0).
+    StreamDone { epoch: u64, shard: usize },
 }
 
 /// A forwarded request whose reply has not arrived yet.
@@ -136,8 +145,13 @@ impl Mesh {
     /// Sends `topology` to every other shard of this node, without waiting for room.
     pub fn broadcast_topology(self: &Rc<Self>, topology: &ClusterTopology) {
         for to in (0..self.senders.nr_consumers()).filter(|&s| s != self.me()) {
-            self.reply(to, Envelope::Topology(topology.clone()));
+            self.reply(to, Envelope::Control(Control::Topology(topology.clone())));
         }
+    }
+
+    /// Sends `control` to shard `to`, without waiting for room.
+    pub fn control(self: &Rc<Self>, to: usize, control: Control) {
+        self.reply(to, Envelope::Control(control));
     }
 
     fn deliver(&self, tag: u64, results: Vec<OpResult>) {
@@ -164,17 +178,17 @@ impl Mesh {
 }
 
 /// Spawns one task per peer that executes forwarded ops, delivers replies and hands each
-/// topology from shard 0 to `on_topology`.
+/// control message to `on_control`.
 pub fn spawn_receivers(
     mesh: Rc<Mesh>,
     mut receivers: Receivers<Envelope>,
     shard: Rc<RefCell<Shard>>,
-    on_topology: Rc<dyn Fn(&ClusterTopology)>,
+    on_control: Rc<dyn Fn(Control)>,
 ) {
     for (_peer, stream) in receivers.streams() {
         let mesh = mesh.clone();
         let shard = shard.clone();
-        let on_topology = on_topology.clone();
+        let on_control = on_control.clone();
         glommio::spawn_local(async move {
             while let Some(envelope) = stream.recv().await {
                 match envelope {
@@ -209,7 +223,7 @@ pub fn spawn_receivers(
                         }
                     }
                     Envelope::Reply { tag, results } => mesh.deliver(tag, results),
-                    Envelope::Topology(topology) => on_topology(&topology),
+                    Envelope::Control(control) => on_control(control),
                 }
             }
         })

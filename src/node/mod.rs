@@ -18,6 +18,7 @@
 //!   owners (throttled, batched, retried), progress counters, and dropping what is no
 //!   longer owned.
 
+mod change;
 pub mod config;
 mod conn;
 pub(crate) mod dispatch;

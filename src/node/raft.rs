@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 use kvmesh_net::ring::NodeId;
 use kvmesh_proto::wire::{ClusterTopology, Op, OpCode, OpResult, Status};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RawNode, StateRole, Storage};
 
 use crate::cluster::raft_state::{self, Stored};
-use crate::cluster::topology::{Command, Member, Topology};
+use crate::cluster::topology::{Applied, Change, Command, Member, Refused, Topology};
 use crate::cluster::topology_wire::{decode_command, encode_command, topology_to_wire};
 use crate::cluster::Peers;
 
@@ -43,6 +43,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// How often the driver looks for messages to step and `Ready`s to handle between ticks.
 const POLL: Duration = Duration::from_millis(5);
 const ELECTION_TICKS: usize = 10;
+/// How long a node that left stays in the Raft group at most, when it does not catch up.
+const LEFT_NODE_GRACE: Duration = Duration::from_secs(10);
 const HEARTBEAT_TICKS: usize = 2;
 
 /// Shard 0's handle on the topology Raft group.
@@ -58,6 +60,13 @@ pub struct RaftDriver {
     /// run loop, so nothing else ever borrows `node` while a `Ready` is handled.
     inbox: RefCell<Vec<Message>>,
     unreachable: RefCell<Vec<u64>>,
+    /// The latest commands the state machine refused, and why: how a node that proposed
+    /// one learns its answer (every node refuses the same command the same way).
+    refusals: RefCell<Vec<(Command, Refused)>>,
+    /// When the leader last proposed a change of the Raft voters (see `reconcile_voters`).
+    last_conf_proposal: Cell<Option<Instant>>,
+    /// The index of the last applied `Finish`, and when it was applied here.
+    finished: Cell<Option<(u64, Instant)>>,
     /// The index of the last entry applied to `topology`.
     applied_index: Cell<u64>,
     /// Set when the state could not be written: the driver stops rather than break Raft's
@@ -65,10 +74,11 @@ pub struct RaftDriver {
     failed: Cell<bool>,
 }
 
-#[allow(dead_code)] // Join and leave (the next step) use the rest.
 impl RaftDriver {
     /// Opens the group stored in `dir`, or bootstraps it from `members` (`--peers`) when none
-    /// is stored. Says why when the stored state is unreadable.
+    /// is stored; with no `members` (a node started with `--join`), starts empty and learns
+    /// everything from the leader once it is added. Says why when the stored state is
+    /// unreadable.
     pub fn open(
         me: NodeId,
         dir: PathBuf,
@@ -87,6 +97,13 @@ impl RaftDriver {
                 );
                 stored
             }
+            None if members.is_empty() => Stored {
+                hard_state: HardState::default(),
+                conf_state: ConfState::default(),
+                entries: Vec::new(),
+                topology: Topology::empty(),
+                applied: 0,
+            },
             None => {
                 let stored = bootstrap(members);
                 raft_state::save(&dir, &stored).map_err(|e| e.to_string())?;
@@ -124,6 +141,9 @@ impl RaftDriver {
             leader: Cell::new(0),
             inbox: RefCell::default(),
             unreachable: RefCell::default(),
+            refusals: RefCell::default(),
+            last_conf_proposal: Cell::new(None),
+            finished: Cell::new(None),
             applied_index: Cell::new(stored.applied),
             failed: Cell::new(false),
         });
@@ -136,9 +156,21 @@ impl RaftDriver {
         self.topology.borrow().clone()
     }
 
-    /// The leader this node knows of, 0 when none.
-    pub fn leader(&self) -> NodeId {
-        self.leader.get() as NodeId
+    /// Whether this node leads the topology group now.
+    pub fn is_leader(&self) -> bool {
+        self.node
+            .try_borrow()
+            .is_ok_and(|n| n.raft.state == StateRole::Leader)
+    }
+
+    /// Why the state machine refused `command`, if it refused it lately.
+    pub fn refusal(&self, command: &Command) -> Option<Refused> {
+        self.refusals
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(c, _)| c == command)
+            .map(|(_, r)| r.clone())
     }
 
     /// Answers an `OP_RAFT` op: steps its message into the group.
@@ -186,6 +218,7 @@ impl RaftDriver {
                 if last_tick.elapsed() >= TICK {
                     last_tick = Instant::now();
                     node.tick();
+                    self.reconcile_voters(&mut node);
                 }
             }
             if let Err(e) = self.handle_ready() {
@@ -218,7 +251,7 @@ impl RaftDriver {
         }
         self.send(ready.take_messages());
         let mut changed = false;
-        changed |= self.apply(ready.take_committed_entries());
+        changed |= self.apply(&mut node, ready.take_committed_entries());
         if !ready.entries().is_empty() {
             node.mut_store()
                 .wl()
@@ -241,7 +274,7 @@ impl RaftDriver {
             changed = true;
         }
         self.send(light.take_messages());
-        changed |= self.apply(light.take_committed_entries());
+        changed |= self.apply(&mut node, light.take_committed_entries());
         node.advance_apply();
         if changed {
             self.persist(&node)?;
@@ -251,30 +284,58 @@ impl RaftDriver {
 
     /// Applies committed entries to the topology, publishing each new one. Returns whether
     /// anything was applied.
-    fn apply(&self, entries: Vec<Entry>) -> bool {
+    fn apply(&self, node: &mut RawNode<MemStorage>, entries: Vec<Entry>) -> bool {
         let applied = !entries.is_empty();
         for entry in entries {
             match entry.entry_type {
                 EntryType::EntryNormal if entry.data.is_empty() => {} // a new leader's entry
-                EntryType::EntryNormal => self.apply_command(&entry),
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    tracing::warn!(
-                        "topology: ignored a Raft configuration change at index {}",
-                        entry.index
-                    );
+                EntryType::EntryNormal => {
+                    if let Some(Command::Bootstrap(members)) = self.apply_command(&entry) {
+                        adopt_bootstrap_voters(node, &members);
+                    }
                 }
+                EntryType::EntryConfChange => {
+                    let applied = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|e| e.to_string())
+                        .and_then(|cc| {
+                            node.apply_conf_change(&cc)
+                                .map_err(|e| e.to_string())
+                                .map(|cs| (cc, cs))
+                        });
+                    match applied {
+                        Ok((cc, cs)) => {
+                            tracing::info!(
+                                "topology: Raft {:?} node {}: voters {:?}, learners {:?}",
+                                cc.change_type,
+                                cc.node_id,
+                                cs.voters,
+                                cs.learners
+                            );
+                            node.mut_store().wl().set_conf_state(cs);
+                        }
+                        Err(e) => tracing::error!(
+                            "topology: configuration change at index {}: {e}",
+                            entry.index
+                        ),
+                    }
+                }
+                EntryType::EntryConfChangeV2 => tracing::warn!(
+                    "topology: ignored a joint configuration change at index {}",
+                    entry.index
+                ),
             }
             self.applied_index.set(entry.index);
         }
         applied
     }
 
-    fn apply_command(&self, entry: &Entry) {
+    /// Applies one topology entry; returns the command when it was applied.
+    fn apply_command(&self, entry: &Entry) -> Option<Command> {
         let command = match decode_command(&entry.data) {
             Ok(command) => command,
             Err(e) => {
                 tracing::error!("topology: entry {} does not decode: {e}", entry.index);
-                return;
+                return None;
             }
         };
         let mut topology = self.topology.borrow_mut();
@@ -286,11 +347,82 @@ impl RaftDriver {
                     topology.epoch
                 );
                 (self.publish)(&topology_to_wire(&topology));
+                if applied == Applied::Finished {
+                    self.finished.set(Some((entry.index, Instant::now())));
+                }
+                Some(command)
             }
-            Err(refused) => tracing::info!(
-                "topology: entry {} ({command:?}) changes nothing: {refused}",
-                entry.index
-            ),
+            Err(refused) => {
+                tracing::info!(
+                    "topology: entry {} ({command:?}) changes nothing: {refused}",
+                    entry.index
+                );
+                let mut refusals = self.refusals.borrow_mut();
+                if refusals.len() >= 16 {
+                    refusals.remove(0);
+                }
+                refusals.push((command, refused));
+                None
+            }
+        }
+    }
+
+    /// On the leader: makes the Raft voters follow the agreed topology, one change at a time.
+    /// A joining node becomes a learner (it receives the log, so it learns the topology, but
+    /// does not vote); a member that is not a voter (a join that finished) becomes one; a
+    /// voter that is no member any more (a leave that finished) is removed. A proposal that is
+    /// lost with a leader change is simply made again.
+    fn reconcile_voters(&self, node: &mut RawNode<MemStorage>) {
+        if node.raft.state != StateRole::Leader || node.raft.has_pending_conf() {
+            return;
+        }
+        if self
+            .last_conf_proposal
+            .get()
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let Ok(state) = node.store().initial_state() else {
+            return;
+        };
+        let (voters, learners) = (&state.conf_state.voters, &state.conf_state.learners);
+        let topology = self.topology.borrow();
+        if topology.epoch == 0 {
+            return;
+        }
+        let joining = match &topology.transition {
+            Some(t) => match t.change {
+                Change::Join(m) => Some(u64::from(m.id)),
+                Change::Leave(_) => None,
+            },
+            None => None,
+        };
+        let members: Vec<u64> = topology.members.iter().map(|m| u64::from(m.id)).collect();
+        let change =
+            if let Some(id) = joining.filter(|id| !voters.contains(id) && !learners.contains(id)) {
+                Some((ConfChangeType::AddLearnerNode, id))
+            } else if let Some(&id) = members.iter().find(|id| !voters.contains(id)) {
+                Some((ConfChangeType::AddNode, id))
+            } else {
+                voters
+                    .iter()
+                    .chain(learners)
+                    .find(|id| !members.contains(id) && Some(**id) != joining)
+                    .filter(|&&id| self.may_remove(node, id))
+                    .map(|&id| (ConfChangeType::RemoveNode, id))
+            };
+        let Some((change_type, node_id)) = change else {
+            return;
+        };
+        let cc = ConfChange {
+            change_type,
+            node_id,
+            ..ConfChange::default()
+        };
+        self.last_conf_proposal.set(Some(Instant::now()));
+        if let Err(e) = node.propose_conf_change(Vec::new(), cc) {
+            tracing::warn!("topology: proposing {change_type:?} node {node_id}: {e}");
         }
     }
 
@@ -318,6 +450,18 @@ impl RaftDriver {
         raft_state::save(&self.dir, &stored).map_err(|e| e.to_string())
     }
 
+    /// Whether node `id`, which left, may leave the Raft group too: once it holds the `Finish`
+    /// entry and a few heartbeats told it that entry is committed (it stops itself when it
+    /// applies it), or after [`LEFT_NODE_GRACE`] whatever it holds (it may be dead: a forced
+    /// leave).
+    fn may_remove(&self, node: &RawNode<MemStorage>, id: u64) -> bool {
+        let Some((index, at)) = self.finished.get() else {
+            return true;
+        };
+        let matched = node.raft.prs().get(id).is_some_and(|p| p.matched >= index);
+        (matched && at.elapsed() > TICK * 10) || at.elapsed() > LEFT_NODE_GRACE
+    }
+
     /// Sends each message to shard 0 of its member, in the background.
     fn send(self: &Rc<Self>, messages: Vec<Message>) {
         for message in messages {
@@ -338,6 +482,35 @@ impl RaftDriver {
                 }
             })
             .detach();
+        }
+    }
+}
+
+/// A node that joined starts with no voters; the log's first entry names the members the
+/// cluster was bootstrapped with, which were its voters then. Adopting them, one simple change
+/// at a time, gives the joining node the same Raft configuration as every other node at that
+/// index, so the configuration changes that follow apply alike everywhere.
+fn adopt_bootstrap_voters(node: &mut RawNode<MemStorage>, members: &[Member]) {
+    let known = node
+        .store()
+        .initial_state()
+        .map(|s| !s.conf_state.voters.is_empty())
+        .unwrap_or(true);
+    if known {
+        return;
+    }
+    for member in members {
+        let cc = ConfChange {
+            change_type: ConfChangeType::AddNode,
+            node_id: u64::from(member.id),
+            ..ConfChange::default()
+        };
+        match node.apply_conf_change(&cc) {
+            Ok(cs) => node.mut_store().wl().set_conf_state(cs),
+            Err(e) => {
+                tracing::error!("topology: adopting the bootstrap voters: {e}");
+                return;
+            }
         }
     }
 }
