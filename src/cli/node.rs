@@ -199,6 +199,16 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let explicit_shards = args
         .shards
         .or((!args.cpus.is_empty()).then_some(args.cpus.len()));
+    let alone = join.is_none() && peers.as_ref().is_none_or(|p| p.len() <= 1);
+    if let Some(dir) = args.data_dir.as_ref().filter(|_| alone) {
+        if dir.join(crate::cluster::raft_state::FILE_NAME).exists() {
+            anyhow::bail!(
+                "{} holds the topology of a cluster this node is a member of: start it with \
+                 --join HOST:PORT (any member) or --peers, not alone",
+                dir.display()
+            );
+        }
+    }
     // Held until the node stops: the data directory stays locked as long as it runs.
     let data_dir = match &args.data_dir {
         Some(dir) => {

@@ -251,10 +251,13 @@ impl Peers {
             }
         }
         let mut sent = Vec::with_capacity(groups.len());
+        let epoch = self.membership().epoch;
         for (shard, idx, ops) in groups {
             let addr = SocketAddr::new(link.addr.ip(), ports[shard]);
             let reply = match self.conn(&link, shard, addr).await {
-                Ok(mux) => mux.send(ops, true).map_err(|e| unreachable(node, addr, &e)),
+                Ok(mux) => mux
+                    .send_at(ops, true, epoch)
+                    .map_err(|e| unreachable(node, addr, &e)),
                 Err(e) => Err(e),
             };
             sent.push((idx, Sent { node, addr, reply }));

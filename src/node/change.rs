@@ -69,6 +69,57 @@ impl Streamed {
     }
 }
 
+/// Whether `op` is answered `STATUS_MOVED` by a node on a newer topology than its sender's
+/// (see `Request.epoch`): the reads, which must not be served by a node that may have dropped
+/// the key. Writes are served (the receiver replicates them to the owners it knows).
+pub fn is_reroutable(op: &Op) -> bool {
+    !op.replica
+        && [OpCode::OpGet, OpCode::OpTtl, OpCode::OpTouch]
+            .iter()
+            .any(|&c| c as i32 == op.code)
+}
+
+/// The answer to an op routed by an older topology than this node's `epoch`.
+pub fn moved(epoch: u64) -> OpResult {
+    OpResult {
+        status: Status::Moved as i32,
+        message: format!("routed by an older topology than this node's (epoch {epoch})"),
+        moved_epoch: epoch,
+        ..OpResult::default()
+    }
+}
+
+/// Routes again the ops another node answered `STATUS_MOVED`, once this node has applied
+/// the topology that node has (at most `--forward-timeout` later: else they are answered
+/// UNAVAILABLE).
+pub async fn reroute_moved(ctx: &ShardCtx, kept: Vec<(usize, Op)>, results: &mut [OpResult]) {
+    let moved: Vec<(usize, Op)> = kept
+        .into_iter()
+        .filter(|(i, _)| results[*i].status() == Status::Moved)
+        .collect();
+    let Some(epoch) = moved.iter().map(|(i, _)| results[*i].moved_epoch).max() else {
+        return;
+    };
+    let give_up = Instant::now() + ctx.config.forward_timeout;
+    while ctx.peers.membership().epoch < epoch {
+        if Instant::now() > give_up {
+            for (i, _) in &moved {
+                results[*i] = reply::status(
+                    Status::Unavailable,
+                    format!("this node has not caught up with topology epoch {epoch} yet"),
+                );
+            }
+            return;
+        }
+        glommio::timer::sleep(LOOK_EVERY / 5).await;
+    }
+    let (idx, ops): (Vec<usize>, Vec<Op>) = moved.into_iter().unzip();
+    let answers = Box::pin(super::dispatch::execute(ctx, ops)).await;
+    for (i, answer) in idx.into_iter().zip(answers) {
+        results[i] = answer;
+    }
+}
+
 /// Fills an `OP_TOPOLOGY` answer with what this shard knows of the cluster: the agreed epoch,
 /// the members it routes by and the running change.
 pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::Topology) {
@@ -279,6 +330,46 @@ async fn ask_to_join(
     .ok_or_else(|| "no answer".to_string())
 }
 
+/// Waits until every shard of every node in `nodes` has applied topology `epoch`. A source
+/// streams only then: a write coordinated by a node that does not know of the change yet
+/// goes to the old owners only, and could miss a key the stream had already sent.
+async fn all_applied(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
+    let mut waiting: Vec<NodeId> = nodes.to_vec();
+    let mut logged = Instant::now();
+    while !waiting.is_empty() {
+        let mut behind = Vec::new();
+        for &node in &waiting {
+            let shards = ctx.peers.shard_ports_of(node).await.map_or(0, |p| p.len());
+            let mut applied = shards > 0;
+            for shard in 0..shards {
+                let op = Op {
+                    code: OpCode::OpTopology as i32,
+                    ..Op::default()
+                };
+                let sent = ctx.peers.send_to_shard(node, shard, vec![op]).await;
+                let answered = ctx.peers.wait(sent).await.ok().and_then(|mut r| r.pop());
+                let at = answered.and_then(|r| r.topology).map_or(0, |t| t.epoch);
+                applied &= at >= epoch;
+            }
+            if !applied {
+                behind.push(node);
+            }
+        }
+        waiting = behind;
+        if !waiting.is_empty() {
+            if logged.elapsed() > Duration::from_secs(5) {
+                logged = Instant::now();
+                tracing::info!(
+                    "shard {}: epoch {epoch}: waiting for node(s) {waiting:?} to apply the \
+                     change before streaming",
+                    ctx.me
+                );
+            }
+            glommio::timer::sleep(LOOK_EVERY).await;
+        }
+    }
+}
+
 /// Runs on every shard of a node in a cluster: streams when a change begins, reports it
 /// done, finishes it (on the leader), drops what is no longer owned, and stops a node that
 /// left. See the module docs.
@@ -313,6 +404,14 @@ pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop:
                             continue;
                         }
                     };
+                    let others: Vec<NodeId> = t
+                        .old
+                        .iter()
+                        .chain(&t.new)
+                        .map(|m| m.id)
+                        .filter(|&id| id != me)
+                        .collect();
+                    all_applied(&ctx, topology.epoch, &others).await;
                     match stream::stream_shard(&ctx, &mv).await {
                         Ok(_) => {
                             streamed_epoch = topology.epoch;

@@ -82,7 +82,7 @@ impl NodeConfig {
 
     /// The tombstone grace the stores use: none on a node alone, where nothing arrives late.
     pub fn tombstone_grace_ms(&self) -> u64 {
-        if self.cluster.ring().nodes().len() > 1 {
+        if self.is_clustered() {
             self.tombstone_grace.as_millis() as u64
         } else {
             0
@@ -218,7 +218,7 @@ impl NodeConfig {
         if self.heartbeat.is_zero() {
             problems.push("--heartbeat must be more than 0".to_string());
         }
-        if self.cluster.is_multi_node() && self.hint_max_age >= self.tombstone_grace {
+        if self.is_clustered() && self.hint_max_age >= self.tombstone_grace {
             problems.push(format!(
                 "--hint-max-age ({:?}) must be below --tombstone-grace ({:?}): a hint older than \
                  a remove's tombstone could bring the removed key back",

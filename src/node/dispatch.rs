@@ -43,6 +43,9 @@ pub struct Started {
     kinds: [u32; crate::metrics::latency::KINDS.len()],
     /// Per peer shard of another node: the indices its answers fill, and the request.
     nodes: Vec<(Vec<usize>, Sent)>,
+    /// Reads sent to another node, kept (they carry no value) to route again if it answers
+    /// `STATUS_MOVED`.
+    reroutable: Vec<(usize, Op)>,
     /// Writes this node coordinates that another shard of it executes: sent to the keys'
     /// other owners in `finish`, once that shard answered with their versions.
     replicate: replicate::Plan,
@@ -54,12 +57,14 @@ pub struct Started {
 
 /// Executes the ops this shard owns and sends the others to their owners.
 pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
-    start_from(ctx, ops, false).await
+    start_from(ctx, ops, false, 0).await
 }
 
 /// [`start`] for a request that another node `forwarded`: its ops are served by this node,
-/// never sent to another (see `router::route_in_cluster`).
-pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Started {
+/// never sent to another (see `router::route_in_cluster`). When the sender routed by an older
+/// topology `epoch` than this node's, its reads are answered `STATUS_MOVED` instead (see
+/// [`super::change::moved`]).
+pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u64) -> Started {
     let began = Instant::now();
     let mut kinds = [0u32; crate::metrics::latency::KINDS.len()];
     for op in &ops {
@@ -67,6 +72,8 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     }
     let now = super::now_ms();
     let membership = ctx.peers.membership();
+    let stale = forwarded && epoch != 0 && epoch < membership.epoch;
+    let mut reroutable = Vec::new();
     let mut for_nodes: Vec<(u32, Vec<(usize, Op)>)> = Vec::new();
     let mut results = vec![OpResult::default(); ops.len()];
     let mut waits = Vec::new();
@@ -98,6 +105,10 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                 shard.counters.node_forwarded_in += 1;
             }
             if matches!(route, Route::Local | Route::Forward(_)) {
+                if stale && super::change::is_reroutable(&op) {
+                    results[i] = super::change::moved(membership.epoch);
+                    continue;
+                }
                 reads.note(ctx, i, &mut op);
             }
             match route {
@@ -130,6 +141,9 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                 }
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;
+                    if super::change::is_reroutable(&op) {
+                        reroutable.push((i, op.clone()));
+                    }
                     match for_nodes.iter_mut().find(|(n, _)| *n == node) {
                         Some((_, ops)) => ops.push((i, op)),
                         None => for_nodes.push((node, vec![(i, op)])),
@@ -176,6 +190,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
         began,
         kinds,
         nodes,
+        reroutable,
         replicate: plan,
         replicating,
         reads,
@@ -201,6 +216,7 @@ impl Started {
             began,
             kinds,
             nodes,
+            reroutable,
             replicate,
             replicating,
             reads,
@@ -260,6 +276,7 @@ impl Started {
                 }
             }
         }
+        super::change::reroute_moved(ctx, reroutable, &mut results).await;
         reads.finish(ctx, &mut results).await;
         replicating.finish(ctx, &mut results).await;
         replicate::complete(ctx, replicate, &mut results).await;
