@@ -97,8 +97,8 @@ const PER_SHARD: [PerShard; 38] = [
         |s| s.stats.peers_down),
     ("kvmesh_stream_ranges_pending", "Moved ring ranges whose keys this shard has not finished \
         streaming to their new owners.", GAUGE, |s| s.stats.stream_ranges_pending),
-    ("kvmesh_stream_bytes_left", "Key + value bytes the current stream still has to send.",
-        GAUGE, |s| s.stats.stream_bytes_left),
+    ("kvmesh_stream_bytes_left", "Key + value bytes the current stream still has to have \
+        acknowledged.", GAUGE, |s| crate::node::stream::progress::bytes_left(&s.stats)),
     ("kvmesh_stream_bytes", "Key + value bytes streamed to new owners after membership \
         changes, resends included.", COUNTER, |s| s.stats.stream_bytes_total),
     ("kvmesh_stream_retries", "Stream batches resent after a failure.", COUNTER,

@@ -418,7 +418,7 @@ fn deadline(now_ms: u64, ttl_ms: u64) -> u64 {
 }
 
 /// Milliseconds left before `deadline` (0: never expires), at least 1 for a live key.
-fn remaining(deadline: u64, now_ms: u64) -> u64 {
+pub(super) fn remaining(deadline: u64, now_ms: u64) -> u64 {
     if deadline == 0 {
         0
     } else {

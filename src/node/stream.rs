@@ -52,12 +52,14 @@ use kvmesh_net::{shard_for, Connection};
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status, Topology};
 
 use super::server::ShardCtx;
+use super::shard::remaining;
 use throttle::Throttle;
 
 /// Slots scanned per step before the executor serves requests again (as a snapshot does).
 pub const SCAN_SLOTS: usize = 4096;
-/// Key + value bytes per batch (a batch also ends at [`BATCH_OPS`] ops); an entry larger
-/// than this goes in a batch of its own.
+/// Key + value bytes per batch at most (a batch also ends at [`BATCH_OPS`] ops), except that
+/// an entry larger than this goes in a batch of its own: a batch never holds more than one
+/// entry's worth above the budget, so it fits any frame limit that fits the largest entry.
 pub const BATCH_BYTES: usize = 256 << 10;
 /// Ops per batch at most.
 pub const BATCH_OPS: usize = 1024;
@@ -127,9 +129,12 @@ pub struct StreamReport {
     pub ranges: u64,
     /// This shard's share of the theoretical minimum, from the counting pass.
     pub planned: MoveCost,
-    /// Key copies and key + value bytes acknowledged, resends included: the real cost. A key
-    /// written between the two passes can make it differ slightly from `planned` either way.
-    pub keys_sent: u64,
+    /// Key copies and their key + value bytes acknowledged by their destinations. A key
+    /// written or removed between the two passes can make them differ slightly from `planned`.
+    pub keys_acked: u64,
+    pub bytes_acked: u64,
+    /// Key + value bytes put on the wire, resends included: the real cost, to compare with
+    /// `planned.bytes`.
     pub bytes_sent: u64,
     /// Batches acknowledged, and batches resent after a failure.
     pub batches: u64,
@@ -147,10 +152,10 @@ impl std::fmt::Display for StreamReport {
         };
         write!(
             f,
-            "{} range(s), {} key copies, {} byte(s) streamed vs a minimum of {} ({ratio:.3}×), \
-             {} batch(es), {} resent, {} refused",
+            "{} range(s), {} key copies acknowledged, {} byte(s) streamed vs a minimum of {} \
+             ({ratio:.3}×), {} batch(es), {} resent, {} refused",
             self.ranges,
-            self.keys_sent,
+            self.keys_acked,
             self.bytes_sent,
             self.planned.bytes,
             self.batches,
@@ -301,10 +306,8 @@ async fn send_all(
         for (op, destinations) in found {
             for node in destinations {
                 let shard = sender.shard_of(node, &op.key).await?;
-                let batch = batches.entry((node, shard)).or_default();
-                batch.push(op.clone());
-                if batch.is_full() {
-                    let batch = std::mem::take(batch);
+                let ready = batches.entry((node, shard)).or_default().push(op.clone());
+                for batch in ready {
                     launch(sender, &mut window, &mut throttle, (node, shard), batch).await?;
                 }
             }
@@ -359,13 +362,20 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, op: Op) {
-        self.bytes += op.key.len() + op.value.len();
+    /// Adds `op`; returns the batches ready to go: this one first when `op` would take it past
+    /// the byte budget, then the one holding `op` once it is full.
+    fn push(&mut self, op: Op) -> Vec<Batch> {
+        let mut ready = Vec::new();
+        let len = op.key.len() + op.value.len();
+        if !self.ops.is_empty() && self.bytes + len > BATCH_BYTES {
+            ready.push(std::mem::take(self));
+        }
+        self.bytes += len;
         self.ops.push(op);
-    }
-
-    fn is_full(&self) -> bool {
-        self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS
+        if self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS {
+            ready.push(std::mem::take(self));
+        }
+        ready
     }
 }
 
@@ -446,35 +456,31 @@ impl Sender {
             if !self.ctx.serving.is_serving() {
                 return Err(StreamError::Stopping);
             }
-            let sent_bytes: usize = ops.iter().map(|o| o.key.len() + o.value.len()).sum();
             let answered = match self.conn(node, shard).await {
-                Ok(mux) => match mux.send(ops.clone(), true) {
-                    Ok(reply) => reply
-                        .wait(self.ctx.config.forward_timeout)
-                        .await
-                        .map_err(|e| e.to_string()),
+                Ok(mux) => match mux.send(ops.clone(), false) {
+                    Ok(reply) => {
+                        self.sent(&ops);
+                        reply
+                            .wait(self.ctx.config.forward_timeout)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
                     Err(e) => Err(e.to_string()),
                 },
                 Err(e) => Err(e),
             };
             match answered {
                 Ok(results) => {
-                    let (retry, refused) = sort_answers(ops, &results);
-                    let acked = results.len() - retry.len().min(results.len());
-                    let acked_bytes = sent_bytes
-                        - retry
-                            .iter()
-                            .map(|o| o.key.len() + o.value.len())
-                            .sum::<usize>();
-                    self.acked(acked as u64, acked_bytes as u64, refused);
-                    if retry.is_empty() {
+                    let answers = sort_answers(ops, &results);
+                    self.acked(&answers);
+                    if answers.retry.is_empty() {
                         return Ok(());
                     }
                     tracing::debug!(
                         "stream: node {node} shard {shard} did not take {} op(s) yet",
-                        retry.len()
+                        answers.retry.len()
                     );
-                    ops = retry;
+                    ops = answers.retry;
                 }
                 Err(why) => {
                     self.conns.borrow_mut().remove(&(node, shard));
@@ -488,17 +494,25 @@ impl Sender {
         }
     }
 
-    fn acked(&self, keys: u64, bytes: u64, refused: u64) {
+    /// `ops` went on the wire: their cost.
+    fn sent(&self, ops: &[Op]) {
+        let bytes = payload(ops);
+        self.report.borrow_mut().bytes_sent += bytes;
+        self.ctx.shard.borrow_mut().stream.sent(bytes);
+    }
+
+    /// A batch was answered: its progress.
+    fn acked(&self, answers: &Answers) {
         let mut report = self.report.borrow_mut();
         report.batches += 1;
-        report.keys_sent += keys;
-        report.bytes_sent += bytes;
-        report.refused += refused;
-        self.ctx
-            .shard
-            .borrow_mut()
-            .stream
-            .acked(keys, bytes, Instant::now());
+        report.keys_acked += answers.acked;
+        report.bytes_acked += answers.acked_bytes;
+        report.refused += answers.refused;
+        self.ctx.shard.borrow_mut().stream.acked(
+            answers.acked,
+            answers.acked_bytes,
+            Instant::now(),
+        );
     }
 
     /// The open connection to shard `shard` of `node`, opened (hello first) if needed.
@@ -538,35 +552,46 @@ impl Sender {
     }
 }
 
-/// Splits a batch's ops by their answers: those to resend, and how many were refused for
-/// good (a limit of the destination that a resend cannot change).
-fn sort_answers(ops: Vec<Op>, results: &[OpResult]) -> (Vec<Op>, u64) {
-    let mut retry = Vec::new();
-    let mut refused = 0;
+/// A batch's answers, sorted.
+#[derive(Debug, Default)]
+struct Answers {
+    /// Copies acknowledged, and their key + value bytes.
+    acked: u64,
+    acked_bytes: u64,
+    /// Ops refused for good: a limit of the destination that a resend cannot change.
+    refused: u64,
+    /// Ops to resend: failed for now, or not answered.
+    retry: Vec<Op>,
+}
+
+/// Sorts a batch's ops by their answers.
+fn sort_answers(ops: Vec<Op>, results: &[OpResult]) -> Answers {
+    let mut answers = Answers::default();
     for (i, op) in ops.into_iter().enumerate() {
         match results.get(i).map(OpResult::status) {
-            Some(Status::Ok) => {}
+            Some(Status::Ok) => {
+                answers.acked += 1;
+                answers.acked_bytes += payload(std::slice::from_ref(&op));
+            }
             Some(Status::InvalidArgument | Status::NoSpace | Status::UnknownOperation) => {
-                refused += 1;
+                answers.refused += 1;
                 tracing::warn!(
                     "stream: a destination refused key {:?} for good: {}",
                     String::from_utf8_lossy(&op.key[..op.key.len().min(64)]),
                     results[i].message
                 );
             }
-            _ => retry.push(op),
+            _ => answers.retry.push(op),
         }
     }
-    (retry, refused)
+    answers
 }
 
-/// Milliseconds left before `deadline` (0: never), at least 1 for a live key.
-fn remaining(deadline: u64, now_ms: u64) -> u64 {
-    if deadline == 0 {
-        0
-    } else {
-        deadline.saturating_sub(now_ms).max(1)
-    }
+/// Key + value bytes of `ops`.
+fn payload(ops: &[Op]) -> u64 {
+    ops.iter()
+        .map(|o| (o.key.len() + o.value.len()) as u64)
+        .sum()
 }
 
 /// After the change is finished: drops this shard's keys that this node does not own under
@@ -656,29 +681,35 @@ mod tests {
             answered(Status::Timeout),
         ];
         // "e" got no answer at all: resent too.
-        let (retry, refused) = sort_answers(ops, &results);
-        let keys: Vec<&[u8]> = retry.iter().map(|o| o.key.as_slice()).collect();
+        let answers = sort_answers(ops, &results);
+        let keys: Vec<&[u8]> = answers.retry.iter().map(|o| o.key.as_slice()).collect();
         assert_eq!(keys, [&b"b"[..], b"d", b"e"]);
-        assert_eq!(refused, 1);
+        assert_eq!(
+            (answers.acked, answers.acked_bytes, answers.refused),
+            (1, 2, 1)
+        );
+        assert_eq!(payload(&answers.retry), 6);
     }
 
     #[test]
     fn batches_end_at_their_byte_or_op_budget() {
+        let sizes = |ready: Vec<Batch>| -> Vec<(usize, usize)> {
+            ready.iter().map(|b| (b.ops.len(), b.bytes)).collect()
+        };
         let mut b = Batch::default();
-        b.push(put("k", BATCH_BYTES - 2));
-        assert!(!b.is_full());
-        b.push(put("k", 1));
-        assert!(b.is_full());
-        let mut b = Batch::default();
-        for i in 0..BATCH_OPS {
-            assert!(!b.is_full());
-            b.push(put(&i.to_string(), 0));
-        }
-        assert!(b.is_full());
+        assert_eq!(sizes(b.push(put("k", BATCH_BYTES - 3))), []);
+        assert_eq!(sizes(b.push(put("k", 1))), [(2, BATCH_BYTES)]);
+        // An entry above the budget goes alone, after what was waiting.
+        assert_eq!(sizes(b.push(put("a", 10))), []);
         assert_eq!(
-            (remaining(0, 50), remaining(100, 50), remaining(100, 150)),
-            (0, 50, 1)
+            sizes(b.push(put("b", 2 * BATCH_BYTES))),
+            [(1, 11), (1, 2 * BATCH_BYTES + 1)]
         );
+        assert!(b.ops.is_empty());
+        for i in 0..BATCH_OPS - 1 {
+            assert_eq!(sizes(b.push(put(&i.to_string(), 0))), []);
+        }
+        assert_eq!(b.push(put("last", 0)).len(), 1);
     }
 
     #[test]

@@ -74,12 +74,14 @@ async fn run(ctx: &Rc<ShardCtx>, fields: &BTreeMap<String, String>) -> Result<St
             let r = stream_shard(ctx, &mv).await.map_err(|e| e.to_string())?;
             Ok(format!(
                 "ok\nranges={}\nplanned_keys={}\nplanned_copies={}\nplanned_bytes={}\n\
-                 keys_sent={}\nbytes_sent={}\nbatches={}\nretries={}\nrefused={}\n",
+                 keys_acked={}\nbytes_acked={}\nbytes_sent={}\nbatches={}\nretries={}\n\
+                 refused={}\n",
                 r.ranges,
                 r.planned.keys,
                 r.planned.copies,
                 r.planned.bytes,
-                r.keys_sent,
+                r.keys_acked,
+                r.bytes_acked,
                 r.bytes_sent,
                 r.batches,
                 r.retries,
