@@ -1,7 +1,8 @@
-//! The static member list and the handshake's checks. Pure: no sockets, no clock.
+//! One shard's view of the member list, and the handshake's checks. Pure: no sockets, no clock.
 //!
-//! Every node of a cluster is started with the same `--peers ID=HOST:PORT,...` list (itself
-//! included) and the same `--cluster NAME`. Two nodes talk only after a handshake
+//! Every node of a cluster is first started with the same `--peers ID=HOST:PORT,...` list
+//! (itself included) and the same `--cluster NAME`; from then on the list follows the agreed
+//! topology ([`Membership::with_topology`]), stamped with its epoch. Two nodes talk only after a handshake
 //! (`OP_HELLO`) in which each shows the other its cluster name, id, address, shard ports, member
 //! list and protocol version; [`Membership::check_hello`] says exactly why a peer is refused.
 

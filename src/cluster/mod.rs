@@ -1,6 +1,7 @@
 //! The cluster: which node owns a key, who the members are, and the connections between them.
 //!
-//! - [`membership`]: the static member list (`--peers`) and the handshake's checks (pure);
+//! - [`membership`]: a shard's view of the member list (`--peers`, then the agreed topology)
+//!   and the handshake's checks (pure);
 //! - [`peers`]: one shard's persistent, pipelined connections to the other nodes (glommio I/O);
 //! - [`local`]: `kvmesh cluster`, a local cluster of node processes on loopback ports;
 //! - [`replication`]: owners, acknowledgement counts and when a write is done (pure);

@@ -3,8 +3,9 @@
 //! Each shard keeps, per peer node, at most one persistent connection per peer shard, opened on
 //! first use and shared by every request of this shard ([`kvmesh_net::mux::Mux`]: pipelined,
 //! replies matched by id). Every connection starts with a handshake (`OP_HELLO`): the peer's
-//! cluster name, id, address and member list must match this node's, and it tells this shard
-//! the peer's shard ports. A connection that fails is replaced by the next request that needs
+//! cluster name, id, address and member list must match this node's (the member list only
+//! while neither side runs the agreed topology), and it tells this shard the peer's shard
+//! ports. The peers follow the agreed topology ([`Peers::apply_topology`]). A connection that fails is replaced by the next request that needs
 //! it; after a failed connect or a refusal, requests to that peer fail at once for
 //! [`RETRY_AFTER`], so a dead peer costs no connect storm. Every hop is bounded by the
 //! node's `--forward-timeout`.
@@ -49,14 +50,16 @@ pub enum PeerError {
 
 /// This shard's links to every other member.
 pub struct Peers {
-    /// Replaced when the agreed topology moves to a new epoch (see [`Peers::set_epoch`]).
+    /// Replaced with each agreed topology (see [`Peers::apply_topology`]).
     membership: RefCell<Rc<Membership>>,
     timeout: Duration,
     /// What this node says in its handshakes: rebuilt with each membership.
     hello: RefCell<Hello>,
     /// This shard's topology (shard ports), for rebuilding the hello.
     topology: Topology,
-    /// One link per other node taking part; links are added and removed with the membership.
+    /// One link per other node taking part, added with the membership. A link to a node
+    /// that left stays (the topology group talks to it until it knows it left); one whose
+    /// node moved to another address is replaced.
     links: RefCell<Vec<Rc<Link>>>,
     /// The agreed topology this shard has applied, if the node runs one (`node::raft`).
     agreed: RefCell<Option<Rc<super::topology::Topology>>>,
