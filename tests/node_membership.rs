@@ -183,26 +183,32 @@ fn keys_held(node: &Node) -> u64 {
     node.stats().iter().map(|s| s.keys).sum()
 }
 
-/// Starts node `id` with `--join seed`, flags as a `Cluster` node's plus `extra`.
-fn joiner(id: u32, seed: SocketAddr, data: &tempfile::TempDir, extra: &[&str]) -> Node {
-    let id = id.to_string();
-    let data = data.path().display().to_string();
-    let mut args = vec![
+/// The flags of node `id` started with `--join seed`: a `Cluster` node's, plus `extra`.
+fn join_args(id: u32, seed: SocketAddr, data: &tempfile::TempDir, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--id",
-        &id,
+        &id.to_string(),
         "--join",
-        "",
+        &seed.to_string(),
         "--fsync",
         "never",
         "--cluster",
         "test",
         "--data-dir",
-        &data,
-    ];
-    let seed = seed.to_string();
-    args[3] = &seed;
-    args.extend(extra);
-    Node::spawn(PortBlock::reserve(3), 1, &args)
+        &data.path().display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Starts node `id` with `--join seed` (see [`join_args`]).
+fn joiner(id: u32, seed: SocketAddr, data: &tempfile::TempDir, extra: &[&str]) -> Node {
+    let args = join_args(id, seed, data, extra);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::spawn(PortBlock::reserve(3), 1, &argv)
 }
 
 const KEYS: usize = 50_000;
@@ -381,6 +387,21 @@ fn two_joins_at_once_both_succeed_one_after_the_other() {
     for node in &all {
         check_all(node.addr, &latest);
     }
+    // A node that joined restarts from its stored topology: it does not join again.
+    drop(all);
+    let args = join_args(4, cluster.nodes[0].addr, &d4, &["--replicas", "2"]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    four.respawn(&argv);
+    four.wait_ready();
+    assert!(
+        four.log()
+            .contains("topology: restored epoch 5 (5 member(s)"),
+        "{}",
+        four.log()
+    );
+    assert!(!four.log().contains("join:"), "{}", four.log());
+    assert_eq!(epoch(&four, 0), 5);
+    check_all(four.addr, &latest);
 }
 
 #[test]
