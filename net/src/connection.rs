@@ -114,6 +114,7 @@ impl Connection {
                 id,
                 ops,
                 forwarded: false,
+                epoch: 0,
             },
             &mut self.out,
         );

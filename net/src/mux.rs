@@ -98,6 +98,11 @@ impl Mux {
     /// Queues one request and returns its reply to wait for. `forwarded` marks ops a node
     /// forwards to their owner (see `Request.forwarded`).
     pub fn send(&self, ops: Vec<Op>, forwarded: bool) -> Result<Reply, ClientError> {
+        self.send_at(ops, forwarded, 0)
+    }
+
+    /// [`Mux::send`], saying which topology epoch the sender routed by (`Request.epoch`).
+    pub fn send_at(&self, ops: Vec<Op>, forwarded: bool, epoch: u64) -> Result<Reply, ClientError> {
         let shared = &self.shared;
         if let Some(why) = shared.failed.borrow().clone() {
             return Err(ClientError::Lost {
@@ -109,7 +114,12 @@ impl Mux {
         shared.next_id.set(id + 1);
         let n = ops.len();
         frame::encode(
-            &Request { id, ops, forwarded },
+            &Request {
+                id,
+                ops,
+                forwarded,
+                epoch,
+            },
             &mut shared.out.borrow_mut(),
         );
         let (tx, rx) = oneshot::channel();

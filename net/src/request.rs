@@ -4,8 +4,8 @@
 //! input (a property test checks it). It walks the fields itself and copies each key and value
 //! once, straight from the body into its `Vec`; prost copies every bytes field twice (through
 //! an intermediate `Bytes`), which a GET or SET pays on each request. Anything it does not walk
-//! itself (an op's `hello`, groups, an unknown wire type, any malformed field) goes to prost
-//! whole, so prost's rules and error messages stay the contract.
+//! itself (an op's `hello`, a field it does not know, groups, an unknown wire type, any
+//! malformed field) goes to prost whole, so prost's rules and error messages stay the contract.
 
 use kvmesh_proto::wire::{Op, Request};
 use prost::{DecodeError, Message};
@@ -27,8 +27,9 @@ fn walk(body: &[u8]) -> Option<Request> {
             (1, Field::Varint(v)) => request.id = v,
             (2, Field::Bytes(op)) => request.ops.push(walk_op(op)?),
             (3, Field::Varint(v)) => request.forwarded = v != 0,
-            (1..=3, _) => return None,
-            _ => {}
+            (50, Field::Varint(v)) => request.epoch = v,
+            // Any other field, known to prost or not: prost decides.
+            _ => return None,
         }
     }
     Some(request)
@@ -46,9 +47,10 @@ fn walk_op(body: &[u8]) -> Option<Op> {
             (6, Field::Varint(v)) => op.replica = v != 0,
             (7, Field::Varint(v)) => op.version_hlc = v,
             (8, Field::Varint(v)) => op.version_node = v as u32,
-            // `hello` (5) is a message of its own: prost decodes such a request.
-            (1..=8, _) => return None,
-            _ => {}
+            (50, Field::Varint(v)) => op.force = v != 0,
+            // `hello` (5) is a message of its own, and any other field, known to prost or
+            // not: prost decodes such a request.
+            _ => return None,
         }
     }
     Some(op)
@@ -145,6 +147,7 @@ mod tests {
                     version_hlc: 1 << 50,
                     version_node: 3,
                     hello: None,
+                    force: true,
                 },
                 Op {
                     code: -5,
@@ -160,6 +163,7 @@ mod tests {
                 },
             ],
             forwarded: true,
+            epoch: 7,
         };
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", vec![]),
@@ -203,6 +207,7 @@ mod tests {
         fn arbitrary_requests(
             id: u64,
             forwarded: bool,
+            epoch: u64,
             ops in proptest::collection::vec(
                 (any::<i32>(), proptest::collection::vec(any::<u8>(), 0..40), proptest::collection::vec(any::<u8>(), 0..40), any::<u64>(), any::<bool>(), any::<u64>(), any::<u32>()),
                 0..4,
@@ -212,6 +217,7 @@ mod tests {
             let request = Request {
                 id,
                 forwarded,
+                epoch,
                 ops: ops
                     .into_iter()
                     .map(|(code, key, value, ttl_ms, replica, version_hlc, version_node)| Op {
@@ -223,6 +229,7 @@ mod tests {
                         version_hlc,
                         version_node,
                         hello: None,
+                        force: replica && version_node % 2 == 0,
                     })
                     .collect(),
             };

@@ -4,6 +4,7 @@
 mod client;
 mod cluster;
 mod gateway;
+mod leave;
 mod node;
 mod snapshot;
 
@@ -35,6 +36,8 @@ enum Command {
     Stats(client::StatsArgs),
     /// Make every shard of a node write a snapshot now (needs a node with --data-dir).
     Snapshot(snapshot::SnapshotArgs),
+    /// Retire a node from its cluster: its keys stream to their new owners, then it exits.
+    Leave(leave::LeaveArgs),
 }
 
 /// The command line's definition. A flag given twice takes its last value, so that the
@@ -72,6 +75,7 @@ pub fn main() -> i32 {
         Command::Remove(args) => client::remove(args),
         Command::Stats(args) => client::stats(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Leave(args) => leave::run(args),
     };
     match result {
         Ok(code) => code,

@@ -113,6 +113,12 @@ pub struct NodeArgs {
     /// needs --id and --data-dir [default: this node alone].
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     peers: Option<String>,
+    /// Join a running cluster through any of its members (HOST:PORT, its wire address): the
+    /// node asks to be taken in, receives its share of the keys, then serves them. Needs --id
+    /// and --data-dir. Once the node has joined, its data directory holds the agreed topology
+    /// and this flag only helps it find the cluster [default: none].
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "peers")]
+    join: Option<String>,
     /// The cluster's name: a node refuses peers that give another.
     #[arg(long, default_value = crate::cluster::membership::DEFAULT_CLUSTER, value_name = "NAME")]
     cluster: String,
@@ -176,9 +182,33 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     if peers.as_ref().is_some_and(|p| p.len() > 1) && args.id.is_none() {
         anyhow::bail!("--peers lists several members: give --id, which of them this node is");
     }
+    let join = match &args.join {
+        Some(text) => {
+            if args.id.is_none() || args.data_dir.is_none() {
+                anyhow::bail!("--join needs --id and --data-dir");
+            }
+            Some(
+                std::net::ToSocketAddrs::to_socket_addrs(text.as_str())
+                    .map_err(|e| anyhow::anyhow!("--join {text}: {e}"))?
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("--join {text} resolves to nothing"))?,
+            )
+        }
+        None => None,
+    };
     let explicit_shards = args
         .shards
         .or((!args.cpus.is_empty()).then_some(args.cpus.len()));
+    let alone = join.is_none() && peers.as_ref().is_none_or(|p| p.len() <= 1);
+    if let Some(dir) = args.data_dir.as_ref().filter(|_| alone) {
+        if dir.join(crate::cluster::raft_state::FILE_NAME).exists() {
+            anyhow::bail!(
+                "{} holds the topology of a cluster this node is a member of: start it with \
+                 --join HOST:PORT (any member) or --peers, not alone",
+                dir.display()
+            );
+        }
+    }
     // Held until the node stops: the data directory stays locked as long as it runs.
     let data_dir = match &args.data_dir {
         Some(dir) => {
@@ -277,6 +307,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         hint_max_age: args.hint_max_age,
         heartbeat: args.heartbeat,
         stream_rate: args.stream_rate.saturating_mul(1 << 20),
+        join,
     };
     let result = node::run(config);
     drop(data_dir);

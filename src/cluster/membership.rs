@@ -1,7 +1,8 @@
-//! The static member list and the handshake's checks. Pure: no sockets, no clock.
+//! One shard's view of the member list, and the handshake's checks. Pure: no sockets, no clock.
 //!
-//! Every node of a cluster is started with the same `--peers ID=HOST:PORT,...` list (itself
-//! included) and the same `--cluster NAME`. Two nodes talk only after a handshake
+//! Every node of a cluster is first started with the same `--peers ID=HOST:PORT,...` list
+//! (itself included) and the same `--cluster NAME`; from then on the list follows the agreed
+//! topology ([`Membership::with_topology`]), stamped with its epoch. Two nodes talk only after a handshake
 //! (`OP_HELLO`) in which each shows the other its cluster name, id, address, shard ports, member
 //! list and protocol version; [`Membership::check_hello`] says exactly why a peer is refused.
 
@@ -27,7 +28,15 @@ pub struct Membership {
     pub advertise: SocketAddr,
     /// Every member, this node included, in ascending id order.
     pub members: Vec<(NodeId, SocketAddr)>,
+    /// The epoch of the agreed topology this list comes from; 0 when the node runs no topology
+    /// Raft group (a node alone), and until its group has applied the first entry.
+    pub epoch: u64,
     ring: Ring,
+    /// During a membership change: the ring it moves to. Writes go to the owners under both
+    /// rings; reads use `ring` until the change finishes.
+    pending: Option<Ring>,
+    /// Every node taking part, this one included: the members and a joining node.
+    all: Vec<(NodeId, SocketAddr)>,
 }
 
 impl Membership {
@@ -68,9 +77,60 @@ impl Membership {
             cluster: cluster.to_string(),
             me,
             advertise,
+            all: members.clone(),
             members,
+            epoch: 0,
             ring,
+            pending: None,
         })
+    }
+
+    /// This node's view of an agreed topology (`node::raft`), or of the member list a cluster
+    /// answered a join with (`epoch` 0). This node need not be a member: a joining node routes
+    /// by the members' ring until its join finishes.
+    pub fn with_topology(
+        &self,
+        topology: &super::topology::Topology,
+    ) -> Result<Membership, String> {
+        let pairs = |ms: &[super::topology::Member]| -> Vec<(NodeId, SocketAddr)> {
+            ms.iter().map(|m| (m.id, m.addr)).collect()
+        };
+        let members = pairs(&topology.members);
+        let ids: Vec<NodeId> = members.iter().map(|m| m.0).collect();
+        let ring = Ring::new(&ids).map_err(|e| format!("epoch {}: {e}", topology.epoch))?;
+        let pending = match &topology.transition {
+            None => None,
+            Some(t) => {
+                let ids: Vec<NodeId> = t.new.iter().map(|m| m.id).collect();
+                Some(Ring::new(&ids).map_err(|e| format!("epoch {}: {e}", topology.epoch))?)
+            }
+        };
+        let mut all = pairs(&topology.all_members());
+        if !all.iter().any(|m| m.0 == self.me) {
+            all.push((self.me, self.advertise));
+            all.sort_by_key(|m| m.0);
+        }
+        Ok(Membership {
+            cluster: self.cluster.clone(),
+            me: self.me,
+            advertise: self.advertise,
+            members,
+            epoch: topology.epoch,
+            ring,
+            pending,
+            all,
+        })
+    }
+
+    /// The ring a running membership change moves to.
+    pub fn pending_ring(&self) -> Option<&Ring> {
+        self.pending.as_ref()
+    }
+
+    /// Whether this node is one of the members (a joining node is not, until its join
+    /// finishes).
+    pub fn is_member(&self) -> bool {
+        self.members.iter().any(|m| m.0 == self.me)
     }
 
     /// A cluster of this node alone.
@@ -88,14 +148,14 @@ impl Membership {
         self.members.len() > 1
     }
 
-    /// The address the member list gives node `id`.
+    /// The address the member list gives node `id` (a joining node's included).
     pub fn addr_of(&self, id: NodeId) -> Option<SocketAddr> {
-        self.members.iter().find(|m| m.0 == id).map(|m| m.1)
+        self.all.iter().find(|m| m.0 == id).map(|m| m.1)
     }
 
-    /// The other members.
+    /// The other nodes taking part: the other members, and a joining node.
     pub fn peers(&self) -> impl Iterator<Item = (NodeId, SocketAddr)> + '_ {
-        self.members.iter().copied().filter(|m| m.0 != self.me)
+        self.all.iter().copied().filter(|m| m.0 != self.me)
     }
 
     /// The member list as the wire protocol carries it.
@@ -119,6 +179,7 @@ impl Membership {
             shards: topology.shards,
             shard_ports: topology.shard_ports.clone(),
             members: self.wire_members(),
+            epoch: self.epoch,
         }
     }
 
@@ -155,7 +216,13 @@ impl Membership {
                 self.advertise
             ));
         }
+        // With an agreed topology, member lists change by themselves and a node that is
+        // joining is not listed yet: the topology group, not the handshake, decides who is in.
+        let agreed = self.epoch > 0 || hello.epoch > 0;
         let Some(listed) = self.addr_of(hello.node_id) else {
+            if agreed {
+                return check_ports(hello, &who);
+            }
             return Err(format!(
                 "{who} is not in node {me}'s member list (--peers {})",
                 peers_flag(&self.members)
@@ -167,7 +234,7 @@ impl Membership {
                 hello.node_id
             ));
         }
-        if hello.members != self.wire_members() {
+        if !agreed && hello.members != self.wire_members() {
             let theirs: Vec<String> = hello
                 .members
                 .iter()
@@ -179,15 +246,19 @@ impl Membership {
                 peers_flag(&self.members)
             ));
         }
-        if hello.shards == 0 || hello.shard_ports.len() != hello.shards as usize {
-            return Err(format!(
-                "{who} reports {} shards but {} shard ports",
-                hello.shards,
-                hello.shard_ports.len()
-            ));
-        }
-        Ok(())
+        check_ports(hello, &who)
     }
+}
+
+fn check_ports(hello: &Hello, who: &str) -> Result<(), String> {
+    if hello.shards == 0 || hello.shard_ports.len() != hello.shards as usize {
+        return Err(format!(
+            "{who} reports {} shards but {} shard ports",
+            hello.shards,
+            hello.shard_ports.len()
+        ));
+    }
+    Ok(())
 }
 
 /// `--peers` as it would be written for `members`.

@@ -3,8 +3,9 @@
 //! Each shard keeps, per peer node, at most one persistent connection per peer shard, opened on
 //! first use and shared by every request of this shard ([`kvmesh_net::mux::Mux`]: pipelined,
 //! replies matched by id). Every connection starts with a handshake (`OP_HELLO`): the peer's
-//! cluster name, id, address and member list must match this node's, and it tells this shard
-//! the peer's shard ports. A connection that fails is replaced by the next request that needs
+//! cluster name, id, address and member list must match this node's (the member list only
+//! while neither side runs the agreed topology), and it tells this shard the peer's shard
+//! ports. The peers follow the agreed topology ([`Peers::apply_topology`]). A connection that fails is replaced by the next request that needs
 //! it; after a failed connect or a refusal, requests to that peer fail at once for
 //! [`RETRY_AFTER`], so a dead peer costs no connect storm. Every hop is bounded by the
 //! node's `--forward-timeout`.
@@ -49,10 +50,19 @@ pub enum PeerError {
 
 /// This shard's links to every other member.
 pub struct Peers {
-    membership: Rc<Membership>,
-    hello: Hello,
+    /// Replaced with each agreed topology (see [`Peers::apply_topology`]).
+    membership: RefCell<Rc<Membership>>,
     timeout: Duration,
-    links: Vec<Link>,
+    /// What this node says in its handshakes: rebuilt with each membership.
+    hello: RefCell<Hello>,
+    /// This shard's topology (shard ports), for rebuilding the hello.
+    topology: Topology,
+    /// One link per other node taking part, added with the membership. A link to a node
+    /// that left stays (the topology group talks to it until it knows it left); one whose
+    /// node moved to another address is replaced.
+    links: RefCell<Vec<Rc<Link>>>,
+    /// The agreed topology this shard has applied, if the node runs one (`node::raft`).
+    agreed: RefCell<Option<Rc<super::topology::Topology>>>,
 }
 
 struct Link {
@@ -61,6 +71,17 @@ struct Link {
     /// Held while a connection to this peer is being opened, so concurrent requests open one.
     opening: Semaphore,
     state: RefCell<LinkState>,
+}
+
+impl Link {
+    fn new(id: NodeId, addr: SocketAddr) -> Link {
+        Link {
+            id,
+            addr,
+            opening: Semaphore::new(1),
+            state: RefCell::new(LinkState::default()),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -88,42 +109,117 @@ impl Peers {
         let hello = membership.hello(topology);
         let links = membership
             .peers()
-            .map(|(id, addr)| Link {
-                id,
-                addr,
-                opening: Semaphore::new(1),
-                state: RefCell::new(LinkState::default()),
-            })
+            .map(|(id, addr)| Rc::new(Link::new(id, addr)))
             .collect();
         Rc::new(Self {
-            membership: Rc::new(membership),
-            hello,
+            membership: RefCell::new(Rc::new(membership)),
+            hello: RefCell::new(hello),
+            topology: topology.clone(),
             timeout,
-            links,
+            links: RefCell::new(links),
+            agreed: RefCell::new(None),
         })
     }
 
-    pub fn membership(&self) -> &Membership {
-        &self.membership
+    fn link(&self, node: NodeId) -> Option<Rc<Link>> {
+        self.links.borrow().iter().find(|l| l.id == node).cloned()
+    }
+
+    /// The agreed topology this shard has applied, if any.
+    pub fn agreed(&self) -> Option<Rc<super::topology::Topology>> {
+        self.agreed.borrow().clone()
+    }
+
+    /// The current member list, stamped with the epoch of the agreed topology it comes from.
+    pub fn membership(&self) -> Rc<Membership> {
+        self.membership.borrow().clone()
+    }
+
+    /// Takes on an agreed topology (this shard's view; see `node::raft`), or, with epoch 0,
+    /// the member list a cluster answered this node's join with: routes by its members' ring
+    /// from now on, and keeps links to every node taking part. An older epoch than the one
+    /// applied is ignored (mesh messages may pass each other).
+    pub fn apply_topology(&self, wire: &kvmesh_proto::wire::ClusterTopology) {
+        let topology = match super::topology_wire::topology_from_wire(wire) {
+            Ok(t) if !t.members.is_empty() => t,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!("an agreed topology does not decode: {e}");
+                return;
+            }
+        };
+        let current = self.membership();
+        if topology.epoch < current.epoch {
+            return;
+        }
+        let next = match current.with_topology(&topology) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!("cannot route by the agreed topology: {e}");
+                return;
+            }
+        };
+        {
+            // A link to a node that left stays: the topology group still talks to it until
+            // it knows it left (and a moved address gets a new link).
+            let mut links = self.links.borrow_mut();
+            links.retain(|l| next.addr_of(l.id).is_none_or(|a| a == l.addr));
+            for (id, addr) in next.peers() {
+                if !links.iter().any(|l| l.id == id) {
+                    links.push(Rc::new(Link::new(id, addr)));
+                }
+            }
+        }
+        *self.hello.borrow_mut() = next.hello(&self.topology);
+        *self.membership.borrow_mut() = Rc::new(next);
+        if topology.epoch > 0 {
+            *self.agreed.borrow_mut() = Some(Rc::new(topology));
+        }
+    }
+
+    /// Sends `ops` to shard `shard` of peer `node` (not routed by key): how the topology Raft
+    /// group reaches a member's shard 0.
+    pub async fn send_to_shard(&self, node: NodeId, shard: usize, ops: Vec<Op>) -> Sent {
+        let Some(link) = self.link(node) else {
+            let why = format!("node {node} is not a peer of this node");
+            return self.failed(node, None, PeerError::Refused(why));
+        };
+        let ports = match self.shard_ports(&link).await {
+            Ok(ports) => ports,
+            Err(e) => return self.failed(node, Some(link.addr), e),
+        };
+        let Some(&port) = ports.get(shard) else {
+            let why = format!("node {node} has no shard {shard}");
+            return self.failed(node, Some(link.addr), PeerError::Refused(why));
+        };
+        let addr = SocketAddr::new(link.addr.ip(), port);
+        let reply = match self.conn(&link, shard, addr).await {
+            Ok(mux) => mux.send(ops, true).map_err(|e| unreachable(node, addr, &e)),
+            Err(e) => Err(e),
+        };
+        Sent { node, addr, reply }
     }
 
     /// Answers a peer's handshake: this node's own hello, or `STATUS_REFUSED` and why (also
     /// logged, so both sides' operators see it).
     pub fn answer_hello(&self, theirs: Option<&Hello>) -> OpResult {
         let checked = match theirs {
-            Some(hello) => self.membership.check_hello(hello, None),
+            Some(hello) => self.membership.borrow().check_hello(hello, None),
             None => Err("a handshake without a hello".to_string()),
         };
         match checked {
             Ok(()) => OpResult {
-                hello: Some(Box::new(self.hello.clone())),
+                hello: Some(Box::new(self.hello.borrow().clone())),
                 ..OpResult::default()
             },
             Err(why) => {
                 tracing::warn!("refused a peer's handshake: {why}");
                 OpResult {
                     status: Status::Refused as i32,
-                    message: format!("node {} refused the handshake: {why}", self.membership.me),
+                    message: format!(
+                        "node {} refused the handshake: {why}",
+                        self.membership.borrow().me
+                    ),
                     ..OpResult::default()
                 }
             }
@@ -133,12 +229,12 @@ impl Peers {
     /// Sends `ops`, all owned by node `node`, to their owning shards there, one request per
     /// peer shard. Returns, per request, the indices (as given) its results fill.
     pub async fn send(&self, node: NodeId, ops: Vec<(usize, Op)>) -> Vec<(Vec<usize>, Sent)> {
-        let Some(link) = self.links.iter().find(|l| l.id == node) else {
+        let Some(link) = self.link(node) else {
             let why = format!("node {node} is not a peer of this node");
             let idx = ops.into_iter().map(|(i, _)| i).collect();
             return vec![(idx, self.failed(node, None, PeerError::Refused(why)))];
         };
-        let ports = match self.shard_ports(link).await {
+        let ports = match self.shard_ports(&link).await {
             Ok(ports) => ports,
             Err(e) => {
                 let idx = ops.into_iter().map(|(i, _)| i).collect();
@@ -158,10 +254,13 @@ impl Peers {
             }
         }
         let mut sent = Vec::with_capacity(groups.len());
+        let epoch = self.membership().epoch;
         for (shard, idx, ops) in groups {
             let addr = SocketAddr::new(link.addr.ip(), ports[shard]);
-            let reply = match self.conn(link, shard, addr).await {
-                Ok(mux) => mux.send(ops, true).map_err(|e| unreachable(node, addr, &e)),
+            let reply = match self.conn(&link, shard, addr).await {
+                Ok(mux) => mux
+                    .send_at(ops, true, epoch)
+                    .map_err(|e| unreachable(node, addr, &e)),
                 Err(e) => Err(e),
             };
             sent.push((idx, Sent { node, addr, reply }));
@@ -195,28 +294,27 @@ impl Peers {
     /// Whether peer `node` is believed up: true until a request or heartbeat to it fails,
     /// and again from the next one that succeeds. This node itself, and unknown ids, are live.
     pub fn is_live(&self, node: NodeId) -> bool {
-        self.links
-            .iter()
-            .find(|l| l.id == node)
-            .is_none_or(|l| !l.state.borrow().down)
+        self.link(node).is_none_or(|l| !l.state.borrow().down)
     }
 
     /// `(peers believed down now, times a peer went down)`, for `kvmesh stats`.
     pub fn down_counts(&self) -> (u64, u64) {
-        self.links.iter().fold((0, 0), |(now, events), l| {
+        let current = self.ids();
+        self.links.borrow().iter().fold((0, 0), |(now, events), l| {
             let state = l.state.borrow();
-            (now + state.down as u64, events + state.down_events)
+            let down = state.down && current.contains(&l.id);
+            (now + down as u64, events + state.down_events)
         })
     }
 
-    /// The ids of the other members.
-    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.links.iter().map(|l| l.id)
+    /// The ids of the other nodes taking part.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.membership().peers().map(|(id, _)| id).collect()
     }
 
     /// Records the outcome of a request to `node`: up (`None`) or down, logging each change.
     fn mark(&self, node: NodeId, failure: Option<&PeerError>) {
-        let Some(link) = self.links.iter().find(|l| l.id == node) else {
+        let Some(link) = self.link(node) else {
             return;
         };
         let mut state = link.state.borrow_mut();
@@ -241,7 +339,7 @@ impl Peers {
         loop {
             glommio::timer::sleep(every).await;
             let mut sent = Vec::new();
-            for node in self.ids().collect::<Vec<_>>() {
+            for node in self.ids() {
                 let op = Op {
                     code: OpCode::OpTopology as i32,
                     ..Op::default()
@@ -258,7 +356,8 @@ impl Peers {
     /// refused; a peer that is not up yet is retried for a while.
     pub async fn probe(self: Rc<Self>) {
         let start = Instant::now();
-        for link in &self.links {
+        let links = self.links.borrow().clone();
+        for link in &links {
             loop {
                 match self.shard_ports(link).await {
                     Ok(ports) => {
@@ -298,8 +397,8 @@ impl Peers {
     /// Peer `node`'s shard ports, from a handshake the first time; `None` when it is not a
     /// peer or cannot be reached now.
     pub async fn shard_ports_of(&self, node: NodeId) -> Option<Vec<u16>> {
-        let link = self.links.iter().find(|l| l.id == node)?;
-        self.shard_ports(link).await.ok()
+        let link = self.link(node)?;
+        self.shard_ports(&link).await.ok()
     }
 
     /// The peer's shard ports, from a handshake on its wire port the first time.
@@ -413,7 +512,7 @@ impl Peers {
             .map_err(unreachable_)?;
         let op = Op {
             code: OpCode::OpHello as i32,
-            hello: Some(Box::new(self.hello.clone())),
+            hello: Some(Box::new(self.hello.borrow().clone())),
             ..Op::default()
         };
         let result = conn
@@ -435,11 +534,12 @@ impl Peers {
         }
         let theirs = result.hello.unwrap_or_default();
         self.membership
+            .borrow()
             .check_hello(&theirs, Some(node))
             .map_err(|why| {
                 PeerError::Refused(format!(
                     "node {} refused node {node} at {addr}: {why}",
-                    self.membership.me
+                    self.membership.borrow().me
                 ))
             })?;
         Ok((conn, *theirs))

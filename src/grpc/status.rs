@@ -46,7 +46,8 @@ pub fn status(e: &Error) -> Status {
             WireStatus::InvalidArgument => Code::InvalidArgument,
             WireStatus::NoSpace | WireStatus::Busy => Code::ResourceExhausted,
             // The owning shard did not answer: it cannot be reached, whatever the reason.
-            WireStatus::Unavailable | WireStatus::Timeout => Code::Unavailable,
+            // A topology change a node had not caught up with in time: try again.
+            WireStatus::Unavailable | WireStatus::Timeout | WireStatus::Moved => Code::Unavailable,
             WireStatus::Ok
             | WireStatus::UnknownOperation
             | WireStatus::MalformedFrame

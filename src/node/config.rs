@@ -64,9 +64,17 @@ pub struct NodeConfig {
     /// Bytes per second (keys and values) the node streams to new owners after a membership
     /// change, split evenly across shards (`--stream-rate`, MiB/s, default 64); 0: unlimited.
     pub stream_rate: u64,
+    /// `--join`: a member of the running cluster this node asks to join; only used while
+    /// no agreed topology is stored in the data directory.
+    pub join: Option<SocketAddr>,
 }
 
 impl NodeConfig {
+    /// Whether this node is, or is joining, a cluster of more than one.
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_multi_node() || self.join.is_some()
+    }
+
     /// This shard's share of `--stream-rate`, bytes per second; 0: unlimited.
     pub fn shard_stream_rate(&self) -> u64 {
         self.stream_rate / self.shards.max(1) as u64
@@ -74,7 +82,7 @@ impl NodeConfig {
 
     /// The tombstone grace the stores use: none on a node alone, where nothing arrives late.
     pub fn tombstone_grace_ms(&self) -> u64 {
-        if self.cluster.ring().nodes().len() > 1 {
+        if self.is_clustered() {
             self.tombstone_grace.as_millis() as u64
         } else {
             0
@@ -210,7 +218,7 @@ impl NodeConfig {
         if self.heartbeat.is_zero() {
             problems.push("--heartbeat must be more than 0".to_string());
         }
-        if self.cluster.is_multi_node() && self.hint_max_age >= self.tombstone_grace {
+        if self.is_clustered() && self.hint_max_age >= self.tombstone_grace {
             problems.push(format!(
                 "--hint-max-age ({:?}) must be below --tombstone-grace ({:?}): a hint older than \
                  a remove's tombstone could bring the removed key back",
@@ -318,6 +326,7 @@ mod tests {
             hint_max_age: Duration::from_secs(600),
             heartbeat: Duration::from_millis(500),
             stream_rate: 64 << 20,
+            join: None,
         }
     }
 

@@ -78,7 +78,12 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             match frame::decode_with(&buf[pos..end], max_frame, kvmesh_net::request::decode) {
                 Ok(Some((request, used))) => {
                     pos += used;
-                    let Request { id, ops, forwarded } = request;
+                    let Request {
+                        id,
+                        ops,
+                        forwarded,
+                        epoch,
+                    } = request;
                     if open.is_some()
                         && ops
                             .first()
@@ -87,7 +92,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
                         // A peer node's connection: not a client's, so not counted.
                         open = None;
                     }
-                    let running = dispatch::start_from(&ctx, ops, forwarded).await;
+                    let running = dispatch::start_from(&ctx, ops, forwarded, epoch).await;
                     unsent += running.reply_bytes();
                     started.push((id, running));
                 }

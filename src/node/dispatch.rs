@@ -36,11 +36,16 @@ pub struct Started {
     remote: Vec<(Vec<usize>, Result<Pending, reply::ForwardError>)>,
     /// Indices of `OP_SNAPSHOT` ops: run, one after another, in `finish`.
     snapshots: Vec<usize>,
+    /// Membership changes asked of this node (`OP_JOIN`, `OP_LEAVE`): run in `finish`.
+    changes: Vec<(usize, Op)>,
     /// For the latency histograms: when it started, and its ops by kind.
     began: Instant,
     kinds: [u32; crate::metrics::latency::KINDS.len()],
     /// Per peer shard of another node: the indices its answers fill, and the request.
     nodes: Vec<(Vec<usize>, Sent)>,
+    /// Reads sent to another node, kept (they carry no value) to route again if it answers
+    /// `STATUS_MOVED`.
+    reroutable: Vec<(usize, Op)>,
     /// Writes this node coordinates that another shard of it executes: sent to the keys'
     /// other owners in `finish`, once that shard answered with their versions.
     replicate: replicate::Plan,
@@ -52,12 +57,14 @@ pub struct Started {
 
 /// Executes the ops this shard owns and sends the others to their owners.
 pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
-    start_from(ctx, ops, false).await
+    start_from(ctx, ops, false, 0).await
 }
 
 /// [`start`] for a request that another node `forwarded`: its ops are served by this node,
-/// never sent to another (see `router::route_in_cluster`).
-pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Started {
+/// never sent to another (see `router::route_in_cluster`). When the sender routed by an older
+/// topology `epoch` than this node's, its reads are answered `STATUS_MOVED` instead (see
+/// [`super::change::moved`]).
+pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u64) -> Started {
     let began = Instant::now();
     let mut kinds = [0u32; crate::metrics::latency::KINDS.len()];
     for op in &ops {
@@ -65,10 +72,13 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
     }
     let now = super::now_ms();
     let membership = ctx.peers.membership();
+    let stale = forwarded && epoch != 0 && epoch < membership.epoch;
+    let mut reroutable = Vec::new();
     let mut for_nodes: Vec<(u32, Vec<(usize, Op)>)> = Vec::new();
     let mut results = vec![OpResult::default(); ops.len()];
     let mut waits = Vec::new();
     let mut snapshots = Vec::new();
+    let mut changes = Vec::new();
     // (owning shard, indices into `results`, ops) for ops this shard does not own.
     let mut remote: Vec<(usize, Vec<usize>, Vec<_>)> = Vec::new();
     let mut plan = replicate::Plan::default();
@@ -95,15 +105,23 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                 shard.counters.node_forwarded_in += 1;
             }
             if matches!(route, Route::Local | Route::Forward(_)) {
+                if stale && super::change::is_reroutable(&op) {
+                    results[i] = super::change::moved(membership.epoch);
+                    continue;
+                }
                 reads.note(ctx, i, &mut op);
             }
             match route {
                 Route::Here if op.code == OpCode::OpSnapshot as i32 => snapshots.push(i),
+                Route::Change => changes.push((i, op)),
                 Route::Local | Route::Here => {
                     let executed = shard.execute(&op, now);
                     results[i] = executed.result;
                     if let Some(stats) = results[i].stats.as_mut() {
                         replicate::annotate(ctx, stats);
+                    }
+                    if let Some(topology) = results[i].topology.as_mut() {
+                        super::change::annotate(ctx, &membership, topology);
                     }
                     if route == Route::Local {
                         plan.note(ctx, i, &op);
@@ -111,8 +129,21 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
                     waits.extend(executed.wait.map(|seq| (i, seq)));
                 }
                 Route::Hello => results[i] = ctx.peers.answer_hello(op.hello.as_deref()),
+                Route::Raft => {
+                    results[i] = match &ctx.raft {
+                        Some(raft) => raft.receive(&op.value),
+                        None => reply::status(
+                            Status::Unavailable,
+                            "this shard runs no topology Raft group (only shard 0 of a \
+                             multi-node cluster does)",
+                        ),
+                    }
+                }
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;
+                    if super::change::is_reroutable(&op) {
+                        reroutable.push((i, op.clone()));
+                    }
                     match for_nodes.iter_mut().find(|(n, _)| *n == node) {
                         Some((_, ops)) => ops.push((i, op)),
                         None => for_nodes.push((node, vec![(i, op)])),
@@ -155,9 +186,11 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool) -> Starte
         waits,
         remote: sent,
         snapshots,
+        changes,
         began,
         kinds,
         nodes,
+        reroutable,
         replicate: plan,
         replicating,
         reads,
@@ -179,9 +212,11 @@ impl Started {
             waits,
             remote,
             snapshots,
+            changes,
             began,
             kinds,
             nodes,
+            reroutable,
             replicate,
             replicating,
             reads,
@@ -194,6 +229,9 @@ impl Started {
                     "snapshots need a data directory: this node runs without --data-dir",
                 ),
             };
+        }
+        for (i, op) in changes {
+            results[i] = super::change::answer(ctx, &op).await;
         }
         let log = ctx.shard.borrow().log().cloned();
         durable::settle(ctx.me, log, &mut results, &waits).await;
@@ -238,6 +276,7 @@ impl Started {
                 }
             }
         }
+        super::change::reroute_moved(ctx, reroutable, &mut results).await;
         reads.finish(ctx, &mut results).await;
         replicating.finish(ctx, &mut results).await;
         replicate::complete(ctx, replicate, &mut results).await;

@@ -14,7 +14,7 @@ use crate::grpc::backend::{ConnectionGuard, LocalFuture};
 use crate::grpc::status::Error;
 use crate::grpc::Backend;
 
-/// The ring's version while membership cannot change.
+/// The ring's version of a node that runs no agreed topology (a node alone).
 pub const RING_VERSION: u64 = 1;
 
 /// One shard's backend.
@@ -47,7 +47,8 @@ impl Backend for NodeBackend {
                 });
             }
             Ok(KvTopologyResponse {
-                ring_version: RING_VERSION,
+                // The agreed topology's epoch: it changes with every membership change.
+                ring_version: membership.epoch.max(RING_VERSION),
                 nodes,
             })
         })

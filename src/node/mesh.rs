@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Receivers, Senders};
-use kvmesh_proto::wire::{Op, OpResult};
+use kvmesh_proto::wire::{ClusterTopology, Op, OpResult};
 
 use super::durable;
 use super::reply::ForwardError;
@@ -34,6 +34,18 @@ pub enum Envelope {
     },
     /// The results of the Forward with this tag, in op order.
     Reply { tag: u64, results: Vec<OpResult> },
+    /// Membership control between the shards of this node (see `node::change`).
+    Control(Control),
+}
+
+/// What shards tell each other about a membership change.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// A topology the node's topology Raft group applied (shard 0 sends it to every other
+    /// shard; see `node::raft`).
+    Topology(ClusterTopology),
+    /// Shard `shard` streamed everything it owes for the change of `epoch` (to shard 0).
+    StreamDone { epoch: u64, shard: usize },
 }
 
 /// A forwarded request whose reply has not arrived yet.
@@ -130,6 +142,18 @@ impl Mesh {
         }
     }
 
+    /// Sends `topology` to every other shard of this node, without waiting for room.
+    pub fn broadcast_topology(self: &Rc<Self>, topology: &ClusterTopology) {
+        for to in (0..self.senders.nr_consumers()).filter(|&s| s != self.me()) {
+            self.reply(to, Envelope::Control(Control::Topology(topology.clone())));
+        }
+    }
+
+    /// Sends `control` to shard `to`, without waiting for room.
+    pub fn control(self: &Rc<Self>, to: usize, control: Control) {
+        self.reply(to, Envelope::Control(control));
+    }
+
     fn deliver(&self, tag: u64, results: Vec<OpResult>) {
         // A missing tag means the requester gave up (timed out); the late reply is dropped.
         if let Some(tx) = self.pending.borrow_mut().remove(&tag) {
@@ -153,15 +177,18 @@ impl Mesh {
     }
 }
 
-/// Spawns one task per peer that executes forwarded ops and delivers replies.
+/// Spawns one task per peer that executes forwarded ops, delivers replies and hands each
+/// control message to `on_control`.
 pub fn spawn_receivers(
     mesh: Rc<Mesh>,
     mut receivers: Receivers<Envelope>,
     shard: Rc<RefCell<Shard>>,
+    on_control: Rc<dyn Fn(Control)>,
 ) {
     for (_peer, stream) in receivers.streams() {
         let mesh = mesh.clone();
         let shard = shard.clone();
+        let on_control = on_control.clone();
         glommio::spawn_local(async move {
             while let Some(envelope) = stream.recv().await {
                 match envelope {
@@ -196,6 +223,7 @@ pub fn spawn_receivers(
                         }
                     }
                     Envelope::Reply { tag, results } => mesh.deliver(tag, results),
+                    Envelope::Control(control) => on_control(control),
                 }
             }
         })

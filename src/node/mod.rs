@@ -16,8 +16,11 @@
 //! - [`limits`]: connection limits, idle connections, replies a client does not read;
 //! - [`stream`]: the data plane of a membership change: streaming moved keys to their new
 //!   owners (throttled, batched, retried), progress counters, and dropping what is no
-//!   longer owned.
+//!   longer owned;
+//! - [`raft`]: the topology Raft group's driver on shard 0 (clock, disk, network);
+//! - [`change`]: a membership change's lifecycle: join, leave, stream, finish, drop.
 
+mod change;
 pub mod config;
 mod conn;
 pub(crate) mod dispatch;
@@ -27,6 +30,7 @@ mod hint_store;
 mod limits;
 mod mesh;
 mod quorum_read;
+mod raft;
 mod replicate;
 mod reply;
 pub mod router;

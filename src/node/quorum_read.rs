@@ -27,7 +27,8 @@ impl Reads {
     /// a quorum: turns it into a read of this node's own copy, with its version.
     pub fn note(&mut self, ctx: &ShardCtx, i: usize, op: &mut Op) {
         let settings = &ctx.config.replication;
-        let ring = ctx.peers.membership().ring();
+        let membership = ctx.peers.membership();
+        let ring = membership.ring();
         if op.replica
             || op.code != OpCode::OpGet as i32
             || settings.read_from != crate::cluster::replication::ReadFrom::Quorum
@@ -36,7 +37,7 @@ impl Reads {
         {
             return;
         }
-        let others = settings.other_owners(ring, &op.key, ctx.peers.membership().me);
+        let others = settings.other_owners(ring, &op.key, membership.me);
         if !others.is_empty() {
             op.replica = true;
             self.0.push((i, op.key.clone(), others));

@@ -21,9 +21,12 @@ use super::hint_store::HintStore;
 use super::reply;
 use super::server::ShardCtx;
 
-/// Replicated writes of one batch: `(index into the results, the op, the key's other owners)`.
+/// Replicated writes of one batch: `(index into the results, the op, the key's other owners,
+/// its pending owners)`. Pending owners are the owners under the ring a running membership
+/// change moves to that are not owners now: they get every write too (so nothing written
+/// during the move is missing when ownership flips), but their acknowledgements do not count.
 #[derive(Default)]
-pub struct Plan(Vec<(usize, Op, Vec<NodeId>)>);
+pub struct Plan(Vec<(usize, Op, Vec<NodeId>, Vec<NodeId>)>);
 
 impl Plan {
     /// Moves the writes whose local result is already in `results` (executed by this shard)
@@ -31,7 +34,7 @@ impl Plan {
     pub fn take_executed(&mut self, results: &[OpResult]) -> Plan {
         let (done, rest) = std::mem::take(&mut self.0)
             .into_iter()
-            .partition(|(i, _, _)| {
+            .partition(|(i, _, _, _)| {
                 results[*i].version_hlc != 0 || results[*i].status() != Status::Ok
             });
         self.0 = rest;
@@ -42,13 +45,27 @@ impl Plan {
     /// write) to a key with owners besides this node.
     pub fn note(&mut self, ctx: &ShardCtx, i: usize, op: &Op) {
         let settings = &ctx.config.replication;
-        let ring = ctx.peers.membership().ring();
-        if op.replica || settings.replicas <= 1 || ring.nodes().len() <= 1 || !is_write(op.code) {
+        let membership = ctx.peers.membership();
+        let ring = membership.ring();
+        if op.replica || !is_write(op.code) {
             return;
         }
-        let others = settings.other_owners(ring, &op.key, ctx.peers.membership().me);
-        if !others.is_empty() {
-            self.0.push((i, op.clone(), others));
+        let others = if settings.replicas <= 1 || ring.nodes().len() <= 1 {
+            Vec::new()
+        } else {
+            settings.other_owners(ring, &op.key, membership.me)
+        };
+        let pending = match membership.pending_ring() {
+            Some(new) => {
+                let old = settings.owners(ring, &op.key);
+                let mut pending = settings.owners(new, &op.key);
+                pending.retain(|n| *n != membership.me && !old.contains(n));
+                pending
+            }
+            None => Vec::new(),
+        };
+        if !others.is_empty() || !pending.is_empty() {
+            self.0.push((i, op.clone(), others, pending));
         }
     }
 }
@@ -58,6 +75,9 @@ fn is_write(code: i32) -> bool {
         .iter()
         .any(|&c| c as i32 == code)
 }
+
+/// Writes for one owner: `(the write's place in the plan, its replica op)`.
+type Batch = Vec<(usize, Op)>;
 
 /// One owner's answer to one replicated write: the write's place in the plan, and why it
 /// failed, if it did.
@@ -91,10 +111,11 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
     let now = super::now_ms();
     // Per write: (index into results, tally, why owners failed); None when not replicated.
     let mut tallies: Vec<Option<(usize, Tally, Vec<String>)>> = Vec::with_capacity(plan.0.len());
-    let mut per_node: Vec<(NodeId, Vec<(usize, Op)>)> = Vec::new();
+    // Per (node, whether its answers count): the writes it gets.
+    let mut per_node: Vec<(NodeId, bool, Batch)> = Vec::new();
     // Per write, its replica op: what a failed owner's hint holds.
     let mut replicas: Vec<Option<Op>> = Vec::with_capacity(plan.0.len());
-    for (k, (i, op, others)) in plan.0.into_iter().enumerate() {
+    for (k, (i, op, others, pending)) in plan.0.into_iter().enumerate() {
         let local = &results[i];
         // The local owner refused it (or a touch found no key): its answer stands.
         if local.status() != Status::Ok || local.version_hlc == 0 {
@@ -112,10 +133,14 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
             hello: None,
             ..op
         };
-        for node in others {
-            match per_node.iter_mut().find(|(n, _)| *n == node) {
-                Some((_, ops)) => ops.push((k, replica.clone())),
-                None => per_node.push((node, vec![(k, replica.clone())])),
+        let counted = others.into_iter().map(|n| (n, true));
+        for (node, counts) in counted.chain(pending.into_iter().map(|n| (n, false))) {
+            match per_node
+                .iter_mut()
+                .find(|(n, c, _)| *n == node && *c == counts)
+            {
+                Some((_, _, ops)) => ops.push((k, replica.clone())),
+                None => per_node.push((node, counts, vec![(k, replica.clone())])),
             }
         }
         tallies.push(Some((i, tally, Vec::new())));
@@ -123,7 +148,7 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
     }
     let replicas = Rc::new(replicas);
     let (tx, rx) = futures_channel::mpsc::unbounded::<Answer>();
-    for (node, ops) in per_node {
+    for (node, counts, ops) in per_node {
         ctx.shard.borrow_mut().counters.replica_writes_sent += ops.len() as u64;
         for (ks, sent) in ctx.peers.send(node, ops).await {
             let (peers, shard, hints, tx, replicas) = (
@@ -152,7 +177,9 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
                             hint(&hints, node, op.clone(), now);
                         }
                     }
-                    let _ = tx.unbounded_send((k, failure));
+                    if counts {
+                        let _ = tx.unbounded_send((k, failure));
+                    }
                 }
                 hints.borrow_mut().flush();
             })

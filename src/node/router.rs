@@ -19,6 +19,10 @@ pub enum Route {
     Remote(NodeId),
     /// A peer's handshake: answered here, never forwarded.
     Hello,
+    /// A message for this node's topology Raft group: handed to its driver, never forwarded.
+    Raft,
+    /// A membership change asked of this node (join, leave): answered here, never forwarded.
+    Change,
     /// Refused before it reaches any store.
     Reject(Rejection),
 }
@@ -40,6 +44,8 @@ pub fn route(op: &Op, me: usize, nr_shards: usize, max_key_len: usize) -> Route 
     match code {
         OpCode::OpStats | OpCode::OpTopology | OpCode::OpSnapshot => Route::Here,
         OpCode::OpHello => Route::Hello,
+        OpCode::OpRaft => Route::Raft,
+        OpCode::OpJoin | OpCode::OpLeave => Route::Change,
         OpCode::OpGet | OpCode::OpPut | OpCode::OpRemove | OpCode::OpTouch | OpCode::OpTtl => {
             if op.key.len() > max_key_len {
                 return Route::Reject(Rejection::KeyTooLarge {

@@ -47,6 +47,8 @@ pub struct ShardCtx {
     pub peers: Rc<crate::cluster::Peers>,
     /// Writes this shard coordinated that an owner missed, until that owner is back.
     pub hints: Rc<RefCell<super::hint_store::HintStore>>,
+    /// Shard 0 of a multi-node cluster: this node's member of the topology Raft group.
+    pub raft: Option<Rc<super::raft::RaftDriver>>,
 }
 
 impl ShardCtx {
@@ -141,11 +143,26 @@ pub async fn run_shard(
         &topology(&config, me),
         config.forward_timeout,
     );
-    mesh::spawn_receivers(mesh.clone(), receivers, shard.clone());
+    let streamed = Rc::new(RefCell::new(super::change::Streamed::default()));
+    let on_control: Rc<dyn Fn(mesh::Control)> = {
+        let (peers, streamed) = (peers.clone(), streamed.clone());
+        Rc::new(move |control| match control {
+            mesh::Control::Topology(topology) => peers.apply_topology(&topology),
+            mesh::Control::StreamDone { epoch, shard } => streamed.borrow_mut().note(epoch, shard),
+        })
+    };
+    mesh::spawn_receivers(mesh.clone(), receivers, shard.clone(), on_control);
+    let raft = match open_raft(me, &config, &peers, &mesh) {
+        Ok(raft) => raft,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
     let hint_dir = config
         .durability
         .as_ref()
-        .filter(|_| config.cluster.is_multi_node())
+        .filter(|_| config.is_clustered())
         .map(|d| d.data_dir.join("hints"));
     let (hints, loaded) = super::hint_store::HintStore::open(
         hint_dir.as_deref(),
@@ -167,6 +184,7 @@ pub async fn run_shard(
         metrics: RefCell::default(),
         peers: peers.clone(),
         hints: Rc::new(RefCell::new(hints)),
+        raft: raft.clone(),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
@@ -185,13 +203,26 @@ pub async fn run_shard(
     let snapshotting = snapshots.map(|s| glommio::spawn_local(s.run_automatic(shard.clone())));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     front.attach(Rc::new(NodeBackend(ctx.clone())));
+    let _raft = raft.map(|raft| glommio::spawn_local(raft.run()));
+    // A node started with --join that has no agreed topology yet asks the cluster to take it
+    // in before it reports ready.
+    if let (0, Some(seed), None) = (me, ctx.config.join, ctx.peers.agreed()) {
+        if let Err(e) = super::change::join(&ctx.config, &ctx.peers, &ctx.mesh, seed).await {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    }
     ctx.health.set_serving();
     let _ = ready.send(Ok(()));
     // One shard introduces the node to its peers at start, so a misconfigured peer is reported
     // at once, not at the first request for its keys.
     let _probe = (me == 0).then(|| glommio::spawn_local(peers.clone().probe()));
-    let clustered = ctx.config.cluster.ring().nodes().len() > 1;
+    let clustered = ctx.config.is_clustered();
     let _heartbeat = clustered.then(|| glommio::spawn_local(peers.heartbeat(ctx.config.heartbeat)));
+    let _lifecycle = (clustered && ctx.config.durability.is_some()).then(|| {
+        let stop = stop.requested.clone();
+        glommio::spawn_local(super::change::lifecycle(ctx.clone(), streamed, stop))
+    });
     let _handoff = clustered.then(|| {
         glommio::spawn_local(super::replicate::handoff(ctx.clone(), ctx.config.heartbeat))
     });
@@ -236,6 +267,45 @@ async fn hold_recovery_for_tests() {
     }
 }
 
+/// Shard 0 of a multi-node cluster with a data directory opens the topology Raft group; it
+/// tells this shard's peers and, over the mesh, every other shard each topology it applies.
+fn open_raft(
+    me: usize,
+    config: &NodeConfig,
+    peers: &Rc<crate::cluster::Peers>,
+    mesh: &Rc<Mesh>,
+) -> Result<Option<Rc<super::raft::RaftDriver>>, String> {
+    let Some(durability) = config.durability.as_ref() else {
+        return Ok(None);
+    };
+    if me != 0 || !config.is_clustered() {
+        return Ok(None);
+    }
+    // A joining node starts with no members: it learns them from the log.
+    let members: Vec<_> = match config.join {
+        Some(_) => Vec::new(),
+        None => config
+            .cluster
+            .members
+            .iter()
+            .map(|&(id, addr)| crate::cluster::topology::Member { id, addr })
+            .collect(),
+    };
+    let (peers_, mesh) = (peers.clone(), mesh.clone());
+    let publish = Box::new(move |topology: &kvmesh_proto::wire::ClusterTopology| {
+        peers_.apply_topology(topology);
+        mesh.broadcast_topology(topology);
+    });
+    super::raft::RaftDriver::open(
+        config.node_id,
+        durability.data_dir.clone(),
+        &members,
+        peers.clone(),
+        publish,
+    )
+    .map(Some)
+}
+
 fn topology(config: &NodeConfig, me: usize) -> Topology {
     Topology {
         node_id: config.node_id,
@@ -245,6 +315,8 @@ fn topology(config: &NodeConfig, me: usize) -> Topology {
         shard_hash: kvmesh_net::routing::SHARD_HASH_NAME.to_string(),
         cluster: config.cluster.cluster.clone(),
         members: config.cluster.wire_members(),
+        epoch: 0,
+        transition: None,
     }
 }
 

@@ -132,7 +132,14 @@ impl Shard {
             Ok(OpCode::OpSnapshot) => {
                 reply::status(Status::Internal, "snapshot not dispatched").into()
             }
-            Ok(OpCode::OpUnspecified | OpCode::OpHello) | Err(_) => {
+            Ok(
+                OpCode::OpUnspecified
+                | OpCode::OpHello
+                | OpCode::OpRaft
+                | OpCode::OpJoin
+                | OpCode::OpLeave,
+            )
+            | Err(_) => {
                 self.counters.protocol_errors += 1;
                 reply::unknown_operation(op.code).into()
             }

@@ -398,6 +398,7 @@ mod tests {
                 },
             ],
             forwarded: true,
+            ..Request::default()
         };
         let bytes = request_bytes(&request);
         let (got, used) = decode(&bytes, 1 << 20).unwrap().unwrap();

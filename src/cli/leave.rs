@@ -1,0 +1,69 @@
+//! `kvmesh leave`: retires a node from its cluster. The node's ranges stream to their new
+//! owners while the cluster keeps serving; then it leaves the ring and exits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+use kvmesh_net::Client;
+use kvmesh_proto::wire::{Op, OpCode, Status};
+
+use crate::units::parse_duration;
+
+#[derive(Args, Debug)]
+pub struct LeaveArgs {
+    /// Any wire port of the node to retire.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: SocketAddr,
+    /// Leave even when fewer members than the replication factor would be left.
+    #[arg(long)]
+    force: bool,
+    /// Give up on connecting, or on the node's answer, after this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Duration,
+}
+
+/// Asks the node to leave (`OP_LEAVE` to its shard 0) until the change has begun; exits 0
+/// then, 1 when it is refused. Another change running is waited out.
+pub fn run(args: LeaveArgs) -> anyhow::Result<i32> {
+    crate::node::raise_memlock().map_err(|e| anyhow!(e))?;
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| anyhow!("cannot start an io_uring executor: {e}"))?;
+    executor.run(async move {
+        let give_up = std::time::Instant::now() + args.timeout;
+        let mut client = Client::connect(args.addr, args.timeout).await?;
+        loop {
+            let op = Op {
+                code: OpCode::OpLeave as i32,
+                force: args.force,
+                ..Op::default()
+            };
+            let result = client
+                .contacted_shard(0)
+                .await?
+                .call(vec![op])
+                .await?
+                .pop()
+                .ok_or_else(|| anyhow!("the node sent an empty reply"))?;
+            match result.status() {
+                Status::Ok => {
+                    println!(
+                        "{}; its ranges stream to their new owners, then it exits",
+                        result.message
+                    );
+                    return Ok(0);
+                }
+                Status::Busy | Status::Unavailable if std::time::Instant::now() < give_up => {
+                    eprintln!("kvmesh: not yet: {}", result.message);
+                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                }
+                status => {
+                    eprintln!("kvmesh: leave refused ({status:?}): {}", result.message);
+                    return Ok(1);
+                }
+            }
+        }
+    })
+}

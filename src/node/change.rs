@@ -1,0 +1,493 @@
+//! A membership change's lifecycle on one node, around the agreed topology (`node::raft`):
+//!
+//! 1. **Begin.** A node started with `--join` asks a member (`OP_JOIN`); `kvmesh leave` asks
+//!    the leaving node itself (`OP_LEAVE`). The asked shard 0 proposes `BeginJoin` or
+//!    `BeginLeave` and answers once the agreed topology shows the change running, or why it
+//!    cannot (another change runs: BUSY, the joiner asks again; a leave below `--replicas`:
+//!    REFUSED).
+//! 2. **Stream.** Every shard of every member of the old ring runs `stream::stream_shard`
+//!    for the change once ([`lifecycle`]); meanwhile writes go to the owners under both rings
+//!    (`replicate`). When all its shards are done, shard 0 proposes `SourceDone`.
+//! 3. **Finish.** The leader proposes `Finish` once every source reported. Every node then
+//!    routes by the new ring, and every shard drops the keys its node no longer owns
+//!    (`stream::drop_unowned`). A node that left stops itself.
+//!
+//! Every proposal is made again until its effect shows in the agreed topology: a proposal is
+//! lost when the leader changes, and the state machine ignores a repeated one.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvmesh_net::ring::NodeId;
+use kvmesh_net::Connection;
+use kvmesh_proto::wire::{self, Op, OpCode, OpResult, Status};
+
+use crate::cluster::membership::Membership;
+use crate::cluster::topology::{Change, Command, Member, Refused, Topology};
+use crate::cluster::topology_wire::{member_to_wire, topology_to_wire};
+use crate::cluster::Peers;
+
+use super::config::NodeConfig;
+use super::mesh::{Control, Mesh};
+use super::reply;
+use super::server::ShardCtx;
+use super::stream;
+
+/// How often the lifecycle looks at the agreed topology.
+const LOOK_EVERY: Duration = Duration::from_millis(50);
+/// How long before a proposal whose effect did not show is made again.
+const PROPOSE_AGAIN: Duration = Duration::from_secs(1);
+/// How long a node that left keeps serving after the change finished, so that every member
+/// routes by the new ring before it goes.
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
+/// How long an `OP_JOIN` or `OP_LEAVE` waits for its change to be agreed.
+const AGREE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Shard 0's record of which of its node's shards finished streaming, per epoch.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    epoch: u64,
+    shards: BTreeSet<usize>,
+}
+
+impl Streamed {
+    pub fn note(&mut self, epoch: u64, shard: usize) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.shards.clear();
+        }
+        self.shards.insert(shard);
+    }
+
+    fn all_done(&self, epoch: u64, shards: usize) -> bool {
+        self.epoch == epoch && self.shards.len() == shards
+    }
+}
+
+/// Whether `op` is answered `STATUS_MOVED` by a node on a newer topology than its sender's
+/// (see `Request.epoch`): the reads, which must not be served by a node that may have dropped
+/// the key. Writes are served (the receiver replicates them to the owners it knows).
+pub fn is_reroutable(op: &Op) -> bool {
+    !op.replica
+        && [OpCode::OpGet, OpCode::OpTtl, OpCode::OpTouch]
+            .iter()
+            .any(|&c| c as i32 == op.code)
+}
+
+/// The answer to an op routed by an older topology than this node's `epoch`.
+pub fn moved(epoch: u64) -> OpResult {
+    OpResult {
+        status: Status::Moved as i32,
+        message: format!("routed by an older topology than this node's (epoch {epoch})"),
+        moved_epoch: epoch,
+        ..OpResult::default()
+    }
+}
+
+/// Routes again the ops another node answered `STATUS_MOVED`, once this node has applied
+/// the topology that node has (at most `--forward-timeout` later: else they are answered
+/// UNAVAILABLE).
+pub async fn reroute_moved(ctx: &ShardCtx, kept: Vec<(usize, Op)>, results: &mut [OpResult]) {
+    let moved: Vec<(usize, Op)> = kept
+        .into_iter()
+        .filter(|(i, _)| results[*i].status() == Status::Moved)
+        .collect();
+    let Some(epoch) = moved.iter().map(|(i, _)| results[*i].moved_epoch).max() else {
+        return;
+    };
+    let give_up = Instant::now() + ctx.config.forward_timeout;
+    while ctx.peers.membership().epoch < epoch {
+        if Instant::now() > give_up {
+            for (i, _) in &moved {
+                results[*i] = reply::status(
+                    Status::Unavailable,
+                    format!("this node has not caught up with topology epoch {epoch} yet"),
+                );
+            }
+            return;
+        }
+        glommio::timer::sleep(LOOK_EVERY / 5).await;
+    }
+    let (idx, ops): (Vec<usize>, Vec<Op>) = moved.into_iter().unzip();
+    let answers = Box::pin(super::dispatch::execute(ctx, ops)).await;
+    for (i, answer) in idx.into_iter().zip(answers) {
+        results[i] = answer;
+    }
+}
+
+/// Fills an `OP_TOPOLOGY` answer with what this shard knows of the cluster: the agreed epoch,
+/// the members it routes by and the running change.
+pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::Topology) {
+    topology.epoch = membership.epoch;
+    topology.members = membership.wire_members();
+    topology.transition = ctx
+        .peers
+        .agreed()
+        .and_then(|t| topology_to_wire(&t).transition);
+}
+
+/// Answers `OP_JOIN` and `OP_LEAVE` (see `wire.proto`).
+pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
+    let Some(raft) = &ctx.raft else {
+        return reply::status(
+            Status::Unavailable,
+            "membership changes are asked of shard 0 of a member of a multi-node cluster \
+             (this shard runs no topology Raft group)",
+        );
+    };
+    let me = ctx.peers.membership().me;
+    let command = if op.code == OpCode::OpJoin as i32 {
+        let Some(hello) = &op.hello else {
+            return reply::status(Status::InvalidArgument, "OP_JOIN without a hello");
+        };
+        if hello.cluster != ctx.config.cluster.cluster {
+            return reply::status(
+                Status::Refused,
+                format!(
+                    "node {} is in cluster {:?}, not {:?} (--cluster)",
+                    hello.node_id, ctx.config.cluster.cluster, hello.cluster
+                ),
+            );
+        }
+        let Ok(addr) = hello.addr.parse::<SocketAddr>() else {
+            return reply::status(Status::InvalidArgument, "OP_JOIN: unreadable address");
+        };
+        Command::BeginJoin(Member {
+            id: hello.node_id,
+            addr,
+        })
+    } else {
+        Command::BeginLeave {
+            id: me,
+            replicas: ctx.config.replication.replicas as u32,
+            force: op.force,
+        }
+    };
+    let began = Instant::now();
+    let mut proposed: Option<Instant> = None;
+    loop {
+        let topology = raft.topology();
+        if let Some(answer) = agreed(&topology, &command) {
+            return answer;
+        }
+        if let Some(refused) = raft.refusal(&command).filter(|_| proposed.is_some()) {
+            return refusal(&refused);
+        }
+        if let Some(t) = &topology.transition {
+            let busy = Refused::Busy {
+                epoch: topology.epoch,
+                change: t.change.to_string(),
+            };
+            return reply::status(Status::Busy, busy.to_string());
+        }
+        if began.elapsed() > AGREE_WITHIN {
+            return reply::status(
+                Status::Unavailable,
+                format!(
+                    "the change was not agreed within {AGREE_WITHIN:?} (is a majority of the \
+                     members up?); ask again"
+                ),
+            );
+        }
+        if proposed.is_none_or(|at| at.elapsed() > PROPOSE_AGAIN) {
+            proposed = Some(Instant::now());
+            if let Err(e) = raft.propose(&command) {
+                tracing::debug!("{e}");
+            }
+        }
+        glommio::timer::sleep(LOOK_EVERY).await;
+    }
+}
+
+/// The answer for `command` if the agreed topology already shows it.
+fn agreed(topology: &Topology, command: &Command) -> Option<OpResult> {
+    let ok = |what: String| OpResult {
+        message: what,
+        topology: Some(Box::new(wire::Topology {
+            epoch: topology.epoch,
+            members: topology
+                .members
+                .iter()
+                .copied()
+                .map(member_to_wire)
+                .collect(),
+            transition: topology_to_wire(topology).transition,
+            ..wire::Topology::default()
+        })),
+        ..OpResult::default()
+    };
+    match (command, topology.transition.as_ref().map(|t| t.change)) {
+        (Command::BeginJoin(m), Some(Change::Join(j))) if j == *m => Some(ok(format!(
+            "node {} joins at epoch {}",
+            m.id, topology.epoch
+        ))),
+        (Command::BeginJoin(m), _) if topology.member(m.id) == Some(*m) => {
+            Some(ok(format!("node {} is a member", m.id)))
+        }
+        (Command::BeginLeave { id, .. }, Some(Change::Leave(l))) if l == *id => {
+            Some(ok(format!("node {id} leaves at epoch {}", topology.epoch)))
+        }
+        _ => None,
+    }
+}
+
+fn refusal(refused: &Refused) -> OpResult {
+    let status = match refused {
+        Refused::Busy { .. } => Status::Busy,
+        _ => Status::Refused,
+    };
+    reply::status(status, refused.to_string())
+}
+
+/// A node started with `--join SEED`: asks the cluster at `seed` to take it in, again and
+/// again until the agreed topology has it joining, then routes by the members the answer
+/// lists (on every shard) until its own topology group has caught up.
+pub async fn join(
+    config: &NodeConfig,
+    peers: &Rc<Peers>,
+    mesh: &Rc<Mesh>,
+    seed: SocketAddr,
+) -> Result<(), String> {
+    let hello = peers.membership().hello(&wire::Topology {
+        shards: config.shards as u32,
+        shard_ports: config.shard_ports(),
+        ..wire::Topology::default()
+    });
+    let mut last = String::new();
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < give_up {
+        match ask_to_join(seed, &hello, config.forward_timeout).await {
+            Ok(result) if result.status() == Status::Ok => {
+                tracing::info!("join: {} (asked {seed})", result.message);
+                let topology = result.topology.unwrap_or_default();
+                let members = wire::ClusterTopology {
+                    epoch: 0,
+                    members: topology.members,
+                    transition: None,
+                };
+                peers.apply_topology(&members);
+                mesh.broadcast_topology(&members);
+                return Ok(());
+            }
+            Ok(result) if result.status() == Status::Refused => {
+                return Err(format!(
+                    "the cluster at {seed} refused the join: {}",
+                    result.message
+                ))
+            }
+            Ok(result) => last = result.message,
+            Err(e) => last = e,
+        }
+        if !last.is_empty() {
+            tracing::info!("join: not yet: {last}; asking again");
+        }
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "the cluster at {seed} did not take this node in: {last}"
+    ))
+}
+
+/// One `OP_JOIN` to shard 0 of the node at `seed` (its shard ports from `OP_TOPOLOGY`).
+async fn ask_to_join(
+    seed: SocketAddr,
+    hello: &wire::Hello,
+    timeout: Duration,
+) -> Result<OpResult, String> {
+    let mut conn = Connection::connect(seed, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let topology = conn
+        .call(vec![Op {
+            code: OpCode::OpTopology as i32,
+            ..Op::default()
+        }])
+        .await
+        .map_err(|e| e.to_string())?
+        .pop()
+        .and_then(|r| r.topology)
+        .ok_or("the seed did not tell its topology")?;
+    let port = *topology
+        .shard_ports
+        .first()
+        .ok_or("the seed has no shard ports")?;
+    let mut conn = Connection::connect(SocketAddr::new(seed.ip(), port as u16), AGREE_WITHIN * 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.call(vec![Op {
+        code: OpCode::OpJoin as i32,
+        hello: Some(Box::new(hello.clone())),
+        ..Op::default()
+    }])
+    .await
+    .map_err(|e| e.to_string())?
+    .pop()
+    .ok_or_else(|| "no answer".to_string())
+}
+
+/// Waits until every shard of every node in `nodes` has applied topology `epoch`. A source
+/// streams only then: a write coordinated by a node that does not know of the change yet
+/// goes to the old owners only, and could miss a key the stream had already sent.
+async fn all_applied(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
+    let mut waiting: Vec<NodeId> = nodes.to_vec();
+    let mut logged = Instant::now();
+    while !waiting.is_empty() {
+        let mut behind = Vec::new();
+        for &node in &waiting {
+            let shards = ctx.peers.shard_ports_of(node).await.map_or(0, |p| p.len());
+            let mut applied = shards > 0;
+            for shard in 0..shards {
+                let op = Op {
+                    code: OpCode::OpTopology as i32,
+                    ..Op::default()
+                };
+                let sent = ctx.peers.send_to_shard(node, shard, vec![op]).await;
+                let answered = ctx.peers.wait(sent).await.ok().and_then(|mut r| r.pop());
+                let at = answered.and_then(|r| r.topology).map_or(0, |t| t.epoch);
+                applied &= at >= epoch;
+            }
+            if !applied {
+                behind.push(node);
+            }
+        }
+        waiting = behind;
+        if !waiting.is_empty() {
+            if logged.elapsed() > Duration::from_secs(5) {
+                logged = Instant::now();
+                tracing::info!(
+                    "shard {}: epoch {epoch}: waiting for node(s) {waiting:?} to apply the \
+                     change before streaming",
+                    ctx.me
+                );
+            }
+            glommio::timer::sleep(LOOK_EVERY).await;
+        }
+    }
+}
+
+/// Runs on every shard of a node in a cluster: streams when a change begins, reports it
+/// done, finishes it (on the leader), drops what is no longer owned, and stops a node that
+/// left. See the module docs.
+pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop: Arc<AtomicBool>) {
+    let mut streamed_epoch = 0;
+    let mut running: Option<u64> = None;
+    let mut proposed: Option<(Command, Instant)> = None;
+    loop {
+        glommio::timer::sleep(LOOK_EVERY).await;
+        let Some(topology) = ctx.peers.agreed() else {
+            continue;
+        };
+        let membership = ctx.peers.membership();
+        let me = membership.me;
+        let replicas = ctx.config.replication.replicas;
+        match &topology.transition {
+            Some(t) => {
+                running = Some(topology.epoch);
+                if streamed_epoch != topology.epoch && t.old.iter().any(|m| m.id == me) {
+                    let pairs = |ms: &[Member]| -> Vec<(NodeId, SocketAddr)> {
+                        ms.iter().map(|m| (m.id, m.addr)).collect()
+                    };
+                    let mv = match stream::Move::from_members(
+                        topology.epoch,
+                        &pairs(&t.old),
+                        &pairs(&t.new),
+                        replicas,
+                    ) {
+                        Ok(mv) => mv,
+                        Err(e) => {
+                            tracing::error!("epoch {}: no move: {e}", topology.epoch);
+                            continue;
+                        }
+                    };
+                    let others: Vec<NodeId> = t
+                        .old
+                        .iter()
+                        .chain(&t.new)
+                        .map(|m| m.id)
+                        .filter(|&id| id != me)
+                        .collect();
+                    all_applied(&ctx, topology.epoch, &others).await;
+                    match stream::stream_shard(&ctx, &mv).await {
+                        Ok(_) => {
+                            streamed_epoch = topology.epoch;
+                            if ctx.me == 0 {
+                                streamed.borrow_mut().note(topology.epoch, 0);
+                            } else {
+                                let done = Control::StreamDone {
+                                    epoch: topology.epoch,
+                                    shard: ctx.me,
+                                };
+                                ctx.mesh.control(0, done);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("shard {}: epoch {}: {e}", ctx.me, topology.epoch);
+                            continue;
+                        }
+                    }
+                }
+                let Some(raft) = ctx.raft.as_ref() else {
+                    continue;
+                };
+                let report = Command::SourceDone {
+                    epoch: topology.epoch,
+                    node: me,
+                };
+                let finish = Command::Finish {
+                    epoch: topology.epoch,
+                };
+                let command = if t.pending().contains(&me)
+                    && streamed
+                        .borrow()
+                        .all_done(topology.epoch, ctx.config.shards)
+                {
+                    Some(report)
+                } else if topology.finish_due().is_some() && raft.is_leader() {
+                    Some(finish)
+                } else {
+                    None
+                };
+                if let Some(command) = command {
+                    let again = match &proposed {
+                        Some((c, at)) => *c != command || at.elapsed() > PROPOSE_AGAIN,
+                        None => true,
+                    };
+                    if again {
+                        if let Err(e) = raft.propose(&command) {
+                            tracing::debug!("{e}");
+                        }
+                        proposed = Some((command, Instant::now()));
+                    }
+                }
+            }
+            None => {
+                let Some(epoch) = running.filter(|&e| topology.epoch > e) else {
+                    continue;
+                };
+                running = None;
+                if membership.is_member() {
+                    let dropped = stream::drop_unowned(&ctx, membership.ring(), replicas).await;
+                    tracing::info!(
+                        "shard {}: the change of epoch {epoch} finished; dropped {dropped} \
+                         key(s) this node no longer owns",
+                        ctx.me
+                    );
+                } else if ctx.me == 0 {
+                    tracing::info!(
+                        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
+                        topology.epoch
+                    );
+                    // Every member applies the finish at about the same time; until then one
+                    // may still route a read here.
+                    glommio::timer::sleep(LEAVE_GRACE).await;
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

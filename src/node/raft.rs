@@ -1,0 +1,543 @@
+//! The topology Raft group's driver: runs on shard 0 of every member of a multi-node cluster.
+//!
+//! tikv's `raft` crate is sans-IO; this module gives it a clock, a disk and a network:
+//!
+//! - **clock**: a glommio timer ticks the group every [`TICK`] (an election after 10 to 20
+//!   ticks without a leader, heartbeats every 2), and looks for work every [`POLL`];
+//! - **disk**: after every `Ready` that changed anything, the hard state, conf state, entries
+//!   and applied topology are rewritten to `DATA_DIR/topology.raft` (`cluster::raft_state`)
+//!   before any message that depends on them is sent. The write is a plain blocking
+//!   write-fsync-rename of a file of a few KiB, on shard 0's thread: topology changes are rare;
+//! - **network**: each Raft message travels as one `OP_RAFT` op (`Op.value`, protobuf encoded)
+//!   to shard 0 of its member over the shard's peer connections, fire and forget: Raft
+//!   retransmits what is lost.
+//!
+//! At first start every member of `--peers` bootstraps the same state: voters = the member
+//! ids, and one committed entry at index 1, term 1, `Bootstrap(members)`, so every log begins
+//! alike and a node that joins later learns the whole history by replaying it. Once a state is
+//! stored, it is authoritative. Every applied entry is sent to the node's other shards over the
+//! channel mesh (see [`super::mesh::Envelope::Topology`]), so each shard's
+//! `ctx.peers.membership()` carries the agreed epoch.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use kvmesh_net::ring::NodeId;
+use kvmesh_proto::wire::{ClusterTopology, Op, OpCode, OpResult, Status};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, RawNode, StateRole, Storage};
+
+use crate::cluster::raft_state::{self, Stored};
+use crate::cluster::topology::{Applied, Change, Command, Member, Refused, Topology};
+use crate::cluster::topology_wire::{decode_command, encode_command, topology_to_wire};
+use crate::cluster::Peers;
+
+use super::reply;
+
+/// One Raft tick.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How often the driver looks for messages to step and `Ready`s to handle between ticks.
+const POLL: Duration = Duration::from_millis(5);
+const ELECTION_TICKS: usize = 10;
+/// How long a node that left stays in the Raft group at most, when it does not catch up.
+const LEFT_NODE_GRACE: Duration = Duration::from_secs(10);
+const HEARTBEAT_TICKS: usize = 2;
+
+/// Shard 0's handle on the topology Raft group.
+pub struct RaftDriver {
+    dir: PathBuf,
+    node: RefCell<RawNode<MemStorage>>,
+    topology: RefCell<Topology>,
+    peers: Rc<Peers>,
+    /// Called with every topology the group applies (it tells the other shards).
+    publish: Box<dyn Fn(&ClusterTopology)>,
+    leader: Cell<u64>,
+    /// Messages received and peers found unreachable since the last poll: stepped by the
+    /// run loop, so nothing else ever borrows `node` while a `Ready` is handled.
+    inbox: RefCell<Vec<Message>>,
+    unreachable: RefCell<Vec<u64>>,
+    /// The latest commands the state machine refused, and why: how a node that proposed
+    /// one learns its answer (every node refuses the same command the same way).
+    refusals: RefCell<Vec<(Command, Refused)>>,
+    /// When the leader last proposed a change of the Raft voters (see `reconcile_voters`).
+    last_conf_proposal: Cell<Option<Instant>>,
+    /// The index of the last applied `Finish`, and when it was applied here.
+    finished: Cell<Option<(u64, Instant)>>,
+    /// The index of the last entry applied to `topology`.
+    applied_index: Cell<u64>,
+    /// Set when the state could not be written: the driver stops rather than break Raft's
+    /// promises, and says so.
+    failed: Cell<bool>,
+}
+
+impl RaftDriver {
+    /// Opens the group stored in `dir`, or bootstraps it from `members` (`--peers`) when none
+    /// is stored; with no `members` (a node started with `--join`), starts empty and learns
+    /// everything from the leader once it is added. Says why when the stored state is
+    /// unreadable.
+    pub fn open(
+        me: NodeId,
+        dir: PathBuf,
+        members: &[Member],
+        peers: Rc<Peers>,
+        publish: Box<dyn Fn(&ClusterTopology)>,
+    ) -> Result<Rc<Self>, String> {
+        let stored = match raft_state::load(&dir).map_err(|e| e.to_string())? {
+            Some(stored) => {
+                tracing::info!(
+                    "topology: restored epoch {} ({} member(s), applied index {}) from {}",
+                    stored.topology.epoch,
+                    stored.topology.members.len(),
+                    stored.applied,
+                    dir.join(raft_state::FILE_NAME).display()
+                );
+                stored
+            }
+            None if members.is_empty() => Stored {
+                hard_state: HardState::default(),
+                conf_state: ConfState::default(),
+                entries: Vec::new(),
+                topology: Topology::empty(),
+                applied: 0,
+            },
+            None => {
+                let stored = bootstrap(members);
+                raft_state::save(&dir, &stored).map_err(|e| e.to_string())?;
+                stored
+            }
+        };
+        let storage = MemStorage::new();
+        {
+            let mut core = storage.wl();
+            core.set_conf_state(stored.conf_state.clone());
+            core.append(&stored.entries)
+                .map_err(|e| format!("topology log: {e}"))?;
+            core.set_hardstate(stored.hard_state.clone());
+        }
+        let config = raft::Config {
+            id: u64::from(me),
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            applied: stored.applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 64,
+            pre_vote: true,
+            check_quorum: true,
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let node = RawNode::new(&config, storage, &logger)
+            .map_err(|e| format!("topology Raft group: {e}"))?;
+        let driver = Rc::new(RaftDriver {
+            dir,
+            node: RefCell::new(node),
+            topology: RefCell::new(stored.topology),
+            peers,
+            publish,
+            leader: Cell::new(0),
+            inbox: RefCell::default(),
+            unreachable: RefCell::default(),
+            refusals: RefCell::default(),
+            last_conf_proposal: Cell::new(None),
+            finished: Cell::new(None),
+            applied_index: Cell::new(stored.applied),
+            failed: Cell::new(false),
+        });
+        (driver.publish)(&topology_to_wire(&driver.topology.borrow()));
+        Ok(driver)
+    }
+
+    /// The topology this node has applied.
+    pub fn topology(&self) -> Topology {
+        self.topology.borrow().clone()
+    }
+
+    /// Whether this node leads the topology group now.
+    pub fn is_leader(&self) -> bool {
+        self.node
+            .try_borrow()
+            .is_ok_and(|n| n.raft.state == StateRole::Leader)
+    }
+
+    /// Why the state machine refused `command`, if it refused it lately.
+    pub fn refusal(&self, command: &Command) -> Option<Refused> {
+        self.refusals
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(c, _)| c == command)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Answers an `OP_RAFT` op: steps its message into the group.
+    pub fn receive(&self, bytes: &[u8]) -> OpResult {
+        let message = match Message::parse_from_bytes(bytes) {
+            Ok(message) => message,
+            Err(e) => {
+                return reply::status(
+                    Status::InvalidArgument,
+                    format!("OP_RAFT: not a Raft message: {e}"),
+                )
+            }
+        };
+        self.inbox.borrow_mut().push(message);
+        OpResult::default()
+    }
+
+    /// Proposes `command` (forwarded to the leader by Raft). Whether it is applied shows in
+    /// [`RaftDriver::topology`]; a proposal can be lost (no leader yet, a leader change), so
+    /// callers watch for its effect and propose again.
+    pub fn propose(&self, command: &Command) -> Result<(), String> {
+        self.node
+            .try_borrow_mut()
+            .map_err(|_| "the topology Raft group is busy; try again".to_string())?
+            .propose(Vec::new(), encode_command(command))
+            .map_err(|e| format!("topology proposal refused: {e}"))
+    }
+
+    /// Ticks the group and handles its `Ready`s until the node stops.
+    pub async fn run(self: Rc<Self>) {
+        let mut last_tick = Instant::now();
+        while !self.failed.get() {
+            glommio::timer::sleep(POLL).await;
+            {
+                let mut node = self.node.borrow_mut();
+                for to in self.unreachable.take() {
+                    node.report_unreachable(to);
+                }
+                for message in self.inbox.take() {
+                    // A message from a stale term or an unknown node is dropped by Raft.
+                    if let Err(e) = node.step(message) {
+                        tracing::debug!("topology: a Raft message was not stepped: {e}");
+                    }
+                }
+                if last_tick.elapsed() >= TICK {
+                    last_tick = Instant::now();
+                    node.tick();
+                    self.reconcile_voters(&mut node);
+                }
+            }
+            if let Err(e) = self.handle_ready() {
+                tracing::error!(
+                    "topology: {e}; this node's topology Raft group stops (restart the node)"
+                );
+                self.failed.set(true);
+            }
+        }
+    }
+
+    /// One round of raft-rs's `Ready` protocol: send, apply, persist, then send what needed
+    /// the persisted state.
+    fn handle_ready(self: &Rc<Self>) -> Result<(), String> {
+        let mut node = self.node.borrow_mut();
+        if !node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = node.ready();
+        if let Some(soft) = ready.ss() {
+            if soft.leader_id != self.leader.get() {
+                self.leader.set(soft.leader_id);
+                let role = if soft.raft_state == StateRole::Leader {
+                    " (this node)"
+                } else {
+                    ""
+                };
+                tracing::info!("topology: the leader is node {}{role}", soft.leader_id);
+            }
+        }
+        self.send(ready.take_messages());
+        let mut changed = false;
+        changed |= self.apply(&mut node, ready.take_committed_entries());
+        if !ready.entries().is_empty() {
+            node.mut_store()
+                .wl()
+                .append(ready.entries())
+                .map_err(|e| format!("appending to the topology log: {e}"))?;
+            changed = true;
+        }
+        if let Some(hs) = ready.hs() {
+            node.mut_store().wl().set_hardstate(hs.clone());
+            changed = true;
+        }
+        if changed {
+            self.persist(&node)?;
+        }
+        self.send(ready.take_persisted_messages());
+        let mut light = node.advance(ready);
+        let mut changed = false;
+        if let Some(commit) = light.commit_index() {
+            node.mut_store().wl().mut_hard_state().commit = commit;
+            changed = true;
+        }
+        self.send(light.take_messages());
+        changed |= self.apply(&mut node, light.take_committed_entries());
+        node.advance_apply();
+        if changed {
+            self.persist(&node)?;
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries to the topology, publishing each new one. Returns whether
+    /// anything was applied.
+    fn apply(&self, node: &mut RawNode<MemStorage>, entries: Vec<Entry>) -> bool {
+        let applied = !entries.is_empty();
+        for entry in entries {
+            match entry.entry_type {
+                EntryType::EntryNormal if entry.data.is_empty() => {} // a new leader's entry
+                EntryType::EntryNormal => {
+                    if let Some(Command::Bootstrap(members)) = self.apply_command(&entry) {
+                        adopt_bootstrap_voters(node, &members);
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let applied = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|e| e.to_string())
+                        .and_then(|cc| {
+                            node.apply_conf_change(&cc)
+                                .map_err(|e| e.to_string())
+                                .map(|cs| (cc, cs))
+                        });
+                    match applied {
+                        Ok((cc, cs)) => {
+                            tracing::info!(
+                                "topology: Raft {:?} node {}: voters {:?}, learners {:?}",
+                                cc.change_type,
+                                cc.node_id,
+                                cs.voters,
+                                cs.learners
+                            );
+                            node.mut_store().wl().set_conf_state(cs);
+                        }
+                        Err(e) => tracing::error!(
+                            "topology: configuration change at index {}: {e}",
+                            entry.index
+                        ),
+                    }
+                }
+                EntryType::EntryConfChangeV2 => tracing::warn!(
+                    "topology: ignored a joint configuration change at index {}",
+                    entry.index
+                ),
+            }
+            self.applied_index.set(entry.index);
+        }
+        applied
+    }
+
+    /// Applies one topology entry; returns the command when it was applied.
+    fn apply_command(&self, entry: &Entry) -> Option<Command> {
+        let command = match decode_command(&entry.data) {
+            Ok(command) => command,
+            Err(e) => {
+                tracing::error!("topology: entry {} does not decode: {e}", entry.index);
+                return None;
+            }
+        };
+        let mut topology = self.topology.borrow_mut();
+        match topology.apply(&command) {
+            Ok(applied) => {
+                tracing::info!(
+                    "topology: applied {command:?} at index {}: {applied:?}, epoch {}",
+                    entry.index,
+                    topology.epoch
+                );
+                (self.publish)(&topology_to_wire(&topology));
+                if applied == Applied::Finished {
+                    self.finished.set(Some((entry.index, Instant::now())));
+                }
+                Some(command)
+            }
+            Err(refused) => {
+                tracing::info!(
+                    "topology: entry {} ({command:?}) changes nothing: {refused}",
+                    entry.index
+                );
+                let mut refusals = self.refusals.borrow_mut();
+                if refusals.len() >= 16 {
+                    refusals.remove(0);
+                }
+                refusals.push((command, refused));
+                None
+            }
+        }
+    }
+
+    /// On the leader: makes the Raft voters follow the agreed topology, one change at a time.
+    /// A joining node becomes a learner (it receives the log, so it learns the topology, but
+    /// does not vote); a member that is not a voter (a join that finished) becomes one; a
+    /// voter that is no member any more (a leave that finished) is removed. A proposal that is
+    /// lost with a leader change is simply made again.
+    fn reconcile_voters(&self, node: &mut RawNode<MemStorage>) {
+        if node.raft.state != StateRole::Leader || node.raft.has_pending_conf() {
+            return;
+        }
+        if self
+            .last_conf_proposal
+            .get()
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let Ok(state) = node.store().initial_state() else {
+            return;
+        };
+        let (voters, learners) = (&state.conf_state.voters, &state.conf_state.learners);
+        let topology = self.topology.borrow();
+        if topology.epoch == 0 {
+            return;
+        }
+        let joining = match &topology.transition {
+            Some(t) => match t.change {
+                Change::Join(m) => Some(u64::from(m.id)),
+                Change::Leave(_) => None,
+            },
+            None => None,
+        };
+        let members: Vec<u64> = topology.members.iter().map(|m| u64::from(m.id)).collect();
+        let change =
+            if let Some(id) = joining.filter(|id| !voters.contains(id) && !learners.contains(id)) {
+                Some((ConfChangeType::AddLearnerNode, id))
+            } else if let Some(&id) = members.iter().find(|id| !voters.contains(id)) {
+                Some((ConfChangeType::AddNode, id))
+            } else {
+                voters
+                    .iter()
+                    .chain(learners)
+                    .find(|id| !members.contains(id) && Some(**id) != joining)
+                    .filter(|&&id| self.may_remove(node, id))
+                    .map(|&id| (ConfChangeType::RemoveNode, id))
+            };
+        let Some((change_type, node_id)) = change else {
+            return;
+        };
+        let cc = ConfChange {
+            change_type,
+            node_id,
+            ..ConfChange::default()
+        };
+        self.last_conf_proposal.set(Some(Instant::now()));
+        if let Err(e) = node.propose_conf_change(Vec::new(), cc) {
+            tracing::warn!("topology: proposing {change_type:?} node {node_id}: {e}");
+        }
+    }
+
+    fn persist(&self, node: &RawNode<MemStorage>) -> Result<(), String> {
+        let store = node.store();
+        let state = store.initial_state().map_err(|e| e.to_string())?;
+        let (first, last) = (
+            store.first_index().map_err(|e| e.to_string())?,
+            store.last_index().map_err(|e| e.to_string())?,
+        );
+        let entries = if last >= first {
+            store
+                .entries(first, last + 1, None, GetEntriesContext::empty(false))
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        let stored = Stored {
+            hard_state: state.hard_state,
+            conf_state: state.conf_state,
+            entries,
+            topology: self.topology.borrow().clone(),
+            applied: self.applied_index.get(),
+        };
+        raft_state::save(&self.dir, &stored).map_err(|e| e.to_string())
+    }
+
+    /// Whether node `id`, which left, may leave the Raft group too: once it holds the `Finish`
+    /// entry and a few heartbeats told it that entry is committed (it stops itself when it
+    /// applies it), or after [`LEFT_NODE_GRACE`] whatever it holds (it may be dead: a forced
+    /// leave).
+    fn may_remove(&self, node: &RawNode<MemStorage>, id: u64) -> bool {
+        let Some((index, at)) = self.finished.get() else {
+            return true;
+        };
+        let matched = node.raft.prs().get(id).is_some_and(|p| p.matched >= index);
+        (matched && at.elapsed() > TICK * 10) || at.elapsed() > LEFT_NODE_GRACE
+    }
+
+    /// Sends each message to shard 0 of its member, in the background.
+    fn send(self: &Rc<Self>, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            let Ok(bytes) = message.write_to_bytes() else {
+                continue;
+            };
+            let op = Op {
+                code: OpCode::OpRaft as i32,
+                value: bytes,
+                ..Op::default()
+            };
+            let driver = self.clone();
+            glommio::spawn_local(async move {
+                let sent = driver.peers.send_to_shard(to as NodeId, 0, vec![op]).await;
+                if driver.peers.wait(sent).await.is_err() {
+                    driver.unreachable.borrow_mut().push(to);
+                }
+            })
+            .detach();
+        }
+    }
+}
+
+/// A node that joined starts with no voters; the log's first entry names the members the
+/// cluster was bootstrapped with, which were its voters then. Adopting them, one simple change
+/// at a time, gives the joining node the same Raft configuration as every other node at that
+/// index, so the configuration changes that follow apply alike everywhere.
+fn adopt_bootstrap_voters(node: &mut RawNode<MemStorage>, members: &[Member]) {
+    let known = node
+        .store()
+        .initial_state()
+        .map(|s| !s.conf_state.voters.is_empty())
+        .unwrap_or(true);
+    if known {
+        return;
+    }
+    for member in members {
+        let cc = ConfChange {
+            change_type: ConfChangeType::AddNode,
+            node_id: u64::from(member.id),
+            ..ConfChange::default()
+        };
+        match node.apply_conf_change(&cc) {
+            Ok(cs) => node.mut_store().wl().set_conf_state(cs),
+            Err(e) => {
+                tracing::error!("topology: adopting the bootstrap voters: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The state every member of `--peers` starts from (see the module docs).
+fn bootstrap(members: &[Member]) -> Stored {
+    let conf_state = ConfState {
+        voters: members.iter().map(|m| u64::from(m.id)).collect(),
+        ..ConfState::default()
+    };
+    let entry = Entry {
+        entry_type: EntryType::EntryNormal,
+        term: 1,
+        index: 1,
+        data: encode_command(&Command::Bootstrap(members.to_vec())).into(),
+        ..Entry::default()
+    };
+    let hard_state = HardState {
+        term: 1,
+        commit: 1,
+        ..HardState::default()
+    };
+    Stored {
+        hard_state,
+        conf_state,
+        entries: vec![entry],
+        topology: Topology::empty(),
+        applied: 0,
+    }
+}
