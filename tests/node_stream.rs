@@ -301,3 +301,52 @@ fn a_destination_that_is_down_is_retried_and_the_rate_holds() {
 fn start_at(id: u32, ports: PortBlock) -> Hooked {
     start(id, ports, 1, &[])
 }
+
+#[test]
+fn an_entry_removed_during_the_stream_is_not_sent_afterwards() {
+    const KEYS: usize = 600;
+    const VALUE: usize = 16 << 10;
+    let _serial = serial();
+    // At 1 MiB/s the ~4.7 MiB to move take seconds; every key is scanned in the first step,
+    // long before its batch goes.
+    let one = start(1, PortBlock::reserve(3), 1, &["--stream-rate", "1"]);
+    let two = start_at(2, PortBlock::reserve(3));
+    fill(&one.node, KEYS, VALUE);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, two.node.addr),
+    );
+    request(one.hook.path(), 1, "stream", &old, &new);
+    wait_for("the first acknowledged batch", || {
+        let stats = one.node.stats();
+        (stats.iter().map(|s| s.stream_keys_acked).sum::<u64>() > 0).then_some(())
+    });
+    // Removed on the source only (no coordinator routes to node 2 in this test): what the
+    // stream sends from now on would bring these keys back on node 2.
+    let mut c = WireClient::connect(one.node.addr);
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let ops = chunk
+            .iter()
+            .map(|&i| op(OpCode::OpRemove, &key(i), b"", 0))
+            .collect();
+        c.call(ops);
+    }
+    let answer = answer(one.hook.path(), 1, 0);
+    let (min, moved) = minimum(KEYS, VALUE);
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+    let theirs = own_copies(&two.node, &keys);
+    let arrived = (0..KEYS)
+        .filter(|&i| moved[i] && theirs[i].0 == Status::Ok)
+        .count() as u64;
+    // What was acknowledged or in the window (4 batches of 16 entries) before the removes.
+    assert!(
+        arrived < min.copies / 2,
+        "{arrived} of {} moved keys reached node 2 after their remove: {answer:?}",
+        min.copies
+    );
+    assert_eq!(
+        answer["keys_acked"] + answer["skipped"],
+        min.copies,
+        "{answer:?}"
+    );
+}

@@ -7,14 +7,19 @@
 //! 1. a counting pass scans the store in steps of [`SCAN_SLOTS`] slots, yielding between
 //!    steps, and plans each key: what this shard must send is its share of the theoretical
 //!    minimum ([`MoveCost`]), and its progress total;
-//! 2. the streaming pass scans again the same way and appends each key this node sends, as a
-//!    versioned replica put (`Op.replica`, the key's stored version, its remaining TTL), to a
-//!    batch per destination shard (the shard the destination node's shard hash gives);
+//! 2. the streaming pass scans again the same way and appends each key this node sends (its
+//!    key and version only, so a step holds no values) to a batch per destination shard (the
+//!    shard the destination node's shard hash gives);
 //! 3. a batch goes once it holds [`BATCH_BYTES`] or [`BATCH_OPS`] (or at the end), after the
 //!    throttle allows it (this shard's share of `--stream-rate`), with at most [`WINDOW`]
 //!    batches in flight;
 //!    a batch that fails (the destination is down, slow or refuses for now) is resent, with
-//!    backoff, until its destination acknowledges every op of it.
+//!    backoff, until its destination acknowledges every op of it;
+//! 4. right before each send and each resend, every entry of the batch is read again from the
+//!    store and becomes a versioned replica put (`Op.replica`, its version, its remaining TTL
+//!    now), or is skipped when it was removed, expired or rewritten since the scan: a stale
+//!    copy could undo a remove or a touch on the new owner, and the newer state gets there
+//!    through the coordinators' old ∪ new routing.
 //!
 //! A replica write is acknowledged only once the destination's log holds it as `--fsync`
 //! promises, and it applies by last-writer-wins: a client write that raced the stream and
@@ -44,7 +49,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use kvmesh_engine::Cursor;
+use kvmesh_engine::{Cursor, Version};
 use kvmesh_net::moves::{self, MoveCost};
 use kvmesh_net::mux::Mux;
 use kvmesh_net::ring::{NodeId, Ring, RingError};
@@ -141,6 +146,9 @@ pub struct StreamReport {
     pub retries: u64,
     /// Ops a destination refused for good (a key or value over its limits): not retried.
     pub refused: u64,
+    /// Entries removed, expired or rewritten between the scan and their send: not sent (the
+    /// newer state reaches the new owner through the coordinators' routing).
+    pub skipped: u64,
 }
 
 impl std::fmt::Display for StreamReport {
@@ -153,14 +161,15 @@ impl std::fmt::Display for StreamReport {
         write!(
             f,
             "{} range(s), {} key copies acknowledged, {} byte(s) streamed vs a minimum of {} \
-             ({ratio:.3}×), {} batch(es), {} resent, {} refused",
+             ({ratio:.3}×), {} batch(es), {} resent, {} refused, {} changed during the stream",
             self.ranges,
             self.keys_acked,
             self.bytes_sent,
             self.planned.bytes,
             self.batches,
             self.retries,
-            self.refused
+            self.refused,
+            self.skipped
         )
     }
 }
@@ -281,32 +290,27 @@ async fn send_all(
         if !ctx.serving.is_serving() {
             return Err(StreamError::Stopping);
         }
-        let now_ms = super::now_ms();
-        let mut found: Vec<(Op, Vec<NodeId>)> = Vec::new();
+        // Only what identifies each entry: its value is read when its batch goes.
+        let mut found: Vec<(Item, Vec<NodeId>)> = Vec::new();
         cursor = ctx
             .shard
             .borrow()
             .store()
-            .scan(at, SCAN_SLOTS, now_ms, |e| {
+            .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
                 let plan = moves::plan_key(&mv.old, &mv.new, mv.replicas, e.key);
                 if plan.is_sent_by(me) {
-                    let op = Op {
-                        code: OpCode::OpPut as i32,
+                    let item = Item {
                         key: e.key.to_vec(),
-                        value: e.value.to_vec(),
-                        ttl_ms: remaining(e.expires_at_ms, now_ms),
-                        replica: true,
-                        version_hlc: e.version.hlc,
-                        version_node: e.version.node,
-                        ..Op::default()
+                        version: e.version,
+                        len: e.key.len() + e.value.len(),
                     };
-                    found.push((op, plan.destinations));
+                    found.push((item, plan.destinations));
                 }
             });
-        for (op, destinations) in found {
+        for (item, destinations) in found {
             for node in destinations {
-                let shard = sender.shard_of(node, &op.key).await?;
-                let ready = batches.entry((node, shard)).or_default().push(op.clone());
+                let shard = sender.shard_of(node, &item.key).await?;
+                let ready = batches.entry((node, shard)).or_default().push(item.clone());
                 for batch in ready {
                     launch(sender, &mut window, &mut throttle, (node, shard), batch).await?;
                 }
@@ -315,7 +319,7 @@ async fn send_all(
         futures_lite::future::yield_now().await;
     }
     for (to, batch) in std::mem::take(&mut batches) {
-        if !batch.ops.is_empty() {
+        if !batch.items.is_empty() {
             launch(sender, &mut window, &mut throttle, to, batch).await?;
         }
     }
@@ -354,25 +358,33 @@ async fn launch(
     Ok(())
 }
 
-/// Ops for one destination shard, and their key + value bytes.
+/// One entry as the scan saw it: its key, its version and its key + value bytes then. Its op
+/// is built from the store only when its batch goes (see [`Sender::fresh`]).
+#[derive(Clone, Debug)]
+struct Item {
+    key: Vec<u8>,
+    version: Version,
+    len: usize,
+}
+
+/// Entries for one destination shard, and their key + value bytes.
 #[derive(Default)]
 struct Batch {
-    ops: Vec<Op>,
+    items: Vec<Item>,
     bytes: usize,
 }
 
 impl Batch {
-    /// Adds `op`; returns the batches ready to go: this one first when `op` would take it past
-    /// the byte budget, then the one holding `op` once it is full.
-    fn push(&mut self, op: Op) -> Vec<Batch> {
+    /// Adds `item`; returns the batches ready to go: this one first when `item` would take it
+    /// past the byte budget, then the one holding `item` once it is full.
+    fn push(&mut self, item: Item) -> Vec<Batch> {
         let mut ready = Vec::new();
-        let len = op.key.len() + op.value.len();
-        if !self.ops.is_empty() && self.bytes + len > BATCH_BYTES {
+        if !self.items.is_empty() && self.bytes + item.len > BATCH_BYTES {
             ready.push(std::mem::take(self));
         }
-        self.bytes += len;
-        self.ops.push(op);
-        if self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS {
+        self.bytes += item.len;
+        self.items.push(item);
+        if self.bytes >= BATCH_BYTES || self.items.len() >= BATCH_OPS {
             ready.push(std::mem::take(self));
         }
         ready
@@ -448,13 +460,17 @@ impl Sender {
     }
 
     /// Sends `batch` to shard `shard` of `node` until every op is acknowledged (or refused for
-    /// good), resending after failures with backoff.
+    /// good, or no longer current), resending after failures with backoff.
     async fn deliver(&self, node: NodeId, shard: usize, batch: Batch) -> Result<(), StreamError> {
-        let mut ops = batch.ops;
+        let mut items = batch.items;
         let mut backoff = RETRY_FIRST;
         loop {
             if !self.ctx.serving.is_serving() {
                 return Err(StreamError::Stopping);
+            }
+            let (ops, current) = self.fresh(items);
+            if ops.is_empty() {
+                return Ok(());
             }
             let answered = match self.conn(node, shard).await {
                 Ok(mux) => match mux.send(ops.clone(), false) {
@@ -471,7 +487,7 @@ impl Sender {
             };
             match answered {
                 Ok(results) => {
-                    let answers = sort_answers(ops, &results);
+                    let answers = sort_answers(&ops, &results);
                     self.acked(&answers);
                     if answers.retry.is_empty() {
                         return Ok(());
@@ -480,11 +496,12 @@ impl Sender {
                         "stream: node {node} shard {shard} did not take {} op(s) yet",
                         answers.retry.len()
                     );
-                    ops = answers.retry;
+                    items = pick(current, &answers.retry);
                 }
                 Err(why) => {
                     self.conns.borrow_mut().remove(&(node, shard));
                     tracing::debug!("stream: batch to node {node} shard {shard} failed: {why}");
+                    items = current;
                 }
             }
             self.report.borrow_mut().retries += 1;
@@ -492,6 +509,40 @@ impl Sender {
             glommio::timer::sleep(backoff).await;
             backoff = (backoff * 2).min(RETRY_MAX);
         }
+    }
+
+    /// The ops for `items` as the store holds them now, and the items still current. An entry
+    /// removed, expired or rewritten (a put or a touch gives it a new version) since the scan
+    /// saw it is skipped: its newer state reaches the new owner through the coordinators'
+    /// old ∪ new routing, and a stale copy sent now could undo it there. The remaining TTL is
+    /// computed at each send, so a resend does not extend it.
+    fn fresh(&self, items: Vec<Item>) -> (Vec<Op>, Vec<Item>) {
+        let now_ms = super::now_ms();
+        let (mut ops, mut current) = (Vec::new(), Vec::new());
+        let mut skipped = 0;
+        {
+            let shard = self.ctx.shard.borrow();
+            for item in items {
+                match shard.store().peek(&item.key, now_ms) {
+                    Some(p) if !p.tombstone && p.version == item.version => {
+                        ops.push(Op {
+                            code: OpCode::OpPut as i32,
+                            key: item.key.clone(),
+                            value: p.value.to_vec(),
+                            ttl_ms: remaining(p.expires_at_ms, now_ms),
+                            replica: true,
+                            version_hlc: p.version.hlc,
+                            version_node: p.version.node,
+                            ..Op::default()
+                        });
+                        current.push(item);
+                    }
+                    _ => skipped += 1,
+                }
+            }
+        }
+        self.report.borrow_mut().skipped += skipped;
+        (ops, current)
     }
 
     /// `ops` went on the wire: their cost.
@@ -560,18 +611,18 @@ struct Answers {
     acked_bytes: u64,
     /// Ops refused for good: a limit of the destination that a resend cannot change.
     refused: u64,
-    /// Ops to resend: failed for now, or not answered.
-    retry: Vec<Op>,
+    /// Positions in the batch of the ops to resend: failed for now, or not answered.
+    retry: Vec<usize>,
 }
 
 /// Sorts a batch's ops by their answers.
-fn sort_answers(ops: Vec<Op>, results: &[OpResult]) -> Answers {
+fn sort_answers(ops: &[Op], results: &[OpResult]) -> Answers {
     let mut answers = Answers::default();
-    for (i, op) in ops.into_iter().enumerate() {
+    for (i, op) in ops.iter().enumerate() {
         match results.get(i).map(OpResult::status) {
             Some(Status::Ok) => {
                 answers.acked += 1;
-                answers.acked_bytes += payload(std::slice::from_ref(&op));
+                answers.acked_bytes += payload(std::slice::from_ref(op));
             }
             Some(Status::InvalidArgument | Status::NoSpace | Status::UnknownOperation) => {
                 answers.refused += 1;
@@ -581,10 +632,20 @@ fn sort_answers(ops: Vec<Op>, results: &[OpResult]) -> Answers {
                     results[i].message
                 );
             }
-            _ => answers.retry.push(op),
+            _ => answers.retry.push(i),
         }
     }
     answers
+}
+
+/// The items at positions `at` (ascending) of `items`.
+fn pick(items: Vec<Item>, at: &[usize]) -> Vec<Item> {
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| at.binary_search(i).is_ok())
+        .map(|(_, item)| item)
+        .collect()
 }
 
 /// Key + value bytes of `ops`.
@@ -658,6 +719,14 @@ mod tests {
         }
     }
 
+    fn item(key: &[u8], value_len: usize) -> Item {
+        Item {
+            key: key.to_vec(),
+            version: Version::new(7, 1),
+            len: key.len() + value_len,
+        }
+    }
+
     fn answered(status: Status) -> OpResult {
         OpResult {
             status: status as i32,
@@ -681,35 +750,39 @@ mod tests {
             answered(Status::Timeout),
         ];
         // "e" got no answer at all: resent too.
-        let answers = sort_answers(ops, &results);
-        let keys: Vec<&[u8]> = answers.retry.iter().map(|o| o.key.as_slice()).collect();
-        assert_eq!(keys, [&b"b"[..], b"d", b"e"]);
+        let answers = sort_answers(&ops, &results);
+        assert_eq!(answers.retry, [1, 3, 4]);
         assert_eq!(
             (answers.acked, answers.acked_bytes, answers.refused),
             (1, 2, 1)
         );
-        assert_eq!(payload(&answers.retry), 6);
+        let items: Vec<Item> = ops.iter().map(|o| item(&o.key, 1)).collect();
+        let keys: Vec<Vec<u8>> = pick(items, &answers.retry)
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(keys, [b"b".to_vec(), b"d".to_vec(), b"e".to_vec()]);
     }
 
     #[test]
     fn batches_end_at_their_byte_or_op_budget() {
         let sizes = |ready: Vec<Batch>| -> Vec<(usize, usize)> {
-            ready.iter().map(|b| (b.ops.len(), b.bytes)).collect()
+            ready.iter().map(|b| (b.items.len(), b.bytes)).collect()
         };
         let mut b = Batch::default();
-        assert_eq!(sizes(b.push(put("k", BATCH_BYTES - 3))), []);
-        assert_eq!(sizes(b.push(put("k", 1))), [(2, BATCH_BYTES)]);
+        assert_eq!(sizes(b.push(item(b"k", BATCH_BYTES - 3))), []);
+        assert_eq!(sizes(b.push(item(b"k", 1))), [(2, BATCH_BYTES)]);
         // An entry above the budget goes alone, after what was waiting.
-        assert_eq!(sizes(b.push(put("a", 10))), []);
+        assert_eq!(sizes(b.push(item(b"a", 10))), []);
         assert_eq!(
-            sizes(b.push(put("b", 2 * BATCH_BYTES))),
+            sizes(b.push(item(b"b", 2 * BATCH_BYTES))),
             [(1, 11), (1, 2 * BATCH_BYTES + 1)]
         );
-        assert!(b.ops.is_empty());
+        assert!(b.items.is_empty());
         for i in 0..BATCH_OPS - 1 {
-            assert_eq!(sizes(b.push(put(&i.to_string(), 0))), []);
+            assert_eq!(sizes(b.push(item(i.to_string().as_bytes(), 0))), []);
         }
-        assert_eq!(b.push(put("last", 0)).len(), 1);
+        assert_eq!(b.push(item(b"last", 0)).len(), 1);
     }
 
     #[test]

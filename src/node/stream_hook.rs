@@ -75,7 +75,7 @@ async fn run(ctx: &Rc<ShardCtx>, fields: &BTreeMap<String, String>) -> Result<St
             Ok(format!(
                 "ok\nranges={}\nplanned_keys={}\nplanned_copies={}\nplanned_bytes={}\n\
                  keys_acked={}\nbytes_acked={}\nbytes_sent={}\nbatches={}\nretries={}\n\
-                 refused={}\n",
+                 refused={}\nskipped={}\n",
                 r.ranges,
                 r.planned.keys,
                 r.planned.copies,
@@ -85,7 +85,8 @@ async fn run(ctx: &Rc<ShardCtx>, fields: &BTreeMap<String, String>) -> Result<St
                 r.bytes_sent,
                 r.batches,
                 r.retries,
-                r.refused
+                r.refused,
+                r.skipped
             ))
         }
         "drop" => {
