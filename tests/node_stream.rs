@@ -224,6 +224,13 @@ fn moved_keys_arrive_with_their_versions_and_the_drop_leaves_the_owned_ones() {
         assert!(done.iter().all(|l| l.contains("(1.000×)")), "{done:?}");
     }
     eprintln!("{}", done.join("\n"));
+    // The stream's handshake is a legitimate one for the joining node, though their member
+    // lists differ.
+    assert!(
+        !two.node.log().contains("refused a peer's handshake"),
+        "{}",
+        two.node.log()
+    );
 
     // The drop pass: node 1 keeps exactly the keys it owns under {1, 2}, after a restart too.
     let versions = mine;
@@ -349,4 +356,29 @@ fn an_entry_removed_during_the_stream_is_not_sent_afterwards() {
         min.copies,
         "{answer:?}"
     );
+}
+
+#[test]
+fn a_node_that_is_not_the_destination_acknowledges_nothing() {
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &[]);
+    // The move names node 2 at this address, but node 3 listens there.
+    let three = start(3, PortBlock::reserve(3), 1, &[]);
+    fill(&one.node, 200, 100);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, three.node.addr),
+    );
+    request(one.hook.path(), 1, "stream", &old, &new);
+    let path = one.hook.path().join("done-1-0");
+    let text = wait_for("the stream's answer", || {
+        std::fs::read_to_string(&path).ok()
+    });
+    assert!(
+        text.starts_with("error\n") && text.contains("is not that node"),
+        "{text}"
+    );
+    let keys: Vec<Vec<u8>> = (0..200).map(key).collect();
+    let theirs = own_copies(&three.node, &keys);
+    assert!(theirs.iter().all(|c| c.0 == Status::NotFound));
 }

@@ -119,12 +119,22 @@ impl Membership {
             shards: topology.shards,
             shard_ports: topology.shard_ports.clone(),
             members: self.wire_members(),
+            stream: false,
         }
     }
 
     /// Why `hello` is not a peer this node may talk to, if it is not. `expected` is the id the
     /// caller dialed (when this node is the one connecting).
     pub fn check_hello(&self, hello: &Hello, expected: Option<NodeId>) -> Result<(), String> {
+        self.check_identity(hello, expected)?;
+        self.check_listed(hello)
+    }
+
+    /// Why `hello` is not a node of this cluster that this node may stream to or from, if it
+    /// is not: protocol version, cluster name, the id dialed (`expected`), not this node, shard
+    /// ports that match its shard count. The member lists are not compared: during a
+    /// membership change they legitimately differ.
+    pub fn check_identity(&self, hello: &Hello, expected: Option<NodeId>) -> Result<(), String> {
         let who = format!("node {} at {}", hello.node_id, hello.addr);
         let me = self.me;
         if hello.protocol_version != PROTOCOL_VERSION {
@@ -155,6 +165,20 @@ impl Membership {
                 self.advertise
             ));
         }
+        if hello.shards == 0 || hello.shard_ports.len() != hello.shards as usize {
+            return Err(format!(
+                "{who} reports {} shards but {} shard ports",
+                hello.shards,
+                hello.shard_ports.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why `hello`'s node is not in this node's member list as it says, if it is not.
+    fn check_listed(&self, hello: &Hello) -> Result<(), String> {
+        let who = format!("node {} at {}", hello.node_id, hello.addr);
+        let me = self.me;
         let Some(listed) = self.addr_of(hello.node_id) else {
             return Err(format!(
                 "{who} is not in node {me}'s member list (--peers {})",
@@ -177,13 +201,6 @@ impl Membership {
                 "{who} has another member list (--peers {}; node {me} has --peers {})",
                 theirs.join(","),
                 peers_flag(&self.members)
-            ));
-        }
-        if hello.shards == 0 || hello.shard_ports.len() != hello.shards as usize {
-            return Err(format!(
-                "{who} reports {} shards but {} shard ports",
-                hello.shards,
-                hello.shard_ports.len()
             ));
         }
         Ok(())

@@ -32,9 +32,12 @@
 //!
 //! Streamed ops go over connections of their own, one per destination shard, opened from the
 //! addresses in [`Move::addrs`]: a joining node is not a peer of this node yet. Each starts
-//! with this node's hello, so the destination counts it as a peer's connection (never against
-//! its client limit); the hello's answer is not required to be OK, because during a change the
-//! two nodes' member lists legitimately differ. The agreed topology vouches for the address.
+//! with this node's hello marked `stream`, so the destination counts it as a peer's connection
+//! (never against its client limit) and checks protocol version, cluster and identity but not
+//! the member lists, which legitimately differ during a change. The source waits for the
+//! answer and checks the same of the destination (its id, as the move names it, and its shard
+//! ports): a node that is not the one the move names ends the stream with
+//! [`StreamError::WrongDestination`] before it acknowledges anything.
 
 #[path = "stream_hook.rs"]
 pub mod hook;
@@ -54,7 +57,7 @@ use kvmesh_net::moves::{self, MoveCost};
 use kvmesh_net::mux::Mux;
 use kvmesh_net::ring::{NodeId, Ring, RingError};
 use kvmesh_net::{shard_for, Connection};
-use kvmesh_proto::wire::{Op, OpCode, OpResult, Status, Topology};
+use kvmesh_proto::wire::{Hello, Op, OpCode, OpResult, Status, Topology};
 
 use super::server::ShardCtx;
 use super::shard::remaining;
@@ -181,6 +184,8 @@ pub enum StreamError {
     NoAddress(NodeId),
     #[error("the shard is stopping; the stream did not finish")]
     Stopping,
+    #[error("the node at node {node}'s address is not that node of this cluster: {why}")]
+    WrongDestination { node: NodeId, why: String },
 }
 
 /// Streams this shard's keys for which this node is the source to their destinations' owning
@@ -444,6 +449,15 @@ impl Sender {
             };
             match glommio::timer::timeout(timeout, async { Ok(asked.await) }).await {
                 Ok(Ok(topology)) if !topology.shard_ports.is_empty() => {
+                    let cluster = &self.ctx.peers.membership().cluster;
+                    if topology.node_id != node || &topology.cluster != cluster {
+                        let why = format!(
+                            "{addr} answers as node {} of cluster {:?}, not node {node} of \
+                             cluster {cluster:?}",
+                            topology.node_id, topology.cluster
+                        );
+                        return Err(StreamError::WrongDestination { node, why });
+                    }
                     let ports: Vec<u16> = topology.shard_ports.iter().map(|&p| p as u16).collect();
                     self.ports.borrow_mut().insert(node, ports.clone());
                     return Ok(ports);
@@ -483,7 +497,8 @@ impl Sender {
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                Err(e) => Err(e),
+                Err(Dial::Failed(why)) => Err(why),
+                Err(Dial::Fatal(e)) => return Err(e),
             };
             match answered {
                 Ok(results) => {
@@ -566,41 +581,93 @@ impl Sender {
         );
     }
 
-    /// The open connection to shard `shard` of `node`, opened (hello first) if needed.
-    async fn conn(&self, node: NodeId, shard: usize) -> Result<Rc<Mux>, String> {
+    /// The open connection to shard `shard` of `node`, opened if needed with a handshake
+    /// whose answer must show that node of this cluster (see [`check_answer`]).
+    async fn conn(&self, node: NodeId, shard: usize) -> Result<Rc<Mux>, Dial> {
         if let Some(mux) = self.conns.borrow().get(&(node, shard)) {
             if !mux.is_closed() {
                 return Ok(mux.clone());
             }
         }
-        let ports = self.ports_of(node).await.map_err(|e| e.to_string())?;
+        let ports = self.ports_of(node).await.map_err(Dial::Fatal)?;
         let endpoint = self
             .addrs
             .get(&node)
-            .ok_or_else(|| StreamError::NoAddress(node).to_string())?;
+            .ok_or(Dial::Fatal(StreamError::NoAddress(node)))?;
         let port = ports.get(shard).copied().unwrap_or(endpoint.addr.port());
         let addr = SocketAddr::new(endpoint.addr.ip(), port);
-        let conn = Connection::connect(addr, self.ctx.config.forward_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mux = Rc::new(Mux::new(conn).map_err(|e| e.to_string())?);
         let config = &self.ctx.config;
-        let hello = config.cluster.hello(&Topology {
-            shards: config.shards as u32,
-            shard_ports: config.shard_ports(),
-            ..Topology::default()
-        });
+        let failed = |e: &dyn std::fmt::Display| Dial::Failed(e.to_string());
+        let conn = Connection::connect(addr, config.forward_timeout)
+            .await
+            .map_err(|e| failed(&e))?;
+        let mux = Rc::new(Mux::new(conn).map_err(|e| failed(&e))?);
+        let hello = Hello {
+            stream: true,
+            ..config.cluster.hello(&Topology {
+                shards: config.shards as u32,
+                shard_ports: config.shard_ports(),
+                ..Topology::default()
+            })
+        };
         let op = Op {
             code: OpCode::OpHello as i32,
             hello: Some(hello),
             ..Op::default()
         };
-        // Sent first on the connection, so the destination counts it as a peer's; its answer
-        // is not awaited (see the module docs).
-        mux.send(vec![op], false).map_err(|e| e.to_string())?;
+        let answer = mux
+            .send(vec![op], false)
+            .map_err(|e| failed(&e))?
+            .wait(config.forward_timeout)
+            .await
+            .map_err(|e| failed(&e))?;
+        check_answer(self.ctx.peers.membership(), node, &ports, answer.first())?;
         self.conns.borrow_mut().insert((node, shard), mux.clone());
         Ok(mux)
     }
+}
+
+/// Why a connection to a destination shard is not usable.
+enum Dial {
+    /// For now (down, slow, closed): retried.
+    Failed(String),
+    /// For good: the stream ends with this error.
+    Fatal(StreamError),
+}
+
+/// Checks a destination's answer to the stream's handshake: it must be OK and carry the hello
+/// of node `node` of this cluster, at this protocol version, with the shard ports the stream
+/// routes by. Otherwise a reused address or another cluster's node could acknowledge batches,
+/// and the source would drop copies no owner holds.
+fn check_answer(
+    me: &crate::cluster::Membership,
+    node: NodeId,
+    ports: &[u16],
+    answer: Option<&OpResult>,
+) -> Result<(), Dial> {
+    let wrong = |why: String| Dial::Fatal(StreamError::WrongDestination { node, why });
+    let Some(answer) = answer else {
+        return Err(Dial::Failed("the handshake got no answer".into()));
+    };
+    match answer.status() {
+        Status::Ok => {}
+        Status::Refused => return Err(wrong(answer.message.clone())),
+        other => {
+            let why = format!("the handshake got {other:?}: {}", answer.message);
+            return Err(Dial::Failed(why));
+        }
+    }
+    let Some(hello) = answer.hello.as_ref() else {
+        return Err(wrong("its handshake answer carries no hello".into()));
+    };
+    me.check_identity(hello, Some(node)).map_err(wrong)?;
+    let theirs: Vec<u16> = hello.shard_ports.iter().map(|&p| p as u16).collect();
+    if theirs != ports {
+        return Err(wrong(format!(
+            "it has shard ports {theirs:?}, the stream routes by {ports:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// A batch's answers, sorted.
@@ -783,6 +850,44 @@ mod tests {
             assert_eq!(sizes(b.push(item(i.to_string().as_bytes(), 0))), []);
         }
         assert_eq!(b.push(item(b"last", 0)).len(), 1);
+    }
+
+    #[test]
+    fn only_the_named_node_of_this_cluster_may_take_a_stream() {
+        use crate::cluster::Membership;
+        let me = Membership::single(1, "127.0.0.1:7000".parse().unwrap());
+        let at = |id| Membership::single(id, "127.0.0.1:7100".parse().unwrap());
+        let topology = Topology {
+            shards: 1,
+            shard_ports: vec![7101],
+            ..Topology::default()
+        };
+        let ok = |hello| OpResult {
+            hello: Some(hello),
+            ..OpResult::default()
+        };
+        let fatal = |r: Result<(), Dial>| matches!(r, Err(Dial::Fatal(_)));
+        let two = ok(at(2).hello(&topology));
+        assert!(check_answer(&me, 2, &[7101], Some(&two)).is_ok());
+        assert!(fatal(check_answer(&me, 3, &[7101], Some(&two))));
+        assert!(fatal(check_answer(&me, 2, &[7101, 7102], Some(&two))));
+        let mut other = at(2);
+        other.cluster = "staging".into();
+        let other = ok(other.hello(&topology));
+        assert!(fatal(check_answer(&me, 2, &[7101], Some(&other))));
+        assert!(fatal(check_answer(
+            &me,
+            2,
+            &[7101],
+            Some(&OpResult::default())
+        )));
+        let refused = answered(Status::Refused);
+        assert!(fatal(check_answer(&me, 2, &[7101], Some(&refused))));
+        let busy = answered(Status::Unavailable);
+        assert!(matches!(
+            check_answer(&me, 2, &[7101], Some(&busy)),
+            Err(Dial::Failed(_))
+        ));
     }
 
     #[test]
