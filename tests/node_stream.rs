@@ -382,3 +382,27 @@ fn a_node_that_is_not_the_destination_acknowledges_nothing() {
     let theirs = own_copies(&three.node, &keys);
     assert!(theirs.iter().all(|c| c.0 == Status::NotFound));
 }
+
+#[test]
+fn copies_the_destination_refuses_fail_the_stream() {
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &[]);
+    // Node 2 takes no value above 1 KiB: the 4 KiB ones cannot move.
+    let two = start(2, PortBlock::reserve(3), 1, &["--max-value-size", "1KiB"]);
+    fill(&one.node, 200, 4096);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, two.node.addr),
+    );
+    request(one.hook.path(), 1, "stream", &old, &new);
+    let path = one.hook.path().join("done-1-0");
+    let text = wait_for("the stream's answer", || {
+        std::fs::read_to_string(&path).ok()
+    });
+    let (min, _) = minimum(200, 4096);
+    assert!(
+        text.starts_with("error\n")
+            && text.contains(&format!("refused {} key copies for good", min.copies)),
+        "{text}"
+    );
+}

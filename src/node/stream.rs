@@ -186,13 +186,23 @@ pub enum StreamError {
     Stopping,
     #[error("the node at node {node}'s address is not that node of this cluster: {why}")]
     WrongDestination { node: NodeId, why: String },
+    /// Every batch was answered, but destinations refused `refused` key copies for good (a key
+    /// or value over their limits, no space): those owners lack them, so the source must keep
+    /// its copies and the change is not done. `acked` were acknowledged.
+    #[error(
+        "the destinations refused {refused} key copies for good ({acked} acknowledged): they \
+         lack them, so this node must keep its copies (see the WARN lines for why)"
+    )]
+    Refused { refused: u64, acked: u64 },
 }
 
 /// Streams this shard's keys for which this node is the source to their destinations' owning
 /// shards, batched, at this shard's share of `--stream-rate`, as versioned replica writes
 /// (last-writer-wins, so racing client writes never go back in time). Returns once every batch
 /// was acknowledged durably by its destination; retries a destination that is down, for as
-/// long as it takes (until the shard stops: [`StreamError::Stopping`]). Dropping the future
+/// long as it takes (until the shard stops: [`StreamError::Stopping`]). Ops a destination
+/// refuses for good end it in [`StreamError::Refused`] once every batch was answered: the
+/// source must not report itself done, nor drop its copies. Dropping the future
 /// cancels the batches in flight. Run one stream per shard at a time (the progress counters
 /// describe one); running the same move again is harmless, only slower.
 pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport, StreamError> {
@@ -232,6 +242,17 @@ pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport,
         r.planned = planned;
         r
     };
+    if report.refused > 0 {
+        tracing::error!(
+            "shard {}: epoch {}: stream failed: {report}",
+            ctx.me,
+            mv.epoch
+        );
+        return Err(StreamError::Refused {
+            refused: report.refused,
+            acked: report.keys_acked,
+        });
+    }
     tracing::info!(
         "shard {}: epoch {}: stream done: {report}",
         ctx.me,
