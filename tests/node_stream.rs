@@ -406,3 +406,34 @@ fn copies_the_destination_refuses_fail_the_stream() {
         "{text}"
     );
 }
+
+#[test]
+fn a_drop_under_a_ring_without_this_node_drops_nothing() {
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &[]);
+    fill(&one.node, 200, 100);
+    let keys: Vec<Vec<u8>> = (0..200).map(key).collect();
+    let before = own_copies(&one.node, &keys);
+    // A ring of node 2 alone (node 1 owns nothing there), then replicas 0: both refused.
+    let other = format!("2={}", one.node.addr);
+    let answers = run(&one, 1, "drop", &other, &other);
+    assert_eq!(total(&answers, "dropped"), 0);
+    let text = format!(
+        "id=2\naction=drop\nepoch=2\nreplicas=0\nold=1={a}\nnew=1={a}\n",
+        a = one.node.addr
+    );
+    std::fs::write(one.hook.path().join(".move.tmp"), text).expect("write the request");
+    std::fs::rename(
+        one.hook.path().join(".move.tmp"),
+        one.hook.path().join("move"),
+    )
+    .expect("rename the request");
+    assert_eq!(answer(one.hook.path(), 2, 0)["dropped"], 0);
+    assert_eq!(own_copies(&one.node, &keys), before);
+    assert!(
+        one.node.log().contains("refusing to drop"),
+        "{}",
+        one.node.log()
+    );
+    assert!(one.node.log().contains("KVMESH_TEST_STREAM_DIR is set"));
+}

@@ -39,6 +39,8 @@
 //! ports): a node that is not the one the move names ends the stream with
 //! [`StreamError::WrongDestination`] before it acknowledges anything.
 
+// The test hook ships only in debug builds (the tests) or with the `test-hooks` feature.
+#[cfg(any(debug_assertions, feature = "test-hooks"))]
 #[path = "stream_hook.rs"]
 pub mod hook;
 #[path = "stream_progress.rs"]
@@ -744,12 +746,24 @@ fn payload(ops: &[Op]) -> u64 {
 }
 
 /// After the change is finished: drops this shard's keys that this node does not own under
-/// `ring` at `replicas`. A local drop: each is logged (as an eviction record, which recovery
+/// `ring` at `replicas`. Run it only for the current epoch's Finish, once every source is done
+/// (the control plane fences it by epoch): run early or with a stale ring, it drops copies
+/// that no other owner may hold yet. It refuses (drops nothing, says why in the log, returns
+/// 0) `replicas == 0` and a ring without this node, which would drop everything. A local drop: each is logged (as an eviction record, which recovery
 /// replays by forgetting that version) so a restart does not bring it back, and it is never
 /// replicated, so the owners keep theirs. A key rewritten since the scan saw it is kept.
 /// Returns how many keys were dropped, once their records are durable.
 pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u64 {
     let me = ctx.peers.membership().me;
+    if replicas == 0 || !ring.nodes().contains(&me) {
+        tracing::error!(
+            "shard {}: refusing to drop keys no longer owned: the ring {:?} at {replicas} \
+             replica(s) would leave node {me} nothing",
+            ctx.me,
+            ring.nodes()
+        );
+        return 0;
+    }
     let mut dropped = 0;
     let mut last_seq = None;
     let mut cursor = Some(Cursor::START);
