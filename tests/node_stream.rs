@@ -437,3 +437,36 @@ fn a_drop_under_a_ring_without_this_node_drops_nothing() {
     );
     assert!(one.node.log().contains("KVMESH_TEST_STREAM_DIR is set"));
 }
+
+#[test]
+fn batches_fit_a_destination_with_a_smaller_frame_limit() {
+    const KEYS: usize = 100;
+    const VALUE: usize = 20 << 10;
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &[]);
+    // Node 2 takes frames of 64 KiB at most: a 256 KiB batch must be split.
+    let flags = [
+        "--max-key-size",
+        "1KiB",
+        "--max-value-size",
+        "32KiB",
+        "--max-frame",
+        "64KiB",
+    ];
+    let two = start(2, PortBlock::reserve(3), 1, &flags);
+    fill(&one.node, KEYS, VALUE);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, two.node.addr),
+    );
+    let answers = run(&one, 1, "stream", &old, &new);
+    let (min, moved) = minimum(KEYS, VALUE);
+    assert_eq!(total(&answers, "keys_acked"), min.copies, "{answers:?}");
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+    let theirs = own_copies(&two.node, &keys);
+    for (i, &moves) in moved.iter().enumerate() {
+        if moves {
+            assert_eq!(theirs[i].1, value(i, VALUE), "key {i}");
+        }
+    }
+}

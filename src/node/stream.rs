@@ -67,10 +67,17 @@ use throttle::Throttle;
 
 /// Slots scanned per step before the executor serves requests again (as a snapshot does).
 pub const SCAN_SLOTS: usize = 4096;
-/// Key + value bytes per batch at most (a batch also ends at [`BATCH_OPS`] ops), except that
-/// an entry larger than this goes in a batch of its own: a batch never holds more than one
-/// entry's worth above the budget, so it fits any frame limit that fits the largest entry.
+/// Encoded bytes per batch at most, or `--max-frame` less [`FRAME_MARGIN`] if smaller (a batch
+/// also ends at [`BATCH_OPS`] ops), except that an entry larger than this goes in a batch of
+/// its own. Checked again, exactly, when a batch goes (values may have grown since the scan),
+/// and a batch the destination refuses as too large a frame is split in halves.
 pub const BATCH_BYTES: usize = 256 << 10;
+/// Room left in a frame for the request around the ops.
+pub const FRAME_MARGIN: usize = 1024;
+/// Frame errors a single entry may get before it counts as refused for good.
+const FRAME_TRIES: u32 = 3;
+/// What an op adds to its key and value once encoded, at most (tags, lengths, TTL, version).
+const OP_OVERHEAD: usize = 64;
 /// Ops per batch at most.
 pub const BATCH_OPS: usize = 1024;
 /// Batches of one shard in flight at once, over all destinations.
@@ -313,6 +320,7 @@ async fn send_all(
         BATCH_BYTES as u64,
         Instant::now(),
     );
+    let budget = batch_budget(ctx.config.max_frame);
     let mut cursor = Some(Cursor::START);
     while let Some(at) = cursor {
         if !ctx.serving.is_serving() {
@@ -338,7 +346,10 @@ async fn send_all(
         for (item, destinations) in found {
             for node in destinations {
                 let shard = sender.shard_of(node, &item.key).await?;
-                let ready = batches.entry((node, shard)).or_default().push(item.clone());
+                let ready = batches
+                    .entry((node, shard))
+                    .or_default()
+                    .push(item.clone(), budget);
                 for batch in ready {
                     launch(sender, &mut window, &mut throttle, (node, shard), batch).await?;
                 }
@@ -395,28 +406,49 @@ struct Item {
     len: usize,
 }
 
-/// Entries for one destination shard, and their key + value bytes.
+/// Entries for one destination shard, their key + value bytes, and their encoded size at most.
 #[derive(Default)]
 struct Batch {
     items: Vec<Item>,
     bytes: usize,
+    encoded: usize,
 }
 
 impl Batch {
     /// Adds `item`; returns the batches ready to go: this one first when `item` would take it
-    /// past the byte budget, then the one holding `item` once it is full.
-    fn push(&mut self, item: Item) -> Vec<Batch> {
+    /// past `budget` encoded bytes, then the one holding `item` once it is full.
+    fn push(&mut self, item: Item, budget: usize) -> Vec<Batch> {
         let mut ready = Vec::new();
-        if !self.items.is_empty() && self.bytes + item.len > BATCH_BYTES {
+        let encoded = item.len + OP_OVERHEAD;
+        if !self.items.is_empty() && self.encoded + encoded > budget {
             ready.push(std::mem::take(self));
         }
         self.bytes += item.len;
+        self.encoded += encoded;
         self.items.push(item);
-        if self.bytes >= BATCH_BYTES || self.items.len() >= BATCH_OPS {
+        if self.encoded >= budget || self.items.len() >= BATCH_OPS {
             ready.push(std::mem::take(self));
         }
         ready
     }
+}
+
+/// The encoded bytes a batch may take: [`BATCH_BYTES`], or less to fit `max_frame`.
+fn batch_budget(max_frame: usize) -> usize {
+    BATCH_BYTES
+        .min(max_frame.saturating_sub(FRAME_MARGIN))
+        .max(1)
+}
+
+/// The encoded size of `ops` in a request, exactly (the request's own fields aside).
+fn encoded_len(ops: &[Op]) -> usize {
+    use prost::Message;
+    ops.iter()
+        .map(|op| {
+            let len = op.encoded_len();
+            1 + prost::encoding::encoded_len_varint(len as u64) + len
+        })
+        .sum()
 }
 
 /// The stream's connections, one per destination shard, and its running report.
@@ -497,17 +529,41 @@ impl Sender {
     }
 
     /// Sends `batch` to shard `shard` of `node` until every op is acknowledged (or refused for
-    /// good, or no longer current), resending after failures with backoff.
+    /// good, or no longer current), resending after failures with backoff. A part too large
+    /// for a frame (ours, or the destination's: it refuses the frame) is split in halves; a
+    /// single entry too large for the destination's frame is refused for good.
     async fn deliver(&self, node: NodeId, shard: usize, batch: Batch) -> Result<(), StreamError> {
-        let mut items = batch.items;
-        let mut backoff = RETRY_FIRST;
+        let mut parts = vec![batch.items];
+        while let Some(items) = parts.pop() {
+            if let Some((first, second)) = self.deliver_part(node, shard, items).await? {
+                parts.push(second);
+                parts.push(first);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `items` until done; or returns them in two halves to send apart, when they do
+    /// not fit a frame.
+    async fn deliver_part(
+        &self,
+        node: NodeId,
+        shard: usize,
+        mut items: Vec<Item>,
+    ) -> Result<Option<(Vec<Item>, Vec<Item>)>, StreamError> {
+        let limit = self.ctx.config.max_frame.saturating_sub(FRAME_MARGIN);
+        let (mut backoff, mut frame_errors) = (RETRY_FIRST, 0);
         loop {
             if !self.ctx.serving.is_serving() {
                 return Err(StreamError::Stopping);
             }
-            let (ops, current) = self.fresh(items);
+            let (ops, mut current) = self.fresh(items);
             if ops.is_empty() {
-                return Ok(());
+                return Ok(None);
+            }
+            if ops.len() > 1 && encoded_len(&ops) > limit {
+                let second = current.split_off(current.len() / 2);
+                return Ok(Some((current, second)));
             }
             let answered = match self.conn(node, shard).await {
                 Ok(mux) => match mux.send(ops.clone(), false) {
@@ -528,13 +584,39 @@ impl Sender {
                     let answers = sort_answers(&ops, &results);
                     self.acked(&answers);
                     if answers.retry.is_empty() {
-                        return Ok(());
+                        return Ok(None);
                     }
                     tracing::debug!(
                         "stream: node {node} shard {shard} did not take {} op(s) yet",
                         answers.retry.len()
                     );
                     items = pick(current, &answers.retry);
+                }
+                // The destination refused a frame (its --max-frame is below ours) and closed
+                // the connection, failing every request on it with this reason: this part's
+                // or another's. Split; a single entry is refused for good only after a few
+                // times alone.
+                Err(why) if why.contains("FrameTooLarge") && current.len() > 1 => {
+                    self.conns.borrow_mut().remove(&(node, shard));
+                    let second = current.split_off(current.len() / 2);
+                    return Ok(Some((current, second)));
+                }
+                Err(why) if why.contains("FrameTooLarge") && frame_errors < FRAME_TRIES => {
+                    self.conns.borrow_mut().remove(&(node, shard));
+                    frame_errors += 1;
+                    items = current;
+                }
+                Err(why) if why.contains("FrameTooLarge") => {
+                    self.conns.borrow_mut().remove(&(node, shard));
+                    tracing::warn!(
+                        "stream: node {node} shard {shard} refused key {:?} for good: {why}",
+                        String::from_utf8_lossy(&ops[0].key[..ops[0].key.len().min(64)])
+                    );
+                    self.acked(&Answers {
+                        refused: 1,
+                        ..Answers::default()
+                    });
+                    return Ok(None);
                 }
                 Err(why) => {
                     self.conns.borrow_mut().remove(&(node, shard));
@@ -871,20 +953,42 @@ mod tests {
         let sizes = |ready: Vec<Batch>| -> Vec<(usize, usize)> {
             ready.iter().map(|b| (b.items.len(), b.bytes)).collect()
         };
-        let mut b = Batch::default();
-        assert_eq!(sizes(b.push(item(b"k", BATCH_BYTES - 3))), []);
-        assert_eq!(sizes(b.push(item(b"k", 1))), [(2, BATCH_BYTES)]);
+        let budget = batch_budget(17 << 20);
+        assert_eq!(budget, BATCH_BYTES);
+        let (full, mut b) = (BATCH_BYTES - 2 * OP_OVERHEAD, Batch::default());
+        assert_eq!(sizes(b.push(item(b"k", full - 3), budget)), []);
+        assert_eq!(sizes(b.push(item(b"k", 1), budget)), [(2, full)]);
         // An entry above the budget goes alone, after what was waiting.
-        assert_eq!(sizes(b.push(item(b"a", 10))), []);
+        assert_eq!(sizes(b.push(item(b"a", 10), budget)), []);
         assert_eq!(
-            sizes(b.push(item(b"b", 2 * BATCH_BYTES))),
+            sizes(b.push(item(b"b", 2 * BATCH_BYTES), budget)),
             [(1, 11), (1, 2 * BATCH_BYTES + 1)]
         );
         assert!(b.items.is_empty());
         for i in 0..BATCH_OPS - 1 {
-            assert_eq!(sizes(b.push(item(i.to_string().as_bytes(), 0))), []);
+            assert_eq!(sizes(b.push(item(i.to_string().as_bytes(), 0), budget)), []);
         }
-        assert_eq!(b.push(item(b"last", 0)).len(), 1);
+        assert_eq!(b.push(item(b"last", 0), budget).len(), 1);
+        // A small --max-frame caps the batch below BATCH_BYTES.
+        let small = batch_budget(64 << 10);
+        assert_eq!(small, (64 << 10) - FRAME_MARGIN);
+        let ready = (0..100).flat_map(|i| b.push(item(i.to_string().as_bytes(), 1000), small));
+        assert!(ready.into_iter().all(|batch| batch.encoded <= small));
+    }
+
+    #[test]
+    fn the_encoded_length_bounds_the_estimate() {
+        let ops: Vec<Op> = (0..10).map(|i| put(&i.to_string(), 1000)).collect();
+        let estimate: usize = ops
+            .iter()
+            .map(|o| o.key.len() + o.value.len() + OP_OVERHEAD)
+            .sum();
+        assert!(encoded_len(&ops) <= estimate);
+        let request = kvmesh_proto::wire::Request {
+            ops: ops.clone(),
+            ..Default::default()
+        };
+        assert_eq!(prost::Message::encoded_len(&request), encoded_len(&ops));
     }
 
     #[test]
