@@ -213,7 +213,7 @@ fn moved_keys_arrive_with_their_versions_and_the_drop_leaves_the_owned_ones() {
     assert!(sum(|s| s.stream_bytes_sent) >= min.bytes);
     let shown = stdout(&one.node.cli(&["stats"]));
     assert!(
-        shown.contains("streaming (node 1): 0 range(s) pending"),
+        shown.contains("streaming (node 1, done): 0 range(s) pending"),
         "{shown}"
     );
     // The cost report, in the log of each shard.
@@ -405,6 +405,8 @@ fn copies_the_destination_refuses_fail_the_stream() {
             && text.contains(&format!("refused {} key copies for good", min.copies)),
         "{text}"
     );
+    let shown = stdout(&one.node.cli(&["stats"]));
+    assert!(shown.contains("streaming (node 1, failed)"), "{shown}");
 }
 
 #[test]

@@ -175,6 +175,8 @@ impl Sender {
                     let answers = sort_answers(&ops, &results);
                     self.acked(&answers);
                     if answers.retry.is_empty() {
+                        // Counted once, when every op of it is answered for good.
+                        self.report.borrow_mut().batches += 1;
                         return Ok(None);
                     }
                     tracing::debug!(
@@ -310,7 +312,6 @@ impl Sender {
     /// A batch was answered: its progress.
     fn acked(&self, answers: &Answers) {
         let mut report = self.report.borrow_mut();
-        report.batches += 1;
         report.keys_acked += answers.acked;
         report.bytes_acked += answers.acked_bytes;
         report.refused += answers.refused;
