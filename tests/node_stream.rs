@@ -475,12 +475,14 @@ fn batches_fit_a_destination_with_a_smaller_frame_limit() {
 
 #[test]
 fn a_destination_that_goes_down_holds_up_only_its_own_batches() {
-    const KEYS: usize = 3000;
+    // Enough that each destination gets a dozen batches: node 2's fill more than a window.
+    // Node 2 goes down: its batches are the first the window picks, so it is the harder case.
+    const KEYS: usize = 9000;
     const VALUE: usize = 1000;
     let _serial = serial();
     let one = start(1, PortBlock::reserve(3), 1, &["--stream-rate", "2"]);
-    let two = start(2, PortBlock::reserve(3), 1, &[]);
-    let mut three = start(3, PortBlock::reserve(3), 1, &[]);
+    let mut two = start(2, PortBlock::reserve(3), 1, &[]);
+    let three = start(3, PortBlock::reserve(3), 1, &[]);
     fill(&one.node, KEYS, VALUE);
     let (old, new) = (
         format!("1={}", one.node.addr),
@@ -490,36 +492,36 @@ fn a_destination_that_goes_down_holds_up_only_its_own_batches() {
         ),
     );
     request(one.hook.path(), 1, "stream", &old, &new);
-    // Once the stream knows both destinations (its first batches are acknowledged), node 3
+    // Once the stream knows both destinations (its first batches are acknowledged), node 2
     // goes down.
     wait_for("the first acknowledged batch", || {
         let stats = one.node.stats();
         (stats.iter().map(|s| s.stream_keys_acked).sum::<u64>() > 0).then_some(())
     });
-    three.node.signal_and_wait(libc::SIGKILL);
+    two.node.signal_and_wait(libc::SIGKILL);
     let (r1, r123) = (Ring::new(&[1]).unwrap(), Ring::new(&[1, 2, 3]).unwrap());
-    let to_two: Vec<usize> = (0..KEYS)
-        .filter(|&i| plan_key(&r1, &r123, 1, &key(i)).destinations == [2])
+    let to_three: Vec<usize> = (0..KEYS)
+        .filter(|&i| plan_key(&r1, &r123, 1, &key(i)).destinations == [3])
         .collect();
-    assert!(to_two.len() > KEYS / 4);
-    let keys: Vec<Vec<u8>> = to_two.iter().map(|&i| key(i)).collect();
-    wait_for("every key for node 2 while node 3 is down", || {
-        let theirs = own_copies(&two.node, &keys);
+    assert!(to_three.len() > KEYS / 4);
+    let keys: Vec<Vec<u8>> = to_three.iter().map(|&i| key(i)).collect();
+    wait_for("every key for node 3 while node 2 is down", || {
+        let theirs = own_copies(&three.node, &keys);
         theirs.iter().all(|c| c.0 == Status::Ok).then_some(())
     });
     // The source says so after a few failed attempts.
-    wait_for("a WARN about node 3", || {
+    wait_for("a WARN about node 2", || {
         let log = one.node.log();
         log.lines()
-            .any(|l| l.contains("WARN") && l.contains("node 3") && l.contains("still"))
+            .any(|l| l.contains("WARN") && l.contains("node 2") && l.contains("still"))
             .then_some(())
     });
     assert!(!one.hook.path().join("done-1-0").exists());
-    let data = three._data.path().to_str().unwrap().to_string();
-    let mut flags = vec!["--id", "3", "--data-dir", &data];
+    let data = two._data.path().to_str().unwrap().to_string();
+    let mut flags = vec!["--id", "2", "--data-dir", &data];
     flags.extend(FLAGS);
-    three.node.respawn(&flags);
-    three.node.wait_ready();
+    two.node.respawn(&flags);
+    two.node.wait_ready();
     let answer = answer(one.hook.path(), 1, 0);
     assert!(answer["retries"] > 0, "{answer:?}");
 }
