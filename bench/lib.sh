@@ -24,7 +24,8 @@ bench_init() {
         exit 1
     fi
     log "building kvmesh and kvmesh-bench (release)"
-    cargo build --release -q -p kvmesh -p kvmesh-bench
+    # KVMESH_FEATURES: extra features of the kvmesh build (stream.sh needs its test hook).
+    cargo build --release -q -p kvmesh -p kvmesh-bench ${KVMESH_FEATURES:+--features "$KVMESH_FEATURES"}
     BENCH=target/release/kvmesh-bench
     KVMESH=target/release/kvmesh
 }

@@ -13,6 +13,8 @@
 # on core 0, node 2 (the destination) and the prefill client on core 1; both durable with
 # --fsync always (a batch is acknowledged once its records are synced on node 2).
 set -euo pipefail
+# The release build compiles the test hook only with this feature.
+KVMESH_FEATURES=kvmesh/test-hooks
 . "$(dirname "$0")/lib.sh"
 bench_init stream
 KEYS=${KEYS:-200000}

@@ -256,8 +256,10 @@ fn a_node_joins_under_load() {
     });
     // The cost: every source logged what it streamed against the minimum, which together
     // is what the join moved: about half the keys once (node 4 gains them), at most a few
-    // percent above the theoretical minimum (resends count).
-    let (mut sent, mut minimum) = (0u64, 0u64);
+    // percent above the theoretical minimum (resends count). A copy whose key was written
+    // during the stream is not sent (the write itself reached node 4), so the bytes sent may
+    // fall short of the minimum by about those copies' share, and by no more.
+    let (mut sent, mut minimum, mut changed_share) = (0u64, 0u64, 0f64);
     for line in cluster
         .logs()
         .lines()
@@ -266,20 +268,28 @@ fn a_node_joins_under_load() {
         let number_before = |marker: &str| -> u64 {
             let head = &line[..line.find(marker).expect("marker")];
             let word = head.split_whitespace().last().expect("a number");
-            word.trim_end_matches(" byte(s)").parse().expect("a number")
+            word.parse().expect("a number")
         };
-        sent += number_before(" byte(s) streamed");
         let after = &line[line.find("a minimum of ").expect("minimum") + 13..];
-        minimum += after
+        let line_minimum: u64 = after
             .split_whitespace()
             .next()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap();
+            .and_then(|w| w.parse().ok())
+            .expect("a number");
+        let acked = number_before(" key copies acknowledged");
+        let changed = number_before(" changed during the stream");
+        sent += number_before(" byte(s) streamed");
+        minimum += line_minimum;
+        if acked + changed > 0 {
+            changed_share += line_minimum as f64 * changed as f64 / (acked + changed) as f64;
+        }
     }
     assert!(
-        minimum > 0 && sent >= minimum && sent as f64 <= minimum as f64 * 1.05,
-        "{sent} bytes streamed for a minimum of {minimum}\n{}",
+        minimum > 0
+            && sent as f64 >= minimum as f64 - 2.0 * changed_share
+            && sent as f64 <= minimum as f64 * 1.05,
+        "{sent} bytes streamed for a minimum of {minimum} ({changed_share:.0} bytes of it \
+         changed during the stream)\n{}",
         logs()
     );
     eprintln!("join cost: {sent} bytes streamed, theoretical minimum {minimum}");

@@ -213,7 +213,7 @@ fn moved_keys_arrive_with_their_versions_and_the_drop_leaves_the_owned_ones() {
     assert!(sum(|s| s.stream_bytes_sent) >= min.bytes);
     let shown = stdout(&one.node.cli(&["stats"]));
     assert!(
-        shown.contains("streaming (node 1): 0 range(s) pending"),
+        shown.contains("streaming (node 1, done): 0 range(s) pending"),
         "{shown}"
     );
     // The cost report, in the log of each shard.
@@ -224,6 +224,13 @@ fn moved_keys_arrive_with_their_versions_and_the_drop_leaves_the_owned_ones() {
         assert!(done.iter().all(|l| l.contains("(1.000×)")), "{done:?}");
     }
     eprintln!("{}", done.join("\n"));
+    // The stream's handshake is a legitimate one for the joining node, though their member
+    // lists differ.
+    assert!(
+        !two.node.log().contains("refused a peer's handshake"),
+        "{}",
+        two.node.log()
+    );
 
     // The drop pass: node 1 keeps exactly the keys it owns under {1, 2}, after a restart too.
     let versions = mine;
@@ -300,4 +307,221 @@ fn a_destination_that_is_down_is_retried_and_the_rate_holds() {
 
 fn start_at(id: u32, ports: PortBlock) -> Hooked {
     start(id, ports, 1, &[])
+}
+
+#[test]
+fn an_entry_removed_during_the_stream_is_not_sent_afterwards() {
+    const KEYS: usize = 600;
+    const VALUE: usize = 16 << 10;
+    let _serial = serial();
+    // At 1 MiB/s the ~4.7 MiB to move take seconds; every key is scanned in the first step,
+    // long before its batch goes.
+    let one = start(1, PortBlock::reserve(3), 1, &["--stream-rate", "1"]);
+    let two = start_at(2, PortBlock::reserve(3));
+    fill(&one.node, KEYS, VALUE);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, two.node.addr),
+    );
+    request(one.hook.path(), 1, "stream", &old, &new);
+    wait_for("the first acknowledged batch", || {
+        let stats = one.node.stats();
+        (stats.iter().map(|s| s.stream_keys_acked).sum::<u64>() > 0).then_some(())
+    });
+    // Removed on the source only (no coordinator routes to node 2 in this test): what the
+    // stream sends from now on would bring these keys back on node 2.
+    let mut c = WireClient::connect(one.node.addr);
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(500) {
+        let ops = chunk
+            .iter()
+            .map(|&i| op(OpCode::OpRemove, &key(i), b"", 0))
+            .collect();
+        c.call(ops);
+    }
+    let answer = answer(one.hook.path(), 1, 0);
+    let (min, moved) = minimum(KEYS, VALUE);
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+    let theirs = own_copies(&two.node, &keys);
+    let arrived = (0..KEYS)
+        .filter(|&i| moved[i] && theirs[i].0 == Status::Ok)
+        .count() as u64;
+    // What was acknowledged or in the window (4 batches of 16 entries) before the removes.
+    assert!(
+        arrived < min.copies / 2,
+        "{arrived} of {} moved keys reached node 2 after their remove: {answer:?}",
+        min.copies
+    );
+    assert_eq!(
+        answer["keys_acked"] + answer["skipped"],
+        min.copies,
+        "{answer:?}"
+    );
+}
+
+#[test]
+fn a_node_that_is_not_the_destination_acknowledges_nothing() {
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &[]);
+    // The move names node 2 at this address, but node 3 listens there.
+    let three = start(3, PortBlock::reserve(3), 1, &[]);
+    fill(&one.node, 200, 100);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, three.node.addr),
+    );
+    request(one.hook.path(), 1, "stream", &old, &new);
+    let path = one.hook.path().join("done-1-0");
+    let text = wait_for("the stream's answer", || {
+        std::fs::read_to_string(&path).ok()
+    });
+    assert!(
+        text.starts_with("error\n") && text.contains("is not that node"),
+        "{text}"
+    );
+    let keys: Vec<Vec<u8>> = (0..200).map(key).collect();
+    let theirs = own_copies(&three.node, &keys);
+    assert!(theirs.iter().all(|c| c.0 == Status::NotFound));
+}
+
+#[test]
+fn copies_the_destination_refuses_fail_the_stream() {
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &[]);
+    // Node 2 takes no value above 1 KiB: the 4 KiB ones cannot move.
+    let two = start(2, PortBlock::reserve(3), 1, &["--max-value-size", "1KiB"]);
+    fill(&one.node, 200, 4096);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, two.node.addr),
+    );
+    request(one.hook.path(), 1, "stream", &old, &new);
+    let path = one.hook.path().join("done-1-0");
+    let text = wait_for("the stream's answer", || {
+        std::fs::read_to_string(&path).ok()
+    });
+    let (min, _) = minimum(200, 4096);
+    assert!(
+        text.starts_with("error\n")
+            && text.contains(&format!("refused {} key copies for good", min.copies)),
+        "{text}"
+    );
+    let shown = stdout(&one.node.cli(&["stats"]));
+    assert!(shown.contains("streaming (node 1, failed)"), "{shown}");
+}
+
+#[test]
+fn a_drop_under_a_ring_without_this_node_drops_nothing() {
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &[]);
+    fill(&one.node, 200, 100);
+    let keys: Vec<Vec<u8>> = (0..200).map(key).collect();
+    let before = own_copies(&one.node, &keys);
+    // A ring of node 2 alone (node 1 owns nothing there), then replicas 0: both refused.
+    let other = format!("2={}", one.node.addr);
+    let answers = run(&one, 1, "drop", &other, &other);
+    assert_eq!(total(&answers, "dropped"), 0);
+    let text = format!(
+        "id=2\naction=drop\nepoch=2\nreplicas=0\nold=1={a}\nnew=1={a}\n",
+        a = one.node.addr
+    );
+    std::fs::write(one.hook.path().join(".move.tmp"), text).expect("write the request");
+    std::fs::rename(
+        one.hook.path().join(".move.tmp"),
+        one.hook.path().join("move"),
+    )
+    .expect("rename the request");
+    assert_eq!(answer(one.hook.path(), 2, 0)["dropped"], 0);
+    assert_eq!(own_copies(&one.node, &keys), before);
+    assert!(
+        one.node.log().contains("refusing to drop"),
+        "{}",
+        one.node.log()
+    );
+    assert!(one.node.log().contains("KVMESH_TEST_STREAM_DIR is set"));
+}
+
+#[test]
+fn batches_fit_a_destination_with_a_smaller_frame_limit() {
+    const KEYS: usize = 100;
+    const VALUE: usize = 20 << 10;
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &[]);
+    // Node 2 takes frames of 64 KiB at most: a 256 KiB batch must be split.
+    let flags = [
+        "--max-key-size",
+        "1KiB",
+        "--max-value-size",
+        "32KiB",
+        "--max-frame",
+        "64KiB",
+    ];
+    let two = start(2, PortBlock::reserve(3), 1, &flags);
+    fill(&one.node, KEYS, VALUE);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!("1={},2={}", one.node.addr, two.node.addr),
+    );
+    let answers = run(&one, 1, "stream", &old, &new);
+    let (min, moved) = minimum(KEYS, VALUE);
+    assert_eq!(total(&answers, "keys_acked"), min.copies, "{answers:?}");
+    let keys: Vec<Vec<u8>> = (0..KEYS).map(key).collect();
+    let theirs = own_copies(&two.node, &keys);
+    for (i, &moves) in moved.iter().enumerate() {
+        if moves {
+            assert_eq!(theirs[i].1, value(i, VALUE), "key {i}");
+        }
+    }
+}
+
+#[test]
+fn a_destination_that_goes_down_holds_up_only_its_own_batches() {
+    // Enough that each destination gets a dozen batches: node 2's fill more than a window.
+    // Node 2 goes down: its batches are the first the window picks, so it is the harder case.
+    const KEYS: usize = 9000;
+    const VALUE: usize = 1000;
+    let _serial = serial();
+    let one = start(1, PortBlock::reserve(3), 1, &["--stream-rate", "2"]);
+    let mut two = start(2, PortBlock::reserve(3), 1, &[]);
+    let three = start(3, PortBlock::reserve(3), 1, &[]);
+    fill(&one.node, KEYS, VALUE);
+    let (old, new) = (
+        format!("1={}", one.node.addr),
+        format!(
+            "1={},2={},3={}",
+            one.node.addr, two.node.addr, three.node.addr
+        ),
+    );
+    request(one.hook.path(), 1, "stream", &old, &new);
+    // Once the stream knows both destinations (its first batches are acknowledged), node 2
+    // goes down.
+    wait_for("the first acknowledged batch", || {
+        let stats = one.node.stats();
+        (stats.iter().map(|s| s.stream_keys_acked).sum::<u64>() > 0).then_some(())
+    });
+    two.node.signal_and_wait(libc::SIGKILL);
+    let (r1, r123) = (Ring::new(&[1]).unwrap(), Ring::new(&[1, 2, 3]).unwrap());
+    let to_three: Vec<usize> = (0..KEYS)
+        .filter(|&i| plan_key(&r1, &r123, 1, &key(i)).destinations == [3])
+        .collect();
+    assert!(to_three.len() > KEYS / 4);
+    let keys: Vec<Vec<u8>> = to_three.iter().map(|&i| key(i)).collect();
+    wait_for("every key for node 3 while node 2 is down", || {
+        let theirs = own_copies(&three.node, &keys);
+        theirs.iter().all(|c| c.0 == Status::Ok).then_some(())
+    });
+    // The source says so after a few failed attempts.
+    wait_for("a WARN about node 2", || {
+        let log = one.node.log();
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("node 2") && l.contains("still"))
+            .then_some(())
+    });
+    assert!(!one.hook.path().join("done-1-0").exists());
+    let data = two._data.path().to_str().unwrap().to_string();
+    let mut flags = vec!["--id", "2", "--data-dir", &data];
+    flags.extend(FLAGS);
+    two.node.respawn(&flags);
+    two.node.wait_ready();
+    let answer = answer(one.hook.path(), 1, 0);
+    assert!(answer["retries"] > 0, "{answer:?}");
 }

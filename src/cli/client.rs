@@ -173,11 +173,11 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<i32> {
                 members_table(&cluster, &view),
                 stats_table(node_id, &shards)
             );
-            let mine: Vec<&ShardStats> = shards.iter().collect();
-            let all: Vec<&ShardStats> = members
+            let mine = vec![shards.iter().collect::<Vec<&ShardStats>>()];
+            let all: Vec<Vec<&ShardStats>> = members
                 .iter()
                 .filter_map(|m| m.shards.as_ref().ok())
-                .flatten()
+                .map(|s| s.iter().collect())
                 .collect();
             let lines = [
                 stream_summary(&format!("node {node_id}"), &mine),
@@ -324,14 +324,28 @@ fn columns(s: &ShardStats) -> [(&'static str, u64); COLUMNS] {
     ]
 }
 
-/// One line on membership streaming over `shards` (of one node or of the whole cluster):
-/// ranges pending, progress, rate and ETA, and what the last stream cost against its
-/// theoretical minimum. `None` when nothing was ever streamed or planned.
-fn stream_summary(scope: &str, shards: &[&ShardStats]) -> Option<String> {
-    use crate::node::stream::progress::{bytes_left, eta_secs};
+/// One line on membership streaming over `nodes` (each node's shards; one node or the whole
+/// cluster): its state, ranges pending, progress, rate and ETA, and, once nothing is pending,
+/// what the last stream cost against its theoretical minimum. `None` when nothing was ever
+/// streamed or planned.
+fn stream_summary(scope: &str, nodes: &[Vec<&ShardStats>]) -> Option<String> {
+    use crate::node::stream::progress::{bytes_left, eta_secs, StreamState};
+    let shards: Vec<&ShardStats> = nodes.iter().flatten().copied().collect();
     let sum = |f: fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
-    let (pending, planned, acked, sent) = (
-        sum(|s| s.stream_ranges_pending),
+    // Every shard of a node counts the node's moved ranges (it streams its slice of each).
+    let pending = nodes
+        .iter()
+        .map(|n| n.iter().map(|s| s.stream_ranges_pending).max().unwrap_or(0))
+        .sum::<u64>();
+    let is = |state: StreamState| shards.iter().any(|s| s.stream_state == state as u32);
+    let state = if is(StreamState::Failed) {
+        "failed"
+    } else if is(StreamState::Running) {
+        "running"
+    } else {
+        "done"
+    };
+    let (planned, acked, sent) = (
         sum(|s| s.stream_bytes_planned),
         sum(|s| s.stream_bytes_acked),
         sum(|s| s.stream_bytes_sent),
@@ -350,13 +364,13 @@ fn stream_summary(scope: &str, shards: &[&ShardStats]) -> Option<String> {
         None if pending > 0 => ", ETA unknown".to_string(),
         None => String::new(),
     };
-    let ratio = if planned == 0 {
+    let ratio = if planned == 0 || pending > 0 {
         String::new()
     } else {
         format!(" ({:.3}×)", sent as f64 / planned as f64)
     };
     Some(format!(
-        "streaming ({scope}): {pending} range(s) pending, {} of {} acknowledged, {}/s{eta}; \
+        "streaming ({scope}, {state}): {pending} range(s) pending, {} of {} acknowledged, {}/s{eta}; \
          {} streamed vs a theoretical minimum of {}{ratio}; {} streamed since start, {} \
          batch(es) resent, {} key(s) dropped as no longer owned",
         size(acked),
@@ -453,7 +467,11 @@ mod tests {
 
     #[test]
     fn streaming_is_summed_with_rate_and_eta() {
-        assert_eq!(stream_summary("node 1", &[&ShardStats::default()]), None);
+        use crate::node::stream::progress::StreamState;
+        assert_eq!(
+            stream_summary("node 1", &[vec![&ShardStats::default()]]),
+            None
+        );
         let a = ShardStats {
             stream_ranges_pending: 3,
             stream_bytes_planned: 4 << 20,
@@ -471,13 +489,35 @@ mod tests {
             stream_bytes_total: 4 << 20,
             ..ShardStats::default()
         };
-        let line = stream_summary("cluster", &[&a, &b]).unwrap();
+        // Two shards of one node count its 3 ranges each: 3 pending, not 6.
+        let a2 = ShardStats {
+            stream_state: StreamState::Running as u32,
+            ..a
+        };
+        let line = stream_summary("cluster", &[vec![&a, &a2], vec![&b]]).unwrap();
         assert_eq!(
             line,
-            "streaming (cluster): 3 range(s) pending, 5MiB of 8MiB acknowledged, 1MiB/s, \
-             ETA 3 s; 6MiB streamed vs a theoretical minimum of 8MiB (0.750×); 6MiB streamed \
-             since start, 2 batch(es) resent, 0 key(s) dropped as no longer owned"
+            "streaming (cluster, running): 3 range(s) pending, 6MiB of 12MiB acknowledged, \
+             2MiB/s, ETA 3 s; 8MiB streamed vs a theoretical minimum of 12MiB; 8MiB streamed \
+             since start, 4 batch(es) resent, 0 key(s) dropped as no longer owned"
         );
+        // Nothing pending: the cost ratio; a failed shard fails the summary.
+        let done = ShardStats {
+            stream_state: StreamState::Done as u32,
+            ..b
+        };
+        let failed = ShardStats {
+            stream_state: StreamState::Failed as u32,
+            ..b
+        };
+        let line = stream_summary("node 2", &[vec![&done]]).unwrap();
+        assert!(
+            line.starts_with("streaming (node 2, done): 0 range(s)"),
+            "{line}"
+        );
+        assert!(line.contains("(1.000×)"), "{line}");
+        let line = stream_summary("node 2", &[vec![&done, &failed]]).unwrap();
+        assert!(line.starts_with("streaming (node 2, failed)"), "{line}");
     }
 
     #[test]

@@ -180,12 +180,22 @@ impl Membership {
             shard_ports: topology.shard_ports.clone(),
             members: self.wire_members(),
             epoch: self.epoch,
+            stream: false,
         }
     }
 
     /// Why `hello` is not a peer this node may talk to, if it is not. `expected` is the id the
     /// caller dialed (when this node is the one connecting).
     pub fn check_hello(&self, hello: &Hello, expected: Option<NodeId>) -> Result<(), String> {
+        self.check_identity(hello, expected)?;
+        self.check_listed(hello)
+    }
+
+    /// Why `hello` is not a node of this cluster that this node may stream to or from, if it
+    /// is not: protocol version, cluster name, the id dialed (`expected`), not this node, shard
+    /// ports that match its shard count. The member lists are not compared: during a
+    /// membership change they legitimately differ.
+    pub fn check_identity(&self, hello: &Hello, expected: Option<NodeId>) -> Result<(), String> {
         let who = format!("node {} at {}", hello.node_id, hello.addr);
         let me = self.me;
         if hello.protocol_version != PROTOCOL_VERSION {
@@ -216,12 +226,19 @@ impl Membership {
                 self.advertise
             ));
         }
+        check_ports(hello, &who)
+    }
+
+    /// Why `hello`'s node is not in this node's member list as it says, if it is not.
+    fn check_listed(&self, hello: &Hello) -> Result<(), String> {
+        let who = format!("node {} at {}", hello.node_id, hello.addr);
+        let me = self.me;
         // With an agreed topology, member lists change by themselves and a node that is
         // joining is not listed yet: the topology group, not the handshake, decides who is in.
         let agreed = self.epoch > 0 || hello.epoch > 0;
         let Some(listed) = self.addr_of(hello.node_id) else {
             if agreed {
-                return check_ports(hello, &who);
+                return Ok(());
             }
             return Err(format!(
                 "{who} is not in node {me}'s member list (--peers {})",
@@ -246,7 +263,7 @@ impl Membership {
                 peers_flag(&self.members)
             ));
         }
-        check_ports(hello, &who)
+        Ok(())
     }
 }
 

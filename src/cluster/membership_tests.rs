@@ -130,3 +130,39 @@ fn each_disagreement_is_named() {
         assert!(why.contains(want), "{why:?} should contain {want:?}");
     }
 }
+
+#[test]
+fn a_stream_checks_identity_but_not_the_member_lists() {
+    // Node 4 joins: its list has 4 members, node 1's still 3.
+    let members = vec![
+        (1, addr(7000)),
+        (2, addr(7100)),
+        (3, addr(7200)),
+        (4, addr(7300)),
+    ];
+    let joining = Membership::new("prod", 4, addr(7300), members).unwrap();
+    let one = three(1);
+    let hello = joining.hello(&topology());
+    assert!(one.check_hello(&hello, Some(4)).is_err());
+    assert_eq!(one.check_identity(&hello, Some(4)), Ok(()));
+    assert!(one
+        .check_identity(&hello, Some(2))
+        .unwrap_err()
+        .contains("says it is node 4"));
+    let other = Hello {
+        cluster: "staging".into(),
+        ..hello.clone()
+    };
+    assert!(one
+        .check_identity(&other, Some(4))
+        .unwrap_err()
+        .contains("cluster"));
+    let newer = Hello {
+        protocol_version: PROTOCOL_VERSION + 1,
+        ..hello
+    };
+    assert!(one
+        .check_identity(&newer, Some(4))
+        .unwrap_err()
+        .contains("protocol"));
+}

@@ -204,6 +204,8 @@ impl Peers {
     /// logged, so both sides' operators see it).
     pub fn answer_hello(&self, theirs: Option<&Hello>) -> OpResult {
         let checked = match theirs {
+            // A stream's connection during a membership change: the member lists differ.
+            Some(hello) if hello.stream => self.membership.borrow().check_identity(hello, None),
             Some(hello) => self.membership.borrow().check_hello(hello, None),
             None => Err("a handshake without a hello".to_string()),
         };

@@ -80,13 +80,11 @@ impl NodeConfig {
         self.stream_rate / self.shards.max(1) as u64
     }
 
-    /// The tombstone grace the stores use: none on a node alone, where nothing arrives late.
+    /// The tombstone grace the stores use: `--tombstone-grace`, also on a node started alone,
+    /// because a node can grow: when one joins, a remove that reaches it before the stream's
+    /// copy of the key must keep that older copy out.
     pub fn tombstone_grace_ms(&self) -> u64 {
-        if self.is_clustered() {
-            self.tombstone_grace.as_millis() as u64
-        } else {
-            0
-        }
+        self.tombstone_grace.as_millis() as u64
     }
 
     /// Checks the values against each other, with one clear message per problem.
@@ -328,6 +326,11 @@ mod tests {
             stream_rate: 64 << 20,
             join: None,
         }
+    }
+
+    #[test]
+    fn a_node_started_alone_keeps_tombstones_because_it_can_grow() {
+        assert_eq!(config().tombstone_grace_ms(), 3_600_000);
     }
 
     #[test]

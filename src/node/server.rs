@@ -226,6 +226,7 @@ pub async fn run_shard(
     let _handoff = clustered.then(|| {
         glommio::spawn_local(super::replicate::handoff(ctx.clone(), ctx.config.heartbeat))
     });
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
     let _stream_test_hook = super::stream::hook::start(&ctx);
 
     stop.requested().await;

@@ -7,67 +7,85 @@
 //! 1. a counting pass scans the store in steps of [`SCAN_SLOTS`] slots, yielding between
 //!    steps, and plans each key: what this shard must send is its share of the theoretical
 //!    minimum ([`MoveCost`]), and its progress total;
-//! 2. the streaming pass scans again the same way and appends each key this node sends, as a
-//!    versioned replica put (`Op.replica`, the key's stored version, its remaining TTL), to a
-//!    batch per destination shard (the shard the destination node's shard hash gives);
+//! 2. the streaming pass scans again the same way and appends each key this node sends (its
+//!    key and version only, so a step holds no values) to a batch per destination shard (the
+//!    shard the destination node's shard hash gives);
 //! 3. a batch goes once it holds [`BATCH_BYTES`] or [`BATCH_OPS`] (or at the end), after the
-//!    throttle allows it (this shard's share of `--stream-rate`), with at most [`WINDOW`]
-//!    batches in flight;
+//!    throttle allows it (this shard's share of `--stream-rate`, resends included), with at
+//!    most [`window::WINDOW`] batches in flight per destination node, waited for in the order
+//!    they finish, so a destination that is down holds up only its own batches;
 //!    a batch that fails (the destination is down, slow or refuses for now) is resent, with
-//!    backoff, until its destination acknowledges every op of it.
+//!    backoff and a WARN every few failures, until its destination acknowledges every op of
+//!    it; its answer is awaited for `max(--forward-timeout, 10 s)` (the destination fsyncs);
+//! 4. right before each send and each resend, every entry of the batch is read again from the
+//!    store and becomes a versioned replica put (`Op.replica`, its version, its remaining TTL
+//!    now), or is skipped when it was removed, expired or rewritten since the scan: a stale
+//!    copy could undo a remove or a touch on the new owner, and the newer state gets there
+//!    through the coordinators' old ∪ new routing.
 //!
 //! A replica write is acknowledged only once the destination's log holds it as `--fsync`
 //! promises, and it applies by last-writer-wins: a client write that raced the stream and
 //! reached the new owner first is never overwritten by an older streamed copy.
 //!
-//! The scan contract (`kvmesh_engine::scan`) gives every key that is live throughout the
-//! stream exactly once. A key written during the stream is not guaranteed to be streamed:
-//! writes during a transition go to the new owners as well (the routing's job), which is what
-//! makes the union complete.
+//! The scan contract (`kvmesh_engine::scan`) gives every entry that is live for the whole scan
+//! at least once, also when entries move in the store and while a snapshot scans it too. A
+//! key written during the stream is not guaranteed to be streamed: writes during a transition
+//! go to the new owners as well (the coordinators' old ∪ new routing), which is what makes the
+//! union complete.
 //!
 //! Streamed ops go over connections of their own, one per destination shard, opened from the
 //! addresses in [`Move::addrs`]: a joining node is not a peer of this node yet. Each starts
-//! with this node's hello, so the destination counts it as a peer's connection (never against
-//! its client limit); the hello's answer is not required to be OK, because during a change the
-//! two nodes' member lists legitimately differ. The agreed topology vouches for the address.
+//! with this node's hello marked `stream`, so the destination counts it as a peer's connection
+//! (never against its client limit) and checks protocol version, cluster and identity but not
+//! the member lists, which legitimately differ during a change. The source waits for the
+//! answer and checks the same of the destination (its id, as the move names it, and its shard
+//! ports): a node that is not the one the move names ends the stream with
+//! [`StreamError::WrongDestination`] before it acknowledges anything.
 
+// The test hook ships only in debug builds (the tests) or with the `test-hooks` feature.
+#[path = "stream_batch.rs"]
+mod batch;
+#[path = "stream_drop.rs"]
+mod drop;
+#[cfg(any(debug_assertions, feature = "test-hooks"))]
 #[path = "stream_hook.rs"]
 pub mod hook;
 #[path = "stream_progress.rs"]
 pub mod progress;
+#[path = "stream_sender.rs"]
+mod sender;
 #[path = "stream_throttle.rs"]
 mod throttle;
+#[path = "stream_window.rs"]
+mod window;
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+pub use drop::drop_unowned;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvmesh_engine::Cursor;
 use kvmesh_net::moves::{self, MoveCost};
-use kvmesh_net::mux::Mux;
 use kvmesh_net::ring::{NodeId, Ring, RingError};
-use kvmesh_net::{shard_for, Connection};
-use kvmesh_proto::wire::{Op, OpCode, OpResult, Status, Topology};
 
 use super::server::ShardCtx;
-use super::shard::remaining;
-use throttle::Throttle;
+use batch::{batch_budget, Batch, Item};
+use sender::Sender;
+use window::Window;
 
 /// Slots scanned per step before the executor serves requests again (as a snapshot does).
 pub const SCAN_SLOTS: usize = 4096;
-/// Key + value bytes per batch at most (a batch also ends at [`BATCH_OPS`] ops), except that
-/// an entry larger than this goes in a batch of its own: a batch never holds more than one
-/// entry's worth above the budget, so it fits any frame limit that fits the largest entry.
+/// Encoded bytes per batch at most, or `--max-frame` less [`FRAME_MARGIN`] if smaller (a batch
+/// also ends at [`BATCH_OPS`] ops), except that an entry larger than this goes in a batch of
+/// its own. Checked again, exactly, when a batch goes (values may have grown since the scan),
+/// and a batch the destination refuses as too large a frame is split in halves.
 pub const BATCH_BYTES: usize = 256 << 10;
+/// Room left in a frame for the request around the ops.
+pub const FRAME_MARGIN: usize = 1024;
 /// Ops per batch at most.
 pub const BATCH_OPS: usize = 1024;
-/// Batches of one shard in flight at once, over all destinations.
-pub const WINDOW: usize = 4;
-/// First and longest wait before a failed batch is resent.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A wire address and the shard ports of one member.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,11 +154,15 @@ pub struct StreamReport {
     /// Key + value bytes put on the wire, resends included: the real cost, to compare with
     /// `planned.bytes`.
     pub bytes_sent: u64,
-    /// Batches acknowledged, and batches resent after a failure.
+    /// Batches (or halves of one split to fit a frame) acknowledged, each once; and attempts
+    /// resent after a failure.
     pub batches: u64,
     pub retries: u64,
     /// Ops a destination refused for good (a key or value over its limits): not retried.
     pub refused: u64,
+    /// Entries removed, expired or rewritten between the scan and their send: not sent (the
+    /// newer state reaches the new owner through the coordinators' routing).
+    pub skipped: u64,
 }
 
 impl std::fmt::Display for StreamReport {
@@ -153,14 +175,15 @@ impl std::fmt::Display for StreamReport {
         write!(
             f,
             "{} range(s), {} key copies acknowledged, {} byte(s) streamed vs a minimum of {} \
-             ({ratio:.3}×), {} batch(es), {} resent, {} refused",
+             ({ratio:.3}×), {} batch(es), {} resent, {} refused, {} changed during the stream",
             self.ranges,
             self.keys_acked,
             self.bytes_sent,
             self.planned.bytes,
             self.batches,
             self.retries,
-            self.refused
+            self.refused,
+            self.skipped
         )
     }
 }
@@ -172,13 +195,27 @@ pub enum StreamError {
     NoAddress(NodeId),
     #[error("the shard is stopping; the stream did not finish")]
     Stopping,
+    #[error("the node at node {node}'s address is not that node of this cluster: {why}")]
+    WrongDestination { node: NodeId, why: String },
+    /// Every batch was answered, but destinations refused `refused` key copies for good (a key
+    /// or value over their limits, no space): those owners lack them, so the source must keep
+    /// its copies and the change is not done. `acked` were acknowledged.
+    #[error(
+        "the destinations refused {refused} key copies for good ({acked} acknowledged): they \
+         lack them, so this node must keep its copies (see the WARN lines for why)"
+    )]
+    Refused { refused: u64, acked: u64 },
 }
 
 /// Streams this shard's keys for which this node is the source to their destinations' owning
 /// shards, batched, at this shard's share of `--stream-rate`, as versioned replica writes
 /// (last-writer-wins, so racing client writes never go back in time). Returns once every batch
 /// was acknowledged durably by its destination; retries a destination that is down, for as
-/// long as it takes (until the shard stops: [`StreamError::Stopping`]). Dropping the future
+/// long as it takes (until the shard stops: [`StreamError::Stopping`]). Ops a destination
+/// refuses for good end it in [`StreamError::Refused`] once every batch was answered: the
+/// source must not report itself done, nor drop its copies. Correct only while coordinators
+/// write to the owners of old ∪ new: an entry changed during the stream is skipped here (see
+/// the module docs) and reaches the new owner only through that routing. Dropping the future
 /// cancels the batches in flight. Run one stream per shard at a time (the progress counters
 /// describe one); running the same move again is harmless, only slower.
 pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport, StreamError> {
@@ -209,8 +246,12 @@ pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport,
     let sender = Rc::new(Sender::new(ctx.clone(), mv.addrs.clone()));
     {
         // Progress ends with the stream, also when the caller drops it unfinished.
-        let _active = Active(ctx);
-        send_all(ctx, mv, me, &sender).await?;
+        let active = Active(ctx, std::cell::Cell::new(false));
+        let sent = send_all(ctx, mv, me, &sender).await;
+        active
+            .1
+            .set(sent.is_ok() && sender.report.borrow().refused == 0);
+        sent?;
     }
     let report = {
         let mut r = sender.report.borrow().clone();
@@ -218,6 +259,17 @@ pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport,
         r.planned = planned;
         r
     };
+    if report.refused > 0 {
+        tracing::error!(
+            "shard {}: epoch {}: stream failed: {report}",
+            ctx.me,
+            mv.epoch
+        );
+        return Err(StreamError::Refused {
+            refused: report.refused,
+            acked: report.keys_acked,
+        });
+    }
     tracing::info!(
         "shard {}: epoch {}: stream done: {report}",
         ctx.me,
@@ -226,12 +278,13 @@ pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport,
     Ok(report)
 }
 
-/// Marks the shard's stream finished in its progress counters when dropped.
-struct Active<'a>(&'a ShardCtx);
+/// Marks the shard's stream done (when its flag was set) or failed in its progress counters
+/// when dropped.
+struct Active<'a>(&'a ShardCtx, std::cell::Cell<bool>);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.shard.borrow_mut().stream.finish();
+        self.0.shard.borrow_mut().stream.finish(self.1.get());
     }
 }
 
@@ -268,449 +321,57 @@ async fn send_all(
     me: NodeId,
     sender: &Rc<Sender>,
 ) -> Result<(), StreamError> {
-    // The batches in flight, oldest first: dropping them (an early return) cancels them.
-    let mut window = VecDeque::with_capacity(WINDOW);
+    // The batches in flight: dropping the window (an early return) cancels them.
+    let mut window = Window::new(sender.clone());
     let mut batches: BTreeMap<(NodeId, usize), Batch> = BTreeMap::new();
-    let mut throttle = Throttle::new(
-        ctx.config.shard_stream_rate(),
-        BATCH_BYTES as u64,
-        Instant::now(),
-    );
+    let budget = batch_budget(ctx.config.max_frame);
     let mut cursor = Some(Cursor::START);
     while let Some(at) = cursor {
         if !ctx.serving.is_serving() {
             return Err(StreamError::Stopping);
         }
-        let now_ms = super::now_ms();
-        let mut found: Vec<(Op, Vec<NodeId>)> = Vec::new();
+        // Only what identifies each entry: its value is read when its batch goes.
+        let mut found: Vec<(Item, Vec<NodeId>)> = Vec::new();
         cursor = ctx
             .shard
             .borrow_mut()
             .store_mut()
-            .scan(at, SCAN_SLOTS, now_ms, |e| {
+            .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
                 let plan = moves::plan_key(&mv.old, &mv.new, mv.replicas, e.key);
                 if plan.is_sent_by(me) {
-                    let op = Op {
-                        code: OpCode::OpPut as i32,
+                    let item = Item {
                         key: e.key.to_vec(),
-                        value: e.value.to_vec(),
-                        ttl_ms: remaining(e.expires_at_ms, now_ms),
-                        replica: true,
-                        version_hlc: e.version.hlc,
-                        version_node: e.version.node,
-                        ..Op::default()
+                        version: e.version,
+                        len: e.key.len() + e.value.len(),
                     };
-                    found.push((op, plan.destinations));
+                    found.push((item, plan.destinations));
                 }
             });
-        for (op, destinations) in found {
+        for (item, destinations) in found {
             for node in destinations {
-                let shard = sender.shard_of(node, &op.key).await?;
-                let ready = batches.entry((node, shard)).or_default().push(op.clone());
+                let shard = sender.shard_of(node, &item.key).await?;
+                let ready = batches
+                    .entry((node, shard))
+                    .or_default()
+                    .push(item.clone(), budget);
                 for batch in ready {
-                    launch(sender, &mut window, &mut throttle, (node, shard), batch).await?;
+                    window.push((node, shard), batch).await?;
                 }
             }
         }
         futures_lite::future::yield_now().await;
     }
     for (to, batch) in std::mem::take(&mut batches) {
-        if !batch.ops.is_empty() {
-            launch(sender, &mut window, &mut throttle, to, batch).await?;
+        if !batch.items.is_empty() {
+            window.push(to, batch).await?;
         }
     }
-    while let Some(task) = window.pop_front() {
-        task.await?;
-    }
-    Ok(())
-}
-
-/// A batch on its way, in a task of its own.
-type InFlight = glommio::Task<Result<(), StreamError>>;
-
-/// Waits for the throttle and for room in the window (the oldest batch in flight to be
-/// acknowledged, when [`WINDOW`] are), then sends `batch` to shard `to.1` of node `to.0` in a
-/// task of its own.
-async fn launch(
-    sender: &Rc<Sender>,
-    window: &mut VecDeque<InFlight>,
-    throttle: &mut Throttle,
-    to: (NodeId, usize),
-    batch: Batch,
-) -> Result<(), StreamError> {
-    let wait = throttle.take(batch.bytes as u64, Instant::now());
-    if !wait.is_zero() {
-        glommio::timer::sleep(wait).await;
-    }
-    if window.len() >= WINDOW {
-        if let Some(oldest) = window.pop_front() {
-            oldest.await?;
-        }
-    }
-    let sender = sender.clone();
-    window.push_back(glommio::spawn_local(async move {
-        sender.deliver(to.0, to.1, batch).await
-    }));
-    Ok(())
-}
-
-/// Ops for one destination shard, and their key + value bytes.
-#[derive(Default)]
-struct Batch {
-    ops: Vec<Op>,
-    bytes: usize,
-}
-
-impl Batch {
-    /// Adds `op`; returns the batches ready to go: this one first when `op` would take it past
-    /// the byte budget, then the one holding `op` once it is full.
-    fn push(&mut self, op: Op) -> Vec<Batch> {
-        let mut ready = Vec::new();
-        let len = op.key.len() + op.value.len();
-        if !self.ops.is_empty() && self.bytes + len > BATCH_BYTES {
-            ready.push(std::mem::take(self));
-        }
-        self.bytes += len;
-        self.ops.push(op);
-        if self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS {
-            ready.push(std::mem::take(self));
-        }
-        ready
-    }
-}
-
-/// The stream's connections, one per destination shard, and its running report.
-struct Sender {
-    ctx: Rc<ShardCtx>,
-    addrs: BTreeMap<NodeId, Endpoint>,
-    ports: RefCell<BTreeMap<NodeId, Vec<u16>>>,
-    conns: RefCell<BTreeMap<(NodeId, usize), Rc<Mux>>>,
-    report: RefCell<StreamReport>,
-}
-
-impl Sender {
-    fn new(ctx: Rc<ShardCtx>, addrs: BTreeMap<NodeId, Endpoint>) -> Self {
-        let ports = addrs
-            .iter()
-            .filter(|(_, e)| !e.shard_ports.is_empty())
-            .map(|(&id, e)| (id, e.shard_ports.clone()))
-            .collect();
-        Self {
-            ctx,
-            addrs,
-            ports: RefCell::new(ports),
-            conns: RefCell::default(),
-            report: RefCell::default(),
-        }
-    }
-
-    /// The shard of node `node` that owns `key`, learning its shard ports first if needed
-    /// (retrying while the node is down).
-    async fn shard_of(&self, node: NodeId, key: &[u8]) -> Result<usize, StreamError> {
-        let ports = self.ports_of(node).await?;
-        Ok(shard_for(key, ports.len()))
-    }
-
-    async fn ports_of(&self, node: NodeId) -> Result<Vec<u16>, StreamError> {
-        if let Some(ports) = self.ports.borrow().get(&node) {
-            return Ok(ports.clone());
-        }
-        let addr = self
-            .addrs
-            .get(&node)
-            .ok_or(StreamError::NoAddress(node))?
-            .addr;
-        let timeout = self.ctx.config.forward_timeout;
-        let mut backoff = RETRY_FIRST;
-        loop {
-            if !self.ctx.serving.is_serving() {
-                return Err(StreamError::Stopping);
-            }
-            let asked = async {
-                let mut conn = Connection::connect(addr, timeout).await?;
-                kvmesh_net::connection::fetch_topology(&mut conn).await
-            };
-            match glommio::timer::timeout(timeout, async { Ok(asked.await) }).await {
-                Ok(Ok(topology)) if !topology.shard_ports.is_empty() => {
-                    let ports: Vec<u16> = topology.shard_ports.iter().map(|&p| p as u16).collect();
-                    self.ports.borrow_mut().insert(node, ports.clone());
-                    return Ok(ports);
-                }
-                outcome => {
-                    tracing::debug!(
-                        "stream: node {node} at {addr} did not say its shard ports: {outcome:?}"
-                    );
-                }
-            }
-            glommio::timer::sleep(backoff).await;
-            backoff = (backoff * 2).min(RETRY_MAX);
-        }
-    }
-
-    /// Sends `batch` to shard `shard` of `node` until every op is acknowledged (or refused for
-    /// good), resending after failures with backoff.
-    async fn deliver(&self, node: NodeId, shard: usize, batch: Batch) -> Result<(), StreamError> {
-        let mut ops = batch.ops;
-        let mut backoff = RETRY_FIRST;
-        loop {
-            if !self.ctx.serving.is_serving() {
-                return Err(StreamError::Stopping);
-            }
-            let answered = match self.conn(node, shard).await {
-                Ok(mux) => match mux.send(ops.clone(), false) {
-                    Ok(reply) => {
-                        self.sent(&ops);
-                        reply
-                            .wait(self.ctx.config.forward_timeout)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(e.to_string()),
-                },
-                Err(e) => Err(e),
-            };
-            match answered {
-                Ok(results) => {
-                    let answers = sort_answers(ops, &results);
-                    self.acked(&answers);
-                    if answers.retry.is_empty() {
-                        return Ok(());
-                    }
-                    tracing::debug!(
-                        "stream: node {node} shard {shard} did not take {} op(s) yet",
-                        answers.retry.len()
-                    );
-                    ops = answers.retry;
-                }
-                Err(why) => {
-                    self.conns.borrow_mut().remove(&(node, shard));
-                    tracing::debug!("stream: batch to node {node} shard {shard} failed: {why}");
-                }
-            }
-            self.report.borrow_mut().retries += 1;
-            self.ctx.shard.borrow_mut().stream.retries += 1;
-            glommio::timer::sleep(backoff).await;
-            backoff = (backoff * 2).min(RETRY_MAX);
-        }
-    }
-
-    /// `ops` went on the wire: their cost.
-    fn sent(&self, ops: &[Op]) {
-        let bytes = payload(ops);
-        self.report.borrow_mut().bytes_sent += bytes;
-        self.ctx.shard.borrow_mut().stream.sent(bytes);
-    }
-
-    /// A batch was answered: its progress.
-    fn acked(&self, answers: &Answers) {
-        let mut report = self.report.borrow_mut();
-        report.batches += 1;
-        report.keys_acked += answers.acked;
-        report.bytes_acked += answers.acked_bytes;
-        report.refused += answers.refused;
-        self.ctx.shard.borrow_mut().stream.acked(
-            answers.acked,
-            answers.acked_bytes,
-            Instant::now(),
-        );
-    }
-
-    /// The open connection to shard `shard` of `node`, opened (hello first) if needed.
-    async fn conn(&self, node: NodeId, shard: usize) -> Result<Rc<Mux>, String> {
-        if let Some(mux) = self.conns.borrow().get(&(node, shard)) {
-            if !mux.is_closed() {
-                return Ok(mux.clone());
-            }
-        }
-        let ports = self.ports_of(node).await.map_err(|e| e.to_string())?;
-        let endpoint = self
-            .addrs
-            .get(&node)
-            .ok_or_else(|| StreamError::NoAddress(node).to_string())?;
-        let port = ports.get(shard).copied().unwrap_or(endpoint.addr.port());
-        let addr = SocketAddr::new(endpoint.addr.ip(), port);
-        let conn = Connection::connect(addr, self.ctx.config.forward_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mux = Rc::new(Mux::new(conn).map_err(|e| e.to_string())?);
-        let config = &self.ctx.config;
-        let hello = config.cluster.hello(&Topology {
-            shards: config.shards as u32,
-            shard_ports: config.shard_ports(),
-            ..Topology::default()
-        });
-        let op = Op {
-            code: OpCode::OpHello as i32,
-            hello: Some(Box::new(hello)),
-            ..Op::default()
-        };
-        // Sent first on the connection, so the destination counts it as a peer's; its answer
-        // is not awaited (see the module docs).
-        mux.send(vec![op], false).map_err(|e| e.to_string())?;
-        self.conns.borrow_mut().insert((node, shard), mux.clone());
-        Ok(mux)
-    }
-}
-
-/// A batch's answers, sorted.
-#[derive(Debug, Default)]
-struct Answers {
-    /// Copies acknowledged, and their key + value bytes.
-    acked: u64,
-    acked_bytes: u64,
-    /// Ops refused for good: a limit of the destination that a resend cannot change.
-    refused: u64,
-    /// Ops to resend: failed for now, or not answered.
-    retry: Vec<Op>,
-}
-
-/// Sorts a batch's ops by their answers.
-fn sort_answers(ops: Vec<Op>, results: &[OpResult]) -> Answers {
-    let mut answers = Answers::default();
-    for (i, op) in ops.into_iter().enumerate() {
-        match results.get(i).map(OpResult::status) {
-            Some(Status::Ok) => {
-                answers.acked += 1;
-                answers.acked_bytes += payload(std::slice::from_ref(&op));
-            }
-            Some(Status::InvalidArgument | Status::NoSpace | Status::UnknownOperation) => {
-                answers.refused += 1;
-                tracing::warn!(
-                    "stream: a destination refused key {:?} for good: {}",
-                    String::from_utf8_lossy(&op.key[..op.key.len().min(64)]),
-                    results[i].message
-                );
-            }
-            _ => answers.retry.push(op),
-        }
-    }
-    answers
-}
-
-/// Key + value bytes of `ops`.
-fn payload(ops: &[Op]) -> u64 {
-    ops.iter()
-        .map(|o| (o.key.len() + o.value.len()) as u64)
-        .sum()
-}
-
-/// After the change is finished: drops this shard's keys that this node does not own under
-/// `ring` at `replicas`. A local drop: each is logged (as an eviction record, which recovery
-/// replays by forgetting that version) so a restart does not bring it back, and it is never
-/// replicated, so the owners keep theirs. A key rewritten since the scan saw it is kept.
-/// Returns how many keys were dropped, once their records are durable.
-pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u64 {
-    let me = ctx.peers.membership().me;
-    let mut dropped = 0;
-    let mut last_seq = None;
-    let mut cursor = Some(Cursor::START);
-    while let Some(at) = cursor {
-        let mut unowned = Vec::new();
-        cursor = ctx
-            .shard
-            .borrow_mut()
-            .store_mut()
-            .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
-                if !moves::owns(ring, replicas, e.key, me) {
-                    unowned.push((e.key.to_vec(), e.version));
-                }
-            });
-        {
-            let mut shard = ctx.shard.borrow_mut();
-            for (key, version) in unowned {
-                if let Some(seq) = shard.drop_local(&key, version) {
-                    dropped += 1;
-                    shard.stream.keys_dropped += 1;
-                    last_seq = seq.or(last_seq);
-                }
-            }
-        }
-        futures_lite::future::yield_now().await;
-    }
-    let log = ctx.shard.borrow().log().cloned();
-    if let (Some(log), Some(seq)) = (log, last_seq) {
-        if let Err(e) = log.durable(seq).await {
-            tracing::error!(
-                "shard {}: the drop of keys no longer owned is not durable: {e}",
-                ctx.me
-            );
-        }
-    }
-    if dropped > 0 {
-        tracing::info!(
-            "shard {}: dropped {dropped} key(s) this node no longer owns",
-            ctx.me
-        );
-    }
-    dropped
+    window.drain().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn put(key: &str, value_len: usize) -> Op {
-        Op {
-            replica: true,
-            version_hlc: 7,
-            version_node: 1,
-            ..kvmesh_net::client::op(OpCode::OpPut, key.as_bytes(), &vec![b'v'; value_len], 0)
-        }
-    }
-
-    fn answered(status: Status) -> OpResult {
-        OpResult {
-            status: status as i32,
-            ..OpResult::default()
-        }
-    }
-
-    #[test]
-    fn answers_split_into_done_resend_and_refused() {
-        let ops = vec![
-            put("a", 1),
-            put("b", 1),
-            put("c", 1),
-            put("d", 1),
-            put("e", 1),
-        ];
-        let results = [
-            answered(Status::Ok),
-            answered(Status::Unavailable),
-            answered(Status::NoSpace),
-            answered(Status::Timeout),
-        ];
-        // "e" got no answer at all: resent too.
-        let answers = sort_answers(ops, &results);
-        let keys: Vec<&[u8]> = answers.retry.iter().map(|o| o.key.as_slice()).collect();
-        assert_eq!(keys, [&b"b"[..], b"d", b"e"]);
-        assert_eq!(
-            (answers.acked, answers.acked_bytes, answers.refused),
-            (1, 2, 1)
-        );
-        assert_eq!(payload(&answers.retry), 6);
-    }
-
-    #[test]
-    fn batches_end_at_their_byte_or_op_budget() {
-        let sizes = |ready: Vec<Batch>| -> Vec<(usize, usize)> {
-            ready.iter().map(|b| (b.ops.len(), b.bytes)).collect()
-        };
-        let mut b = Batch::default();
-        assert_eq!(sizes(b.push(put("k", BATCH_BYTES - 3))), []);
-        assert_eq!(sizes(b.push(put("k", 1))), [(2, BATCH_BYTES)]);
-        // An entry above the budget goes alone, after what was waiting.
-        assert_eq!(sizes(b.push(put("a", 10))), []);
-        assert_eq!(
-            sizes(b.push(put("b", 2 * BATCH_BYTES))),
-            [(1, 11), (1, 2 * BATCH_BYTES + 1)]
-        );
-        assert!(b.ops.is_empty());
-        for i in 0..BATCH_OPS - 1 {
-            assert_eq!(sizes(b.push(put(&i.to_string(), 0))), []);
-        }
-        assert_eq!(b.push(put("last", 0)).len(), 1);
-    }
 
     #[test]
     fn a_move_from_member_lists() {

@@ -1,4 +1,5 @@
-//! Test hook, not a feature: with `KVMESH_TEST_STREAM_DIR=DIR` in its environment, every shard
+//! Test hook, not a feature (compiled only in debug builds or with the `test-hooks` feature,
+//! and it logs a WARN at start when enabled): with `KVMESH_TEST_STREAM_DIR=DIR` in its environment, every shard
 //! of the node watches `DIR/move` and runs [`super::stream_shard`] or [`super::drop_unowned`]
 //! as that file says, so an end-to-end test can drive the data plane between two real nodes
 //! from an old and a new ring, without the control plane that triggers it in a cluster.
@@ -34,6 +35,12 @@ const POLL: Duration = Duration::from_millis(20);
 /// Starts the hook on this shard when [`ENV`] is set.
 pub fn start(ctx: &Rc<ShardCtx>) -> Option<Task<()>> {
     let dir = PathBuf::from(std::env::var_os(ENV)?);
+    if ctx.me == 0 {
+        tracing::warn!(
+            "{ENV} is set: the stream test hook runs streams and drops as {} says",
+            dir.join("move").display()
+        );
+    }
     Some(glommio::spawn_local(watch(ctx.clone(), dir)))
 }
 
@@ -75,7 +82,7 @@ async fn run(ctx: &Rc<ShardCtx>, fields: &BTreeMap<String, String>) -> Result<St
             Ok(format!(
                 "ok\nranges={}\nplanned_keys={}\nplanned_copies={}\nplanned_bytes={}\n\
                  keys_acked={}\nbytes_acked={}\nbytes_sent={}\nbatches={}\nretries={}\n\
-                 refused={}\n",
+                 refused={}\nskipped={}\n",
                 r.ranges,
                 r.planned.keys,
                 r.planned.copies,
@@ -85,7 +92,8 @@ async fn run(ctx: &Rc<ShardCtx>, fields: &BTreeMap<String, String>) -> Result<St
                 r.bytes_sent,
                 r.batches,
                 r.retries,
-                r.refused
+                r.refused,
+                r.skipped
             ))
         }
         "drop" => {

@@ -15,6 +15,8 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// last) stream; `bytes_streamed`, `retries` and `keys_dropped` add up over the node's life.
 #[derive(Clone, Debug, Default)]
 pub struct StreamProgress {
+    /// The current (or last) stream's state, as `ShardStats.stream_state` carries it.
+    pub state: StreamState,
     /// Moved ring ranges this shard still has to finish (its slice of each): set when a stream
     /// starts, 0 once every batch was acknowledged.
     pub ranges_pending: u64,
@@ -34,9 +36,22 @@ pub struct StreamProgress {
     samples: Vec<(Instant, u64)>,
 }
 
+/// Where a shard's current (or last) stream is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamState {
+    #[default]
+    None = 0,
+    Running = 1,
+    /// Every batch was acknowledged and nothing was refused.
+    Done = 2,
+    /// It returned an error or was cancelled: the source is not done.
+    Failed = 3,
+}
+
 impl StreamProgress {
     /// A stream starts: `ranges` moved ranges, `planned` the cost the counting pass found.
     pub fn begin(&mut self, ranges: u64, planned: MoveCost, now: Instant) {
+        self.state = StreamState::Running;
         self.ranges_pending = ranges;
         self.planned = planned;
         self.keys_acked = 0;
@@ -63,8 +78,14 @@ impl StreamProgress {
         }
     }
 
-    /// The stream ended (every batch was acknowledged, or it was dropped).
-    pub fn finish(&mut self) {
+    /// The stream ended: `done` when every batch was acknowledged and nothing refused, else
+    /// it failed or was dropped.
+    pub fn finish(&mut self, done: bool) {
+        self.state = if done {
+            StreamState::Done
+        } else {
+            StreamState::Failed
+        };
         self.ranges_pending = 0;
         self.samples.clear();
     }
@@ -93,6 +114,7 @@ impl StreamProgress {
         stats.stream_bytes_total = self.bytes_streamed;
         stats.stream_retries = self.retries;
         stats.stream_keys_dropped = self.keys_dropped;
+        stats.stream_state = self.state as u32;
     }
 }
 
@@ -148,7 +170,7 @@ mod tests {
         p.acked(1, 3000, at(20));
         let r = p.rate(at(20));
         assert!((500..=700).contains(&r), "rate {r}");
-        p.finish();
+        p.finish(true);
         let mut stats = ShardStats::default();
         p.annotate(&mut stats, at(20));
         assert_eq!(
