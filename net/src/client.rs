@@ -6,6 +6,11 @@
 //!
 //! It runs on the glommio executor of the thread that created it. Every read, write and
 //! connect is bounded by the timeout given at connect time.
+//!
+//! Stale topology: a `Client` says, in every request, the epoch of the topology it routes by
+//! (`Request.epoch`). A node on a newer topology answers its key ops `STATUS_MOVED` without
+//! running them; the client then learns the topology again from that node and sends those ops
+//! again, at most [`MAX_REFRESHES`] times per call, then fails with [`ClientError::Moved`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +20,11 @@ use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status, Topology};
 pub use crate::connection::{fetch_topology, op, ClientError, Connection};
 use crate::ring::{NodeId, Ring};
 use crate::routing::shard_for;
+
+/// How many times one call learns the topology again after `STATUS_MOVED` answers before it
+/// gives up with [`ClientError::Moved`]. Each membership change moves the epoch twice (begin,
+/// finish), so this covers a couple of changes racing one call.
+pub const MAX_REFRESHES: usize = 5;
 
 /// A cluster- and topology-aware client: each key goes to its owner on the ring, and there to
 /// its owning shard's own port, so no request pays a hop between nodes or shards.
@@ -29,6 +39,10 @@ pub struct Client {
     /// One per member, in ascending id order (as `ring.nodes()`).
     nodes: Vec<NodeLink>,
     timeout: Duration,
+    /// The epoch of `topology` (0: the node runs no agreed topology), sent in every request.
+    epoch: u64,
+    /// How many op results came back `STATUS_MOVED` (each was sent again after a refresh).
+    moved: u64,
 }
 
 struct NodeLink {
@@ -92,12 +106,41 @@ impl Client {
             me.shards[i] = Some(first);
         }
         me.topology = Some(topology.clone());
+        let epoch = topology.epoch;
+        if let Some(conn) = me.shards.iter_mut().flatten().next() {
+            conn.set_epoch(epoch);
+        }
         Ok(Self {
             topology,
             ring,
             nodes,
             timeout,
+            epoch,
+            moved: 0,
         })
+    }
+
+    /// The epoch of the topology this client routes by (0: the cluster runs no agreed
+    /// topology, a node alone).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// How many op results came back `STATUS_MOVED` since it connected: each was sent again
+    /// after the client learned the newer topology.
+    pub fn moved_answers(&self) -> u64 {
+        self.moved
+    }
+
+    /// Learns the topology again from member `i` (a node that answered `STATUS_MOVED`, so on a
+    /// newer topology): every connection is dropped and reopened on first use.
+    async fn refresh(&mut self, i: usize) -> Result<(), ClientError> {
+        let addr = self.nodes[i].addr;
+        let fresh = Client::connect(addr, self.timeout).await?;
+        let moved = self.moved;
+        *self = fresh;
+        self.moved = moved;
+        Ok(())
     }
 
     /// The topology of the node first contacted.
@@ -122,6 +165,7 @@ impl Client {
         Ok(ClusterMap {
             ring: self.ring.clone(),
             nodes,
+            epoch: self.epoch,
         })
     }
 
@@ -154,7 +198,9 @@ impl Client {
             let topology = link.topology.as_ref().expect("learned above");
             let port = topology.shard_ports[shard] as u16;
             let addr = SocketAddr::new(link.addr.ip(), port);
-            *slot = Some(Connection::connect(addr, self.timeout).await?);
+            let mut conn = Connection::connect(addr, self.timeout).await?;
+            conn.set_epoch(self.epoch);
+            *slot = Some(conn);
         }
         Ok(slot.as_mut().expect("connection was just opened"))
     }
@@ -174,8 +220,29 @@ impl Client {
     /// Runs one op on the shard, of the member, that owns its key. When that member cannot
     /// be reached, the op goes to the next members clockwise on the ring in turn (each serves
     /// it if it holds the key as a replica, or passes it to an owner that is up), and the
-    /// first member's error is returned only when none answers.
+    /// first member's error is returned only when none answers. An op answered `STATUS_MOVED`
+    /// is sent again after a refresh of the topology (see the module's doc).
     pub async fn execute(&mut self, op: Op) -> Result<OpResult, ClientError> {
+        let mut refreshes = 0;
+        loop {
+            let (i, result) = self.execute_once(&op).await?;
+            if result.status() != Status::Moved {
+                return Ok(result);
+            }
+            self.moved += 1;
+            if refreshes == MAX_REFRESHES {
+                return Err(ClientError::Moved {
+                    epoch: result.moved_epoch,
+                    refreshes,
+                });
+            }
+            refreshes += 1;
+            self.refresh(i).await?;
+        }
+    }
+
+    /// [`Client::execute`] on the current topology: the result, and the member that answered.
+    async fn execute_once(&mut self, op: &Op) -> Result<(usize, OpResult), ClientError> {
         let mut first = None;
         for id in self.ring.owners(&op.key, self.nodes.len()) {
             let Ok(i) = self.nodes.binary_search_by_key(&id, |n| n.id) else {
@@ -189,7 +256,7 @@ impl Client {
                 Err(e) => Err(e),
             };
             match called {
-                Ok(result) => return Ok(result),
+                Ok(result) => return Ok((i, result)),
                 Err(e) => {
                     first.get_or_insert(e);
                 }
@@ -215,12 +282,49 @@ impl Client {
     /// Runs `ops` on the shards, of the members, that own their keys, and returns one result
     /// per op, in order. The ops are grouped by owning shard and pipelined: one request per
     /// shard, all sent before any reply is awaited. A connection that fails is dropped (the
-    /// next call reconnects) and fails the whole call.
+    /// next call reconnects) and fails the whole call. Ops answered `STATUS_MOVED` are sent
+    /// again after a refresh of the topology (see the module's doc).
     pub async fn execute_many(&mut self, ops: Vec<Op>) -> Result<Vec<OpResult>, ClientError> {
+        let mut results = vec![OpResult::default(); ops.len()];
+        let mut todo: Vec<usize> = (0..ops.len()).collect();
+        let mut refreshes = 0;
+        loop {
+            let answered = self.execute_many_once(&ops, &todo).await?;
+            let mut again = Vec::new();
+            let mut from = None;
+            let mut epoch = 0;
+            for (k, (i, result)) in todo.into_iter().zip(answered) {
+                if result.status() == Status::Moved {
+                    again.push(k);
+                    from.get_or_insert(i);
+                    epoch = epoch.max(result.moved_epoch);
+                }
+                results[k] = result;
+            }
+            let Some(from) = from else {
+                return Ok(results);
+            };
+            self.moved += again.len() as u64;
+            if refreshes == MAX_REFRESHES {
+                return Err(ClientError::Moved { epoch, refreshes });
+            }
+            refreshes += 1;
+            self.refresh(from).await?;
+            todo = again;
+        }
+    }
+
+    /// [`Client::execute_many`] of the ops `todo` indexes, on the current topology: per op of
+    /// `todo`, in order, the member that answered and its result.
+    async fn execute_many_once(
+        &mut self,
+        ops: &[Op],
+        todo: &[usize],
+    ) -> Result<Vec<(usize, OpResult)>, ClientError> {
         // One per owning (member, shard), in order of first appearance.
         let mut groups: Vec<Group> = Vec::new();
-        let n = ops.len();
-        for (i, op) in ops.into_iter().enumerate() {
+        let n = todo.len();
+        for (i, op) in todo.iter().map(|&k| ops[k].clone()).enumerate() {
             let at = self.locate(&op.key).await?;
             match groups.iter_mut().find(|(g, _, _)| *g == at) {
                 Some((_, idx, ops)) => {
@@ -237,7 +341,7 @@ impl Client {
             let flushed = conn.flush().await;
             self.forget_on_error(*i, *shard, flushed)?;
         }
-        let mut results = vec![OpResult::default(); n];
+        let mut results = vec![(0, OpResult::default()); n];
         for (((i, shard), idx, _), id) in groups.into_iter().zip(ids) {
             let conn = self.conn(i, shard).await?;
             let addr = conn.addr();
@@ -256,7 +360,7 @@ impl Client {
                 });
             }
             for (k, result) in idx.into_iter().zip(response.results) {
-                results[k] = result;
+                results[k] = (i, result);
             }
         }
         Ok(results)
@@ -388,9 +492,18 @@ pub struct ClusterMap {
     ring: Ring,
     /// (id, host, topology), in id order.
     nodes: Vec<(NodeId, std::net::IpAddr, Topology)>,
+    /// The epoch of the topology the member list came from (0: none agreed).
+    epoch: u64,
 }
 
 impl ClusterMap {
+    /// The epoch of the topology this map was learned from (0: the cluster runs no agreed
+    /// topology). A client that routes by the map and sends it in `Request.epoch` must handle
+    /// `STATUS_MOVED` (learn a new map and send again); one that sends 0 is never answered so.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Every shard port of every member, member by member in id order, shards in order.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.nodes
@@ -460,3 +573,7 @@ fn check_shard_ports(addr: SocketAddr, topology: &Topology) -> Result<(), Client
 fn refused(status: Status, message: String) -> ClientError {
     ClientError::Refused { status, message }
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

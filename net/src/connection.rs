@@ -46,6 +46,12 @@ pub enum ClientError {
     /// The node answered something that does not match what was asked.
     #[error("protocol violation from {addr}: {what}")]
     Protocol { addr: SocketAddr, what: String },
+    /// The nodes kept answering `STATUS_MOVED`: the topology kept changing faster than the
+    /// client could refresh it.
+    #[error(
+        "still answered MOVED (node epoch {epoch}) after refreshing the topology {refreshes} times"
+    )]
+    Moved { epoch: u64, refreshes: usize },
 }
 
 /// One pipelined connection to a wire port.
@@ -60,6 +66,8 @@ pub struct Connection {
     pos: usize,
     /// End of valid bytes in `buf`.
     end: usize,
+    /// The topology epoch its requests say they were routed by (`Request.epoch`); 0: none.
+    epoch: u64,
 }
 
 impl Connection {
@@ -87,11 +95,19 @@ impl Connection {
             buf: vec![0; 64 * 1024],
             pos: 0,
             end: 0,
+            epoch: 0,
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Makes the requests queued from now on say they were routed by topology `epoch`
+    /// (`Request.epoch`; 0, the default: they do not say). A node on a newer topology answers
+    /// their key ops `STATUS_MOVED` instead of running them.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
     }
 
     /// The stream, for a [`crate::mux::Mux`] to take over. Refused while replies are buffered.
@@ -114,7 +130,7 @@ impl Connection {
                 id,
                 ops,
                 forwarded: false,
-                epoch: 0,
+                epoch: self.epoch,
             },
             &mut self.out,
         );

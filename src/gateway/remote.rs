@@ -6,6 +6,12 @@
 //! whose connection failed is dropped, so the next call reconnects. The ops of one call are
 //! grouped by owning shard and pipelined: one request per shard, all sent before any reply is
 //! awaited ([`Client::execute_many`]).
+//!
+//! Membership changes: a client says which topology epoch it routes by, and when a node on a
+//! newer one answers `STATUS_MOVED` it learns the topology again from that node and sends those
+//! ops again (bounded, see `kvmesh_net::client`), so gRPC callers see neither MOVED nor an
+//! error. The Topology answer is learned afresh on each call; its `ring_version` is the
+//! cluster's topology epoch.
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -19,7 +25,8 @@ use crate::grpc::backend::LocalFuture;
 use crate::grpc::status::Error;
 use crate::grpc::Backend;
 
-/// The ring's version while membership cannot change.
+/// The ring's version of a cluster that runs no agreed topology (a node alone), as a node's own
+/// gRPC front-end answers it (`node::grpc_backend::RING_VERSION`).
 const RING_VERSION: u64 = 1;
 
 pub struct RemoteBackend {
@@ -43,6 +50,11 @@ impl RemoteBackend {
         if let Some(client) = self.idle.borrow_mut().pop() {
             return Ok(client);
         }
+        self.connect_any().await
+    }
+
+    /// A new client, connected through the first peer that answers.
+    async fn connect_any(&self) -> Result<Client, String> {
         let mut failures = Vec::new();
         for peer in &self.peers {
             match self.connect(peer).await {
@@ -57,7 +69,8 @@ impl RemoteBackend {
     }
 
     /// A client introduced by `peer`, checked against `--peers`: the node there must be the
-    /// one named, and its member list must be the one given.
+    /// one named, and, unless the cluster runs an agreed topology (whose members change by
+    /// themselves, so `--peers` only helps find it), its member list must be the one given.
     async fn connect(&self, peer: &Peer) -> Result<Client, String> {
         let client = Client::connect(peer.addr, self.timeout)
             .await
@@ -68,6 +81,9 @@ impl RemoteBackend {
                 "--peers names node {} at {}, but the node there is node {id}",
                 peer.id, peer.addr
             ));
+        }
+        if client.epoch() > 0 {
+            return Ok(client);
         }
         let mut theirs: Vec<u32> = client.members().iter().map(|m| m.0).collect();
         let mut ours: Vec<u32> = self.peers.iter().map(|p| p.id).collect();
@@ -106,7 +122,8 @@ impl RemoteBackend {
             status: WireStatus::Unavailable,
             message,
         };
-        let mut client = self.client().await.map_err(unavailable)?;
+        // Learned afresh: an idle client's topology may be older (it refreshes on MOVED only).
+        let mut client = self.connect_any().await.map_err(unavailable)?;
         let map = client.map().await.map_err(|e| unavailable(e.to_string()))?;
         let nodes = client
             .members()
@@ -122,7 +139,7 @@ impl RemoteBackend {
             .collect();
         self.idle.borrow_mut().push(client);
         Ok(KvTopologyResponse {
-            ring_version: RING_VERSION,
+            ring_version: map.epoch().max(RING_VERSION),
             nodes,
         })
     }

@@ -46,7 +46,11 @@ pub fn status(e: &Error) -> Status {
             WireStatus::InvalidArgument => Code::InvalidArgument,
             WireStatus::NoSpace | WireStatus::Busy => Code::ResourceExhausted,
             // The owning shard did not answer: it cannot be reached, whatever the reason.
-            // A topology change a node had not caught up with in time: try again.
+            // MOVED does not reach a caller in practice: a node's own front-end sends epoch 0
+            // (never answered MOVED) and routes again the forwarded reads a newer node answers
+            // MOVED once it caught up (`node::change::reroute_moved`: UNAVAILABLE only if it
+            // did not within --forward-timeout); the gateway's client refreshes and retries
+            // (`kvmesh_net::client`). Should one get through anyway: try again.
             WireStatus::Unavailable | WireStatus::Timeout | WireStatus::Moved => Code::Unavailable,
             WireStatus::Ok
             | WireStatus::UnknownOperation

@@ -63,7 +63,9 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
 /// [`start`] for a request that another node `forwarded`: its ops are served by this node,
 /// never sent to another (see `router::route_in_cluster`). When the sender routed by an older
 /// topology `epoch` than this node's, its reads are answered `STATUS_MOVED` instead (see
-/// [`super::change::moved`]).
+/// [`super::change::moved`]). A client's request (not `forwarded`) with an older non-zero
+/// `epoch` has all its key ops answered `STATUS_MOVED` without running them, so the client
+/// learns the new topology and sends them again; `epoch` 0 never is.
 pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u64) -> Started {
     let began = Instant::now();
     let mut kinds = [0u32; crate::metrics::latency::KINDS.len()];
@@ -72,7 +74,8 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     }
     let now = super::now_ms();
     let membership = ctx.peers.membership();
-    let stale = forwarded && epoch != 0 && epoch < membership.epoch;
+    let behind = epoch != 0 && epoch < membership.epoch;
+    let stale = forwarded && behind;
     let mut reroutable = Vec::new();
     let mut for_nodes: Vec<(u32, Vec<(usize, Op)>)> = Vec::new();
     let mut results = vec![OpResult::default(); ops.len()];
@@ -103,6 +106,14 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
             );
             if forwarded {
                 shard.counters.node_forwarded_in += 1;
+            }
+            if behind
+                && !forwarded
+                && !op.replica
+                && matches!(route, Route::Local | Route::Forward(_) | Route::Remote(_))
+            {
+                results[i] = super::change::moved(membership.epoch);
+                continue;
             }
             if matches!(route, Route::Local | Route::Forward(_)) {
                 if stale && super::change::is_reroutable(&op) {
