@@ -463,3 +463,119 @@ fn a_node_alone_runs_no_topology_group() {
     assert_eq!(epoch(&node, 0), 0);
     assert!(!node.log().contains("topology:"), "{}", node.log());
 }
+
+/// A client on a stale topology (issue 12): a `kvmesh_net::Client` that learned the cluster
+/// before a 4th node joined keeps working after the join without a single error: the nodes
+/// answer its key ops MOVED (it says it routes by epoch 1), it learns the new topology from the
+/// node that answered and sends them again. A request that says no epoch (0, an old client)
+/// is served as before.
+#[test]
+fn a_client_with_a_map_from_before_a_join_refreshes_on_moved_and_sees_no_error() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const N: usize = 2_000;
+    let cluster = Cluster::start(3, 1, &["--replicas", "2"]);
+    fill(cluster.nodes[0].addr, N);
+    let seed = cluster.nodes[0].addr;
+    let (joined_tx, joined_rx) = mpsc::channel::<()>();
+    let (learned_tx, learned_rx) = mpsc::channel::<(u64, usize)>();
+    // The client lives on its own glommio executor; it waits (blocking that executor only)
+    // for the join, then reads and writes every key with the map it took before.
+    let session = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let timeout = Duration::from_secs(30);
+            let mut client = kvmesh_net::Client::connect(seed, timeout)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let map = client.map().await.map_err(|e| format!("map: {e}"))?;
+            let _ = learned_tx.send((map.epoch(), client.members().len()));
+            joined_rx
+                .recv()
+                .map_err(|e| format!("the test stopped: {e}"))?;
+            let mut errors = Vec::new();
+            for chunk in (0..N).collect::<Vec<_>>().chunks(200) {
+                let ops = chunk
+                    .iter()
+                    .map(|i| op(OpCode::OpGet, format!("k{i}").as_bytes(), b"", 0))
+                    .collect();
+                match client.execute_many(ops).await {
+                    Ok(results) => {
+                        for (i, r) in chunk.iter().zip(results) {
+                            if r.status() != Status::Ok || r.value != format!("v0-{i}").as_bytes() {
+                                errors.push(format!("k{i}: {:?} {}", r.status(), r.message));
+                            }
+                        }
+                    }
+                    Err(e) => errors.push(format!("execute_many: {e}")),
+                }
+            }
+            for i in 0..50 {
+                let key = format!("k{i}");
+                if let Err(e) = client.put(key.as_bytes(), b"after", None).await {
+                    errors.push(format!("put {key}: {e}"));
+                }
+                match client.get(key.as_bytes()).await {
+                    Ok(Some(v)) if v == b"after" => {}
+                    other => errors.push(format!("get {key}: {other:?}")),
+                }
+            }
+            Ok::<_, String>((
+                errors,
+                client.moved_answers(),
+                client.epoch(),
+                client.members().len(),
+            ))
+        })
+        .expect("a glommio executor");
+    let (old_epoch, old_members) = learned_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the client learned the cluster");
+    assert_eq!((old_epoch, old_members), (1, 3));
+
+    let data = tempfile::tempdir().unwrap();
+    let mut four = joiner(4, cluster.nodes[1].addr, &data, &["--replicas", "2"]);
+    four.wait_ready();
+    let logs = || format!("{}\n--- node 4 ---\n{}", cluster.logs(), four.log());
+    let all: Vec<&Node> = cluster.nodes.iter().chain([&four]).collect();
+    wait_for_members(&all, &[1, 2, 3, 4], logs);
+    let now = epoch(&cluster.nodes[0], 0);
+    assert!(now > 1, "the join moved the epoch: {now}");
+
+    // A request routed by epoch 1 (not forwarded) is answered MOVED without running; one that
+    // says no epoch is served.
+    let mut raw = WireClient::connect(cluster.nodes[0].addr);
+    for (id, epoch, expected) in [(1, 1, Status::Moved), (2, 0, Status::Ok)] {
+        let mut bytes = Vec::new();
+        kvmesh_net::frame::encode(
+            &kvmesh_proto::wire::Request {
+                id,
+                ops: vec![op(OpCode::OpGet, b"k7", b"", 0)],
+                forwarded: false,
+                epoch,
+            },
+            &mut bytes,
+        );
+        raw.send_raw(&bytes);
+        let results = raw.recv().expect("an answer").results;
+        assert_eq!(results[0].status(), expected, "{}", results[0].message);
+        if expected == Status::Moved {
+            assert_eq!(results[0].moved_epoch, now);
+        }
+    }
+
+    joined_tx.send(()).expect("the client waits");
+    let (errors, moved, client_epoch, members) = session
+        .join()
+        .expect("the client's executor")
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}\n{}",
+        errors.len(),
+        &errors[..errors.len().min(10)],
+        logs()
+    );
+    assert!(moved >= 1, "the client was never answered MOVED");
+    assert_eq!((client_epoch, members), (now, 4));
+}
