@@ -579,3 +579,45 @@ fn a_client_with_a_map_from_before_a_join_refreshes_on_moved_and_sees_no_error()
     assert!(moved >= 1, "the client was never answered MOVED");
     assert_eq!((client_epoch, members), (now, 4));
 }
+
+/// The gateway in front of a cluster that a node joins: its callers (Python gRPC) see no error
+/// after the join, its clients are answered MOVED and learn the new topology, and `Topology`'s
+/// `ring_version` goes from 1 to the new epoch with the new member listed.
+#[test]
+fn a_gateway_keeps_serving_across_a_join_and_reports_the_epoch() {
+    let cluster = Cluster::start(3, 1, &["--replicas", "2"]);
+    let gateway = common::Gateway::start_peers(&cluster.peers, &[]);
+    let run = |phase: &str, epoch: u64, nodes: usize| {
+        let out = common::python::pytest(
+            "tests/python/test_gateway_join.py",
+            &[
+                ("KVMESH_JOIN_GATEWAY", gateway.grpc.to_string()),
+                ("KVMESH_JOIN_PHASE", phase.to_string()),
+                ("KVMESH_JOIN_EPOCH", epoch.to_string()),
+                ("KVMESH_JOIN_NODES", nodes.to_string()),
+            ],
+        );
+        let stdout = common::stdout(&out);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{phase}: pytest:\n{stdout}\n{}\ngateway:\n{}",
+            stderr(&out),
+            gateway.log()
+        );
+    };
+    run("before", 1, 3);
+    let data = tempfile::tempdir().unwrap();
+    let mut four = joiner(4, cluster.nodes[1].addr, &data, &["--replicas", "2"]);
+    four.wait_ready();
+    let logs = || format!("{}\n--- node 4 ---\n{}", cluster.logs(), four.log());
+    let all: Vec<&Node> = cluster.nodes.iter().chain([&four]).collect();
+    wait_for_members(&all, &[1, 2, 3, 4], logs);
+    run("after", epoch(&cluster.nodes[0], 0), 4);
+    assert!(
+        gateway
+            .log()
+            .contains("answered MOVED: learned the topology of epoch"),
+        "the gateway's client was never answered MOVED:\n{}",
+        gateway.log()
+    );
+}

@@ -104,17 +104,20 @@ impl RemoteBackend {
             Ok(client) => client,
             Err(why) => return vec![unavailable(&why); n],
         };
-        match client.execute_many(ops).await {
-            Ok(results) => {
-                self.idle.borrow_mut().push(client);
-                results
-            }
-            Err(e) => {
-                // The client dropped the failed connection; the others stay usable.
-                self.idle.borrow_mut().push(client);
-                vec![unavailable(&e.to_string()); n]
-            }
+        let (moved, epoch) = (client.moved_answers(), client.epoch());
+        let results = match client.execute_many(ops).await {
+            Ok(results) => results,
+            // The client dropped the failed connection; the others stay usable.
+            Err(e) => vec![unavailable(&e.to_string()); n],
+        };
+        if client.moved_answers() > moved {
+            tracing::info!(
+                "answered MOVED: learned the topology of epoch {} (was {epoch})",
+                client.epoch()
+            );
         }
+        self.idle.borrow_mut().push(client);
+        results
     }
 
     async fn topology(&self) -> Result<KvTopologyResponse, Error> {
