@@ -49,6 +49,9 @@ pub struct ShardCtx {
     pub hints: Rc<RefCell<super::hint_store::HintStore>>,
     /// Shard 0 of a multi-node cluster: this node's member of the topology Raft group.
     pub raft: Option<Rc<super::raft::RaftDriver>>,
+    /// Whether this shard refuses clients' data ops until it holds an agreed topology (see
+    /// `topology_gate`).
+    pub waits_for_topology: bool,
 }
 
 impl ShardCtx {
@@ -127,6 +130,17 @@ pub async fn run_shard(
         }
         hold_recovery_for_tests().await;
     }
+    // Looked at before the mesh is joined, so before shard 0 can bootstrap the group.
+    let gate = super::topology_gate::Start {
+        clustered: config.is_clustered(),
+        durable: config.durability.is_some(),
+        joining: config.join.is_some(),
+        stored_topology: config.durability.as_ref().is_some_and(|d| {
+            d.data_dir
+                .join(crate::cluster::raft_state::FILE_NAME)
+                .exists()
+        }),
+    };
     let (senders, receivers) = match mesh.join().await {
         Ok(joined) => joined,
         Err(e) => {
@@ -185,6 +199,7 @@ pub async fn run_shard(
         peers: peers.clone(),
         hints: Rc::new(RefCell::new(hints)),
         raft: raft.clone(),
+        waits_for_topology: super::topology_gate::waits_for_topology(gate),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
