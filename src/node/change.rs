@@ -69,6 +69,30 @@ impl Streamed {
     }
 }
 
+/// Which change a shard saw running, so that no change finishes unseen: the lifecycle looks
+/// at the agreed topology every [`LOOK_EVERY`], and a `Finish` and the next `Begin` can both
+/// land between two looks.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// The epoch the running change began at.
+    running: Option<u64>,
+}
+
+impl Watch {
+    /// Takes the agreed `epoch` and whether a change runs at it; returns the epoch the change
+    /// that finished since the last look began at (its drop pass is due), if one did.
+    pub fn look(&mut self, epoch: u64, changing: bool) -> Option<u64> {
+        let finished = self.running.filter(|&began| epoch > began);
+        if finished.is_some() {
+            self.running = None;
+        }
+        if changing {
+            self.running = Some(epoch);
+        }
+        finished
+    }
+}
+
 /// Whether `op` is answered `STATUS_MOVED` by a node on a newer topology than its sender's
 /// (see `Request.epoch`): the reads, which must not be served by a node that may have dropped
 /// the key. Writes are served (the receiver replicates them to the owners it knows).
@@ -122,8 +146,14 @@ pub async fn reroute_moved(ctx: &ShardCtx, kept: Vec<(usize, Op)>, results: &mut
 
 /// Fills an `OP_TOPOLOGY` answer with what this shard knows of the cluster: the agreed epoch,
 /// the members it routes by and the running change.
+///
+/// While the shard's drop pass for a finished change runs, it reports at most the epoch that
+/// change finished at, so no source of a later change counts it as ready (`all_applied`).
 pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::Topology) {
-    topology.epoch = membership.epoch;
+    topology.epoch = ctx
+        .dropping_until
+        .get()
+        .map_or(membership.epoch, |e| membership.epoch.min(e));
     topology.members = membership.wire_members();
     topology.transition = ctx
         .peers
@@ -375,119 +405,148 @@ async fn all_applied(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
 /// left. See the module docs.
 pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop: Arc<AtomicBool>) {
     let mut streamed_epoch = 0;
-    let mut running: Option<u64> = None;
+    let mut watch = Watch::default();
     let mut proposed: Option<(Command, Instant)> = None;
     loop {
         glommio::timer::sleep(LOOK_EVERY).await;
         let Some(topology) = ctx.peers.agreed() else {
             continue;
         };
+        let replicas = ctx.config.replication.replicas;
+        if let Some(began) = watch.look(topology.epoch, topology.transition.is_some()) {
+            if finished(&ctx, began, replicas, &stop).await {
+                return;
+            }
+            continue;
+        }
         let membership = ctx.peers.membership();
         let me = membership.me;
-        let replicas = ctx.config.replication.replicas;
-        match &topology.transition {
-            Some(t) => {
-                running = Some(topology.epoch);
-                if streamed_epoch != topology.epoch && t.old.iter().any(|m| m.id == me) {
-                    let pairs = |ms: &[Member]| -> Vec<(NodeId, SocketAddr)> {
-                        ms.iter().map(|m| (m.id, m.addr)).collect()
-                    };
-                    let mv = match stream::Move::from_members(
-                        topology.epoch,
-                        &pairs(&t.old),
-                        &pairs(&t.new),
-                        replicas,
-                    ) {
-                        Ok(mv) => mv,
-                        Err(e) => {
-                            tracing::error!("epoch {}: no move: {e}", topology.epoch);
-                            continue;
-                        }
-                    };
-                    let others: Vec<NodeId> = t
-                        .old
-                        .iter()
-                        .chain(&t.new)
-                        .map(|m| m.id)
-                        .filter(|&id| id != me)
-                        .collect();
-                    all_applied(&ctx, topology.epoch, &others).await;
-                    match stream::stream_shard(&ctx, &mv).await {
-                        Ok(_) => {
-                            streamed_epoch = topology.epoch;
-                            if ctx.me == 0 {
-                                streamed.borrow_mut().note(topology.epoch, 0);
-                            } else {
-                                let done = Control::StreamDone {
-                                    epoch: topology.epoch,
-                                    shard: ctx.me,
-                                };
-                                ctx.mesh.control(0, done);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("shard {}: epoch {}: {e}", ctx.me, topology.epoch);
-                            continue;
-                        }
+        let Some(t) = &topology.transition else {
+            continue;
+        };
+        if streamed_epoch != topology.epoch && t.old.iter().any(|m| m.id == me) {
+            let pairs = |ms: &[Member]| -> Vec<(NodeId, SocketAddr)> {
+                ms.iter().map(|m| (m.id, m.addr)).collect()
+            };
+            let mv = match stream::Move::from_members(
+                topology.epoch,
+                &pairs(&t.old),
+                &pairs(&t.new),
+                replicas,
+            ) {
+                Ok(mv) => mv,
+                Err(e) => {
+                    tracing::error!("epoch {}: no move: {e}", topology.epoch);
+                    continue;
+                }
+            };
+            let others: Vec<NodeId> = t
+                .old
+                .iter()
+                .chain(&t.new)
+                .map(|m| m.id)
+                .filter(|&id| id != me)
+                .collect();
+            all_applied(&ctx, topology.epoch, &others).await;
+            match stream::stream_shard(&ctx, &mv).await {
+                Ok(_) => {
+                    streamed_epoch = topology.epoch;
+                    if ctx.me == 0 {
+                        streamed.borrow_mut().note(topology.epoch, 0);
+                    } else {
+                        let done = Control::StreamDone {
+                            epoch: topology.epoch,
+                            shard: ctx.me,
+                        };
+                        ctx.mesh.control(0, done);
                     }
                 }
-                let Some(raft) = ctx.raft.as_ref() else {
+                Err(e) => {
+                    tracing::warn!("shard {}: epoch {}: {e}", ctx.me, topology.epoch);
                     continue;
-                };
-                let report = Command::SourceDone {
-                    epoch: topology.epoch,
-                    node: me,
-                };
-                let finish = Command::Finish {
-                    epoch: topology.epoch,
-                };
-                let command = if t.pending().contains(&me)
-                    && streamed
-                        .borrow()
-                        .all_done(topology.epoch, ctx.config.shards)
-                {
-                    Some(report)
-                } else if topology.finish_due().is_some() && raft.is_leader() {
-                    Some(finish)
-                } else {
-                    None
-                };
-                if let Some(command) = command {
-                    let again = match &proposed {
-                        Some((c, at)) => *c != command || at.elapsed() > PROPOSE_AGAIN,
-                        None => true,
-                    };
-                    if again {
-                        if let Err(e) = raft.propose(&command) {
-                            tracing::debug!("{e}");
-                        }
-                        proposed = Some((command, Instant::now()));
-                    }
-                }
-            }
-            None => {
-                let Some(epoch) = running.filter(|&e| topology.epoch > e) else {
-                    continue;
-                };
-                running = None;
-                if membership.is_member() {
-                    let dropped = stream::drop_unowned(&ctx, membership.ring(), replicas).await;
-                    tracing::info!(
-                        "shard {}: the change of epoch {epoch} finished; dropped {dropped} \
-                         key(s) this node no longer owns",
-                        ctx.me
-                    );
-                } else if ctx.me == 0 {
-                    tracing::info!(
-                        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
-                        topology.epoch
-                    );
-                    // Every member applies the finish at about the same time; until then one
-                    // may still route a read here.
-                    glommio::timer::sleep(LEAVE_GRACE).await;
-                    stop.store(true, Ordering::Relaxed);
                 }
             }
         }
+        let Some(raft) = ctx.raft.as_ref() else {
+            continue;
+        };
+        let report = Command::SourceDone {
+            epoch: topology.epoch,
+            node: me,
+        };
+        let finish = Command::Finish {
+            epoch: topology.epoch,
+        };
+        let command = if t.pending().contains(&me)
+            && streamed
+                .borrow()
+                .all_done(topology.epoch, ctx.config.shards)
+        {
+            Some(report)
+        } else if topology.finish_due().is_some() && raft.is_leader() {
+            Some(finish)
+        } else {
+            None
+        };
+        if let Some(command) = command {
+            let again = match &proposed {
+                Some((c, at)) => *c != command || at.elapsed() > PROPOSE_AGAIN,
+                None => true,
+            };
+            if again {
+                if let Err(e) = raft.propose(&command) {
+                    tracing::debug!("{e}");
+                }
+                proposed = Some((command, Instant::now()));
+            }
+        }
+    }
+}
+
+/// After the change that began at epoch `began` finished: drops what this node no longer owns
+/// (fenced, see `stream::drop_unowned`), reporting the finish's epoch at most meanwhile; or,
+/// on a node that left, stops it (returns true).
+async fn finished(ctx: &Rc<ShardCtx>, began: u64, replicas: usize, stop: &AtomicBool) -> bool {
+    let membership = ctx.peers.membership();
+    if membership.is_member() {
+        ctx.dropping_until.set(Some(began + 1));
+        let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
+        ctx.dropping_until.set(None);
+        tracing::info!(
+            "shard {}: the change of epoch {began} finished; dropped {dropped} key(s) this \
+             node no longer owns",
+            ctx.me
+        );
+        return false;
+    }
+    if ctx.me == 0 {
+        tracing::info!(
+            "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
+            membership.epoch
+        );
+        // Every member applies the finish at about the same time; until then one may still
+        // route a read here.
+        glommio::timer::sleep(LEAVE_GRACE).await;
+        stop.store(true, Ordering::Relaxed);
+        return true;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Watch;
+
+    #[test]
+    fn a_finish_and_the_next_begin_between_two_looks_still_finish_the_first() {
+        let mut watch = Watch::default();
+        assert_eq!(watch.look(1, false), None);
+        assert_eq!(watch.look(2, true), None, "a join begins at 2");
+        assert_eq!(watch.look(2, true), None);
+        // It finished at 3 and a leave began at 4 before the next look.
+        assert_eq!(watch.look(4, true), Some(2));
+        assert_eq!(watch.look(4, true), None);
+        assert_eq!(watch.look(5, false), Some(4));
+        assert_eq!(watch.look(5, false), None);
     }
 }

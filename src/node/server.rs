@@ -52,6 +52,9 @@ pub struct ShardCtx {
     /// Whether this shard refuses clients' data ops until it holds an agreed topology (see
     /// `topology_gate`).
     pub waits_for_topology: bool,
+    /// While this shard's drop pass for a finished change runs: the epoch that change finished
+    /// at, the newest this shard reports as applied meanwhile (see `change::annotate`).
+    pub dropping_until: std::cell::Cell<Option<u64>>,
 }
 
 impl ShardCtx {
@@ -200,6 +203,7 @@ pub async fn run_shard(
         hints: Rc::new(RefCell::new(hints)),
         raft: raft.clone(),
         waits_for_topology: super::topology_gate::waits_for_topology(gate),
+        dropping_until: std::cell::Cell::new(None),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
