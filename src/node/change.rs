@@ -45,10 +45,13 @@ const PROPOSE_AGAIN: Duration = Duration::from_secs(1);
 /// How long a node that left keeps serving after the change finished, so that every member
 /// routes by the new ring before it goes.
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
+/// How long a node that left waits for its shards' hints to be delivered before it stops.
+const HINTS_WITHIN: Duration = Duration::from_secs(30);
 /// How long an `OP_JOIN` or `OP_LEAVE` waits for its change to be agreed.
 const AGREE_WITHIN: Duration = Duration::from_secs(5);
 
-/// Shard 0's record of which of its node's shards finished streaming, per epoch.
+/// Shard 0's record of which of its node's shards finished a step of a change (streaming;
+/// delivering their hints when the node left), per epoch.
 #[derive(Debug, Default)]
 pub struct Streamed {
     epoch: u64,
@@ -403,7 +406,12 @@ async fn all_applied(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
 /// Runs on every shard of a node in a cluster: streams when a change begins, reports it
 /// done, finishes it (on the leader), drops what is no longer owned, and stops a node that
 /// left. See the module docs.
-pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop: Arc<AtomicBool>) {
+pub async fn lifecycle(
+    ctx: Rc<ShardCtx>,
+    streamed: Rc<RefCell<Streamed>>,
+    delivered: Rc<RefCell<Streamed>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut streamed_epoch = 0;
     let mut watch = Watch::default();
     let mut proposed: Option<(Command, Instant)> = None;
@@ -414,7 +422,7 @@ pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop:
         };
         let replicas = ctx.config.replication.replicas;
         if let Some(began) = watch.look(topology.epoch, topology.transition.is_some()) {
-            if finished(&ctx, began, replicas, &stop).await {
+            if finished(&ctx, began, replicas, &delivered, &stop).await {
                 return;
             }
             continue;
@@ -505,8 +513,15 @@ pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop:
 
 /// After the change that began at epoch `began` finished: drops what this node no longer owns
 /// (fenced, see `stream::drop_unowned`), reporting the finish's epoch at most meanwhile; or,
-/// on a node that left, stops it (returns true).
-async fn finished(ctx: &Rc<ShardCtx>, began: u64, replicas: usize, stop: &AtomicBool) -> bool {
+/// on a node that left, delivers this shard's hints (at most [`HINTS_WITHIN`]) and, on shard
+/// 0, once every shard did, stops the node (returns true).
+async fn finished(
+    ctx: &Rc<ShardCtx>,
+    began: u64,
+    replicas: usize,
+    delivered: &RefCell<Streamed>,
+    stop: &AtomicBool,
+) -> bool {
     let membership = ctx.peers.membership();
     if membership.is_member() {
         ctx.dropping_until.set(Some(began + 1));
@@ -519,23 +534,80 @@ async fn finished(ctx: &Rc<ShardCtx>, began: u64, replicas: usize, stop: &Atomic
         );
         return false;
     }
-    if ctx.me == 0 {
-        tracing::info!(
-            "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
-            membership.epoch
-        );
-        // Every member applies the finish at about the same time; until then one may still
-        // route a read here.
-        glommio::timer::sleep(LEAVE_GRACE).await;
-        stop.store(true, Ordering::Relaxed);
-        return true;
+    let since = Instant::now();
+    loop {
+        let queued = ctx.hints.borrow().queue.held().0;
+        match drain(queued, since.elapsed()) {
+            Drain::Done => break,
+            Drain::Wait => glommio::timer::sleep(LOOK_EVERY * 4).await,
+            Drain::GiveUp => {
+                tracing::warn!(
+                    "shard {}: this node left the cluster with {queued} hint(s) not delivered \
+                     after {HINTS_WITHIN:?}: their owners miss those writes until they are \
+                     written again or read-repaired",
+                    ctx.me
+                );
+                break;
+            }
+        }
     }
-    false
+    if ctx.me != 0 {
+        let done = Control::HintsDelivered {
+            epoch: began,
+            shard: ctx.me,
+        };
+        ctx.mesh.control(0, done);
+        return false;
+    }
+    delivered.borrow_mut().note(began, 0);
+    // Every other shard bounds its own wait; this bound only guards against a lost message.
+    let give_up = Instant::now() + HINTS_WITHIN;
+    while !delivered.borrow().all_done(began, ctx.config.shards) && Instant::now() < give_up {
+        glommio::timer::sleep(LOOK_EVERY).await;
+    }
+    tracing::info!(
+        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
+        membership.epoch
+    );
+    // Every member applies the finish at about the same time; until then one may still route
+    // a read here.
+    glommio::timer::sleep(LEAVE_GRACE).await;
+    stop.store(true, Ordering::Relaxed);
+    true
+}
+
+/// What a node that left does about its undelivered hints.
+#[derive(Debug, PartialEq, Eq)]
+enum Drain {
+    /// None are left: stop.
+    Done,
+    /// Wait for the handoff to deliver them.
+    Wait,
+    /// Stop anyway, saying how many are lost.
+    GiveUp,
+}
+
+/// `queued` hints are left on a shard of a node that left, after `waited`.
+fn drain(queued: u64, waited: Duration) -> Drain {
+    match queued {
+        0 => Drain::Done,
+        _ if waited >= HINTS_WITHIN => Drain::GiveUp,
+        _ => Drain::Wait,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Watch;
+    use super::*;
+
+    #[test]
+    fn a_node_that_left_waits_for_its_hints_within_a_bound() {
+        let early = Duration::from_secs(1);
+        assert_eq!(drain(0, early), Drain::Done);
+        assert_eq!(drain(3, early), Drain::Wait);
+        assert_eq!(drain(3, HINTS_WITHIN), Drain::GiveUp);
+        assert_eq!(drain(0, HINTS_WITHIN), Drain::Done);
+    }
 
     #[test]
     fn a_finish_and_the_next_begin_between_two_looks_still_finish_the_first() {

@@ -161,11 +161,15 @@ pub async fn run_shard(
         config.forward_timeout,
     );
     let streamed = Rc::new(RefCell::new(super::change::Streamed::default()));
+    let delivered = Rc::new(RefCell::new(super::change::Streamed::default()));
     let on_control: Rc<dyn Fn(mesh::Control)> = {
-        let (peers, streamed) = (peers.clone(), streamed.clone());
+        let (peers, streamed, delivered) = (peers.clone(), streamed.clone(), delivered.clone());
         Rc::new(move |control| match control {
             mesh::Control::Topology(topology) => peers.apply_topology(&topology),
             mesh::Control::StreamDone { epoch, shard } => streamed.borrow_mut().note(epoch, shard),
+            mesh::Control::HintsDelivered { epoch, shard } => {
+                delivered.borrow_mut().note(epoch, shard)
+            }
         })
     };
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone(), on_control);
@@ -240,7 +244,12 @@ pub async fn run_shard(
     let _heartbeat = clustered.then(|| glommio::spawn_local(peers.heartbeat(ctx.config.heartbeat)));
     let _lifecycle = (clustered && ctx.config.durability.is_some()).then(|| {
         let stop = stop.requested.clone();
-        glommio::spawn_local(super::change::lifecycle(ctx.clone(), streamed, stop))
+        glommio::spawn_local(super::change::lifecycle(
+            ctx.clone(),
+            streamed,
+            delivered,
+            stop,
+        ))
     });
     let _handoff = clustered.then(|| {
         glommio::spawn_local(super::replicate::handoff(ctx.clone(), ctx.config.heartbeat))
