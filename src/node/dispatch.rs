@@ -72,7 +72,11 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     }
     let now = super::now_ms();
     let membership = ctx.peers.membership();
-    let epoch_now = ctx.peers.agreed().map_or(0, |t| t.epoch);
+    // A client's data op waits for the agreed topology (see `topology_gate`).
+    let (gated, epoch_now) = (
+        ctx.waits_for_topology,
+        ctx.peers.agreed().map_or(0, |t| t.epoch),
+    );
     let stale = forwarded && epoch != 0 && epoch < membership.epoch;
     let mut reroutable = Vec::new();
     let mut for_nodes: Vec<(u32, Vec<(usize, Op)>)> = Vec::new();
@@ -94,7 +98,6 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     {
         let mut shard = ctx.shard.borrow_mut();
         for (i, mut op) in ops.into_iter().enumerate() {
-            let gated = ctx.waits_for_topology;
             if let Some(refused) = super::topology_gate::refuse(&op, forwarded, gated, epoch_now) {
                 results[i] = refused;
                 continue;
