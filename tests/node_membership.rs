@@ -621,3 +621,27 @@ fn a_gateway_keeps_serving_across_a_join_and_reports_the_epoch() {
         gateway.log()
     );
 }
+
+#[test]
+fn a_joining_node_serves_no_client_data_op_before_it_holds_the_agreed_topology() {
+    // The seed never answers: the node keeps asking to join, with its listeners open.
+    let seed = PortBlock::reserve(1);
+    let data = tempfile::tempdir().expect("temp dir");
+    let node = joiner(2, seed.addr(), &data, &[]);
+    wait_for("the node to ask to join again", || {
+        node.log().contains("join: not yet").then_some(())
+    });
+    let mut client = WireClient::connect(node.addr);
+    let put = client.call(vec![op(OpCode::OpPut, b"k", b"v", 0)]);
+    assert_eq!(put[0].status(), Status::Unavailable, "{}", put[0].message);
+    assert!(
+        put[0].message.contains("agreed topology"),
+        "{}",
+        put[0].message
+    );
+    let get = client.call(vec![op(OpCode::OpGet, b"k", b"", 0)]);
+    assert_eq!(get[0].status(), Status::Unavailable, "{}", get[0].message);
+    // Questions about the node itself are still answered.
+    let stats = client.call(vec![op(OpCode::OpStats, b"", b"", 0)]);
+    assert_eq!(stats[0].status(), Status::Ok, "{}", stats[0].message);
+}

@@ -67,6 +67,15 @@ impl Replication {
     pub fn write_acks(&self, owners: usize) -> usize {
         needed(self.write_ack, owners)
     }
+
+    /// The tally of a write to `owners` owners and, during a membership change, `pending`
+    /// new owners (owners under the new ring that are not owners now): see [`WriteTally`].
+    pub fn tally(&self, owners: usize, pending: usize) -> WriteTally {
+        WriteTally {
+            owners: Tally::new(owners, self.write_acks(owners)),
+            pending: Tally::new(pending, pending),
+        }
+    }
 }
 
 /// Acknowledgements needed from `owners` owners in mode `ack`; at least 1 when there is an
@@ -138,6 +147,49 @@ impl Tally {
     }
 }
 
+/// Counts the answers to one write: `--write-ack`'s count of its owners and, during a
+/// membership change, every pending new owner besides (as Cassandra's `blockFor += pending`,
+/// but the pending owners' own answers: another old owner's cannot stand in for them), so an
+/// acknowledged write is on every new owner before an old owner drops it after the change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteTally {
+    owners: Tally,
+    pending: Tally,
+}
+
+impl WriteTally {
+    /// Counts one answer: from a `pending` new owner or an owner; applied durably or not.
+    pub fn record(&mut self, pending: bool, applied: bool) -> Outcome {
+        if pending {
+            self.pending.record(applied);
+        } else {
+            self.owners.record(applied);
+        }
+        self.outcome()
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match (self.owners.outcome(), self.pending.outcome()) {
+            (Outcome::Failed, _) | (_, Outcome::Failed) => Outcome::Failed,
+            (Outcome::Done, Outcome::Done) => Outcome::Done,
+            _ => Outcome::Pending,
+        }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.owners.acked() + self.pending.acked()
+    }
+
+    pub fn needed(&self) -> usize {
+        self.owners.needed() + self.pending.needed()
+    }
+
+    /// The pending new owners whose acknowledgements it needs.
+    pub fn pending(&self) -> usize {
+        self.pending.needed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +256,45 @@ mod tests {
                 assert_eq!(others, want, "key {key:?}, node {me}");
             }
         }
+    }
+
+    #[test]
+    fn pending_owners_add_to_the_acknowledgements_needed() {
+        let settings = |write_ack| Replication {
+            replicas: 2,
+            write_ack,
+            read_from: ReadFrom::One,
+        };
+        // --write-ack one, two owners, one pending new owner: the coordinator and the new
+        // owner must both have it; the other old owner cannot stand in for the new one.
+        let mut t = settings(WriteAck::One).tally(2, 1);
+        assert_eq!(
+            t.record(false, true),
+            Outcome::Pending,
+            "the coordinator alone"
+        );
+        assert_eq!(
+            t.record(false, true),
+            Outcome::Pending,
+            "and the other old owner"
+        );
+        assert_eq!(
+            t.record(true, true),
+            Outcome::Done,
+            "the new owner applied it"
+        );
+        let mut t = settings(WriteAck::One).tally(2, 1);
+        t.record(false, true);
+        assert_eq!(
+            t.record(true, false),
+            Outcome::Failed,
+            "the new owner failed"
+        );
+        // Quorum of 3 owners (2) plus 2 pending: 4 of 5.
+        assert_eq!(settings(WriteAck::Quorum).tally(3, 2).needed(), 4);
+        // No change running: as before.
+        let mut t = settings(WriteAck::Quorum).tally(3, 0);
+        assert_eq!(t.record(false, true), Outcome::Pending);
+        assert_eq!(t.record(false, true), Outcome::Done);
     }
 }

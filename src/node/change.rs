@@ -45,10 +45,13 @@ const PROPOSE_AGAIN: Duration = Duration::from_secs(1);
 /// How long a node that left keeps serving after the change finished, so that every member
 /// routes by the new ring before it goes.
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
+/// How long a node that left waits for its shards' hints to be delivered before it stops.
+const HINTS_WITHIN: Duration = Duration::from_secs(30);
 /// How long an `OP_JOIN` or `OP_LEAVE` waits for its change to be agreed.
 const AGREE_WITHIN: Duration = Duration::from_secs(5);
 
-/// Shard 0's record of which of its node's shards finished streaming, per epoch.
+/// Shard 0's record of which of its node's shards finished a step of a change (streaming;
+/// delivering their hints when the node left), per epoch.
 #[derive(Debug, Default)]
 pub struct Streamed {
     epoch: u64,
@@ -66,6 +69,30 @@ impl Streamed {
 
     fn all_done(&self, epoch: u64, shards: usize) -> bool {
         self.epoch == epoch && self.shards.len() == shards
+    }
+}
+
+/// Which change a shard saw running, so that no change finishes unseen: the lifecycle looks
+/// at the agreed topology every [`LOOK_EVERY`], and a `Finish` and the next `Begin` can both
+/// land between two looks.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// The epoch the running change began at.
+    running: Option<u64>,
+}
+
+impl Watch {
+    /// Takes the agreed `epoch` and whether a change runs at it; returns the epoch the change
+    /// that finished since the last look began at (its drop pass is due), if one did.
+    pub fn look(&mut self, epoch: u64, changing: bool) -> Option<u64> {
+        let finished = self.running.filter(|&began| epoch > began);
+        if finished.is_some() {
+            self.running = None;
+        }
+        if changing {
+            self.running = Some(epoch);
+        }
+        finished
     }
 }
 
@@ -122,8 +149,14 @@ pub async fn reroute_moved(ctx: &ShardCtx, kept: Vec<(usize, Op)>, results: &mut
 
 /// Fills an `OP_TOPOLOGY` answer with what this shard knows of the cluster: the agreed epoch,
 /// the members it routes by and the running change.
+///
+/// While the shard's drop pass for a finished change runs, it reports at most the epoch that
+/// change finished at, so no source of a later change counts it as ready (`all_applied`).
 pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::Topology) {
-    topology.epoch = membership.epoch;
+    topology.epoch = ctx
+        .dropping_until
+        .get()
+        .map_or(membership.epoch, |e| membership.epoch.min(e));
     topology.members = membership.wire_members();
     topology.transition = ctx
         .peers
@@ -373,121 +406,219 @@ async fn all_applied(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
 /// Runs on every shard of a node in a cluster: streams when a change begins, reports it
 /// done, finishes it (on the leader), drops what is no longer owned, and stops a node that
 /// left. See the module docs.
-pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop: Arc<AtomicBool>) {
+pub async fn lifecycle(
+    ctx: Rc<ShardCtx>,
+    streamed: Rc<RefCell<Streamed>>,
+    delivered: Rc<RefCell<Streamed>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut streamed_epoch = 0;
-    let mut running: Option<u64> = None;
+    let mut watch = Watch::default();
     let mut proposed: Option<(Command, Instant)> = None;
     loop {
         glommio::timer::sleep(LOOK_EVERY).await;
         let Some(topology) = ctx.peers.agreed() else {
             continue;
         };
+        let replicas = ctx.config.replication.replicas;
+        if let Some(began) = watch.look(topology.epoch, topology.transition.is_some()) {
+            if finished(&ctx, began, replicas, &delivered, &stop).await {
+                return;
+            }
+            continue;
+        }
         let membership = ctx.peers.membership();
         let me = membership.me;
-        let replicas = ctx.config.replication.replicas;
-        match &topology.transition {
-            Some(t) => {
-                running = Some(topology.epoch);
-                if streamed_epoch != topology.epoch && t.old.iter().any(|m| m.id == me) {
-                    let pairs = |ms: &[Member]| -> Vec<(NodeId, SocketAddr)> {
-                        ms.iter().map(|m| (m.id, m.addr)).collect()
-                    };
-                    let mv = match stream::Move::from_members(
-                        topology.epoch,
-                        &pairs(&t.old),
-                        &pairs(&t.new),
-                        replicas,
-                    ) {
-                        Ok(mv) => mv,
-                        Err(e) => {
-                            tracing::error!("epoch {}: no move: {e}", topology.epoch);
-                            continue;
-                        }
-                    };
-                    let others: Vec<NodeId> = t
-                        .old
-                        .iter()
-                        .chain(&t.new)
-                        .map(|m| m.id)
-                        .filter(|&id| id != me)
-                        .collect();
-                    all_applied(&ctx, topology.epoch, &others).await;
-                    match stream::stream_shard(&ctx, &mv).await {
-                        Ok(_) => {
-                            streamed_epoch = topology.epoch;
-                            if ctx.me == 0 {
-                                streamed.borrow_mut().note(topology.epoch, 0);
-                            } else {
-                                let done = Control::StreamDone {
-                                    epoch: topology.epoch,
-                                    shard: ctx.me,
-                                };
-                                ctx.mesh.control(0, done);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("shard {}: epoch {}: {e}", ctx.me, topology.epoch);
-                            continue;
-                        }
+        let Some(t) = &topology.transition else {
+            continue;
+        };
+        if streamed_epoch != topology.epoch && t.old.iter().any(|m| m.id == me) {
+            let pairs = |ms: &[Member]| -> Vec<(NodeId, SocketAddr)> {
+                ms.iter().map(|m| (m.id, m.addr)).collect()
+            };
+            let mv = match stream::Move::from_members(
+                topology.epoch,
+                &pairs(&t.old),
+                &pairs(&t.new),
+                replicas,
+            ) {
+                Ok(mv) => mv,
+                Err(e) => {
+                    tracing::error!("epoch {}: no move: {e}", topology.epoch);
+                    continue;
+                }
+            };
+            let others: Vec<NodeId> = t
+                .old
+                .iter()
+                .chain(&t.new)
+                .map(|m| m.id)
+                .filter(|&id| id != me)
+                .collect();
+            all_applied(&ctx, topology.epoch, &others).await;
+            match stream::stream_shard(&ctx, &mv).await {
+                Ok(_) => {
+                    streamed_epoch = topology.epoch;
+                    if ctx.me == 0 {
+                        streamed.borrow_mut().note(topology.epoch, 0);
+                    } else {
+                        let done = Control::StreamDone {
+                            epoch: topology.epoch,
+                            shard: ctx.me,
+                        };
+                        ctx.mesh.control(0, done);
                     }
                 }
-                let Some(raft) = ctx.raft.as_ref() else {
+                Err(e) => {
+                    tracing::warn!("shard {}: epoch {}: {e}", ctx.me, topology.epoch);
                     continue;
-                };
-                let report = Command::SourceDone {
-                    epoch: topology.epoch,
-                    node: me,
-                };
-                let finish = Command::Finish {
-                    epoch: topology.epoch,
-                };
-                let command = if t.pending().contains(&me)
-                    && streamed
-                        .borrow()
-                        .all_done(topology.epoch, ctx.config.shards)
-                {
-                    Some(report)
-                } else if topology.finish_due().is_some() && raft.is_leader() {
-                    Some(finish)
-                } else {
-                    None
-                };
-                if let Some(command) = command {
-                    let again = match &proposed {
-                        Some((c, at)) => *c != command || at.elapsed() > PROPOSE_AGAIN,
-                        None => true,
-                    };
-                    if again {
-                        if let Err(e) = raft.propose(&command) {
-                            tracing::debug!("{e}");
-                        }
-                        proposed = Some((command, Instant::now()));
-                    }
-                }
-            }
-            None => {
-                let Some(epoch) = running.filter(|&e| topology.epoch > e) else {
-                    continue;
-                };
-                running = None;
-                if membership.is_member() {
-                    let dropped = stream::drop_unowned(&ctx, membership.ring(), replicas).await;
-                    tracing::info!(
-                        "shard {}: the change of epoch {epoch} finished; dropped {dropped} \
-                         key(s) this node no longer owns",
-                        ctx.me
-                    );
-                } else if ctx.me == 0 {
-                    tracing::info!(
-                        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
-                        topology.epoch
-                    );
-                    // Every member applies the finish at about the same time; until then one
-                    // may still route a read here.
-                    glommio::timer::sleep(LEAVE_GRACE).await;
-                    stop.store(true, Ordering::Relaxed);
                 }
             }
         }
+        let Some(raft) = ctx.raft.as_ref() else {
+            continue;
+        };
+        let report = Command::SourceDone {
+            epoch: topology.epoch,
+            node: me,
+        };
+        let finish = Command::Finish {
+            epoch: topology.epoch,
+        };
+        let command = if t.pending().contains(&me)
+            && streamed
+                .borrow()
+                .all_done(topology.epoch, ctx.config.shards)
+        {
+            Some(report)
+        } else if topology.finish_due().is_some() && raft.is_leader() {
+            Some(finish)
+        } else {
+            None
+        };
+        if let Some(command) = command {
+            let again = match &proposed {
+                Some((c, at)) => *c != command || at.elapsed() > PROPOSE_AGAIN,
+                None => true,
+            };
+            if again {
+                if let Err(e) = raft.propose(&command) {
+                    tracing::debug!("{e}");
+                }
+                proposed = Some((command, Instant::now()));
+            }
+        }
+    }
+}
+
+/// After the change that began at epoch `began` finished: drops what this node no longer owns
+/// (fenced, see `stream::drop_unowned`), reporting the finish's epoch at most meanwhile; or,
+/// on a node that left, delivers this shard's hints (at most [`HINTS_WITHIN`]) and, on shard
+/// 0, once every shard did, stops the node (returns true).
+async fn finished(
+    ctx: &Rc<ShardCtx>,
+    began: u64,
+    replicas: usize,
+    delivered: &RefCell<Streamed>,
+    stop: &AtomicBool,
+) -> bool {
+    let membership = ctx.peers.membership();
+    if membership.is_member() {
+        ctx.dropping_until.set(Some(began + 1));
+        let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
+        ctx.dropping_until.set(None);
+        tracing::info!(
+            "shard {}: the change of epoch {began} finished; dropped {dropped} key(s) this \
+             node no longer owns",
+            ctx.me
+        );
+        return false;
+    }
+    let since = Instant::now();
+    loop {
+        let queued = ctx.hints.borrow().queue.held().0;
+        match drain(queued, since.elapsed()) {
+            Drain::Done => break,
+            Drain::Wait => glommio::timer::sleep(LOOK_EVERY * 4).await,
+            Drain::GiveUp => {
+                tracing::warn!(
+                    "shard {}: this node left the cluster with {queued} hint(s) not delivered \
+                     after {HINTS_WITHIN:?}: their owners miss those writes until they are \
+                     written again or read-repaired",
+                    ctx.me
+                );
+                break;
+            }
+        }
+    }
+    if ctx.me != 0 {
+        let done = Control::HintsDelivered {
+            epoch: began,
+            shard: ctx.me,
+        };
+        ctx.mesh.control(0, done);
+        return false;
+    }
+    delivered.borrow_mut().note(began, 0);
+    // Every other shard bounds its own wait; this bound only guards against a lost message.
+    let give_up = Instant::now() + HINTS_WITHIN;
+    while !delivered.borrow().all_done(began, ctx.config.shards) && Instant::now() < give_up {
+        glommio::timer::sleep(LOOK_EVERY).await;
+    }
+    tracing::info!(
+        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
+        membership.epoch
+    );
+    // Every member applies the finish at about the same time; until then one may still route
+    // a read here.
+    glommio::timer::sleep(LEAVE_GRACE).await;
+    stop.store(true, Ordering::Relaxed);
+    true
+}
+
+/// What a node that left does about its undelivered hints.
+#[derive(Debug, PartialEq, Eq)]
+enum Drain {
+    /// None are left: stop.
+    Done,
+    /// Wait for the handoff to deliver them.
+    Wait,
+    /// Stop anyway, saying how many are lost.
+    GiveUp,
+}
+
+/// `queued` hints are left on a shard of a node that left, after `waited`.
+fn drain(queued: u64, waited: Duration) -> Drain {
+    match queued {
+        0 => Drain::Done,
+        _ if waited >= HINTS_WITHIN => Drain::GiveUp,
+        _ => Drain::Wait,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_left_waits_for_its_hints_within_a_bound() {
+        let early = Duration::from_secs(1);
+        assert_eq!(drain(0, early), Drain::Done);
+        assert_eq!(drain(3, early), Drain::Wait);
+        assert_eq!(drain(3, HINTS_WITHIN), Drain::GiveUp);
+        assert_eq!(drain(0, HINTS_WITHIN), Drain::Done);
+    }
+
+    #[test]
+    fn a_finish_and_the_next_begin_between_two_looks_still_finish_the_first() {
+        let mut watch = Watch::default();
+        assert_eq!(watch.look(1, false), None);
+        assert_eq!(watch.look(2, true), None, "a join begins at 2");
+        assert_eq!(watch.look(2, true), None);
+        // It finished at 3 and a leave began at 4 before the next look.
+        assert_eq!(watch.look(4, true), Some(2));
+        assert_eq!(watch.look(4, true), None);
+        assert_eq!(watch.look(5, false), Some(4));
+        assert_eq!(watch.look(5, false), None);
     }
 }

@@ -76,6 +76,11 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     let membership = ctx.peers.membership();
     let behind = epoch != 0 && epoch < membership.epoch;
     let stale = forwarded && behind;
+    // A client's data op waits for the agreed topology (see `topology_gate`).
+    let (gated, epoch_now) = (
+        ctx.waits_for_topology,
+        ctx.peers.agreed().map_or(0, |t| t.epoch),
+    );
     let mut reroutable = Vec::new();
     let mut for_nodes: Vec<(u32, Vec<(usize, Op)>)> = Vec::new();
     let mut results = vec![OpResult::default(); ops.len()];
@@ -96,6 +101,10 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     {
         let mut shard = ctx.shard.borrow_mut();
         for (i, mut op) in ops.into_iter().enumerate() {
+            if let Some(refused) = super::topology_gate::refuse(&op, forwarded, gated, epoch_now) {
+                results[i] = refused;
+                continue;
+            }
             let route = route_in_cluster(
                 &op,
                 &place,

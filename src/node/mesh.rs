@@ -46,6 +46,9 @@ pub enum Control {
     Topology(ClusterTopology),
     /// Shard `shard` streamed everything it owes for the change of `epoch` (to shard 0).
     StreamDone { epoch: u64, shard: usize },
+    /// Shard `shard` of a node that left by the change of `epoch` delivered its hints, or gave
+    /// up on them (to shard 0, which stops the node once every shard did).
+    HintsDelivered { epoch: u64, shard: usize },
 }
 
 /// A forwarded request whose reply has not arrived yet.

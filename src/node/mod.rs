@@ -42,6 +42,7 @@ pub mod shutdown;
 #[cfg_attr(not(any(debug_assertions, feature = "test-hooks")), allow(dead_code))]
 pub mod stream;
 mod sys;
+mod topology_gate;
 
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

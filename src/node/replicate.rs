@@ -15,7 +15,7 @@ use futures_lite::StreamExt;
 use kvmesh_net::ring::NodeId;
 use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status};
 
-use crate::cluster::replication::{Outcome, Tally};
+use crate::cluster::replication::{Outcome, WriteTally};
 
 use super::hint_store::HintStore;
 use super::reply;
@@ -23,8 +23,10 @@ use super::server::ShardCtx;
 
 /// Replicated writes of one batch: `(index into the results, the op, the key's other owners,
 /// its pending owners)`. Pending owners are the owners under the ring a running membership
-/// change moves to that are not owners now: they get every write too (so nothing written
-/// during the move is missing when ownership flips), but their acknowledgements do not count.
+/// change moves to that are not owners now: they get every write too, and a write is
+/// acknowledged only once each of them applied it on top of `--write-ack`'s count (see
+/// `Replication::tally`), so nothing acknowledged during the move is missing when ownership
+/// flips and the old owners drop.
 #[derive(Default)]
 pub struct Plan(Vec<(usize, Op, Vec<NodeId>, Vec<NodeId>)>);
 
@@ -79,9 +81,9 @@ fn is_write(code: i32) -> bool {
 /// Writes for one owner: `(the write's place in the plan, its replica op)`.
 type Batch = Vec<(usize, Op)>;
 
-/// One owner's answer to one replicated write: the write's place in the plan, and why it
-/// failed, if it did.
-type Answer = (usize, Option<String>);
+/// One owner's answer to one replicated write: the write's place in the plan, whether the
+/// owner is a pending new owner, and why it failed, if it did.
+type Answer = (usize, bool, Option<String>);
 
 /// Sends the plan's writes (those the local owner applied) to their other owners, batched per
 /// peer shard, and waits until each has `--write-ack` acknowledgements or cannot get them;
@@ -92,7 +94,7 @@ pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
 
 /// Replica writes on their way: per write, its tally; and the owners' answers as they come.
 pub struct InFlight {
-    tallies: Vec<Option<(usize, Tally, Vec<String>)>>,
+    tallies: Vec<Option<(usize, WriteTally, Vec<String>)>>,
     rx: Option<futures_channel::mpsc::UnboundedReceiver<Answer>>,
 }
 
@@ -110,8 +112,9 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
     let settings = ctx.config.replication;
     let now = super::now_ms();
     // Per write: (index into results, tally, why owners failed); None when not replicated.
-    let mut tallies: Vec<Option<(usize, Tally, Vec<String>)>> = Vec::with_capacity(plan.0.len());
-    // Per (node, whether its answers count): the writes it gets.
+    let mut tallies: Vec<Option<(usize, WriteTally, Vec<String>)>> =
+        Vec::with_capacity(plan.0.len());
+    // Per (node, whether it is a pending new owner): the writes it gets.
     let mut per_node: Vec<(NodeId, bool, Batch)> = Vec::new();
     // Per write, its replica op: what a failed owner's hint holds.
     let mut replicas: Vec<Option<Op>> = Vec::with_capacity(plan.0.len());
@@ -123,9 +126,8 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
             replicas.push(None);
             continue;
         }
-        let owners = others.len() + 1;
-        let mut tally = Tally::new(owners, settings.write_acks(owners));
-        tally.record(true);
+        let mut tally = settings.tally(others.len() + 1, pending.len());
+        tally.record(false, true);
         let replica = Op {
             replica: true,
             version_hlc: local.version_hlc,
@@ -133,14 +135,14 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
             hello: None,
             ..op
         };
-        let counted = others.into_iter().map(|n| (n, true));
-        for (node, counts) in counted.chain(pending.into_iter().map(|n| (n, false))) {
+        let others = others.into_iter().map(|n| (n, false));
+        for (node, is_pending) in others.chain(pending.into_iter().map(|n| (n, true))) {
             match per_node
                 .iter_mut()
-                .find(|(n, c, _)| *n == node && *c == counts)
+                .find(|(n, p, _)| *n == node && *p == is_pending)
             {
                 Some((_, _, ops)) => ops.push((k, replica.clone())),
-                None => per_node.push((node, counts, vec![(k, replica.clone())])),
+                None => per_node.push((node, is_pending, vec![(k, replica.clone())])),
             }
         }
         tallies.push(Some((i, tally, Vec::new())));
@@ -148,7 +150,7 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
     }
     let replicas = Rc::new(replicas);
     let (tx, rx) = futures_channel::mpsc::unbounded::<Answer>();
-    for (node, counts, ops) in per_node {
+    for (node, is_pending, ops) in per_node {
         ctx.shard.borrow_mut().counters.replica_writes_sent += ops.len() as u64;
         for (ks, sent) in ctx.peers.send(node, ops).await {
             let (peers, shard, hints, tx, replicas) = (
@@ -177,9 +179,7 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
                             hint(&hints, node, op.clone(), now);
                         }
                     }
-                    if counts {
-                        let _ = tx.unbounded_send((k, failure));
-                    }
+                    let _ = tx.unbounded_send((k, is_pending, failure));
                 }
                 hints.borrow_mut().flush();
             })
@@ -202,17 +202,17 @@ impl InFlight {
         let Some(mut rx) = rx else {
             return;
         };
-        let undecided = |t: &[Option<(usize, Tally, Vec<String>)>]| {
+        let undecided = |t: &[Option<(usize, WriteTally, Vec<String>)>]| {
             t.iter()
                 .flatten()
                 .any(|(_, tally, _)| tally.outcome() == Outcome::Pending)
         };
         while undecided(&tallies) {
-            let Some((k, failure)) = rx.next().await else {
+            let Some((k, is_pending, failure)) = rx.next().await else {
                 break;
             };
             if let Some(Some((_, tally, why))) = tallies.get_mut(k) {
-                tally.record(failure.is_none());
+                tally.record(is_pending, failure.is_none());
                 why.extend(failure);
             }
         }
@@ -223,9 +223,14 @@ impl InFlight {
                     Status::Unavailable,
                     format!(
                         "write applied by {} of the key's owners, {} needed (--write-ack \
-                         {write_ack:?}); the others get it by hinted handoff: {}",
+                         {write_ack:?}{}); the others get it by hinted handoff: {}",
                         tally.acked(),
                         tally.needed(),
+                        match tally.pending() {
+                            0 => String::new(),
+                            n =>
+                                format!(" plus the {n} new owner(s) of a running membership change"),
+                        },
                         why.join("; ")
                     ),
                 );

@@ -49,6 +49,12 @@ pub struct ShardCtx {
     pub hints: Rc<RefCell<super::hint_store::HintStore>>,
     /// Shard 0 of a multi-node cluster: this node's member of the topology Raft group.
     pub raft: Option<Rc<super::raft::RaftDriver>>,
+    /// Whether this shard refuses clients' data ops until it holds an agreed topology (see
+    /// `topology_gate`).
+    pub waits_for_topology: bool,
+    /// While this shard's drop pass for a finished change runs: the epoch that change finished
+    /// at, the newest this shard reports as applied meanwhile (see `change::annotate`).
+    pub dropping_until: std::cell::Cell<Option<u64>>,
 }
 
 impl ShardCtx {
@@ -127,6 +133,17 @@ pub async fn run_shard(
         }
         hold_recovery_for_tests().await;
     }
+    // Looked at before the mesh is joined, so before shard 0 can bootstrap the group.
+    let gate = super::topology_gate::Start {
+        clustered: config.is_clustered(),
+        durable: config.durability.is_some(),
+        joining: config.join.is_some(),
+        stored_topology: config.durability.as_ref().is_some_and(|d| {
+            d.data_dir
+                .join(crate::cluster::raft_state::FILE_NAME)
+                .exists()
+        }),
+    };
     let (senders, receivers) = match mesh.join().await {
         Ok(joined) => joined,
         Err(e) => {
@@ -144,11 +161,15 @@ pub async fn run_shard(
         config.forward_timeout,
     );
     let streamed = Rc::new(RefCell::new(super::change::Streamed::default()));
+    let delivered = Rc::new(RefCell::new(super::change::Streamed::default()));
     let on_control: Rc<dyn Fn(mesh::Control)> = {
-        let (peers, streamed) = (peers.clone(), streamed.clone());
+        let (peers, streamed, delivered) = (peers.clone(), streamed.clone(), delivered.clone());
         Rc::new(move |control| match control {
             mesh::Control::Topology(topology) => peers.apply_topology(&topology),
             mesh::Control::StreamDone { epoch, shard } => streamed.borrow_mut().note(epoch, shard),
+            mesh::Control::HintsDelivered { epoch, shard } => {
+                delivered.borrow_mut().note(epoch, shard)
+            }
         })
     };
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone(), on_control);
@@ -185,6 +206,8 @@ pub async fn run_shard(
         peers: peers.clone(),
         hints: Rc::new(RefCell::new(hints)),
         raft: raft.clone(),
+        waits_for_topology: super::topology_gate::waits_for_topology(gate),
+        dropping_until: std::cell::Cell::new(None),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
@@ -221,7 +244,12 @@ pub async fn run_shard(
     let _heartbeat = clustered.then(|| glommio::spawn_local(peers.heartbeat(ctx.config.heartbeat)));
     let _lifecycle = (clustered && ctx.config.durability.is_some()).then(|| {
         let stop = stop.requested.clone();
-        glommio::spawn_local(super::change::lifecycle(ctx.clone(), streamed, stop))
+        glommio::spawn_local(super::change::lifecycle(
+            ctx.clone(),
+            streamed,
+            delivered,
+            stop,
+        ))
     });
     let _handoff = clustered.then(|| {
         glommio::spawn_local(super::replicate::handoff(ctx.clone(), ctx.config.heartbeat))

@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use kvmesh_engine::Cursor;
 use kvmesh_net::moves;
-use kvmesh_net::ring::Ring;
+use kvmesh_net::ring::{NodeId, Ring};
 
 use super::SCAN_SLOTS;
 use crate::node::server::ShardCtx;
@@ -13,12 +13,20 @@ use crate::node::server::ShardCtx;
 /// `ring` at `replicas`. Run it only for the current epoch's Finish, once every source is done
 /// (the control plane fences it by epoch): run early or with a stale ring, it drops copies
 /// that no other owner may hold yet. It refuses (drops nothing, says why in the log, returns
-/// 0) `replicas == 0` and a ring without this node, which would drop everything. A local drop: each is logged (as an eviction record, which recovery
-/// replays by forgetting that version) so a restart does not bring it back, and it is never
-/// replicated, so the owners keep theirs. A key rewritten since the scan saw it is kept.
-/// Returns how many keys were dropped, once their records are durable.
+/// 0) `replicas == 0` and a ring without this node, which would drop everything.
+///
+/// Fenced against the next change: at every step it also keeps what this node owns under
+/// the agreed topology it routes by now (its ring and, while a change runs, the ring it moves
+/// to: keys streamed here for that change), and it stops, keeping the rest, as soon as this
+/// shard applies another epoch than the one it started at (the next Finish runs it again).
+///
+/// A local drop: each is logged (as an eviction record, which recovery replays by forgetting
+/// that version) so a restart does not bring it back, and it is never replicated, so the
+/// owners keep theirs. A key rewritten since the scan saw it is kept. Returns how many keys
+/// were dropped, once their records are durable.
 pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u64 {
-    let me = ctx.peers.membership().me;
+    let start = ctx.peers.membership();
+    let me = start.me;
     if replicas == 0 || !ring.nodes().contains(&me) {
         tracing::error!(
             "shard {}: refusing to drop keys no longer owned: the ring {:?} at {replicas} \
@@ -32,13 +40,29 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u
     let mut last_seq = None;
     let mut cursor = Some(Cursor::START);
     while let Some(at) = cursor {
+        let now = ctx.peers.membership();
+        if now.epoch != start.epoch {
+            tracing::info!(
+                "shard {}: the drop of keys no longer owned stopped: epoch {} applied since it \
+                 began at epoch {}",
+                ctx.me,
+                now.epoch,
+                start.epoch
+            );
+            break;
+        }
+        let mut rings = vec![ring];
+        if now.epoch > 0 {
+            rings.push(now.ring());
+            rings.extend(now.pending_ring());
+        }
         let mut unowned = Vec::new();
         cursor =
             ctx.shard
                 .borrow_mut()
                 .store_mut()
                 .scan(at, SCAN_SLOTS, crate::node::now_ms(), |e| {
-                    if !moves::owns(ring, replicas, e.key, me) {
+                    if !keeps(&rings, replicas, e.key, me) {
                         unowned.push((e.key.to_vec(), e.version));
                     }
                 });
@@ -70,4 +94,41 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u
         );
     }
     dropped
+}
+
+/// Whether node `me` keeps `key`: it owns it under one of `rings` at `replicas`.
+fn keeps(rings: &[&Ring], replicas: usize, key: &[u8], me: NodeId) -> bool {
+    rings
+        .iter()
+        .any(|ring| moves::owns(ring, replicas, key, me))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_what_any_current_ring_gives_it() {
+        // A join of node 4 finished (ring 1-4); a leave of node 1 runs (pending ring 2-4):
+        // node 2 keeps what it owns under either, and drops only what it owns under neither.
+        let done = Ring::new(&[1, 2, 3, 4]).unwrap();
+        let pending = Ring::new(&[2, 3, 4]).unwrap();
+        let keys: Vec<Vec<u8>> = (0..2000).map(|i| format!("k{i}").into_bytes()).collect();
+        let gained = keys
+            .iter()
+            .find(|k| !moves::owns(&done, 1, k, 2) && moves::owns(&pending, 1, k, 2))
+            .expect("a key node 2 gains by the leave");
+        assert!(
+            !keeps(&[&done], 1, gained, 2),
+            "unfenced: it would be dropped"
+        );
+        assert!(keeps(&[&done, &done, &pending], 1, gained, 2));
+        let neither = keys
+            .iter()
+            .find(|k| !moves::owns(&done, 1, k, 2) && !moves::owns(&pending, 1, k, 2))
+            .expect("a key node 2 owns under neither ring");
+        assert!(!keeps(&[&done, &done, &pending], 1, neither, 2));
+        let owned = keys.iter().find(|k| moves::owns(&done, 1, k, 2)).unwrap();
+        assert!(keeps(&[&done], 1, owned, 2));
+    }
 }
