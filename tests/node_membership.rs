@@ -457,6 +457,77 @@ fn a_static_cluster_agrees_on_epoch_one_keeps_it_and_refuses_a_leave_below_repli
     }
 }
 
+/// Waits until every node reports epoch 1 with a topology leader.
+fn wait_for_epoch_one(cluster: &Cluster) {
+    wait_for("a topology leader", || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.log().contains("topology: the leader is node"))
+            .then_some(())
+    });
+    for node in &cluster.nodes {
+        wait_for("every node to report epoch 1", || {
+            (epoch(node, 0) == 1).then_some(())
+        });
+    }
+}
+
+#[test]
+fn a_node_whose_data_dir_was_wiped_refuses_to_bootstrap_again() {
+    let mut cluster = Cluster::start(3, 1, &[]);
+    wait_for_epoch_one(&cluster);
+    cluster.wipe_and_respawn(3);
+    let node = &mut cluster.nodes[2];
+    wait_for("the wiped node to stop", || {
+        (!node.is_running()).then_some(())
+    });
+    let log = node.log();
+    assert!(log.contains("start it with --join"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    // The others still agree, and still serve.
+    for node in &cluster.nodes[..2] {
+        assert_eq!(epoch(node, 0), 1);
+    }
+    WireClient::connect(cluster.nodes[0].addr).put(b"k", b"v");
+}
+
+#[test]
+fn a_raft_message_without_a_peer_handshake_is_refused() {
+    use protobuf::Message as _;
+    let cluster = Cluster::start(2, 1, &[]);
+    wait_for_epoch_one(&cluster);
+    // A heartbeat that commits far beyond the log: raft-rs aborts on it if it is stepped.
+    let mut forged = raft::eraftpb::Message {
+        from: 2,
+        to: 1,
+        term: 1_000,
+        commit: 1_000_000,
+        ..Default::default()
+    };
+    forged.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    let mut raft_op = op(OpCode::OpRaft, b"", b"", 0);
+    raft_op.value = forged.write_to_bytes().unwrap();
+    for addr in [cluster.nodes[0].addr, cluster.nodes[0].shard_addr(0)] {
+        let mut client = WireClient::connect(addr);
+        let results = client.call(vec![raft_op.clone()]);
+        assert_eq!(
+            results[0].status(),
+            Status::Refused,
+            "{}",
+            results[0].message
+        );
+        assert!(
+            results[0].message.contains("handshake"),
+            "{}",
+            results[0].message
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(epoch(&cluster.nodes[0], 0), 1, "{}", cluster.logs());
+    assert!(!cluster.nodes[0].log().contains("panicked"));
+}
+
 #[test]
 fn a_node_alone_runs_no_topology_group() {
     let node = Node::start(1, &[]);

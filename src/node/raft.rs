@@ -22,12 +22,16 @@
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvmesh_net::ring::NodeId;
 use kvmesh_proto::wire::{ClusterTopology, Op, OpCode, OpResult, Status};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType,
+};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RawNode, StateRole, Storage};
 
@@ -40,6 +44,9 @@ use super::reply;
 
 /// One Raft tick.
 pub const TICK: Duration = Duration::from_millis(100);
+/// What a node whose topology log was lost says (see [`RaftDriver::run`]).
+pub const LOST_LOG: &str = "this node's data directory is empty but the cluster exists: \
+                            start it with --join (after removing it with `kvmesh leave`)";
 /// How often the driver looks for messages to step and `Ready`s to handle between ticks.
 const POLL: Duration = Duration::from_millis(5);
 const ELECTION_TICKS: usize = 10;
@@ -184,8 +191,48 @@ impl RaftDriver {
                 )
             }
         };
+        if let Err(why) = self.check_sender(&message) {
+            tracing::warn!("topology: refused a Raft message: {why}");
+            return reply::status(Status::Refused, format!("OP_RAFT: {why}"));
+        }
         self.inbox.borrow_mut().push(message);
         OpResult::default()
+    }
+
+    /// Why `message` may not be stepped into this node's group, if it may not: it must be
+    /// addressed to this node and come from a node that takes part (a member, the joining
+    /// node, or a node still in the Raft configuration); a node that knows no topology yet (it
+    /// was started with `--join`) hears from anyone that passed the peer handshake.
+    fn check_sender(&self, message: &Message) -> Result<(), String> {
+        let me = self.node.try_borrow().map(|n| n.raft.id).ok();
+        let me = me.unwrap_or(u64::from(self.peers.membership().me));
+        if message.to != me {
+            return Err(format!("addressed to node {}, not node {me}", message.to));
+        }
+        if message.from == 0 || message.from == me {
+            return Err(format!("from node {}, which is not a peer", message.from));
+        }
+        let topology = self.topology.borrow();
+        if topology.epoch == 0 {
+            return Ok(());
+        }
+        let known = topology
+            .all_members()
+            .iter()
+            .chain(topology.transition.iter().flat_map(|t| t.old.iter()))
+            .any(|m| u64::from(m.id) == message.from)
+            || self.node.try_borrow().is_ok_and(|n| {
+                let cs = n.raft.prs().conf();
+                cs.voters().contains(message.from) || cs.learners().contains(&message.from)
+            });
+        if known {
+            Ok(())
+        } else {
+            Err(format!(
+                "from node {}, which takes no part in the cluster",
+                message.from
+            ))
+        }
     }
 
     /// Proposes `command` (forwarded to the leader by Raft). Whether it is applied shows in
@@ -200,7 +247,13 @@ impl RaftDriver {
     }
 
     /// Ticks the group and handles its `Ready`s until the node stops.
-    pub async fn run(self: Rc<Self>) {
+    ///
+    /// A message raft-rs would abort on (it treats them as impossible) is dropped first (see
+    /// [`unsteppable`]). One of them has an ordinary cause: a leader's heartbeat that says
+    /// this node holds entries it does not, because its data directory was wiped and it
+    /// bootstrapped again from `--peers`. Such a node must not vote with a blank memory: it
+    /// stops the group, logs [`LOST_LOG`] and asks the node to stop (`stop`).
+    pub async fn run(self: Rc<Self>, stop: Arc<AtomicBool>) {
         let mut last_tick = Instant::now();
         while !self.failed.get() {
             glommio::timer::sleep(POLL).await;
@@ -210,6 +263,22 @@ impl RaftDriver {
                     node.report_unreachable(to);
                 }
                 for message in self.inbox.take() {
+                    if let Some(why) = unsteppable(&node, &message) {
+                        if message.get_msg_type() == MessageType::MsgHeartbeat
+                            && node.raft.raft_log.last_index() <= 1
+                        {
+                            tracing::error!("topology: {LOST_LOG} (node {} {why})", message.from);
+                            self.failed.set(true);
+                            stop.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        tracing::warn!(
+                            "topology: dropped a {:?} from node {}: {why}",
+                            message.get_msg_type(),
+                            message.from
+                        );
+                        continue;
+                    }
                     // A message from a stale term or an unknown node is dropped by Raft.
                     if let Err(e) = node.step(message) {
                         tracing::debug!("topology: a Raft message was not stepped: {e}");
@@ -483,6 +552,39 @@ impl RaftDriver {
             })
             .detach();
         }
+    }
+}
+
+/// Why raft-rs would abort on `message` (its `fatal!` paths, which assume every message comes
+/// from a correct member with an intact log), if it would: a heartbeat that commits beyond
+/// this node's log, an append that contradicts a committed entry, an acknowledgement of
+/// entries the leader does not have, a snapshot (this group never sends one: its log is
+/// never compacted).
+fn unsteppable(node: &RawNode<MemStorage>, message: &Message) -> Option<String> {
+    let log = &node.raft.raft_log;
+    let last = log.last_index();
+    match message.get_msg_type() {
+        MessageType::MsgHeartbeat if message.commit > last => Some(format!(
+            "commits index {} but this node's log ends at {last}",
+            message.commit
+        )),
+        MessageType::MsgAppend => message
+            .entries
+            .iter()
+            .filter(|e| e.index <= log.committed)
+            .find(|e| log.term(e.index).is_ok_and(|t| t != e.term))
+            .map(|e| {
+                format!(
+                    "entry {} (term {}) contradicts a committed entry",
+                    e.index, e.term
+                )
+            }),
+        MessageType::MsgAppendResponse if !message.reject && message.index > last => Some(format!(
+            "acknowledges index {} but this node's log ends at {last}",
+            message.index
+        )),
+        MessageType::MsgSnapshot => Some("this group never sends snapshots".to_string()),
+        _ => None,
     }
 }
 
