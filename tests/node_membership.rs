@@ -529,6 +529,82 @@ fn a_raft_message_without_a_peer_handshake_is_refused() {
 }
 
 #[test]
+fn a_join_with_a_bad_id_address_or_shard_ports_is_refused() {
+    let cluster = Cluster::start(2, 1, &[]);
+    wait_for_epoch_one(&cluster);
+    let good = kvmesh_proto::wire::Hello {
+        protocol_version: 1, // cluster::membership::PROTOCOL_VERSION
+        cluster: "test".into(),
+        node_id: 9,
+        addr: "127.0.0.1:1".into(),
+        shards: 1,
+        shard_ports: vec![2],
+        ..Default::default()
+    };
+    let member_elsewhere = cluster.nodes[1].addr.port() + 50;
+    let cases: Vec<(&str, kvmesh_proto::wire::Hello)> = vec![
+        (
+            "reserved",
+            kvmesh_proto::wire::Hello {
+                node_id: 0,
+                ..good.clone()
+            },
+        ),
+        (
+            "unreadable address",
+            kvmesh_proto::wire::Hello {
+                addr: "nowhere".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "not an address",
+            kvmesh_proto::wire::Hello {
+                addr: "0.0.0.0:5".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "shard ports",
+            kvmesh_proto::wire::Hello {
+                shard_ports: vec![2, 3],
+                ..good.clone()
+            },
+        ),
+        (
+            "not a port",
+            kvmesh_proto::wire::Hello {
+                shard_ports: vec![70_000],
+                ..good.clone()
+            },
+        ),
+        (
+            "is a member already",
+            kvmesh_proto::wire::Hello {
+                node_id: 2,
+                addr: format!("127.0.0.1:{member_elsewhere}"),
+                ..good.clone()
+            },
+        ),
+    ];
+    let mut client = WireClient::connect(cluster.nodes[0].shard_addr(0));
+    for (why, hello) in cases {
+        let mut join = op(OpCode::OpJoin, b"", b"", 0);
+        join.hello = Some(Box::new(hello));
+        let result = client.call(vec![join]).remove(0);
+        assert_eq!(
+            result.status(),
+            Status::Refused,
+            "{why}: {}",
+            result.message
+        );
+        assert!(result.message.contains(why), "{why}: {}", result.message);
+    }
+    // Nothing changed.
+    assert_eq!(topology_at(cluster.nodes[0].addr), (1, vec![1, 2], false));
+}
+
+#[test]
 fn a_node_alone_runs_no_topology_group() {
     let node = Node::start(1, &[]);
     assert_eq!(epoch(&node, 0), 0);

@@ -210,7 +210,7 @@ impl Topology {
                 if self.member(id).is_none() {
                     return Err(Refused::NotMember(id));
                 }
-                let left = self.members.len() - 1;
+                let left = self.members.len().saturating_sub(1);
                 if left == 0 {
                     return Err(Refused::LastMember(id));
                 }
