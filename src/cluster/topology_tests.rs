@@ -210,6 +210,7 @@ fn commands_and_topologies_round_trip_the_wire() {
 fn a_leave_from_a_topology_with_no_members_is_refused_not_a_panic() {
     // What a damaged (yet checksum-valid) state file could hold.
     let mut t = Topology {
+        cluster_id: 0,
         epoch: 3,
         members: Vec::new(),
         transition: None,

@@ -313,6 +313,7 @@ pub async fn join(
                 tracing::info!("join: {} (asked {seed})", result.message);
                 let topology = result.topology.unwrap_or_default();
                 let members = wire::ClusterTopology {
+                    cluster_id: 0,
                     epoch: 0,
                     members: topology.members,
                     transition: None,
