@@ -605,6 +605,33 @@ fn a_join_with_a_bad_id_address_or_shard_ports_is_refused() {
 }
 
 #[test]
+fn a_leave_refused_then_asked_again_when_it_can_succeed_succeeds() {
+    let mut cluster = Cluster::start(3, 1, &["--replicas", "3"]);
+    wait_for_epoch_one(&cluster);
+    let out = cluster.nodes[2].cli(&["leave"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    // A fourth member: the same leave, asked again, no longer goes below --replicas. The
+    // earlier refusal of the very same command must not answer it.
+    let data = tempfile::tempdir().unwrap();
+    let mut four = joiner(4, cluster.nodes[0].addr, &data, &["--replicas", "3"]);
+    four.wait_ready();
+    let all: Vec<&Node> = cluster.nodes.iter().chain([&four]).collect();
+    wait_for_members(&all, &[1, 2, 3, 4], || cluster.logs());
+    let out = cluster.nodes[2].cli(&["leave"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        stderr(&out),
+        cluster.logs(),
+        four.log()
+    );
+    let staying: Vec<&Node> = cluster.nodes[..2].iter().chain([&four]).collect();
+    wait_for_members(&staying, &[1, 2, 4], || cluster.logs());
+    cluster.kill(3);
+}
+
+#[test]
 fn a_node_alone_runs_no_topology_group() {
     let node = Node::start(1, &[]);
     assert_eq!(epoch(&node, 0), 0);

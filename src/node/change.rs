@@ -173,12 +173,13 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
     };
     let began = Instant::now();
     let mut proposed: Option<Instant> = None;
+    let nonce = raft.nonce();
     loop {
         let topology = raft.topology();
         if let Some(answer) = agreed(&topology, &command) {
             return answer;
         }
-        if let Some(refused) = raft.refusal(&command).filter(|_| proposed.is_some()) {
+        if let Some(refused) = raft.refusal(nonce) {
             return refusal(&refused);
         }
         if let Some(t) = &topology.transition {
@@ -199,7 +200,7 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
         }
         if proposed.is_none_or(|at| at.elapsed() > PROPOSE_AGAIN) {
             proposed = Some(Instant::now());
-            if let Err(e) = raft.propose(&command) {
+            if let Err(e) = raft.propose(&command, nonce) {
                 tracing::debug!("{e}");
             }
         }
@@ -506,7 +507,7 @@ pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop:
                         None => true,
                     };
                     if again {
-                        if let Err(e) = raft.propose(&command) {
+                        if let Err(e) = raft.propose(&command, 0) {
                             tracing::debug!("{e}");
                         }
                         proposed = Some((command, Instant::now()));

@@ -67,9 +67,13 @@ pub struct RaftDriver {
     /// run loop, so nothing else ever borrows `node` while a `Ready` is handled.
     inbox: RefCell<Vec<Message>>,
     unreachable: RefCell<Vec<u64>>,
-    /// The latest commands the state machine refused, and why: how a node that proposed
-    /// one learns its answer (every node refuses the same command the same way).
-    refusals: RefCell<Vec<(Command, Refused)>>,
+    /// The latest proposals the state machine refused, by the nonce their entry carries
+    /// (its Raft context), and why: how a node that proposed one learns its answer. A nonce
+    /// is drawn per request ([`RaftDriver::nonce`]), so an old refusal of the same command
+    /// never answers a later request.
+    refusals: RefCell<Vec<(u64, Refused)>>,
+    /// The next nonce: starts from the clock, so it does not repeat across restarts.
+    next_nonce: Cell<u64>,
     /// When the leader last proposed a change of the Raft voters (see `reconcile_voters`).
     last_conf_proposal: Cell<Option<Instant>>,
     /// The index of the last applied `Finish`, and when it was applied here.
@@ -149,6 +153,12 @@ impl RaftDriver {
             inbox: RefCell::default(),
             unreachable: RefCell::default(),
             refusals: RefCell::default(),
+            next_nonce: Cell::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1,
+            ),
             last_conf_proposal: Cell::new(None),
             finished: Cell::new(None),
             applied_index: Cell::new(stored.applied),
@@ -170,13 +180,20 @@ impl RaftDriver {
             .is_ok_and(|n| n.raft.state == StateRole::Leader)
     }
 
-    /// Why the state machine refused `command`, if it refused it lately.
-    pub fn refusal(&self, command: &Command) -> Option<Refused> {
+    /// A nonce for one request's proposals (see [`RaftDriver::propose`]); never 0.
+    pub fn nonce(&self) -> u64 {
+        let nonce = self.next_nonce.get();
+        self.next_nonce.set(nonce.wrapping_add(2));
+        nonce
+    }
+
+    /// Why the state machine refused the proposal made with `nonce`, if it refused it lately.
+    pub fn refusal(&self, nonce: u64) -> Option<Refused> {
         self.refusals
             .borrow()
             .iter()
             .rev()
-            .find(|(c, _)| c == command)
+            .find(|(n, _)| *n == nonce)
             .map(|(_, r)| r.clone())
     }
 
@@ -237,12 +254,18 @@ impl RaftDriver {
 
     /// Proposes `command` (forwarded to the leader by Raft). Whether it is applied shows in
     /// [`RaftDriver::topology`]; a proposal can be lost (no leader yet, a leader change), so
-    /// callers watch for its effect and propose again.
-    pub fn propose(&self, command: &Command) -> Result<(), String> {
+    /// callers watch for its effect and propose again. `nonce` (0: none), carried in the
+    /// entry's context, is how a refusal finds its way back ([`RaftDriver::refusal`]).
+    pub fn propose(&self, command: &Command, nonce: u64) -> Result<(), String> {
+        let context = if nonce == 0 {
+            Vec::new()
+        } else {
+            nonce.to_be_bytes().to_vec()
+        };
         self.node
             .try_borrow_mut()
             .map_err(|_| "the topology Raft group is busy; try again".to_string())?
-            .propose(Vec::new(), encode_command(command))
+            .propose(context, encode_command(command))
             .map_err(|e| format!("topology proposal refused: {e}"))
     }
 
@@ -426,11 +449,14 @@ impl RaftDriver {
                     "topology: entry {} ({command:?}) changes nothing: {refused}",
                     entry.index
                 );
-                let mut refusals = self.refusals.borrow_mut();
-                if refusals.len() >= 16 {
-                    refusals.remove(0);
+                let nonce = <[u8; 8]>::try_from(&entry.context[..]).map_or(0, u64::from_be_bytes);
+                if nonce != 0 {
+                    let mut refusals = self.refusals.borrow_mut();
+                    if refusals.len() >= 64 {
+                        refusals.remove(0);
+                    }
+                    refusals.push((nonce, refused));
                 }
-                refusals.push((command, refused));
                 None
             }
         }
