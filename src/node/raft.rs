@@ -330,6 +330,14 @@ impl RaftDriver {
             return Ok(());
         }
         let mut ready = node.ready();
+        if !ready.snapshot().is_empty() {
+            // Never sent (the log is never compacted, and `unsteppable` drops MsgSnapshot), so
+            // never applied: stop rather than carry on with a state that ignored one.
+            return Err(format!(
+                "a Raft snapshot at index {} arrived; this group does not apply snapshots",
+                ready.snapshot().get_metadata().index
+            ));
+        }
         if let Some(soft) = ready.ss() {
             if soft.leader_id != self.leader.get() {
                 self.leader.set(soft.leader_id);
@@ -667,5 +675,75 @@ fn bootstrap(members: &[Member]) -> Stored {
         entries: vec![entry],
         topology: Topology::empty(),
         applied: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> RawNode<MemStorage> {
+        let members: Vec<Member> = (1..=3)
+            .map(|id| Member {
+                id,
+                addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
+            })
+            .collect();
+        let stored = bootstrap(&members);
+        let storage = MemStorage::new();
+        {
+            let mut core = storage.wl();
+            core.set_conf_state(stored.conf_state);
+            core.append(&stored.entries).unwrap();
+            core.set_hardstate(stored.hard_state);
+        }
+        let config = raft::Config {
+            id: 1,
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        RawNode::new(&config, storage, &logger).unwrap()
+    }
+
+    fn message(kind: MessageType) -> Message {
+        let mut m = Message {
+            from: 2,
+            to: 1,
+            term: 5,
+            ..Message::default()
+        };
+        m.set_msg_type(kind);
+        m
+    }
+
+    #[test]
+    fn messages_raft_rs_would_abort_on_are_not_stepped() {
+        let mut node = node();
+        let mut beat = message(MessageType::MsgHeartbeat);
+        beat.commit = 1;
+        assert_eq!(unsteppable(&node, &beat), None);
+        beat.commit = 9;
+        assert!(unsteppable(&node, &beat).unwrap().contains("log ends at 1"));
+
+        let mut append = message(MessageType::MsgAppend);
+        append.entries = vec![Entry {
+            index: 1,
+            term: 3,
+            ..Entry::default()
+        }]
+        .into();
+        assert!(unsteppable(&node, &append).unwrap().contains("contradicts"));
+        append.entries[0].term = 1;
+        assert_eq!(unsteppable(&node, &append), None);
+
+        let mut ack = message(MessageType::MsgAppendResponse);
+        ack.index = 7;
+        assert!(unsteppable(&node, &ack).is_some());
+        ack.reject = true;
+        assert_eq!(unsteppable(&node, &ack), None);
+
+        assert!(unsteppable(&node, &message(MessageType::MsgSnapshot)).is_some());
+        // Stepped, the checked heartbeat would have aborted the process.
+        assert!(node.step(message(MessageType::MsgHeartbeat)).is_ok());
     }
 }
