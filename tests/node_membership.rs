@@ -645,6 +645,50 @@ fn a_leave_refused_then_asked_again_when_it_can_succeed_succeeds() {
 }
 
 #[test]
+fn a_leader_that_leaves_hands_over_and_stops_once_removed_from_the_group() {
+    let mut cluster = Cluster::start(3, 1, &["--replicas", "2"]);
+    wait_for_epoch_one(&cluster);
+    // The node every log names as the leader last.
+    let leader = wait_for("one leader that all agree on", || {
+        let named: Vec<Option<usize>> = cluster
+            .nodes
+            .iter()
+            .map(|n| {
+                let log = n.log();
+                let line = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("the leader is node"))?;
+                let after = &line[line.find("the leader is node ")? + 19..];
+                after.split_whitespace().next()?.parse().ok()
+            })
+            .collect();
+        named[0].filter(|&l| l > 0 && named.iter().all(|n| *n == Some(l)))
+    });
+    let out = cluster.nodes[leader - 1].cli(&["leave"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    wait_for("the leader that left to stop", || {
+        (!cluster.nodes[leader - 1].is_running()).then_some(())
+    });
+    let log = cluster.nodes[leader - 1].log();
+    assert!(log.contains("handing the leadership to node"), "{log}");
+    assert!(!log.contains("was not seen committed"), "{log}");
+    let staying: Vec<&Node> = (1..=3)
+        .filter(|&id| id != leader)
+        .map(|id| &cluster.nodes[id - 1])
+        .collect();
+    let ids: Vec<u32> = (1..=3u32).filter(|&id| id as usize != leader).collect();
+    wait_for_members(&staying, &ids, || cluster.logs());
+    let removed = format!("RemoveNode node {leader}");
+    for node in &staying {
+        wait_for("the others to remove it from the group", || {
+            node.log().contains(&removed).then_some(())
+        });
+    }
+    cluster.kill(leader);
+}
+
+#[test]
 fn a_node_alone_runs_no_topology_group() {
     let node = Node::start(1, &[]);
     assert_eq!(epoch(&node, 0), 0);

@@ -45,6 +45,8 @@ const PROPOSE_AGAIN: Duration = Duration::from_secs(1);
 /// How long a node that left keeps serving after the change finished, so that every member
 /// routes by the new ring before it goes.
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
+/// How long a node that left waits at most for its removal from the Raft group.
+const REMOVAL_WAIT: Duration = Duration::from_secs(30);
 /// How long an `OP_JOIN` or `OP_LEAVE` waits for its change to be agreed.
 const AGREE_WITHIN: Duration = Duration::from_secs(5);
 /// How long one request to join may take at most (the seed tries for `AGREE_WITHIN`).
@@ -528,12 +530,16 @@ pub async fn lifecycle(ctx: Rc<ShardCtx>, streamed: Rc<RefCell<Streamed>>, stop:
                     );
                 } else if ctx.me == 0 {
                     tracing::info!(
-                        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
+                        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}, \
+                         once its removal from the topology Raft group is committed",
                         topology.epoch
                     );
                     // Every member applies the finish at about the same time; until then one
-                    // may still route a read here.
-                    glommio::timer::sleep(LEAVE_GRACE).await;
+                    // may still route a read here. The group must not count a stopped voter.
+                    match &ctx.raft {
+                        Some(raft) => raft.wait_until_removed(LEAVE_GRACE, REMOVAL_WAIT).await,
+                        None => glommio::timer::sleep(LEAVE_GRACE).await,
+                    }
                     stop.store(true, Ordering::Relaxed);
                 }
             }

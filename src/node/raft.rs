@@ -76,8 +76,12 @@ pub struct RaftDriver {
     next_nonce: Cell<u64>,
     /// When the leader last proposed a change of the Raft voters (see `reconcile_voters`).
     last_conf_proposal: Cell<Option<Instant>>,
-    /// The index of the last applied `Finish`, and when it was applied here.
+    /// The index of the last applied `Finish`, and when it was applied here (at a restart:
+    /// when the node started, found from the stored log, so a restarted leader still gives a
+    /// node that left time to learn it left).
     finished: Cell<Option<(u64, Instant)>>,
+    /// When this node, which left, last asked to hand over the leadership.
+    last_transfer: Cell<Option<Instant>>,
     /// The index of the last entry applied to `topology`.
     applied_index: Cell<u64>,
     /// Set when the state could not be written: the driver stops rather than break Raft's
@@ -160,7 +164,10 @@ impl RaftDriver {
                     | 1,
             ),
             last_conf_proposal: Cell::new(None),
-            finished: Cell::new(None),
+            finished: Cell::new(
+                last_finish(&stored.entries, stored.applied).map(|i| (i, Instant::now())),
+            ),
+            last_transfer: Cell::new(None),
             applied_index: Cell::new(stored.applied),
             failed: Cell::new(false),
         });
@@ -310,6 +317,7 @@ impl RaftDriver {
                 if last_tick.elapsed() >= TICK {
                     last_tick = Instant::now();
                     node.tick();
+                    self.hand_over_if_left(&mut node);
                     self.reconcile_voters(&mut node);
                 }
             }
@@ -467,6 +475,84 @@ impl RaftDriver {
                 }
                 None
             }
+        }
+    }
+
+    /// Whether the removal of this node from the Raft group is committed (as far as this node
+    /// knows): what a node that left waits for before it stops, so the group never counts a
+    /// stopped voter.
+    pub fn removal_committed(&self) -> bool {
+        let Ok(node) = self.node.try_borrow() else {
+            return false;
+        };
+        let (me, committed) = (node.raft.id, node.raft.raft_log.committed);
+        let store = node.store();
+        let (Ok(first), Ok(last)) = (store.first_index(), store.last_index()) else {
+            return false;
+        };
+        let last = last.min(committed);
+        if last < first {
+            return false;
+        }
+        let Ok(entries) = store.entries(first, last + 1, None, GetEntriesContext::empty(false))
+        else {
+            return false;
+        };
+        entries.iter().any(|e| {
+            e.entry_type == EntryType::EntryConfChange
+                && ConfChange::parse_from_bytes(&e.data).is_ok_and(|cc| {
+                    cc.node_id == me && cc.change_type == ConfChangeType::RemoveNode
+                })
+        })
+    }
+
+    /// A node that left waits, after `grace`, until its removal from the Raft group is
+    /// committed ([`RaftDriver::removal_committed`]), at most `bound` (the others may never
+    /// tell it: a removed node hears nothing more).
+    pub async fn wait_until_removed(&self, grace: Duration, bound: Duration) {
+        glommio::timer::sleep(grace).await;
+        let give_up = Instant::now() + bound;
+        while !self.removal_committed() && !self.failed.get() {
+            if Instant::now() > give_up {
+                tracing::warn!(
+                    "topology: this node's removal from the Raft group was not seen committed \
+                     within {bound:?}; stopping anyway"
+                );
+                return;
+            }
+            glommio::timer::sleep(TICK).await;
+        }
+    }
+
+    /// On a leader that left the cluster: hands the leadership to the member that holds the
+    /// most of the log, at most once a second, so a member (not this node) removes it from
+    /// the group and no election has to wait for it to stop.
+    fn hand_over_if_left(&self, node: &mut RawNode<MemStorage>) {
+        if node.raft.state != StateRole::Leader {
+            return;
+        }
+        let topology = self.topology.borrow();
+        let me = node.raft.id;
+        if topology.epoch == 0 || topology.all_members().iter().any(|m| u64::from(m.id) == me) {
+            return;
+        }
+        if self
+            .last_transfer
+            .get()
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let best = topology
+            .members
+            .iter()
+            .map(|m| u64::from(m.id))
+            .filter_map(|id| node.raft.prs().get(id).map(|p| (p.matched, id)))
+            .max();
+        if let Some((_, to)) = best {
+            tracing::info!("topology: this node left; handing the leadership to node {to}");
+            self.last_transfer.set(Some(Instant::now()));
+            node.transfer_leader(to);
         }
     }
 
@@ -649,6 +735,16 @@ fn adopt_bootstrap_voters(node: &mut RawNode<MemStorage>, members: &[Member]) {
             }
         }
     }
+}
+
+/// The index of the last `Finish` among `entries` applied (at or below `applied`).
+fn last_finish(entries: &[Entry], applied: u64) -> Option<u64> {
+    entries
+        .iter()
+        .rev()
+        .filter(|e| e.index <= applied && e.entry_type == EntryType::EntryNormal)
+        .find(|e| matches!(decode_command(&e.data), Ok(Command::Finish { .. })))
+        .map(|e| e.index)
 }
 
 /// The state every member of `--peers` starts from (see the module docs).
