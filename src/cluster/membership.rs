@@ -31,6 +31,9 @@ pub struct Membership {
     /// The epoch of the agreed topology this list comes from; 0 when the node runs no topology
     /// Raft group (a node alone), and until its group has applied the first entry.
     pub epoch: u64,
+    /// The cluster's id (`topology::cluster_id`): from `--peers` at start, from the agreed
+    /// topology once applied; 0 while unknown (a node alone, or started with `--join`).
+    pub cluster_id: u64,
     ring: Ring,
     /// During a membership change: the ring it moves to. Writes go to the owners under both
     /// rings; reads use `ring` until the change finishes.
@@ -73,10 +76,20 @@ impl Membership {
             }
             Some(_) => {}
         }
+        let cluster_id = match members.len() {
+            0 | 1 => 0,
+            _ => super::topology::cluster_id(
+                &members
+                    .iter()
+                    .map(|&(id, addr)| super::topology::Member { id, addr })
+                    .collect::<Vec<_>>(),
+            ),
+        };
         Ok(Self {
             cluster: cluster.to_string(),
             me,
             advertise,
+            cluster_id,
             all: members.clone(),
             members,
             epoch: 0,
@@ -116,6 +129,10 @@ impl Membership {
             advertise: self.advertise,
             members,
             epoch: topology.epoch,
+            cluster_id: match topology.cluster_id {
+                0 => self.cluster_id,
+                id => id,
+            },
             ring,
             pending,
             all,
@@ -181,6 +198,7 @@ impl Membership {
             members: self.wire_members(),
             epoch: self.epoch,
             stream: false,
+            cluster_id: self.cluster_id,
         }
     }
 
@@ -208,6 +226,14 @@ impl Membership {
             return Err(format!(
                 "{who} is in cluster {:?}, node {me} is in cluster {:?} (--cluster)",
                 hello.cluster, self.cluster
+            ));
+        }
+        if hello.cluster_id != 0 && self.cluster_id != 0 && hello.cluster_id != self.cluster_id {
+            return Err(format!(
+                "{who} is in another cluster named {:?}: it was bootstrapped apart from node \
+                 {me}'s (cluster id {:#018x}, not {:#018x}); start it with --join, or with an \
+                 empty data directory and this cluster's --peers",
+                self.cluster, hello.cluster_id, self.cluster_id
             ));
         }
         if let Some(expected) = expected {

@@ -140,7 +140,9 @@ fn a_stream_checks_identity_but_not_the_member_lists() {
         (3, addr(7200)),
         (4, addr(7300)),
     ];
-    let joining = Membership::new("prod", 4, addr(7300), members).unwrap();
+    let mut joining = Membership::new("prod", 4, addr(7300), members).unwrap();
+    // Started with --join: it does not know the cluster's id until it replays the log.
+    joining.cluster_id = 0;
     let one = three(1);
     let hello = joining.hello(&topology());
     assert!(one.check_hello(&hello, Some(4)).is_err());
@@ -165,4 +167,42 @@ fn a_stream_checks_identity_but_not_the_member_lists() {
         .check_identity(&newer, Some(4))
         .unwrap_err()
         .contains("protocol"));
+}
+
+#[test]
+fn a_peer_bootstrapped_apart_is_refused_even_with_an_agreed_topology() {
+    use crate::cluster::topology::{Member as M, Topology as T};
+    let one = three(1);
+    let two = three(2);
+    assert_ne!(one.cluster_id, 0);
+    assert_eq!(
+        one.cluster_id, two.cluster_id,
+        "the same --peers, the same id"
+    );
+    // Both run an agreed topology (the member-list check is skipped), but node 2's was
+    // bootstrapped from another member list.
+    let members = |ports: &[u16]| -> Vec<M> {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| M {
+                id: i as u32 + 1,
+                addr: addr(p),
+            })
+            .collect()
+    };
+    let ours = T::initial(members(&[7000, 7100, 7200])).unwrap();
+    let theirs = T::initial(members(&[7000, 7100, 7300])).unwrap();
+    assert_eq!(ours.cluster_id, one.cluster_id);
+    let one = one.with_topology(&ours).unwrap();
+    let apart = two.with_topology(&theirs).unwrap();
+    let why = one
+        .check_hello(&apart.hello(&topology()), Some(2))
+        .unwrap_err();
+    assert!(why.contains("bootstrapped apart"), "{why}");
+    assert!(one.check_identity(&apart.hello(&topology()), None).is_err());
+    // A node that does not know the id yet (started with --join) is not refused for it.
+    let mut joining = apart.hello(&topology());
+    joining.cluster_id = 0;
+    assert_eq!(one.check_hello(&joining, Some(2)), Ok(()));
 }

@@ -203,13 +203,7 @@ impl Peers {
     /// Answers a peer's handshake: this node's own hello, or `STATUS_REFUSED` and why (also
     /// logged, so both sides' operators see it).
     pub fn answer_hello(&self, theirs: Option<&Hello>) -> OpResult {
-        let checked = match theirs {
-            // A stream's connection during a membership change: the member lists differ.
-            Some(hello) if hello.stream => self.membership.borrow().check_identity(hello, None),
-            Some(hello) => self.membership.borrow().check_hello(hello, None),
-            None => Err("a handshake without a hello".to_string()),
-        };
-        match checked {
+        match self.check_peer_hello(theirs) {
             Ok(()) => OpResult {
                 hello: Some(Box::new(self.hello.borrow().clone())),
                 ..OpResult::default()
@@ -225,6 +219,18 @@ impl Peers {
                     ..OpResult::default()
                 }
             }
+        }
+    }
+
+    /// Why a peer's handshake is refused, if it is: what [`Peers::answer_hello`] checks. A
+    /// connection whose hello passes is a peer's (see `node::conn`: only those may carry
+    /// `OP_RAFT`).
+    pub fn check_peer_hello(&self, theirs: Option<&Hello>) -> Result<(), String> {
+        match theirs {
+            // A stream's connection during a membership change: the member lists differ.
+            Some(hello) if hello.stream => self.membership.borrow().check_identity(hello, None),
+            Some(hello) => self.membership.borrow().check_hello(hello, None),
+            None => Err("a handshake without a hello".to_string()),
         }
     }
 

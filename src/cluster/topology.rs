@@ -46,9 +46,27 @@ pub struct Transition {
     pub done: BTreeSet<NodeId>,
 }
 
+/// The id of a cluster bootstrapped with `members`: FNV-1a (64 bits) of `ID=ADDR,` for each, in
+/// id order. Stable across builds (it is stored and compared between nodes); 0 is never
+/// returned (it means "unknown" in a hello).
+pub fn cluster_id(members: &[Member]) -> u64 {
+    let mut members = members.to_vec();
+    members.sort_by_key(|m| m.id);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for m in &members {
+        for byte in format!("{}={},", m.id, m.addr).bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash.max(1)
+}
+
 /// The agreed topology.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
+    /// [`cluster_id`] of the bootstrap members; 0 before the first entry.
+    pub cluster_id: u64,
     /// Bumped by every applied Begin and Finish; 1 for a cluster formed from `--peers`.
     pub epoch: u64,
     /// The members, in ascending id order. During a transition: the old members.
@@ -139,11 +157,11 @@ impl std::fmt::Display for Change {
     }
 }
 
-#[allow(dead_code)] // Join and leave (the next step) use the rest.
 impl Topology {
     /// The topology before the log's first entry: epoch 0, no members.
     pub fn empty() -> Self {
         Topology {
+            cluster_id: 0,
             epoch: 0,
             members: Vec::new(),
             transition: None,
@@ -151,6 +169,7 @@ impl Topology {
     }
 
     /// The topology of a cluster formed from `--peers`: epoch 1, no change running.
+    #[cfg(test)] // The tests' shorthand; nodes build it by applying the log.
     pub fn initial(members: Vec<Member>) -> Result<Self, Refused> {
         let mut t = Self::empty();
         t.apply(&Command::Bootstrap(members))?;
@@ -171,6 +190,7 @@ impl Topology {
             if members.is_empty() || repeats {
                 return Err(Refused::BadBootstrap);
             }
+            self.cluster_id = cluster_id(&members);
             self.members = members;
             self.epoch = 1;
             return Ok(Applied::Bootstrapped);
@@ -210,7 +230,7 @@ impl Topology {
                 if self.member(id).is_none() {
                     return Err(Refused::NotMember(id));
                 }
-                let left = self.members.len() - 1;
+                let left = self.members.len().saturating_sub(1);
                 if left == 0 {
                     return Err(Refused::LastMember(id));
                 }
@@ -255,11 +275,13 @@ impl Topology {
     }
 
     /// The members reads are routed by: the old ring until a transition finishes.
+    #[cfg(test)] // Nodes route by `Membership`, built from `members` and the transition.
     pub fn read_members(&self) -> &[Member] {
         &self.members
     }
 
     /// The new ring's members while a change runs, else the members.
+    #[cfg(test)] // Nodes route by `Membership`, built from `members` and the transition.
     pub fn target_members(&self) -> &[Member] {
         self.transition.as_ref().map_or(&self.members, |t| &t.new)
     }

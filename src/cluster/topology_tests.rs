@@ -205,3 +205,16 @@ fn commands_and_topologies_round_trip_the_wire() {
     bad.members[0].addr = "nowhere".into();
     assert!(topology_from_wire(&bad).is_err());
 }
+
+#[test]
+fn a_leave_from_a_topology_with_no_members_is_refused_not_a_panic() {
+    // What a damaged (yet checksum-valid) state file could hold.
+    let mut t = Topology {
+        cluster_id: 0,
+        epoch: 3,
+        members: Vec::new(),
+        transition: None,
+    };
+    assert_eq!(t.apply(&leave(1, 1, true)), Err(Refused::NotMember(1)));
+    assert_eq!(t.epoch, 3);
+}

@@ -73,6 +73,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, TopologyDecodeError> {
 
 pub fn topology_to_wire(t: &Topology) -> wire::ClusterTopology {
     wire::ClusterTopology {
+        cluster_id: t.cluster_id,
         epoch: t.epoch,
         members: t.members.iter().copied().map(member_to_wire).collect(),
         transition: t.transition.as_ref().map(|t| wire::Transition {
@@ -112,6 +113,7 @@ pub fn topology_from_wire(t: &wire::ClusterTopology) -> Result<Topology, Topolog
         }
     };
     Ok(Topology {
+        cluster_id: t.cluster_id,
         epoch: t.epoch,
         members: members(&t.members)?,
         transition,

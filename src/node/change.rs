@@ -47,8 +47,12 @@ const PROPOSE_AGAIN: Duration = Duration::from_secs(1);
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
 /// How long a node that left waits for its shards' hints to be delivered before it stops.
 const HINTS_WITHIN: Duration = Duration::from_secs(30);
+/// How long a node that left waits at most for its removal from the Raft group.
+const REMOVAL_WAIT: Duration = Duration::from_secs(30);
 /// How long an `OP_JOIN` or `OP_LEAVE` waits for its change to be agreed.
 const AGREE_WITHIN: Duration = Duration::from_secs(5);
+/// How long one request to join may take at most (the seed tries for `AGREE_WITHIN`).
+const ASK_WITHIN: Duration = Duration::from_secs(15);
 
 /// Shard 0's record of which of its node's shards finished a step of a change (streaming;
 /// delivering their hints when the node left), per epoch.
@@ -187,13 +191,14 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
                 ),
             );
         }
-        let Ok(addr) = hello.addr.parse::<SocketAddr>() else {
-            return reply::status(Status::InvalidArgument, "OP_JOIN: unreadable address");
+        let member = match check_joining(ctx, &raft.topology(), hello) {
+            Ok(member) => member,
+            Err(why) => {
+                tracing::warn!("refused a join: {why}");
+                return reply::status(Status::Refused, format!("OP_JOIN: {why}"));
+            }
         };
-        Command::BeginJoin(Member {
-            id: hello.node_id,
-            addr,
-        })
+        Command::BeginJoin(member)
     } else {
         Command::BeginLeave {
             id: me,
@@ -203,12 +208,13 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
     };
     let began = Instant::now();
     let mut proposed: Option<Instant> = None;
+    let nonce = raft.nonce();
     loop {
         let topology = raft.topology();
         if let Some(answer) = agreed(&topology, &command) {
             return answer;
         }
-        if let Some(refused) = raft.refusal(&command).filter(|_| proposed.is_some()) {
+        if let Some(refused) = raft.refusal(nonce) {
             return refusal(&refused);
         }
         if let Some(t) = &topology.transition {
@@ -229,11 +235,49 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
         }
         if proposed.is_none_or(|at| at.elapsed() > PROPOSE_AGAIN) {
             proposed = Some(Instant::now());
-            if let Err(e) = raft.propose(&command) {
+            if let Err(e) = raft.propose(&command, nonce) {
                 tracing::debug!("{e}");
             }
         }
         glommio::timer::sleep(LOOK_EVERY).await;
+    }
+}
+
+/// The member a joining node's `hello` describes, or why it may not join: a usable id (not
+/// 0, Raft's "no node"), a readable, specified address with a port, shard ports that match its
+/// shard count (each a real port), and, for an id that is a member already, the same address.
+fn check_joining(
+    ctx: &ShardCtx,
+    topology: &Topology,
+    hello: &wire::Hello,
+) -> Result<Member, String> {
+    let id = hello.node_id;
+    if id == 0 {
+        return Err("node id 0 is reserved; give the joining node --id 1 or more".into());
+    }
+    ctx.peers.membership().check_identity(hello, None)?;
+    let addr = hello
+        .addr
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("node {id}: unreadable address {:?}", hello.addr))?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(format!(
+            "node {id}: {addr} is not an address other nodes can reach (--advertise)"
+        ));
+    }
+    if let Some(&bad) = hello
+        .shard_ports
+        .iter()
+        .find(|&&p| p == 0 || p > u32::from(u16::MAX))
+    {
+        return Err(format!("node {id}: shard port {bad} is not a port"));
+    }
+    match topology.member(id) {
+        Some(m) if m.addr != addr => Err(format!(
+            "node {id} is a member already, at {} (not {addr})",
+            m.addr
+        )),
+        _ => Ok(Member { id, addr }),
     }
 }
 
@@ -294,11 +338,18 @@ pub async fn join(
     let mut last = String::new();
     let give_up = Instant::now() + Duration::from_secs(120);
     while Instant::now() < give_up {
-        match ask_to_join(seed, &hello, config.forward_timeout).await {
+        // Bounded per call, so a seed that hangs cannot hold the join past `give_up`.
+        let asked =
+            futures_lite::future::or(ask_to_join(seed, &hello, config.forward_timeout), async {
+                glommio::timer::sleep(ASK_WITHIN).await;
+                Err(format!("{seed} did not answer within {ASK_WITHIN:?}"))
+            });
+        match asked.await {
             Ok(result) if result.status() == Status::Ok => {
                 tracing::info!("join: {} (asked {seed})", result.message);
                 let topology = result.topology.unwrap_or_default();
                 let members = wire::ClusterTopology {
+                    cluster_id: 0,
                     epoch: 0,
                     members: topology.members,
                     transition: None,
@@ -502,7 +553,7 @@ pub async fn lifecycle(
                 None => true,
             };
             if again {
-                if let Err(e) = raft.propose(&command) {
+                if let Err(e) = raft.propose(&command, 0) {
                     tracing::debug!("{e}");
                 }
                 proposed = Some((command, Instant::now()));
@@ -566,12 +617,16 @@ async fn finished(
         glommio::timer::sleep(LOOK_EVERY).await;
     }
     tracing::info!(
-        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}",
+        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}, once its removal \
+         from the topology Raft group is committed",
         membership.epoch
     );
     // Every member applies the finish at about the same time; until then one may still route
-    // a read here.
-    glommio::timer::sleep(LEAVE_GRACE).await;
+    // a read here. The group must not count a stopped voter.
+    match &ctx.raft {
+        Some(raft) => raft.wait_until_removed(LEAVE_GRACE, REMOVAL_WAIT).await,
+        None => glommio::timer::sleep(LEAVE_GRACE).await,
+    }
     stop.store(true, Ordering::Relaxed);
     true
 }

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kvmesh_net::frame::{self, PREFIX_LEN};
-use kvmesh_proto::wire::{OpCode, Request};
+use kvmesh_proto::wire::{OpCode, Request, Status};
 
 use super::dispatch;
 use super::limits;
@@ -67,6 +67,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
     }
     let mut out = Vec::with_capacity(READ_BUF);
     let mut started = Vec::new();
+    // Whether this connection began with a peer's hello that passed the handshake.
+    let mut peer = false;
     loop {
         // Start every buffered request before waiting for any: their writes then share the
         // log's commits, and a pipelining client fills the next batch. Stop at MAX_UNSENT
@@ -84,17 +86,28 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
                         forwarded,
                         epoch,
                     } = request;
-                    if open.is_some()
-                        && ops
-                            .first()
-                            .is_some_and(|op| op.code == OpCode::OpHello as i32)
+                    if let Some(hello) = ops.first().filter(|op| op.code == OpCode::OpHello as i32)
                     {
                         // A peer node's connection: not a client's, so not counted.
-                        open = None;
+                        drop(open.take());
+                        peer = ctx.peers.check_peer_hello(hello.hello.as_deref()).is_ok();
+                    }
+                    if !peer && ops.iter().any(|op| op.code == OpCode::OpRaft as i32) {
+                        // The topology Raft group trusts what it steps: only a peer node
+                        // that passed the handshake on this connection may send to it.
+                        let refused = reply::status(
+                            Status::Refused,
+                            "OP_RAFT is accepted only on a peer connection that completed \
+                             the handshake (OP_HELLO)",
+                        );
+                        let results = vec![refused; ops.len()];
+                        unsent += results.iter().map(|r| r.message.len()).sum::<usize>();
+                        started.push((id, Err(results)));
+                        continue;
                     }
                     let running = dispatch::start_from(&ctx, ops, forwarded, epoch).await;
                     unsent += running.reply_bytes();
-                    started.push((id, running));
+                    started.push((id, Ok(running)));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -104,7 +117,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             }
         }
         for (id, request) in started.drain(..) {
-            reply::encode_response(id, &request.finish(&ctx).await, &mut out);
+            let results = match request {
+                Ok(request) => request.finish(&ctx).await,
+                Err(refused) => refused,
+            };
+            reply::encode_response(id, &results, &mut out);
         }
         if let Some(e) = bad_frame {
             ctx.shard.borrow_mut().counters.protocol_errors += 1;

@@ -22,12 +22,16 @@
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvmesh_net::ring::NodeId;
 use kvmesh_proto::wire::{ClusterTopology, Op, OpCode, OpResult, Status};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType,
+};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RawNode, StateRole, Storage};
 
@@ -40,6 +44,9 @@ use super::reply;
 
 /// One Raft tick.
 pub const TICK: Duration = Duration::from_millis(100);
+/// What a node whose topology log was lost says (see [`RaftDriver::run`]).
+pub const LOST_LOG: &str = "this node's data directory is empty but the cluster exists: \
+                            start it with --join (after removing it with `kvmesh leave`)";
 /// How often the driver looks for messages to step and `Ready`s to handle between ticks.
 const POLL: Duration = Duration::from_millis(5);
 const ELECTION_TICKS: usize = 10;
@@ -60,13 +67,21 @@ pub struct RaftDriver {
     /// run loop, so nothing else ever borrows `node` while a `Ready` is handled.
     inbox: RefCell<Vec<Message>>,
     unreachable: RefCell<Vec<u64>>,
-    /// The latest commands the state machine refused, and why: how a node that proposed
-    /// one learns its answer (every node refuses the same command the same way).
-    refusals: RefCell<Vec<(Command, Refused)>>,
+    /// The latest proposals the state machine refused, by the nonce their entry carries
+    /// (its Raft context), and why: how a node that proposed one learns its answer. A nonce
+    /// is drawn per request ([`RaftDriver::nonce`]), so an old refusal of the same command
+    /// never answers a later request.
+    refusals: RefCell<Vec<(u64, Refused)>>,
+    /// The next nonce: starts from the clock, so it does not repeat across restarts.
+    next_nonce: Cell<u64>,
     /// When the leader last proposed a change of the Raft voters (see `reconcile_voters`).
     last_conf_proposal: Cell<Option<Instant>>,
-    /// The index of the last applied `Finish`, and when it was applied here.
+    /// The index of the last applied `Finish`, and when it was applied here (at a restart:
+    /// when the node started, found from the stored log, so a restarted leader still gives a
+    /// node that left time to learn it left).
     finished: Cell<Option<(u64, Instant)>>,
+    /// When this node, which left, last asked to hand over the leadership.
+    last_transfer: Cell<Option<Instant>>,
     /// The index of the last entry applied to `topology`.
     applied_index: Cell<u64>,
     /// Set when the state could not be written: the driver stops rather than break Raft's
@@ -142,8 +157,17 @@ impl RaftDriver {
             inbox: RefCell::default(),
             unreachable: RefCell::default(),
             refusals: RefCell::default(),
+            next_nonce: Cell::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1,
+            ),
             last_conf_proposal: Cell::new(None),
-            finished: Cell::new(None),
+            finished: Cell::new(
+                last_finish(&stored.entries, stored.applied).map(|i| (i, Instant::now())),
+            ),
+            last_transfer: Cell::new(None),
             applied_index: Cell::new(stored.applied),
             failed: Cell::new(false),
         });
@@ -163,13 +187,20 @@ impl RaftDriver {
             .is_ok_and(|n| n.raft.state == StateRole::Leader)
     }
 
-    /// Why the state machine refused `command`, if it refused it lately.
-    pub fn refusal(&self, command: &Command) -> Option<Refused> {
+    /// A nonce for one request's proposals (see [`RaftDriver::propose`]); never 0.
+    pub fn nonce(&self) -> u64 {
+        let nonce = self.next_nonce.get();
+        self.next_nonce.set(nonce.wrapping_add(2));
+        nonce
+    }
+
+    /// Why the state machine refused the proposal made with `nonce`, if it refused it lately.
+    pub fn refusal(&self, nonce: u64) -> Option<Refused> {
         self.refusals
             .borrow()
             .iter()
             .rev()
-            .find(|(c, _)| c == command)
+            .find(|(n, _)| *n == nonce)
             .map(|(_, r)| r.clone())
     }
 
@@ -184,23 +215,75 @@ impl RaftDriver {
                 )
             }
         };
+        if let Err(why) = self.check_sender(&message) {
+            tracing::warn!("topology: refused a Raft message: {why}");
+            return reply::status(Status::Refused, format!("OP_RAFT: {why}"));
+        }
         self.inbox.borrow_mut().push(message);
         OpResult::default()
     }
 
+    /// Why `message` may not be stepped into this node's group, if it may not: it must be
+    /// addressed to this node and come from a node that takes part (a member, the joining
+    /// node, or a node still in the Raft configuration); a node that knows no topology yet (it
+    /// was started with `--join`) hears from anyone that passed the peer handshake.
+    fn check_sender(&self, message: &Message) -> Result<(), String> {
+        let me = self.node.try_borrow().map(|n| n.raft.id).ok();
+        let me = me.unwrap_or(u64::from(self.peers.membership().me));
+        if message.to != me {
+            return Err(format!("addressed to node {}, not node {me}", message.to));
+        }
+        if message.from == 0 || message.from == me {
+            return Err(format!("from node {}, which is not a peer", message.from));
+        }
+        let topology = self.topology.borrow();
+        if topology.epoch == 0 {
+            return Ok(());
+        }
+        let known = topology
+            .all_members()
+            .iter()
+            .chain(topology.transition.iter().flat_map(|t| t.old.iter()))
+            .any(|m| u64::from(m.id) == message.from)
+            || self.node.try_borrow().is_ok_and(|n| {
+                let cs = n.raft.prs().conf();
+                cs.voters().contains(message.from) || cs.learners().contains(&message.from)
+            });
+        if known {
+            Ok(())
+        } else {
+            Err(format!(
+                "from node {}, which takes no part in the cluster",
+                message.from
+            ))
+        }
+    }
+
     /// Proposes `command` (forwarded to the leader by Raft). Whether it is applied shows in
     /// [`RaftDriver::topology`]; a proposal can be lost (no leader yet, a leader change), so
-    /// callers watch for its effect and propose again.
-    pub fn propose(&self, command: &Command) -> Result<(), String> {
+    /// callers watch for its effect and propose again. `nonce` (0: none), carried in the
+    /// entry's context, is how a refusal finds its way back ([`RaftDriver::refusal`]).
+    pub fn propose(&self, command: &Command, nonce: u64) -> Result<(), String> {
+        let context = if nonce == 0 {
+            Vec::new()
+        } else {
+            nonce.to_be_bytes().to_vec()
+        };
         self.node
             .try_borrow_mut()
             .map_err(|_| "the topology Raft group is busy; try again".to_string())?
-            .propose(Vec::new(), encode_command(command))
+            .propose(context, encode_command(command))
             .map_err(|e| format!("topology proposal refused: {e}"))
     }
 
     /// Ticks the group and handles its `Ready`s until the node stops.
-    pub async fn run(self: Rc<Self>) {
+    ///
+    /// A message raft-rs would abort on (it treats them as impossible) is dropped first (see
+    /// [`unsteppable`]). One of them has an ordinary cause: a leader's heartbeat that says
+    /// this node holds entries it does not, because its data directory was wiped and it
+    /// bootstrapped again from `--peers`. Such a node must not vote with a blank memory: it
+    /// stops the group, logs [`LOST_LOG`] and asks the node to stop (`stop`).
+    pub async fn run(self: Rc<Self>, stop: Arc<AtomicBool>) {
         let mut last_tick = Instant::now();
         while !self.failed.get() {
             glommio::timer::sleep(POLL).await;
@@ -210,6 +293,22 @@ impl RaftDriver {
                     node.report_unreachable(to);
                 }
                 for message in self.inbox.take() {
+                    if let Some(why) = unsteppable(&node, &message) {
+                        if message.get_msg_type() == MessageType::MsgHeartbeat
+                            && node.raft.raft_log.last_index() <= 1
+                        {
+                            tracing::error!("topology: {LOST_LOG} (node {} {why})", message.from);
+                            self.failed.set(true);
+                            stop.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                        tracing::warn!(
+                            "topology: dropped a {:?} from node {}: {why}",
+                            message.get_msg_type(),
+                            message.from
+                        );
+                        continue;
+                    }
                     // A message from a stale term or an unknown node is dropped by Raft.
                     if let Err(e) = node.step(message) {
                         tracing::debug!("topology: a Raft message was not stepped: {e}");
@@ -218,6 +317,7 @@ impl RaftDriver {
                 if last_tick.elapsed() >= TICK {
                     last_tick = Instant::now();
                     node.tick();
+                    self.hand_over_if_left(&mut node);
                     self.reconcile_voters(&mut node);
                 }
             }
@@ -238,6 +338,14 @@ impl RaftDriver {
             return Ok(());
         }
         let mut ready = node.ready();
+        if !ready.snapshot().is_empty() {
+            // Never sent (the log is never compacted, and `unsteppable` drops MsgSnapshot), so
+            // never applied: stop rather than carry on with a state that ignored one.
+            return Err(format!(
+                "a Raft snapshot at index {} arrived; this group does not apply snapshots",
+                ready.snapshot().get_metadata().index
+            ));
+        }
         if let Some(soft) = ready.ss() {
             if soft.leader_id != self.leader.get() {
                 self.leader.set(soft.leader_id);
@@ -357,13 +465,94 @@ impl RaftDriver {
                     "topology: entry {} ({command:?}) changes nothing: {refused}",
                     entry.index
                 );
-                let mut refusals = self.refusals.borrow_mut();
-                if refusals.len() >= 16 {
-                    refusals.remove(0);
+                let nonce = <[u8; 8]>::try_from(&entry.context[..]).map_or(0, u64::from_be_bytes);
+                if nonce != 0 {
+                    let mut refusals = self.refusals.borrow_mut();
+                    if refusals.len() >= 64 {
+                        refusals.remove(0);
+                    }
+                    refusals.push((nonce, refused));
                 }
-                refusals.push((command, refused));
                 None
             }
+        }
+    }
+
+    /// Whether the removal of this node from the Raft group is committed (as far as this node
+    /// knows): what a node that left waits for before it stops, so the group never counts a
+    /// stopped voter.
+    pub fn removal_committed(&self) -> bool {
+        let Ok(node) = self.node.try_borrow() else {
+            return false;
+        };
+        let (me, committed) = (node.raft.id, node.raft.raft_log.committed);
+        let store = node.store();
+        let (Ok(first), Ok(last)) = (store.first_index(), store.last_index()) else {
+            return false;
+        };
+        let last = last.min(committed);
+        if last < first {
+            return false;
+        }
+        let Ok(entries) = store.entries(first, last + 1, None, GetEntriesContext::empty(false))
+        else {
+            return false;
+        };
+        entries.iter().any(|e| {
+            e.entry_type == EntryType::EntryConfChange
+                && ConfChange::parse_from_bytes(&e.data).is_ok_and(|cc| {
+                    cc.node_id == me && cc.change_type == ConfChangeType::RemoveNode
+                })
+        })
+    }
+
+    /// A node that left waits, after `grace`, until its removal from the Raft group is
+    /// committed ([`RaftDriver::removal_committed`]), at most `bound` (the others may never
+    /// tell it: a removed node hears nothing more).
+    pub async fn wait_until_removed(&self, grace: Duration, bound: Duration) {
+        glommio::timer::sleep(grace).await;
+        let give_up = Instant::now() + bound;
+        while !self.removal_committed() && !self.failed.get() {
+            if Instant::now() > give_up {
+                tracing::warn!(
+                    "topology: this node's removal from the Raft group was not seen committed \
+                     within {bound:?}; stopping anyway"
+                );
+                return;
+            }
+            glommio::timer::sleep(TICK).await;
+        }
+    }
+
+    /// On a leader that left the cluster: hands the leadership to the member that holds the
+    /// most of the log, at most once a second, so a member (not this node) removes it from
+    /// the group and no election has to wait for it to stop.
+    fn hand_over_if_left(&self, node: &mut RawNode<MemStorage>) {
+        if node.raft.state != StateRole::Leader {
+            return;
+        }
+        let topology = self.topology.borrow();
+        let me = node.raft.id;
+        if topology.epoch == 0 || topology.all_members().iter().any(|m| u64::from(m.id) == me) {
+            return;
+        }
+        if self
+            .last_transfer
+            .get()
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        let best = topology
+            .members
+            .iter()
+            .map(|m| u64::from(m.id))
+            .filter_map(|id| node.raft.prs().get(id).map(|p| (p.matched, id)))
+            .max();
+        if let Some((_, to)) = best {
+            tracing::info!("topology: this node left; handing the leadership to node {to}");
+            self.last_transfer.set(Some(Instant::now()));
+            node.transfer_leader(to);
         }
     }
 
@@ -486,6 +675,39 @@ impl RaftDriver {
     }
 }
 
+/// Why raft-rs would abort on `message` (its `fatal!` paths, which assume every message comes
+/// from a correct member with an intact log), if it would: a heartbeat that commits beyond
+/// this node's log, an append that contradicts a committed entry, an acknowledgement of
+/// entries the leader does not have, a snapshot (this group never sends one: its log is
+/// never compacted).
+fn unsteppable(node: &RawNode<MemStorage>, message: &Message) -> Option<String> {
+    let log = &node.raft.raft_log;
+    let last = log.last_index();
+    match message.get_msg_type() {
+        MessageType::MsgHeartbeat if message.commit > last => Some(format!(
+            "commits index {} but this node's log ends at {last}",
+            message.commit
+        )),
+        MessageType::MsgAppend => message
+            .entries
+            .iter()
+            .filter(|e| e.index <= log.committed)
+            .find(|e| log.term(e.index).is_ok_and(|t| t != e.term))
+            .map(|e| {
+                format!(
+                    "entry {} (term {}) contradicts a committed entry",
+                    e.index, e.term
+                )
+            }),
+        MessageType::MsgAppendResponse if !message.reject && message.index > last => Some(format!(
+            "acknowledges index {} but this node's log ends at {last}",
+            message.index
+        )),
+        MessageType::MsgSnapshot => Some("this group never sends snapshots".to_string()),
+        _ => None,
+    }
+}
+
 /// A node that joined starts with no voters; the log's first entry names the members the
 /// cluster was bootstrapped with, which were its voters then. Adopting them, one simple change
 /// at a time, gives the joining node the same Raft configuration as every other node at that
@@ -515,6 +737,16 @@ fn adopt_bootstrap_voters(node: &mut RawNode<MemStorage>, members: &[Member]) {
     }
 }
 
+/// The index of the last `Finish` among `entries` applied (at or below `applied`).
+fn last_finish(entries: &[Entry], applied: u64) -> Option<u64> {
+    entries
+        .iter()
+        .rev()
+        .filter(|e| e.index <= applied && e.entry_type == EntryType::EntryNormal)
+        .find(|e| matches!(decode_command(&e.data), Ok(Command::Finish { .. })))
+        .map(|e| e.index)
+}
+
 /// The state every member of `--peers` starts from (see the module docs).
 fn bootstrap(members: &[Member]) -> Stored {
     let conf_state = ConfState {
@@ -539,5 +771,75 @@ fn bootstrap(members: &[Member]) -> Stored {
         entries: vec![entry],
         topology: Topology::empty(),
         applied: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> RawNode<MemStorage> {
+        let members: Vec<Member> = (1..=3)
+            .map(|id| Member {
+                id,
+                addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
+            })
+            .collect();
+        let stored = bootstrap(&members);
+        let storage = MemStorage::new();
+        {
+            let mut core = storage.wl();
+            core.set_conf_state(stored.conf_state);
+            core.append(&stored.entries).unwrap();
+            core.set_hardstate(stored.hard_state);
+        }
+        let config = raft::Config {
+            id: 1,
+            ..raft::Config::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        RawNode::new(&config, storage, &logger).unwrap()
+    }
+
+    fn message(kind: MessageType) -> Message {
+        let mut m = Message {
+            from: 2,
+            to: 1,
+            term: 5,
+            ..Message::default()
+        };
+        m.set_msg_type(kind);
+        m
+    }
+
+    #[test]
+    fn messages_raft_rs_would_abort_on_are_not_stepped() {
+        let mut node = node();
+        let mut beat = message(MessageType::MsgHeartbeat);
+        beat.commit = 1;
+        assert_eq!(unsteppable(&node, &beat), None);
+        beat.commit = 9;
+        assert!(unsteppable(&node, &beat).unwrap().contains("log ends at 1"));
+
+        let mut append = message(MessageType::MsgAppend);
+        append.entries = vec![Entry {
+            index: 1,
+            term: 3,
+            ..Entry::default()
+        }]
+        .into();
+        assert!(unsteppable(&node, &append).unwrap().contains("contradicts"));
+        append.entries[0].term = 1;
+        assert_eq!(unsteppable(&node, &append), None);
+
+        let mut ack = message(MessageType::MsgAppendResponse);
+        ack.index = 7;
+        assert!(unsteppable(&node, &ack).is_some());
+        ack.reject = true;
+        assert_eq!(unsteppable(&node, &ack), None);
+
+        assert!(unsteppable(&node, &message(MessageType::MsgSnapshot)).is_some());
+        // Stepped, the checked heartbeat would have aborted the process.
+        assert!(node.step(message(MessageType::MsgHeartbeat)).is_ok());
     }
 }

@@ -226,7 +226,7 @@ pub async fn run_shard(
     let snapshotting = snapshots.map(|s| glommio::spawn_local(s.run_automatic(shard.clone())));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     front.attach(Rc::new(NodeBackend(ctx.clone())));
-    let _raft = raft.map(|raft| glommio::spawn_local(raft.run()));
+    let _raft = raft.map(|raft| glommio::spawn_local(raft.run(stop.requested.clone())));
     // A node started with --join that has no agreed topology yet asks the cluster to take it
     // in before it reports ready.
     if let (0, Some(seed), None) = (me, ctx.config.join, ctx.peers.agreed()) {

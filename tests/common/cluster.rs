@@ -74,6 +74,19 @@ impl Cluster {
         self.nodes[id - 1].wait_ready();
     }
 
+    /// Kills node `id` (SIGKILL), empties its data directory and starts it again with the
+    /// same flags, without waiting for it: a node whose disk was replaced.
+    pub fn wipe_and_respawn(&mut self, id: usize) {
+        self.kill(id);
+        let dir = self._data[id - 1].path();
+        for entry in std::fs::read_dir(dir).expect("the data dir") {
+            let path = entry.expect("a data dir entry").path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+        let argv: Vec<&str> = self.args[id - 1].iter().map(String::as_str).collect();
+        self.nodes[id - 1].respawn(&argv);
+    }
+
     /// Kills node `id` with SIGKILL and waits until it is gone; [`Cluster::restart`] starts
     /// it again.
     pub fn kill(&mut self, id: usize) {
