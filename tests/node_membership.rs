@@ -150,11 +150,21 @@ impl Load {
         }
     }
 
-    fn stop(mut self) -> (Vec<Option<u64>>, Vec<String>, u64) {
+    /// Stops the load; asserts that no request failed (`logs` says why otherwise) and
+    /// returns each key's latest acknowledged value.
+    fn stop_without_failures(mut self, logs: impl Fn() -> String) -> Vec<Option<u64>> {
         self.stop.store(true, Ordering::Relaxed);
         let latest = self.thread.take().unwrap().join().expect("load thread");
         let failures = self.failures.lock().unwrap().clone();
-        (latest, failures, self.rounds.load(Ordering::Relaxed))
+        assert!(
+            failures.is_empty(),
+            "{} failed requests in {} rounds: {:?}\n{}",
+            failures.len(),
+            self.rounds.load(Ordering::Relaxed),
+            &failures[..failures.len().min(10)],
+            logs()
+        );
+        latest
     }
 }
 
@@ -231,14 +241,7 @@ fn a_node_joins_under_load() {
     wait_for("more load after the join", || {
         (load.rounds.load(Ordering::Relaxed) > before + 5).then_some(())
     });
-    let (latest, failures, rounds) = load.stop();
-    assert!(
-        failures.is_empty(),
-        "{} failed requests in {rounds} rounds: {:?}\n{}",
-        failures.len(),
-        &failures[..failures.len().min(10)],
-        logs()
-    );
+    let latest = load.stop_without_failures(logs);
     for node in &all {
         check_all(node.addr, &latest);
     }
@@ -355,14 +358,7 @@ fn a_node_leaves_under_load() {
     wait_for("more load after the leave", || {
         (load.rounds.load(Ordering::Relaxed) > before + 5).then_some(())
     });
-    let (latest, failures, rounds) = load.stop();
-    assert!(
-        failures.is_empty(),
-        "{} failed requests in {rounds} rounds: {:?}\n{}",
-        failures.len(),
-        &failures[..failures.len().min(10)],
-        cluster.logs()
-    );
+    let latest = load.stop_without_failures(|| cluster.logs());
     for addr in staying {
         check_all(addr, &latest);
     }
