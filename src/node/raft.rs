@@ -42,6 +42,12 @@ use crate::cluster::Peers;
 
 use super::reply;
 
+mod guards;
+mod voters;
+
+use guards::unsteppable;
+use voters::adopt_bootstrap_voters;
+
 /// One Raft tick.
 pub const TICK: Duration = Duration::from_millis(100);
 /// What a node whose topology log was lost says (see [`RaftDriver::run`]).
@@ -478,143 +484,6 @@ impl RaftDriver {
         }
     }
 
-    /// Whether the removal of this node from the Raft group is committed (as far as this node
-    /// knows): what a node that left waits for before it stops, so the group never counts a
-    /// stopped voter.
-    pub fn removal_committed(&self) -> bool {
-        let Ok(node) = self.node.try_borrow() else {
-            return false;
-        };
-        let (me, committed) = (node.raft.id, node.raft.raft_log.committed);
-        let store = node.store();
-        let (Ok(first), Ok(last)) = (store.first_index(), store.last_index()) else {
-            return false;
-        };
-        let last = last.min(committed);
-        if last < first {
-            return false;
-        }
-        let Ok(entries) = store.entries(first, last + 1, None, GetEntriesContext::empty(false))
-        else {
-            return false;
-        };
-        entries.iter().any(|e| {
-            e.entry_type == EntryType::EntryConfChange
-                && ConfChange::parse_from_bytes(&e.data).is_ok_and(|cc| {
-                    cc.node_id == me && cc.change_type == ConfChangeType::RemoveNode
-                })
-        })
-    }
-
-    /// A node that left waits, after `grace`, until its removal from the Raft group is
-    /// committed ([`RaftDriver::removal_committed`]), at most `bound` (the others may never
-    /// tell it: a removed node hears nothing more).
-    pub async fn wait_until_removed(&self, grace: Duration, bound: Duration) {
-        glommio::timer::sleep(grace).await;
-        let give_up = Instant::now() + bound;
-        while !self.removal_committed() && !self.failed.get() {
-            if Instant::now() > give_up {
-                tracing::warn!(
-                    "topology: this node's removal from the Raft group was not seen committed \
-                     within {bound:?}; stopping anyway"
-                );
-                return;
-            }
-            glommio::timer::sleep(TICK).await;
-        }
-    }
-
-    /// On a leader that left the cluster: hands the leadership to the member that holds the
-    /// most of the log, at most once a second, so a member (not this node) removes it from
-    /// the group and no election has to wait for it to stop.
-    fn hand_over_if_left(&self, node: &mut RawNode<MemStorage>) {
-        if node.raft.state != StateRole::Leader {
-            return;
-        }
-        let topology = self.topology.borrow();
-        let me = node.raft.id;
-        if topology.epoch == 0 || topology.all_members().iter().any(|m| u64::from(m.id) == me) {
-            return;
-        }
-        if self
-            .last_transfer
-            .get()
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        let best = topology
-            .members
-            .iter()
-            .map(|m| u64::from(m.id))
-            .filter_map(|id| node.raft.prs().get(id).map(|p| (p.matched, id)))
-            .max();
-        if let Some((_, to)) = best {
-            tracing::info!("topology: this node left; handing the leadership to node {to}");
-            self.last_transfer.set(Some(Instant::now()));
-            node.transfer_leader(to);
-        }
-    }
-
-    /// On the leader: makes the Raft voters follow the agreed topology, one change at a time.
-    /// A joining node becomes a learner (it receives the log, so it learns the topology, but
-    /// does not vote); a member that is not a voter (a join that finished) becomes one; a
-    /// voter that is no member any more (a leave that finished) is removed. A proposal that is
-    /// lost with a leader change is simply made again.
-    fn reconcile_voters(&self, node: &mut RawNode<MemStorage>) {
-        if node.raft.state != StateRole::Leader || node.raft.has_pending_conf() {
-            return;
-        }
-        if self
-            .last_conf_proposal
-            .get()
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        let Ok(state) = node.store().initial_state() else {
-            return;
-        };
-        let (voters, learners) = (&state.conf_state.voters, &state.conf_state.learners);
-        let topology = self.topology.borrow();
-        if topology.epoch == 0 {
-            return;
-        }
-        let joining = match &topology.transition {
-            Some(t) => match t.change {
-                Change::Join(m) => Some(u64::from(m.id)),
-                Change::Leave(_) => None,
-            },
-            None => None,
-        };
-        let members: Vec<u64> = topology.members.iter().map(|m| u64::from(m.id)).collect();
-        let change =
-            if let Some(id) = joining.filter(|id| !voters.contains(id) && !learners.contains(id)) {
-                Some((ConfChangeType::AddLearnerNode, id))
-            } else if let Some(&id) = members.iter().find(|id| !voters.contains(id)) {
-                Some((ConfChangeType::AddNode, id))
-            } else {
-                voters
-                    .iter()
-                    .chain(learners)
-                    .find(|id| !members.contains(id) && Some(**id) != joining)
-                    .filter(|&&id| self.may_remove(node, id))
-                    .map(|&id| (ConfChangeType::RemoveNode, id))
-            };
-        let Some((change_type, node_id)) = change else {
-            return;
-        };
-        let cc = ConfChange {
-            change_type,
-            node_id,
-            ..ConfChange::default()
-        };
-        self.last_conf_proposal.set(Some(Instant::now()));
-        if let Err(e) = node.propose_conf_change(Vec::new(), cc) {
-            tracing::warn!("topology: proposing {change_type:?} node {node_id}: {e}");
-        }
-    }
-
     fn persist(&self, node: &RawNode<MemStorage>) -> Result<(), String> {
         let store = node.store();
         let state = store.initial_state().map_err(|e| e.to_string())?;
@@ -639,18 +508,6 @@ impl RaftDriver {
         raft_state::save(&self.dir, &stored).map_err(|e| e.to_string())
     }
 
-    /// Whether node `id`, which left, may leave the Raft group too: once it holds the `Finish`
-    /// entry and a few heartbeats told it that entry is committed (it stops itself when it
-    /// applies it), or after [`LEFT_NODE_GRACE`] whatever it holds (it may be dead: a forced
-    /// leave).
-    fn may_remove(&self, node: &RawNode<MemStorage>, id: u64) -> bool {
-        let Some((index, at)) = self.finished.get() else {
-            return true;
-        };
-        let matched = node.raft.prs().get(id).is_some_and(|p| p.matched >= index);
-        (matched && at.elapsed() > TICK * 10) || at.elapsed() > LEFT_NODE_GRACE
-    }
-
     /// Sends each message to shard 0 of its member, in the background.
     fn send(self: &Rc<Self>, messages: Vec<Message>) {
         for message in messages {
@@ -671,68 +528,6 @@ impl RaftDriver {
                 }
             })
             .detach();
-        }
-    }
-}
-
-/// Why raft-rs would abort on `message` (its `fatal!` paths, which assume every message comes
-/// from a correct member with an intact log), if it would: a heartbeat that commits beyond
-/// this node's log, an append that contradicts a committed entry, an acknowledgement of
-/// entries the leader does not have, a snapshot (this group never sends one: its log is
-/// never compacted).
-fn unsteppable(node: &RawNode<MemStorage>, message: &Message) -> Option<String> {
-    let log = &node.raft.raft_log;
-    let last = log.last_index();
-    match message.get_msg_type() {
-        MessageType::MsgHeartbeat if message.commit > last => Some(format!(
-            "commits index {} but this node's log ends at {last}",
-            message.commit
-        )),
-        MessageType::MsgAppend => message
-            .entries
-            .iter()
-            .filter(|e| e.index <= log.committed)
-            .find(|e| log.term(e.index).is_ok_and(|t| t != e.term))
-            .map(|e| {
-                format!(
-                    "entry {} (term {}) contradicts a committed entry",
-                    e.index, e.term
-                )
-            }),
-        MessageType::MsgAppendResponse if !message.reject && message.index > last => Some(format!(
-            "acknowledges index {} but this node's log ends at {last}",
-            message.index
-        )),
-        MessageType::MsgSnapshot => Some("this group never sends snapshots".to_string()),
-        _ => None,
-    }
-}
-
-/// A node that joined starts with no voters; the log's first entry names the members the
-/// cluster was bootstrapped with, which were its voters then. Adopting them, one simple change
-/// at a time, gives the joining node the same Raft configuration as every other node at that
-/// index, so the configuration changes that follow apply alike everywhere.
-fn adopt_bootstrap_voters(node: &mut RawNode<MemStorage>, members: &[Member]) {
-    let known = node
-        .store()
-        .initial_state()
-        .map(|s| !s.conf_state.voters.is_empty())
-        .unwrap_or(true);
-    if known {
-        return;
-    }
-    for member in members {
-        let cc = ConfChange {
-            change_type: ConfChangeType::AddNode,
-            node_id: u64::from(member.id),
-            ..ConfChange::default()
-        };
-        match node.apply_conf_change(&cc) {
-            Ok(cs) => node.mut_store().wl().set_conf_state(cs),
-            Err(e) => {
-                tracing::error!("topology: adopting the bootstrap voters: {e}");
-                return;
-            }
         }
     }
 }
@@ -771,75 +566,5 @@ fn bootstrap(members: &[Member]) -> Stored {
         entries: vec![entry],
         topology: Topology::empty(),
         applied: 0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node() -> RawNode<MemStorage> {
-        let members: Vec<Member> = (1..=3)
-            .map(|id| Member {
-                id,
-                addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
-            })
-            .collect();
-        let stored = bootstrap(&members);
-        let storage = MemStorage::new();
-        {
-            let mut core = storage.wl();
-            core.set_conf_state(stored.conf_state);
-            core.append(&stored.entries).unwrap();
-            core.set_hardstate(stored.hard_state);
-        }
-        let config = raft::Config {
-            id: 1,
-            ..raft::Config::default()
-        };
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
-        RawNode::new(&config, storage, &logger).unwrap()
-    }
-
-    fn message(kind: MessageType) -> Message {
-        let mut m = Message {
-            from: 2,
-            to: 1,
-            term: 5,
-            ..Message::default()
-        };
-        m.set_msg_type(kind);
-        m
-    }
-
-    #[test]
-    fn messages_raft_rs_would_abort_on_are_not_stepped() {
-        let mut node = node();
-        let mut beat = message(MessageType::MsgHeartbeat);
-        beat.commit = 1;
-        assert_eq!(unsteppable(&node, &beat), None);
-        beat.commit = 9;
-        assert!(unsteppable(&node, &beat).unwrap().contains("log ends at 1"));
-
-        let mut append = message(MessageType::MsgAppend);
-        append.entries = vec![Entry {
-            index: 1,
-            term: 3,
-            ..Entry::default()
-        }]
-        .into();
-        assert!(unsteppable(&node, &append).unwrap().contains("contradicts"));
-        append.entries[0].term = 1;
-        assert_eq!(unsteppable(&node, &append), None);
-
-        let mut ack = message(MessageType::MsgAppendResponse);
-        ack.index = 7;
-        assert!(unsteppable(&node, &ack).is_some());
-        ack.reject = true;
-        assert_eq!(unsteppable(&node, &ack), None);
-
-        assert!(unsteppable(&node, &message(MessageType::MsgSnapshot)).is_some());
-        // Stepped, the checked heartbeat would have aborted the process.
-        assert!(node.step(message(MessageType::MsgHeartbeat)).is_ok());
     }
 }
