@@ -77,10 +77,12 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     let behind = epoch != 0 && epoch < membership.epoch;
     let stale = forwarded && behind;
     // A client's data op waits for the agreed topology (see `topology_gate`).
-    let (gated, epoch_now) = (
-        ctx.waits_for_topology,
-        ctx.peers.agreed().map_or(0, |t| t.epoch),
-    );
+    let gated = ctx.waits_for_topology;
+    let epoch_now = if gated {
+        ctx.peers.agreed().map_or(0, |t| t.epoch)
+    } else {
+        0
+    };
     let mut reroutable = Vec::new();
     let mut for_nodes: Vec<(u32, Vec<(usize, Op)>)> = Vec::new();
     let mut results = vec![OpResult::default(); ops.len()];
