@@ -13,7 +13,7 @@ use common::cluster::Cluster;
 use common::membership::{
     check_all, epoch, fill, join_args, joiner, keys_held, wait_for_members, Load,
 };
-use common::{op, stderr, wait_for, Node, WireClient};
+use common::{op, stderr, stdout, wait_for, Node, WireClient};
 use kvmesh_proto::wire::{OpCode, Status};
 
 const KEYS: usize = 50_000;
@@ -169,6 +169,56 @@ fn a_node_leaves_under_load() {
         );
     }
     cluster.kill(4);
+}
+
+/// `kvmesh leave --id 3` through node 1, while node 3 is dead: its keys stream from the
+/// surviving owners, every key reads back through the nodes that stay, each of which holds
+/// every key (replicas 2 on 2 nodes).
+#[test]
+fn a_dead_node_is_removed_through_another_member() {
+    const FEW: usize = 3000;
+    let mut cluster = Cluster::start(3, 1, &["--replicas", "2"]);
+    fill(cluster.nodes[0].addr, FEW);
+    cluster.kill(3);
+    let out = cluster.nodes[0].cli(&["leave", "--id", "3"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    assert!(
+        stdout(&out).contains("it is down: its keys stream from their other owners"),
+        "{}",
+        stdout(&out)
+    );
+    let two: Vec<&Node> = cluster.nodes[..2].iter().collect();
+    wait_for_members(&two, &[1, 2], || cluster.logs());
+    let latest = vec![None; FEW];
+    for node in &two {
+        check_all(node.addr, &latest);
+        assert_eq!(keys_held(node), FEW as u64, "{}", cluster.logs());
+    }
+}
+
+/// At `--replicas 1` a dead node's keys are gone: removing it is refused, saying so, unless
+/// `--force`.
+#[test]
+fn removing_a_dead_node_at_one_replica_needs_force() {
+    let mut cluster = Cluster::start(3, 1, &["--replicas", "1"]);
+    cluster.kill(3);
+    let out = cluster.nodes[1].cli(&["leave", "--id", "3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", cluster.logs());
+    assert!(
+        stderr(&out).contains(
+            "node 3 is down and is the only owner of its ranges at --replicas 1: its keys are \
+             lost; use --force to remove it anyway"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = cluster.nodes[1].cli(&["leave", "--id", "3", "--force"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    let two: Vec<&Node> = cluster.nodes[..2].iter().collect();
+    wait_for_members(&two, &[1, 2], || cluster.logs());
+    let mut client = WireClient::connect(cluster.nodes[0].addr);
+    client.put(b"after", b"removal");
+    assert_eq!(client.get(b"after").as_deref(), Some(&b"removal"[..]));
 }
 
 #[test]

@@ -13,6 +13,11 @@
 //!
 //! Exactly one node sends each moved key, once to each destination, so the bytes a full stream
 //! moves equal the theoretical minimum `Σ (key + value) × |destinations|` ([`MoveCost`]).
+//!
+//! A plan *without* some nodes ([`plan_key_without`], [`moved_ranges_without`]: a node removed
+//! while it is down) never picks them as a source: the source is the first of `O` that is in
+//! new's member list and not down, else the first of `O` not down; a key only down nodes held
+//! moves nowhere (it is lost: at one replica, a down node's keys).
 
 use crate::ring::{NodeId, Ring};
 use crate::routing::KeyHash;
@@ -36,7 +41,18 @@ impl KeyMove {
 /// The plan for one key: see the module docs for the rule. Both rings must place keys with the
 /// same hasher (the production rings do).
 pub fn plan_key<H: KeyHash>(old: &Ring<H>, new: &Ring<H>, replicas: usize, key: &[u8]) -> KeyMove {
-    plan_point(old, new, replicas, old.point(key))
+    plan_point(old, new, replicas, &[], old.point(key))
+}
+
+/// [`plan_key`] when the nodes in `down` cannot send (see the module docs).
+pub fn plan_key_without<H: KeyHash>(
+    old: &Ring<H>,
+    new: &Ring<H>,
+    replicas: usize,
+    down: &[NodeId],
+    key: &[u8],
+) -> KeyMove {
+    plan_point(old, new, replicas, down, old.point(key))
 }
 
 /// One arc of the hash space, `(after, upto]`, wrapping past 2^64 when `after >= upto` (so
@@ -64,6 +80,16 @@ impl RangeMove {
 /// are merged. The tokens of both rings cut the space into arcs within which neither ring's
 /// owners change, so one point decides each arc. `O((t_old + t_new) × replicas)`.
 pub fn moved_ranges<H: KeyHash>(old: &Ring<H>, new: &Ring<H>, replicas: usize) -> Vec<RangeMove> {
+    moved_ranges_without(old, new, replicas, &[])
+}
+
+/// [`moved_ranges`] when the nodes in `down` cannot send: the arcs of [`plan_key_without`].
+pub fn moved_ranges_without<H: KeyHash>(
+    old: &Ring<H>,
+    new: &Ring<H>,
+    replicas: usize,
+    down: &[NodeId],
+) -> Vec<RangeMove> {
     let mut cuts: Vec<u64> = old.tokens().chain(new.tokens()).collect();
     cuts.sort_unstable();
     cuts.dedup();
@@ -74,7 +100,7 @@ pub fn moved_ranges<H: KeyHash>(old: &Ring<H>, new: &Ring<H>, replicas: usize) -
         } else {
             cuts[i - 1]
         };
-        let plan = plan_point(old, new, replicas, upto);
+        let plan = plan_point(old, new, replicas, down, upto);
         match arcs.last_mut() {
             Some(last) if last.plan == plan => last.upto = upto,
             _ => arcs.push(RangeMove { after, upto, plan }),
@@ -91,7 +117,13 @@ pub fn moved_ranges<H: KeyHash>(old: &Ring<H>, new: &Ring<H>, replicas: usize) -
 }
 
 /// The plan of the keys whose hash is `point`.
-fn plan_point<H: KeyHash>(old: &Ring<H>, new: &Ring<H>, replicas: usize, point: u64) -> KeyMove {
+fn plan_point<H: KeyHash>(
+    old: &Ring<H>,
+    new: &Ring<H>,
+    replicas: usize,
+    down: &[NodeId],
+    point: u64,
+) -> KeyMove {
     let before = old.owners_of_point(point, replicas);
     let destinations: Vec<NodeId> = new
         .owners_of_point(point, replicas)
@@ -101,8 +133,17 @@ fn plan_point<H: KeyHash>(old: &Ring<H>, new: &Ring<H>, replicas: usize, point: 
     if destinations.is_empty() {
         return KeyMove::default();
     }
-    let stays = |n: &&NodeId| new.nodes().binary_search(n).is_ok();
-    let source = before.iter().find(stays).or(before.first()).copied();
+    let up = |n: &&NodeId| !down.contains(n);
+    let stays = |n: &&NodeId| up(n) && new.nodes().binary_search(n).is_ok();
+    let Some(source) = before
+        .iter()
+        .find(stays)
+        .or(before.iter().find(up))
+        .copied()
+    else {
+        return KeyMove::default();
+    };
+    let source = Some(source);
     KeyMove {
         source,
         destinations,

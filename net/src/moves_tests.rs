@@ -238,3 +238,56 @@ proptest! {
         check_ranges(&old, &new, replicas);
     }
 }
+
+/// A node removed while down sends nothing: each of its keys comes from another old owner
+/// that stays, every new owner still gets every key it gains, and the arcs agree.
+#[test]
+fn a_down_node_is_never_a_source() {
+    let (old, new) = (ring(&[1, 2, 3]), ring(&[1, 2]));
+    for key in keys(2000) {
+        let plan = plan_key_without(&old, &new, 2, &[3], &key);
+        let before = old.owners(&key, 2);
+        let after = new.owners(&key, 2);
+        assert_eq!(
+            plan.destinations.is_empty(),
+            after.iter().all(|n| before.contains(n))
+        );
+        if !plan.destinations.is_empty() {
+            let source = plan.source.unwrap();
+            assert_ne!(source, 3, "{key:?}");
+            assert!(
+                before.contains(&source) && after.contains(&source),
+                "{key:?}"
+            );
+        }
+        // Without the down node, the plan is the usual one wherever node 3 would not send.
+        let usual = plan_key(&old, &new, 2, &key);
+        if usual.source != Some(3) {
+            assert_eq!(plan, usual);
+        }
+    }
+    let ranges = moved_ranges_without(&old, &new, 2, &[3]);
+    for key in keys(500) {
+        let point = old.point(&key);
+        let by_range = ranges
+            .iter()
+            .find(|r| r.contains(point))
+            .map(|r| r.plan.clone())
+            .unwrap_or_default();
+        assert_eq!(by_range, plan_key_without(&old, &new, 2, &[3], &key));
+    }
+}
+
+/// At one replica a down node's keys have no other holder: they move nowhere.
+#[test]
+fn a_down_nodes_keys_at_one_replica_move_nowhere() {
+    let (old, new) = (ring(&[1, 2, 3]), ring(&[1, 2]));
+    for key in keys(500) {
+        let plan = plan_key_without(&old, &new, 1, &[3], &key);
+        if old.owners(&key, 1) == [3] {
+            assert_eq!(plan, KeyMove::default());
+        } else {
+            assert_eq!(plan, plan_key(&old, &new, 1, &key));
+        }
+    }
+}

@@ -148,6 +148,7 @@ mod tests {
                     version_node: 3,
                     hello: None,
                     force: true,
+                    leave_id: 7,
                 },
                 Op {
                     code: -5,
@@ -230,6 +231,7 @@ mod tests {
                         version_node,
                         hello: None,
                         force: replica && version_node % 2 == 0,
+                        leave_id: version_node % 3,
                     })
                     .collect(),
             };

@@ -1,5 +1,6 @@
 //! `kvmesh leave`: retires a node from its cluster. The node's ranges stream to their new
-//! owners while the cluster keeps serving; then it leaves the ring and exits.
+//! owners while the cluster keeps serving; then it leaves the ring and exits. With `--id`, any
+//! member removes node `ID`, which may be down: its ranges then stream from their other owners.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,10 +14,15 @@ use crate::units::parse_duration;
 
 #[derive(Args, Debug)]
 pub struct LeaveArgs {
-    /// Any wire port of the node to retire.
+    /// Any wire port of the node to retire; with `--id`, of any member.
     #[arg(long, value_name = "HOST:PORT")]
     addr: SocketAddr,
-    /// Leave even when fewer members than the replication factor would be left.
+    /// The id of the node to remove (it may be down), asked of the member at `--addr`.
+    /// Default: the node at `--addr` leaves.
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u32).range(1..))]
+    id: Option<u32>,
+    /// Leave even when fewer members than the replication factor would be left, or, for a
+    /// node that is down at --replicas 1, when its keys are lost.
     #[arg(long)]
     force: bool,
     /// Give up on connecting, or on the node's answer, after this long.
@@ -38,6 +44,7 @@ pub fn run(args: LeaveArgs) -> anyhow::Result<i32> {
             let op = Op {
                 code: OpCode::OpLeave as i32,
                 force: args.force,
+                leave_id: args.id.unwrap_or(0),
                 ..Op::default()
             };
             let result = client
@@ -49,10 +56,11 @@ pub fn run(args: LeaveArgs) -> anyhow::Result<i32> {
                 .ok_or_else(|| anyhow!("the node sent an empty reply"))?;
             match result.status() {
                 Status::Ok => {
-                    println!(
-                        "{}; its ranges stream to their new owners, then it exits",
-                        result.message
-                    );
+                    let then = match args.id {
+                        None => "its ranges stream to their new owners, then it exits",
+                        Some(_) => "its ranges stream to their new owners, then it is removed",
+                    };
+                    println!("{}; {then}", result.message);
                     return Ok(0);
                 }
                 Status::Busy | Status::Unavailable if std::time::Instant::now() < give_up => {

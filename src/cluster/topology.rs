@@ -44,6 +44,10 @@ pub struct Transition {
     pub new: Vec<Member>,
     /// Sources that finished streaming.
     pub done: BTreeSet<NodeId>,
+    /// A leave of a node that is down (`kvmesh leave --id`): it counts as done from the start
+    /// and streams nothing; its keys stream from their other old owners
+    /// (`kvmesh_net::moves::plan_key_without`).
+    pub down: bool,
 }
 
 /// The id of a cluster bootstrapped with `members`: FNV-1a (64 bits) of `ID=ADDR,` for each, in
@@ -82,11 +86,14 @@ pub enum Command {
     /// Start adding `member` to the ring.
     BeginJoin(Member),
     /// Start removing node `id`. `replicas` is the proposer's `--replicas`, carried in the
-    /// entry so every node decides the same; `force` allows going below it.
+    /// entry so every node decides the same; `force` allows going below it. `down`: the node
+    /// is down (the proposer could not reach it), so it streams nothing; at `replicas` 1 its
+    /// keys are lost, which `force` must allow too.
     BeginLeave {
         id: NodeId,
         replicas: u32,
         force: bool,
+        down: bool,
     },
     /// Source `node` streamed every key it owes for the transition of `epoch`.
     SourceDone { epoch: u64, node: NodeId },
@@ -138,6 +145,11 @@ pub enum Refused {
         left: usize,
         replicas: u32,
     },
+    #[error(
+        "node {0} is down and is the only owner of its ranges at --replicas 1: its keys are \
+         lost; use --force to remove it anyway"
+    )]
+    KeysLost(NodeId),
     #[error("node {0} is the last member; a cluster cannot remove its last node")]
     LastMember(NodeId),
     #[error("no membership change runs at epoch {asked} (the topology is at epoch {current})")]
@@ -225,6 +237,7 @@ impl Topology {
                 id,
                 replicas,
                 force,
+                down,
             } => {
                 self.idle()?;
                 if self.member(id).is_none() {
@@ -237,6 +250,9 @@ impl Topology {
                 if left < replicas as usize && !force {
                     return Err(Refused::BelowReplicas { id, left, replicas });
                 }
+                if down && replicas <= 1 && !force {
+                    return Err(Refused::KeysLost(id));
+                }
                 let new = self
                     .members
                     .iter()
@@ -244,6 +260,10 @@ impl Topology {
                     .filter(|m| m.id != id)
                     .collect();
                 self.begin(Change::Leave(id), new);
+                if let Some(t) = self.transition.as_mut().filter(|_| down) {
+                    t.down = true;
+                    t.done.insert(id);
+                }
                 Ok(Applied::Began)
             }
             Command::SourceDone { epoch, node } => {
@@ -324,6 +344,7 @@ impl Topology {
             old: self.members.clone(),
             new,
             done: BTreeSet::new(),
+            down: false,
         });
         self.epoch += 1;
     }
@@ -341,6 +362,15 @@ impl Topology {
 }
 
 impl Transition {
+    /// The old members that are down and take no part ([`Transition::down`]): nothing is
+    /// streamed from them and no one waits for them.
+    pub fn down_nodes(&self) -> Vec<NodeId> {
+        match self.change {
+            Change::Leave(id) if self.down => vec![id],
+            _ => Vec::new(),
+        }
+    }
+
     /// Sources that have not reported yet, in id order.
     pub fn pending(&self) -> Vec<NodeId> {
         self.old

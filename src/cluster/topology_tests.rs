@@ -23,6 +23,16 @@ fn leave(id: NodeId, replicas: u32, force: bool) -> Command {
         id,
         replicas,
         force,
+        down: false,
+    }
+}
+
+fn remove_down(id: NodeId, replicas: u32, force: bool) -> Command {
+    Command::BeginLeave {
+        id,
+        replicas,
+        force,
+        down: true,
     }
 }
 
@@ -200,6 +210,11 @@ fn commands_and_topologies_round_trip_the_wire() {
     let mut l = three();
     l.apply(&leave(1, 1, false)).unwrap();
     assert_eq!(topology_from_wire(&topology_to_wire(&l)), Ok(l.clone()));
+    let c = remove_down(3, 2, false);
+    assert_eq!(decode_command(&encode_command(&c)), Ok(c));
+    let mut d = three();
+    d.apply(&remove_down(3, 2, false)).unwrap();
+    assert_eq!(topology_from_wire(&topology_to_wire(&d)), Ok(d.clone()));
 
     let mut bad = topology_to_wire(&t);
     bad.members[0].addr = "nowhere".into();
@@ -217,4 +232,36 @@ fn a_leave_from_a_topology_with_no_members_is_refused_not_a_panic() {
     };
     assert_eq!(t.apply(&leave(1, 1, true)), Err(Refused::NotMember(1)));
     assert_eq!(t.epoch, 3);
+}
+
+#[test]
+fn a_node_that_is_down_is_removed_without_streaming() {
+    let mut t = three();
+    assert_eq!(t.apply(&remove_down(3, 2, false)), Ok(Applied::Began));
+    let transition = t.transition.clone().unwrap();
+    assert!(transition.down);
+    // The down node counts as done: only the members that stay stream.
+    assert_eq!(transition.pending(), vec![1, 2]);
+    for node in [1, 2] {
+        t.apply(&Command::SourceDone { epoch: 2, node }).unwrap();
+    }
+    assert_eq!(t.finish_due(), Some(2));
+    t.apply(&Command::Finish { epoch: 2 }).unwrap();
+    assert_eq!((t.epoch, ids(&t.members)), (3, vec![1, 2]));
+}
+
+#[test]
+fn removing_a_down_node_at_one_replica_loses_its_keys_and_needs_force() {
+    let mut t = three();
+    let refused = t.apply(&remove_down(3, 1, false)).unwrap_err();
+    assert_eq!(refused, Refused::KeysLost(3));
+    assert_eq!(
+        refused.to_string(),
+        "node 3 is down and is the only owner of its ranges at --replicas 1: its keys are lost; \
+         use --force to remove it anyway"
+    );
+    assert_eq!(t, three());
+    assert_eq!(t.apply(&remove_down(3, 1, true)), Ok(Applied::Began));
+    // A leave of a node that is up streams its keys: no force needed at one replica.
+    assert_eq!(three().apply(&leave(3, 1, false)), Ok(Applied::Began));
 }

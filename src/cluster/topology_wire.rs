@@ -33,10 +33,12 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
             id,
             replicas,
             force,
+            down,
         } => Wire::BeginLeave(wire::BeginLeave {
             id,
             replicas,
             force,
+            down,
         }),
         &Command::SourceDone { epoch, node } => Wire::SourceDone(wire::SourceDone { epoch, node }),
         &Command::Finish { epoch } => Wire::Finish(epoch),
@@ -56,6 +58,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, TopologyDecodeError> {
             id: l.id,
             replicas: l.replicas,
             force: l.force,
+            down: l.down,
         },
         Wire::SourceDone(d) => Command::SourceDone {
             epoch: d.epoch,
@@ -88,6 +91,7 @@ pub fn topology_to_wire(t: &Topology) -> wire::ClusterTopology {
             old_members: t.old.iter().copied().map(member_to_wire).collect(),
             new_members: t.new.iter().copied().map(member_to_wire).collect(),
             done: t.done.iter().copied().collect(),
+            down: t.down,
         }),
     }
 }
@@ -109,6 +113,7 @@ pub fn topology_from_wire(t: &wire::ClusterTopology) -> Result<Topology, Topolog
                 old: members(&w.old_members)?,
                 new: members(&w.new_members)?,
                 done: w.done.iter().copied().collect::<BTreeSet<_>>(),
+                down: w.down,
             })
         }
     };

@@ -251,7 +251,7 @@ pub async fn lifecycle(
                 &pairs(&t.new),
                 replicas,
             ) {
-                Ok(mv) => mv,
+                Ok(mv) => mv.without(t.down_nodes()),
                 Err(e) => {
                     tracing::error!("epoch {}: no move: {e}", topology.epoch);
                     continue;
@@ -262,7 +262,7 @@ pub async fn lifecycle(
                 .iter()
                 .chain(&t.new)
                 .map(|m| m.id)
-                .filter(|&id| id != me)
+                .filter(|&id| id != me && !t.down_nodes().contains(&id))
                 .collect();
             all_applied(&ctx, topology.epoch, &others).await;
             match stream::stream_shard(&ctx, &mv).await {

@@ -108,6 +108,9 @@ pub struct Move {
     pub replicas: usize,
     /// Every member of old ∪ new.
     pub addrs: BTreeMap<NodeId, Endpoint>,
+    /// Old members that are down and send nothing (a node removed while down): their keys
+    /// come from the other old owners (`moves::plan_key_without`).
+    pub down: Vec<NodeId>,
 }
 
 impl Move {
@@ -136,7 +139,14 @@ impl Move {
             new: Ring::new(&ids(new))?,
             replicas,
             addrs,
+            down: Vec::new(),
         })
+    }
+
+    /// This move with the nodes in `down` sending nothing.
+    pub fn without(mut self, down: Vec<NodeId>) -> Move {
+        self.down = down;
+        self
     }
 }
 
@@ -220,7 +230,7 @@ pub enum StreamError {
 /// describe one); running the same move again is harmless, only slower.
 pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport, StreamError> {
     let me = ctx.peers.membership().me;
-    let ranges = moves::moved_ranges(&mv.old, &mv.new, mv.replicas)
+    let ranges = moves::moved_ranges_without(&mv.old, &mv.new, mv.replicas, &mv.down)
         .iter()
         .filter(|r| r.plan.is_sent_by(me))
         .count() as u64;
@@ -299,7 +309,7 @@ async fn count(ctx: &ShardCtx, mv: &Move, me: NodeId) -> (MoveCost, Vec<NodeId>)
             .borrow_mut()
             .store_mut()
             .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
-                let plan = moves::plan_key(&mv.old, &mv.new, mv.replicas, e.key);
+                let plan = moves::plan_key_without(&mv.old, &mv.new, mv.replicas, &mv.down, e.key);
                 if plan.is_sent_by(me) {
                     cost.add(&plan, e.key.len(), e.value.len());
                     for d in &plan.destinations {
@@ -337,7 +347,7 @@ async fn send_all(
             .borrow_mut()
             .store_mut()
             .scan(at, SCAN_SLOTS, super::now_ms(), |e| {
-                let plan = moves::plan_key(&mv.old, &mv.new, mv.replicas, e.key);
+                let plan = moves::plan_key_without(&mv.old, &mv.new, mv.replicas, &mv.down, e.key);
                 if plan.is_sent_by(me) {
                     let item = Item {
                         key: e.key.to_vec(),

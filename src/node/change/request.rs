@@ -36,10 +36,12 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
         };
         Command::BeginJoin(member)
     } else {
+        let id = if op.leave_id == 0 { me } else { op.leave_id };
         Command::BeginLeave {
-            id: me,
+            id,
             replicas: ctx.config.replication.replicas as u32,
             force: op.force,
+            down: id != me && is_down(ctx, &raft.topology(), id).await,
         }
     };
     let began = Instant::now();
@@ -117,6 +119,27 @@ fn check_joining(
     }
 }
 
+/// Whether member `id` (not this node) is down: it does not answer an `OP_TOPOLOGY` on its
+/// shard 0 within `--forward-timeout`. A node that is not a member is not down (the state
+/// machine refuses its leave).
+async fn is_down(ctx: &ShardCtx, topology: &Topology, id: NodeId) -> bool {
+    if topology.member(id).is_none() {
+        return false;
+    }
+    let op = Op {
+        code: OpCode::OpTopology as i32,
+        ..Op::default()
+    };
+    let sent = ctx.peers.send_to_shard(id, 0, vec![op]).await;
+    match ctx.peers.wait(sent).await {
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("removing node {id}, which is down ({e}): it streams nothing");
+            true
+        }
+    }
+}
+
 /// The answer for `command` if the agreed topology already shows it.
 fn agreed(topology: &Topology, command: &Command) -> Option<OpResult> {
     let ok = |what: String| OpResult {
@@ -143,7 +166,16 @@ fn agreed(topology: &Topology, command: &Command) -> Option<OpResult> {
             Some(ok(format!("node {} is a member", m.id)))
         }
         (Command::BeginLeave { id, .. }, Some(Change::Leave(l))) if l == *id => {
-            Some(ok(format!("node {id} leaves at epoch {}", topology.epoch)))
+            let down = topology.transition.as_ref().is_some_and(|t| t.down);
+            Some(ok(format!(
+                "node {id} leaves at epoch {}{}",
+                topology.epoch,
+                if down {
+                    " (it is down: its keys stream from their other owners)"
+                } else {
+                    ""
+                }
+            )))
         }
         _ => None,
     }
