@@ -124,6 +124,37 @@ fn a_node_whose_data_dir_was_wiped_refuses_to_bootstrap_again() {
     }
 }
 
+/// The leader's disk is replaced: its followers heard from it, so it refuses to bootstrap
+/// again from `--peers` and exits, saying where the cluster is.
+#[test]
+fn a_wiped_former_leader_refuses_to_bootstrap() {
+    let mut cluster = Cluster::start(3, 1, &[]);
+    wait_for_epoch_one(&cluster);
+    let leader = leader_of(&cluster);
+    cluster.wipe_and_respawn(leader);
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cluster.nodes[leader - 1].is_running() {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the wiped leader did not stop\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = cluster.nodes[leader - 1].log();
+    assert!(
+        log.contains("this node's data directory is empty but the cluster exists (epoch 1 at ")
+            && log.contains("it heard from this node before): start it with --join"),
+        "{log}"
+    );
+    // The others elect a leader among themselves and still serve.
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        if i + 1 != leader {
+            WireClient::connect(node.addr).put(b"k", b"v");
+        }
+    }
+}
+
 #[test]
 fn a_raft_message_without_a_peer_handshake_is_refused() {
     use protobuf::Message as _;

@@ -170,6 +170,9 @@ pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::To
         .peers
         .agreed()
         .and_then(|t| topology_to_wire(&t).transition);
+    if let Some(raft) = &ctx.raft {
+        topology.raft_heard = raft.heard_from();
+    }
 }
 
 /// Waits until every shard of every node in `nodes` has applied topology `epoch`. A source

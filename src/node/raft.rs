@@ -42,6 +42,7 @@ use crate::cluster::Peers;
 
 use super::reply;
 
+pub mod bootstrap_guard;
 mod guards;
 mod voters;
 
@@ -93,6 +94,9 @@ pub struct RaftDriver {
     /// Set when the state could not be written: the driver stops rather than break Raft's
     /// promises, and says so.
     failed: Cell<bool>,
+    /// The nodes whose messages this node accepted since it started (see
+    /// `Topology.raft_heard`).
+    heard: RefCell<std::collections::BTreeSet<NodeId>>,
 }
 
 impl RaftDriver {
@@ -176,6 +180,7 @@ impl RaftDriver {
             last_transfer: Cell::new(None),
             applied_index: Cell::new(stored.applied),
             failed: Cell::new(false),
+            heard: RefCell::default(),
         });
         (driver.publish)(&topology_to_wire(&driver.topology.borrow()));
         Ok(driver)
@@ -225,8 +230,16 @@ impl RaftDriver {
             tracing::warn!("topology: refused a Raft message: {why}");
             return reply::status(Status::Refused, format!("OP_RAFT: {why}"));
         }
+        if let Ok(from) = NodeId::try_from(message.from) {
+            self.heard.borrow_mut().insert(from);
+        }
         self.inbox.borrow_mut().push(message);
         OpResult::default()
+    }
+
+    /// The nodes whose Raft messages this node accepted since it started, in id order.
+    pub fn heard_from(&self) -> Vec<NodeId> {
+        self.heard.borrow().iter().copied().collect()
     }
 
     /// Why `message` may not be stepped into this node's group, if it may not: it must be

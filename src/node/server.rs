@@ -173,6 +173,10 @@ pub async fn run_shard(
         })
     };
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone(), on_control);
+    if let Err(e) = check_bootstrap(me, &config).await {
+        let _ = ready.send(Err(e));
+        return;
+    }
     let raft = match open_raft(me, &config, &peers, &mesh) {
         Ok(raft) => raft,
         Err(e) => {
@@ -296,6 +300,24 @@ async fn hold_recovery_for_tests() {
     }
 }
 
+/// Shard 0 of a node that would bootstrap the topology group from `--peers` (no stored state,
+/// no `--join`) first asks the peers whether the cluster exists already (see
+/// `raft::bootstrap_guard`).
+async fn check_bootstrap(me: usize, config: &NodeConfig) -> Result<(), String> {
+    let Some(durability) = config.durability.as_ref() else {
+        return Ok(());
+    };
+    if me != 0 || !config.cluster.is_multi_node() || config.join.is_some() {
+        return Ok(());
+    }
+    let stored =
+        crate::cluster::raft_state::load(&durability.data_dir).map_err(|e| e.to_string())?;
+    if stored.is_some() {
+        return Ok(());
+    }
+    super::raft::bootstrap_guard::check(config.node_id, &config.cluster.members).await
+}
+
 /// Shard 0 of a multi-node cluster with a data directory opens the topology Raft group; it
 /// tells this shard's peers and, over the mesh, every other shard each topology it applies.
 fn open_raft(
@@ -346,6 +368,7 @@ fn topology(config: &NodeConfig, me: usize) -> Topology {
         members: config.cluster.wire_members(),
         epoch: 0,
         transition: None,
+        raft_heard: Vec::new(),
     }
 }
 
