@@ -155,6 +155,50 @@ fn a_wiped_former_leader_refuses_to_bootstrap() {
     }
 }
 
+/// The topology log is compacted at every `Finish`: a node that joins after a compaction
+/// cannot replay the log from its first entry, and catches up through a Raft snapshot (the
+/// encoded topology); a member restarts from its compacted log.
+#[test]
+fn a_compacted_log_is_caught_up_through_a_snapshot() {
+    let mut cluster = Cluster::start(3, 1, &[]);
+    wait_for_epoch_one(&cluster);
+    let (d4, d5) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut four = joiner(4, cluster.nodes[0].addr, &d4, &[]);
+    four.wait_ready();
+    let nodes: Vec<&Node> = cluster.nodes.iter().chain([&four]).collect();
+    wait_for_members(&nodes, &[1, 2, 3, 4], || cluster.logs());
+    wait_for("every member to compact its log", || {
+        nodes
+            .iter()
+            .all(|n| n.log().contains("topology: compacted the log up to index"))
+            .then_some(())
+    });
+    let mut five = joiner(5, cluster.nodes[1].addr, &d5, &[]);
+    five.wait_ready();
+    let logs = || format!("{}\n--- 5 ---\n{}", cluster.logs(), five.log());
+    let all: Vec<&Node> = cluster.nodes.iter().chain([&four, &five]).collect();
+    wait_for_members(&all, &[1, 2, 3, 4, 5], logs);
+    assert!(
+        five.log()
+            .contains("topology: installed a snapshot at index"),
+        "{}",
+        logs()
+    );
+    assert!(!five.log().contains("panicked"), "{}", logs());
+    drop(all);
+    drop(nodes);
+    // A member restarts from its compacted log and snapshot.
+    cluster.restart(1);
+    assert!(
+        cluster.nodes[0]
+            .log()
+            .contains("topology: restored epoch 5 (5 member(s)"),
+        "{}",
+        cluster.nodes[0].log()
+    );
+    assert_eq!(epoch(&cluster.nodes[0], 0), 5);
+}
+
 #[test]
 fn a_raft_message_without_a_peer_handshake_is_refused() {
     use protobuf::Message as _;

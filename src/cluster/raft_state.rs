@@ -12,8 +12,9 @@
 //! [`save`] writes `topology.raft.tmp`, fsyncs it, renames it over `topology.raft` and fsyncs
 //! the directory, so a crash leaves either the old or the new state, never a mix. The topology
 //! log is tiny (a handful of entries per membership change, plus one per leader election), so
-//! rewriting it whole is cheaper than keeping a second log format; the entries are never
-//! compacted (a joining node catches up by replaying them from the first).
+//! rewriting it whole is cheaper than keeping a second log format. The log is compacted at
+//! every `Finish` (`node::raft`); the snapshot it was compacted to is kept with the entries
+//! that follow it.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use kvmesh_proto::wire::{ClusterTopology, RaftState};
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 use super::topology::Topology;
 use super::topology_wire::{topology_from_wire, topology_to_wire};
@@ -40,6 +41,9 @@ pub struct Stored {
     pub entries: Vec<Entry>,
     pub topology: Topology,
     pub applied: u64,
+    /// The snapshot the log was last compacted to (`entries` follow it); `None` while the
+    /// log was never compacted.
+    pub snapshot: Option<Snapshot>,
 }
 
 /// Why the stored state could not be read or written.
@@ -63,6 +67,7 @@ pub fn encode(state: &Stored) -> Vec<u8> {
         entries: state.entries.iter().map(|e| raft(e)).collect(),
         topology: Some(topology_to_wire(&state.topology)),
         applied: state.applied,
+        snapshot: state.snapshot.as_ref().map(|s| raft(s)).unwrap_or_default(),
     }
     .encode_to_vec();
     let mut out = Vec::with_capacity(16 + body.len());
@@ -105,12 +110,20 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let topology = topology_from_wire(&state.topology.unwrap_or_else(ClusterTopology::default))
         .map_err(|e| format!("undecodable topology: {e}"))?;
+    let snapshot = match state.snapshot.is_empty() {
+        true => None,
+        false => Some(
+            Snapshot::parse_from_bytes(&state.snapshot)
+                .map_err(|e| format!("undecodable snapshot: {e}"))?,
+        ),
+    };
     Ok(Stored {
         hard_state,
         conf_state,
         entries,
         topology,
         applied: state.applied,
+        snapshot,
     })
 }
 
@@ -186,6 +199,7 @@ mod tests {
             entries: vec![entry],
             topology: Topology::initial(members).unwrap(),
             applied: 1,
+            snapshot: None,
         }
     }
 

@@ -14,7 +14,9 @@
 //!
 //! At first start every member of `--peers` bootstraps the same state: voters = the member
 //! ids, and one committed entry at index 1, term 1, `Bootstrap(members)`, so every log begins
-//! alike and a node that joins later learns the whole history by replaying it. Once a state is
+//! alike and a node that joins later learns the whole history by replaying it, or, once the
+//! log was compacted (at every applied `Finish`, see `raft/storage.rs`), from a Raft snapshot
+//! whose data is the encoded topology, then the entries after it. Once a state is
 //! stored, it is authoritative. Every applied entry is sent to the node's other shards over the
 //! channel mesh (see [`super::mesh::Envelope::Topology`]), so each shard's
 //! `ctx.peers.membership()` carries the agreed epoch.
@@ -31,20 +33,26 @@ use kvmesh_proto::wire::{ClusterTopology, Op, OpCode, OpResult, Status};
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    Snapshot,
 };
-use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RawNode, StateRole, Storage};
 
 use crate::cluster::raft_state::{self, Stored};
 use crate::cluster::topology::{Applied, Change, Command, Member, Refused, Topology};
-use crate::cluster::topology_wire::{decode_command, encode_command, topology_to_wire};
+use crate::cluster::topology_wire::{
+    decode_command, encode_command, topology_from_wire, topology_to_wire,
+};
 use crate::cluster::Peers;
+use prost::Message as _;
 
 use super::reply;
 
 pub mod bootstrap_guard;
 mod guards;
+mod storage;
 mod voters;
+
+use storage::{Latest, TopologyStorage};
 
 use guards::unsteppable;
 use voters::adopt_bootstrap_voters;
@@ -64,7 +72,7 @@ const HEARTBEAT_TICKS: usize = 2;
 /// Shard 0's handle on the topology Raft group.
 pub struct RaftDriver {
     dir: PathBuf,
-    node: RefCell<RawNode<MemStorage>>,
+    node: RefCell<RawNode<TopologyStorage>>,
     topology: RefCell<Topology>,
     peers: Rc<Peers>,
     /// Called with every topology the group applies (it tells the other shards).
@@ -128,6 +136,7 @@ impl RaftDriver {
                 entries: Vec::new(),
                 topology: Topology::empty(),
                 applied: 0,
+                snapshot: None,
             },
             None => {
                 let stored = bootstrap(members);
@@ -135,7 +144,10 @@ impl RaftDriver {
                 stored
             }
         };
-        let storage = MemStorage::new();
+        let storage = TopologyStorage::new();
+        if let Some(snapshot) = stored.snapshot.clone() {
+            storage.install(snapshot)?;
+        }
         {
             let mut core = storage.wl();
             core.set_conf_state(stored.conf_state.clone());
@@ -174,8 +186,11 @@ impl RaftDriver {
                     | 1,
             ),
             last_conf_proposal: Cell::new(None),
+            // The log is compacted at a `Finish` (up to the applied index then, so at about it).
             finished: Cell::new(
-                last_finish(&stored.entries, stored.applied).map(|i| (i, Instant::now())),
+                last_finish(&stored.entries, stored.applied)
+                    .or(stored.snapshot.as_ref().map(|s| s.get_metadata().index))
+                    .map(|i| (i, Instant::now())),
             ),
             last_transfer: Cell::new(None),
             applied_index: Cell::new(stored.applied),
@@ -183,6 +198,7 @@ impl RaftDriver {
             heard: RefCell::default(),
         });
         (driver.publish)(&topology_to_wire(&driver.topology.borrow()));
+        driver.note_latest(&driver.node.borrow());
         Ok(driver)
     }
 
@@ -357,13 +373,10 @@ impl RaftDriver {
             return Ok(());
         }
         let mut ready = node.ready();
+        let mut changed = false;
         if !ready.snapshot().is_empty() {
-            // Never sent (the log is never compacted, and `unsteppable` drops MsgSnapshot), so
-            // never applied: stop rather than carry on with a state that ignored one.
-            return Err(format!(
-                "a Raft snapshot at index {} arrived; this group does not apply snapshots",
-                ready.snapshot().get_metadata().index
-            ));
+            self.install(&mut node, ready.snapshot().clone())?;
+            changed = true;
         }
         if let Some(soft) = ready.ss() {
             if soft.leader_id != self.leader.get() {
@@ -377,7 +390,6 @@ impl RaftDriver {
             }
         }
         self.send(ready.take_messages());
-        let mut changed = false;
         changed |= self.apply(&mut node, ready.take_committed_entries());
         if !ready.entries().is_empty() {
             node.mut_store()
@@ -409,10 +421,51 @@ impl RaftDriver {
         Ok(())
     }
 
+    /// Takes a snapshot the leader sent (this node was behind the leader's compaction point):
+    /// its topology replaces this node's, and the log starts after it.
+    fn install(
+        &self,
+        node: &mut RawNode<TopologyStorage>,
+        snapshot: Snapshot,
+    ) -> Result<(), String> {
+        let index = snapshot.get_metadata().index;
+        let wire = ClusterTopology::decode(&snapshot.data[..])
+            .map_err(|e| format!("a topology snapshot at index {index} does not decode: {e}"))?;
+        let topology = topology_from_wire(&wire)
+            .map_err(|e| format!("a topology snapshot at index {index}: {e}"))?;
+        node.mut_store().install(snapshot)?;
+        tracing::info!(
+            "topology: installed a snapshot at index {index}: epoch {}, {} member(s)",
+            topology.epoch,
+            topology.members.len()
+        );
+        *self.topology.borrow_mut() = topology;
+        self.applied_index.set(index);
+        (self.publish)(&wire);
+        self.note_latest(node);
+        Ok(())
+    }
+
+    /// Tells the storage the applied state, which snapshots are built from.
+    fn note_latest(&self, node: &RawNode<TopologyStorage>) {
+        let store = node.store();
+        let index = self.applied_index.get();
+        let (Ok(term), Ok(state)) = (store.term(index), store.initial_state()) else {
+            return;
+        };
+        store.set_latest(Latest {
+            index,
+            term,
+            conf_state: state.conf_state,
+            topology: topology_to_wire(&self.topology.borrow()).encode_to_vec(),
+        });
+    }
+
     /// Applies committed entries to the topology, publishing each new one. Returns whether
-    /// anything was applied.
-    fn apply(&self, node: &mut RawNode<MemStorage>, entries: Vec<Entry>) -> bool {
+    /// anything was applied. After a `Finish`, the log is compacted up to it.
+    fn apply(&self, node: &mut RawNode<TopologyStorage>, entries: Vec<Entry>) -> bool {
         let applied = !entries.is_empty();
+        let finished_before = self.finished.get().map(|(i, _)| i);
         for entry in entries {
             match entry.entry_type {
                 EntryType::EntryNormal if entry.data.is_empty() => {} // a new leader's entry
@@ -452,6 +505,18 @@ impl RaftDriver {
                 ),
             }
             self.applied_index.set(entry.index);
+        }
+        if applied {
+            self.note_latest(node);
+        }
+        if self.finished.get().map(|(i, _)| i) != finished_before {
+            match node.mut_store().compact() {
+                Ok(dropped) => tracing::info!(
+                    "topology: compacted the log up to index {} ({dropped} entries)",
+                    self.applied_index.get()
+                ),
+                Err(e) => tracing::warn!("topology: compacting the log: {e}"),
+            }
         }
         applied
     }
@@ -497,7 +562,7 @@ impl RaftDriver {
         }
     }
 
-    fn persist(&self, node: &RawNode<MemStorage>) -> Result<(), String> {
+    fn persist(&self, node: &RawNode<TopologyStorage>) -> Result<(), String> {
         let store = node.store();
         let state = store.initial_state().map_err(|e| e.to_string())?;
         let (first, last) = (
@@ -517,6 +582,7 @@ impl RaftDriver {
             entries,
             topology: self.topology.borrow().clone(),
             applied: self.applied_index.get(),
+            snapshot: store.compacted(),
         };
         raft_state::save(&self.dir, &stored).map_err(|e| e.to_string())
     }
@@ -579,5 +645,6 @@ fn bootstrap(members: &[Member]) -> Stored {
         entries: vec![entry],
         topology: Topology::empty(),
         applied: 0,
+        snapshot: None,
     }
 }

@@ -5,9 +5,9 @@ use super::*;
 /// Why raft-rs would abort on `message` (its `fatal!` paths, which assume every message comes
 /// from a correct member with an intact log), if it would: a heartbeat that commits beyond
 /// this node's log, an append that contradicts a committed entry, an acknowledgement of
-/// entries the leader does not have, a snapshot (this group never sends one: its log is
-/// never compacted).
-pub(super) fn unsteppable(node: &RawNode<MemStorage>, message: &Message) -> Option<String> {
+/// entries the leader does not have; and a snapshot without a topology or an index, which
+/// no member sends (a member's snapshot holds the applied topology, `storage.rs`).
+pub(super) fn unsteppable(node: &RawNode<TopologyStorage>, message: &Message) -> Option<String> {
     let log = &node.raft.raft_log;
     let last = log.last_index();
     match message.get_msg_type() {
@@ -30,7 +30,12 @@ pub(super) fn unsteppable(node: &RawNode<MemStorage>, message: &Message) -> Opti
             "acknowledges index {} but this node's log ends at {last}",
             message.index
         )),
-        MessageType::MsgSnapshot => Some("this group never sends snapshots".to_string()),
+        MessageType::MsgSnapshot
+            if message.get_snapshot().data.is_empty()
+                || message.get_snapshot().get_metadata().index == 0 =>
+        {
+            Some("a snapshot without a topology or an index".to_string())
+        }
         _ => None,
     }
 }
@@ -40,7 +45,7 @@ mod tests {
     use super::*;
     use crate::node::raft::bootstrap;
 
-    fn node() -> RawNode<MemStorage> {
+    fn node() -> RawNode<TopologyStorage> {
         let members: Vec<Member> = (1..=3)
             .map(|id| Member {
                 id,
@@ -48,7 +53,7 @@ mod tests {
             })
             .collect();
         let stored = bootstrap(&members);
-        let storage = MemStorage::new();
+        let storage = TopologyStorage::new();
         {
             let mut core = storage.wl();
             core.set_conf_state(stored.conf_state);
@@ -101,6 +106,10 @@ mod tests {
         assert_eq!(unsteppable(&node, &ack), None);
 
         assert!(unsteppable(&node, &message(MessageType::MsgSnapshot)).is_some());
+        let mut snapshot = message(MessageType::MsgSnapshot);
+        snapshot.mut_snapshot().data = b"a topology".to_vec().into();
+        snapshot.mut_snapshot().mut_metadata().index = 5;
+        assert_eq!(unsteppable(&node, &snapshot), None);
         // Stepped, the checked heartbeat would have aborted the process.
         assert!(node.step(message(MessageType::MsgHeartbeat)).is_ok());
     }

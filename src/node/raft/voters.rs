@@ -53,7 +53,7 @@ impl RaftDriver {
     /// On a leader that left the cluster: hands the leadership to the member that holds the
     /// most of the log, at most once a second, so a member (not this node) removes it from
     /// the group and no election has to wait for it to stop.
-    pub(super) fn hand_over_if_left(&self, node: &mut RawNode<MemStorage>) {
+    pub(super) fn hand_over_if_left(&self, node: &mut RawNode<TopologyStorage>) {
         if node.raft.state != StateRole::Leader {
             return;
         }
@@ -87,7 +87,7 @@ impl RaftDriver {
     /// does not vote); a member that is not a voter (a join that finished) becomes one; a
     /// voter that is no member any more (a leave that finished) is removed. A proposal that is
     /// lost with a leader change is simply made again.
-    pub(super) fn reconcile_voters(&self, node: &mut RawNode<MemStorage>) {
+    pub(super) fn reconcile_voters(&self, node: &mut RawNode<TopologyStorage>) {
         if node.raft.state != StateRole::Leader || node.raft.has_pending_conf() {
             return;
         }
@@ -145,7 +145,7 @@ impl RaftDriver {
     /// entry and a few heartbeats told it that entry is committed (it stops itself when it
     /// applies it), or after [`LEFT_NODE_GRACE`] whatever it holds (it may be dead: a forced
     /// leave).
-    pub(super) fn may_remove(&self, node: &RawNode<MemStorage>, id: u64) -> bool {
+    pub(super) fn may_remove(&self, node: &RawNode<TopologyStorage>, id: u64) -> bool {
         let Some((index, at)) = self.finished.get() else {
             return true;
         };
@@ -158,7 +158,7 @@ impl RaftDriver {
 /// cluster was bootstrapped with, which were its voters then. Adopting them, one simple change
 /// at a time, gives the joining node the same Raft configuration as every other node at that
 /// index, so the configuration changes that follow apply alike everywhere.
-pub(super) fn adopt_bootstrap_voters(node: &mut RawNode<MemStorage>, members: &[Member]) {
+pub(super) fn adopt_bootstrap_voters(node: &mut RawNode<TopologyStorage>, members: &[Member]) {
     let known = node
         .store()
         .initial_state()
