@@ -221,6 +221,76 @@ fn removing_a_dead_node_at_one_replica_needs_force() {
     assert_eq!(client.get(b"after").as_deref(), Some(&b"removal"[..]));
 }
 
+/// `kvmesh abort` through a member rolls back a join whose new node died mid-stream: the
+/// old members are the members again at a new epoch, every key reads back, each member holds
+/// what it owns under the old ring, and the next join runs as usual.
+#[test]
+fn a_join_whose_node_died_is_aborted_and_the_next_join_succeeds() {
+    const FEW: usize = 6000;
+    let value = |i: usize| format!("v0-{i}-{}", "x".repeat(2000));
+    let flags = ["--replicas", "2", "--stream-rate", "1"];
+    let cluster = Cluster::start(3, 1, &flags);
+    let mut client = WireClient::connect(cluster.nodes[0].addr);
+    for chunk in (0..FEW).collect::<Vec<_>>().chunks(200) {
+        let ops = chunk
+            .iter()
+            .map(|&i| {
+                op(
+                    OpCode::OpPut,
+                    format!("k{i}").as_bytes(),
+                    value(i).as_bytes(),
+                    0,
+                )
+            })
+            .collect();
+        for r in client.call(ops) {
+            assert_eq!(r.status(), Status::Ok, "{}", r.message);
+        }
+    }
+    let d4 = tempfile::tempdir().unwrap();
+    let mut four = joiner(4, cluster.nodes[0].addr, &d4, &flags);
+    four.wait_ready();
+    four.signal_and_wait(libc::SIGKILL);
+    let (_, _, moving) = common::membership::topology_at(cluster.nodes[0].addr);
+    assert!(moving, "the join finished before node 4 was killed");
+    let out = cluster.nodes[1].cli(&["abort"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), cluster.logs());
+    assert!(stdout(&out).contains("was aborted"), "{}", stdout(&out));
+    let three: Vec<&Node> = cluster.nodes.iter().collect();
+    wait_for_members(&three, &[1, 2, 3], || cluster.logs());
+    assert_eq!(epoch(&cluster.nodes[0], 0), 3);
+    for node in &three {
+        let mut client = WireClient::connect(node.addr);
+        for chunk in (0..FEW).collect::<Vec<_>>().chunks(200) {
+            let ops = chunk
+                .iter()
+                .map(|&i| op(OpCode::OpGet, format!("k{i}").as_bytes(), b"", 0))
+                .collect();
+            for (r, &i) in client.call(ops).iter().zip(chunk) {
+                assert_eq!(r.value, value(i).as_bytes(), "k{i}: {}", r.message);
+            }
+        }
+        let held = keys_held(node) as f64 / FEW as f64;
+        assert!(
+            (0.55..0.8).contains(&held),
+            "a node holds {held:.3} of the keys"
+        );
+    }
+    // No abort is due now; the next join runs.
+    let out = cluster.nodes[0].cli(&["abort"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no membership change runs"),
+        "{}",
+        stderr(&out)
+    );
+    let d5 = tempfile::tempdir().unwrap();
+    let mut five = joiner(5, cluster.nodes[2].addr, &d5, &["--replicas", "2"]);
+    five.wait_ready();
+    let all: Vec<&Node> = cluster.nodes.iter().chain([&five]).collect();
+    wait_for_members(&all, &[1, 2, 3, 5], || cluster.logs());
+}
+
 #[test]
 fn two_joins_at_once_both_succeed_one_after_the_other() {
     let cluster = Cluster::start(3, 1, &["--replicas", "2"]);

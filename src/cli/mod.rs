@@ -1,6 +1,7 @@
 //! The `kvmesh` command line: `node` runs a node, `cluster` a local cluster of nodes, `gateway`
 //! the standalone gRPC front-end; `put`, `get`, `remove`, `stats` and `snapshot` talk to a node.
 
+mod abort;
 mod client;
 mod cluster;
 mod gateway;
@@ -38,6 +39,8 @@ enum Command {
     Snapshot(snapshot::SnapshotArgs),
     /// Retire a node from its cluster: its keys stream to their new owners, then it exits.
     Leave(leave::LeaveArgs),
+    /// Roll back the running membership change (a join or leave that cannot finish).
+    Abort(abort::AbortArgs),
 }
 
 /// The command line's definition. A flag given twice takes its last value, so that the
@@ -76,6 +79,7 @@ pub fn main() -> i32 {
         Command::Stats(args) => client::stats(args),
         Command::Snapshot(args) => snapshot::run(args),
         Command::Leave(args) => leave::run(args),
+        Command::Abort(args) => abort::run(args),
     };
     match result {
         Ok(code) => code,

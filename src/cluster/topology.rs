@@ -9,6 +9,7 @@
 //! BeginJoin(n) / BeginLeave(n)      -> epoch e+1: transition from M (old) to M' (new)
 //! SourceDone(e+1, s) for each source s (every member of old streamed what it owes)
 //! Finish(e+1)                       -> epoch e+2: stable, members M'
+//!   or Abort(e+1)                   -> epoch e+2: stable, members M (`kvmesh abort`)
 //! ```
 //!
 //! Only one change runs at a time: a Begin while a transition runs is refused with
@@ -99,6 +100,8 @@ pub enum Command {
     SourceDone { epoch: u64, node: NodeId },
     /// End the transition of `epoch`: the new ring is the ring.
     Finish { epoch: u64 },
+    /// Abort the transition of `epoch`: the old members stay the members (epoch + 1).
+    Abort { epoch: u64 },
 }
 
 /// What an applied command did.
@@ -113,6 +116,8 @@ pub enum Applied {
     SourceDone { all_done: bool },
     /// The transition finished; the topology is at a new epoch.
     Finished,
+    /// The transition was aborted; the topology is at a new epoch, with the old members.
+    Aborted,
 }
 
 /// Why a command changed nothing. Every node refuses the same command the same way.
@@ -285,6 +290,12 @@ impl Topology {
                 }
                 self.epoch += 1;
                 Ok(Applied::Finished)
+            }
+            Command::Abort { epoch } => {
+                self.transition_at(epoch)?;
+                self.transition = None;
+                self.epoch += 1;
+                Ok(Applied::Aborted)
             }
         }
     }

@@ -265,3 +265,28 @@ fn removing_a_down_node_at_one_replica_loses_its_keys_and_needs_force() {
     // A leave of a node that is up streams its keys: no force needed at one replica.
     assert_eq!(three().apply(&leave(3, 1, false)), Ok(Applied::Began));
 }
+
+#[test]
+fn an_aborted_change_goes_back_to_the_old_members() {
+    let mut t = three();
+    assert_eq!(
+        t.apply(&Command::Abort { epoch: 1 }),
+        Err(Refused::NoSuchTransition {
+            asked: 1,
+            current: 1
+        })
+    );
+    t.apply(&Command::BeginJoin(m(4))).unwrap();
+    t.apply(&Command::SourceDone { epoch: 2, node: 1 }).unwrap();
+    assert_eq!(t.apply(&Command::Abort { epoch: 2 }), Ok(Applied::Aborted));
+    assert_eq!((t.epoch, ids(&t.members)), (3, vec![1, 2, 3]));
+    assert_eq!(t.transition, None);
+    // Repeated, or a late finish: refused, nothing changes.
+    assert!(t.apply(&Command::Abort { epoch: 2 }).is_err());
+    assert!(t.apply(&Command::Finish { epoch: 2 }).is_err());
+    assert_eq!(t.epoch, 3);
+    // The next change runs as usual.
+    assert_eq!(t.apply(&leave(2, 2, false)), Ok(Applied::Began));
+    let c = Command::Abort { epoch: 4 };
+    assert_eq!(decode_command(&encode_command(&c)), Ok(c));
+}

@@ -42,6 +42,7 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
         }),
         &Command::SourceDone { epoch, node } => Wire::SourceDone(wire::SourceDone { epoch, node }),
         &Command::Finish { epoch } => Wire::Finish(epoch),
+        &Command::Abort { epoch } => Wire::Abort(epoch),
     };
     wire::TopologyCommand {
         command: Some(command),
@@ -65,6 +66,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, TopologyDecodeError> {
             node: d.node,
         },
         Wire::Finish(epoch) => Command::Finish { epoch },
+        Wire::Abort(epoch) => Command::Abort { epoch },
         Wire::Bootstrap(b) => Command::Bootstrap(
             b.members
                 .iter()

@@ -11,6 +11,11 @@
 //! 3. **Finish.** The leader proposes `Finish` once every source reported. Every node then
 //!    routes by the new ring, and every shard drops the keys its node no longer owns
 //!    (`stream::drop_unowned`). A node that left stops itself.
+//! 4. **Or abort.** `kvmesh abort` (`OP_ABORT`, any member) proposes `Abort`: the old members
+//!    stay, at a new epoch. A stream of the aborted change stops ([`unless_superseded`]); every
+//!    member runs the drop pass for the old ring (copies streamed for the change go), and a
+//!    joining node, no member, stops as a node that left does. The leader logs what a running
+//!    change waits for every 10 s.
 //!
 //! Every proposal is made again until its effect shows in the agreed topology: a proposal is
 //! lost when the leader changes, and the state machine ignores a repeated one.
@@ -53,6 +58,8 @@ const LEAVE_GRACE: Duration = Duration::from_secs(1);
 const HINTS_WITHIN: Duration = Duration::from_secs(30);
 /// How long a node that left waits at most for its removal from the Raft group.
 const REMOVAL_WAIT: Duration = Duration::from_secs(30);
+/// How often the leader logs what a running change waits for.
+const WAITS_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long an `OP_JOIN` or `OP_LEAVE` waits for its change to be agreed.
 const AGREE_WITHIN: Duration = Duration::from_secs(5);
 /// How long one request to join may take at most (the seed tries for `AGREE_WITHIN`).
@@ -215,6 +222,25 @@ async fn all_applied(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
     }
 }
 
+/// Runs `work` unless the agreed topology moves past `epoch` first (the change was aborted:
+/// a change cannot finish before this shard's stream did), then `None` and `work` is dropped
+/// (a stream dropped cancels its batches in flight).
+async fn unless_superseded<T>(
+    ctx: &ShardCtx,
+    epoch: u64,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let superseded = async {
+        loop {
+            glommio::timer::sleep(LOOK_EVERY).await;
+            if ctx.peers.agreed().is_some_and(|t| t.epoch != epoch) {
+                return None;
+            }
+        }
+    };
+    futures_lite::future::or(async { Some(work.await) }, superseded).await
+}
+
 /// Runs on every shard of a node in a cluster: streams when a change begins, reports it
 /// done, finishes it (on the leader), drops what is no longer owned, and stops a node that
 /// left. See the module docs.
@@ -227,6 +253,7 @@ pub async fn lifecycle(
     let mut streamed_epoch = 0;
     let mut watch = Watch::default();
     let mut proposed: Option<(Command, Instant)> = None;
+    let mut waits_logged: Option<Instant> = None;
     loop {
         glommio::timer::sleep(LOOK_EVERY).await;
         let Some(topology) = ctx.peers.agreed() else {
@@ -267,8 +294,19 @@ pub async fn lifecycle(
                 .map(|m| m.id)
                 .filter(|&id| id != me && !t.down_nodes().contains(&id))
                 .collect();
-            all_applied(&ctx, topology.epoch, &others).await;
-            match stream::stream_shard(&ctx, &mv).await {
+            let work = async {
+                all_applied(&ctx, topology.epoch, &others).await;
+                stream::stream_shard(&ctx, &mv).await
+            };
+            let Some(outcome) = unless_superseded(&ctx, topology.epoch, work).await else {
+                tracing::warn!(
+                    "shard {}: epoch {}: the change was aborted; its stream stopped",
+                    ctx.me,
+                    topology.epoch
+                );
+                continue;
+            };
+            match outcome {
                 Ok(_) => {
                     streamed_epoch = topology.epoch;
                     if ctx.me == 0 {
@@ -297,6 +335,18 @@ pub async fn lifecycle(
         let finish = Command::Finish {
             epoch: topology.epoch,
         };
+        if raft.is_leader() && waits_logged.is_none_or(|at| at.elapsed() > WAITS_LOG_EVERY) {
+            waits_logged = Some(Instant::now());
+            let joining = t.new.iter().filter(|m| !t.old.contains(m));
+            tracing::info!(
+                "topology: epoch {}: the change ({}) waits for source(s) {:?} to stream to \
+                 {:?} (`kvmesh abort` rolls it back)",
+                topology.epoch,
+                t.change,
+                t.pending(),
+                joining.map(|m| m.id).collect::<Vec<_>>()
+            );
+        }
         let command = if t.pending().contains(&me)
             && streamed
                 .borrow()

@@ -45,7 +45,7 @@ pub fn route(op: &Op, me: usize, nr_shards: usize, max_key_len: usize) -> Route 
         OpCode::OpStats | OpCode::OpTopology | OpCode::OpSnapshot => Route::Here,
         OpCode::OpHello => Route::Hello,
         OpCode::OpRaft => Route::Raft,
-        OpCode::OpJoin | OpCode::OpLeave => Route::Change,
+        OpCode::OpJoin | OpCode::OpLeave | OpCode::OpAbort => Route::Change,
         OpCode::OpGet | OpCode::OpPut | OpCode::OpRemove | OpCode::OpTouch | OpCode::OpTtl => {
             if op.key.len() > max_key_len {
                 return Route::Reject(Rejection::KeyTooLarge {

@@ -137,7 +137,8 @@ impl Shard {
                 | OpCode::OpHello
                 | OpCode::OpRaft
                 | OpCode::OpJoin
-                | OpCode::OpLeave,
+                | OpCode::OpLeave
+                | OpCode::OpAbort,
             )
             | Err(_) => {
                 self.counters.protocol_errors += 1;

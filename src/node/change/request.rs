@@ -1,6 +1,6 @@
-//! The requests that start a change: a node asking to join (`kvmesh node --join`), and
-//! `OP_JOIN` / `OP_LEAVE` answered by a member, which proposes the change and waits for it to
-//! be agreed.
+//! The requests that start or stop a change: a node asking to join (`kvmesh node --join`),
+//! and `OP_JOIN` / `OP_LEAVE` / `OP_ABORT` answered by a member, which proposes the change (or
+//! its abort) and waits for it to be agreed.
 
 use super::*;
 
@@ -13,6 +13,9 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
              (this shard runs no topology Raft group)",
         );
     };
+    if op.code == OpCode::OpAbort as i32 {
+        return abort(raft).await;
+    }
     let me = ctx.peers.membership().me;
     let command = if op.code == OpCode::OpJoin as i32 {
         let Some(hello) = &op.hello else {
@@ -74,6 +77,61 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
         if proposed.is_none_or(|at| at.elapsed() > PROPOSE_AGAIN) {
             proposed = Some(Instant::now());
             if let Err(e) = raft.propose(&command, nonce) {
+                tracing::debug!("{e}");
+            }
+        }
+        glommio::timer::sleep(LOOK_EVERY).await;
+    }
+}
+
+/// Answers `OP_ABORT`: proposes `Abort` of the running change until the agreed topology shows
+/// it aborted (the old members at a later epoch) or finished first (REFUSED).
+async fn abort(raft: &super::super::raft::RaftDriver) -> OpResult {
+    let topology = raft.topology();
+    let Some(t) = &topology.transition else {
+        return reply::status(
+            Status::Refused,
+            format!(
+                "no membership change runs (the topology is at epoch {})",
+                topology.epoch
+            ),
+        );
+    };
+    let (epoch, old, change) = (topology.epoch, t.old.clone(), t.change);
+    tracing::warn!("aborting the membership change of epoch {epoch} ({change})");
+    let command = Command::Abort { epoch };
+    let began = Instant::now();
+    let mut proposed: Option<Instant> = None;
+    loop {
+        let now = raft.topology();
+        if now.epoch > epoch {
+            return match now.members == old {
+                true => OpResult {
+                    message: format!(
+                        "the change of epoch {epoch} ({change}) was aborted; the topology is \
+                         at epoch {} with its old members",
+                        now.epoch
+                    ),
+                    ..OpResult::default()
+                },
+                false => reply::status(
+                    Status::Refused,
+                    format!("the change of epoch {epoch} ({change}) finished before the abort"),
+                ),
+            };
+        }
+        if began.elapsed() > AGREE_WITHIN {
+            return reply::status(
+                Status::Unavailable,
+                format!(
+                    "the abort was not agreed within {AGREE_WITHIN:?} (is a majority of the \
+                     members up?); ask again"
+                ),
+            );
+        }
+        if proposed.is_none_or(|at| at.elapsed() > PROPOSE_AGAIN) {
+            proposed = Some(Instant::now());
+            if let Err(e) = raft.propose(&command, 0) {
                 tracing::debug!("{e}");
             }
         }

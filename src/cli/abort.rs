@@ -1,0 +1,63 @@
+//! `kvmesh abort`: rolls back the running membership change, through any member. The topology
+//! goes back to the change's old members at a new epoch; a joining node stops; copies already
+//! streamed to nodes that own nothing under the old ring are dropped.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+use kvmesh_net::Client;
+use kvmesh_proto::wire::{Op, OpCode, Status};
+
+use crate::units::parse_duration;
+
+#[derive(Args, Debug)]
+pub struct AbortArgs {
+    /// Any wire port of any member.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: SocketAddr,
+    /// Give up on connecting, or on the node's answer, after this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Duration,
+}
+
+/// Asks the member to abort the running change (`OP_ABORT` to its shard 0) until it is
+/// agreed; exits 0 then, 1 when it is refused (no change runs, or it finished first).
+pub fn run(args: AbortArgs) -> anyhow::Result<i32> {
+    crate::node::raise_memlock().map_err(|e| anyhow!(e))?;
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| anyhow!("cannot start an io_uring executor: {e}"))?;
+    executor.run(async move {
+        let give_up = std::time::Instant::now() + args.timeout;
+        let mut client = Client::connect(args.addr, args.timeout).await?;
+        loop {
+            let op = Op {
+                code: OpCode::OpAbort as i32,
+                ..Op::default()
+            };
+            let result = client
+                .contacted_shard(0)
+                .await?
+                .call(vec![op])
+                .await?
+                .pop()
+                .ok_or_else(|| anyhow!("the node sent an empty reply"))?;
+            match result.status() {
+                Status::Ok => {
+                    println!("{}", result.message);
+                    return Ok(0);
+                }
+                Status::Unavailable if std::time::Instant::now() < give_up => {
+                    eprintln!("kvmesh: not yet: {}", result.message);
+                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                }
+                status => {
+                    eprintln!("kvmesh: abort refused ({status:?}): {}", result.message);
+                    return Ok(1);
+                }
+            }
+        }
+    })
+}
