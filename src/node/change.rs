@@ -340,7 +340,7 @@ pub async fn lifecycle(
             let joining = t.new.iter().filter(|m| !t.old.contains(m));
             tracing::info!(
                 "topology: epoch {}: the change ({}) waits for source(s) {:?} to stream to \
-                 {:?} (`kvmesh abort` rolls it back)",
+                 {:?} (kvmesh abort rolls it back)",
                 topology.epoch,
                 t.change,
                 t.pending(),
