@@ -373,6 +373,65 @@ fn a_node_alone_runs_no_topology_group() {
     assert!(!node.log().contains("topology:"), "{}", node.log());
 }
 
+/// A node started with `--peers` naming only itself and a data directory is a cluster of
+/// one: it holds an agreed topology of itself (epoch 1), restarts alone, and a second node
+/// joins it; at one replica the keys then split between the two.
+#[test]
+fn a_cluster_of_one_can_be_joined() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let ports = PortBlock::reserve(3);
+    let me = format!("1={}", ports.addr());
+    let flags: Vec<&str> = vec![
+        "--id",
+        "1",
+        "--peers",
+        &me,
+        "--data-dir",
+        &dir,
+        "--fsync",
+        "never",
+        "--cluster",
+        "test",
+        "--replicas",
+        "1",
+    ];
+    let mut one = Node::spawn(ports, 1, &flags);
+    one.wait_ready();
+    wait_for("its topology of one", || {
+        (epoch(&one, 0) == 1).then_some(())
+    });
+    let mut client = WireClient::connect(one.addr);
+    for i in 0..500 {
+        client.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes());
+    }
+    drop(client);
+    // It restarts alone, from its stored topology.
+    one.respawn(&flags);
+    one.wait_ready();
+    wait_for("its topology again", || (epoch(&one, 0) == 1).then_some(()));
+    let d2 = tempfile::tempdir().unwrap();
+    let mut two = joiner(2, one.addr, &d2, &["--replicas", "1"]);
+    two.wait_ready();
+    let logs = || format!("--- 1 ---\n{}\n--- 2 ---\n{}", one.log(), two.log());
+    wait_for_members(&[&one, &two], &[1, 2], logs);
+    for node in [&one, &two] {
+        let mut client = WireClient::connect(node.addr);
+        for i in 0..500 {
+            let got = client.get(format!("k{i}").as_bytes());
+            assert_eq!(got, Some(format!("v{i}").into_bytes()), "k{i}\n{}", logs());
+        }
+    }
+    let held = common::membership::keys_held(&two);
+    assert!(
+        (100..400).contains(&held),
+        "node 2 holds {held} of 500 keys"
+    );
+    wait_for("node 1 to drop what moved", || {
+        (common::membership::keys_held(&one) + held == 500).then_some(())
+    });
+}
+
 #[test]
 fn a_joining_node_serves_no_client_data_op_before_it_holds_the_agreed_topology() {
     // The seed never answers: the node keeps asking to join, with its listeners open.

@@ -110,7 +110,8 @@ pub struct NodeArgs {
     print_config: bool,
     /// Every member of the cluster, this node included, as ID=HOST:PORT (their advertised wire
     /// addresses), comma-separated; every node gets the same list. A cluster of more than one
-    /// needs --id and --data-dir [default: this node alone].
+    /// needs --id and --data-dir. A list of this node alone, with --data-dir, starts a cluster
+    /// of one that other nodes can --join [default: this node alone, which nothing can join].
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     peers: Option<String>,
     /// Join a running cluster through any of its members (HOST:PORT, its wire address): the
@@ -201,7 +202,10 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         .or((!args.cpus.is_empty()).then_some(args.cpus.len()));
     let alone = join.is_none() && peers.as_ref().is_none_or(|p| p.len() <= 1);
     if let Some(dir) = args.data_dir.as_ref().filter(|_| alone) {
-        if dir.join(crate::cluster::raft_state::FILE_NAME).exists() {
+        // A node that ran alone (a cluster of one) restarts alone; one that had company must
+        // find it again.
+        let stored = crate::cluster::raft_state::load(dir).map_err(|e| anyhow::anyhow!(e))?;
+        if stored.is_some_and(|s| s.topology.all_members().len() > 1) {
             anyhow::bail!(
                 "{} holds the topology of a cluster this node is a member of: start it with \
                  --join HOST:PORT (any member) or --peers, not alone",
@@ -275,6 +279,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             .snapshot_factor
             .unwrap_or(crate::node::durable::DEFAULT_SNAPSHOT_FACTOR),
     });
+    let cluster_of_one = peers.as_ref().is_some_and(|p| p.len() == 1);
     let members = peers.unwrap_or_else(|| vec![(node_id, advertise)]);
     let cluster = Membership::new(&args.cluster, node_id, advertise, members)
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -308,6 +313,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         heartbeat: args.heartbeat,
         stream_rate: args.stream_rate.saturating_mul(1 << 20),
         join,
+        cluster_of_one,
     };
     let result = node::run(config);
     drop(data_dir);

@@ -335,7 +335,10 @@ pub async fn lifecycle(
         let finish = Command::Finish {
             epoch: topology.epoch,
         };
-        if raft.is_leader() && waits_logged.is_none_or(|at| at.elapsed() > WAITS_LOG_EVERY) {
+        if raft.is_leader()
+            && !t.pending().is_empty()
+            && waits_logged.is_none_or(|at| at.elapsed() > WAITS_LOG_EVERY)
+        {
             waits_logged = Some(Instant::now());
             let joining = t.new.iter().filter(|m| !t.old.contains(m));
             tracing::info!(

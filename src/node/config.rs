@@ -67,12 +67,20 @@ pub struct NodeConfig {
     /// `--join`: a member of the running cluster this node asks to join; only used while
     /// no agreed topology is stored in the data directory.
     pub join: Option<SocketAddr>,
+    /// `--peers` names only this node: with `--data-dir`, a cluster of one, which runs the
+    /// topology group alone so that others can `--join` it. A node started without `--peers`
+    /// stays a plain single node (no group).
+    pub cluster_of_one: bool,
 }
 
 impl NodeConfig {
-    /// Whether this node is, or is joining, a cluster of more than one.
+    /// Whether this node runs the agreed topology: it is, or is joining, a cluster of more
+    /// than one, or it is a cluster of one that others can join ([`NodeConfig::cluster_of_one`]:
+    /// its topology group has one voter).
     pub fn is_clustered(&self) -> bool {
-        self.cluster.is_multi_node() || self.join.is_some()
+        self.cluster.is_multi_node()
+            || self.join.is_some()
+            || (self.cluster_of_one && self.durability.is_some())
     }
 
     /// This shard's share of `--stream-rate`, bytes per second; 0: unlimited.
@@ -325,6 +333,7 @@ mod tests {
             heartbeat: Duration::from_millis(500),
             stream_rate: 64 << 20,
             join: None,
+            cluster_of_one: false,
         }
     }
 

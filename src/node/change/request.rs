@@ -26,7 +26,7 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
                 Status::Refused,
                 format!(
                     "node {} is in cluster {:?}, not {:?} (--cluster)",
-                    hello.node_id, ctx.config.cluster.cluster, hello.cluster
+                    hello.node_id, hello.cluster, ctx.config.cluster.cluster
                 ),
             );
         }
