@@ -511,9 +511,8 @@ impl RaftDriver {
         }
         if self.finished.get().map(|(i, _)| i) != finished_before {
             match node.mut_store().compact() {
-                Ok(dropped) => tracing::info!(
-                    "topology: compacted the log up to index {} ({dropped} entries)",
-                    self.applied_index.get()
+                Ok((index, dropped)) => tracing::info!(
+                    "topology: compacted the log up to index {index} ({dropped} entries)"
                 ),
                 Err(e) => tracing::warn!("topology: compacting the log: {e}"),
             }

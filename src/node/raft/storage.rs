@@ -88,17 +88,17 @@ impl TopologyStorage {
     }
 
     /// Drops the entries up to the applied index (the snapshot of [`Latest`] stands for them),
-    /// keeping the hard state, the configuration and the later entries. Returns how many
-    /// entries were dropped.
-    pub fn compact(&self) -> Result<u64, String> {
+    /// keeping the hard state, the configuration and the later entries. Returns the index
+    /// compacted to and how many entries were dropped (0 when there was nothing to drop).
+    pub fn compact(&self) -> Result<(u64, u64), String> {
         let snapshot = self.latest.borrow().snapshot();
         let index = snapshot.get_metadata().index;
         let (first, last) = (self.mem.first_index(), self.mem.last_index());
         let (Ok(first), Ok(last)) = (first, last) else {
-            return Ok(0);
+            return Ok((index, 0));
         };
         if index < first || index > last {
-            return Ok(0);
+            return Ok((index, 0));
         }
         let later: Vec<Entry> = if index < last {
             self.mem
@@ -113,7 +113,7 @@ impl TopologyStorage {
         core.append(&later).map_err(|e| e.to_string())?;
         core.set_hardstate(state.hard_state);
         core.set_conf_state(state.conf_state);
-        Ok(index + 1 - first)
+        Ok((index, index + 1 - first))
     }
 }
 
@@ -201,7 +201,7 @@ mod tests {
             core.set_conf_state(latest(0, 0).conf_state);
         }
         storage.set_latest(latest(4, 2));
-        assert_eq!(storage.compact(), Ok(4));
+        assert_eq!(storage.compact(), Ok((4, 4)));
         assert_eq!(storage.first_index(), Ok(5));
         assert_eq!(storage.last_index(), Ok(6));
         assert_eq!(storage.term(4), Ok(2), "the compaction point's term");
@@ -227,6 +227,6 @@ mod tests {
         assert_eq!(sent.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
         // Compacting again at the same point drops nothing more.
         storage.set_latest(latest(4, 2));
-        assert_eq!(storage.compact(), Ok(0));
+        assert_eq!(storage.compact(), Ok((4, 0)));
     }
 }
