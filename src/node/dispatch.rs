@@ -14,6 +14,7 @@ use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 use crate::cluster::peers::Sent;
 
 use super::durable;
+use super::fence;
 use super::mesh::Pending;
 use super::quorum_read;
 use super::replicate;
@@ -53,6 +54,9 @@ pub struct Started {
     replicating: replicate::InFlight,
     /// Reads that ask a quorum of owners (`--read-from quorum`): the others are asked already.
     reads: quorum_read::Asked,
+    /// Its place in the in-flight fence of membership changes, under the epoch it was
+    /// planned by (see `fence`).
+    fence: fence::Entered,
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
@@ -74,6 +78,8 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     }
     let now = super::now_ms();
     let membership = ctx.peers.membership();
+    // Counted until its last send to an owner finished: a change's sources wait for it.
+    let fence = ctx.fence.enter(membership.epoch);
     let behind = epoch != 0 && epoch < membership.epoch;
     let stale = forwarded && behind;
     // A client's data op waits for the agreed topology (see `topology_gate`).
@@ -191,6 +197,10 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
             }
         }
     }
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    for (_, _, ops) in &remote {
+        super::hold_hook::hold(ops).await;
+    }
     // Send every batch before waiting for any, so the owners work in parallel.
     let mut sent = Vec::with_capacity(remote.len());
     for (owner, idx, ops) in remote {
@@ -201,7 +211,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
         nodes.extend(ctx.peers.send(node, ops).await);
     }
     let executed = plan.take_executed(&results);
-    let replicating = replicate::send(ctx, executed, &results).await;
+    let replicating = replicate::send(ctx, executed, &results, &fence).await;
     let reads = quorum_read::ask(ctx, reads).await;
     Started {
         results,
@@ -216,6 +226,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
         replicate: plan,
         replicating,
         reads,
+        fence,
     }
 }
 
@@ -242,6 +253,7 @@ impl Started {
             replicate,
             replicating,
             reads,
+            fence,
         } = self;
         for i in snapshots {
             results[i] = match &ctx.snapshots {
@@ -299,9 +311,9 @@ impl Started {
             }
         }
         super::change::reroute_moved(ctx, reroutable, &mut results).await;
-        reads.finish(ctx, &mut results).await;
+        reads.finish(ctx, &mut results, &fence).await;
         replicating.finish(ctx, &mut results).await;
-        replicate::complete(ctx, replicate, &mut results).await;
+        replicate::complete(ctx, replicate, &mut results, &fence).await;
         ctx.metrics
             .borrow_mut()
             .latency

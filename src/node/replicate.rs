@@ -17,6 +17,7 @@ use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status};
 
 use crate::cluster::replication::{Outcome, WriteTally};
 
+use super::fence::Entered;
 use super::hint_store::HintStore;
 use super::reply;
 use super::server::ShardCtx;
@@ -88,8 +89,11 @@ type Answer = (usize, bool, Option<String>);
 /// Sends the plan's writes (those the local owner applied) to their other owners, batched per
 /// peer shard, and waits until each has `--write-ack` acknowledgements or cannot get them;
 /// a write that cannot is answered UNAVAILABLE, saying how many owners applied it.
-pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
-    send(ctx, plan, results).await.finish(ctx, results).await;
+pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult], fence: &Entered) {
+    send(ctx, plan, results, fence)
+        .await
+        .finish(ctx, results)
+        .await;
 }
 
 /// Replica writes on their way: per write, its tally; and the owners' answers as they come.
@@ -101,8 +105,9 @@ pub struct InFlight {
 /// Sends the plan's writes that the local owner applied (their results carry a version) to
 /// their other owners, batched per peer shard, without waiting: [`InFlight::finish`] waits.
 /// Sent as soon as the local owner applied them, before its log made them durable, so a
-/// pipelining connection's requests replicate in parallel.
-pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight {
+/// pipelining connection's requests replicate in parallel. Each send keeps a clone of the
+/// request's `fence` guard until its owner answered (see `fence`).
+pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult], fence: &Entered) -> InFlight {
     if plan.0.is_empty() {
         return InFlight {
             tallies: Vec::new(),
@@ -153,12 +158,13 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
     for (node, is_pending, ops) in per_node {
         ctx.shard.borrow_mut().counters.replica_writes_sent += ops.len() as u64;
         for (ks, sent) in ctx.peers.send(node, ops).await {
-            let (peers, shard, hints, tx, replicas) = (
+            let (peers, shard, hints, tx, replicas, fence) = (
                 ctx.peers.clone(),
                 ctx.shard.clone(),
                 ctx.hints.clone(),
                 tx.clone(),
                 replicas.clone(),
+                fence.clone(),
             );
             // Waits apart from the request, so the reply goes as soon as enough owners
             // answered, and an owner that fails later still gets its hint.
@@ -182,6 +188,7 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
                     let _ = tx.unbounded_send((k, is_pending, failure));
                 }
                 hints.borrow_mut().flush();
+                drop(fence);
             })
             .detach();
         }

@@ -55,6 +55,9 @@ pub struct ShardCtx {
     /// While this shard's drop pass for a finished change runs: the epoch that change finished
     /// at, the newest this shard reports as applied meanwhile (see `change::annotate`).
     pub dropping_until: std::cell::Cell<Option<u64>>,
+    /// The requests this shard planned, counted per topology epoch until they finished (see
+    /// `fence`).
+    pub fence: Rc<super::fence::Fence>,
 }
 
 impl ShardCtx {
@@ -208,6 +211,7 @@ pub async fn run_shard(
         raft: raft.clone(),
         waits_for_topology: super::topology_gate::waits_for_topology(gate),
         dropping_until: std::cell::Cell::new(None),
+        fence: Rc::default(),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
@@ -256,6 +260,10 @@ pub async fn run_shard(
     });
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
     let _stream_test_hook = super::stream::hook::start(&ctx);
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    if me == 0 {
+        super::hold_hook::start();
+    }
 
     stop.requested().await;
     let since = Instant::now();
@@ -346,6 +354,7 @@ fn topology(config: &NodeConfig, me: usize) -> Topology {
         members: config.cluster.wire_members(),
         epoch: 0,
         transition: None,
+        drained_epoch: 0,
     }
 }
 

@@ -1,0 +1,111 @@
+//! End to end: data correctness around a membership change (issue 12, "fence"). A write
+//! planned under the topology from before a change, still in flight when the change begins,
+//! holds up the change's sources until it finished, so it lands on the key's new owner.
+//! Uses the hold test hook (`src/node/hold_hook.rs`, debug builds).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::membership::{join_args, topology_at, wait_for_members};
+use common::{op, wait_for, Node, PortBlock, WireClient};
+use kvmesh_net::ring::Ring;
+use kvmesh_proto::wire::{OpCode, Status};
+
+/// A key node 1 owns alone in ring {1, 2} and node 3 owns alone in ring {1, 2, 3}, at
+/// replicas 1.
+fn key_moving_from_1_to_3() -> Vec<u8> {
+    let old = Ring::new(&[1, 2]).expect("ring");
+    let new = Ring::new(&[1, 2, 3]).expect("ring");
+    (0..)
+        .map(|i| format!("held-{i}").into_bytes())
+        .find(|k| old.owners(k, 1) == [1] && new.owners(k, 1) == [3])
+        .expect("a key that moves")
+}
+
+/// What shard `shard` of `node` reports: (epoch, drained epoch, a change runs).
+fn fence_of(node: &Node, shard: usize) -> (u64, u64, bool) {
+    let mut client = WireClient::connect(node.shard_addr(shard));
+    let results = client.call(vec![op(OpCode::OpTopology, b"", b"", 0)]);
+    let t = results[0].topology.clone().unwrap_or_default();
+    (t.epoch, t.drained_epoch, t.transition.is_some())
+}
+
+#[test]
+fn a_write_planned_before_a_change_holds_the_sources_and_reaches_the_new_owner() {
+    let hold = tempfile::tempdir().expect("hold dir");
+    let env = [("KVMESH_TEST_HOLD_DIR", hold.path().as_os_str())];
+    let flags = |_| {
+        ["--replicas", "1", "--forward-timeout", "10s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let cluster = Cluster::start_with_env(2, 2, flags, &env);
+    let one = &cluster.nodes[0];
+    let key = key_moving_from_1_to_3();
+    // Sent to the shard of node 1 that does not own the key: planned there under epoch 1 (no
+    // change runs: no new owner to send it to), held before it reaches the owning shard.
+    let owner_shard = kvmesh_net::shard_for(&key, 2);
+    let entry = one.shard_addr(1 - owner_shard);
+    let (k, started) = (key.clone(), Instant::now());
+    let writer = std::thread::spawn(move || {
+        let mut client = WireClient::connect(entry);
+        client.call(vec![op(OpCode::OpPut, &k, b"written-before-the-change", 0)])
+    });
+    wait_for("the write to be held", || {
+        hold.path().join("holding").exists().then_some(())
+    });
+    assert_eq!(fence_of(one, 1 - owner_shard), (1, 1, false));
+
+    let data = tempfile::tempdir().expect("data dir");
+    let args = join_args(
+        3,
+        one.addr,
+        &data,
+        &["--replicas", "1", "--forward-timeout", "10s"],
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut three = Node::spawn(PortBlock::reserve(4), 2, &argv);
+    // The change runs, and the shard holding the write reports the old epoch not drained.
+    let (epoch, drained, _) = wait_for("node 1 to apply the change", || {
+        let f = fence_of(one, 1 - owner_shard);
+        (f.0 > 1 && f.2).then_some(f)
+    });
+    assert!(drained < epoch, "{drained} {epoch}");
+    // Long enough for a source that does not wait for the write to stream, report and let the
+    // change finish; with the fence, the change is still running.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, members, running) = topology_at(one.addr);
+    assert!(
+        running && members == [1, 2],
+        "the change went on while a write planned before it was in flight: {members:?}\n{}",
+        cluster.logs()
+    );
+    std::fs::write(hold.path().join("release"), b"").expect("release");
+    let results = writer.join().expect("the writer");
+    assert_eq!(results[0].status(), Status::Ok, "{}", results[0].message);
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "within the drain bound"
+    );
+
+    three.wait_ready();
+    wait_for_members(&[one, &cluster.nodes[1], &three], &[1, 2, 3], || {
+        format!("{}\n--- node 3 ---\n{}", cluster.logs(), three.log())
+    });
+    // The new owner holds it, and the old owner dropped it.
+    let mut client = WireClient::connect(three.addr);
+    assert_eq!(
+        client.get(&key).as_deref(),
+        Some(&b"written-before-the-change"[..]),
+        "{}\n--- node 3 ---\n{}",
+        cluster.logs(),
+        three.log()
+    );
+    wait_for("node 1 to drop the key", || {
+        let keys: u64 = one.stats().iter().map(|s| s.keys).sum();
+        (keys == 0).then_some(())
+    });
+}
