@@ -109,3 +109,75 @@ fn a_write_planned_before_a_change_holds_the_sources_and_reaches_the_new_owner()
         (keys == 0).then_some(())
     });
 }
+
+/// A key node 2 owns alone in ring {1, 2} and node 3 owns alone in ring {1, 2, 3}, at
+/// replicas 1, beginning with `prefix`.
+fn key_moving_from_2_to_3(prefix: &str) -> Vec<u8> {
+    let old = Ring::new(&[1, 2]).expect("ring");
+    let new = Ring::new(&[1, 2, 3]).expect("ring");
+    (0..)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .find(|k| old.owners(k, 1) == [2] && new.owners(k, 1) == [3])
+        .expect("a key that moves")
+}
+
+#[test]
+fn a_stale_forwarded_write_is_answered_moved_and_lands_on_the_new_owner_only() {
+    let hold = tempfile::tempdir().expect("hold dir");
+    let env = [("KVMESH_TEST_HOLD_DIR", hold.path().as_os_str())];
+    let flags = |_| ["--replicas", "1"].iter().map(|s| s.to_string()).collect();
+    let cluster = Cluster::start_with_env(2, 1, flags, &env);
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    // Sent to node 1, which forwards it to node 2 (the owner at epoch 1), held before it goes.
+    let key = key_moving_from_2_to_3("held-");
+    let (k, entry) = (key.clone(), one.addr);
+    let writer = std::thread::spawn(move || {
+        let mut client = WireClient::connect(entry);
+        client.call(vec![op(OpCode::OpPut, &k, b"forwarded-late", 0)])
+    });
+    wait_for("the write to be held", || {
+        hold.path().join("holding").exists().then_some(())
+    });
+    // Node 3 joins meanwhile: the sources wait for the held write at most the drain bound
+    // (10 s at the default --forward-timeout), then stream; the change finishes.
+    let data = tempfile::tempdir().expect("data dir");
+    let mut three = common::membership::joiner(3, two.addr, &data, &["--replicas", "1"]);
+    three.wait_ready();
+    wait_for_members(&[one, two, &three], &[1, 2, 3], || {
+        format!("{}\n--- node 3 ---\n{}", cluster.logs(), three.log())
+    });
+    assert!(one.log().contains("streaming anyway") || two.log().contains("streaming anyway"));
+    // Released: node 1 sends it as planned at epoch 1; node 2 no longer owns the key and
+    // answers MOVED; node 1 routes it again, to node 3.
+    std::fs::write(hold.path().join("release"), b"").expect("release");
+    let results = writer.join().expect("the writer");
+    assert_eq!(results[0].status(), Status::Ok, "{}", results[0].message);
+    let mut client = WireClient::connect(three.addr);
+    assert_eq!(client.get(&key).as_deref(), Some(&b"forwarded-late"[..]));
+    let held = |node: &Node| -> u64 { node.stats().iter().map(|s| s.keys).sum() };
+    assert_eq!((held(one), held(two)), (0, 0), "on no non-owner");
+
+    // A replica write from a node still on epoch 1, raw: MOVED, and not stored.
+    let other = key_moving_from_2_to_3("raw-");
+    let mut raw = WireClient::connect(two.addr);
+    let put = kvmesh_proto::wire::Op {
+        replica: true,
+        version_hlc: 1,
+        version_node: 1,
+        ..op(OpCode::OpPut, &other, b"stale", 0)
+    };
+    let mut bytes = Vec::new();
+    kvmesh_net::frame::encode(
+        &kvmesh_proto::wire::Request {
+            id: 7,
+            ops: vec![put],
+            forwarded: true,
+            epoch: 1,
+        },
+        &mut bytes,
+    );
+    raw.send_raw(&bytes);
+    let response = raw.recv().expect("an answer");
+    assert_eq!(response.results[0].status(), Status::Moved);
+    assert_eq!(held(two), 0);
+}

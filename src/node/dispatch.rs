@@ -44,7 +44,7 @@ pub struct Started {
     kinds: [u32; crate::metrics::latency::KINDS.len()],
     /// Per peer shard of another node: the indices its answers fill, and the request.
     nodes: Vec<(Vec<usize>, Sent)>,
-    /// Reads sent to another node, kept (they carry no value) to route again if it answers
+    /// Reads and writes sent to another node, kept to route again if it answers
     /// `STATUS_MOVED`.
     reroutable: Vec<(usize, Op)>,
     /// Writes this node coordinates that another shard of it executes: sent to the keys'
@@ -137,6 +137,16 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                     results[i] = super::change::moved(membership.epoch);
                     continue;
                 }
+                // A write (a replica's too) from a node on an older ring, for a key this node
+                // owns under neither its ring nor a running change's new one: stored, nobody
+                // would ever read or drop it. The sender routes it again.
+                if stale
+                    && replicate::is_write(op.code)
+                    && !replicate::owns(&membership, ctx.config.replication, &op.key)
+                {
+                    results[i] = super::change::moved(membership.epoch);
+                    continue;
+                }
                 reads.note(ctx, i, &mut op);
             }
             match route {
@@ -169,7 +179,9 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                 }
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;
-                    if super::change::is_reroutable(&op) {
+                    // Kept to route again if the receiver answers MOVED: reads, and writes
+                    // (a copy of a write forwarded to another node: the forwarding path only).
+                    if super::change::is_reroutable(&op) || replicate::is_write(op.code) {
                         reroutable.push((i, op.clone()));
                     }
                     match for_nodes.iter_mut().find(|(n, _)| *n == node) {
@@ -199,7 +211,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     }
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
     for (_, _, ops) in &remote {
-        super::hold_hook::hold(ops).await;
+        super::hold_hook::hold(ops.iter()).await;
     }
     // Send every batch before waiting for any, so the owners work in parallel.
     let mut sent = Vec::with_capacity(remote.len());
@@ -207,8 +219,13 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
         sent.push((idx, ctx.mesh.send(owner, ops, now).await));
     }
     let mut nodes = Vec::new();
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    for (_, ops) in &for_nodes {
+        super::hold_hook::hold(ops.iter().map(|(_, op)| op)).await;
+    }
     for (node, ops) in for_nodes {
-        nodes.extend(ctx.peers.send(node, ops).await);
+        let planned = ctx.peers.send_planned(node, ops, membership.epoch);
+        nodes.extend(planned.await);
     }
     let executed = plan.take_executed(&results);
     let replicating = replicate::send(ctx, executed, &results, &fence).await;

@@ -44,6 +44,7 @@ impl Fence {
         Entered {
             fence: self.clone(),
             slot,
+            epoch,
         }
     }
 
@@ -84,6 +85,15 @@ impl Fence {
 pub struct Entered {
     fence: Rc<Fence>,
     slot: usize,
+    /// The epoch the request was planned under.
+    epoch: u64,
+}
+
+impl Entered {
+    /// The epoch of the topology the request was planned under.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 impl Clone for Entered {
@@ -94,6 +104,7 @@ impl Clone for Entered {
         Entered {
             fence: self.fence.clone(),
             slot: self.slot,
+            epoch: self.epoch,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Test hook, not a feature (compiled only in debug builds or with the `test-hooks` feature):
 //! with `KVMESH_TEST_HOLD_DIR=DIR` in its environment, a request whose ops for another shard
-//! of this node include a key beginning with `held-` waits after it was planned (its ring
-//! chosen, its place in the in-flight fence taken, its local ops run) and before it sends
-//! them to that shard, until `DIR/release` exists. It writes `DIR/holding` when it begins to wait. An end-to-end test can so keep a
+//! of this node or for another node include a key beginning with `held-` waits after it was
+//! planned (its ring chosen, its place in the in-flight fence taken, its local ops run) and
+//! before it sends them, until `DIR/release` exists. It writes `DIR/holding` when it begins to wait. An end-to-end test can so keep a
 //! write planned under one topology epoch in flight across a membership change (see `fence`).
 //! Without the variable nothing waits; a node with it logs a WARN at start.
 
@@ -37,11 +37,11 @@ pub fn start() {
 }
 
 /// Waits as the module docs say if the hook is on and `ops` hold a `held-` key.
-pub async fn hold(ops: &[Op]) {
+pub async fn hold<'a>(mut ops: impl Iterator<Item = &'a Op>) {
     let Some(dir) = dir() else {
         return;
     };
-    if !ops.iter().any(|op| op.key.starts_with(b"held-")) {
+    if !ops.any(|op| op.key.starts_with(b"held-")) {
         return;
     }
     let _ = std::fs::write(dir.join("holding"), b"");

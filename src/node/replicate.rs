@@ -15,7 +15,10 @@ use futures_lite::StreamExt;
 use kvmesh_net::ring::NodeId;
 use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status};
 
-use crate::cluster::replication::{Outcome, WriteTally};
+use crate::cluster::membership::Membership;
+use crate::cluster::replication::{Outcome, Replication, WriteTally};
+
+use crate::cluster::Peers;
 
 use super::fence::Entered;
 use super::hint_store::HintStore;
@@ -73,10 +76,20 @@ impl Plan {
     }
 }
 
-fn is_write(code: i32) -> bool {
+/// Whether `code` is a write: a put, a remove or a touch.
+pub fn is_write(code: i32) -> bool {
     [OpCode::OpPut, OpCode::OpRemove, OpCode::OpTouch]
         .iter()
         .any(|&c| c as i32 == code)
+}
+
+/// Whether this node owns `key` under the ring it routes by or a running change's new ring.
+pub fn owns(membership: &Membership, settings: Replication, key: &[u8]) -> bool {
+    let me = membership.me;
+    settings.owners(membership.ring(), key).contains(&me)
+        || membership
+            .pending_ring()
+            .is_some_and(|new| settings.owners(new, key).contains(&me))
 }
 
 /// Writes for one owner: `(the write's place in the plan, its replica op)`.
@@ -155,9 +168,10 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult], fence: &Ente
     }
     let replicas = Rc::new(replicas);
     let (tx, rx) = futures_channel::mpsc::unbounded::<Answer>();
+    let within = ctx.config.forward_timeout;
     for (node, is_pending, ops) in per_node {
         ctx.shard.borrow_mut().counters.replica_writes_sent += ops.len() as u64;
-        for (ks, sent) in ctx.peers.send(node, ops).await {
+        for (ks, sent) in ctx.peers.send_planned(node, ops, fence.epoch()).await {
             let (peers, shard, hints, tx, replicas, fence) = (
                 ctx.peers.clone(),
                 ctx.shard.clone(),
@@ -174,14 +188,29 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult], fence: &Ente
                     let failure = match &answered {
                         Ok(results) => match results.get(j) {
                             Some(r) if r.status() == Status::Ok => None,
+                            Some(r) if r.status() == Status::Moved => match replicas.get(k) {
+                                Some(Some(op)) => {
+                                    let moved = Moved {
+                                        from: node,
+                                        epoch: r.moved_epoch,
+                                        within,
+                                        now_ms: now,
+                                    };
+                                    retarget(&peers, settings, &hints, op, moved).await
+                                }
+                                _ => None,
+                            },
                             Some(r) => Some(format!("node {node}: {}", r.message)),
                             None => Some(format!("node {node}: no answer")),
                         },
                         Err(e) => Some(e.to_string()),
                     };
+                    let moved = matches!(&answered, Ok(r) if r.get(j)
+                        .is_some_and(|r| r.status() == Status::Moved));
                     if failure.is_some() {
                         shard.borrow_mut().counters.replica_writes_failed += 1;
-                        if let Some(Some(op)) = replicas.get(k) {
+                        // A MOVED owner is not an owner: `retarget` hinted the owners.
+                        if let (Some(Some(op)), false) = (replicas.get(k), moved) {
                             hint(&hints, node, op.clone(), now);
                         }
                     }
@@ -244,6 +273,73 @@ impl InFlight {
             }
         }
     }
+}
+
+/// A replica write a node answered `STATUS_MOVED`: it owns the key under neither ring it
+/// knows, as of its topology `epoch`.
+struct Moved {
+    from: NodeId,
+    epoch: u64,
+    /// How long to wait at most for this node to apply `epoch`.
+    within: Duration,
+    now_ms: u64,
+}
+
+/// The nodes a write to `key` must reach under the topology this node routes by now: its
+/// owners under the ring and a running change's new ring, this node left out.
+pub fn current_targets(membership: &Membership, settings: Replication, key: &[u8]) -> Vec<NodeId> {
+    let mut targets = settings.owners(membership.ring(), key);
+    if let Some(new) = membership.pending_ring() {
+        for n in settings.owners(new, key) {
+            if !targets.contains(&n) {
+                targets.push(n);
+            }
+        }
+    }
+    targets.retain(|&n| n != membership.me);
+    targets
+}
+
+/// Sends a replica write that `moved.from` answered `STATUS_MOVED` to the key's owners under
+/// the topology this node has once it applied `moved.epoch` (waiting at most `moved.within`),
+/// that node left out; an owner that fails gets a hint. Replica writes are idempotent (last
+/// writer wins), so sending one again is safe. Returns why it failed, if it did.
+async fn retarget(
+    peers: &Peers,
+    settings: Replication,
+    hints: &RefCell<HintStore>,
+    op: &Op,
+    moved: Moved,
+) -> Option<String> {
+    let give_up = std::time::Instant::now() + moved.within;
+    while peers.membership().epoch < moved.epoch {
+        if std::time::Instant::now() > give_up {
+            return Some(format!(
+                "node {} answered MOVED (epoch {}) and this node has not caught up",
+                moved.from, moved.epoch
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let mut targets = current_targets(&peers.membership(), settings, &op.key);
+    targets.retain(|&n| n != moved.from);
+    let mut failed = Vec::new();
+    for node in targets {
+        for (_, sent) in peers.send(node, vec![(0, op.clone())]).await {
+            let answered = peers.wait(sent).await;
+            if !matches!(&answered, Ok(r) if r.first().is_some_and(|r| r.status() == Status::Ok)) {
+                hint(hints, node, op.clone(), moved.now_ms);
+                failed.push(node);
+            }
+        }
+    }
+    (!failed.is_empty()).then(|| {
+        format!(
+            "node {} answered MOVED; the key's owners {failed:?} under epoch {} missed it",
+            moved.from,
+            peers.membership().epoch
+        )
+    })
 }
 
 fn hint(hints: &RefCell<HintStore>, node: NodeId, op: Op, now_ms: u64) {
