@@ -181,3 +181,60 @@ fn a_stale_forwarded_write_is_answered_moved_and_lands_on_the_new_owner_only() {
     assert_eq!(response.results[0].status(), Status::Moved);
     assert_eq!(held(two), 0);
 }
+
+#[test]
+fn a_drop_pass_cut_by_a_crash_runs_again_at_the_restart() {
+    let hold = tempfile::tempdir().expect("hold dir");
+    let env = [("KVMESH_TEST_HOLD_DIR", hold.path().as_os_str())];
+    let flags = |_| ["--replicas", "1"].iter().map(|s| s.to_string()).collect();
+    let mut cluster = Cluster::start_with_env(2, 1, flags, &env);
+    // Once the first start's drop pass (of an empty store) is done, every drop pass waits
+    // while this file exists.
+    for node in &cluster.nodes {
+        wait_for("epoch 1", || (fence_of(node, 0).0 == 1).then_some(()));
+    }
+    std::fs::write(hold.path().join("hold-drop"), b"").expect("hold the drop");
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
+    let mut client = WireClient::connect(cluster.nodes[0].addr);
+    for key in &keys {
+        client.put(key, b"v");
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let mut three =
+        common::membership::joiner(3, cluster.nodes[1].addr, &data, &["--replicas", "1"]);
+    three.wait_ready();
+    {
+        let nodes = [&cluster.nodes[0], &cluster.nodes[1], &three];
+        wait_for_members(&nodes, &[1, 2, 3], || cluster.logs());
+    }
+    let new = Ring::new(&[1, 2, 3]).expect("ring");
+    let owned = keys.iter().filter(|k| new.owners(k, 1) == [1]).count() as u64;
+    let held = |node: &Node| -> u64 { node.stats().iter().map(|s| s.keys).sum() };
+    // The change finished, node 1's drop pass waits: it still holds what moved to node 3.
+    assert!(held(&cluster.nodes[0]) > owned);
+    // Node 1 crashes during its drop pass and restarts: the pass runs again.
+    cluster.kill(1);
+    std::fs::remove_file(hold.path().join("hold-drop")).expect("release the drop");
+    cluster.restart(1);
+    wait_for("node 1 to drop what it no longer owns", || {
+        (held(&cluster.nodes[0]) == owned).then_some(())
+    });
+    assert!(
+        cluster.nodes[0].log().contains("running it again"),
+        "{}",
+        cluster.nodes[0].log()
+    );
+    // Every key still reads back, through every node.
+    for node in [&cluster.nodes[0], &cluster.nodes[1], &three] {
+        let mut client = WireClient::connect(node.addr);
+        for key in &keys {
+            assert_eq!(client.get(key).as_deref(), Some(&b"v"[..]), "{key:?}");
+        }
+    }
+    // Recorded: the next restart does not run it again.
+    cluster.restart(1);
+    wait_for("node 1 to serve", || {
+        (fence_of(&cluster.nodes[0], 0).0 == 3).then_some(())
+    });
+    assert!(!cluster.nodes[0].log().contains("running it again"));
+}

@@ -33,6 +33,7 @@ use crate::cluster::topology_wire::{member_to_wire, topology_to_wire};
 use crate::cluster::Peers;
 
 use super::config::NodeConfig;
+use super::durable;
 use super::mesh::{Control, Mesh};
 use super::reply;
 use super::server::ShardCtx;
@@ -313,12 +314,17 @@ pub async fn lifecycle(
     let mut streamed_epoch = 0;
     let mut watch = Watch::default();
     let mut proposed: Option<(Command, Instant)> = None;
+    let mut resumed = false;
     loop {
         glommio::timer::sleep(LOOK_EVERY).await;
         let Some(topology) = ctx.peers.agreed() else {
             continue;
         };
         let replicas = ctx.config.replication.replicas;
+        if !resumed {
+            resumed = true;
+            resume_drop(&ctx, &topology, replicas).await;
+        }
         if let Some(began) = watch.look(topology.epoch, topology.transition.is_some()) {
             if finished(&ctx, began, replicas, &delivered, &stop).await {
                 return;
@@ -424,7 +430,9 @@ async fn finished(
     if membership.is_member() {
         ctx.dropping_until.set(Some(began + 1));
         let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
+        record_drop(ctx, dropped);
         ctx.dropping_until.set(None);
+        let dropped = dropped.keys;
         tracing::info!(
             "shard {}: the change of epoch {began} finished; dropped {dropped} key(s) this \
              node no longer owns",
@@ -476,6 +484,48 @@ async fn finished(
     }
     stop.store(true, Ordering::Relaxed);
     true
+}
+
+/// At start-up, with the agreed topology: runs the drop pass again if this shard did not
+/// complete one for the last finished change (the node stopped during it; see
+/// `durable::dropped`). Until it is done the shard reports at most that change's epoch as
+/// applied (it starts so, see `server`), so no later change's source streams before.
+async fn resume_drop(ctx: &Rc<ShardCtx>, topology: &Topology, replicas: usize) {
+    let Some(durability) = ctx.config.durability.as_ref() else {
+        ctx.dropping_until.set(None);
+        return;
+    };
+    let done = durable::dropped::load(&durability.data_dir, ctx.me);
+    // A running change began at `epoch`: the last finished one is the epoch before.
+    let due = topology.epoch - u64::from(topology.transition.is_some());
+    let membership = ctx.peers.membership();
+    if done >= due || !membership.is_member() || membership.epoch == 0 {
+        ctx.dropping_until.set(None);
+        return;
+    }
+    tracing::info!(
+        "shard {}: its last completed drop pass of keys no longer owned is at epoch {done},          the topology at epoch {due}: running it again",
+        ctx.me
+    );
+    ctx.dropping_until.set(Some(due));
+    let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
+    record_drop(ctx, dropped);
+    ctx.dropping_until.set(None);
+}
+
+/// Records a completed drop pass in the data directory (see `durable::dropped`).
+fn record_drop(ctx: &ShardCtx, dropped: stream::Dropped) {
+    let (Some(durability), Some(epoch)) = (ctx.config.durability.as_ref(), dropped.completed_at)
+    else {
+        return;
+    };
+    if let Err(e) = durable::dropped::save(&durability.data_dir, ctx.me, epoch) {
+        tracing::warn!(
+            "shard {}: the completed drop pass (epoch {epoch}) is not recorded: {e}; it runs \
+             again at the next start",
+            ctx.me
+        );
+    }
 }
 
 /// What a node that left does about its undelivered hints.

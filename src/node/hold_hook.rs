@@ -49,3 +49,14 @@ pub async fn hold<'a>(mut ops: impl Iterator<Item = &'a Op>) {
         glommio::timer::sleep(POLL).await;
     }
 }
+
+/// Waits as the module docs say before a drop pass, if the hook is on.
+pub async fn hold_drop() {
+    let Some(dir) = dir() else {
+        return;
+    };
+    while dir.join("hold-drop").exists() {
+        let _ = std::fs::write(dir.join("drop-held"), b"");
+        glommio::timer::sleep(POLL).await;
+    }
+}

@@ -197,6 +197,11 @@ pub async fn run_shard(
     if let Some(report) = loaded {
         tracing::info!("{report}");
     }
+    let last_dropped = config
+        .durability
+        .as_ref()
+        .filter(|_| config.is_clustered())
+        .map(|d| super::durable::dropped::load(&d.data_dir, me));
     let ctx = Rc::new(ShardCtx {
         me,
         config,
@@ -210,7 +215,9 @@ pub async fn run_shard(
         hints: Rc::new(RefCell::new(hints)),
         raft: raft.clone(),
         waits_for_topology: super::topology_gate::waits_for_topology(gate),
-        dropping_until: std::cell::Cell::new(None),
+        // Until the lifecycle looked whether a drop pass must run again (see
+        // `change::resume_drop`), report at most the epoch of the last one completed.
+        dropping_until: std::cell::Cell::new(last_dropped),
         fence: Rc::default(),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
