@@ -44,6 +44,14 @@ fn a_write_planned_before_a_change_holds_the_sources_and_reaches_the_new_owner()
     };
     let cluster = Cluster::start_with_env(2, 2, flags, &env);
     let one = &cluster.nodes[0];
+    // Once the first start's drop pass (of an empty store) is done: epoch 1 drained.
+    for node in &cluster.nodes {
+        for shard in 0..2 {
+            wait_for("epoch 1 drained", || {
+                (fence_of(node, shard).1 == 1).then_some(())
+            });
+        }
+    }
     let key = key_moving_from_1_to_3();
     // Sent to the shard of node 1 that does not own the key: planned there under epoch 1 (no
     // change runs: no new owner to send it to), held before it reaches the owning shard.
@@ -191,7 +199,9 @@ fn a_drop_pass_cut_by_a_crash_runs_again_at_the_restart() {
     // Once the first start's drop pass (of an empty store) is done, every drop pass waits
     // while this file exists.
     for node in &cluster.nodes {
-        wait_for("epoch 1", || (fence_of(node, 0).0 == 1).then_some(()));
+        wait_for("epoch 1 drained", || {
+            (fence_of(node, 0).1 == 1).then_some(())
+        });
     }
     std::fs::write(hold.path().join("hold-drop"), b"").expect("hold the drop");
     let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
@@ -224,9 +234,17 @@ fn a_drop_pass_cut_by_a_crash_runs_again_at_the_restart() {
         "{}",
         cluster.nodes[0].log()
     );
-    // Every key still reads back, through every node.
+    // Every key still reads back, through every node (once node 1 reaches its peers again).
     for node in [&cluster.nodes[0], &cluster.nodes[1], &three] {
         let mut client = WireClient::connect(node.addr);
+        wait_for("the node to serve every key", || {
+            let ops = keys.iter().map(|k| op(OpCode::OpGet, k, b"", 0)).collect();
+            let results = client.call(ops);
+            results
+                .iter()
+                .all(|r| r.status() == Status::Ok)
+                .then_some(())
+        });
         for key in &keys {
             assert_eq!(client.get(key).as_deref(), Some(&b"v"[..]), "{key:?}");
         }
@@ -237,4 +255,61 @@ fn a_drop_pass_cut_by_a_crash_runs_again_at_the_restart() {
         (fence_of(&cluster.nodes[0], 0).0 == 3).then_some(())
     });
     assert!(!cluster.nodes[0].log().contains("running it again"));
+}
+
+#[test]
+fn a_hint_for_a_node_that_lost_the_key_goes_to_its_new_owner() {
+    let hold = tempfile::tempdir().expect("hold dir");
+    let env = [("KVMESH_TEST_HOLD_DIR", hold.path().as_os_str())];
+    let flags = |_| {
+        ["--replicas", "2", "--write-ack", "one"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let mut cluster = Cluster::start_with_env(3, 1, flags, &env);
+    // Owned by nodes 1 then 3 in ring {1, 2, 3}, by 1 and 4 in ring {1, 2, 3, 4}: node 3
+    // loses it to node 4.
+    let old = Ring::new(&[1, 2, 3]).expect("ring");
+    let new = Ring::new(&[1, 2, 3, 4]).expect("ring");
+    let key = (0..100_000)
+        .map(|i| format!("hinted-{i}").into_bytes())
+        .find(|k| {
+            let n = new.owners(k, 2);
+            old.owners(k, 2) == [1, 3] && n.contains(&1) && n.contains(&4)
+        })
+        .expect("such a key");
+    // Node 3 is down: node 1 applies the write and keeps a hint for node 3, not delivered.
+    std::fs::write(hold.path().join("hold-hints"), b"").expect("hold the hints");
+    cluster.kill(3);
+    let mut client = WireClient::connect(cluster.nodes[0].addr);
+    client.put(&key, b"hinted");
+    let queued = |node: &Node| -> u64 { node.stats().iter().map(|s| s.hints_queued).sum() };
+    assert_eq!(queued(&cluster.nodes[0]), 1);
+    cluster.restart(3);
+    // Node 4 joins: node 1 streams the key to it, node 3 loses it.
+    let data = tempfile::tempdir().expect("data dir");
+    let join = ["--replicas", "2", "--write-ack", "one"];
+    let mut four = common::membership::joiner(4, cluster.nodes[1].addr, &data, &join);
+    four.wait_ready();
+    {
+        let nodes = [
+            &cluster.nodes[0],
+            &cluster.nodes[1],
+            &cluster.nodes[2],
+            &four,
+        ];
+        wait_for_members(&nodes, &[1, 2, 3, 4], || cluster.logs());
+    }
+    std::fs::remove_file(hold.path().join("hold-hints")).expect("release the hints");
+    wait_for("the hint to be delivered", || {
+        (queued(&cluster.nodes[0]) == 0).then_some(())
+    });
+    // Node 4 (an owner: it reads its own copy) has it; node 3, no longer an owner, did not
+    // get the hint (delivered as queued, it would hold a copy nobody reads or drops).
+    let mut client = WireClient::connect(four.addr);
+    assert_eq!(client.get(&key).as_deref(), Some(&b"hinted"[..]));
+    let held = |node: &Node| -> u64 { node.stats().iter().map(|s| s.keys).sum() };
+    assert_eq!(held(&cluster.nodes[2]), 0, "nothing on node 3");
+    assert!(cluster.nodes[0].log().contains("re-targeted"));
 }

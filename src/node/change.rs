@@ -159,20 +159,22 @@ pub async fn reroute_moved(ctx: &ShardCtx, kept: Vec<(usize, Op)>, results: &mut
 /// Fills an `OP_TOPOLOGY` answer with what this shard knows of the cluster: the agreed epoch,
 /// the members it routes by and the running change.
 ///
-/// While the shard's drop pass for a finished change runs, it reports at most the epoch that
-/// change finished at, so no source of a later change counts it as ready (`all_drained`);
-/// `drained_epoch` is the in-flight fence (see `fence`), at most that epoch.
+/// `drained_epoch` is the fence a later change's sources wait for (`all_drained`): at most
+/// the epoch of the oldest request still in flight (see `fence`) and, while the shard's drop
+/// pass for a finished change runs (or, after a restart, until it ran again if it was cut
+/// short), at most the epoch that change finished at.
 pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::Topology) {
-    topology.epoch = ctx
-        .dropping_until
-        .get()
-        .map_or(membership.epoch, |e| membership.epoch.min(e));
+    topology.epoch = membership.epoch;
     topology.members = membership.wire_members();
     topology.transition = ctx
         .peers
         .agreed()
         .and_then(|t| topology_to_wire(&t).transition);
-    topology.drained_epoch = ctx.fence.drained(topology.epoch);
+    topology.drained_epoch = ctx
+        .dropping_until
+        .get()
+        .map_or(topology.epoch, |e| topology.epoch.min(e));
+    topology.drained_epoch = ctx.fence.drained(topology.drained_epoch);
 }
 
 /// How long a source waits at most, once every shard taking part applied a change's epoch,

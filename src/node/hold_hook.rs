@@ -60,3 +60,8 @@ pub async fn hold_drop() {
         glommio::timer::sleep(POLL).await;
     }
 }
+
+/// Whether hint delivery waits (see the module docs).
+pub fn holds_hints() -> bool {
+    dir().is_some_and(|dir| dir.join("hold-hints").exists())
+}

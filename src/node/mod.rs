@@ -28,6 +28,7 @@ pub mod durable;
 mod fence;
 mod grpc_backend;
 mod hint_store;
+mod hint_targets;
 #[cfg(any(debug_assertions, feature = "test-hooks"))]
 mod hold_hook;
 mod limits;

@@ -179,6 +179,7 @@ fn repair(
         shard: ctx.shard.clone(),
         me: ctx.me,
         shards: ctx.config.shards,
+        settings: ctx.config.replication,
         _fence: fence,
     };
     let keys: Vec<Vec<u8>> = reads.0.into_iter().map(|(_, key, _)| key).collect();
@@ -192,6 +193,7 @@ struct Repair {
     shard: Rc<std::cell::RefCell<super::shard::Shard>>,
     me: usize,
     shards: usize,
+    settings: crate::cluster::replication::Replication,
     /// The read's place in the in-flight fence: its repairs are writes planned by its ring.
     _fence: Entered,
 }
@@ -231,6 +233,16 @@ impl Repair {
                     },
                 }
             }
+        }
+        // Only to the nodes that own the key under the topology this node routes by now: a
+        // copy written elsewhere would never be read or dropped.
+        let membership = self.peers.membership();
+        here.retain(|op| super::replicate::owns(&membership, self.settings, &op.key));
+        for (node, ops) in &mut per_node {
+            ops.retain(|(_, op)| {
+                super::replicate::current_targets(&membership, self.settings, &op.key)
+                    .contains(node)
+            });
         }
         let repaired = (here.len() + per_node.iter().map(|(_, o)| o.len()).sum::<usize>()) as u64;
         if repaired == 0 {

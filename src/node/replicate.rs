@@ -377,9 +377,31 @@ const HANDOFF_BATCH: usize = 256;
 
 /// Delivers this shard's hints to owners that are back, every `every`, and drops those
 /// older than `--hint-max-age` (counted and logged). Runs until dropped.
+///
+/// After every topology epoch it applies, it first re-targets its hints to the keys' current
+/// owners (`hint_targets`), and its deliveries count in the in-flight fence under the epoch
+/// they were targeted by (see `fence`).
 pub async fn handoff(ctx: Rc<ShardCtx>, every: Duration) {
+    let mut targeted_at = 0;
     loop {
         glommio::timer::sleep(every).await;
+        let epoch = ctx.peers.membership().epoch;
+        if epoch != targeted_at {
+            let moved = super::hint_targets::retarget_all(&ctx);
+            if moved > 0 {
+                tracing::info!(
+                    "shard {}: {moved} hint(s) re-targeted to the keys' owners under topology \
+                     epoch {epoch}",
+                    ctx.me
+                );
+            }
+            targeted_at = epoch;
+        }
+        let _fence = ctx.fence.enter(targeted_at);
+        #[cfg(any(debug_assertions, feature = "test-hooks"))]
+        if super::hold_hook::holds_hints() {
+            continue;
+        }
         let expired = ctx.hints.borrow_mut().queue.expire(super::now_ms());
         if expired > 0 {
             tracing::warn!(

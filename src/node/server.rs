@@ -53,7 +53,7 @@ pub struct ShardCtx {
     /// `topology_gate`).
     pub waits_for_topology: bool,
     /// While this shard's drop pass for a finished change runs: the epoch that change finished
-    /// at, the newest this shard reports as applied meanwhile (see `change::annotate`).
+    /// at, the newest this shard reports as drained meanwhile (see `change::annotate`).
     pub dropping_until: std::cell::Cell<Option<u64>>,
     /// The requests this shard planned, counted per topology epoch until they finished (see
     /// `fence`).
