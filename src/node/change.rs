@@ -490,8 +490,9 @@ async fn finished(
 
 /// At start-up, with the agreed topology: runs the drop pass again if this shard did not
 /// complete one for the last finished change (the node stopped during it; see
-/// `durable::dropped`). Until it is done the shard reports at most that change's epoch as
-/// applied (it starts so, see `server`), so no later change's source streams before.
+/// `durable::dropped`). Until then the shard reports at most the recorded epoch (from its
+/// start, see `server`), then that change's epoch, as drained, so no later change's source
+/// streams before.
 async fn resume_drop(ctx: &Rc<ShardCtx>, topology: &Topology, replicas: usize) {
     let Some(durability) = ctx.config.durability.as_ref() else {
         ctx.dropping_until.set(None);
