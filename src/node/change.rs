@@ -226,7 +226,9 @@ async fn all_drained(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
             let bound = drain_within(ctx.config.forward_timeout);
             if since.elapsed() > bound {
                 tracing::warn!(
-                    "shard {}: epoch {epoch}: node(s) {waiting:?} still run requests planned                      under an older topology after {bound:?}; streaming anyway (a write among                      them may miss the new owner)",
+                    "shard {}: epoch {epoch}: node(s) {waiting:?} still run requests planned \
+                     under an older topology after {bound:?}; streaming anyway (a write among \
+                     them may miss the new owner)",
                     ctx.me
                 );
                 return;
@@ -235,7 +237,8 @@ async fn all_drained(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
         if logged.elapsed() > Duration::from_secs(5) {
             logged = Instant::now();
             tracing::info!(
-                "shard {}: epoch {epoch}: waiting for node(s) {waiting:?} to apply the change                  and finish the requests planned before it, before streaming",
+                "shard {}: epoch {epoch}: waiting for node(s) {waiting:?} to apply the change \
+                 and finish the requests planned before it, before streaming",
                 ctx.me
             );
         }
@@ -507,7 +510,8 @@ async fn resume_drop(ctx: &Rc<ShardCtx>, topology: &Topology, replicas: usize) {
         return;
     }
     tracing::info!(
-        "shard {}: its last completed drop pass of keys no longer owned is at epoch {done},          the topology at epoch {due}: running it again",
+        "shard {}: its last completed drop pass of keys no longer owned is at epoch {done}, \
+         the topology at epoch {due}: running it again",
         ctx.me
     );
     ctx.dropping_until.set(Some(due));

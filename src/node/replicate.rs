@@ -17,7 +17,6 @@ use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status};
 
 use crate::cluster::membership::Membership;
 use crate::cluster::replication::{Outcome, Replication, WriteTally};
-
 use crate::cluster::Peers;
 
 use super::fence::Entered;
@@ -301,8 +300,9 @@ pub fn current_targets(membership: &Membership, settings: Replication, key: &[u8
 }
 
 /// Sends a replica write that `moved.from` answered `STATUS_MOVED` to the key's owners under
-/// the topology this node has once it applied `moved.epoch` (waiting at most `moved.within`),
-/// that node left out; an owner that fails gets a hint. Replica writes are idempotent (last
+/// the topology this node has once it applied `moved.epoch` (waiting at most `moved.within`;
+/// else it is hinted to that node, and re-targeted with the hints), that node left out; an
+/// owner that fails gets a hint. Replica writes are idempotent (last
 /// writer wins), so sending one again is safe. Returns why it failed, if it did.
 async fn retarget(
     peers: &Peers,
@@ -314,6 +314,8 @@ async fn retarget(
     let give_up = std::time::Instant::now() + moved.within;
     while peers.membership().epoch < moved.epoch {
         if std::time::Instant::now() > give_up {
+            // Kept for that node: the handoff re-targets it once this node applied the epoch.
+            hint(hints, moved.from, op.clone(), moved.now_ms);
             return Some(format!(
                 "node {} answered MOVED (epoch {}) and this node has not caught up",
                 moved.from, moved.epoch
