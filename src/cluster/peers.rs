@@ -235,8 +235,22 @@ impl Peers {
     }
 
     /// Sends `ops`, all owned by node `node`, to their owning shards there, one request per
-    /// peer shard. Returns, per request, the indices (as given) its results fill.
+    /// peer shard. Returns, per request, the indices (as given) its results fill. The requests
+    /// say this node's current epoch.
     pub async fn send(&self, node: NodeId, ops: Vec<(usize, Op)>) -> Vec<(Vec<usize>, Sent)> {
+        let epoch = self.membership().epoch;
+        self.send_planned(node, ops, epoch).await
+    }
+
+    /// [`Peers::send`] for ops routed by the ring of topology `epoch` (the requests say it),
+    /// so a receiver on a newer topology that does not own their keys answers
+    /// `STATUS_MOVED` even if this node applied a newer epoch since it planned them.
+    pub async fn send_planned(
+        &self,
+        node: NodeId,
+        ops: Vec<(usize, Op)>,
+        epoch: u64,
+    ) -> Vec<(Vec<usize>, Sent)> {
         let Some(link) = self.link(node) else {
             let why = format!("node {node} is not a peer of this node");
             let idx = ops.into_iter().map(|(i, _)| i).collect();
@@ -262,7 +276,6 @@ impl Peers {
             }
         }
         let mut sent = Vec::with_capacity(groups.len());
-        let epoch = self.membership().epoch;
         for (shard, idx, ops) in groups {
             let addr = SocketAddr::new(link.addr.ip(), ports[shard]);
             let reply = match self.conn(&link, shard, addr).await {

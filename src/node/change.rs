@@ -38,6 +38,7 @@ use crate::cluster::topology_wire::{member_to_wire, topology_to_wire};
 use crate::cluster::Peers;
 
 use super::config::NodeConfig;
+use super::durable;
 use super::mesh::{Control, Mesh};
 use super::reply;
 use super::server::ShardCtx;
@@ -165,13 +166,12 @@ pub async fn reroute_moved(ctx: &ShardCtx, kept: Vec<(usize, Op)>, results: &mut
 /// Fills an `OP_TOPOLOGY` answer with what this shard knows of the cluster: the agreed epoch,
 /// the members it routes by and the running change.
 ///
-/// While the shard's drop pass for a finished change runs, it reports at most the epoch that
-/// change finished at, so no source of a later change counts it as ready (`all_applied`).
+/// `drained_epoch` is the fence a later change's sources wait for (`all_drained`): at most
+/// the epoch of the oldest request still in flight (see `fence`) and, while the shard's drop
+/// pass for a finished change runs (or, after a restart, until it ran again if it was cut
+/// short), at most the epoch that change finished at.
 pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::Topology) {
-    topology.epoch = ctx
-        .dropping_until
-        .get()
-        .map_or(membership.epoch, |e| membership.epoch.min(e));
+    topology.epoch = membership.epoch;
     topology.members = membership.wire_members();
     topology.transition = ctx
         .peers
@@ -180,45 +180,79 @@ pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::To
     if let Some(raft) = &ctx.raft {
         topology.raft_heard = raft.heard_from();
     }
+    topology.drained_epoch = ctx
+        .dropping_until
+        .get()
+        .map_or(topology.epoch, |e| topology.epoch.min(e));
+    topology.drained_epoch = ctx.fence.drained(topology.drained_epoch);
 }
 
-/// Waits until every shard of every node in `nodes` has applied topology `epoch`. A source
-/// streams only then: a write coordinated by a node that does not know of the change yet
-/// goes to the old owners only, and could miss a key the stream had already sent.
-async fn all_applied(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
-    let mut waiting: Vec<NodeId> = nodes.to_vec();
+/// How long a source waits at most, once every shard taking part applied a change's epoch,
+/// for the requests they planned under older epochs (see `fence`): every request ends within
+/// a few `--forward-timeout`s (each send to an owner is bounded by it), so this bound is only
+/// reached by a request stuck beyond its own timeouts, which must not hold up a change forever.
+fn drain_within(forward_timeout: Duration) -> Duration {
+    (forward_timeout * 5).max(Duration::from_secs(10))
+}
+
+/// What one shard reports of a change at `epoch`: whether it applied it, and whether it
+/// drained it (every request it planned under an older epoch finished).
+fn fenced(topology: Option<&wire::Topology>, epoch: u64) -> (bool, bool) {
+    let (at, drained) = topology.map_or((0, 0), |t| (t.epoch, t.drained_epoch));
+    (at >= epoch, at >= epoch && drained >= epoch)
+}
+
+/// Waits until every shard of every node in `nodes`, and every other shard of this node, has
+/// applied topology `epoch` and drained it (see `fence`). A source streams only then: a write
+/// planned by a ring from before the change goes to the old owners only, and could reach this
+/// source after it streamed the key. Once every shard applied the epoch, the wait for the
+/// drain is bounded ([`drain_within`]); a shard still not drained then is logged.
+async fn all_drained(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
+    let me = ctx.peers.membership().me;
+    let mut waiting: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != me).collect();
+    waiting.push(me);
     let mut logged = Instant::now();
-    while !waiting.is_empty() {
+    let mut applied_since: Option<Instant> = None;
+    loop {
         let mut behind = Vec::new();
+        let mut all_applied = true;
         for &node in &waiting {
-            let shards = ctx.peers.shard_ports_of(node).await.map_or(0, |p| p.len());
-            let mut applied = shards > 0;
-            for shard in 0..shards {
-                let op = Op {
-                    code: OpCode::OpTopology as i32,
-                    ..Op::default()
-                };
-                let sent = ctx.peers.send_to_shard(node, shard, vec![op]).await;
-                let answered = ctx.peers.wait(sent).await.ok().and_then(|mut r| r.pop());
-                let at = answered.and_then(|r| r.topology).map_or(0, |t| t.epoch);
-                applied &= at >= epoch;
-            }
-            if !applied {
+            let (applied, drained) = if node == me {
+                own_shards(ctx, epoch).await
+            } else {
+                peer_shards(ctx, node, epoch).await
+            };
+            all_applied &= applied;
+            if !drained {
                 behind.push(node);
             }
         }
         waiting = behind;
-        if !waiting.is_empty() {
-            if logged.elapsed() > Duration::from_secs(5) {
-                logged = Instant::now();
-                tracing::info!(
-                    "shard {}: epoch {epoch}: waiting for node(s) {waiting:?} to apply the \
-                     change before streaming",
+        if waiting.is_empty() {
+            return;
+        }
+        if all_applied {
+            let since = *applied_since.get_or_insert_with(Instant::now);
+            let bound = drain_within(ctx.config.forward_timeout);
+            if since.elapsed() > bound {
+                tracing::warn!(
+                    "shard {}: epoch {epoch}: node(s) {waiting:?} still run requests planned \
+                     under an older topology after {bound:?}; streaming anyway (a write among \
+                     them may miss the new owner)",
                     ctx.me
                 );
+                return;
             }
-            glommio::timer::sleep(LOOK_EVERY).await;
         }
+        if logged.elapsed() > Duration::from_secs(5) {
+            logged = Instant::now();
+            tracing::info!(
+                "shard {}: epoch {epoch}: waiting for node(s) {waiting:?} to apply the change \
+                 and finish the requests planned before it, before streaming",
+                ctx.me
+            );
+        }
+        glommio::timer::sleep(LOOK_EVERY).await;
     }
 }
 
@@ -241,6 +275,67 @@ async fn unless_superseded<T>(
     futures_lite::future::or(async { Some(work.await) }, superseded).await
 }
 
+fn topology_op() -> Op {
+    Op {
+        code: OpCode::OpTopology as i32,
+        ..Op::default()
+    }
+}
+
+/// Whether every shard of `node` applied and drained `epoch`.
+async fn peer_shards(ctx: &ShardCtx, node: NodeId, epoch: u64) -> (bool, bool) {
+    let shards = ctx.peers.shard_ports_of(node).await.map_or(0, |p| p.len());
+    let (mut applied, mut drained) = (shards > 0, shards > 0);
+    for shard in 0..shards {
+        let sent = ctx
+            .peers
+            .send_to_shard(node, shard, vec![topology_op()])
+            .await;
+        let answered = ctx.peers.wait(sent).await.ok().and_then(|mut r| r.pop());
+        let (a, d) = fenced(answered.and_then(|r| r.topology).as_deref(), epoch);
+        applied &= a;
+        drained &= d;
+    }
+    (applied, drained)
+}
+
+/// Whether every shard of this node (this one included) applied and drained `epoch`. The
+/// other shards are asked on their own wire ports: ops the mesh forwards run on the store
+/// alone, without the shard's view of the topology.
+async fn own_shards(ctx: &ShardCtx, epoch: u64) -> (bool, bool) {
+    let (mut applied, mut drained) = (true, true);
+    for shard in 0..ctx.config.shards {
+        let topology = if shard == ctx.me {
+            let mut t = wire::Topology::default();
+            annotate(ctx, &ctx.peers.membership(), &mut t);
+            Some(t)
+        } else {
+            let mut addr = ctx.config.shard_addr(shard);
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            ask_topology(addr, ctx.config.forward_timeout).await
+        };
+        let (a, d) = fenced(topology.as_ref(), epoch);
+        applied &= a;
+        drained &= d;
+    }
+    (applied, drained)
+}
+
+/// The topology the shard at `addr` reports, if it answers within `timeout`.
+async fn ask_topology(addr: SocketAddr, timeout: Duration) -> Option<wire::Topology> {
+    let mut conn = Connection::connect(addr, timeout).await.ok()?;
+    let answered = glommio::timer::timeout(timeout, async {
+        conn.call(vec![topology_op()])
+            .await
+            .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(e.to_string())))
+    })
+    .await
+    .ok()?;
+    answered.into_iter().next()?.topology.map(|t| *t)
+}
+
 /// Runs on every shard of a node in a cluster: streams when a change begins, reports it
 /// done, finishes it (on the leader), drops what is no longer owned, and stops a node that
 /// left. See the module docs.
@@ -254,12 +349,17 @@ pub async fn lifecycle(
     let mut watch = Watch::default();
     let mut proposed: Option<(Command, Instant)> = None;
     let mut waits_logged: Option<Instant> = None;
+    let mut resumed = false;
     loop {
         glommio::timer::sleep(LOOK_EVERY).await;
         let Some(topology) = ctx.peers.agreed() else {
             continue;
         };
         let replicas = ctx.config.replication.replicas;
+        if !resumed {
+            resumed = true;
+            resume_drop(&ctx, &topology, replicas).await;
+        }
         if let Some(began) = watch.look(topology.epoch, topology.transition.is_some()) {
             if finished(&ctx, began, replicas, &delivered, &stop).await {
                 return;
@@ -295,7 +395,7 @@ pub async fn lifecycle(
                 .filter(|&id| id != me && !t.down_nodes().contains(&id))
                 .collect();
             let work = async {
-                all_applied(&ctx, topology.epoch, &others).await;
+                all_drained(&ctx, topology.epoch, &others).await;
                 stream::stream_shard(&ctx, &mv).await
             };
             let Some(outcome) = unless_superseded(&ctx, topology.epoch, work).await else {
@@ -391,7 +491,9 @@ async fn finished(
     if membership.is_member() {
         ctx.dropping_until.set(Some(began + 1));
         let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
+        record_drop(ctx, dropped);
         ctx.dropping_until.set(None);
+        let dropped = dropped.keys;
         tracing::info!(
             "shard {}: the change of epoch {began} finished; dropped {dropped} key(s) this \
              node no longer owns",
@@ -443,6 +545,50 @@ async fn finished(
     }
     stop.store(true, Ordering::Relaxed);
     true
+}
+
+/// At start-up, with the agreed topology: runs the drop pass again if this shard did not
+/// complete one for the last finished change (the node stopped during it; see
+/// `durable::dropped`). Until then the shard reports at most the recorded epoch (from its
+/// start, see `server`), then that change's epoch, as drained, so no later change's source
+/// streams before.
+async fn resume_drop(ctx: &Rc<ShardCtx>, topology: &Topology, replicas: usize) {
+    let Some(durability) = ctx.config.durability.as_ref() else {
+        ctx.dropping_until.set(None);
+        return;
+    };
+    let done = durable::dropped::load(&durability.data_dir, ctx.me);
+    // A running change began at `epoch`: the last finished one is the epoch before.
+    let due = topology.epoch - u64::from(topology.transition.is_some());
+    let membership = ctx.peers.membership();
+    if done >= due || !membership.is_member() || membership.epoch == 0 {
+        ctx.dropping_until.set(None);
+        return;
+    }
+    tracing::info!(
+        "shard {}: its last completed drop pass of keys no longer owned is at epoch {done}, \
+         the topology at epoch {due}: running it again",
+        ctx.me
+    );
+    ctx.dropping_until.set(Some(due));
+    let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
+    record_drop(ctx, dropped);
+    ctx.dropping_until.set(None);
+}
+
+/// Records a completed drop pass in the data directory (see `durable::dropped`).
+fn record_drop(ctx: &ShardCtx, dropped: stream::Dropped) {
+    let (Some(durability), Some(epoch)) = (ctx.config.durability.as_ref(), dropped.completed_at)
+    else {
+        return;
+    };
+    if let Err(e) = durable::dropped::save(&durability.data_dir, ctx.me, epoch) {
+        tracing::warn!(
+            "shard {}: the completed drop pass (epoch {epoch}) is not recorded: {e}; it runs \
+             again at the next start",
+            ctx.me
+        );
+    }
 }
 
 /// What a node that left does about its undelivered hints.

@@ -14,6 +14,7 @@ use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 use crate::cluster::peers::Sent;
 
 use super::durable;
+use super::fence;
 use super::mesh::Pending;
 use super::quorum_read;
 use super::replicate;
@@ -43,7 +44,7 @@ pub struct Started {
     kinds: [u32; crate::metrics::latency::KINDS.len()],
     /// Per peer shard of another node: the indices its answers fill, and the request.
     nodes: Vec<(Vec<usize>, Sent)>,
-    /// Reads sent to another node, kept (they carry no value) to route again if it answers
+    /// Reads and writes sent to another node, kept to route again if it answers
     /// `STATUS_MOVED`.
     reroutable: Vec<(usize, Op)>,
     /// Writes this node coordinates that another shard of it executes: sent to the keys'
@@ -53,6 +54,9 @@ pub struct Started {
     replicating: replicate::InFlight,
     /// Reads that ask a quorum of owners (`--read-from quorum`): the others are asked already.
     reads: quorum_read::Asked,
+    /// Its place in the in-flight fence of membership changes, under the epoch it was
+    /// planned by (see `fence`).
+    fence: fence::Entered,
 }
 
 /// Executes the ops this shard owns and sends the others to their owners.
@@ -74,6 +78,8 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     }
     let now = super::now_ms();
     let membership = ctx.peers.membership();
+    // Counted until its last send to an owner finished: a change's sources wait for it.
+    let fence = ctx.fence.enter(membership.epoch);
     let behind = epoch != 0 && epoch < membership.epoch;
     let stale = forwarded && behind;
     // A client's data op waits for the agreed topology (see `topology_gate`).
@@ -131,6 +137,16 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                     results[i] = super::change::moved(membership.epoch);
                     continue;
                 }
+                // A write (a replica's too) from a node on an older ring, for a key this node
+                // owns under neither its ring nor a running change's new one: stored, nobody
+                // would ever read or drop it. The sender routes it again.
+                if stale
+                    && replicate::is_write(op.code)
+                    && !replicate::owns(&membership, ctx.config.replication, &op.key)
+                {
+                    results[i] = super::change::moved(membership.epoch);
+                    continue;
+                }
                 reads.note(ctx, i, &mut op);
             }
             match route {
@@ -163,7 +179,9 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                 }
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;
-                    if super::change::is_reroutable(&op) {
+                    // Kept to route again if the receiver answers MOVED: reads, and writes
+                    // (a copy of a write forwarded to another node: the forwarding path only).
+                    if super::change::is_reroutable(&op) || replicate::is_write(op.code) {
                         reroutable.push((i, op.clone()));
                     }
                     match for_nodes.iter_mut().find(|(n, _)| *n == node) {
@@ -191,17 +209,26 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
             }
         }
     }
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    for (_, _, ops) in &remote {
+        super::hold_hook::hold(ops.iter()).await;
+    }
     // Send every batch before waiting for any, so the owners work in parallel.
     let mut sent = Vec::with_capacity(remote.len());
     for (owner, idx, ops) in remote {
         sent.push((idx, ctx.mesh.send(owner, ops, now).await));
     }
     let mut nodes = Vec::new();
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    for (_, ops) in &for_nodes {
+        super::hold_hook::hold(ops.iter().map(|(_, op)| op)).await;
+    }
     for (node, ops) in for_nodes {
-        nodes.extend(ctx.peers.send(node, ops).await);
+        let planned = ctx.peers.send_planned(node, ops, membership.epoch);
+        nodes.extend(planned.await);
     }
     let executed = plan.take_executed(&results);
-    let replicating = replicate::send(ctx, executed, &results).await;
+    let replicating = replicate::send(ctx, executed, &results, &fence).await;
     let reads = quorum_read::ask(ctx, reads).await;
     Started {
         results,
@@ -216,6 +243,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
         replicate: plan,
         replicating,
         reads,
+        fence,
     }
 }
 
@@ -242,6 +270,7 @@ impl Started {
             replicate,
             replicating,
             reads,
+            fence,
         } = self;
         for i in snapshots {
             results[i] = match &ctx.snapshots {
@@ -299,9 +328,9 @@ impl Started {
             }
         }
         super::change::reroute_moved(ctx, reroutable, &mut results).await;
-        reads.finish(ctx, &mut results).await;
+        reads.finish(ctx, &mut results, &fence).await;
         replicating.finish(ctx, &mut results).await;
-        replicate::complete(ctx, replicate, &mut results).await;
+        replicate::complete(ctx, replicate, &mut results, &fence).await;
         ctx.metrics
             .borrow_mut()
             .latency

@@ -25,8 +25,12 @@ pub mod config;
 mod conn;
 pub(crate) mod dispatch;
 pub mod durable;
+mod fence;
 mod grpc_backend;
 mod hint_store;
+mod hint_targets;
+#[cfg(any(debug_assertions, feature = "test-hooks"))]
+mod hold_hook;
 mod limits;
 mod mesh;
 mod quorum_read;

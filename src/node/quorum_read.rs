@@ -14,6 +14,7 @@ use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 use crate::cluster::replication::{needed, Outcome, Tally, WriteAck};
 use crate::cluster::Peers;
 
+use super::fence::Entered;
 use super::mesh::Mesh;
 use super::reply;
 use super::server::ShardCtx;
@@ -115,7 +116,7 @@ pub async fn ask(ctx: &ShardCtx, reads: Reads) -> Asked {
 impl Asked {
     /// Answers each read with the newest copy among a majority of its owners (this one's
     /// copy, now in `results`, included), and starts the repairs.
-    pub async fn finish(self, ctx: &ShardCtx, results: &mut [OpResult]) {
+    pub async fn finish(self, ctx: &ShardCtx, results: &mut [OpResult], fence: &Entered) {
         let Asked { reads, rx } = self;
         let Some(mut rx) = rx else {
             return;
@@ -159,12 +160,18 @@ impl Asked {
                 ),
             };
         }
-        repair(ctx, reads, state, rx);
+        repair(ctx, reads, state, rx, fence.clone());
     }
 }
 
 /// Starts the repair of these reads' stale owners in the background.
-fn repair(ctx: &ShardCtx, reads: Reads, state: Vec<(Tally, Vec<(From, OpResult)>)>, rx: Answers) {
+fn repair(
+    ctx: &ShardCtx,
+    reads: Reads,
+    state: Vec<(Tally, Vec<(From, OpResult)>)>,
+    rx: Answers,
+    fence: Entered,
+) {
     // Late answers still take part in the repair.
     let job = Repair {
         peers: ctx.peers.clone(),
@@ -172,6 +179,8 @@ fn repair(ctx: &ShardCtx, reads: Reads, state: Vec<(Tally, Vec<(From, OpResult)>
         shard: ctx.shard.clone(),
         me: ctx.me,
         shards: ctx.config.shards,
+        settings: ctx.config.replication,
+        _fence: fence,
     };
     let keys: Vec<Vec<u8>> = reads.0.into_iter().map(|(_, key, _)| key).collect();
     let answers: Vec<Vec<(From, OpResult)>> = state.into_iter().map(|(_, a)| a).collect();
@@ -184,6 +193,9 @@ struct Repair {
     shard: Rc<std::cell::RefCell<super::shard::Shard>>,
     me: usize,
     shards: usize,
+    settings: crate::cluster::replication::Replication,
+    /// The read's place in the in-flight fence: its repairs are writes planned by its ring.
+    _fence: Entered,
 }
 
 impl Repair {
@@ -221,6 +233,16 @@ impl Repair {
                     },
                 }
             }
+        }
+        // Only to the nodes that own the key under the topology this node routes by now: a
+        // copy written elsewhere would never be read or dropped.
+        let membership = self.peers.membership();
+        here.retain(|op| super::replicate::owns(&membership, self.settings, &op.key));
+        for (node, ops) in &mut per_node {
+            ops.retain(|(_, op)| {
+                super::replicate::current_targets(&membership, self.settings, &op.key)
+                    .contains(node)
+            });
         }
         let repaired = (here.len() + per_node.iter().map(|(_, o)| o.len()).sum::<usize>()) as u64;
         if repaired == 0 {

@@ -15,8 +15,11 @@ use futures_lite::StreamExt;
 use kvmesh_net::ring::NodeId;
 use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status};
 
-use crate::cluster::replication::{Outcome, WriteTally};
+use crate::cluster::membership::Membership;
+use crate::cluster::replication::{Outcome, Replication, WriteTally};
+use crate::cluster::Peers;
 
+use super::fence::Entered;
 use super::hint_store::HintStore;
 use super::reply;
 use super::server::ShardCtx;
@@ -72,10 +75,20 @@ impl Plan {
     }
 }
 
-fn is_write(code: i32) -> bool {
+/// Whether `code` is a write: a put, a remove or a touch.
+pub fn is_write(code: i32) -> bool {
     [OpCode::OpPut, OpCode::OpRemove, OpCode::OpTouch]
         .iter()
         .any(|&c| c as i32 == code)
+}
+
+/// Whether this node owns `key` under the ring it routes by or a running change's new ring.
+pub fn owns(membership: &Membership, settings: Replication, key: &[u8]) -> bool {
+    let me = membership.me;
+    settings.owners(membership.ring(), key).contains(&me)
+        || membership
+            .pending_ring()
+            .is_some_and(|new| settings.owners(new, key).contains(&me))
 }
 
 /// Writes for one owner: `(the write's place in the plan, its replica op)`.
@@ -88,8 +101,11 @@ type Answer = (usize, bool, Option<String>);
 /// Sends the plan's writes (those the local owner applied) to their other owners, batched per
 /// peer shard, and waits until each has `--write-ack` acknowledgements or cannot get them;
 /// a write that cannot is answered UNAVAILABLE, saying how many owners applied it.
-pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult]) {
-    send(ctx, plan, results).await.finish(ctx, results).await;
+pub async fn complete(ctx: &ShardCtx, plan: Plan, results: &mut [OpResult], fence: &Entered) {
+    send(ctx, plan, results, fence)
+        .await
+        .finish(ctx, results)
+        .await;
 }
 
 /// Replica writes on their way: per write, its tally; and the owners' answers as they come.
@@ -101,8 +117,9 @@ pub struct InFlight {
 /// Sends the plan's writes that the local owner applied (their results carry a version) to
 /// their other owners, batched per peer shard, without waiting: [`InFlight::finish`] waits.
 /// Sent as soon as the local owner applied them, before its log made them durable, so a
-/// pipelining connection's requests replicate in parallel.
-pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight {
+/// pipelining connection's requests replicate in parallel. Each send keeps a clone of the
+/// request's `fence` guard until its owner answered (see `fence`).
+pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult], fence: &Entered) -> InFlight {
     if plan.0.is_empty() {
         return InFlight {
             tallies: Vec::new(),
@@ -150,15 +167,17 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
     }
     let replicas = Rc::new(replicas);
     let (tx, rx) = futures_channel::mpsc::unbounded::<Answer>();
+    let within = ctx.config.forward_timeout;
     for (node, is_pending, ops) in per_node {
         ctx.shard.borrow_mut().counters.replica_writes_sent += ops.len() as u64;
-        for (ks, sent) in ctx.peers.send(node, ops).await {
-            let (peers, shard, hints, tx, replicas) = (
+        for (ks, sent) in ctx.peers.send_planned(node, ops, fence.epoch()).await {
+            let (peers, shard, hints, tx, replicas, fence) = (
                 ctx.peers.clone(),
                 ctx.shard.clone(),
                 ctx.hints.clone(),
                 tx.clone(),
                 replicas.clone(),
+                fence.clone(),
             );
             // Waits apart from the request, so the reply goes as soon as enough owners
             // answered, and an owner that fails later still gets its hint.
@@ -168,20 +187,36 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult]) -> InFlight 
                     let failure = match &answered {
                         Ok(results) => match results.get(j) {
                             Some(r) if r.status() == Status::Ok => None,
+                            Some(r) if r.status() == Status::Moved => match replicas.get(k) {
+                                Some(Some(op)) => {
+                                    let moved = Moved {
+                                        from: node,
+                                        epoch: r.moved_epoch,
+                                        within,
+                                        now_ms: now,
+                                    };
+                                    retarget(&peers, settings, &hints, op, moved).await
+                                }
+                                _ => None,
+                            },
                             Some(r) => Some(format!("node {node}: {}", r.message)),
                             None => Some(format!("node {node}: no answer")),
                         },
                         Err(e) => Some(e.to_string()),
                     };
+                    let moved = matches!(&answered, Ok(r) if r.get(j)
+                        .is_some_and(|r| r.status() == Status::Moved));
                     if failure.is_some() {
                         shard.borrow_mut().counters.replica_writes_failed += 1;
-                        if let Some(Some(op)) = replicas.get(k) {
+                        // A MOVED owner is not an owner: `retarget` hinted the owners.
+                        if let (Some(Some(op)), false) = (replicas.get(k), moved) {
                             hint(&hints, node, op.clone(), now);
                         }
                     }
                     let _ = tx.unbounded_send((k, is_pending, failure));
                 }
                 hints.borrow_mut().flush();
+                drop(fence);
             })
             .detach();
         }
@@ -239,6 +274,76 @@ impl InFlight {
     }
 }
 
+/// A replica write a node answered `STATUS_MOVED`: it owns the key under neither ring it
+/// knows, as of its topology `epoch`.
+struct Moved {
+    from: NodeId,
+    epoch: u64,
+    /// How long to wait at most for this node to apply `epoch`.
+    within: Duration,
+    now_ms: u64,
+}
+
+/// The nodes a write to `key` must reach under the topology this node routes by now: its
+/// owners under the ring and a running change's new ring, this node left out.
+pub fn current_targets(membership: &Membership, settings: Replication, key: &[u8]) -> Vec<NodeId> {
+    let mut targets = settings.owners(membership.ring(), key);
+    if let Some(new) = membership.pending_ring() {
+        for n in settings.owners(new, key) {
+            if !targets.contains(&n) {
+                targets.push(n);
+            }
+        }
+    }
+    targets.retain(|&n| n != membership.me);
+    targets
+}
+
+/// Sends a replica write that `moved.from` answered `STATUS_MOVED` to the key's owners under
+/// the topology this node has once it applied `moved.epoch` (waiting at most `moved.within`;
+/// else it is hinted to that node, and re-targeted with the hints), that node left out; an
+/// owner that fails gets a hint. Replica writes are idempotent (last
+/// writer wins), so sending one again is safe. Returns why it failed, if it did.
+async fn retarget(
+    peers: &Peers,
+    settings: Replication,
+    hints: &RefCell<HintStore>,
+    op: &Op,
+    moved: Moved,
+) -> Option<String> {
+    let give_up = std::time::Instant::now() + moved.within;
+    while peers.membership().epoch < moved.epoch {
+        if std::time::Instant::now() > give_up {
+            // Kept for that node: the handoff re-targets it once this node applied the epoch.
+            hint(hints, moved.from, op.clone(), moved.now_ms);
+            return Some(format!(
+                "node {} answered MOVED (epoch {}) and this node has not caught up",
+                moved.from, moved.epoch
+            ));
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let mut targets = current_targets(&peers.membership(), settings, &op.key);
+    targets.retain(|&n| n != moved.from);
+    let mut failed = Vec::new();
+    for node in targets {
+        for (_, sent) in peers.send(node, vec![(0, op.clone())]).await {
+            let answered = peers.wait(sent).await;
+            if !matches!(&answered, Ok(r) if r.first().is_some_and(|r| r.status() == Status::Ok)) {
+                hint(hints, node, op.clone(), moved.now_ms);
+                failed.push(node);
+            }
+        }
+    }
+    (!failed.is_empty()).then(|| {
+        format!(
+            "node {} answered MOVED; the key's owners {failed:?} under epoch {} missed it",
+            moved.from,
+            peers.membership().epoch
+        )
+    })
+}
+
 fn hint(hints: &RefCell<HintStore>, node: NodeId, op: Op, now_ms: u64) {
     let mut hints = hints.borrow_mut();
     if !hints.push(node, op, now_ms) {
@@ -274,9 +379,31 @@ const HANDOFF_BATCH: usize = 256;
 
 /// Delivers this shard's hints to owners that are back, every `every`, and drops those
 /// older than `--hint-max-age` (counted and logged). Runs until dropped.
+///
+/// After every topology epoch it applies, it first re-targets its hints to the keys' current
+/// owners (`hint_targets`), and its deliveries count in the in-flight fence under the epoch
+/// they were targeted by (see `fence`).
 pub async fn handoff(ctx: Rc<ShardCtx>, every: Duration) {
+    let mut targeted_at = 0;
     loop {
         glommio::timer::sleep(every).await;
+        let epoch = ctx.peers.membership().epoch;
+        if epoch != targeted_at {
+            let moved = super::hint_targets::retarget_all(&ctx);
+            if moved > 0 {
+                tracing::info!(
+                    "shard {}: {moved} hint(s) re-targeted to the keys' owners under topology \
+                     epoch {epoch}",
+                    ctx.me
+                );
+            }
+            targeted_at = epoch;
+        }
+        let _fence = ctx.fence.enter(targeted_at);
+        #[cfg(any(debug_assertions, feature = "test-hooks"))]
+        if super::hold_hook::holds_hints() {
+            continue;
+        }
         let expired = ctx.hints.borrow_mut().queue.expire(super::now_ms());
         if expired > 0 {
             tracing::warn!(

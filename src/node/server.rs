@@ -53,8 +53,11 @@ pub struct ShardCtx {
     /// `topology_gate`).
     pub waits_for_topology: bool,
     /// While this shard's drop pass for a finished change runs: the epoch that change finished
-    /// at, the newest this shard reports as applied meanwhile (see `change::annotate`).
+    /// at, the newest this shard reports as drained meanwhile (see `change::annotate`).
     pub dropping_until: std::cell::Cell<Option<u64>>,
+    /// The requests this shard planned, counted per topology epoch until they finished (see
+    /// `fence`).
+    pub fence: Rc<super::fence::Fence>,
 }
 
 impl ShardCtx {
@@ -198,6 +201,11 @@ pub async fn run_shard(
     if let Some(report) = loaded {
         tracing::info!("{report}");
     }
+    let last_dropped = config
+        .durability
+        .as_ref()
+        .filter(|_| config.is_clustered())
+        .map(|d| super::durable::dropped::load(&d.data_dir, me));
     let ctx = Rc::new(ShardCtx {
         me,
         config,
@@ -211,7 +219,10 @@ pub async fn run_shard(
         hints: Rc::new(RefCell::new(hints)),
         raft: raft.clone(),
         waits_for_topology: super::topology_gate::waits_for_topology(gate),
-        dropping_until: std::cell::Cell::new(None),
+        // Until the lifecycle looked whether a drop pass must run again (see
+        // `change::resume_drop`), report at most the epoch of the last one completed.
+        dropping_until: std::cell::Cell::new(last_dropped),
+        fence: Rc::default(),
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
@@ -260,6 +271,10 @@ pub async fn run_shard(
     });
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
     let _stream_test_hook = super::stream::hook::start(&ctx);
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    if me == 0 {
+        super::hold_hook::start();
+    }
 
     stop.requested().await;
     let since = Instant::now();
@@ -369,6 +384,7 @@ fn topology(config: &NodeConfig, me: usize) -> Topology {
         epoch: 0,
         transition: None,
         raft_heard: Vec::new(),
+        drained_epoch: 0,
     }
 }
 

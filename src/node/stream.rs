@@ -59,7 +59,7 @@ mod throttle;
 #[path = "stream_window.rs"]
 mod window;
 
-pub use drop::drop_unowned;
+pub use drop::{drop_unowned, Dropped};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

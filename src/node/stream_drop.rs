@@ -23,8 +23,8 @@ use crate::node::server::ShardCtx;
 /// A local drop: each is logged (as an eviction record, which recovery replays by forgetting
 /// that version) so a restart does not bring it back, and it is never replicated, so the
 /// owners keep theirs. A key rewritten since the scan saw it is kept. Returns how many keys
-/// were dropped, once their records are durable.
-pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u64 {
+/// were dropped, once their records are durable, and whether the pass went to the end.
+pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> Dropped {
     let start = ctx.peers.membership();
     let me = start.me;
     if replicas == 0 || !ring.nodes().contains(&me) {
@@ -34,9 +34,12 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u
             ctx.me,
             ring.nodes()
         );
-        return 0;
+        return Dropped::default();
     }
+    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    crate::node::hold_hook::hold_drop().await;
     let mut dropped = 0;
+    let mut complete = true;
     let mut last_seq = None;
     let mut cursor = Some(Cursor::START);
     while let Some(at) = cursor {
@@ -49,6 +52,7 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u
                 now.epoch,
                 start.epoch
             );
+            complete = false;
             break;
         }
         let mut rings = vec![ring];
@@ -85,6 +89,7 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u
                 "shard {}: the drop of keys no longer owned is not durable: {e}",
                 ctx.me
             );
+            complete = false;
         }
     }
     if dropped > 0 {
@@ -93,7 +98,20 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> u
             ctx.me
         );
     }
-    dropped
+    Dropped {
+        keys: dropped,
+        completed_at: complete.then_some(start.epoch),
+    }
+}
+
+/// What a drop pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// Keys dropped, their records durable.
+    pub keys: u64,
+    /// The epoch it ran at, when it went through the whole store (not stopped by another
+    /// epoch, not refused, its records durable).
+    pub completed_at: Option<u64>,
 }
 
 /// Whether node `me` keeps `key`: it owns it under one of `rings` at `replicas`.

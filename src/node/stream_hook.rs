@@ -97,7 +97,7 @@ async fn run(ctx: &Rc<ShardCtx>, fields: &BTreeMap<String, String>) -> Result<St
             ))
         }
         "drop" => {
-            let dropped = drop_unowned(ctx, &mv.new, replicas).await;
+            let dropped = drop_unowned(ctx, &mv.new, replicas).await.keys;
             Ok(format!("ok\ndropped={dropped}\n"))
         }
         other => Err(format!("unknown action {other:?}")),

@@ -24,6 +24,17 @@ impl Cluster {
 
     /// As [`Cluster::start`], with `flags(id)` added to node `id`'s command line.
     pub fn start_with(n: usize, shards: usize, flags: impl Fn(usize) -> Vec<String>) -> Cluster {
+        Self::start_with_env(n, shards, flags, &[])
+    }
+
+    /// As [`Cluster::start_with`], every node started with the environment variables `env`
+    /// (test hooks).
+    pub fn start_with_env(
+        n: usize,
+        shards: usize,
+        flags: impl Fn(usize) -> Vec<String>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Cluster {
         let blocks: Vec<PortBlock> = (0..n)
             .map(|_| PortBlock::reserve(shards as u16 + 2))
             .collect();
@@ -52,7 +63,7 @@ impl Cluster {
             data_dirs.push(data);
             args.extend(extra);
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            nodes.push(Node::spawn(block, shards, &argv));
+            nodes.push(Node::spawn_with_env(block, shards, &argv, env));
             all_args.push(args);
         }
         for node in &mut nodes {

@@ -34,6 +34,7 @@
 //! asked (`OP_SNAPSHOT`), and then removes the segments the snapshot covers ([`snapshot`]).
 
 pub mod datadir;
+pub mod dropped;
 mod pending;
 mod replay;
 pub mod reshard;
