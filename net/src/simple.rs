@@ -1,0 +1,222 @@
+//! Recognising a plain client request in place, for a node's local fast path. Pure.
+//!
+//! [`parse`] reads a `Request` body without allocating: its keys and values are slices of the
+//! body. It accepts only the plain shape a client sends for data ops: fields `id`, `ops`,
+//! `forwarded` (false) and `epoch`, and ops made of `code`, `key`, `value` and `ttl_ms` alone,
+//! at most [`MAX_OPS`] of them. For every body it accepts, what it returns is exactly what
+//! [`crate::request::decode`] (and so prost) decodes (a property test checks it); anything
+//! else (a replica write, a hello, an unknown field, a malformed field, more ops) is `None`,
+//! and the caller decodes the body in full, so its errors and behaviour stay prost's.
+
+use crate::request::{Field, Fields};
+
+/// The most ops a request may carry to be parsed here; a larger batch takes the general path.
+pub const MAX_OPS: usize = 8;
+
+/// One op of a plain request, borrowed from the body.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimpleOp<'a> {
+    /// `Op.code` as prost reads it (an `int32`: a larger varint is truncated).
+    pub code: i32,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub ttl_ms: u64,
+}
+
+/// A plain request, borrowed from the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimpleRequest<'a> {
+    pub id: u64,
+    pub epoch: u64,
+    ops: [SimpleOp<'a>; MAX_OPS],
+    len: usize,
+}
+
+impl<'a> SimpleRequest<'a> {
+    /// The ops, in order.
+    pub fn ops(&self) -> &[SimpleOp<'a>] {
+        &self.ops[..self.len]
+    }
+}
+
+/// The body as a plain request (see the module docs), or `None`.
+pub fn parse(body: &[u8]) -> Option<SimpleRequest<'_>> {
+    let mut request = SimpleRequest {
+        id: 0,
+        epoch: 0,
+        ops: [SimpleOp::default(); MAX_OPS],
+        len: 0,
+    };
+    let mut fields = Fields(body);
+    while let Some((number, field)) = fields.next()? {
+        match (number, field) {
+            (1, Field::Varint(v)) => request.id = v,
+            (2, Field::Bytes(op)) => {
+                let slot = request.ops.get_mut(request.len)?;
+                *slot = parse_op(op)?;
+                request.len += 1;
+            }
+            (3, Field::Varint(0)) => {}
+            (50, Field::Varint(v)) => request.epoch = v,
+            _ => return None,
+        }
+    }
+    Some(request)
+}
+
+fn parse_op(body: &[u8]) -> Option<SimpleOp<'_>> {
+    let mut op = SimpleOp::default();
+    let mut fields = Fields(body);
+    while let Some((number, field)) = fields.next()? {
+        match (number, field) {
+            (1, Field::Varint(v)) => op.code = v as i32,
+            // A repeated bytes field replaces the earlier value, as in prost.
+            (2, Field::Bytes(b)) => op.key = b,
+            (3, Field::Bytes(b)) => op.value = b,
+            (4, Field::Varint(v)) => op.ttl_ms = v,
+            _ => return None,
+        }
+    }
+    Some(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvmesh_proto::wire::{Op, OpCode, Request};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    /// `parse`'s answer must be what the full decoder says, whenever it answers.
+    fn agrees(body: &[u8]) -> bool {
+        let Some(simple) = parse(body) else {
+            return false;
+        };
+        let full = crate::request::decode(body).expect("parse accepted a malformed body");
+        assert!(!full.forwarded, "body {body:02x?}");
+        assert_eq!((simple.id, simple.epoch), (full.id, full.epoch));
+        assert_eq!(simple.ops().len(), full.ops.len());
+        for (ours, theirs) in simple.ops().iter().zip(&full.ops) {
+            let owned = Op {
+                code: ours.code,
+                key: ours.key.to_vec(),
+                value: ours.value.to_vec(),
+                ttl_ms: ours.ttl_ms,
+                ..Op::default()
+            };
+            assert_eq!(&owned, theirs, "body {body:02x?}");
+        }
+        true
+    }
+
+    fn get(key: &[u8]) -> Op {
+        Op {
+            code: OpCode::OpGet as i32,
+            key: key.to_vec(),
+            ..Op::default()
+        }
+    }
+
+    #[test]
+    fn table() {
+        let plain = Request {
+            id: 9,
+            ops: vec![
+                get(b"k"),
+                Op {
+                    code: OpCode::OpPut as i32,
+                    key: b"k".to_vec(),
+                    value: vec![1; 200],
+                    ttl_ms: 5,
+                    ..Op::default()
+                },
+            ],
+            forwarded: false,
+            epoch: 3,
+        };
+        assert!(agrees(&plain.encode_to_vec()));
+        assert!(agrees(&[]), "an empty request is plain");
+        assert!(
+            agrees(&[0x12, 6, 0x12, 1, b'a', 0x12, 1, b'b']),
+            "key twice"
+        );
+        assert!(agrees(&[0x18, 0]), "forwarded: false, written out");
+        let not_plain: Vec<(&str, Vec<u8>)> = vec![
+            ("forwarded", {
+                let mut r = plain.clone();
+                r.forwarded = true;
+                r.encode_to_vec()
+            }),
+            ("replica", {
+                let mut r = plain.clone();
+                r.ops[1].replica = true;
+                r.encode_to_vec()
+            }),
+            ("versioned", {
+                let mut r = plain.clone();
+                r.ops[0].version_hlc = 1;
+                r.encode_to_vec()
+            }),
+            ("too many ops", {
+                let mut r = plain.clone();
+                r.ops = vec![get(b"k"); MAX_OPS + 1];
+                r.encode_to_vec()
+            }),
+            ("unknown field", vec![0x79, 1, 2, 3, 4, 5, 6, 7, 8]),
+            ("op cut short", vec![0x12, 5, 0x08]),
+            ("group", vec![0x23, 0x08, 1, 0x24]),
+        ];
+        for (name, body) in not_plain {
+            assert!(parse(&body).is_none(), "{name}");
+        }
+        let most = Request {
+            ops: vec![get(b"k"); MAX_OPS],
+            ..Request::default()
+        };
+        assert!(agrees(&most.encode_to_vec()));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            agrees(&body);
+        }
+
+        #[test]
+        fn arbitrary_requests(
+            id: u64,
+            forwarded in proptest::bool::weighted(0.1),
+            epoch in prop_oneof![Just(0u64), any::<u64>()],
+            ops in proptest::collection::vec(
+                (-1i32..9, proptest::collection::vec(any::<u8>(), 0..20),
+                 proptest::collection::vec(any::<u8>(), 0..40), prop_oneof![Just(0u64), any::<u64>()],
+                 proptest::bool::weighted(0.1)),
+                0..10,
+            ),
+            cut in 0usize..300,
+        ) {
+            let request = Request {
+                id,
+                forwarded,
+                epoch,
+                ops: ops
+                    .into_iter()
+                    .map(|(code, key, value, ttl_ms, replica)| Op {
+                        code,
+                        key,
+                        value,
+                        ttl_ms,
+                        replica,
+                        ..Op::default()
+                    })
+                    .collect(),
+            };
+            let body = request.encode_to_vec();
+            let plain = !forwarded
+                && request.ops.len() <= MAX_OPS
+                && request.ops.iter().all(|op| !op.replica);
+            prop_assert_eq!(agrees(&body), plain);
+            agrees(&body[..cut.min(body.len())]);
+        }
+    }
+}
