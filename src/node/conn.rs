@@ -15,6 +15,7 @@ use kvmesh_net::frame::{self, PREFIX_LEN};
 use kvmesh_proto::wire::{OpCode, Request, Status};
 
 use super::dispatch;
+use super::fast;
 use super::limits;
 use super::reply;
 use super::server::ShardCtx;
@@ -77,6 +78,16 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
         let mut bad_frame = None;
         let mut unsent = 0;
         while unsent < limits::MAX_UNSENT {
+            // A plain request whose ops all run here is served from the buffer as it stands
+            // (see `fast`), while no request of the general path waits before it: replies go
+            // out in request order.
+            if started.is_empty() {
+                if let Some(served) = fast::serve(&ctx, &buf[pos..end], max_frame, &mut out) {
+                    pos += served.used;
+                    unsent += served.reply_bytes;
+                    continue;
+                }
+            }
             match frame::decode_with(&buf[pos..end], max_frame, kvmesh_net::request::decode) {
                 Ok(Some((request, used))) => {
                     pos += used;

@@ -118,17 +118,58 @@ pub fn frame_error(e: &FrameError) -> Response {
 /// # Panics
 /// If the body exceeds `u32::MAX` bytes; a connection bounds what one read starts far below.
 pub fn encode_response(id: u64, results: &[OpResult], out: &mut Vec<u8>) {
+    let start = begin_response(id, out);
+    for result in results {
+        push_result(result, out);
+    }
+    end_response(start, out);
+}
+
+/// Starts the frame answering request `id` in `out`, for results appended one by one
+/// ([`push_result`], [`push_found`]) and [`end_response`]; returns where it starts. The three
+/// write what [`encode_response`] writes.
+pub fn begin_response(id: u64, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX_LEN]);
     if id != 0 {
         encode_key(1, WireType::Varint, out);
         encode_varint(id, out);
     }
-    for result in results {
+    start
+}
+
+/// Appends one result to the frame begun at [`begin_response`].
+pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
+    encode_key(2, WireType::LengthDelimited, out);
+    encode_varint(result.encoded_len() as u64, out);
+    result.encode_raw(out);
+}
+
+/// Appends the result of a get that found `value`, as [`push_result`] appends
+/// `OpResult { value, found: true, .. }`, without building it: the value is copied once,
+/// from where it is stored into `out`.
+pub fn push_found(value: &[u8], out: &mut Vec<u8>) {
+    // `value` (field 2) when not empty, then `found: true` (field 4: key 0x20, then 1).
+    let value_len = if value.is_empty() {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(value.len() as u64) + value.len()
+    };
+    encode_key(2, WireType::LengthDelimited, out);
+    encode_varint(value_len as u64 + 2, out);
+    if !value.is_empty() {
         encode_key(2, WireType::LengthDelimited, out);
-        encode_varint(result.encoded_len() as u64, out);
-        result.encode_raw(out);
+        encode_varint(value.len() as u64, out);
+        out.extend_from_slice(value);
     }
+    out.extend_from_slice(&[0x20, 1]);
+}
+
+/// Writes the length prefix of the frame begun at `start` by [`begin_response`].
+///
+/// # Panics
+/// If the body exceeds `u32::MAX` bytes.
+pub fn end_response(start: usize, out: &mut [u8]) {
     let body = u32::try_from(out.len() - start - PREFIX_LEN).expect("reply exceeds u32::MAX bytes");
     out[start..start + PREFIX_LEN].copy_from_slice(&body.to_be_bytes());
 }
@@ -169,6 +210,23 @@ mod tests {
                 &mut theirs,
             );
             assert_eq!(ours, theirs, "id {id}");
+        }
+    }
+
+    #[test]
+    fn push_found_matches_push_result() {
+        for len in [0, 1, 2, 126, 127, 128, 300, 20_000] {
+            let value = vec![3; len];
+            let mut ours = vec![9];
+            push_found(&value, &mut ours);
+            let mut theirs = vec![9];
+            let found = OpResult {
+                value: value.clone(),
+                found: true,
+                ..OpResult::default()
+            };
+            push_result(&found, &mut theirs);
+            assert_eq!(ours, theirs, "value of {len} bytes");
         }
     }
 }

@@ -1,0 +1,175 @@
+//! The local fast path: a plain client request whose ops all run on this shard, served from
+//! the read buffer without decoding it into owned messages.
+//!
+//! A connection offers each buffered frame here first ([`serve`]). It is served here only if
+//! the general path (`request::decode`, then `dispatch::start_from`) would run every op of it
+//! on this shard's store and nothing else: a plain request (see `kvmesh_net::simple`) that is
+//! not behind the node's topology epoch, of `OP_GET`, `OP_PUT` and `OP_REMOVE` ops that the
+//! topology gate lets through and that `router::route_in_cluster` routes `Local`, on a node
+//! that neither replicates writes (`replicate::sends_nothing`) nor asks a quorum for reads
+//! (`quorum_read::asks_nothing`), to a shard without a write-ahead log (so no reply waits for
+//! a log record). The same functions decide those as on the general path; every op then runs
+//! through the same `Shard` method the general path calls (`Shard::get`, `put`, `remove`), so
+//! limits, TTLs, counters and evictions are the same. What differs is only what is allocated:
+//! keys and values are borrowed from the read buffer, a get's value is copied from the store
+//! straight into the reply, and no `Request`, `Op` or `OpResult` of a found value is built.
+//! The reply is byte for byte the general path's (a property test checks it).
+//!
+//! Anything else, including a malformed frame, is left to the general path untouched: nothing
+//! has run when [`serve`] returns `None`.
+
+use std::time::Instant;
+
+use kvmesh_net::frame::{self, PREFIX_LEN};
+use kvmesh_net::simple::{SimpleOp, SimpleRequest};
+use kvmesh_proto::wire::{OpCode, Status};
+
+use super::reply;
+use super::router::{route_in_cluster_keyed, Keyed, Place, Route};
+use super::server::ShardCtx;
+use super::shard::Shard;
+use crate::metrics::latency;
+
+/// A request served here: the bytes of its frame, and the bytes of the values its reply holds
+/// (what the general path's `Started::reply_bytes` counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub used: usize,
+    pub reply_bytes: usize,
+}
+
+/// Serves the frame at the front of `buf` if it is a plain local request (see the module
+/// docs), appending its reply frame to `out`. `None`: nothing ran and nothing was appended;
+/// the general path decodes the frame (an incomplete one included).
+pub fn serve(ctx: &ShardCtx, buf: &[u8], max_frame: usize, out: &mut Vec<u8>) -> Option<Served> {
+    let Ok(Some(len)) = frame::peek_len(buf, max_frame) else {
+        return None;
+    };
+    let body = buf.get(PREFIX_LEN..PREFIX_LEN + len)?;
+    let request = kvmesh_net::simple::parse(body)?;
+    if request.ops().is_empty() {
+        return None;
+    }
+    let began = Instant::now();
+    let membership = ctx.peers.membership();
+    // A client routing by an older topology gets STATUS_MOVED from the general path.
+    if request.epoch != 0 && request.epoch < membership.epoch {
+        return None;
+    }
+    if !super::replicate::sends_nothing(ctx, &membership)
+        || !super::quorum_read::asks_nothing(ctx, membership.ring())
+    {
+        return None;
+    }
+    let gated = ctx.waits_for_topology;
+    let epoch_now = if gated {
+        ctx.peers.agreed().map_or(0, |t| t.epoch)
+    } else {
+        0
+    };
+    let live = |node| ctx.peers.is_live(node);
+    let place = Place {
+        ring: membership.ring(),
+        node: membership.me,
+        replicas: ctx.config.replication.replicas,
+        live: &live,
+    };
+    let local = |op: &SimpleOp<'_>| {
+        let keyed = keyed(op);
+        is_simple(op.code)
+            && !super::topology_gate::refuses(keyed, false, gated, epoch_now)
+            && route_in_cluster_keyed(
+                keyed,
+                &place,
+                false,
+                ctx.me,
+                ctx.config.shards,
+                ctx.config.max_key_len,
+            ) == Route::Local
+    };
+    if !request.ops().iter().all(local) {
+        return None;
+    }
+    let (kinds, reply_bytes) = {
+        let mut shard = ctx.shard.borrow_mut();
+        execute(&mut shard, &request, super::now_ms(), out)?
+    };
+    ctx.metrics
+        .borrow_mut()
+        .latency
+        .record(&kinds, began.elapsed());
+    Some(Served {
+        used: PREFIX_LEN + len,
+        reply_bytes,
+    })
+}
+
+const GET: i32 = OpCode::OpGet as i32;
+const PUT: i32 = OpCode::OpPut as i32;
+const REMOVE: i32 = OpCode::OpRemove as i32;
+
+/// Whether ops of this code may take the fast path.
+pub fn is_simple(code: i32) -> bool {
+    matches!(code, GET | PUT | REMOVE)
+}
+
+/// What routing looks at in a plain op (never a replica write).
+pub fn keyed<'a>(op: &SimpleOp<'a>) -> Keyed<'a> {
+    Keyed {
+        code: op.code,
+        key: op.key,
+        replica: false,
+    }
+}
+
+/// Runs `request`'s ops, owned by `shard`, and appends its reply frame to `out`; returns its
+/// ops by latency kind and the bytes of the values read. `None` (and nothing ran) when an op
+/// is not [`is_simple`], or when the shard has a write-ahead log: a reply may then have to
+/// wait for a log record, which only the general path does.
+pub fn execute(
+    shard: &mut Shard,
+    request: &SimpleRequest<'_>,
+    now_ms: u64,
+    out: &mut Vec<u8>,
+) -> Option<([u32; latency::KINDS.len()], usize)> {
+    if shard.log().is_some() || !request.ops().iter().all(|op| is_simple(op.code)) {
+        return None;
+    }
+    let mut kinds = [0u32; latency::KINDS.len()];
+    let mut reply_bytes = 0;
+    let start = reply::begin_response(request.id, out);
+    for op in request.ops() {
+        kinds[latency::kind(op.code)] += 1;
+        // Without a log no result waits (`Executed::wait` is always `None`).
+        match op.code {
+            GET => {
+                let (found, _) = shard.get(op.key, now_ms, |value| match value {
+                    Some(value) => {
+                        reply::push_found(value, out);
+                        value.len()
+                    }
+                    None => {
+                        reply::push_result(&reply::status(Status::NotFound, ""), out);
+                        0
+                    }
+                });
+                reply_bytes += found;
+            }
+            PUT => {
+                let executed = shard.put(op.key, op.value, op.ttl_ms, now_ms);
+                reply::push_result(&executed.result, out);
+            }
+            // OP_REMOVE, the last simple op (checked above).
+            _ => {
+                let executed = shard.remove(op.key, now_ms);
+                reply::push_result(&executed.result, out);
+            }
+        }
+    }
+    reply::end_response(start, out);
+    Some((kinds, reply_bytes))
+}
+
+#[cfg(test)]
+#[path = "fast_tests.rs"]
+mod tests;
