@@ -198,6 +198,9 @@ impl Shard {
 
     /// Logs what the store dropped on its own (evictions, expirations), oldest first.
     fn log_removals(&mut self) {
+        if !self.store.has_removals() {
+            return;
+        }
         let removals: Vec<(RemovalKind, Version, Box<[u8]>)> = self
             .store
             .drain_removals()
