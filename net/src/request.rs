@@ -62,18 +62,18 @@ fn replace(field: &mut Vec<u8>, bytes: &[u8]) {
     field.extend_from_slice(bytes);
 }
 
-pub(crate) enum Field<'a> {
+enum Field<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
     Fixed,
 }
 
 /// The fields of one message body, in order.
-pub(crate) struct Fields<'a>(pub(crate) &'a [u8]);
+struct Fields<'a>(&'a [u8]);
 
 impl<'a> Fields<'a> {
     /// `Some(None)` at the end, `None` for anything prost must decide.
-    pub(crate) fn next(&mut self) -> Option<Option<(u32, Field<'a>)>> {
+    fn next(&mut self) -> Option<Option<(u32, Field<'a>)>> {
         if self.0.is_empty() {
             return Some(None);
         }

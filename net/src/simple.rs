@@ -1,14 +1,14 @@
 //! Recognising a plain client request in place, for a node's local fast path. Pure.
 //!
-//! [`parse`] reads a `Request` body without allocating: its keys and values are slices of the
-//! body. It accepts only the plain shape a client sends for data ops: fields `id`, `ops`,
-//! `forwarded` (false) and `epoch`, and ops made of `code`, `key`, `value` and `ttl_ms` alone,
-//! at most [`MAX_OPS`] of them. For every body it accepts, what it returns is exactly what
-//! [`crate::request::decode`] (and so prost) decodes (a property test checks it); anything
-//! else (a replica write, a hello, an unknown field, a malformed field, more ops) is `None`,
-//! and the caller decodes the body in full, so its errors and behaviour stay prost's.
-
-use crate::request::{Field, Fields};
+//! [`SimpleRequest::parse`] reads a `Request` body without allocating: its keys and values are
+//! slices of the body. It accepts only the plain shape a client sends for data ops: fields `id`,
+//! `ops`, `forwarded` (false) and `epoch`, and ops made of `code`, `key`, `value` and `ttl_ms`
+//! alone, at most [`MAX_OPS`] of them, each field under its one-byte key (two bytes for
+//! `epoch`), and every varint in at most 9 bytes. For every body it accepts, what it reads is
+//! exactly what [`crate::request::decode`] (and so prost) decodes (a property test checks it);
+//! anything else (a replica write, a hello, an unknown field, a malformed field, more ops, an
+//! unusual but valid encoding) is refused, and the caller decodes the body in full, so its
+//! errors and behaviour stay prost's.
 
 /// The most ops a request may carry to be parsed here; a larger batch takes the general path.
 pub const MAX_OPS: usize = 8;
@@ -24,7 +24,7 @@ pub struct SimpleOp<'a> {
 }
 
 /// A plain request, borrowed from the body.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SimpleRequest<'a> {
     pub id: u64,
     pub epoch: u64,
@@ -37,47 +37,97 @@ impl<'a> SimpleRequest<'a> {
     pub fn ops(&self) -> &[SimpleOp<'a>] {
         &self.ops[..self.len]
     }
-}
 
-/// The body as a plain request (see the module docs), or `None`.
-pub fn parse(body: &[u8]) -> Option<SimpleRequest<'_>> {
-    let mut request = SimpleRequest {
-        id: 0,
-        epoch: 0,
-        ops: [SimpleOp::default(); MAX_OPS],
-        len: 0,
-    };
-    let mut fields = Fields(body);
-    while let Some((number, field)) = fields.next()? {
-        match (number, field) {
-            (1, Field::Varint(v)) => request.id = v,
-            (2, Field::Bytes(op)) => {
-                let slot = request.ops.get_mut(request.len)?;
-                *slot = parse_op(op)?;
-                request.len += 1;
-            }
-            (3, Field::Varint(0)) => {}
-            (50, Field::Varint(v)) => request.epoch = v,
-            _ => return None,
-        }
+    /// Reads `body` into `self` if it is a plain request (see the module docs); `false`: it is
+    /// not, and what `self` holds is unspecified. Parsing into a request the caller holds
+    /// spares moving it.
+    pub fn parse(&mut self, body: &'a [u8]) -> bool {
+        self.id = 0;
+        self.epoch = 0;
+        self.len = 0;
+        self.read(body).is_some()
     }
-    Some(request)
+
+    fn read(&mut self, body: &'a [u8]) -> Option<()> {
+        let mut body = Cursor(body);
+        while let Some(key) = body.byte() {
+            match key {
+                // id (1, varint)
+                0x08 => self.id = body.varint()?,
+                // ops (2, length-delimited)
+                0x12 => {
+                    let slot = self.ops.get_mut(self.len)?;
+                    *slot = read_op(body.bytes()?)?;
+                    self.len += 1;
+                }
+                // forwarded (3, varint): only false
+                0x18 if body.varint()? == 0 => {}
+                // epoch (50, varint): the key 400 as a varint
+                0x90 if body.byte()? == 0x03 => self.epoch = body.varint()?,
+                _ => return None,
+            }
+        }
+        Some(())
+    }
 }
 
-fn parse_op(body: &[u8]) -> Option<SimpleOp<'_>> {
+/// The body as a plain request, or `None` ([`SimpleRequest::parse`], returning the request).
+pub fn parse(body: &[u8]) -> Option<SimpleRequest<'_>> {
+    let mut request = SimpleRequest::default();
+    request.parse(body).then_some(request)
+}
+
+fn read_op(body: &[u8]) -> Option<SimpleOp<'_>> {
     let mut op = SimpleOp::default();
-    let mut fields = Fields(body);
-    while let Some((number, field)) = fields.next()? {
-        match (number, field) {
-            (1, Field::Varint(v)) => op.code = v as i32,
+    let mut body = Cursor(body);
+    while let Some(key) = body.byte() {
+        match key {
+            0x08 => op.code = body.varint()? as i32,
             // A repeated bytes field replaces the earlier value, as in prost.
-            (2, Field::Bytes(b)) => op.key = b,
-            (3, Field::Bytes(b)) => op.value = b,
-            (4, Field::Varint(v)) => op.ttl_ms = v,
+            0x12 => op.key = body.bytes()?,
+            0x1a => op.value = body.bytes()?,
+            0x20 => op.ttl_ms = body.varint()?,
             _ => return None,
         }
     }
     Some(op)
+}
+
+/// What is left of a message body.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn byte(&mut self) -> Option<u8> {
+        let (&first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(first)
+    }
+
+    /// A varint of at most 9 bytes (any value below 2^63); a longer one is refused.
+    #[inline]
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for i in 0..9 {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    #[inline]
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        if len > self.0.len() {
+            return None;
+        }
+        let (bytes, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(bytes)
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +191,11 @@ mod tests {
             "key twice"
         );
         assert!(agrees(&[0x18, 0]), "forwarded: false, written out");
+        assert!(
+            agrees(&[0x08, 0x81, 0x00]),
+            "a varint in more bytes than needed"
+        );
+        assert!(agrees(&[0x90, 0x03, 7]), "epoch");
         let not_plain: Vec<(&str, Vec<u8>)> = vec![
             ("forwarded", {
                 let mut r = plain.clone();
@@ -165,6 +220,13 @@ mod tests {
             ("unknown field", vec![0x79, 1, 2, 3, 4, 5, 6, 7, 8]),
             ("op cut short", vec![0x12, 5, 0x08]),
             ("group", vec![0x23, 0x08, 1, 0x24]),
+            ("id in 10 bytes", {
+                let mut r = plain.clone();
+                r.id = u64::MAX;
+                r.encode_to_vec()
+            }),
+            ("a key in two bytes", vec![0x88, 0x00, 1]),
+            ("epoch cut short", vec![0x90]),
         ];
         for (name, body) in not_plain {
             assert!(parse(&body).is_none(), "{name}");
@@ -212,9 +274,16 @@ mod tests {
                     .collect(),
             };
             let body = request.encode_to_vec();
+            // Varints of 10 bytes (values from 2^63, negative codes) are left to prost.
+            let short = |v: u64| v < 1 << 63;
             let plain = !forwarded
+                && short(id)
+                && short(epoch)
                 && request.ops.len() <= MAX_OPS
-                && request.ops.iter().all(|op| !op.replica);
+                && request
+                    .ops
+                    .iter()
+                    .all(|op| !op.replica && op.code >= 0 && short(op.ttl_ms));
             prop_assert_eq!(agrees(&body), plain);
             agrees(&body[..cut.min(body.len())]);
         }

@@ -68,6 +68,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
     }
     let mut out = Vec::with_capacity(READ_BUF);
     let mut started = Vec::new();
+    let mut fast_batch = fast::Batch::default();
     // Whether this connection began with a peer's hello that passed the handshake.
     let mut peer = false;
     loop {
@@ -82,9 +83,12 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             // (see `fast`), while no request of the general path waits before it: replies go
             // out in request order.
             if started.is_empty() {
-                if let Some(served) = fast::serve(&ctx, &buf[pos..end], max_frame, &mut out) {
-                    pos += served.used;
-                    unsent += served.reply_bytes;
+                let buffered = &buf[pos..end];
+                if let Some((used, bytes)) =
+                    fast::serve(&ctx, buffered, max_frame, &mut out, &mut fast_batch)
+                {
+                    pos += used;
+                    unsent += bytes;
                     continue;
                 }
             }
@@ -127,6 +131,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
                 }
             }
         }
+        fast_batch.record(&ctx);
         for (id, request) in started.drain(..) {
             let results = match request {
                 Ok(request) => request.finish(&ctx).await,

@@ -30,27 +30,57 @@ use super::server::ShardCtx;
 use super::shard::Shard;
 use crate::metrics::latency;
 
-/// A request served here: the bytes of its frame, and the bytes of the values its reply holds
-/// (what the general path's `Started::reply_bytes` counts).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Served {
-    pub used: usize,
-    pub reply_bytes: usize,
+/// What the fast path served in one pass over a connection's buffer. The clock is read once
+/// for all of it, at its first request: that time is every op's `now_ms` (TTLs, expiry, the
+/// version clock), and [`Batch::record`] counts every op in the latency histograms with the
+/// time from then until the pass's replies are ready (for each request an upper bound, where
+/// the general path measures each request on its own).
+#[derive(Default)]
+pub struct Batch {
+    began: Option<(Instant, u64)>,
+    kinds: [u32; latency::KINDS.len()],
+}
+
+impl Batch {
+    /// The pass's `now_ms`, read at its first request.
+    fn now_ms(&mut self) -> u64 {
+        self.began
+            .get_or_insert_with(|| (Instant::now(), super::now_ms()))
+            .1
+    }
+
+    /// Records the pass's ops in the latency histograms, and starts a new pass.
+    pub fn record(&mut self, ctx: &ShardCtx) {
+        if let Some((began, _)) = self.began.take() {
+            ctx.metrics
+                .borrow_mut()
+                .latency
+                .record(&self.kinds, began.elapsed());
+            self.kinds = Default::default();
+        }
+    }
 }
 
 /// Serves the frame at the front of `buf` if it is a plain local request (see the module
-/// docs), appending its reply frame to `out`. `None`: nothing ran and nothing was appended;
-/// the general path decodes the frame (an incomplete one included).
-pub fn serve(ctx: &ShardCtx, buf: &[u8], max_frame: usize, out: &mut Vec<u8>) -> Option<Served> {
+/// docs), appending its reply frame to `out` and its ops to `batch`; returns the bytes of the
+/// frame and the bytes of the values its reply holds (what the general path's
+/// `Started::reply_bytes` counts). `None`: nothing ran and nothing was appended; the general
+/// path decodes the frame (an incomplete one included).
+pub fn serve(
+    ctx: &ShardCtx,
+    buf: &[u8],
+    max_frame: usize,
+    out: &mut Vec<u8>,
+    batch: &mut Batch,
+) -> Option<(usize, usize)> {
     let Ok(Some(len)) = frame::peek_len(buf, max_frame) else {
         return None;
     };
     let body = buf.get(PREFIX_LEN..PREFIX_LEN + len)?;
-    let request = kvmesh_net::simple::parse(body)?;
-    if request.ops().is_empty() {
+    let mut request = SimpleRequest::default();
+    if !request.parse(body) || request.ops().is_empty() {
         return None;
     }
-    let began = Instant::now();
     let membership = ctx.peers.membership();
     // A client routing by an older topology gets STATUS_MOVED from the general path.
     if request.epoch != 0 && request.epoch < membership.epoch {
@@ -90,18 +120,12 @@ pub fn serve(ctx: &ShardCtx, buf: &[u8], max_frame: usize, out: &mut Vec<u8>) ->
     if !request.ops().iter().all(local) {
         return None;
     }
-    let (kinds, reply_bytes) = {
-        let mut shard = ctx.shard.borrow_mut();
-        execute(&mut shard, &request, super::now_ms(), out)?
-    };
-    ctx.metrics
-        .borrow_mut()
-        .latency
-        .record(&kinds, began.elapsed());
-    Some(Served {
-        used: PREFIX_LEN + len,
-        reply_bytes,
-    })
+    let now_ms = batch.now_ms();
+    let (kinds, reply_bytes) = execute(&mut ctx.shard.borrow_mut(), &request, now_ms, out)?;
+    for (total, n) in batch.kinds.iter_mut().zip(kinds) {
+        *total += n;
+    }
+    Some((PREFIX_LEN + len, reply_bytes))
 }
 
 const GET: i32 = OpCode::OpGet as i32;

@@ -121,10 +121,11 @@ fn table() {
         body(6, vec![op(OpPut, b"big", &[1; 65], 0)]),
         body(7, vec![op(OpPut, b"toolong", b"v", 0)]),
         body(8, vec![op(OpGet, b"a", b"", 0), op(OpStats, b"", b"", 0)]),
-        body(u64::MAX, vec![op(OpPut, b"v", &[2; 64], 0)]),
+        body(i64::MAX as u64, vec![op(OpPut, b"v", &[2; 64], 0)]),
+        body(u64::MAX, vec![op(OpGet, b"v", b"", 0)]),
     ];
     let taken_count = compare(&bodies.into_iter().map(|b| (b, 6)).collect::<Vec<_>>());
-    // All but the key over the limit and the batch with OP_STATS.
+    // All but the key over the limit, the batch with OP_STATS and the id in a 10-byte varint.
     assert_eq!(taken_count, 8);
 }
 
@@ -161,7 +162,7 @@ fn arbitrary_op() -> impl Strategy<Value = Op> {
 
 fn arbitrary_body() -> impl Strategy<Value = Vec<u8>> {
     let request = (
-        any::<u64>(),
+        prop_oneof![Just(0u64), 0u64..1 << 40, any::<u64>()],
         proptest::bool::weighted(0.05),
         prop_oneof![5 => Just(0u64), 1 => any::<u64>()],
         proptest::collection::vec(arbitrary_op(), 0..4),
