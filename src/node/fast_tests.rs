@@ -11,6 +11,8 @@ use proptest::prelude::*;
 use prost::Message;
 
 use super::*;
+use crate::cluster::replication::ReadFrom;
+use crate::cluster::topology::{Change, Member, Topology as Agreed, Transition};
 use crate::node::router::route;
 
 /// The node's key limit in these tests (routing rejects longer keys).
@@ -45,14 +47,36 @@ fn general(shard: &mut Shard, body: &[u8], now_ms: u64) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Whether the fast path takes `request` on a one-shard node that does not wait for a
-/// topology (what `serve` checks beyond that: the same functions).
+/// Whether the fast path takes `request` on a one-node, one-shard node without a log that does
+/// not wait for a topology: [`open`] and [`takes`], as `serve` decides.
 fn taken(request: &simple::SimpleRequest<'_>) -> bool {
-    !request.ops().is_empty()
-        && request
-            .ops()
-            .iter()
-            .all(|op| is_simple(op.code) && route(keyed(op), 0, 1, MAX_KEY) == Route::Local)
+    let membership = Membership::single(1, addr(1));
+    let replication = Replication::default();
+    plan(&view(&membership, &replication, 1), request)
+}
+
+fn addr(n: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + n))
+}
+
+/// A node's state: not durable, not gated, shard 0 of `shards`.
+fn view<'a>(membership: &'a Membership, replication: &'a Replication, shards: usize) -> View<'a> {
+    View {
+        durable: false,
+        replication,
+        membership,
+        gated: false,
+        epoch_now: 0,
+        me: 0,
+        shards,
+        max_key_len: MAX_KEY,
+        live: &|_| true,
+    }
+}
+
+/// The whole decision for one request, as `serve` makes it.
+fn plan(view: &View<'_>, request: &simple::SimpleRequest<'_>) -> bool {
+    open(view) && takes(view, request)
 }
 
 /// Runs `bodies` against both shards; returns how many the fast path took.
@@ -176,8 +200,26 @@ fn arbitrary_body() -> impl Strategy<Value = Vec<u8>> {
             }
             .encode_to_vec()
         });
+    // Requests the fast path should mostly take: plain ops on keys within the limit.
+    let plain_op = (
+        prop_oneof![
+            Just(OpCode::OpGet),
+            Just(OpCode::OpPut),
+            Just(OpCode::OpRemove)
+        ],
+        (0u8..12).prop_map(|k| vec![b'k', k]),
+        proptest::collection::vec(any::<u8>(), 0..70),
+        prop_oneof![3 => Just(0u64), 1 => 1u64..40],
+    )
+        .prop_map(|(code, key, value, ttl_ms)| op(code, &key, &value, ttl_ms));
+    let plain = (
+        prop_oneof![Just(0u64), 0u64..1 << 40, any::<u64>()],
+        proptest::collection::vec(plain_op, 1..4),
+    )
+        .prop_map(|(id, ops)| body(id, ops));
     prop_oneof![
-        8 => request,
+        5 => request,
+        4 => plain,
         1 => proptest::collection::vec(any::<u8>(), 0..24),
     ]
 }
@@ -191,4 +233,210 @@ proptest! {
     ) {
         compare(&bodies);
     }
+}
+
+/// A two-node cluster (this node is node 1) at topology epoch 5, during a change to three
+/// nodes when `moving`.
+fn two_nodes(moving: bool) -> Membership {
+    let member = |id: u32| Member {
+        id,
+        addr: addr(id as u16),
+    };
+    let alone = Membership::new("c", 1, addr(1), vec![(1, addr(1)), (2, addr(2))])
+        .expect("a valid member list");
+    let mut agreed = Agreed::initial(vec![member(1), member(2)]).expect("a valid bootstrap");
+    agreed.epoch = 5;
+    if moving {
+        agreed.transition = Some(Transition {
+            change: Change::Join(member(3)),
+            old: vec![member(1), member(2)],
+            new: vec![member(1), member(2), member(3)],
+            done: Default::default(),
+        });
+    }
+    alone.with_topology(&agreed).expect("a valid topology")
+}
+
+/// A key routed `want` on shard 0 of `shards` on a single node.
+fn key_routed(shards: usize, want: fn(&Route) -> bool) -> Vec<u8> {
+    (0u8..=255)
+        .map(|k| vec![b'k', k])
+        .find(|key| {
+            let keyed = Keyed {
+                code: GET,
+                key,
+                replica: false,
+            };
+            want(&route(keyed, 0, shards, MAX_KEY))
+        })
+        .expect("some key routes so")
+}
+
+/// A key node 1 owns, or not, on `membership`'s ring with one owner per key.
+fn key_owned(membership: &Membership, mine: bool) -> Vec<u8> {
+    (0u8..=255)
+        .map(|k| vec![b'k', k])
+        .find(|key| (membership.ring().owners(key, 1)[0] == 1) == mine)
+        .expect("some key is owned so")
+}
+
+/// `serve`'s decision (`open`, then `takes`) for each case where the general path
+/// (`dispatch::start_from`) does something other than run the ops on this shard's store
+/// and reply at once; and for the cases next to them where it does just that.
+#[test]
+fn the_decision_matches_what_the_general_path_does() {
+    let one = Membership::single(1, addr(1));
+    let (two, moving) = (two_nodes(false), two_nodes(true));
+    let replicas = |replicas: usize, read_from: ReadFrom| Replication {
+        replicas,
+        read_from,
+        ..Replication::default()
+    };
+    let (default, single) = (Replication::default(), replicas(1, ReadFrom::One));
+    let quorum = replicas(2, ReadFrom::Quorum);
+    let get = |key: &[u8], epoch: u64| {
+        let mut request = Request {
+            id: 9,
+            ops: vec![op(OpCode::OpGet, key, b"", 0)],
+            epoch,
+            ..Request::default()
+        };
+        if key.is_empty() {
+            request.ops.clear();
+        }
+        request.encode_to_vec()
+    };
+    let here = key_routed(2, |r| *r == Route::Local);
+    let other_shard = key_routed(2, |r| matches!(r, Route::Forward(_)));
+    let (mine, theirs) = (key_owned(&two, true), key_owned(&two, false));
+    let touch = body(1, vec![op(OpCode::OpTouch, b"k", b"", 5)]);
+    let cases: Vec<(&str, View<'_>, Vec<u8>, bool)> = vec![
+        (
+            "one node, one shard: runs here",
+            view(&one, &default, 1),
+            get(b"k", 0),
+            true,
+        ),
+        ("no ops", view(&one, &default, 1), get(b"", 0), false),
+        (
+            "OP_TOUCH: not a fast op",
+            view(&one, &default, 1),
+            touch,
+            false,
+        ),
+        (
+            "key over the limit: rejected",
+            view(&one, &default, 1),
+            get(b"toolong", 0),
+            false,
+        ),
+        (
+            "a log: the reply waits for the record",
+            View {
+                durable: true,
+                ..view(&one, &default, 1)
+            },
+            get(b"k", 0),
+            false,
+        ),
+        (
+            "gated, no agreed topology: STATUS_UNAVAILABLE",
+            View {
+                gated: true,
+                ..view(&one, &default, 1)
+            },
+            get(b"k", 0),
+            false,
+        ),
+        (
+            "gated, topology agreed: runs here",
+            View {
+                gated: true,
+                epoch_now: 1,
+                ..view(&one, &default, 1)
+            },
+            get(b"k", 0),
+            true,
+        ),
+        (
+            "2 shards, this shard's key: runs here",
+            view(&one, &default, 2),
+            get(&here, 0),
+            true,
+        ),
+        (
+            "2 shards, the other's key: forwarded",
+            view(&one, &default, 2),
+            get(&other_shard, 0),
+            false,
+        ),
+        (
+            "replicas 2 on 2 nodes: replicated writes",
+            view(&two, &default, 1),
+            get(&mine, 0),
+            false,
+        ),
+        (
+            "read-from quorum: asks a quorum",
+            view(&two, &quorum, 1),
+            get(&mine, 0),
+            false,
+        ),
+        (
+            "replicas 1, a key of this node: runs here",
+            view(&two, &single, 1),
+            get(&mine, 0),
+            true,
+        ),
+        (
+            "replicas 1, the other node's key: sent there",
+            view(&two, &single, 1),
+            get(&theirs, 0),
+            false,
+        ),
+        (
+            "a pending ring: writes go to new owners too",
+            view(&moving, &single, 1),
+            get(&mine, 0),
+            false,
+        ),
+        (
+            "epoch behind: STATUS_MOVED",
+            view(&two, &single, 1),
+            get(&mine, 4),
+            false,
+        ),
+        (
+            "epoch current: runs here",
+            view(&two, &single, 1),
+            get(&mine, 5),
+            true,
+        ),
+        (
+            "epoch ahead: runs here",
+            view(&two, &single, 1),
+            get(&mine, 6),
+            true,
+        ),
+    ];
+    for (case, view, body, want) in cases {
+        let request = simple::parse(&body).expect("a plain request");
+        assert_eq!(plan(&view, &request), want, "{case}");
+    }
+}
+
+/// The property test's requests take the fast path often enough to test it.
+#[test]
+fn the_property_test_mostly_takes_the_fast_path() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = arbitrary_body();
+    let bodies: Vec<Vec<u8>> = (0..1000)
+        .map(|_| strategy.new_tree(&mut runner).expect("a body").current())
+        .collect();
+    let taken_count = bodies
+        .iter()
+        .filter(|body| simple::parse(body).is_some_and(|r| taken(&r)))
+        .count();
+    assert!(taken_count > 250, "{taken_count} of 1000 taken");
 }

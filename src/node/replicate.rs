@@ -24,8 +24,11 @@ use super::server::ShardCtx;
 /// Whether no client write this node coordinates is sent to another node under `membership`:
 /// one owner per key (or one node), and no membership change with pending owners running.
 /// [`Plan::note`] then notes nothing, and the local fast path (see `fast`) may serve writes.
-pub fn sends_nothing(ctx: &ShardCtx, membership: &crate::cluster::Membership) -> bool {
-    (ctx.config.replication.replicas <= 1 || membership.ring().nodes().len() <= 1)
+pub fn sends_nothing(
+    settings: &crate::cluster::replication::Replication,
+    membership: &crate::cluster::Membership,
+) -> bool {
+    (settings.replicas <= 1 || membership.ring().nodes().len() <= 1)
         && membership.pending_ring().is_none()
 }
 
@@ -57,7 +60,7 @@ impl Plan {
         let settings = &ctx.config.replication;
         let membership = ctx.peers.membership();
         let ring = membership.ring();
-        if op.replica || !is_write(op.code) || sends_nothing(ctx, &membership) {
+        if op.replica || !is_write(op.code) || sends_nothing(&ctx.config.replication, &membership) {
             return;
         }
         let others = if settings.replicas <= 1 || ring.nodes().len() <= 1 {
