@@ -95,6 +95,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
             match frame::decode_with(&buf[pos..end], max_frame, kvmesh_net::request::decode) {
                 Ok(Some((request, used))) => {
                     pos += used;
+                    if started.is_empty() {
+                        // The pass's fast-path requests are served: their time ends here,
+                        // before any await of the general path.
+                        fast_batch.record(&ctx);
+                    }
                     let Request {
                         id,
                         ops,
