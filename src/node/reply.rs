@@ -143,21 +143,38 @@ pub fn begin_response(id: u64, out: &mut Vec<u8>) -> usize {
 /// of scalars and a value (every data op's) is written here field by field; one with a
 /// message or a sub-message (stats, topology, snapshot, hello) is left to prost.
 pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
+    // Every field by name: a field added to `OpResult` fails to compile here until it is
+    // encoded below or left to prost.
+    let OpResult {
+        status,
+        value,
+        message,
+        found,
+        stats,
+        topology,
+        ttl_ms,
+        snapshot,
+        hello,
+        version_hlc,
+        version_node,
+        moved_epoch,
+    } = result;
     // `results`: field 2 of the response, length-delimited.
     out.push(0x12);
-    if !result.message.is_empty()
-        || result.stats.is_some()
-        || result.topology.is_some()
-        || result.snapshot.is_some()
-        || result.hello.is_some()
+    if !message.is_empty()
+        || stats.is_some()
+        || topology.is_some()
+        || snapshot.is_some()
+        || hello.is_some()
     {
         put_varint(result.encoded_len() as u64, out);
         result.encode_raw(out);
         return;
     }
+    let (found, ttl_ms, version_hlc, moved_epoch) = (*found, *ttl_ms, *version_hlc, *moved_epoch);
     // An int32 field's negative value is its sign-extended 64 bits, as in prost.
-    let status = result.status as u64;
-    let node = u64::from(result.version_node);
+    let status = *status as u64;
+    let node = u64::from(*version_node);
     let scalar = |v: u64, key_len: usize| {
         if v == 0 {
             0
@@ -165,18 +182,17 @@ pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
             key_len + encoded_len_varint(v)
         }
     };
-    let value = &result.value;
     let len = scalar(status, 1)
         + if value.is_empty() {
             0
         } else {
             1 + encoded_len_varint(value.len() as u64) + value.len()
         }
-        + if result.found { 2 } else { 0 }
-        + scalar(result.ttl_ms, 1)
-        + scalar(result.version_hlc, 1)
+        + if found { 2 } else { 0 }
+        + scalar(ttl_ms, 1)
+        + scalar(version_hlc, 1)
         + scalar(node, 1)
-        + scalar(result.moved_epoch, 2);
+        + scalar(moved_epoch, 2);
     put_varint(len as u64, out);
     // Fields in number order, each under its key: (number << 3) | wire type.
     if status != 0 {
@@ -188,23 +204,19 @@ pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
         put_varint(value.len() as u64, out);
         out.extend_from_slice(value);
     }
-    if result.found {
+    if found {
         out.extend_from_slice(&[0x20, 1]);
     }
-    for (key, v) in [
-        (0x38, result.ttl_ms),
-        (0x50, result.version_hlc),
-        (0x58, node),
-    ] {
+    for (key, v) in [(0x38, ttl_ms), (0x50, version_hlc), (0x58, node)] {
         if v != 0 {
             out.push(key);
             put_varint(v, out);
         }
     }
-    if result.moved_epoch != 0 {
+    if moved_epoch != 0 {
         // Field 50's key, 400, as a varint.
         out.extend_from_slice(&[0x90, 0x03]);
-        put_varint(result.moved_epoch, out);
+        put_varint(moved_epoch, out);
     }
 }
 
@@ -255,7 +267,7 @@ pub fn end_response(start: usize, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvmesh_proto::wire::ShardStats;
+    use kvmesh_proto::wire::{Hello, ShardStats, SnapshotInfo, Topology};
     use proptest::prelude::*;
 
     #[test]
@@ -306,14 +318,19 @@ mod tests {
                 prop_oneof![3 => Just(0u64), 1 => any::<u64>()],
             ),
             prop_oneof![4 => Just(""), 1 => Just("why")],
-            proptest::bool::weighted(0.1),
+            (
+                proptest::bool::weighted(0.1),
+                proptest::bool::weighted(0.1),
+                proptest::bool::weighted(0.1),
+                proptest::bool::weighted(0.1),
+            ),
         )
             .prop_map(
                 |(
                     (status, value, found),
                     (ttl_ms, version_hlc, version_node, moved_epoch),
                     message,
-                    stats,
+                    (stats, topology, snapshot, hello),
                 )| {
                     OpResult {
                         status,
@@ -330,7 +347,25 @@ mod tests {
                                 ..ShardStats::default()
                             })
                         }),
-                        ..OpResult::default()
+                        topology: topology.then(|| {
+                            Box::new(Topology {
+                                epoch: 4,
+                                ..Topology::default()
+                            })
+                        }),
+                        snapshot: snapshot.then(|| {
+                            Box::new(SnapshotInfo {
+                                shard: 1,
+                                file: "snap".into(),
+                                ..SnapshotInfo::default()
+                            })
+                        }),
+                        hello: hello.then(|| {
+                            Box::new(Hello {
+                                cluster: "c".into(),
+                                ..Hello::default()
+                            })
+                        }),
                     }
                 },
             )
