@@ -239,10 +239,11 @@ pub fn execute(
     let start = reply::begin_response(request.id, out);
     for op in request.ops() {
         kinds[latency::kind(op.code)] += 1;
-        // Without a log no result waits (`Executed::wait` is always `None`).
+        // Without a log no result waits (`Executed::wait` is always `None`, asserted below):
+        // a reply served here must never acknowledge a write before its log record.
         match op.code {
             GET => {
-                let (found, _) = shard.get(op.key, now_ms, |value| match value {
+                let (found, wait) = shard.get(op.key, now_ms, |value| match value {
                     Some(value) => {
                         reply::push_found(value, out);
                         value.len()
@@ -252,15 +253,18 @@ pub fn execute(
                         0
                     }
                 });
+                debug_assert!(wait.is_none(), "no log, so no wait");
                 reply_bytes += found;
             }
             PUT => {
                 let executed = shard.put(op.key, op.value, op.ttl_ms, now_ms);
+                debug_assert!(executed.wait.is_none(), "no log, so no wait");
                 reply::push_result(&executed.result, out);
             }
             // OP_REMOVE, the last simple op (checked above).
             _ => {
                 let executed = shard.remove(op.key, now_ms);
+                debug_assert!(executed.wait.is_none(), "no log, so no wait");
                 reply::push_result(&executed.result, out);
             }
         }
