@@ -4,7 +4,7 @@
 //! slices of the body. It accepts only the plain shape a client sends for data ops: fields `id`,
 //! `ops`, `forwarded` (false) and `epoch`, and ops made of `code`, `key`, `value` and `ttl_ms`
 //! alone, at most [`MAX_OPS`] of them, each field under its one-byte key (two bytes for
-//! `epoch`), and every varint in at most 9 bytes. For every body it accepts, what it reads is
+//! `epoch`), and every varint in at most 10 bytes. For every body it accepts, what it reads is
 //! exactly what [`crate::request::decode`] (and so prost) decodes (a property test checks it);
 //! anything else (a replica write, a hello, an unknown field, a malformed field, more ops, an
 //! unusual but valid encoding) is refused, and the caller decodes the body in full, so its
@@ -104,14 +104,18 @@ impl<'a> Cursor<'a> {
         Some(first)
     }
 
-    /// A varint of at most 9 bytes (any value below 2^63); a longer one is refused.
+    /// A varint of at most 10 bytes, as prost reads it: a tenth byte above 1 (a value past
+    /// 64 bits) or an eleventh byte is refused (the rule `request.rs` uses).
     #[inline]
     fn varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
-        for i in 0..9 {
+        for i in 0..10 {
             let byte = self.byte()?;
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte < 0x80 {
+                if i == 9 && byte > 1 {
+                    return None;
+                }
                 return Some(value);
             }
         }
@@ -196,6 +200,26 @@ mod tests {
             "a varint in more bytes than needed"
         );
         assert!(agrees(&[0x90, 0x03, 7]), "epoch");
+        // Varints of 10 bytes: values from 2^63, and negative codes.
+        let wide = Request {
+            id: u64::MAX,
+            epoch: 1 << 63,
+            ops: vec![Op {
+                code: -1,
+                ttl_ms: u64::MAX,
+                ..get(b"k")
+            }],
+            ..Request::default()
+        };
+        assert!(agrees(&wide.encode_to_vec()), "10-byte varints");
+        let mut tenth_is_one = vec![0x08];
+        tenth_is_one.extend([0xFF; 9]);
+        tenth_is_one.push(0x01);
+        assert!(agrees(&tenth_is_one), "a tenth byte of 1: u64::MAX");
+        let mut overlong = vec![0x08];
+        overlong.extend([0x80; 9]);
+        overlong.push(0x00);
+        assert!(agrees(&overlong), "0 in 10 bytes");
         let not_plain: Vec<(&str, Vec<u8>)> = vec![
             ("forwarded", {
                 let mut r = plain.clone();
@@ -220,10 +244,17 @@ mod tests {
             ("unknown field", vec![0x79, 1, 2, 3, 4, 5, 6, 7, 8]),
             ("op cut short", vec![0x12, 5, 0x08]),
             ("group", vec![0x23, 0x08, 1, 0x24]),
-            ("id in 10 bytes", {
-                let mut r = plain.clone();
-                r.id = u64::MAX;
-                r.encode_to_vec()
+            ("a varint past 64 bits", {
+                let mut body = vec![0x08];
+                body.extend([0xFF; 9]);
+                body.push(0x02);
+                body
+            }),
+            ("a varint in 11 bytes", {
+                let mut body = vec![0x08];
+                body.extend([0x80; 10]);
+                body.push(0x00);
+                body
             }),
             ("a key in two bytes", vec![0x88, 0x00, 1]),
             ("epoch cut short", vec![0x90]),
@@ -274,16 +305,9 @@ mod tests {
                     .collect(),
             };
             let body = request.encode_to_vec();
-            // Varints of 10 bytes (values from 2^63, negative codes) are left to prost.
-            let short = |v: u64| v < 1 << 63;
             let plain = !forwarded
-                && short(id)
-                && short(epoch)
                 && request.ops.len() <= MAX_OPS
-                && request
-                    .ops
-                    .iter()
-                    .all(|op| !op.replica && op.code >= 0 && short(op.ttl_ms));
+                && request.ops.iter().all(|op| !op.replica);
             prop_assert_eq!(agrees(&body), plain);
             agrees(&body[..cut.min(body.len())]);
         }
