@@ -269,7 +269,68 @@ mod tests {
         assert!(agrees(&most.encode_to_vec()));
     }
 
+    /// `v` as a varint, padded to `pad` more bytes than needed (an overlong but valid
+    /// encoding) while it stays within 10 bytes.
+    fn varint(v: u64, pad: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        prost::encoding::encode_varint(v, out);
+        let pad = pad.min(10 - (out.len() - start));
+        if pad > 0 {
+            *out.last_mut().expect("a varint has a byte") |= 0x80;
+            out.extend(std::iter::repeat_n(0x80, pad - 1));
+            out.push(0);
+        }
+    }
+
+    /// One field of a plain body or op, validly encoded: `(key bytes, varint or bytes)`.
+    fn field(keys: &'static [&'static [u8]]) -> impl Strategy<Value = Vec<u8>> {
+        (
+            proptest::sample::select(keys),
+            prop_oneof![Just(0u64), 0u64..300, any::<u64>()],
+            proptest::collection::vec(any::<u8>(), 0..6),
+            prop_oneof![3 => Just(0usize), 1 => 0usize..10],
+        )
+            .prop_map(|(key, v, bytes, pad)| {
+                let mut out = key.to_vec();
+                // Keys 0x12 and 0x1a (in an op) are bytes fields; the rest varints.
+                if key == [0x12] || key == [0x1a] {
+                    varint(bytes.len() as u64, pad, &mut out);
+                    out.extend(bytes);
+                } else if key == [0x18] {
+                    // `forwarded`: only false is plain.
+                    varint(0, pad, &mut out);
+                } else {
+                    varint(v, pad, &mut out);
+                }
+                out
+            })
+    }
+
+    /// A plain body built from valid field encodings in any order, repeats allowed.
+    fn plain_body() -> impl Strategy<Value = (Vec<u8>, usize)> {
+        let op = proptest::collection::vec(field(&[&[0x08], &[0x12], &[0x1a], &[0x20]]), 0..6)
+            .prop_map(|fields| fields.concat());
+        let top = prop_oneof![
+            3 => field(&[&[0x08], &[0x18], &[0x90, 0x03]]).prop_map(|f| (f, 0)),
+            4 => (op, prop_oneof![3 => Just(0usize), 1 => 0usize..3]).prop_map(|(op, pad)| {
+                let mut out = vec![0x12];
+                varint(op.len() as u64, pad, &mut out);
+                out.extend(op);
+                (out, 1)
+            }),
+        ];
+        proptest::collection::vec(top, 0..12).prop_map(|fields| {
+            let ops = fields.iter().map(|f| f.1).sum();
+            (fields.into_iter().flat_map(|f| f.0).collect(), ops)
+        })
+    }
+
     proptest! {
+        #[test]
+        fn plain_bodies_in_any_valid_encoding((body, ops) in plain_body()) {
+            prop_assert_eq!(agrees(&body), ops <= MAX_OPS, "body {:02x?}", body);
+        }
+
         #[test]
         fn arbitrary_bytes(body in proptest::collection::vec(any::<u8>(), 0..64)) {
             agrees(&body);
