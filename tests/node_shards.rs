@@ -117,3 +117,117 @@ fn keys_past_the_memory_limit_evict_least_recently_used() {
     assert_eq!(s.keys as usize, capacity);
     assert!(s.bytes_used <= per_shard, "{s:?}");
 }
+
+/// One write carrying requests the local fast path serves and requests the general path
+/// serves (another op, stats, another shard's key, a bad key), interleaved: every reply comes
+/// back in request order with its own id and result, and twice more with the pass boundary
+/// elsewhere (the same pipeline, split after each request).
+#[test]
+fn a_pipeline_mixing_fast_and_general_requests_is_answered_in_order() {
+    use kvmesh_net::frame;
+    use kvmesh_proto::wire::Request;
+
+    let node = Node::start(2, &[]);
+    let key_of = |shard: usize| {
+        (0..)
+            .map(|i| format!("pipe-{i}").into_bytes())
+            .find(|k| shard_for(k, 2) == shard)
+            .expect("a key of each shard")
+    };
+    let (here, there) = (key_of(0), key_of(1));
+    let mut c = WireClient::connect(node.shard_addr(0));
+    c.put(&here, b"mine");
+    c.put(&there, b"theirs");
+    let requests: Vec<(u64, Vec<_>)> = vec![
+        (1, vec![op(OpCode::OpGet, &here, b"", 0)]),
+        (2, vec![op(OpCode::OpTouch, &here, b"", 60_000)]),
+        (3, vec![op(OpCode::OpGet, &here, b"", 0)]),
+        (4, vec![op(OpCode::OpStats, b"", b"", 0)]),
+        (5, vec![op(OpCode::OpGet, &there, b"", 0)]),
+        (6, vec![op(OpCode::OpPut, &here, b"again", 0)]),
+        (u64::MAX, vec![op(OpCode::OpGet, &here, b"", 0)]),
+        (8, vec![op(OpCode::OpPut, b"", b"no key", 0)]),
+        (9, vec![op(OpCode::OpRemove, &there, b"", 0)]),
+        (10, vec![op(OpCode::OpPut, &there, b"back", 0)]),
+        (
+            11,
+            vec![
+                op(OpCode::OpGet, &here, b"", 0),
+                op(OpCode::OpGet, &there, b"", 0),
+            ],
+        ),
+    ];
+    let encode = |id: u64, ops: &Vec<_>| {
+        let mut bytes = Vec::new();
+        frame::encode(
+            &Request {
+                id,
+                ops: ops.clone(),
+                ..Request::default()
+            },
+            &mut bytes,
+        );
+        bytes
+    };
+    let all: Vec<u8> = requests
+        .iter()
+        .flat_map(|(id, ops)| encode(*id, ops))
+        .collect();
+    for round in 0..3 {
+        // Round 0: one write. Rounds 1 and 2: the same bytes in two writes, split after the
+        // first request, then in the middle of the fifth.
+        let split = match round {
+            0 => all.len(),
+            1 => encode(1, &requests[0].1).len(),
+            _ => {
+                requests[..4]
+                    .iter()
+                    .map(|(id, ops)| encode(*id, ops).len())
+                    .sum::<usize>()
+                    + 3
+            }
+        };
+        c.send_raw(&all[..split]);
+        if split < all.len() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            c.send_raw(&all[split..]);
+        }
+        let value = |r: &kvmesh_proto::wire::Response, i: usize| r.results[i].value.clone();
+        let mut replies = Vec::new();
+        for _ in &requests {
+            replies.push(c.recv().expect("a reply for each request"));
+        }
+        let ids: Vec<u64> = replies.iter().map(|r| r.id).collect();
+        let want: Vec<u64> = requests.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, want, "round {round}: replies in request order");
+        let expected_first = if round == 0 {
+            &b"mine"[..]
+        } else {
+            &b"again"[..]
+        };
+        assert_eq!(value(&replies[0], 0), expected_first, "round {round}");
+        assert_eq!(replies[1].results[0].status(), Status::Ok);
+        assert!(replies[3].results[0].stats.is_some(), "stats answered");
+        let there_before = if round == 0 {
+            &b"theirs"[..]
+        } else {
+            &b"back"[..]
+        };
+        assert_eq!(
+            value(&replies[4], 0),
+            there_before,
+            "round {round}: forwarded"
+        );
+        assert_eq!(replies[5].results[0].status(), Status::Ok);
+        assert_eq!(
+            value(&replies[6], 0),
+            b"again",
+            "round {round}: after the put"
+        );
+        assert_ne!(replies[7].results[0].status(), Status::Ok, "an empty key");
+        assert_eq!(replies[8].results[0].status(), Status::Ok);
+        assert_eq!(replies[9].results[0].status(), Status::Ok);
+        assert_eq!(value(&replies[10], 0), b"again");
+        assert_eq!(value(&replies[10], 1), b"back");
+    }
+}

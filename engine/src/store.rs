@@ -90,6 +90,11 @@ impl Store {
         self.removals.drain(..)
     }
 
+    /// Whether evictions or expirations wait to be drained ([`Store::drain_removals`]).
+    pub fn has_removals(&self) -> bool {
+        !self.removals.is_empty()
+    }
+
     /// The store's counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -20,9 +20,14 @@ fn store(max_memory: u64, grace: u64) -> Store {
 }
 
 fn drained(s: &mut Store) -> Vec<(RemovalKind, Vec<u8>)> {
-    s.drain_removals()
+    let pending = s.has_removals();
+    let removals: Vec<_> = s
+        .drain_removals()
         .map(|r: Removal| (r.kind, r.key().to_vec()))
-        .collect()
+        .collect();
+    assert_eq!(pending, !removals.is_empty(), "has_removals");
+    assert!(!s.has_removals());
+    removals
 }
 
 /// (key, value, expected outcome of the put)

@@ -169,7 +169,9 @@ impl Collector for Shards {
         let mut metric = e.encode_descriptor(
             "kvmesh_request_duration_seconds",
             "Time from parsing a request to its reply being ready, by op type, at the shard that \
-             received it.",
+             received it. A request served on the local fast path counts the time from the \
+             first fast-path request of its pass over the read buffer to the last (an upper \
+             bound for each).",
             None,
             MetricType::Histogram,
         )?;

@@ -49,7 +49,10 @@ impl Histogram {
 
 /// A shard's request latencies by op kind: the time from parsing a request to its reply being
 /// ready (its writes durable, its forwarded ops answered), as seen by the shard that received
-/// it. Each op of a batch counts once, with its batch's latency.
+/// it. Each op of a batch counts once, with its batch's latency. Requests served on the local
+/// fast path (`node::fast`) count, instead, the time from the first fast-path request of
+/// their pass over the connection's read buffer to the last one served (an upper bound for
+/// each; no general-path await is in it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Latencies(pub [Histogram; KINDS.len()]);
 

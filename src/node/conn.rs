@@ -15,6 +15,7 @@ use kvmesh_net::frame::{self, PREFIX_LEN};
 use kvmesh_proto::wire::{OpCode, Request, Status};
 
 use super::dispatch;
+use super::fast;
 use super::limits;
 use super::reply;
 use super::server::ShardCtx;
@@ -67,6 +68,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
     }
     let mut out = Vec::with_capacity(READ_BUF);
     let mut started = Vec::new();
+    let mut fast_batch = fast::Batch::default();
     // Whether this connection began with a peer's hello that passed the handshake.
     let mut peer = false;
     loop {
@@ -77,9 +79,27 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
         let mut bad_frame = None;
         let mut unsent = 0;
         while unsent < limits::MAX_UNSENT {
+            // A plain request whose ops all run here is served from the buffer as it stands
+            // (see `fast`), while no request of the general path waits before it: replies go
+            // out in request order.
+            if started.is_empty() {
+                let buffered = &buf[pos..end];
+                if let Some((used, bytes)) =
+                    fast::serve(&ctx, buffered, max_frame, &mut out, &mut fast_batch)
+                {
+                    pos += used;
+                    unsent += bytes;
+                    continue;
+                }
+            }
             match frame::decode_with(&buf[pos..end], max_frame, kvmesh_net::request::decode) {
                 Ok(Some((request, used))) => {
                     pos += used;
+                    if started.is_empty() {
+                        // The pass's fast-path requests are served: their time ends here,
+                        // before any await of the general path.
+                        fast_batch.record(&ctx);
+                    }
                     let Request {
                         id,
                         ops,
@@ -116,6 +136,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
                 }
             }
         }
+        fast_batch.record(&ctx);
         for (id, request) in started.drain(..) {
             let results = match request {
                 Ok(request) => request.finish(&ctx).await,

@@ -25,6 +25,7 @@ pub mod config;
 mod conn;
 pub(crate) mod dispatch;
 pub mod durable;
+mod fast;
 mod fence;
 mod grpc_backend;
 mod hint_store;

@@ -19,6 +19,18 @@ use super::mesh::Mesh;
 use super::reply;
 use super::server::ShardCtx;
 
+/// Whether no client read is a quorum read on a node of `ring`: reads from one owner
+/// (`--read-from`), one owner per key, or one node. [`Reads::note`] then takes over nothing,
+/// and the local fast path (see `fast`) may serve reads.
+pub fn asks_nothing(
+    settings: &crate::cluster::replication::Replication,
+    ring: &kvmesh_net::ring::Ring,
+) -> bool {
+    settings.read_from != crate::cluster::replication::ReadFrom::Quorum
+        || settings.replicas <= 1
+        || ring.nodes().len() <= 1
+}
+
 /// Quorum reads of one batch: `(index into the results, the key, its other owners)`.
 #[derive(Default)]
 pub struct Reads(Vec<(usize, Vec<u8>, Vec<NodeId>)>);
@@ -30,12 +42,7 @@ impl Reads {
         let settings = &ctx.config.replication;
         let membership = ctx.peers.membership();
         let ring = membership.ring();
-        if op.replica
-            || op.code != OpCode::OpGet as i32
-            || settings.read_from != crate::cluster::replication::ReadFrom::Quorum
-            || settings.replicas <= 1
-            || ring.nodes().len() <= 1
-        {
+        if op.replica || op.code != OpCode::OpGet as i32 || asks_nothing(settings, ring) {
             return;
         }
         let others = settings.other_owners(ring, &op.key, membership.me);

@@ -24,6 +24,17 @@ use super::hint_store::HintStore;
 use super::reply;
 use super::server::ShardCtx;
 
+/// Whether no client write this node coordinates is sent to another node under `membership`:
+/// one owner per key (or one node), and no membership change with pending owners running.
+/// [`Plan::note`] then notes nothing, and the local fast path (see `fast`) may serve writes.
+pub fn sends_nothing(
+    settings: &crate::cluster::replication::Replication,
+    membership: &crate::cluster::Membership,
+) -> bool {
+    (settings.replicas <= 1 || membership.ring().nodes().len() <= 1)
+        && membership.pending_ring().is_none()
+}
+
 /// Replicated writes of one batch: `(index into the results, the op, the key's other owners,
 /// its pending owners)`. Pending owners are the owners under the ring a running membership
 /// change moves to that are not owners now: they get every write too, and a write is
@@ -52,7 +63,7 @@ impl Plan {
         let settings = &ctx.config.replication;
         let membership = ctx.peers.membership();
         let ring = membership.ring();
-        if op.replica || !is_write(op.code) {
+        if op.replica || !is_write(op.code) || sends_nothing(&ctx.config.replication, &membership) {
             return;
         }
         let others = if settings.replicas <= 1 || ring.nodes().len() <= 1 {

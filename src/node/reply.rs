@@ -4,7 +4,7 @@ use kvmesh_engine::Error as StoreError;
 use kvmesh_net::frame::PREFIX_LEN;
 use kvmesh_net::FrameError;
 use kvmesh_proto::wire::{OpResult, Response, Status};
-use prost::encoding::{encode_key, encode_varint, WireType};
+use prost::encoding::encoded_len_varint;
 use prost::Message;
 
 use super::router::Rejection;
@@ -118,17 +118,148 @@ pub fn frame_error(e: &FrameError) -> Response {
 /// # Panics
 /// If the body exceeds `u32::MAX` bytes; a connection bounds what one read starts far below.
 pub fn encode_response(id: u64, results: &[OpResult], out: &mut Vec<u8>) {
+    let start = begin_response(id, out);
+    for result in results {
+        push_result(result, out);
+    }
+    end_response(start, out);
+}
+
+/// Starts the frame answering request `id` in `out`, for results appended one by one
+/// ([`push_result`], [`push_found`]) and [`end_response`]; returns where it starts. The three
+/// write what [`encode_response`] writes.
+pub fn begin_response(id: u64, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX_LEN]);
     if id != 0 {
-        encode_key(1, WireType::Varint, out);
-        encode_varint(id, out);
+        // `id`: field 1, a varint.
+        out.push(0x08);
+        put_varint(id, out);
     }
-    for result in results {
-        encode_key(2, WireType::LengthDelimited, out);
-        encode_varint(result.encoded_len() as u64, out);
+    start
+}
+
+/// Appends one result to the frame begun at [`begin_response`], as prost encodes it. A result
+/// of scalars and a value (every data op's) is written here field by field; one with a
+/// message or a sub-message (stats, topology, snapshot, hello) is left to prost.
+pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
+    // Every field by name: a field added to `OpResult` fails to compile here until it is
+    // encoded below or left to prost.
+    let OpResult {
+        status,
+        value,
+        message,
+        found,
+        stats,
+        topology,
+        ttl_ms,
+        snapshot,
+        hello,
+        version_hlc,
+        version_node,
+        moved_epoch,
+    } = result;
+    // `results`: field 2 of the response, length-delimited.
+    out.push(0x12);
+    if !message.is_empty()
+        || stats.is_some()
+        || topology.is_some()
+        || snapshot.is_some()
+        || hello.is_some()
+    {
+        put_varint(result.encoded_len() as u64, out);
         result.encode_raw(out);
+        return;
     }
+    let (found, ttl_ms, version_hlc, moved_epoch) = (*found, *ttl_ms, *version_hlc, *moved_epoch);
+    // An int32 field's negative value is its sign-extended 64 bits, as in prost.
+    let status = *status as u64;
+    let node = u64::from(*version_node);
+    let scalar = |v: u64, key_len: usize| {
+        if v == 0 {
+            0
+        } else {
+            key_len + encoded_len_varint(v)
+        }
+    };
+    let len = scalar(status, 1)
+        + if value.is_empty() {
+            0
+        } else {
+            1 + encoded_len_varint(value.len() as u64) + value.len()
+        }
+        + if found { 2 } else { 0 }
+        + scalar(ttl_ms, 1)
+        + scalar(version_hlc, 1)
+        + scalar(node, 1)
+        + scalar(moved_epoch, 2);
+    put_varint(len as u64, out);
+    // Fields in number order, each under its key: (number << 3) | wire type.
+    if status != 0 {
+        out.push(0x08);
+        put_varint(status, out);
+    }
+    if !value.is_empty() {
+        out.push(0x12);
+        put_varint(value.len() as u64, out);
+        out.extend_from_slice(value);
+    }
+    if found {
+        out.extend_from_slice(&[0x20, 1]);
+    }
+    for (key, v) in [(0x38, ttl_ms), (0x50, version_hlc), (0x58, node)] {
+        if v != 0 {
+            out.push(key);
+            put_varint(v, out);
+        }
+    }
+    if moved_epoch != 0 {
+        // Field 50's key, 400, as a varint.
+        out.extend_from_slice(&[0x90, 0x03]);
+        put_varint(moved_epoch, out);
+    }
+}
+
+/// Appends the result of a get that found `value`, as [`push_result`] appends
+/// `OpResult { value, found: true, .. }`, without building it: the value is copied once,
+/// from where it is stored into `out`.
+pub fn push_found(value: &[u8], out: &mut Vec<u8>) {
+    // `value` (field 2) when not empty, then `found: true` (field 4: key 0x20, then 1).
+    let value_len = if value.is_empty() {
+        0
+    } else {
+        1 + encoded_len_varint(value.len() as u64) + value.len()
+    };
+    out.push(0x12);
+    put_varint(value_len as u64 + 2, out);
+    if !value.is_empty() {
+        out.push(0x12);
+        put_varint(value.len() as u64, out);
+        out.extend_from_slice(value);
+    }
+    out.extend_from_slice(&[0x20, 1]);
+}
+
+/// Appends `v` as a varint, as prost's `encode_varint` does.
+#[inline]
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
+    out.reserve(10);
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Writes the length prefix of the frame begun at `start` by [`begin_response`].
+///
+/// # Panics
+/// If the body exceeds `u32::MAX` bytes.
+pub fn end_response(start: usize, out: &mut [u8]) {
     let body = u32::try_from(out.len() - start - PREFIX_LEN).expect("reply exceeds u32::MAX bytes");
     out[start..start + PREFIX_LEN].copy_from_slice(&body.to_be_bytes());
 }
@@ -136,7 +267,8 @@ pub fn encode_response(id: u64, results: &[OpResult], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvmesh_proto::wire::ShardStats;
+    use kvmesh_proto::wire::{Hello, ShardStats, SnapshotInfo, Topology};
+    use proptest::prelude::*;
 
     #[test]
     fn encode_response_matches_prost() {
@@ -169,6 +301,111 @@ mod tests {
                 &mut theirs,
             );
             assert_eq!(ours, theirs, "id {id}");
+        }
+    }
+
+    fn arbitrary_result() -> impl Strategy<Value = OpResult> {
+        (
+            (
+                -3i32..12,
+                proptest::collection::vec(any::<u8>(), 0..200),
+                any::<bool>(),
+            ),
+            (
+                prop_oneof![Just(0u64), any::<u64>()],
+                prop_oneof![Just(0u64), any::<u64>()],
+                prop_oneof![Just(0u32), any::<u32>()],
+                prop_oneof![3 => Just(0u64), 1 => any::<u64>()],
+            ),
+            prop_oneof![4 => Just(""), 1 => Just("why")],
+            (
+                proptest::bool::weighted(0.1),
+                proptest::bool::weighted(0.1),
+                proptest::bool::weighted(0.1),
+                proptest::bool::weighted(0.1),
+            ),
+        )
+            .prop_map(
+                |(
+                    (status, value, found),
+                    (ttl_ms, version_hlc, version_node, moved_epoch),
+                    message,
+                    (stats, topology, snapshot, hello),
+                )| {
+                    OpResult {
+                        status,
+                        value,
+                        found,
+                        ttl_ms,
+                        version_hlc,
+                        version_node,
+                        moved_epoch,
+                        message: message.into(),
+                        stats: stats.then(|| {
+                            Box::new(ShardStats {
+                                keys: 3,
+                                ..ShardStats::default()
+                            })
+                        }),
+                        topology: topology.then(|| {
+                            Box::new(Topology {
+                                epoch: 4,
+                                ..Topology::default()
+                            })
+                        }),
+                        snapshot: snapshot.then(|| {
+                            Box::new(SnapshotInfo {
+                                shard: 1,
+                                file: "snap".into(),
+                                ..SnapshotInfo::default()
+                            })
+                        }),
+                        hello: hello.then(|| {
+                            Box::new(Hello {
+                                cluster: "c".into(),
+                                ..Hello::default()
+                            })
+                        }),
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn push_result_matches_prost(
+            id in prop_oneof![Just(0u64), any::<u64>()],
+            results in proptest::collection::vec(arbitrary_result(), 0..4),
+        ) {
+            let mut ours = vec![9];
+            encode_response(id, &results, &mut ours);
+            let mut theirs = vec![9];
+            kvmesh_net::frame::encode(
+                &Response {
+                    id,
+                    results,
+                    ..Response::default()
+                },
+                &mut theirs,
+            );
+            prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn push_found_matches_push_result() {
+        for len in [0, 1, 2, 126, 127, 128, 300, 20_000] {
+            let value = vec![3; len];
+            let mut ours = vec![9];
+            push_found(&value, &mut ours);
+            let mut theirs = vec![9];
+            let found = OpResult {
+                value: value.clone(),
+                found: true,
+                ..OpResult::default()
+            };
+            push_result(&found, &mut theirs);
+            assert_eq!(ours, theirs, "value of {len} bytes");
         }
     }
 }

@@ -33,8 +33,28 @@ pub enum Rejection {
     KeyTooLarge { len: usize, max: usize },
 }
 
+/// What routing looks at in an op, borrowed: a decoded [`Op`] and the local fast path (see
+/// `fast`) route through the same functions.
+#[derive(Clone, Copy, Debug)]
+pub struct Keyed<'a> {
+    pub code: i32,
+    pub key: &'a [u8],
+    /// `Op.replica`.
+    pub replica: bool,
+}
+
+impl<'a> From<&'a Op> for Keyed<'a> {
+    fn from(op: &'a Op) -> Self {
+        Keyed {
+            code: op.code,
+            key: &op.key,
+            replica: op.replica,
+        }
+    }
+}
+
 /// Routes `op`, arriving at shard `me` of `nr_shards`, whose keys may be at most `max_key_len`.
-pub fn route(op: &Op, me: usize, nr_shards: usize, max_key_len: usize) -> Route {
+pub fn route(op: Keyed<'_>, me: usize, nr_shards: usize, max_key_len: usize) -> Route {
     let code = match OpCode::try_from(op.code) {
         Ok(OpCode::OpUnspecified) | Err(_) => {
             return Route::Reject(Rejection::UnknownOperation(op.code))
@@ -53,7 +73,7 @@ pub fn route(op: &Op, me: usize, nr_shards: usize, max_key_len: usize) -> Route 
                     max: max_key_len,
                 });
             }
-            match kvmesh_net::shard_for(&op.key, nr_shards) {
+            match kvmesh_net::shard_for(op.key, nr_shards) {
                 owner if owner == me => Route::Local,
                 owner => Route::Forward(owner),
             }
@@ -86,18 +106,30 @@ pub fn route_in_cluster(
     nr_shards: usize,
     max_key_len: usize,
 ) -> Route {
+    route_in_cluster_keyed(op.into(), place, forwarded, me, nr_shards, max_key_len)
+}
+
+/// [`route_in_cluster`] of a borrowed op.
+pub fn route_in_cluster_keyed(
+    op: Keyed<'_>,
+    place: &Place<'_>,
+    forwarded: bool,
+    me: usize,
+    nr_shards: usize,
+    max_key_len: usize,
+) -> Route {
     let here = route(op, me, nr_shards, max_key_len);
     match here {
         Route::Local | Route::Forward(_)
             if !forwarded && !op.replica && place.ring.nodes().len() > 1 =>
         {
             if place.replicas <= 1 {
-                return match place.ring.owner(&op.key) {
+                return match place.ring.owner(op.key) {
                     owner if owner != place.node => Route::Remote(owner),
                     _ => here,
                 };
             }
-            let owners = place.ring.owners(&op.key, place.replicas);
+            let owners = place.ring.owners(op.key, place.replicas);
             if owners.contains(&place.node) {
                 return here;
             }
@@ -147,7 +179,7 @@ mod tests {
             ),
         ];
         for (op, me, want) in cases {
-            assert_eq!(route(&op, me, 2, 8), want, "{op:?} at shard {me}");
+            assert_eq!(route((&op).into(), me, 2, 8), want, "{op:?} at shard {me}");
         }
     }
 

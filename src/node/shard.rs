@@ -113,9 +113,19 @@ impl Shard {
             return executed;
         }
         let executed = match OpCode::try_from(op.code) {
-            Ok(OpCode::OpGet) => self.get(op, now_ms),
-            Ok(OpCode::OpPut) => self.put(op, now_ms),
-            Ok(OpCode::OpRemove) => self.remove(op, now_ms),
+            Ok(OpCode::OpGet) => {
+                let (result, wait) = self.get(&op.key, now_ms, |value| match value {
+                    Some(value) => OpResult {
+                        value: value.to_vec(),
+                        found: true,
+                        ..OpResult::default()
+                    },
+                    None => reply::status(Status::NotFound, ""),
+                });
+                return Executed { result, wait };
+            }
+            Ok(OpCode::OpPut) => return self.put(&op.key, &op.value, op.ttl_ms, now_ms),
+            Ok(OpCode::OpRemove) => return self.remove(&op.key, now_ms),
             Ok(OpCode::OpTouch) => self.touch(op, now_ms),
             Ok(OpCode::OpTtl) => self.ttl(op, now_ms),
             Ok(OpCode::OpStats) => OpResult {
@@ -189,6 +199,9 @@ impl Shard {
 
     /// Logs what the store dropped on its own (evictions, expirations), oldest first.
     fn log_removals(&mut self) {
+        if !self.store.has_removals() {
+            return;
+        }
         let removals: Vec<(RemovalKind, Version, Box<[u8]>)> = self
             .store
             .drain_removals()
@@ -222,58 +235,71 @@ impl Shard {
         Ok(Some(seq))
     }
 
-    fn get(&mut self, op: &Op, now_ms: u64) -> Executed {
+    /// A client's `OP_GET` of `key` (what [`Shard::execute`] runs for one): hands the live
+    /// value, or `None`, to `read` (which copies what it needs: the value borrows the store)
+    /// and returns what `read` made of it, with the log record the reply must wait for. Logs
+    /// the expiry it may cause.
+    pub fn get<R>(
+        &mut self,
+        key: &[u8],
+        now_ms: u64,
+        read: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> (R, Option<u64>) {
         self.counters.gets += 1;
-        let result = match self.store.get(&op.key, now_ms) {
-            Some(value) => OpResult {
-                value: value.to_vec(),
-                found: true,
-                ..OpResult::default()
-            },
-            None => reply::status(Status::NotFound, ""),
-        };
+        let made = read(self.store.get(key, now_ms));
         // Never answer with (or about) a change a crash could still undo.
-        Executed {
-            result,
-            wait: self.unsettled(&op.key),
-        }
+        let wait = self.unsettled(key);
+        // A get can expire its key on the spot: log that too, but do not wait for it.
+        self.log_removals();
+        (made, wait)
     }
 
-    fn put(&mut self, op: &Op, now_ms: u64) -> Executed {
+    /// A client's `OP_PUT` (what [`Shard::execute`] runs for one).
+    pub fn put(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Executed {
+        let executed = self.apply_put(key, value, ttl_ms, now_ms);
+        self.log_removals();
+        executed
+    }
+
+    fn apply_put(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Executed {
         self.counters.puts += 1;
         if let Some(refused) = self.refuse_writes() {
             return refused;
         }
         let version = self.hlc.now(now_ms);
-        let expires_at_ms = deadline(now_ms, op.ttl_ms);
-        match self
-            .store
-            .put(&op.key, &op.value, expires_at_ms, version, now_ms)
-        {
+        let expires_at_ms = deadline(now_ms, ttl_ms);
+        match self.store.put(key, value, expires_at_ms, version, now_ms) {
             Ok(Applied::Stored) => {
                 let entry = Entry {
-                    value: &op.value,
+                    value,
                     expires_at_ms,
                     version_hlc: version.hlc,
                     version_node: version.node,
-                    ..Entry::new(LogOp::Put, &op.key)
+                    ..Entry::new(LogOp::Put, key)
                 };
                 self.logged(versioned(OpResult::default(), version), &entry)
             }
             // A stale write cannot happen with one clock per shard, but either way the store
             // holds a version at least as new as this one.
-            Ok(Applied::Stale) => self.settled_after(OpResult::default(), &op.key),
+            Ok(Applied::Stale) => self.settled_after(OpResult::default(), key),
             Err(e) => reply::store_error(&e).into(),
         }
     }
 
-    fn remove(&mut self, op: &Op, now_ms: u64) -> Executed {
+    /// A client's `OP_REMOVE` (what [`Shard::execute`] runs for one).
+    pub fn remove(&mut self, key: &[u8], now_ms: u64) -> Executed {
+        let executed = self.apply_remove(key, now_ms);
+        self.log_removals();
+        executed
+    }
+
+    fn apply_remove(&mut self, key: &[u8], now_ms: u64) -> Executed {
         self.counters.removes += 1;
         if let Some(refused) = self.refuse_writes() {
             return refused;
         }
         let version = self.hlc.now(now_ms);
-        match self.store.remove(&op.key, version, now_ms) {
+        match self.store.remove(key, version, now_ms) {
             Ok(removed) => {
                 let result = OpResult {
                     found: removed == Removed::Removed,
@@ -286,11 +312,11 @@ impl Shard {
                     let entry = Entry {
                         version_hlc: version.hlc,
                         version_node: version.node,
-                        ..Entry::new(LogOp::Remove, &op.key)
+                        ..Entry::new(LogOp::Remove, key)
                     };
                     self.logged(result, &entry)
                 } else {
-                    self.settled_after(result, &op.key)
+                    self.settled_after(result, key)
                 }
             }
             Err(e) => reply::store_error(&e).into(),

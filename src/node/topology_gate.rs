@@ -13,6 +13,7 @@
 use kvmesh_proto::wire::{Op, OpCode, OpResult, Status};
 
 use super::reply;
+use super::router::Keyed;
 
 /// How a node started, as far as the gate is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,11 +38,22 @@ pub fn waits_for_topology(start: Start) -> bool {
 /// topology (`agreed_epoch` 0): a client's keyed op (not one a peer `forwarded`, not a
 /// replica write, whose sender routed it by its own agreed topology). `None`: serve it.
 pub fn refuse(op: &Op, forwarded: bool, waits: bool, agreed_epoch: u64) -> Option<OpResult> {
+    refuses(op.into(), forwarded, waits, agreed_epoch).then(|| {
+        reply::status(
+            Status::Unavailable,
+            "this node does not hold the cluster's agreed topology yet (it is joining, or \
+             catching up after a restart): ask again shortly",
+        )
+    })
+}
+
+/// Whether [`refuse`] refuses `op` (without building the answer).
+pub fn refuses(op: Keyed<'_>, forwarded: bool, waits: bool, agreed_epoch: u64) -> bool {
     // The common case, a node that does not wait, costs one test per op.
     if !waits || agreed_epoch != 0 || forwarded || op.replica {
-        return None;
+        return false;
     }
-    let keyed = [
+    [
         OpCode::OpGet,
         OpCode::OpPut,
         OpCode::OpRemove,
@@ -49,14 +61,7 @@ pub fn refuse(op: &Op, forwarded: bool, waits: bool, agreed_epoch: u64) -> Optio
         OpCode::OpTtl,
     ]
     .iter()
-    .any(|&c| c as i32 == op.code);
-    keyed.then(|| {
-        reply::status(
-            Status::Unavailable,
-            "this node does not hold the cluster's agreed topology yet (it is joining, or \
-             catching up after a restart): ask again shortly",
-        )
-    })
+    .any(|&c| c as i32 == op.code)
 }
 
 #[cfg(test)]
