@@ -15,9 +15,24 @@ use std::{
     net::Shutdown,
     os::unix::io::{AsRawFd, FromRawFd, RawFd},
     rc::{Rc, Weak},
+    sync::atomic::{AtomicBool, Ordering},
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
+
+/// kvmesh patch (see `vendor/README.md`): whether new streams wait for their socket with one
+/// multishot io_uring poll armed for the stream's life, instead of a new one-shot poll (a new
+/// source and a new submission) every time a read finds the socket empty.
+/// `GLOMMIO_NO_MULTISHOT_POLL=1` in the environment turns it off, for A/B measurements; a
+/// kernel that rejects multishot polls (before 5.13, `EINVAL`) turns it off for the process.
+fn multishot_poll() -> bool {
+    lazy_static! {
+        static ref OFF_BY_ENV: bool = std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").is_some();
+    }
+    !*OFF_BY_ENV && !MULTISHOT_POLL_REJECTED.load(Ordering::Relaxed)
+}
+
+static MULTISHOT_POLL_REJECTED: AtomicBool = AtomicBool::new(false);
 
 type Result<T> = crate::Result<T, ()>;
 
@@ -221,6 +236,16 @@ pub(crate) struct NonBufferedStream<S> {
     stream: S,
     source_tx: Option<Source>,
     source_rx: Option<Source>,
+    /// kvmesh patch: `source_rx` is a multishot poll (see [`multishot_poll`]).
+    rx_multishot: bool,
+    /// kvmesh patch, with `rx_multishot`: the socket may hold data or an EOF or error that no
+    /// readiness event will announce again (the last read filled the buffer, returned 0 or
+    /// failed), so the next read tries `recv` at once.
+    rx_maybe_ready: bool,
+    /// kvmesh patch, with `rx_multishot`: the poll reported the peer's shutdown, a hang-up or
+    /// an error. An EOF may then wait behind the data a short read left, and no event will
+    /// announce it, so from now on every read tries `recv` at once.
+    rx_closed: bool,
     write_timeout: Timeout,
     read_timeout: Timeout,
 }
@@ -229,7 +254,13 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.rx_multishot = multishot_poll();
+        self.rx_maybe_ready = true;
+        self.source_rx = Some(if self.rx_multishot {
+            reactor.poll_read_ready_multi(stream_fd)
+        } else {
+            reactor.poll_read_ready(stream_fd)
+        });
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -258,6 +289,71 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if self.rx_multishot {
+            self.poll_read_multishot(cx, buf)
+        } else {
+            self.poll_read_oneshot(cx, buf)
+        }
+    }
+
+    /// kvmesh patch (see `vendor/README.md`): reads with a plain non-blocking `recv` when the
+    /// stream's multishot poll said the socket was woken up since the last read found it
+    /// empty, or when the last read may have left something behind (`rx_maybe_ready`);
+    /// otherwise, and when `recv` finds nothing, waits for the poll's next event. No source is
+    /// allocated and nothing is submitted per read; the kernel never holds `buf` (the poll
+    /// carries no buffer), so a read future dropped mid-wait (a timeout) leaves nothing behind
+    /// but a waker, replaced by the next read's. The poll is re-armed only if the kernel ended
+    /// it; it is cancelled when the stream is dropped.
+    fn poll_read_multishot(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let reactor = self.reactor.upgrade().unwrap();
+        let reactor = reactor.as_ref();
+
+        // Take the event before `recv`: data that arrives after the `recv` wakes the socket
+        // again, so its event is never lost.
+        if let Some(src) = self.source_rx.as_ref() {
+            if let Some(result) = src.take_result() {
+                self.rx_maybe_ready = true;
+                if let Ok(mask) = &result {
+                    const CLOSED: libc::c_short = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+                    self.rx_closed |= *mask & CLOSED as usize != 0;
+                }
+                if !src.is_armed() {
+                    // The kernel ended the poll (an error, or a cancellation by the kernel).
+                    if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+                        MULTISHOT_POLL_REJECTED.store(true, Ordering::Relaxed);
+                        self.rx_multishot = false;
+                    }
+                    self.source_rx = None;
+                }
+            }
+        }
+        if self.source_rx.is_none() && !self.rx_multishot {
+            return self.poll_read_oneshot(cx, buf);
+        }
+
+        if self.rx_maybe_ready {
+            if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
+                self.read_timeout.cancel_timer(reactor);
+                // A short read emptied the socket: the next event says when it is not, unless
+                // the peer has shut down (an EOF is then sticky and announced by no event).
+                self.rx_maybe_ready =
+                    self.rx_closed || !matches!(result, Ok(n) if n > 0 && n < buf.len());
+                return Poll::Ready(result);
+            }
+            self.rx_maybe_ready = false;
+        }
+
+        poll_err!(self.read_timeout.check(reactor));
+
+        let source = self
+            .source_rx
+            .get_or_insert_with(|| reactor.poll_read_ready_multi(self.stream.as_raw_fd()));
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
+    }
+
+    fn poll_read_oneshot(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
@@ -366,6 +462,9 @@ where
             stream: socket.into(),
             source_tx: None,
             source_rx: None,
+            rx_multishot: false,
+            rx_maybe_ready: true,
+            rx_closed: false,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
         };

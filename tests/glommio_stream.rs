@@ -1,0 +1,315 @@
+//! glommio's stream read path as kvmesh patches it (one multishot io_uring poll per stream,
+//! see `vendor/README.md`), through glommio's public `TcpStream`: partial reads, reads that
+//! fill the buffer, an EOF behind data, a read future dropped by a timeout, a stream dropped while its poll
+//! is armed, many connections on one executor. The peer is a plain blocking
+//! `std::net::TcpStream` on its own thread, so no step depends on the executor under test
+//! scheduling the peer. Ports are the kernel's choice (port 0).
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::{net::TcpListener, timer::timeout, LocalExecutorBuilder, Placement};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream as StdStream},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+/// Generous: these run beside whole-workspace builds on a shared two-core machine.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn run<F, T>(fut: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(fut)
+        .expect("executor starts")
+        .join()
+        .expect("executor thread")
+}
+
+fn peer(addr: SocketAddr) -> StdStream {
+    let s = StdStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+    s
+}
+
+/// Waits for the peer's thread while the executor keeps turning: a stream dropped with its
+/// poll armed closes its socket at the reactor's next turn, when the poll's cancellation is
+/// submitted, so blocking the executor's thread on the peer would keep the socket open.
+async fn join<T>(peer: thread::JoinHandle<T>) -> T {
+    let start = std::time::Instant::now();
+    while !peer.is_finished() && start.elapsed() < DEADLINE * 2 {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    peer.join().expect("peer thread")
+}
+
+/// A short read, then data that arrives while the read waits: both are read.
+#[test]
+fn reads_partial_data_then_waits_on_the_same_poll() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, step) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            s.write_all(b"abc").unwrap();
+            for round in 0..50u8 {
+                step.recv().unwrap();
+                s.write_all(&[round; 7]).unwrap();
+            }
+            let mut b = [0u8; 1];
+            // Stays open until the server is done reading.
+            let _ = s.read(&mut b);
+        });
+        let mut stream = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < 3 {
+            got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                .await
+                .unwrap();
+        }
+        assert_eq!(&buf[..3], b"abc");
+        for round in 0..50u8 {
+            // The read starts before the data is sent: it must wait and be woken.
+            go.send(()).unwrap();
+            let mut got = 0;
+            while got < 7 {
+                got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(&buf[..7], &[round; 7]);
+        }
+        drop(stream);
+        join(client).await;
+    });
+}
+
+/// Data already waiting, more than the buffer holds: the read that fills the buffer leaves
+/// the rest, which no new readiness event will announce (the peer sends nothing more until
+/// it is answered), and the following reads still get it.
+#[test]
+fn full_buffer_reads_get_the_rest_without_a_new_event() {
+    const LEN: usize = 20_000;
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let (sent_all, all_sent) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            s.write_all(&sent).unwrap();
+            sent_all.send(()).unwrap();
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).unwrap();
+            assert_eq!(ack, [1]);
+        });
+        let mut stream = listener.accept().await.unwrap();
+        // Let everything arrive first, so its readiness events come before the first read.
+        while all_sent.try_recv().is_err() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1000];
+        while got.len() < LEN {
+            let n = timeout(DEADLINE, async { Ok(stream.read(&mut buf).await?) })
+                .await
+                .expect("the rest is read without a new event");
+            assert!(n > 0, "EOF before all the data");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
+        stream.write_all(&[1]).await.unwrap();
+        join(client).await;
+    });
+}
+
+/// An EOF queued behind data: the peer sends and shuts down while the stream's poll is armed
+/// and its earlier events consumed; the read that gets the data is short, and the EOF behind
+/// it is returned next, and again after that, without waiting for an event that a closed peer
+/// will never cause.
+#[test]
+fn eof_behind_data_is_returned_and_returned_again() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, step) = mpsc::channel::<()>();
+        let (sent_all, all_sent) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            s.write_all(b"first").unwrap();
+            step.recv().unwrap();
+            s.write_all(b"last").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            sent_all.send(()).unwrap();
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b);
+        });
+        let mut stream = listener.accept().await.unwrap();
+        let mut buf = [0u8; 16];
+        let mut got = 0;
+        while got < 5 {
+            got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                .await
+                .unwrap();
+        }
+        assert_eq!(&buf[..5], b"first");
+        go.send(()).unwrap();
+        // The data and the shutdown arrive, and their events are consumed, before the read.
+        while all_sent.try_recv().is_err() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let mut got = 0;
+        loop {
+            let n = timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                .await
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert_eq!(&buf[..got], b"last");
+        for _ in 0..3 {
+            let n = timeout(Duration::from_secs(5), async {
+                Ok(stream.read(&mut buf).await?)
+            })
+            .await
+            .expect("a read after EOF returns at once");
+            assert_eq!(n, 0);
+        }
+        drop(stream);
+        join(client).await;
+    });
+}
+
+/// A read future dropped while it waits (a timeout, as kvmesh's idle timeout and drain do)
+/// leaves the stream usable: the next read gets the data sent after the drop.
+#[test]
+fn a_dropped_read_leaves_the_stream_usable() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, step) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            for round in 0..5u8 {
+                step.recv().unwrap();
+                s.write_all(&[round; 5]).unwrap();
+            }
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b);
+        });
+        let mut stream = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        for round in 0..5u8 {
+            let dropped =
+                futures_lite::future::or(async { Some(stream.read(&mut buf).await) }, async {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                    None
+                })
+                .await;
+            assert!(dropped.is_none(), "nothing was sent yet");
+            go.send(()).unwrap();
+            let mut got = 0;
+            while got < 5 {
+                got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(&buf[..5], &[round; 5]);
+        }
+        drop(stream);
+        join(client).await;
+    });
+}
+
+/// A stream dropped while its poll is armed closes the connection: the peer sees EOF (the
+/// poll, which holds the socket, was cancelled), and the executor goes on serving others.
+#[test]
+fn dropping_a_stream_with_an_armed_poll_closes_it() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            let mut b = [0u8; 8];
+            // EOF, not the read timeout (an error).
+            s.read(&mut b).expect("EOF before the deadline")
+        });
+        let mut stream = listener.accept().await.unwrap();
+        let mut buf = [0u8; 8];
+        // Arm a wait, then drop the stream with it armed.
+        let waited = futures_lite::future::or(async { Some(stream.read(&mut buf).await) }, async {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            None
+        })
+        .await;
+        assert!(waited.is_none());
+        drop(stream);
+        assert_eq!(join(client).await, 0);
+    });
+}
+
+/// Many connections, each a request/response conversation, on one executor: every wake-up
+/// reaches its own stream.
+#[test]
+fn many_connections_each_get_their_own_data() {
+    const CONNS: usize = 64;
+    const ROUNDS: usize = 20;
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients = thread::spawn(move || {
+            let mut socks: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+            for round in 0..ROUNDS {
+                for (i, s) in socks.iter_mut().enumerate() {
+                    s.write_all(&[(i + round) as u8; 3]).unwrap();
+                }
+                for (i, s) in socks.iter_mut().enumerate() {
+                    let mut b = [0u8; 3];
+                    s.read_exact(&mut b).unwrap();
+                    assert_eq!(b, [(i + round) as u8 ^ 0xff; 3]);
+                }
+            }
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..CONNS {
+            let mut stream = listener.accept().await.unwrap();
+            tasks.push(glommio::spawn_local(async move {
+                let mut buf = [0u8; 3];
+                loop {
+                    let mut got = 0;
+                    while got < 3 {
+                        let n =
+                            timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                                .await
+                                .unwrap();
+                        if n == 0 {
+                            assert_eq!(got, 0, "EOF inside a message");
+                            return;
+                        }
+                        got += n;
+                    }
+                    for b in &mut buf {
+                        *b ^= 0xff;
+                    }
+                    stream.write_all(&buf).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        clients.join().unwrap();
+    });
+}
