@@ -313,3 +313,24 @@ fn many_connections_each_get_their_own_data() {
         clients.join().unwrap();
     });
 }
+
+/// Two readiness events within one reactor turn, the first with the peer's shutdown: the
+/// source keeps both masks' bits, so the EOF behind the data is not forgotten.
+#[test]
+fn untaken_poll_masks_are_merged_not_replaced() {
+    use glommio::kvmesh_patch::merge_poll_events;
+    let in_rdhup = (libc::POLLIN | libc::POLLRDHUP) as usize;
+    let pollin = libc::POLLIN as usize;
+    assert_eq!(merge_poll_events(None, Ok(pollin)).unwrap(), pollin);
+    assert_eq!(
+        merge_poll_events(Some(Ok(in_rdhup)), Ok(pollin)).unwrap(),
+        in_rdhup
+    );
+    let err = || std::io::Error::from_raw_os_error(libc::EBADF);
+    let merged = merge_poll_events(Some(Ok(pollin)), Err(err()));
+    assert_eq!(merged.unwrap_err().raw_os_error(), Some(libc::EBADF));
+    assert_eq!(
+        merge_poll_events(Some(Err(err())), Ok(pollin)).unwrap(),
+        pollin
+    );
+}

@@ -558,10 +558,16 @@ where
         if value.flags().contains(iou::cqe::CompletionFlags::MORE) {
             // kvmesh patch (see `vendor/README.md`): a multishot poll that stays armed. Its
             // source stays in the map, so the kernel's later completions still find it; the
-            // result tells its owner that the file became ready and wakes its waiter.
+            // result tells its owner that the file became ready and wakes its waiter. Masks
+            // the owner has not taken yet are merged, not replaced: a `POLLRDHUP` overwritten
+            // by a later `POLLIN` would lose an EOF queued behind data for good.
             let src = source_map.borrow()[id].clone();
             let mut inner = src.borrow_mut();
-            inner.wakers.result = Some(transmute_error(value.result()));
+            let untaken = inner.wakers.result.take();
+            inner.wakers.result = Some(crate::kvmesh_patch::merge_poll_events(
+                untaken,
+                transmute_error(value.result()),
+            ));
             return Some((inner.wakers.wake_waiters(), false));
         }
 
