@@ -48,6 +48,38 @@ async fn join<T>(peer: thread::JoinHandle<T>) -> T {
     peer.join().expect("peer thread")
 }
 
+/// Waits until the kernel's view of `fd` satisfies `ready(bytes queued (FIONREAD), poll(2)
+/// mask)`, then lets the executor turn once more: both syscalls run the socket's pending
+/// io_uring task work, so by then every readiness event of what arrived is posted, and the
+/// timer turn reaps it. Replaces fixed sleeps, which on a loaded machine may end too early.
+async fn settle(fd: std::os::unix::io::RawFd, ready: impl Fn(usize, i16) -> bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which outlives the call.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
+        if ready(queued as usize, pfd.revents) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the socket never got ready: {queued} bytes, revents {:#x}",
+            pfd.revents
+        );
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    glommio::timer::sleep(Duration::from_millis(1)).await;
+}
+
 /// A short read, then data that arrives while the read waits: both are read.
 #[test]
 fn reads_partial_data_then_waits_on_the_same_poll() {
@@ -333,4 +365,51 @@ fn untaken_poll_masks_are_merged_not_replaced() {
         merge_poll_events(Some(Err(err())), Ok(pollin)).unwrap(),
         pollin
     );
+}
+
+/// Urgent data (`MSG_OOB`) stops a TCP read short at the urgent byte, with more data behind it
+/// that no new event announces: the `POLLPRI` the poll reported makes later reads call `recv`
+/// at once, so the data after the urgent byte is read without the peer sending more.
+#[test]
+fn data_behind_an_urgent_byte_is_read_without_a_new_event() {
+    use std::os::unix::io::AsRawFd;
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent_all, all_sent) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            // "ab" normal, "c" urgent (out of band), then "xyz" normal.
+            // SAFETY: a valid socket and a 3-byte buffer that outlives the call.
+            let rc = unsafe { libc::send(s.as_raw_fd(), b"abc".as_ptr().cast(), 3, libc::MSG_OOB) };
+            assert_eq!(rc, 3, "send MSG_OOB: {}", std::io::Error::last_os_error());
+            s.write_all(b"xyz").unwrap();
+            sent_all.send(()).unwrap();
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).unwrap();
+        });
+        let mut stream = listener.accept().await.unwrap();
+        while all_sent.try_recv().is_err() {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        // FIONREAD counts only the bytes before the urgent mark.
+        settle(stream.as_raw_fd(), |queued, revents| {
+            queued == 2 && revents & libc::POLLPRI != 0
+        })
+        .await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < 5 {
+            let n = timeout(Duration::from_secs(5), async {
+                Ok(stream.read(&mut buf).await?)
+            })
+            .await
+            .expect("the data after the urgent byte is read without a new event");
+            assert!(n > 0, "EOF before all the data");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"abxyz");
+        stream.write_all(&[1]).await.unwrap();
+        join(client).await;
+    });
 }

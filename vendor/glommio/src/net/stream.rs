@@ -242,19 +242,20 @@ pub(crate) struct NonBufferedStream<S> {
     /// readiness event will announce again (the last read filled the buffer, returned 0 or
     /// failed), so the next read tries `recv` at once.
     rx_maybe_ready: bool,
-    /// kvmesh patch, with `rx_multishot`: the poll reported the peer's shutdown, a hang-up or
-    /// an error. An EOF may then wait behind the data a short read left, and no event will
-    /// announce it, so from now on every read tries `recv` at once.
-    rx_closed: bool,
+    /// kvmesh patch, with `rx_multishot`: the poll reported the peer's shutdown, a hang-up,
+    /// an error or urgent data (`POLLPRI`). An EOF may then wait behind the data a short read
+    /// left, or a read may stop short at the urgent byte, and no event will announce what
+    /// follows, so from now on every read tries `recv` at once (at most one extra `EAGAIN`).
+    rx_always_recv: bool,
     write_timeout: Timeout,
     read_timeout: Timeout,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
-    fn init(&mut self) {
+    fn init(&mut self, multishot: bool) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.rx_multishot = multishot_poll();
+        self.rx_multishot = multishot && multishot_poll();
         self.rx_maybe_ready = true;
         self.source_rx = Some(if self.rx_multishot {
             reactor.poll_read_ready_multi(stream_fd)
@@ -314,8 +315,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
             if let Some(result) = src.take_result() {
                 self.rx_maybe_ready = true;
                 if let Ok(mask) = &result {
-                    const CLOSED: libc::c_short = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
-                    self.rx_closed |= *mask & CLOSED as usize != 0;
+                    const STICKY: libc::c_short =
+                        libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLPRI;
+                    self.rx_always_recv |= *mask & STICKY as usize != 0;
                 }
                 if !src.is_armed() {
                     // The kernel ended the poll (an error, or a cancellation by the kernel).
@@ -337,7 +339,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                 // A short read emptied the socket: the next event says when it is not, unless
                 // the peer has shut down (an EOF is then sticky and announced by no event).
                 self.rx_maybe_ready =
-                    self.rx_closed || !matches!(result, Ok(n) if n > 0 && n < buf.len());
+                    self.rx_always_recv || !matches!(result, Ok(n) if n > 0 && n < buf.len());
                 return Poll::Ready(result);
             }
             self.rx_maybe_ready = false;
@@ -456,6 +458,19 @@ where
     S: AsRawFd + From<socket2::Socket> + Unpin,
 {
     fn from(socket: socket2::Socket) -> Self {
+        Self::new(socket, false)
+    }
+}
+
+impl<S> GlommioStream<S, NonBuffered>
+where
+    S: AsRawFd + From<socket2::Socket> + Unpin,
+{
+    /// kvmesh patch: `multishot` lets the stream wait with one multishot poll (see
+    /// [`multishot_poll`]). Only `TcpStream` asks for it: the rule it relies on (a short read
+    /// emptied the socket) does not hold for Unix stream sockets, whose reads also stop short
+    /// at passed file descriptors, credentials and `MSG_OOB`.
+    pub(crate) fn new(socket: socket2::Socket, multishot: bool) -> Self {
         let reactor = crate::executor().reactor();
         let mut stream = NonBufferedStream {
             reactor: Rc::downgrade(&reactor),
@@ -464,11 +479,11 @@ where
             source_rx: None,
             rx_multishot: false,
             rx_maybe_ready: true,
-            rx_closed: false,
+            rx_always_recv: false,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
         };
-        stream.init();
+        stream.init(multishot);
         GlommioStream {
             stream,
             rx_buf: NonBuffered,
