@@ -413,3 +413,24 @@ fn data_behind_an_urgent_byte_is_read_without_a_new_event() {
         join(client).await;
     });
 }
+
+/// The multishot poll is used only on kernels from 6.1 on; release strings as `uname -r`
+/// prints them.
+#[test]
+fn multishot_poll_needs_kernel_6_1() {
+    use glommio::kvmesh_patch::{kernel_at_least, MULTISHOT_POLL_MIN_KERNEL as MIN};
+    for new_enough in ["6.1.0", "6.18.0-1-amd64", "6.1", "7.0.0-rc1", "10.0"] {
+        assert!(kernel_at_least(new_enough, MIN), "{new_enough}");
+    }
+    for too_old in [
+        "6.0.19",
+        "5.15.0-91-generic",
+        "5.13",
+        "4.19.0",
+        "",
+        "linux",
+        "6",
+    ] {
+        assert!(!kernel_at_least(too_old, MIN), "{too_old}");
+    }
+}

@@ -19,3 +19,34 @@ pub fn merge_poll_events(
         (_, new) => new,
     }
 }
+
+/// The oldest kernel the multishot poll is used on. Multishot polls exist since 5.13, but
+/// before 6.1 (without "io_uring: fix tw losing poll events" and the poll-refs rework) several
+/// wake-ups racing for the same task work could lose one, and the multishot path, unlike the
+/// one-shot one, never re-checks readiness by itself: a lost wake-up would stall a connection.
+pub const MULTISHOT_POLL_MIN_KERNEL: (u32, u32) = (6, 1);
+
+/// Whether a kernel release string (`uname -r`, e.g. `6.18.0-1-amd64`, `5.15.0`) is at least
+/// `major.minor`. An unparsable release counts as too old.
+pub fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+/// The running kernel's release (`uname(2)`), or `None` if the call fails.
+pub(crate) fn kernel_release() -> Option<String> {
+    // SAFETY: `uname` fills the zeroed struct it is given; its fields are NUL-terminated.
+    unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut uts) != 0 {
+            return None;
+        }
+        let release = std::ffi::CStr::from_ptr(uts.release.as_ptr());
+        Some(release.to_string_lossy().into_owned())
+    }
+}
