@@ -434,3 +434,95 @@ fn multishot_poll_needs_kernel_6_1() {
         assert!(!kernel_at_least(too_old, MIN), "{too_old}");
     }
 }
+
+/// A completion queue far too small for the connections (ring depth 4, so 8 completions): 64
+/// peers write while the executor's thread is blocked, so their wake-ups overflow the queue
+/// and the kernel ends their multishot polls. Every conversation still completes (each read
+/// re-arms its poll), and the ended polls are counted.
+#[test]
+fn polls_ended_by_a_full_completion_queue_are_rearmed() {
+    use glommio::kvmesh_patch::{kernel_at_least, multishot_polls_ended};
+    use std::{cell::Cell, rc::Rc};
+    const CONNS: usize = 64;
+    const ROUNDS: usize = 4;
+    let ended_before = multishot_polls_ended();
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .ring_depth(4)
+        .spawn(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (block, blocked) = mpsc::channel::<()>();
+            let (written, all_written) = mpsc::channel::<()>();
+            let clients = thread::spawn(move || {
+                let mut socks: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+                for round in 0..ROUNDS {
+                    blocked.recv().unwrap();
+                    for (i, s) in socks.iter_mut().enumerate() {
+                        s.write_all(&[(i + round) as u8; 3]).unwrap();
+                    }
+                    written.send(()).unwrap();
+                    for (i, s) in socks.iter_mut().enumerate() {
+                        let mut b = [0u8; 3];
+                        s.read_exact(&mut b).unwrap();
+                        assert_eq!(b, [(i + round) as u8 ^ 0xff; 3]);
+                    }
+                }
+            });
+            let handled = Rc::new(Cell::new(0usize));
+            let mut tasks = Vec::new();
+            for _ in 0..CONNS {
+                let mut stream = listener.accept().await.unwrap();
+                let handled = handled.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    let mut buf = [0u8; 3];
+                    loop {
+                        let mut got = 0;
+                        while got < 3 {
+                            let read = async { Ok(stream.read(&mut buf[got..]).await?) };
+                            let n = timeout(DEADLINE, read).await.unwrap();
+                            if n == 0 {
+                                assert_eq!(got, 0, "EOF inside a message");
+                                return;
+                            }
+                            got += n;
+                        }
+                        for b in &mut buf {
+                            *b ^= 0xff;
+                        }
+                        stream.write_all(&buf).await.unwrap();
+                        handled.set(handled.get() + 1);
+                    }
+                }));
+            }
+            for round in 1..=ROUNDS {
+                // Block the executor's thread while every peer writes: all 64 wake-ups are
+                // posted before the reactor reaps any of them.
+                block.send(()).unwrap();
+                all_written.recv_timeout(DEADLINE).unwrap();
+                thread::sleep(Duration::from_millis(20));
+                let start = std::time::Instant::now();
+                while handled.get() < CONNS * round {
+                    assert!(start.elapsed() < DEADLINE, "round {round} stalled");
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            for t in tasks {
+                t.await;
+            }
+            join(clients).await;
+        })
+        .expect("executor starts");
+    handle.join().expect("executor thread");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let multishot = std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").is_none()
+        && kernel_at_least(
+            release.trim(),
+            glommio::kvmesh_patch::MULTISHOT_POLL_MIN_KERNEL,
+        );
+    if multishot {
+        assert!(
+            multishot_polls_ended() > ended_before,
+            "no multishot poll was ended by the full completion queue"
+        );
+    }
+}

@@ -2,7 +2,25 @@
 //! (hidden from the docs) only so that kvmesh's tests (`tests/glommio_stream.rs`) can check
 //! them; glommio's own unit tests need dev-dependencies that kvmesh's lock file lacks.
 
-use std::io;
+use std::{
+    io,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+static MULTISHOT_POLLS_ENDED: AtomicU64 = AtomicU64::new(0);
+
+/// How many multishot polls the kernel ended by itself in this process (each is re-armed by
+/// the stream's next read that finds the socket empty: a new source, an SQE, a completion).
+/// The usual cause is a full completion queue: from 6.x on, a multishot completion that does
+/// not fit ends the poll instead of going to the overflow list. Many ended polls mean the
+/// executors' rings are too small for the connections they serve (`ring_depth`).
+pub fn multishot_polls_ended() -> u64 {
+    MULTISHOT_POLLS_ENDED.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_multishot_poll_ended() {
+    MULTISHOT_POLLS_ENDED.fetch_add(1, Ordering::Relaxed);
+}
 
 /// The result a multishot poll's source holds after one more `IORING_CQE_F_MORE` completion
 /// (`new`), given the one its reader has not taken yet (`untaken`). Poll masks are merged, so

@@ -4,7 +4,9 @@
 // This product includes software developed at Datadog (https://www.datadoghq.com/). Copyright 2020 Datadog, Inc.
 //
 use crate::{
-    kvmesh_patch::{kernel_at_least, kernel_release, MULTISHOT_POLL_MIN_KERNEL},
+    kvmesh_patch::{
+        count_multishot_poll_ended, kernel_at_least, kernel_release, MULTISHOT_POLL_MIN_KERNEL,
+    },
     reactor::Reactor,
     sys::{self, Source, SourceType},
 };
@@ -30,8 +32,8 @@ use std::{
 fn multishot_poll() -> bool {
     lazy_static! {
         static ref OFF_BY_ENV: bool = std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").is_some();
-        static ref KERNEL_OK: bool = kernel_release()
-            .is_some_and(|r| kernel_at_least(&r, MULTISHOT_POLL_MIN_KERNEL));
+        static ref KERNEL_OK: bool =
+            kernel_release().is_some_and(|r| kernel_at_least(&r, MULTISHOT_POLL_MIN_KERNEL));
     }
     !*OFF_BY_ENV && *KERNEL_OK && !MULTISHOT_POLL_REJECTED.load(Ordering::Relaxed)
 }
@@ -324,7 +326,11 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                     self.rx_always_recv |= *mask & STICKY as usize != 0;
                 }
                 if !src.is_armed() {
-                    // The kernel ended the poll (an error, or a cancellation by the kernel).
+                    // The kernel ended the poll: an error, or a completion that did not fit in
+                    // a full completion queue (6.x ends a multishot poll then rather than put
+                    // its completion in the overflow list). The next read that finds the
+                    // socket empty arms a new one, whose first check reports what is pending.
+                    count_multishot_poll_ended();
                     if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
                         MULTISHOT_POLL_REJECTED.store(true, Ordering::Relaxed);
                         self.rx_multishot = false;

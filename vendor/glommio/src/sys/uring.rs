@@ -925,18 +925,30 @@ struct SleepableRing {
 /// interrupt instead. Kernels older than 5.19 reject the flag: the ring is then set up
 /// without it. `GLOMMIO_NO_COOP_TASKRUN=1` in the environment turns the patch off, for A/B
 /// measurements.
+///
+/// Second kvmesh patch: the completion queue holds [`CQ_ENTRIES_PER_SQ_ENTRY`] times the
+/// submission queue's entries instead of twice as many. Each stream's multishot poll (see
+/// `net/stream.rs`) posts a completion per wake-up, so completions are no longer bounded by
+/// submissions, and a multishot completion that finds the queue full ends its poll (re-armed
+/// by the stream's next read, at the cost of a new source, an SQE and another completion).
+/// Only the queue's memory grows (16 bytes an entry); the submission depth, and the
+/// throughput preemption timer that counts `ring_depth` completions, are unchanged.
 fn new_sleepable_ring(size: usize) -> io::Result<iou::IoUring> {
+    let cq_entries = (size * CQ_ENTRIES_PER_SQ_ENTRY) as u32;
     if std::env::var_os("GLOMMIO_NO_COOP_TASKRUN").is_none() {
-        if let Ok(ring) = iou::IoUring::new_with_flags(
-            size as _,
-            iou::SetupFlags::COOP_TASKRUN,
-            iou::SetupFeatures::empty(),
-        ) {
+        if let Ok(ring) =
+            iou::IoUring::new_with_cq_size(size as _, cq_entries, iou::SetupFlags::COOP_TASKRUN)
+        {
             return Ok(ring);
         }
     }
-    iou::IoUring::new(size as _)
+    iou::IoUring::new_with_cq_size(size as _, cq_entries, iou::SetupFlags::empty())
+        .or_else(|_| iou::IoUring::new(size as _))
 }
+
+/// kvmesh patch: see [`new_sleepable_ring`]. The default ring depth, 128, gets 1,024
+/// completion entries (16 KiB).
+const CQ_ENTRIES_PER_SQ_ENTRY: usize = 8;
 
 impl SleepableRing {
     fn new(
