@@ -526,3 +526,75 @@ fn polls_ended_by_a_full_completion_queue_are_rearmed() {
         );
     }
 }
+
+/// Streams dropped after a full completion queue made the kernel end their polls but before
+/// the reactor reaped the final completions: each drop queues a cancellation for a source id
+/// that the reaping then frees and the reactor may hand to a new request at once. Those
+/// stale cancellations must not hit the new requests: a fresh set of connections accepted
+/// and served afterwards all complete. (A regression test for the path only: on 6.18 here it
+/// passed before `consume_source` dropped such cancellations too; the race needs the reused
+/// id to go to a request that is still pending when the stale cancellation is submitted.)
+#[test]
+fn cancellations_of_reaped_polls_do_not_hit_new_requests() {
+    const CONNS: usize = 64;
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .ring_depth(4)
+        .spawn(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (block, blocked) = mpsc::channel::<()>();
+            let (written, all_written) = mpsc::channel::<()>();
+            let clients = thread::spawn(move || {
+                let mut first: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+                blocked.recv().unwrap();
+                for s in first.iter_mut() {
+                    s.write_all(b"x").unwrap();
+                }
+                written.send(()).unwrap();
+                for s in first.iter_mut() {
+                    let mut b = [0u8; 1];
+                    // Closed with "x" unread: a reset rather than an EOF.
+                    match s.read(&mut b) {
+                        Ok(0) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                        other => panic!("the dropped stream is not closed: {other:?}"),
+                    }
+                }
+                let mut second: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+                for (i, s) in second.iter_mut().enumerate() {
+                    s.write_all(&[i as u8]).unwrap();
+                }
+                for (i, s) in second.iter_mut().enumerate() {
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).unwrap();
+                    assert_eq!(b, [i as u8 ^ 0xff]);
+                }
+            });
+            let mut first = Vec::new();
+            for _ in 0..CONNS {
+                first.push(listener.accept().await.unwrap());
+            }
+            block.send(()).unwrap();
+            all_written.recv_timeout(DEADLINE).unwrap();
+            thread::sleep(Duration::from_millis(20));
+            // No await since the block: the final completions are not reaped yet.
+            drop(first);
+            let mut tasks = Vec::new();
+            for _ in 0..CONNS {
+                let accepted = timeout(DEADLINE, async { listener.accept().await });
+                let mut stream = accepted.await.expect("accept");
+                tasks.push(glommio::spawn_local(async move {
+                    let mut b = [0u8; 1];
+                    let read = async { Ok(stream.read_exact(&mut b).await?) };
+                    timeout(DEADLINE, read).await.expect("read");
+                    stream.write_all(&[b[0] ^ 0xff]).await.expect("write");
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            join(clients).await;
+        })
+        .expect("executor starts");
+    handle.join().expect("executor thread");
+}

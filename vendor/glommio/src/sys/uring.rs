@@ -619,7 +619,21 @@ impl SourceMap {
 
     fn consume_source(&mut self, id: SourceId) -> Pin<Rc<RefCell<InnerSource>>> {
         let source = self.dealloc(id);
-        source.borrow_mut().enqueued.take();
+        let enqueued = source.borrow_mut().enqueued.take();
+        // kvmesh patch (see `vendor/README.md`): a source dropped while in the kernel queued a
+        // cancellation for its id; if its last completion is reaped before that cancellation
+        // is submitted, the id is free again and may go to a new request at once (the free
+        // list is LIFO), which the stale cancellation would then cancel. Drop it here.
+        if let Some(EnqueuedSource {
+            queue,
+            status: EnqueuedStatus::Canceled,
+            ..
+        }) = enqueued
+        {
+            if let Ok(mut queue) = queue.try_borrow_mut() {
+                queue.forget_cancel_request(id);
+            }
+        }
         source
     }
 }
@@ -642,6 +656,13 @@ impl UringQueueState {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.submissions.is_empty() && self.cancellations.is_empty()
+    }
+
+    /// Removes the cancellations queued for `id` (kvmesh patch, see `consume_source`).
+    fn forget_cancel_request(&mut self, id: SourceId) {
+        let user_data = to_user_data(id);
+        self.cancellations
+            .retain(|op| !matches!(op.args, UringOpDescriptor::Cancel(u) if u == user_data));
     }
 
     pub(crate) fn cancel_request(&mut self, id: SourceId) {
