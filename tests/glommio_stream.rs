@@ -10,6 +10,7 @@ use glommio::{net::TcpListener, timer::timeout, LocalExecutorBuilder, Placement}
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream as StdStream},
+    os::unix::io::AsRawFd,
     sync::mpsc,
     thread,
     time::Duration,
@@ -108,14 +109,17 @@ fn reads_partial_data_then_waits_on_the_same_poll() {
         }
         assert_eq!(&buf[..3], b"abc");
         for round in 0..50u8 {
-            // The read starts before the data is sent: it must wait and be woken.
-            go.send(()).unwrap();
-            let mut got = 0;
-            while got < 7 {
-                got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
-                    .await
-                    .unwrap();
-            }
+            // The read is polled (and finds the socket empty) before the peer is told to
+            // send: `zip` polls its first future first, so the read must wait and be woken.
+            let read = async {
+                let mut got = 0;
+                while got < 7 {
+                    got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                        .await
+                        .unwrap();
+                }
+            };
+            futures_lite::future::zip(read, async { go.send(()).unwrap() }).await;
             assert_eq!(&buf[..7], &[round; 7]);
         }
         drop(stream);
@@ -148,7 +152,7 @@ fn full_buffer_reads_get_the_rest_without_a_new_event() {
         while all_sent.try_recv().is_err() {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+        settle(stream.as_raw_fd(), |queued, _| queued == LEN).await;
         let mut got = Vec::new();
         let mut buf = [0u8; 1000];
         while got.len() < LEN {
@@ -199,7 +203,10 @@ fn eof_behind_data_is_returned_and_returned_again() {
         while all_sent.try_recv().is_err() {
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+        settle(stream.as_raw_fd(), |queued, revents| {
+            queued == 4 && revents & libc::POLLRDHUP != 0
+        })
+        .await;
         let mut got = 0;
         loop {
             let n = timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
@@ -372,7 +379,6 @@ fn untaken_poll_masks_are_merged_not_replaced() {
 /// at once, so the data after the urgent byte is read without the peer sending more.
 #[test]
 fn data_behind_an_urgent_byte_is_read_without_a_new_event() {
-    use std::os::unix::io::AsRawFd;
     run(|| async {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
