@@ -447,7 +447,7 @@ fn multishot_poll_needs_kernel_6_1() {
 /// re-arms its poll), and the ended polls are counted.
 #[test]
 fn polls_ended_by_a_full_completion_queue_are_rearmed() {
-    use glommio::kvmesh_patch::{kernel_at_least, multishot_polls_ended};
+    use glommio::kvmesh_patch::{kernel_at_least, multishot_polls_ended, switched_off};
     use std::{cell::Cell, rc::Rc};
     const CONNS: usize = 64;
     const ROUNDS: usize = 4;
@@ -520,7 +520,7 @@ fn polls_ended_by_a_full_completion_queue_are_rearmed() {
         .expect("executor starts");
     handle.join().expect("executor thread");
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let multishot = std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").is_none()
+    let multishot = !switched_off(std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").as_deref())
         && kernel_at_least(
             release.trim(),
             glommio::kvmesh_patch::MULTISHOT_POLL_MIN_KERNEL,
@@ -603,4 +603,16 @@ fn cancellations_of_reaped_polls_do_not_hit_new_requests() {
         })
         .expect("executor starts");
     handle.join().expect("executor thread");
+}
+
+/// The environment switches turn a patch off when set to anything but `0` or empty.
+#[test]
+fn env_switches_ignore_zero_and_empty() {
+    use glommio::kvmesh_patch::switched_off;
+    use std::ffi::OsStr;
+    assert!(!switched_off(None));
+    assert!(!switched_off(Some(OsStr::new(""))));
+    assert!(!switched_off(Some(OsStr::new("0"))));
+    assert!(switched_off(Some(OsStr::new("1"))));
+    assert!(switched_off(Some(OsStr::new("yes"))));
 }

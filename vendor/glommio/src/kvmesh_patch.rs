@@ -68,3 +68,13 @@ pub(crate) fn kernel_release() -> Option<String> {
         Some(release.to_string_lossy().into_owned())
     }
 }
+
+/// Whether an environment switch's value (`GLOMMIO_NO_MULTISHOT_POLL`,
+/// `GLOMMIO_NO_COOP_TASKRUN`) turns its patch off: set to anything but `0` or the empty string.
+pub fn switched_off(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+pub(crate) fn switched_off_by_env(name: &str) -> bool {
+    switched_off(std::env::var_os(name).as_deref())
+}

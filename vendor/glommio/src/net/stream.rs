@@ -5,7 +5,8 @@
 //
 use crate::{
     kvmesh_patch::{
-        count_multishot_poll_ended, kernel_at_least, kernel_release, MULTISHOT_POLL_MIN_KERNEL,
+        count_multishot_poll_ended, kernel_at_least, kernel_release, switched_off_by_env,
+        MULTISHOT_POLL_MIN_KERNEL,
     },
     reactor::Reactor,
     sys::{self, Source, SourceType},
@@ -26,12 +27,12 @@ use std::{
 /// kvmesh patch (see `vendor/README.md`): whether new streams wait for their socket with one
 /// multishot io_uring poll armed for the stream's life, instead of a new one-shot poll (a new
 /// source and a new submission) every time a read finds the socket empty.
-/// `GLOMMIO_NO_MULTISHOT_POLL=1` in the environment turns it off, for A/B measurements; so does
-/// a kernel older than [`MULTISHOT_POLL_MIN_KERNEL`] (checked once, with `uname`), and a kernel
-/// that rejects multishot polls (`EINVAL`) turns it off for the process.
+/// `GLOMMIO_NO_MULTISHOT_POLL` set to anything but `0` or empty turns it off, for A/B
+/// measurements; so does a kernel older than [`MULTISHOT_POLL_MIN_KERNEL`] (checked once, with
+/// `uname`), and a kernel that rejects multishot polls (`EINVAL`) turns it off for the process.
 fn multishot_poll() -> bool {
     lazy_static! {
-        static ref OFF_BY_ENV: bool = std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").is_some();
+        static ref OFF_BY_ENV: bool = switched_off_by_env("GLOMMIO_NO_MULTISHOT_POLL");
         static ref KERNEL_OK: bool =
             kernel_release().is_some_and(|r| kernel_at_least(&r, MULTISHOT_POLL_MIN_KERNEL));
     }

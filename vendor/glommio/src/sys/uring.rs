@@ -944,8 +944,8 @@ struct SleepableRing {
 /// this thread runs is not signalled to it with an inter-processor interrupt, which in a
 /// virtual machine is a VM exit on both sides; the thread runs it at its next system call or
 /// interrupt instead. Kernels older than 5.19 reject the flag: the ring is then set up
-/// without it. `GLOMMIO_NO_COOP_TASKRUN=1` in the environment turns the patch off, for A/B
-/// measurements.
+/// without it. `GLOMMIO_NO_COOP_TASKRUN` set to anything but `0` or empty turns the patch
+/// off, for A/B measurements.
 ///
 /// Second kvmesh patch: the completion queue holds [`CQ_ENTRIES_PER_SQ_ENTRY`] times the
 /// submission queue's entries instead of twice as many. Each stream's multishot poll (see
@@ -956,7 +956,7 @@ struct SleepableRing {
 /// throughput preemption timer that counts `ring_depth` completions, are unchanged.
 fn new_sleepable_ring(size: usize) -> io::Result<iou::IoUring> {
     let cq_entries = (size * CQ_ENTRIES_PER_SQ_ENTRY) as u32;
-    if std::env::var_os("GLOMMIO_NO_COOP_TASKRUN").is_none() {
+    if !crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_COOP_TASKRUN") {
         if let Ok(ring) =
             iou::IoUring::new_with_cq_size(size as _, cq_entries, iou::SetupFlags::COOP_TASKRUN)
         {
