@@ -287,6 +287,8 @@ mod free_list;
 #[allow(dead_code)]
 #[allow(clippy::upper_case_acronyms)]
 mod iou;
+#[doc(hidden)]
+pub mod kvmesh_patch;
 mod parking;
 mod reactor;
 mod sys;

@@ -433,6 +433,19 @@ impl Reactor {
         source
     }
 
+    /// A multishot read-readiness poll (kvmesh patch, see `vendor/README.md`): armed once, it
+    /// sets the source's result (the poll mask) and wakes its waiter every time `fd` is woken
+    /// up readable or shut down by its peer (`POLLRDHUP`), until the source is dropped (which
+    /// cancels it) or the kernel ends it (then `Source::is_armed` is false).
+    pub(crate) fn poll_read_ready_multi(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        self.sys.poll_ready_multi(
+            &source,
+            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),
+        );
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

@@ -163,6 +163,30 @@ impl IoUring {
         }
     }
 
+    /// kvmesh patch (see `vendor/README.md`): like [`IoUring::new_with_flags`], with a
+    /// completion queue of `cq_entries` (`IORING_SETUP_CQSIZE`, Linux 5.5) instead of twice
+    /// `entries`.
+    pub fn new_with_cq_size(
+        entries: u32,
+        cq_entries: u32,
+        flags: SetupFlags,
+    ) -> io::Result<IoUring> {
+        unsafe {
+            let mut params: uring_sys::io_uring_params = mem::zeroed();
+            params.flags = (flags | SetupFlags::CQSIZE).bits();
+            params.cq_entries = cq_entries;
+            let mut ring = MaybeUninit::uninit();
+            resultify(uring_sys::io_uring_queue_init_params(
+                entries as _,
+                ring.as_mut_ptr(),
+                &mut params,
+            ))?;
+            Ok(IoUring {
+                ring: ring.assume_init(),
+            })
+        }
+    }
+
     /// Returns the `SubmissionQueue` part of the `IoUring`.
     pub fn sq(&self) -> SubmissionQueue<'_> {
         SubmissionQueue::new(self)

@@ -347,6 +347,16 @@ impl<'a> SQE<'a> {
         fd.update_sqe(self);
     }
 
+    /// A multishot poll (`IORING_POLL_ADD_MULTI`, Linux 5.13): it stays armed and posts a
+    /// completion with `IORING_CQE_F_MORE` for every wake-up that matches `poll_flags`, until
+    /// it is cancelled or the kernel ends it (a final completion without the flag). kvmesh
+    /// patch, see `vendor/README.md`.
+    #[inline]
+    pub unsafe fn prep_poll_add_multi(&mut self, fd: impl UringFd, poll_flags: PollFlags) {
+        self.prep_poll_add(fd, poll_flags);
+        self.sqe.len = uring_sys::IORING_POLL_ADD_MULTI;
+    }
+
     #[inline]
     pub unsafe fn prep_poll_remove(&mut self, user_data: u64) {
         uring_sys::io_uring_prep_poll_remove(self.sqe, user_data as _)

@@ -4,6 +4,10 @@
 // This product includes software developed at Datadog (https://www.datadoghq.com/). Copyright 2020 Datadog, Inc.
 //
 use crate::{
+    kvmesh_patch::{
+        count_multishot_poll_ended, kernel_at_least, kernel_release, switched_off_by_env,
+        MULTISHOT_POLL_MIN_KERNEL,
+    },
     reactor::Reactor,
     sys::{self, Source, SourceType},
 };
@@ -15,9 +19,27 @@ use std::{
     net::Shutdown,
     os::unix::io::{AsRawFd, FromRawFd, RawFd},
     rc::{Rc, Weak},
+    sync::atomic::{AtomicBool, Ordering},
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
+
+/// kvmesh patch (see `vendor/README.md`): whether new streams wait for their socket with one
+/// multishot io_uring poll armed for the stream's life, instead of a new one-shot poll (a new
+/// source and a new submission) every time a read finds the socket empty.
+/// `GLOMMIO_NO_MULTISHOT_POLL` set to anything but `0` or empty turns it off, for A/B
+/// measurements; so does a kernel older than [`MULTISHOT_POLL_MIN_KERNEL`] (checked once, with
+/// `uname`), and a kernel that rejects multishot polls (`EINVAL`) turns it off for the process.
+fn multishot_poll() -> bool {
+    lazy_static! {
+        static ref OFF_BY_ENV: bool = switched_off_by_env("GLOMMIO_NO_MULTISHOT_POLL");
+        static ref KERNEL_OK: bool =
+            kernel_release().is_some_and(|r| kernel_at_least(&r, MULTISHOT_POLL_MIN_KERNEL));
+    }
+    !*OFF_BY_ENV && *KERNEL_OK && !MULTISHOT_POLL_REJECTED.load(Ordering::Relaxed)
+}
+
+static MULTISHOT_POLL_REJECTED: AtomicBool = AtomicBool::new(false);
 
 type Result<T> = crate::Result<T, ()>;
 
@@ -221,15 +243,32 @@ pub(crate) struct NonBufferedStream<S> {
     stream: S,
     source_tx: Option<Source>,
     source_rx: Option<Source>,
+    /// kvmesh patch: `source_rx` is a multishot poll (see [`multishot_poll`]).
+    rx_multishot: bool,
+    /// kvmesh patch, with `rx_multishot`: the socket may hold data or an EOF or error that no
+    /// readiness event will announce again (the last read filled the buffer, returned 0 or
+    /// failed), so the next read tries `recv` at once.
+    rx_maybe_ready: bool,
+    /// kvmesh patch, with `rx_multishot`: the poll reported the peer's shutdown, a hang-up,
+    /// an error or urgent data (`POLLPRI`). An EOF may then wait behind the data a short read
+    /// left, or a read may stop short at the urgent byte, and no event will announce what
+    /// follows, so from now on every read tries `recv` at once (at most one extra `EAGAIN`).
+    rx_always_recv: bool,
     write_timeout: Timeout,
     read_timeout: Timeout,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
-    fn init(&mut self) {
+    fn init(&mut self, multishot: bool) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.rx_multishot = multishot && multishot_poll();
+        self.rx_maybe_ready = true;
+        self.source_rx = Some(if self.rx_multishot {
+            reactor.poll_read_ready_multi(stream_fd)
+        } else {
+            reactor.poll_read_ready(stream_fd)
+        });
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -258,6 +297,76 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if self.rx_multishot {
+            self.poll_read_multishot(cx, buf)
+        } else {
+            self.poll_read_oneshot(cx, buf)
+        }
+    }
+
+    /// kvmesh patch (see `vendor/README.md`): reads with a plain non-blocking `recv` when the
+    /// stream's multishot poll said the socket was woken up since the last read found it
+    /// empty, or when the last read may have left something behind (`rx_maybe_ready`);
+    /// otherwise, and when `recv` finds nothing, waits for the poll's next event. No source is
+    /// allocated and nothing is submitted per read; the kernel never holds `buf` (the poll
+    /// carries no buffer), so a read future dropped mid-wait (a timeout) leaves nothing behind
+    /// but a waker, replaced by the next read's. The poll is re-armed only if the kernel ended
+    /// it; it is cancelled when the stream is dropped.
+    fn poll_read_multishot(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let reactor = self.reactor.upgrade().unwrap();
+        let reactor = reactor.as_ref();
+
+        // Take the event before `recv`: data that arrives after the `recv` wakes the socket
+        // again, so its event is never lost.
+        if let Some(src) = self.source_rx.as_ref() {
+            if let Some(result) = src.take_result() {
+                self.rx_maybe_ready = true;
+                if let Ok(mask) = &result {
+                    const STICKY: libc::c_short =
+                        libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLPRI;
+                    self.rx_always_recv |= *mask & STICKY as usize != 0;
+                }
+                if !src.is_armed() {
+                    // The kernel ended the poll: an error, or a completion that did not fit in
+                    // a full completion queue (6.x ends a multishot poll then rather than put
+                    // its completion in the overflow list). The next read that finds the
+                    // socket empty arms a new one, whose first check reports what is pending.
+                    count_multishot_poll_ended();
+                    if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EINVAL)) {
+                        MULTISHOT_POLL_REJECTED.store(true, Ordering::Relaxed);
+                        self.rx_multishot = false;
+                    }
+                    self.source_rx = None;
+                }
+            }
+        }
+        if self.source_rx.is_none() && !self.rx_multishot {
+            return self.poll_read_oneshot(cx, buf);
+        }
+
+        if self.rx_maybe_ready {
+            if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
+                self.read_timeout.cancel_timer(reactor);
+                // A short read emptied the socket: the next event says when it is not, unless
+                // the peer has shut down (an EOF is then sticky and announced by no event).
+                self.rx_maybe_ready =
+                    self.rx_always_recv || !matches!(result, Ok(n) if n > 0 && n < buf.len());
+                return Poll::Ready(result);
+            }
+            self.rx_maybe_ready = false;
+        }
+
+        poll_err!(self.read_timeout.check(reactor));
+
+        let source = self
+            .source_rx
+            .get_or_insert_with(|| reactor.poll_read_ready_multi(self.stream.as_raw_fd()));
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
+    }
+
+    fn poll_read_oneshot(&mut self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
 
@@ -360,16 +469,32 @@ where
     S: AsRawFd + From<socket2::Socket> + Unpin,
 {
     fn from(socket: socket2::Socket) -> Self {
+        Self::new(socket, false)
+    }
+}
+
+impl<S> GlommioStream<S, NonBuffered>
+where
+    S: AsRawFd + From<socket2::Socket> + Unpin,
+{
+    /// kvmesh patch: `multishot` lets the stream wait with one multishot poll (see
+    /// [`multishot_poll`]). Only `TcpStream` asks for it: the rule it relies on (a short read
+    /// emptied the socket) does not hold for Unix stream sockets, whose reads also stop short
+    /// at passed file descriptors, credentials and `MSG_OOB`.
+    pub(crate) fn new(socket: socket2::Socket, multishot: bool) -> Self {
         let reactor = crate::executor().reactor();
         let mut stream = NonBufferedStream {
             reactor: Rc::downgrade(&reactor),
             stream: socket.into(),
             source_tx: None,
             source_rx: None,
+            rx_multishot: false,
+            rx_maybe_ready: true,
+            rx_always_recv: false,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
         };
-        stream.init();
+        stream.init(multishot);
         GlommioStream {
             stream,
             rx_buf: NonBuffered,

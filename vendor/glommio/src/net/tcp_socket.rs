@@ -353,7 +353,7 @@ impl AcceptedTcpStream {
     /// ```
     pub fn bind_to_executor(self) -> TcpStream {
         TcpStream {
-            stream: unsafe { GlommioStream::from_raw_fd(self.fd) },
+            stream: GlommioStream::new(unsafe { socket2::Socket::from_raw_fd(self.fd) }, true),
         }
     }
 }
@@ -375,7 +375,7 @@ pin_project! {
 impl From<socket2::Socket> for TcpStream {
     fn from(socket: socket2::Socket) -> TcpStream {
         Self {
-            stream: GlommioStream::from(socket),
+            stream: GlommioStream::new(socket, true),
         }
     }
 }
@@ -424,7 +424,7 @@ impl TcpStream {
         source.collect_rw().await?;
 
         Ok(TcpStream {
-            stream: GlommioStream::from(socket),
+            stream: GlommioStream::new(socket, true),
         })
     }
 
@@ -480,7 +480,7 @@ impl TcpStream {
             })?;
 
         Ok(TcpStream {
-            stream: GlommioStream::from(socket),
+            stream: GlommioStream::new(socket, true),
         })
     }
 

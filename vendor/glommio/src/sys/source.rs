@@ -264,6 +264,19 @@ impl Source {
         ret
     }
 
+    /// Takes the result, so that the next call finds `None` until the reactor sets a new one.
+    /// For a multishot poll (kvmesh patch, see `vendor/README.md`), `Some` means the file was
+    /// woken up at least once since the last take.
+    pub(crate) fn take_result(&self) -> Option<io::Result<usize>> {
+        self.inner.borrow_mut().wakers.result.take()
+    }
+
+    /// Whether the request is queued for, or still in, the kernel: `false` once its last
+    /// completion was consumed (a multishot poll that ended, or any finished request).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     // adds a single waiter to the list, replacing any waiter that may already
     // exist. Should be used for single streams that map a future 1:1 to their I/O
     // source

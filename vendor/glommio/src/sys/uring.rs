@@ -57,6 +57,7 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -274,6 +275,9 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add_multi(op.fd, events);
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -532,12 +536,14 @@ fn extract_one_chain(
         .collect()
 }
 
+/// Returns `None` if there was no completion, else whether it woke a task and whether it was
+/// the request's last completion (so the request has left the kernel).
 fn process_one_event<F, R>(
     cqe: Option<iou::CQE>,
     try_process: F,
     post_process: R,
     source_map: Rc<RefCell<SourceMap>>,
-) -> Option<bool>
+) -> Option<(bool, bool)>
 where
     F: FnOnce(Ref<'_, InnerSource>) -> Option<()>,
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
@@ -545,12 +551,27 @@ where
     if let Some(value) = cqe {
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
-            return Some(false);
+            return Some((false, true));
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        let id = from_user_data(value.user_data());
+        if value.flags().contains(iou::cqe::CompletionFlags::MORE) {
+            // kvmesh patch (see `vendor/README.md`): a multishot poll that stays armed. Its
+            // source stays in the map, so the kernel's later completions still find it; the
+            // result tells its owner that the file became ready and wakes its waiter. Masks
+            // the owner has not taken yet are merged, not replaced: a `POLLRDHUP` overwritten
+            // by a later `POLLIN` would lose an EOF queued behind data for good.
+            let src = source_map.borrow()[id].clone();
+            let mut inner = src.borrow_mut();
+            let untaken = inner.wakers.result.take();
+            inner.wakers.result = Some(crate::kvmesh_patch::merge_poll_events(
+                untaken,
+                transmute_error(value.result()),
+            ));
+            return Some((inner.wakers.wake_waiters(), false));
+        }
+
+        let src = source_map.borrow_mut().consume_source(id);
 
         let result = value.result();
 
@@ -561,7 +582,7 @@ where
             inner_source.wakers.result = res;
             woke = inner_source.wakers.wake_waiters();
         }
-        return Some(woke);
+        return Some((woke, true));
     }
     None
 }
@@ -598,7 +619,21 @@ impl SourceMap {
 
     fn consume_source(&mut self, id: SourceId) -> Pin<Rc<RefCell<InnerSource>>> {
         let source = self.dealloc(id);
-        source.borrow_mut().enqueued.take();
+        let enqueued = source.borrow_mut().enqueued.take();
+        // kvmesh patch (see `vendor/README.md`): a source dropped while in the kernel queued a
+        // cancellation for its id; if its last completion is reaped before that cancellation
+        // is submitted, the id is free again and may go to a new request at once (the free
+        // list is LIFO), which the stale cancellation would then cancel. Drop it here.
+        if let Some(EnqueuedSource {
+            queue,
+            status: EnqueuedStatus::Canceled,
+            ..
+        }) = enqueued
+        {
+            if let Ok(mut queue) = queue.try_borrow_mut() {
+                queue.forget_cancel_request(id);
+            }
+        }
         source
     }
 }
@@ -621,6 +656,13 @@ impl UringQueueState {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.submissions.is_empty() && self.cancellations.is_empty()
+    }
+
+    /// Removes the cancellations queued for `id` (kvmesh patch, see `consume_source`).
+    fn forget_cancel_request(&mut self, id: SourceId) {
+        let user_data = to_user_data(id);
+        self.cancellations
+            .retain(|op| !matches!(op.args, UringOpDescriptor::Cancel(u) if u == user_data));
     }
 
     pub(crate) fn cancel_request(&mut self, id: SourceId) {
@@ -847,9 +889,11 @@ impl UringCommon for PollRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, last)| {
+            if last {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -900,20 +944,32 @@ struct SleepableRing {
 /// this thread runs is not signalled to it with an inter-processor interrupt, which in a
 /// virtual machine is a VM exit on both sides; the thread runs it at its next system call or
 /// interrupt instead. Kernels older than 5.19 reject the flag: the ring is then set up
-/// without it. `GLOMMIO_NO_COOP_TASKRUN=1` in the environment turns the patch off, for A/B
-/// measurements.
+/// without it. `GLOMMIO_NO_COOP_TASKRUN` set to anything but `0` or empty turns the patch
+/// off, for A/B measurements.
+///
+/// Second kvmesh patch: the completion queue holds [`CQ_ENTRIES_PER_SQ_ENTRY`] times the
+/// submission queue's entries instead of twice as many. Each stream's multishot poll (see
+/// `net/stream.rs`) posts a completion per wake-up, so completions are no longer bounded by
+/// submissions, and a multishot completion that finds the queue full ends its poll (re-armed
+/// by the stream's next read, at the cost of a new source, an SQE and another completion).
+/// Only the queue's memory grows (16 bytes an entry); the submission depth, and the
+/// throughput preemption timer that counts `ring_depth` completions, are unchanged.
 fn new_sleepable_ring(size: usize) -> io::Result<iou::IoUring> {
-    if std::env::var_os("GLOMMIO_NO_COOP_TASKRUN").is_none() {
-        if let Ok(ring) = iou::IoUring::new_with_flags(
-            size as _,
-            iou::SetupFlags::COOP_TASKRUN,
-            iou::SetupFeatures::empty(),
-        ) {
+    let cq_entries = (size * CQ_ENTRIES_PER_SQ_ENTRY) as u32;
+    if !crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_COOP_TASKRUN") {
+        if let Ok(ring) =
+            iou::IoUring::new_with_cq_size(size as _, cq_entries, iou::SetupFlags::COOP_TASKRUN)
+        {
             return Ok(ring);
         }
     }
-    iou::IoUring::new(size as _)
+    iou::IoUring::new_with_cq_size(size as _, cq_entries, iou::SetupFlags::empty())
+        .or_else(|_| iou::IoUring::new(size as _))
 }
+
+/// kvmesh patch: see [`new_sleepable_ring`]. The default ring depth, 128, gets 1,024
+/// completion entries (16 KiB).
+const CQ_ENTRIES_PER_SQ_ENTRY: usize = 8;
 
 impl SleepableRing {
     fn new(
@@ -1199,9 +1255,11 @@ impl UringCommon for SleepableRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, last)| {
+            if last {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1466,6 +1524,18 @@ impl Reactor {
 
     pub(crate) fn poll_ready(&self, source: &Source, flags: PollFlags) {
         let op = UringOpDescriptor::PollAdd(flags);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// A multishot poll (kvmesh patch, see `vendor/README.md`): the source stays armed and its
+    /// result is set, and its waiter woken, on every wake-up of the file that matches `flags`.
+    pub(crate) fn poll_ready_multi(&self, source: &Source, flags: PollFlags) {
+        let op = UringOpDescriptor::PollAddMulti(flags);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,

@@ -57,6 +57,9 @@ pub const IOSQE_BUFFER_SELECT: libc::__u8 = 1 << 5; /* select buf from sqe->buf_
 // sqe.cmd_flags.fsync_flags
 pub const IORING_FSYNC_DATASYNC: libc::__u32 = 1 << 0;
 
+// sqe.len of a poll add (kvmesh patch, see vendor/README.md)
+pub const IORING_POLL_ADD_MULTI: libc::__u32 = 1 << 0;
+
 // sqe.cmd_flags.timeout_flags
 pub const IORING_TIMEOUT_ABS: libc::__u32 = 1 << 0;
 

@@ -1,0 +1,618 @@
+//! glommio's stream read path as kvmesh patches it (one multishot io_uring poll per stream,
+//! see `vendor/README.md`), through glommio's public `TcpStream`: partial reads, reads that
+//! fill the buffer, an EOF behind data, a read future dropped by a timeout, a stream dropped while its poll
+//! is armed, many connections on one executor. The peer is a plain blocking
+//! `std::net::TcpStream` on its own thread, so no step depends on the executor under test
+//! scheduling the peer. Ports are the kernel's choice (port 0).
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::{net::TcpListener, timer::timeout, LocalExecutorBuilder, Placement};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream as StdStream},
+    os::unix::io::AsRawFd,
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+/// Generous: these run beside whole-workspace builds on a shared two-core machine.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn run<F, T>(fut: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(fut)
+        .expect("executor starts")
+        .join()
+        .expect("executor thread")
+}
+
+fn peer(addr: SocketAddr) -> StdStream {
+    let s = StdStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+    s
+}
+
+/// Waits for the peer's thread while the executor keeps turning: a stream dropped with its
+/// poll armed closes its socket at the reactor's next turn, when the poll's cancellation is
+/// submitted, so blocking the executor's thread on the peer would keep the socket open.
+async fn join<T>(peer: thread::JoinHandle<T>) -> T {
+    let start = std::time::Instant::now();
+    while !peer.is_finished() && start.elapsed() < DEADLINE * 2 {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    peer.join().expect("peer thread")
+}
+
+/// Waits until the kernel's view of `fd` satisfies `ready(bytes queued (FIONREAD), poll(2)
+/// mask)`, then lets the executor turn once more: both syscalls run the socket's pending
+/// io_uring task work, so by then every readiness event of what arrived is posted, and the
+/// timer turn reaps it. Replaces fixed sleeps, which on a loaded machine may end too early.
+async fn settle(fd: std::os::unix::io::RawFd, ready: impl Fn(usize, i16) -> bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which outlives the call.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
+        if ready(queued as usize, pfd.revents) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the socket never got ready: {queued} bytes, revents {:#x}",
+            pfd.revents
+        );
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    glommio::timer::sleep(Duration::from_millis(1)).await;
+}
+
+/// A short read, then data that arrives while the read waits: both are read.
+#[test]
+fn reads_partial_data_then_waits_on_the_same_poll() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, step) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            s.write_all(b"abc").unwrap();
+            for round in 0..50u8 {
+                step.recv().unwrap();
+                s.write_all(&[round; 7]).unwrap();
+            }
+            let mut b = [0u8; 1];
+            // Stays open until the server is done reading.
+            let _ = s.read(&mut b);
+        });
+        let mut stream = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut got = 0;
+        while got < 3 {
+            got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                .await
+                .unwrap();
+        }
+        assert_eq!(&buf[..3], b"abc");
+        for round in 0..50u8 {
+            // The read is polled (and finds the socket empty) before the peer is told to
+            // send: `zip` polls its first future first, so the read must wait and be woken.
+            let read = async {
+                let mut got = 0;
+                while got < 7 {
+                    got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                        .await
+                        .unwrap();
+                }
+            };
+            futures_lite::future::zip(read, async { go.send(()).unwrap() }).await;
+            assert_eq!(&buf[..7], &[round; 7]);
+        }
+        drop(stream);
+        join(client).await;
+    });
+}
+
+/// Data already waiting, more than the buffer holds: the read that fills the buffer leaves
+/// the rest, which no new readiness event will announce (the peer sends nothing more until
+/// it is answered), and the following reads still get it.
+#[test]
+fn full_buffer_reads_get_the_rest_without_a_new_event() {
+    const LEN: usize = 20_000;
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let (sent_all, all_sent) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            s.write_all(&sent).unwrap();
+            sent_all.send(()).unwrap();
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).unwrap();
+            assert_eq!(ack, [1]);
+        });
+        let mut stream = listener.accept().await.unwrap();
+        // Let everything arrive first, so its readiness events come before the first read.
+        while all_sent.try_recv().is_err() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        settle(stream.as_raw_fd(), |queued, _| queued == LEN).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1000];
+        while got.len() < LEN {
+            let n = timeout(DEADLINE, async { Ok(stream.read(&mut buf).await?) })
+                .await
+                .expect("the rest is read without a new event");
+            assert!(n > 0, "EOF before all the data");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
+        stream.write_all(&[1]).await.unwrap();
+        join(client).await;
+    });
+}
+
+/// An EOF queued behind data: the peer sends and shuts down while the stream's poll is armed
+/// and its earlier events consumed; the read that gets the data is short, and the EOF behind
+/// it is returned next, and again after that, without waiting for an event that a closed peer
+/// will never cause.
+#[test]
+fn eof_behind_data_is_returned_and_returned_again() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, step) = mpsc::channel::<()>();
+        let (sent_all, all_sent) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            s.write_all(b"first").unwrap();
+            step.recv().unwrap();
+            s.write_all(b"last").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            sent_all.send(()).unwrap();
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b);
+        });
+        let mut stream = listener.accept().await.unwrap();
+        let mut buf = [0u8; 16];
+        let mut got = 0;
+        while got < 5 {
+            got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                .await
+                .unwrap();
+        }
+        assert_eq!(&buf[..5], b"first");
+        go.send(()).unwrap();
+        // The data and the shutdown arrive, and their events are consumed, before the read.
+        while all_sent.try_recv().is_err() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        settle(stream.as_raw_fd(), |queued, revents| {
+            queued == 4 && revents & libc::POLLRDHUP != 0
+        })
+        .await;
+        let mut got = 0;
+        loop {
+            let n = timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                .await
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert_eq!(&buf[..got], b"last");
+        for _ in 0..3 {
+            let n = timeout(Duration::from_secs(5), async {
+                Ok(stream.read(&mut buf).await?)
+            })
+            .await
+            .expect("a read after EOF returns at once");
+            assert_eq!(n, 0);
+        }
+        drop(stream);
+        join(client).await;
+    });
+}
+
+/// A read future dropped while it waits (a timeout, as kvmesh's idle timeout and drain do)
+/// leaves the stream usable: the next read gets the data sent after the drop.
+#[test]
+fn a_dropped_read_leaves_the_stream_usable() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, step) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            for round in 0..5u8 {
+                step.recv().unwrap();
+                s.write_all(&[round; 5]).unwrap();
+            }
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b);
+        });
+        let mut stream = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        for round in 0..5u8 {
+            let dropped =
+                futures_lite::future::or(async { Some(stream.read(&mut buf).await) }, async {
+                    glommio::timer::sleep(Duration::from_millis(20)).await;
+                    None
+                })
+                .await;
+            assert!(dropped.is_none(), "nothing was sent yet");
+            go.send(()).unwrap();
+            let mut got = 0;
+            while got < 5 {
+                got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(&buf[..5], &[round; 5]);
+        }
+        drop(stream);
+        join(client).await;
+    });
+}
+
+/// A stream dropped while its poll is armed closes the connection: the peer sees EOF (the
+/// poll, which holds the socket, was cancelled), and the executor goes on serving others.
+#[test]
+fn dropping_a_stream_with_an_armed_poll_closes_it() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            let mut b = [0u8; 8];
+            // EOF, not the read timeout (an error).
+            s.read(&mut b).expect("EOF before the deadline")
+        });
+        let mut stream = listener.accept().await.unwrap();
+        let mut buf = [0u8; 8];
+        // Arm a wait, then drop the stream with it armed.
+        let waited = futures_lite::future::or(async { Some(stream.read(&mut buf).await) }, async {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            None
+        })
+        .await;
+        assert!(waited.is_none());
+        drop(stream);
+        assert_eq!(join(client).await, 0);
+    });
+}
+
+/// Many connections, each a request/response conversation, on one executor: every wake-up
+/// reaches its own stream.
+#[test]
+fn many_connections_each_get_their_own_data() {
+    const CONNS: usize = 64;
+    const ROUNDS: usize = 20;
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients = thread::spawn(move || {
+            let mut socks: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+            for round in 0..ROUNDS {
+                for (i, s) in socks.iter_mut().enumerate() {
+                    s.write_all(&[(i + round) as u8; 3]).unwrap();
+                }
+                for (i, s) in socks.iter_mut().enumerate() {
+                    let mut b = [0u8; 3];
+                    s.read_exact(&mut b).unwrap();
+                    assert_eq!(b, [(i + round) as u8 ^ 0xff; 3]);
+                }
+            }
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..CONNS {
+            let mut stream = listener.accept().await.unwrap();
+            tasks.push(glommio::spawn_local(async move {
+                let mut buf = [0u8; 3];
+                loop {
+                    let mut got = 0;
+                    while got < 3 {
+                        let n =
+                            timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
+                                .await
+                                .unwrap();
+                        if n == 0 {
+                            assert_eq!(got, 0, "EOF inside a message");
+                            return;
+                        }
+                        got += n;
+                    }
+                    for b in &mut buf {
+                        *b ^= 0xff;
+                    }
+                    stream.write_all(&buf).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        clients.join().unwrap();
+    });
+}
+
+/// Two readiness events within one reactor turn, the first with the peer's shutdown: the
+/// source keeps both masks' bits, so the EOF behind the data is not forgotten.
+#[test]
+fn untaken_poll_masks_are_merged_not_replaced() {
+    use glommio::kvmesh_patch::merge_poll_events;
+    let in_rdhup = (libc::POLLIN | libc::POLLRDHUP) as usize;
+    let pollin = libc::POLLIN as usize;
+    assert_eq!(merge_poll_events(None, Ok(pollin)).unwrap(), pollin);
+    assert_eq!(
+        merge_poll_events(Some(Ok(in_rdhup)), Ok(pollin)).unwrap(),
+        in_rdhup
+    );
+    let err = || std::io::Error::from_raw_os_error(libc::EBADF);
+    let merged = merge_poll_events(Some(Ok(pollin)), Err(err()));
+    assert_eq!(merged.unwrap_err().raw_os_error(), Some(libc::EBADF));
+    assert_eq!(
+        merge_poll_events(Some(Err(err())), Ok(pollin)).unwrap(),
+        pollin
+    );
+}
+
+/// Urgent data (`MSG_OOB`) stops a TCP read short at the urgent byte, with more data behind it
+/// that no new event announces: the `POLLPRI` the poll reported makes later reads call `recv`
+/// at once, so the data after the urgent byte is read without the peer sending more.
+#[test]
+fn data_behind_an_urgent_byte_is_read_without_a_new_event() {
+    run(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent_all, all_sent) = mpsc::channel::<()>();
+        let client = thread::spawn(move || {
+            let mut s = peer(addr);
+            // "ab" normal, "c" urgent (out of band), then "xyz" normal.
+            // SAFETY: a valid socket and a 3-byte buffer that outlives the call.
+            let rc = unsafe { libc::send(s.as_raw_fd(), b"abc".as_ptr().cast(), 3, libc::MSG_OOB) };
+            assert_eq!(rc, 3, "send MSG_OOB: {}", std::io::Error::last_os_error());
+            s.write_all(b"xyz").unwrap();
+            sent_all.send(()).unwrap();
+            let mut ack = [0u8; 1];
+            s.read_exact(&mut ack).unwrap();
+        });
+        let mut stream = listener.accept().await.unwrap();
+        while all_sent.try_recv().is_err() {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        // FIONREAD counts only the bytes before the urgent mark.
+        settle(stream.as_raw_fd(), |queued, revents| {
+            queued == 2 && revents & libc::POLLPRI != 0
+        })
+        .await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < 5 {
+            let n = timeout(Duration::from_secs(5), async {
+                Ok(stream.read(&mut buf).await?)
+            })
+            .await
+            .expect("the data after the urgent byte is read without a new event");
+            assert!(n > 0, "EOF before all the data");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"abxyz");
+        stream.write_all(&[1]).await.unwrap();
+        join(client).await;
+    });
+}
+
+/// The multishot poll is used only on kernels from 6.1 on; release strings as `uname -r`
+/// prints them.
+#[test]
+fn multishot_poll_needs_kernel_6_1() {
+    use glommio::kvmesh_patch::{kernel_at_least, MULTISHOT_POLL_MIN_KERNEL as MIN};
+    for new_enough in ["6.1.0", "6.18.0-1-amd64", "6.1", "7.0.0-rc1", "10.0"] {
+        assert!(kernel_at_least(new_enough, MIN), "{new_enough}");
+    }
+    for too_old in [
+        "6.0.19",
+        "5.15.0-91-generic",
+        "5.13",
+        "4.19.0",
+        "",
+        "linux",
+        "6",
+    ] {
+        assert!(!kernel_at_least(too_old, MIN), "{too_old}");
+    }
+}
+
+/// A completion queue far too small for the connections (ring depth 4, so 8 completions): 64
+/// peers write while the executor's thread is blocked, so their wake-ups overflow the queue
+/// and the kernel ends their multishot polls. Every conversation still completes (each read
+/// re-arms its poll), and the ended polls are counted.
+#[test]
+fn polls_ended_by_a_full_completion_queue_are_rearmed() {
+    use glommio::kvmesh_patch::{kernel_at_least, multishot_polls_ended, switched_off};
+    use std::{cell::Cell, rc::Rc};
+    const CONNS: usize = 64;
+    const ROUNDS: usize = 4;
+    let ended_before = multishot_polls_ended();
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .ring_depth(4)
+        .spawn(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (block, blocked) = mpsc::channel::<()>();
+            let (written, all_written) = mpsc::channel::<()>();
+            let clients = thread::spawn(move || {
+                let mut socks: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+                for round in 0..ROUNDS {
+                    blocked.recv().unwrap();
+                    for (i, s) in socks.iter_mut().enumerate() {
+                        s.write_all(&[(i + round) as u8; 3]).unwrap();
+                    }
+                    written.send(()).unwrap();
+                    for (i, s) in socks.iter_mut().enumerate() {
+                        let mut b = [0u8; 3];
+                        s.read_exact(&mut b).unwrap();
+                        assert_eq!(b, [(i + round) as u8 ^ 0xff; 3]);
+                    }
+                }
+            });
+            let handled = Rc::new(Cell::new(0usize));
+            let mut tasks = Vec::new();
+            for _ in 0..CONNS {
+                let mut stream = listener.accept().await.unwrap();
+                let handled = handled.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    let mut buf = [0u8; 3];
+                    loop {
+                        let mut got = 0;
+                        while got < 3 {
+                            let read = async { Ok(stream.read(&mut buf[got..]).await?) };
+                            let n = timeout(DEADLINE, read).await.unwrap();
+                            if n == 0 {
+                                assert_eq!(got, 0, "EOF inside a message");
+                                return;
+                            }
+                            got += n;
+                        }
+                        for b in &mut buf {
+                            *b ^= 0xff;
+                        }
+                        stream.write_all(&buf).await.unwrap();
+                        handled.set(handled.get() + 1);
+                    }
+                }));
+            }
+            for round in 1..=ROUNDS {
+                // Block the executor's thread while every peer writes: all 64 wake-ups are
+                // posted before the reactor reaps any of them.
+                block.send(()).unwrap();
+                all_written.recv_timeout(DEADLINE).unwrap();
+                thread::sleep(Duration::from_millis(20));
+                let start = std::time::Instant::now();
+                while handled.get() < CONNS * round {
+                    assert!(start.elapsed() < DEADLINE, "round {round} stalled");
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            for t in tasks {
+                t.await;
+            }
+            join(clients).await;
+        })
+        .expect("executor starts");
+    handle.join().expect("executor thread");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let multishot = !switched_off(std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").as_deref())
+        && kernel_at_least(
+            release.trim(),
+            glommio::kvmesh_patch::MULTISHOT_POLL_MIN_KERNEL,
+        );
+    if multishot {
+        assert!(
+            multishot_polls_ended() > ended_before,
+            "no multishot poll was ended by the full completion queue"
+        );
+    }
+}
+
+/// Streams dropped after a full completion queue made the kernel end their polls but before
+/// the reactor reaped the final completions: each drop queues a cancellation for a source id
+/// that the reaping then frees and the reactor may hand to a new request at once. Those
+/// stale cancellations must not hit the new requests: a fresh set of connections accepted
+/// and served afterwards all complete. (A regression test for the path only: on 6.18 here it
+/// passed before `consume_source` dropped such cancellations too; the race needs the reused
+/// id to go to a request that is still pending when the stale cancellation is submitted.)
+#[test]
+fn cancellations_of_reaped_polls_do_not_hit_new_requests() {
+    const CONNS: usize = 64;
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .ring_depth(4)
+        .spawn(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (block, blocked) = mpsc::channel::<()>();
+            let (written, all_written) = mpsc::channel::<()>();
+            let clients = thread::spawn(move || {
+                let mut first: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+                blocked.recv().unwrap();
+                for s in first.iter_mut() {
+                    s.write_all(b"x").unwrap();
+                }
+                written.send(()).unwrap();
+                for s in first.iter_mut() {
+                    let mut b = [0u8; 1];
+                    // Closed with "x" unread: a reset rather than an EOF.
+                    match s.read(&mut b) {
+                        Ok(0) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                        other => panic!("the dropped stream is not closed: {other:?}"),
+                    }
+                }
+                let mut second: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+                for (i, s) in second.iter_mut().enumerate() {
+                    s.write_all(&[i as u8]).unwrap();
+                }
+                for (i, s) in second.iter_mut().enumerate() {
+                    let mut b = [0u8; 1];
+                    s.read_exact(&mut b).unwrap();
+                    assert_eq!(b, [i as u8 ^ 0xff]);
+                }
+            });
+            let mut first = Vec::new();
+            for _ in 0..CONNS {
+                first.push(listener.accept().await.unwrap());
+            }
+            block.send(()).unwrap();
+            all_written.recv_timeout(DEADLINE).unwrap();
+            thread::sleep(Duration::from_millis(20));
+            // No await since the block: the final completions are not reaped yet.
+            drop(first);
+            let mut tasks = Vec::new();
+            for _ in 0..CONNS {
+                let accepted = timeout(DEADLINE, async { listener.accept().await });
+                let mut stream = accepted.await.expect("accept");
+                tasks.push(glommio::spawn_local(async move {
+                    let mut b = [0u8; 1];
+                    let read = async { Ok(stream.read_exact(&mut b).await?) };
+                    timeout(DEADLINE, read).await.expect("read");
+                    stream.write_all(&[b[0] ^ 0xff]).await.expect("write");
+                }));
+            }
+            for t in tasks {
+                t.await;
+            }
+            join(clients).await;
+        })
+        .expect("executor starts");
+    handle.join().expect("executor thread");
+}
+
+/// The environment switches turn a patch off when set to anything but `0` or empty.
+#[test]
+fn env_switches_ignore_zero_and_empty() {
+    use glommio::kvmesh_patch::switched_off;
+    use std::ffi::OsStr;
+    assert!(!switched_off(None));
+    assert!(!switched_off(Some(OsStr::new(""))));
+    assert!(!switched_off(Some(OsStr::new("0"))));
+    assert!(switched_off(Some(OsStr::new("1"))));
+    assert!(switched_off(Some(OsStr::new("yes"))));
+}

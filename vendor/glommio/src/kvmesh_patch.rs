@@ -1,0 +1,80 @@
+//! kvmesh patch (see `vendor/README.md`): the pure rules of the multishot-poll patch, public
+//! (hidden from the docs) only so that kvmesh's tests (`tests/glommio_stream.rs`) can check
+//! them; glommio's own unit tests need dev-dependencies that kvmesh's lock file lacks.
+
+use std::{
+    io,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+static MULTISHOT_POLLS_ENDED: AtomicU64 = AtomicU64::new(0);
+
+/// How many multishot polls the kernel ended by itself in this process (each is re-armed by
+/// the stream's next read that finds the socket empty: a new source, an SQE, a completion).
+/// The usual cause is a full completion queue: from 6.x on, a multishot completion that does
+/// not fit ends the poll instead of going to the overflow list. Many ended polls mean the
+/// executors' rings are too small for the connections they serve (`ring_depth`).
+pub fn multishot_polls_ended() -> u64 {
+    MULTISHOT_POLLS_ENDED.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_multishot_poll_ended() {
+    MULTISHOT_POLLS_ENDED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The result a multishot poll's source holds after one more `IORING_CQE_F_MORE` completion
+/// (`new`), given the one its reader has not taken yet (`untaken`). Poll masks are merged, so
+/// one event never hides another's bits: a socket woken first with `POLLIN | POLLRDHUP` (a FIN)
+/// and then with `POLLIN` (the data's own wake-up) within one reactor turn keeps `POLLRDHUP`,
+/// the only announcement of an EOF queued behind data. An error replaces the mask, and a mask
+/// replaces an untaken error (the error is then over: the poll is still armed).
+pub fn merge_poll_events(
+    untaken: Option<io::Result<usize>>,
+    new: io::Result<usize>,
+) -> io::Result<usize> {
+    match (untaken, new) {
+        (Some(Ok(a)), Ok(b)) => Ok(a | b),
+        (_, new) => new,
+    }
+}
+
+/// The oldest kernel the multishot poll is used on. Multishot polls exist since 5.13, but
+/// before 6.1 (without "io_uring: fix tw losing poll events" and the poll-refs rework) several
+/// wake-ups racing for the same task work could lose one, and the multishot path, unlike the
+/// one-shot one, never re-checks readiness by itself: a lost wake-up would stall a connection.
+pub const MULTISHOT_POLL_MIN_KERNEL: (u32, u32) = (6, 1);
+
+/// Whether a kernel release string (`uname -r`, e.g. `6.18.0-1-amd64`, `5.15.0`) is at least
+/// `major.minor`. An unparsable release counts as too old.
+pub fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+/// The running kernel's release (`uname(2)`), or `None` if the call fails.
+pub(crate) fn kernel_release() -> Option<String> {
+    // SAFETY: `uname` fills the zeroed struct it is given; its fields are NUL-terminated.
+    unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut uts) != 0 {
+            return None;
+        }
+        let release = std::ffi::CStr::from_ptr(uts.release.as_ptr());
+        Some(release.to_string_lossy().into_owned())
+    }
+}
+
+/// Whether an environment switch's value (`GLOMMIO_NO_MULTISHOT_POLL`,
+/// `GLOMMIO_NO_COOP_TASKRUN`) turns its patch off: set to anything but `0` or the empty string.
+pub fn switched_off(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+pub(crate) fn switched_off_by_env(name: &str) -> bool {
+    switched_off(std::env::var_os(name).as_deref())
+}
