@@ -47,7 +47,7 @@ mod drain;
 mod request;
 
 use drain::all_drained;
-pub use drain::annotate;
+pub use drain::{annotate, publish_loop};
 pub use request::{answer, join};
 
 /// How often the lifecycle looks at the agreed topology.
@@ -338,6 +338,7 @@ async fn finished(
     let membership = ctx.peers.membership();
     if membership.is_member() {
         ctx.dropping_until.set(Some(began + 1));
+        drain::publish(ctx);
         let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
         record_drop(ctx, dropped);
         ctx.dropping_until.set(None);
@@ -419,6 +420,7 @@ async fn resume_drop(ctx: &Rc<ShardCtx>, topology: &Topology, replicas: usize) {
         ctx.me
     );
     ctx.dropping_until.set(Some(due));
+    drain::publish(ctx);
     let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
     record_drop(ctx, dropped);
     ctx.dropping_until.set(None);

@@ -2,11 +2,9 @@
 //! `OP_TOPOLOGY` ([`annotate`]), and the wait before streaming until every shard taking part
 //! applied and drained the change's epoch ([`all_drained`]).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kvmesh_net::ring::NodeId;
-use kvmesh_net::Connection;
 use kvmesh_proto::wire::{self, Op, OpCode};
 
 use crate::cluster::membership::Membership;
@@ -54,7 +52,7 @@ fn fenced(topology: Option<&wire::Topology>, epoch: u64) -> (bool, bool) {
     (at >= epoch, at >= epoch && drained >= epoch)
 }
 
-/// Waits until every shard of every node in `nodes`, and every other shard of this node, has
+/// Waits until every shard of every node in `nodes`, and every other shard of this node (read on the node's `fence_board`), has
 /// applied topology `epoch` and drained it (see `fence`). A source streams only then: a write
 /// planned by a ring from before the change goes to the old owners only, and could reach this
 /// source after it streamed the key. Once every shard applied the epoch, the wait for the
@@ -70,7 +68,7 @@ pub(super) async fn all_drained(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
         let mut all_applied = true;
         for &node in &waiting {
             let (applied, drained) = if node == me {
-                own_shards(ctx, epoch).await
+                own_shards(ctx, epoch)
             } else {
                 peer_shards(ctx, node, epoch).await
             };
@@ -133,38 +131,35 @@ async fn peer_shards(ctx: &ShardCtx, node: NodeId, epoch: u64) -> (bool, bool) {
 }
 
 /// Whether every shard of this node (this one included) applied and drained `epoch`. The
-/// other shards are asked on their own wire ports: ops the mesh forwards run on the store
-/// alone, without the shard's view of the topology.
-async fn own_shards(ctx: &ShardCtx, epoch: u64) -> (bool, bool) {
-    let (mut applied, mut drained) = (true, true);
-    for shard in 0..ctx.config.shards {
-        let topology = if shard == ctx.me {
-            let mut t = wire::Topology::default();
-            annotate(ctx, &ctx.peers.membership(), &mut t);
-            Some(t)
-        } else {
-            let mut addr = ctx.config.shard_addr(shard);
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            ask_topology(addr, ctx.config.forward_timeout).await
-        };
-        let (a, d) = fenced(topology.as_ref(), epoch);
-        applied &= a;
-        drained &= d;
+/// other shards are read on the node's `fence_board`, where each publishes its own report
+/// ([`publish`]): no connection, so no `--max-connections` refusal under client load. A
+/// shard that has not published recently counts as applied but not drained, so the bounded
+/// wait applies to it.
+fn own_shards(ctx: &ShardCtx, epoch: u64) -> (bool, bool) {
+    let mine = publish(ctx);
+    let (mut applied, mut drained) = fenced(Some(&mine), epoch);
+    let now = Instant::now();
+    for shard in (0..ctx.config.shards).filter(|&s| s != ctx.me) {
+        let seen = ctx.fence_board.seen(shard, epoch, now);
+        applied &= seen.applied;
+        drained &= seen.drained;
     }
     (applied, drained)
 }
 
-/// The topology the shard at `addr` reports, if it answers within `timeout`.
-async fn ask_topology(addr: SocketAddr, timeout: Duration) -> Option<wire::Topology> {
-    let mut conn = Connection::connect(addr, timeout).await.ok()?;
-    let answered = glommio::timer::timeout(timeout, async {
-        conn.call(vec![topology_op()])
-            .await
-            .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(e.to_string())))
-    })
-    .await
-    .ok()?;
-    answered.into_iter().next()?.topology.map(|t| *t)
+/// Publishes this shard's report on the node's `fence_board`, and returns it.
+pub(super) fn publish(ctx: &ShardCtx) -> wire::Topology {
+    let mut t = wire::Topology::default();
+    annotate(ctx, &ctx.peers.membership(), &mut t);
+    ctx.fence_board.publish(ctx.me, t.epoch, t.drained_epoch);
+    t
+}
+
+/// Publishes this shard's report every `fence_board::PUBLISH_EVERY`, for its node's other
+/// shards (see [`own_shards`]). Runs for the shard's life.
+pub async fn publish_loop(ctx: std::rc::Rc<ShardCtx>) {
+    loop {
+        publish(&ctx);
+        glommio::timer::sleep(super::super::fence_board::PUBLISH_EVERY).await;
+    }
 }
