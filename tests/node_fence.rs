@@ -167,6 +167,7 @@ fn a_stale_forwarded_write_is_answered_moved_and_lands_on_the_new_owner_only() {
     wait_for("the write to be held", || {
         hold.path().join("holding").exists().then_some(())
     });
+    let held = |node: &Node| -> u64 { node.stats().iter().map(|s| s.keys).sum() };
     // Node 3 joins meanwhile: the sources wait for the held write at most the drain bound
     // (10 s at the default --forward-timeout), then stream; the change finishes.
     let data = tempfile::tempdir().expect("data dir");
@@ -177,13 +178,20 @@ fn a_stale_forwarded_write_is_answered_moved_and_lands_on_the_new_owner_only() {
     });
     assert!(one.log().contains("streaming anyway") || two.log().contains("streaming anyway"));
     // Released: node 1 sends it as planned at epoch 1; node 2 no longer owns the key and
-    // answers MOVED; node 1 routes it again, to node 3.
+    // answers MOVED. Node 1 planned it with no change running, so it kept no copy to route
+    // again (no clone per forwarded write off a change): the client is told UNAVAILABLE and
+    // retries, by then routed to node 3.
     std::fs::write(hold.path().join("release"), b"").expect("release");
     let results = writer.join().expect("the writer");
-    assert_eq!(results[0].status(), Status::Ok, "{}", results[0].message);
+    assert_eq!(results[0].status(), Status::Unavailable, "{:?}", results[0]);
+    assert_eq!(
+        held(two),
+        0,
+        "not stored on node 2, which no longer owns it"
+    );
+    WireClient::connect(one.addr).put(&key, b"forwarded-late");
     let mut client = WireClient::connect(three.addr);
     assert_eq!(client.get(&key).as_deref(), Some(&b"forwarded-late"[..]));
-    let held = |node: &Node| -> u64 { node.stats().iter().map(|s| s.keys).sum() };
     assert_eq!((held(one), held(two)), (0, 0), "on no non-owner");
 
     // A replica write from a node still on epoch 1, raw: MOVED, and not stored.

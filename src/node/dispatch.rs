@@ -106,6 +106,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
         replicas: ctx.config.replication.replicas,
         live: &live,
     };
+    let changing = membership.pending_ring().is_some();
     {
         let mut shard = ctx.shard.borrow_mut();
         for (i, mut op) in ops.into_iter().enumerate() {
@@ -179,9 +180,13 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                 }
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;
-                    // Kept to route again if the receiver answers MOVED: reads, and writes
-                    // (a copy of a write forwarded to another node: the forwarding path only).
-                    if super::change::is_reroutable(&op) || replicate::is_write(op.code) {
+                    // Kept to route again if the receiver answers MOVED: reads, and, while a
+                    // change runs, writes (a write is answered MOVED only by a node past a
+                    // change this node has not seen finish). No copy of a write otherwise:
+                    // a MOVED one is then answered UNAVAILABLE and the client retries.
+                    if super::change::is_reroutable(&op)
+                        || (changing && replicate::is_write(op.code))
+                    {
                         reroutable.push((i, op.clone()));
                     }
                     match for_nodes.iter_mut().find(|(n, _)| *n == node) {
@@ -317,7 +322,7 @@ impl Started {
             match ctx.peers.wait(sent).await {
                 Ok(answers) => {
                     for (i, answer) in idx.into_iter().zip(answers) {
-                        results[i] = answer;
+                        results[i] = unkept_moved(answer, i, &reroutable);
                     }
                 }
                 Err(e) => {
@@ -336,5 +341,41 @@ impl Started {
             .latency
             .record(&kinds, began.elapsed());
         results
+    }
+}
+
+/// A node's `answer` to op `i`, unless it is MOVED for an op this node kept no copy of to route
+/// again (a write forwarded while no change ran here): then UNAVAILABLE, which the client
+/// retries, by then routed by the newer topology.
+fn unkept_moved(answer: OpResult, i: usize, kept: &[(usize, Op)]) -> OpResult {
+    if answer.status() != Status::Moved || kept.iter().any(|(j, _)| *j == i) {
+        return answer;
+    }
+    reply::status(
+        Status::Unavailable,
+        format!(
+            "the owner moved on to topology epoch {}, which this node has not applied; retry",
+            answer.moved_epoch
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_answer_is_kept_only_for_an_op_kept_to_route_again() {
+        let moved = super::super::change::moved(5);
+        let kept = vec![(2, Op::default())];
+        assert_eq!(
+            unkept_moved(moved.clone(), 2, &kept).status(),
+            Status::Moved
+        );
+        let answered = unkept_moved(moved, 1, &kept);
+        assert_eq!(answered.status(), Status::Unavailable);
+        assert!(answered.message.contains("epoch 5"), "{}", answered.message);
+        let ok = OpResult::default();
+        assert_eq!(unkept_moved(ok.clone(), 1, &kept), ok);
     }
 }
