@@ -93,6 +93,10 @@ pub(super) async fn all_drained(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
                 );
                 return;
             }
+        } else {
+            // A shard stopped reporting the epoch applied (a node restarting): the bound
+            // starts again once every shard applied it.
+            applied_since = None;
         }
         if logged.elapsed() > Duration::from_secs(5) {
             logged = Instant::now();
