@@ -141,8 +141,10 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                 // A write (a replica's too) from a node on an older ring, for a key this node
                 // owns under neither its ring nor a running change's new one: stored, nobody
                 // would ever read or drop it. The sender routes it again.
+                // So is a quorum read's replica read: a non-owner's not-found must not count.
+                let replica_read = op.replica && op.code == OpCode::OpGet as i32;
                 if stale
-                    && replicate::is_write(op.code)
+                    && (replicate::is_write(op.code) || replica_read)
                     && !replicate::owns(&membership, ctx.config.replication, &op.key)
                 {
                     results[i] = super::change::moved(membership.epoch);
@@ -234,7 +236,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     }
     let executed = plan.take_executed(&results);
     let replicating = replicate::send(ctx, executed, &results, &fence).await;
-    let reads = quorum_read::ask(ctx, reads).await;
+    let reads = quorum_read::ask(ctx, reads, fence.epoch()).await;
     Started {
         results,
         waits,
