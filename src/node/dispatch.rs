@@ -216,7 +216,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
             }
         }
     }
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    #[cfg(debug_assertions)]
     for (_, _, ops) in &remote {
         super::hold_hook::hold(ops.iter()).await;
     }
@@ -226,7 +226,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
         sent.push((idx, ctx.mesh.send(owner, ops, now).await));
     }
     let mut nodes = Vec::new();
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    #[cfg(debug_assertions)]
     for (_, ops) in &for_nodes {
         super::hold_hook::hold(ops.iter().map(|(_, op)| op)).await;
     }

@@ -30,7 +30,7 @@ mod fence_board;
 mod grpc_backend;
 mod hint_store;
 mod hint_targets;
-#[cfg(any(debug_assertions, feature = "test-hooks"))]
+#[cfg(debug_assertions)]
 mod hold_hook;
 mod limits;
 mod mesh;

@@ -278,7 +278,7 @@ pub async fn run_shard(
     });
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
     let _stream_test_hook = super::stream::hook::start(&ctx);
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    #[cfg(debug_assertions)]
     if me == 0 {
         super::hold_hook::start();
     }
