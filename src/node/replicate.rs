@@ -197,7 +197,11 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult], fence: &Ente
                                     };
                                     retarget(&peers, settings, &hints, op, moved).await
                                 }
-                                _ => None,
+                                // Never acknowledged without a copy.
+                                _ => Some(format!(
+                                    "node {node} answered MOVED, and there is no replica \
+                                     write to route again"
+                                )),
                             },
                             Some(r) => Some(format!("node {node}: {}", r.message)),
                             None => Some(format!("node {node}: no answer")),
