@@ -330,14 +330,20 @@ async fn retarget(
     }
     let mut targets = current_targets(&peers.membership(), settings, &op.key);
     targets.retain(|&n| n != moved.from);
-    let mut failed = Vec::new();
+    // Sent to every owner before waiting for any: one slow owner delays the others by no
+    // more than its own forward timeout.
+    let mut sends = Vec::with_capacity(targets.len());
     for node in targets {
         for (_, sent) in peers.send(node, vec![(0, op.clone())]).await {
-            let answered = peers.wait(sent).await;
-            if !matches!(&answered, Ok(r) if r.first().is_some_and(|r| r.status() == Status::Ok)) {
-                hint(hints, node, op.clone(), moved.now_ms);
-                failed.push(node);
-            }
+            sends.push((node, sent));
+        }
+    }
+    let mut failed = Vec::new();
+    for (node, sent) in sends {
+        let answered = peers.wait(sent).await;
+        if !matches!(&answered, Ok(r) if r.first().is_some_and(|r| r.status() == Status::Ok)) {
+            hint(hints, node, op.clone(), moved.now_ms);
+            failed.push(node);
         }
     }
     (!failed.is_empty()).then(|| {
