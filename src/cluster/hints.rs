@@ -62,6 +62,17 @@ impl Hints {
         true
     }
 
+    /// Keeps `op` for `node` even past the byte bound: for a hint re-targeted to the key's
+    /// current owners, which replaces one already kept (the bound is exceeded by at most the
+    /// extra copies for a key with several new owners, until they are delivered).
+    pub fn push_retargeted(&mut self, node: NodeId, op: Op, now_ms: u64) {
+        self.bytes += charge(&op);
+        self.queues
+            .entry(node)
+            .or_default()
+            .push_back(Hint { op, at_ms: now_ms });
+    }
+
     /// Drops every hint older than the age bound; returns how many.
     pub fn expire(&mut self, now_ms: u64) -> u64 {
         let mut n = 0;
@@ -153,6 +164,21 @@ mod tests {
         assert_eq!(h.expire(1_000), 0);
         assert_eq!(h.expire(1_001), 1, "a is older than 1000 ms");
         assert_eq!((h.held(), h.dropped, h.nodes()), ((1, 101), 2, vec![3]));
+    }
+
+    #[test]
+    fn a_retargeted_hint_is_kept_past_the_byte_bound() {
+        let mut h = Hints::new(250, 1_000);
+        assert!(h.push(2, op("a"), 0));
+        assert!(h.push(2, op("b"), 0));
+        // The full store re-targets node 2's hints to nodes 3 and 4: none is lost.
+        let taken = h.take(2, usize::MAX);
+        for (o, at) in taken {
+            h.push_retargeted(3, o.clone(), at);
+            h.push_retargeted(4, o, at);
+        }
+        assert_eq!((h.held(), h.dropped), ((4, 404), 0));
+        assert!(!h.push(5, op("c"), 0), "a new hint still meets the bound");
     }
 
     #[test]

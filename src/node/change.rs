@@ -32,7 +32,6 @@ use kvmesh_net::ring::NodeId;
 use kvmesh_net::Connection;
 use kvmesh_proto::wire::{self, Op, OpCode, OpResult, Status};
 
-use crate::cluster::membership::Membership;
 use crate::cluster::topology::{Change, Command, Member, Refused, Topology};
 use crate::cluster::topology_wire::{member_to_wire, topology_to_wire};
 use crate::cluster::Peers;
@@ -44,8 +43,11 @@ use super::reply;
 use super::server::ShardCtx;
 use super::stream;
 
+mod drain;
 mod request;
 
+use drain::all_drained;
+pub use drain::{annotate, publish_loop};
 pub use request::{answer, join};
 
 /// How often the lifecycle looks at the agreed topology.
@@ -163,99 +165,6 @@ pub async fn reroute_moved(ctx: &ShardCtx, kept: Vec<(usize, Op)>, results: &mut
     }
 }
 
-/// Fills an `OP_TOPOLOGY` answer with what this shard knows of the cluster: the agreed epoch,
-/// the members it routes by and the running change.
-///
-/// `drained_epoch` is the fence a later change's sources wait for (`all_drained`): at most
-/// the epoch of the oldest request still in flight (see `fence`) and, while the shard's drop
-/// pass for a finished change runs (or, after a restart, until it ran again if it was cut
-/// short), at most the epoch that change finished at.
-pub fn annotate(ctx: &ShardCtx, membership: &Membership, topology: &mut wire::Topology) {
-    topology.epoch = membership.epoch;
-    topology.members = membership.wire_members();
-    topology.transition = ctx
-        .peers
-        .agreed()
-        .and_then(|t| topology_to_wire(&t).transition);
-    if let Some(raft) = &ctx.raft {
-        topology.raft_heard = raft.heard_from();
-    }
-    topology.drained_epoch = ctx
-        .dropping_until
-        .get()
-        .map_or(topology.epoch, |e| topology.epoch.min(e));
-    topology.drained_epoch = ctx.fence.drained(topology.drained_epoch);
-}
-
-/// How long a source waits at most, once every shard taking part applied a change's epoch,
-/// for the requests they planned under older epochs (see `fence`): every request ends within
-/// a few `--forward-timeout`s (each send to an owner is bounded by it), so this bound is only
-/// reached by a request stuck beyond its own timeouts, which must not hold up a change forever.
-fn drain_within(forward_timeout: Duration) -> Duration {
-    (forward_timeout * 5).max(Duration::from_secs(10))
-}
-
-/// What one shard reports of a change at `epoch`: whether it applied it, and whether it
-/// drained it (every request it planned under an older epoch finished).
-fn fenced(topology: Option<&wire::Topology>, epoch: u64) -> (bool, bool) {
-    let (at, drained) = topology.map_or((0, 0), |t| (t.epoch, t.drained_epoch));
-    (at >= epoch, at >= epoch && drained >= epoch)
-}
-
-/// Waits until every shard of every node in `nodes`, and every other shard of this node, has
-/// applied topology `epoch` and drained it (see `fence`). A source streams only then: a write
-/// planned by a ring from before the change goes to the old owners only, and could reach this
-/// source after it streamed the key. Once every shard applied the epoch, the wait for the
-/// drain is bounded ([`drain_within`]); a shard still not drained then is logged.
-async fn all_drained(ctx: &ShardCtx, epoch: u64, nodes: &[NodeId]) {
-    let me = ctx.peers.membership().me;
-    let mut waiting: Vec<NodeId> = nodes.iter().copied().filter(|&n| n != me).collect();
-    waiting.push(me);
-    let mut logged = Instant::now();
-    let mut applied_since: Option<Instant> = None;
-    loop {
-        let mut behind = Vec::new();
-        let mut all_applied = true;
-        for &node in &waiting {
-            let (applied, drained) = if node == me {
-                own_shards(ctx, epoch).await
-            } else {
-                peer_shards(ctx, node, epoch).await
-            };
-            all_applied &= applied;
-            if !drained {
-                behind.push(node);
-            }
-        }
-        waiting = behind;
-        if waiting.is_empty() {
-            return;
-        }
-        if all_applied {
-            let since = *applied_since.get_or_insert_with(Instant::now);
-            let bound = drain_within(ctx.config.forward_timeout);
-            if since.elapsed() > bound {
-                tracing::warn!(
-                    "shard {}: epoch {epoch}: node(s) {waiting:?} still run requests planned \
-                     under an older topology after {bound:?}; streaming anyway (a write among \
-                     them may miss the new owner)",
-                    ctx.me
-                );
-                return;
-            }
-        }
-        if logged.elapsed() > Duration::from_secs(5) {
-            logged = Instant::now();
-            tracing::info!(
-                "shard {}: epoch {epoch}: waiting for node(s) {waiting:?} to apply the change \
-                 and finish the requests planned before it, before streaming",
-                ctx.me
-            );
-        }
-        glommio::timer::sleep(LOOK_EVERY).await;
-    }
-}
-
 /// Runs `work` unless the agreed topology moves past `epoch` first (the change was aborted:
 /// a change cannot finish before this shard's stream did), then `None` and `work` is dropped
 /// (a stream dropped cancels its batches in flight).
@@ -273,67 +182,6 @@ async fn unless_superseded<T>(
         }
     };
     futures_lite::future::or(async { Some(work.await) }, superseded).await
-}
-
-fn topology_op() -> Op {
-    Op {
-        code: OpCode::OpTopology as i32,
-        ..Op::default()
-    }
-}
-
-/// Whether every shard of `node` applied and drained `epoch`.
-async fn peer_shards(ctx: &ShardCtx, node: NodeId, epoch: u64) -> (bool, bool) {
-    let shards = ctx.peers.shard_ports_of(node).await.map_or(0, |p| p.len());
-    let (mut applied, mut drained) = (shards > 0, shards > 0);
-    for shard in 0..shards {
-        let sent = ctx
-            .peers
-            .send_to_shard(node, shard, vec![topology_op()])
-            .await;
-        let answered = ctx.peers.wait(sent).await.ok().and_then(|mut r| r.pop());
-        let (a, d) = fenced(answered.and_then(|r| r.topology).as_deref(), epoch);
-        applied &= a;
-        drained &= d;
-    }
-    (applied, drained)
-}
-
-/// Whether every shard of this node (this one included) applied and drained `epoch`. The
-/// other shards are asked on their own wire ports: ops the mesh forwards run on the store
-/// alone, without the shard's view of the topology.
-async fn own_shards(ctx: &ShardCtx, epoch: u64) -> (bool, bool) {
-    let (mut applied, mut drained) = (true, true);
-    for shard in 0..ctx.config.shards {
-        let topology = if shard == ctx.me {
-            let mut t = wire::Topology::default();
-            annotate(ctx, &ctx.peers.membership(), &mut t);
-            Some(t)
-        } else {
-            let mut addr = ctx.config.shard_addr(shard);
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            ask_topology(addr, ctx.config.forward_timeout).await
-        };
-        let (a, d) = fenced(topology.as_ref(), epoch);
-        applied &= a;
-        drained &= d;
-    }
-    (applied, drained)
-}
-
-/// The topology the shard at `addr` reports, if it answers within `timeout`.
-async fn ask_topology(addr: SocketAddr, timeout: Duration) -> Option<wire::Topology> {
-    let mut conn = Connection::connect(addr, timeout).await.ok()?;
-    let answered = glommio::timer::timeout(timeout, async {
-        conn.call(vec![topology_op()])
-            .await
-            .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(e.to_string())))
-    })
-    .await
-    .ok()?;
-    answered.into_iter().next()?.topology.map(|t| *t)
 }
 
 /// Runs on every shard of a node in a cluster: streams when a change begins, reports it
@@ -490,6 +338,7 @@ async fn finished(
     let membership = ctx.peers.membership();
     if membership.is_member() {
         ctx.dropping_until.set(Some(began + 1));
+        drain::publish(ctx);
         let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
         record_drop(ctx, dropped);
         ctx.dropping_until.set(None);
@@ -571,6 +420,7 @@ async fn resume_drop(ctx: &Rc<ShardCtx>, topology: &Topology, replicas: usize) {
         ctx.me
     );
     ctx.dropping_until.set(Some(due));
+    drain::publish(ctx);
     let dropped = stream::drop_unowned(ctx, membership.ring(), replicas).await;
     record_drop(ctx, dropped);
     ctx.dropping_until.set(None);

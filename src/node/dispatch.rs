@@ -106,6 +106,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
         replicas: ctx.config.replication.replicas,
         live: &live,
     };
+    let changing = membership.pending_ring().is_some();
     {
         let mut shard = ctx.shard.borrow_mut();
         for (i, mut op) in ops.into_iter().enumerate() {
@@ -140,8 +141,10 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                 // A write (a replica's too) from a node on an older ring, for a key this node
                 // owns under neither its ring nor a running change's new one: stored, nobody
                 // would ever read or drop it. The sender routes it again.
+                // So is a quorum read's replica read: a non-owner's not-found must not count.
+                let replica_read = op.replica && op.code == OpCode::OpGet as i32;
                 if stale
-                    && replicate::is_write(op.code)
+                    && (replicate::is_write(op.code) || replica_read)
                     && !replicate::owns(&membership, ctx.config.replication, &op.key)
                 {
                     results[i] = super::change::moved(membership.epoch);
@@ -179,9 +182,13 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                 }
                 Route::Remote(node) => {
                     shard.counters.node_forwarded_out += 1;
-                    // Kept to route again if the receiver answers MOVED: reads, and writes
-                    // (a copy of a write forwarded to another node: the forwarding path only).
-                    if super::change::is_reroutable(&op) || replicate::is_write(op.code) {
+                    // Kept to route again if the receiver answers MOVED: reads, and, while a
+                    // change runs, writes (a write is answered MOVED only by a node past a
+                    // change this node has not seen finish). No copy of a write otherwise:
+                    // a MOVED one is then answered UNAVAILABLE and the client retries.
+                    if super::change::is_reroutable(&op)
+                        || (changing && replicate::is_write(op.code))
+                    {
                         reroutable.push((i, op.clone()));
                     }
                     match for_nodes.iter_mut().find(|(n, _)| *n == node) {
@@ -209,7 +216,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
             }
         }
     }
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    #[cfg(debug_assertions)]
     for (_, _, ops) in &remote {
         super::hold_hook::hold(ops.iter()).await;
     }
@@ -219,7 +226,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
         sent.push((idx, ctx.mesh.send(owner, ops, now).await));
     }
     let mut nodes = Vec::new();
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    #[cfg(debug_assertions)]
     for (_, ops) in &for_nodes {
         super::hold_hook::hold(ops.iter().map(|(_, op)| op)).await;
     }
@@ -229,7 +236,7 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
     }
     let executed = plan.take_executed(&results);
     let replicating = replicate::send(ctx, executed, &results, &fence).await;
-    let reads = quorum_read::ask(ctx, reads).await;
+    let reads = quorum_read::ask(ctx, reads, fence.epoch()).await;
     Started {
         results,
         waits,
@@ -317,7 +324,7 @@ impl Started {
             match ctx.peers.wait(sent).await {
                 Ok(answers) => {
                     for (i, answer) in idx.into_iter().zip(answers) {
-                        results[i] = answer;
+                        results[i] = unkept_moved(answer, i, &reroutable);
                     }
                 }
                 Err(e) => {
@@ -336,5 +343,41 @@ impl Started {
             .latency
             .record(&kinds, began.elapsed());
         results
+    }
+}
+
+/// A node's `answer` to op `i`, unless it is MOVED for an op this node kept no copy of to route
+/// again (a write forwarded while no change ran here): then UNAVAILABLE, which the client
+/// retries, by then routed by the newer topology.
+fn unkept_moved(answer: OpResult, i: usize, kept: &[(usize, Op)]) -> OpResult {
+    if answer.status() != Status::Moved || kept.iter().any(|(j, _)| *j == i) {
+        return answer;
+    }
+    reply::status(
+        Status::Unavailable,
+        format!(
+            "the owner moved on to topology epoch {}, which this node has not applied; retry",
+            answer.moved_epoch
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_answer_is_kept_only_for_an_op_kept_to_route_again() {
+        let moved = super::super::change::moved(5);
+        let kept = vec![(2, Op::default())];
+        assert_eq!(
+            unkept_moved(moved.clone(), 2, &kept).status(),
+            Status::Moved
+        );
+        let answered = unkept_moved(moved, 1, &kept);
+        assert_eq!(answered.status(), Status::Unavailable);
+        assert!(answered.message.contains("epoch 5"), "{}", answered.message);
+        let ok = OpResult::default();
+        assert_eq!(unkept_moved(ok.clone(), 1, &kept), ok);
     }
 }

@@ -80,6 +80,15 @@ impl HintStore {
         kept
     }
 
+    /// Keeps hint `op`, re-targeted to `node` from the node it was for, past the byte bound
+    /// (see [`Hints::push_retargeted`]): a re-target never loses a hint.
+    pub fn push_retargeted(&mut self, node: NodeId, op: Op, at_ms: u64) {
+        if self.log.is_some() {
+            hint_log::encode(node, &op, at_ms, &mut self.unwritten);
+        }
+        self.queue.push_retargeted(node, op, at_ms);
+    }
+
     /// Appends the hints pushed since the last flush to the file.
     pub fn flush(&mut self) {
         let bytes = std::mem::take(&mut self.unwritten);

@@ -45,7 +45,8 @@ pub fn targets(
 }
 
 /// Re-targets every hint of this shard by [`targets`] under the topology it routes by now.
-/// Returns how many hints went elsewhere than their node.
+/// Returns how many hints went elsewhere than their node. A re-targeted hint is kept even
+/// past `--hint-max-bytes` (it replaces one already kept), so none is lost here.
 pub fn retarget_all(ctx: &ShardCtx) -> u64 {
     let membership = ctx.peers.membership();
     let replicas = ctx.config.replication.replicas;
@@ -72,7 +73,7 @@ pub fn retarget_all(ctx: &ShardCtx) -> u64 {
                 if target == node {
                     kept.push((op.clone(), at_ms));
                 } else {
-                    store.push(target, op.clone(), at_ms);
+                    store.push_retargeted(target, op.clone(), at_ms);
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! Test hook, not a feature (compiled only in debug builds or with the `test-hooks` feature):
+//! Test hook, not a feature (compiled only in debug builds; not with the `test-hooks` feature,
+//! so a release bench build runs no per-request hold check):
 //! with `KVMESH_TEST_HOLD_DIR=DIR` in its environment, a request whose ops for another shard
 //! of this node or for another node include a key beginning with `held-` waits after it was
 //! planned (its ring chosen, its place in the in-flight fence taken, its local ops run) and

@@ -27,10 +27,11 @@ pub(crate) mod dispatch;
 pub mod durable;
 mod fast;
 mod fence;
+mod fence_board;
 mod grpc_backend;
 mod hint_store;
 mod hint_targets;
-#[cfg(any(debug_assertions, feature = "test-hooks"))]
+#[cfg(debug_assertions)]
 mod hold_hook;
 mod limits;
 mod mesh;
@@ -114,17 +115,23 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mesh = MeshBuilder::full(config.shards, MESH_CHANNEL);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut executors = Vec::with_capacity(config.shards);
+    let fence_board = fence_board::FenceBoard::new(config.shards);
     let mut metrics = config
         .metrics
         .map(|_| crate::metrics::wire(config.shards).into_iter());
     for (me, cpu) in placement.iter().enumerate() {
         let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
-        let (config, mesh, ready, stop) =
-            (config.clone(), mesh.clone(), ready_tx.clone(), stop.clone());
+        let (config, mesh, ready, stop, board) = (
+            config.clone(),
+            mesh.clone(),
+            ready_tx.clone(),
+            stop.clone(),
+            fence_board.clone(),
+        );
         let metrics = metrics.as_mut().and_then(Iterator::next);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("kvmesh-shard-{me}"))
-            .spawn(move || server::run_shard(me, config, mesh, ready, stop, metrics))
+            .spawn(move || server::run_shard(me, config, mesh, ready, stop, metrics, board))
             .map_err(|e| {
                 anyhow!(
                     "cannot start shard {me}'s executor: {e}. kvmesh runs on glommio, which needs \

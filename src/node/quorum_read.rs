@@ -81,8 +81,10 @@ pub struct Asked {
 
 /// Asks the other owners of each read for their copies, without waiting (the local copy is
 /// not needed for that): [`Asked::finish`] waits. Sent from `dispatch::start_from`, so a
-/// pipelining connection's reads ask in parallel.
-pub async fn ask(ctx: &ShardCtx, reads: Reads) -> Asked {
+/// pipelining connection's reads ask in parallel. Stamped with the epoch `planned` the reads
+/// were planned under: an owner past it that does not own the key answers MOVED (not usable)
+/// rather than a not-found that would count toward the quorum.
+pub async fn ask(ctx: &ShardCtx, reads: Reads, planned: u64) -> Asked {
     if reads.0.is_empty() {
         return Asked { reads, rx: None };
     }
@@ -102,7 +104,7 @@ pub async fn ask(ctx: &ShardCtx, reads: Reads) -> Asked {
     }
     let (tx, rx) = futures_channel::mpsc::unbounded();
     for (node, ops) in per_node {
-        for (ks, sent) in ctx.peers.send(node, ops).await {
+        for (ks, sent) in ctx.peers.send_planned(node, ops, planned).await {
             let (peers, tx) = (ctx.peers.clone(), tx.clone());
             glommio::spawn_local(async move {
                 let answered = peers.wait(sent).await;

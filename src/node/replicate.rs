@@ -208,7 +208,11 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult], fence: &Ente
                                     };
                                     retarget(&peers, settings, &hints, op, moved).await
                                 }
-                                _ => None,
+                                // Never acknowledged without a copy.
+                                _ => Some(format!(
+                                    "node {node} answered MOVED, and there is no replica \
+                                     write to route again"
+                                )),
                             },
                             Some(r) => Some(format!("node {node}: {}", r.message)),
                             None => Some(format!("node {node}: no answer")),
@@ -221,7 +225,8 @@ pub async fn send(ctx: &ShardCtx, plan: Plan, results: &[OpResult], fence: &Ente
                         shard.borrow_mut().counters.replica_writes_failed += 1;
                         // A MOVED owner is not an owner: `retarget` hinted the owners.
                         if let (Some(Some(op)), false) = (replicas.get(k), moved) {
-                            hint(&hints, node, op.clone(), now);
+                            let planned = fence.epoch();
+                            hint_planned(&peers, settings, &hints, (node, planned), op, now);
                         }
                     }
                     let _ = tx.unbounded_send((k, is_pending, failure));
@@ -336,14 +341,20 @@ async fn retarget(
     }
     let mut targets = current_targets(&peers.membership(), settings, &op.key);
     targets.retain(|&n| n != moved.from);
-    let mut failed = Vec::new();
+    // Sent to every owner before waiting for any: one slow owner delays the others by no
+    // more than its own forward timeout.
+    let mut sends = Vec::with_capacity(targets.len());
     for node in targets {
         for (_, sent) in peers.send(node, vec![(0, op.clone())]).await {
-            let answered = peers.wait(sent).await;
-            if !matches!(&answered, Ok(r) if r.first().is_some_and(|r| r.status() == Status::Ok)) {
-                hint(hints, node, op.clone(), moved.now_ms);
-                failed.push(node);
-            }
+            sends.push((node, sent));
+        }
+    }
+    let mut failed = Vec::new();
+    for (node, sent) in sends {
+        let answered = peers.wait(sent).await;
+        if !matches!(&answered, Ok(r) if r.first().is_some_and(|r| r.status() == Status::Ok)) {
+            hint(hints, node, op.clone(), moved.now_ms);
+            failed.push(node);
         }
     }
     (!failed.is_empty()).then(|| {
@@ -368,6 +379,36 @@ fn hint(hints: &RefCell<HintStore>, node: NodeId, op: Op, now_ms: u64) {
                 dropped
             );
         }
+    }
+}
+
+/// Hints `op` for `node`, an owner under the topology of epoch `planned` the write was planned
+/// by. If this shard applied a newer epoch since, the handoff may already have re-targeted
+/// its hints for that epoch: so this one is re-targeted now (`hint_targets::targets`), to
+/// the key's owners under the topology this node routes by.
+fn hint_planned(
+    peers: &Peers,
+    settings: Replication,
+    hints: &RefCell<HintStore>,
+    (node, planned): (NodeId, u64),
+    op: &Op,
+    now_ms: u64,
+) {
+    let membership = peers.membership();
+    if membership.epoch == planned {
+        hint(hints, node, op.clone(), now_ms);
+        return;
+    }
+    let to = super::hint_targets::targets(
+        membership.ring(),
+        membership.pending_ring(),
+        settings.replicas,
+        membership.me,
+        node,
+        &op.key,
+    );
+    for target in to {
+        hint(hints, target, op.clone(), now_ms);
     }
 }
 
@@ -410,8 +451,10 @@ pub async fn handoff(ctx: Rc<ShardCtx>, every: Duration) {
             }
             targeted_at = epoch;
         }
+        // Every hint is targeted under `targeted_at`: a hint made since under an older epoch
+        // was re-targeted when it was made (`hint_planned`).
         let _fence = ctx.fence.enter(targeted_at);
-        #[cfg(any(debug_assertions, feature = "test-hooks"))]
+        #[cfg(debug_assertions)]
         if super::hold_hook::holds_hints() {
             continue;
         }
@@ -428,23 +471,34 @@ pub async fn handoff(ctx: Rc<ShardCtx>, every: Duration) {
             if !ctx.peers.is_live(node) {
                 continue;
             }
-            deliver(&ctx, node).await;
+            if !deliver(&ctx, node, targeted_at).await {
+                break;
+            }
         }
         ctx.hints.borrow_mut().settle();
     }
 }
 
-/// Sends `node` its hints, a batch at a time, until none are left or one fails.
-async fn deliver(ctx: &ShardCtx, node: NodeId) {
+/// Sends `node` its hints, targeted under topology `epoch` (and stamped with it, so an owner
+/// that moved on answers MOVED), a batch at a time, until none are left or one fails.
+/// Returns false if this shard applied another epoch meanwhile: it stops then, so the next
+/// round re-targets the rest first (and the fence held under `epoch` is not held across a
+/// change).
+async fn deliver(ctx: &ShardCtx, node: NodeId, epoch: u64) -> bool {
     let mut total = 0;
+    let mut current = true;
     loop {
+        if ctx.peers.membership().epoch != epoch {
+            current = false;
+            break;
+        }
         let batch = ctx.hints.borrow_mut().queue.take(node, HANDOFF_BATCH);
         if batch.is_empty() {
             break;
         }
         let ops: Vec<(usize, Op)> = batch.iter().map(|(op, _)| op.clone()).enumerate().collect();
         let mut failed = Vec::new();
-        for (idx, sent) in ctx.peers.send(node, ops).await {
+        for (idx, sent) in ctx.peers.send_planned(node, ops, epoch).await {
             match ctx.peers.wait(sent).await {
                 Ok(results) => {
                     for (j, i) in idx.into_iter().enumerate() {
@@ -472,4 +526,5 @@ async fn deliver(ctx: &ShardCtx, node: NodeId) {
     if total > 0 {
         tracing::info!("shard {}: delivered {total} hint(s) to node {node}", ctx.me);
     }
+    current
 }

@@ -58,6 +58,9 @@ pub struct ShardCtx {
     /// The requests this shard planned, counted per topology epoch until they finished (see
     /// `fence`).
     pub fence: Rc<super::fence::Fence>,
+    /// Where every shard of this node publishes what it applied and drained, for the others
+    /// (see `fence_board`).
+    pub fence_board: Arc<super::fence_board::FenceBoard>,
 }
 
 impl ShardCtx {
@@ -89,6 +92,7 @@ pub async fn run_shard(
     ready: mpsc::Sender<Result<(), String>>,
     stop: Stop,
     metrics: Option<crate::metrics::Wiring>,
+    fence_board: Arc<super::fence_board::FenceBoard>,
 ) {
     let bind = |addr| {
         TcpListener::bind(addr).map_err(|e| format!("shard {me} cannot listen on {addr}: {e}"))
@@ -223,6 +227,7 @@ pub async fn run_shard(
         // `change::resume_drop`), report at most the epoch of the last one completed.
         dropping_until: std::cell::Cell::new(last_dropped),
         fence: Rc::default(),
+        fence_board,
     });
     let serving_metrics = match metrics.map(|wiring| crate::metrics::start(wiring, &ctx)) {
         Some(Err(e)) => {
@@ -266,12 +271,14 @@ pub async fn run_shard(
             stop,
         ))
     });
+    let _publishing =
+        clustered.then(|| glommio::spawn_local(super::change::publish_loop(ctx.clone())));
     let _handoff = clustered.then(|| {
         glommio::spawn_local(super::replicate::handoff(ctx.clone(), ctx.config.heartbeat))
     });
     #[cfg(any(debug_assertions, feature = "test-hooks"))]
     let _stream_test_hook = super::stream::hook::start(&ctx);
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    #[cfg(debug_assertions)]
     if me == 0 {
         super::hold_hook::start();
     }

@@ -36,7 +36,7 @@ pub async fn drop_unowned(ctx: &Rc<ShardCtx>, ring: &Ring, replicas: usize) -> D
         );
         return Dropped::default();
     }
-    #[cfg(any(debug_assertions, feature = "test-hooks"))]
+    #[cfg(debug_assertions)]
     crate::node::hold_hook::hold_drop().await;
     let mut dropped = 0;
     let mut complete = true;

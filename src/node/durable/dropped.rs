@@ -10,8 +10,8 @@
 //! A missing file reads as "none completed" (epoch 0): a node from before the record runs one
 //! drop pass at its next start, which drops only what it does not own. A file that does not
 //! decode (torn, flipped byte) is reported and also read as 0: running the pass again is safe.
-//! A redistribution of the keys over another shard count (`reshard`) keeps the files as they
-//! are, per shard index.
+//! A redistribution of the keys over another shard count (`reshard`) removes `DIR/drop/`
+//! (the records are per shard index): every shard runs the pass once more at the next start.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -20,8 +20,13 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 8] = b"KVDROP01";
 const LEN: usize = 20;
 
+/// `DIR/drop`, where the records are.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("drop")
+}
+
 fn file(data_dir: &Path, shard: usize) -> PathBuf {
-    data_dir.join("drop").join(format!("shard-{shard}.epoch"))
+    dir(data_dir).join(format!("shard-{shard}.epoch"))
 }
 
 // Layout, 20 bytes: magic "KVDROP01" (8) | epoch, u64 little-endian (8) | CRC-32 (IEEE) of

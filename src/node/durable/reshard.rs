@@ -217,6 +217,12 @@ pub fn finish_interrupted(data_dir: &Path, node_id: u32) -> Result<Option<String
     }
     sync_dir(&new)?;
     sync_dir(data_dir)?;
+    // The drop-pass records were per old shard index: a new shard holds keys of old shards
+    // whose pass may have been cut. Without them every shard runs the pass once more at start.
+    let records = super::dropped::dir(data_dir);
+    if records.exists() {
+        fs::remove_dir_all(&records).map_err(|e| io("removing", &records, e))?;
+    }
     datadir::write_meta(data_dir, node_id, to)?;
     fs::remove_file(&marker).map_err(|e| io("removing", &marker, e))?;
     sync_dir(data_dir)?;
@@ -328,6 +334,7 @@ mod tests {
             layout(d, "old", 2);
             layout(&d.join(NEW), "new", 3);
             fs::write(d.join(MARKER), "from = 2\nto = 3\n").unwrap();
+            super::super::dropped::save(d, 0, 7).unwrap();
             if point >= 1 {
                 fs::create_dir_all(d.join(OLD)).unwrap();
                 fs::rename(d.join("shard-0"), d.join(OLD).join("shard-0")).unwrap();
@@ -343,6 +350,11 @@ mod tests {
             assert!(did.unwrap().contains("3 shards"), "point {point}");
             assert_eq!(contents(d), ["new0", "new1", "new2"], "point {point}");
             assert!(!d.join(MARKER).exists() && !d.join(NEW).exists() && !d.join(OLD).exists());
+            assert_eq!(
+                super::super::dropped::load(d, 0),
+                0,
+                "point {point}: pass runs again"
+            );
             let meta = fs::read_to_string(d.join("node.meta")).unwrap();
             assert!(
                 meta.contains("shards = 3") && meta.contains("node_id = 9"),
