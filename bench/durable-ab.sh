@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Two kvmesh builds (or one build with a switch off and on), durable SETs, in interleaved rounds:
+# what a change to the write-ahead log costs or gains, next to Redis's AOF.
+#
+#   bench/durable-ab.sh BASE_BINARY NEW_BINARY
+#   ROUNDS=6 PIPELINES="1 16" FSYNC=always bench/durable-ab.sh /tmp/kvmesh-main target/release/kvmesh
+#   NEW_ENV=KVMESH_WAL_X=1 bench/durable-ab.sh target/release/kvmesh target/release/kvmesh
+#
+# BASE_ENV and NEW_ENV (space-separated VAR=value words, empty by default) are set for that
+# side's node only. Each round runs, per pipeline in PIPELINES (default "1"), Redis
+# (`--appendonly yes --appendfsync always`, unless REDIS=0), then BASE, then NEW: a fresh server
+# on a fresh data directory on core 0 (kvmesh: 1 shard, `--fsync FSYNC`, default always),
+# kvmesh-bench on core 1, SET only, 50 connections, 100,000 keys, 100-byte values, closed loop,
+# DURATION (default 5s) after WARMUP (default 2s). It prints one line per run (with the log's
+# records per fdatasync and mean fdatasync as the log measures it, and the load average), then
+# the median of each side over the rounds. kvmesh-bench is taken from this checkout's release
+# build.
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh"
+[ $# -ge 2 ] || { sed -n 2,18p "$0" >&2; exit 2; }
+BASE=$(realpath "$1") NEW=$(realpath "$2")
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-2s}
+PIPELINES=${PIPELINES:-1}
+FSYNC=${FSYNC:-always}
+REDIS=${REDIS:-1}
+
+json_field() {
+    grep -o "\"$2\":[0-9.e+-]*" "$1" | head -n 1 | cut -d: -f2
+}
+
+# run LABEL PIPELINE: one SET-only run against the current server; appends a row to $WORK/rows.
+run() {
+    local label=$1 pipeline=$2 out=$WORK/run.json per="-" syncus="-"
+    "$BENCH" --target "$TARGET" --addr "$SERVER_ADDR" --server-pid "$SERVER_PID" \
+        --label "$label" --cpus 1 --json --connections 50 --keys 100000 --value-size 100 \
+        --read-ratio 0 --pipeline "$pipeline" --duration "$DURATION" --warmup "$WARMUP" \
+        >"$WORK/run.out" 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
+    tail -n 1 "$WORK/run.out" >"$out"
+    if [ "$TARGET" = kvmesh ]; then
+        "$KVMESH" stats --addr "$SERVER_ADDR" --json | grep -o '"total":{.*}' >"$WORK/stats.json"
+        local records syncs sync_us
+        records=$(json_field "$WORK/stats.json" wal_records)
+        syncs=$(json_field "$WORK/stats.json" wal_syncs)
+        sync_us=$(json_field "$WORK/stats.json" wal_sync_us)
+        if [ "${syncs:-0}" -gt 0 ]; then
+            per=$(awk -v r="$records" -v s="$syncs" 'BEGIN { printf "%.1f", r / s }')
+            syncus=$(awk -v t="$sync_us" -v s="$syncs" 'BEGIN { printf "%.0f", t / s }')
+        fi
+    fi
+    local row
+    row=$(printf '%s %s %.0f %s %s %s %s %s %s' "$label" "$pipeline" \
+        "$(json_field "$out" ops_per_sec)" "$(json_field "$out" p50_us)" \
+        "$(json_field "$out" p99_us)" "$(json_field "$out" server_cpu_us_per_req)" \
+        "$(json_field "$out" errors)" "$per" "$syncus")
+    echo "$row" >>"$WORK/rows"
+    log "$row load $(cut -d' ' -f1 /proc/loadavg)"
+}
+
+# start_side BINARY ENV: a kvmesh node from BINARY, with the VAR=value words ENV set, 1 shard on
+# core 0, on a fresh data directory; sets SERVER_PID and SERVER_ADDR.
+start_side() {
+    local port dir
+    port=$("$BENCH" free-port --count 3)
+    dir=$(mktemp -d "$WORK/kvmesh.XXXX")
+    SERVER_LOG=$WORK/kvmesh-$port.log
+    # shellcheck disable=SC2086 # VAR=value words
+    env $2 "$1" node --listen "127.0.0.1:$port" --shards 1 --cpus 0 --max-memory 2GiB \
+        --grpc "127.0.0.1:$((port + 2))" --data-dir "$dir" --fsync "$FSYNC" >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+    track "$SERVER_PID"
+    SERVER_ADDR=127.0.0.1:$port
+    wait_for_log "$SERVER_PID" "$SERVER_LOG" " ready: "
+}
+
+bench_init durable-ab
+ensure_redis
+: >"$WORK/rows"
+log "base: $BASE ${BASE_ENV:-}; new: $NEW ${NEW_ENV:-}; load $(cut -d' ' -f1-3 /proc/loadavg)"
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    for pipeline in $PIPELINES; do
+        if [ "$REDIS" = 1 ]; then
+            TARGET=redis
+            start_redis 0 --dir "$(mktemp -d "$WORK/redis.XXXX")" --appendonly yes --appendfsync always
+            run redis-aof-always "$pipeline"
+            stop_server "$SERVER_PID"
+        fi
+        TARGET=kvmesh
+        start_side "$BASE" "${BASE_ENV:-}"
+        run base "$pipeline"
+        stop_server "$SERVER_PID"
+        start_side "$NEW" "${NEW_ENV:-}"
+        run new "$pipeline"
+        stop_server "$SERVER_PID"
+    done
+done
+
+echo "base: $BASE ${BASE_ENV:-}; new: $NEW ${NEW_ENV:-}; --fsync $FSYNC; $ROUNDS rounds of $DURATION; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| side | pipeline | ops/s median [range] | × redis | p50 us | p99 us | CPU us/req | errors | records/sync | sync us |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+awk '
+    function median(list,    n, v, i, j, t) {
+        n = split(list, v, " ")
+        for (i = 2; i <= n; i++)
+            for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
+    function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
+    {
+        key = $1 " " $2
+        if (!(key in seen)) { seen[key] = 1; order[++keys] = key }
+        ops[key] = ops[key] " " $3; p50[key] = p50[key] " " $4; p99[key] = p99[key] " " $5
+        cpu[key] = cpu[key] " " $6; err[key] += $7; per[key] = per[key] " " $8; sus[key] = sus[key] " " $9
+    }
+    END {
+        for (i = 1; i <= keys; i++) {
+            key = order[i]; split(key, k, " ")
+            base = "redis-aof-always " k[2]
+            ratio = (base in ops) ? sprintf("%.2f×", median(ops[key]) / median(ops[base])) : "-"
+            w = (per[key] ~ /-/) ? "-" : sprintf("%.1f", median(per[key]))
+            u = (sus[key] ~ /-/) ? "-" : sprintf("%.0f", median(sus[key]))
+            printf "| %s | %s | %.0f [%.0f–%.0f] | %s | %.0f | %.0f | %.2f | %d | %s | %s |\n", \
+                k[1], k[2], median(ops[key]), lo(ops[key]), hi(ops[key]), ratio, \
+                median(p50[key]), median(p99[key]), median(cpu[key]), err[key], w, u
+        }
+    }' "$WORK/rows"
