@@ -44,6 +44,11 @@ pub struct Config {
     pub max_write: usize,
     /// What recovery does with damage. Default: `Strict`.
     pub recovery: Recovery,
+    /// With `Fsync::Always`, how many `fdatasync` calls may be in flight at once (at least
+    /// one). A record is acknowledged once a sync that started after its write completed has
+    /// returned; with two, a record never waits for an older sync to finish before a sync
+    /// covering it can start. Default: 2.
+    pub syncs_in_flight: usize,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             block: 4096,
             max_write: 1 << 20,
             recovery: Recovery::Strict,
+            syncs_in_flight: 2,
         }
     }
 }

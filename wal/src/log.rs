@@ -8,10 +8,12 @@
 //!   aligned buffer at the next fresh block of the active segment (one write, or a few for
 //!   large batches or at a segment's end), and takes the next batch the moment that write
 //!   completes; records appended meanwhile form that next batch;
-//! - the **syncer** (`Fsync::Always`, `Fsync::Interval`) calls `fdatasync` on the active segment
-//!   for everything written so far, and again as soon as more has been written. One sync thus
-//!   covers every record written before it started (group commit), and the next write overlaps
-//!   it, so the disk never idles while records wait.
+//! - the **syncer** ([`sync`]; `Fsync::Always`, `Fsync::Interval`) calls `fdatasync` on the
+//!   active segment for everything written so far. With `Fsync::Always` it starts another as
+//!   soon as more has been written, with up to `Config::syncs_in_flight` (default 2) in flight,
+//!   so a record written while a sync runs does not wait for that sync to finish before one
+//!   covering it starts. One sync covers every record written before it started (group
+//!   commit), and writes overlap syncs, so the disk never idles while records wait.
 //!
 //! Each commit starts on a fresh block: a block holding acknowledged records is never written
 //! again. When the sync frontier has moved since the last commit, the writer ends the batch
@@ -32,6 +34,9 @@ use crate::header::Header;
 use crate::io::{SegmentDir, SegmentFile};
 use crate::record::{self, Entry, Op, FRAME_LEN};
 use crate::segment;
+
+mod sync;
+use sync::sync_loop;
 
 /// Counters of one log since it was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -369,59 +374,6 @@ async fn next_batch(state: &Rc<RefCell<State>>) -> Option<(Vec<u8>, u64, u64)> {
         Poll::Pending
     })
     .await
-}
-
-async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
-    let always = inner.config.fsync == Fsync::Always;
-    let mut last_sync = Instant::now();
-    loop {
-        if always {
-            let state = &inner.state;
-            poll_fn(|cx| {
-                let mut st = state.borrow_mut();
-                if st.written_below > st.synced_below || st.failure.is_some() || st.closing {
-                    return Poll::Ready(());
-                }
-                st.syncer = Some(cx.waker().clone());
-                Poll::Pending
-            })
-            .await;
-        } else {
-            let due = inner
-                .config
-                .fsync_interval
-                .saturating_sub(last_sync.elapsed());
-            glommio::timer::sleep(due).await;
-        }
-        let (target, active) = {
-            let st = inner.state.borrow();
-            if st.failure.is_some() || st.closing {
-                return;
-            }
-            (st.written_below, inner.active.borrow().clone())
-        };
-        if target <= inner.state.borrow().synced_below {
-            last_sync = Instant::now();
-            continue;
-        }
-        last_sync = Instant::now();
-        let synced = active.file.sync().await;
-        let mut st = inner.state.borrow_mut();
-        match synced {
-            Ok(()) => {
-                st.synced_below = st.synced_below.max(target);
-                st.stats.syncs += 1;
-                st.stats.sync_micros += last_sync.elapsed().as_micros() as u64;
-                if always {
-                    st.advance_durable(target);
-                }
-            }
-            Err(e) => {
-                st.fail(&Error::io("syncing", active.path.clone(), e));
-                return;
-            }
-        }
-    }
 }
 
 impl<D: SegmentDir + 'static> Inner<D> {

@@ -134,11 +134,21 @@ async fn acked_puts(log: &kvmesh_wal::Log, writers: u64, each: u64) -> Rc<RefCel
 
 #[test]
 fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
-    for crash_after_writes in [1, 3, 7, 12, 20, 33] {
+    let cases = [1, 3, 7, 12, 20, 33]
+        .into_iter()
+        .flat_map(|crash| [(crash, 1), (crash, 2), (crash, 3)]);
+    for (crash_after_writes, syncs_in_flight) in cases {
         run(async move {
             let dir = MemDir::new(BLOCK);
-            let config = small(BLOCK, 16);
+            let config = Config {
+                syncs_in_flight,
+                ..small(BLOCK, 16)
+            };
             let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            // Slow syncs, so that with several in flight a later one completes first.
+            for n in [0, 2, 5] {
+                dir.faults().on_sync(n, Fault::Stall(3 + n as u32 * 7));
+            }
             // The "crash": the write after `crash_after_writes` fails, so nothing after it is
             // acknowledged; a power loss then keeps only what was synced.
             dir.faults()
@@ -152,7 +162,8 @@ fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
                 assert_eq!(
                     present.get(&format!("k{n}")),
                     Some(&value(n)),
-                    "acknowledged put {n} lost (crash after {crash_after_writes} writes): {report}"
+                    "acknowledged put {n} lost (crash after {crash_after_writes} writes, \
+                     {syncs_in_flight} syncs in flight): {report}"
                 );
             }
         });
@@ -211,15 +222,60 @@ fn enospc_fails_the_log_and_nothing_unlogged_is_acknowledged() {
 
 #[test]
 fn a_failed_sync_acknowledges_nothing_it_covered() {
+    for syncs_in_flight in [1, 2] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            let config = Config {
+                syncs_in_flight,
+                ..small(BLOCK, 64)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            put_each(&log, 0, 3).await;
+            dir.faults().on_sync(0, Fault::Error(libc::EIO));
+            let seq = log.append(&put(b"k", b"v")).unwrap();
+            let err = log.durable(seq).await.unwrap_err();
+            assert!(err.to_string().contains("syncing"), "{err}");
+            assert!(log.is_durable(seq - 1) && !log.is_durable(seq));
+        });
+    }
+}
+
+/// With two syncs in flight, a record written while an older sync is still running is made
+/// durable by a sync that started after its write, without waiting for the older one; the
+/// older one's records are covered by it too.
+#[test]
+fn a_record_does_not_wait_for_a_sync_that_started_before_its_write() {
     run(async {
         let dir = MemDir::new(BLOCK);
-        let (log, _, _) = open(dir.clone(), &small(BLOCK, 64)).await.unwrap();
-        put_each(&log, 0, 3).await;
-        dir.faults().on_sync(0, Fault::Error(libc::EIO));
-        let seq = log.append(&put(b"k", b"v")).unwrap();
-        let err = log.durable(seq).await.unwrap_err();
-        assert!(err.to_string().contains("syncing"), "{err}");
-        assert!(log.is_durable(seq - 1) && !log.is_durable(seq));
+        let config = Config {
+            syncs_in_flight: 2,
+            ..small(BLOCK, 64)
+        };
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        put_each(&log, 0, 2).await;
+        let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
+        dir.faults().on_sync(0, Fault::Stall(1_000_000));
+        let first = log.append(&put(b"first", b"1")).unwrap();
+        while dir.faults().syncs() == syncs_started {
+            futures_lite::future::yield_now().await;
+        }
+        // The stalled sync covers `first` and is running; `second` is written after it started.
+        let second = log.append(&put(b"second", b"2")).unwrap();
+        log.durable(second).await.unwrap();
+        assert!(log.is_durable(first));
+        assert_eq!(
+            log.stats().syncs,
+            syncs_done + 1,
+            "the stalled sync is still in flight"
+        );
+        let (_, _, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
+        let present = puts(&replayed);
+        for key in ["first", "second"] {
+            assert!(
+                present.iter().any(|(k, _)| k == key),
+                "{key} lost: {present:?}"
+            );
+        }
     });
 }
 
