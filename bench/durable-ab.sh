@@ -11,10 +11,11 @@
 # (`--appendonly yes --appendfsync always`, unless REDIS=0), then BASE, then NEW: a fresh server
 # on a fresh data directory on core 0 (kvmesh: 1 shard, `--fsync FSYNC`, default always),
 # kvmesh-bench on core 1, SET only, 50 connections, 100,000 keys, 100-byte values, closed loop,
-# DURATION (default 5s) after WARMUP (default 2s). It prints one line per run (with the log's
-# records per fdatasync and mean fdatasync as the log measures it, and the load average), then
-# the median of each side over the rounds. kvmesh-bench is taken from this checkout's release
-# build.
+# DURATION (default 5s) after WARMUP (default 2s), each after a prefill run of its own (every
+# key SET once). It prints one line per run (with, over the warm-up and measured phase, the log's
+# records and writes per fdatasync, sync markers included, and its mean fdatasync latency as the
+# log measures it, and the load average), then the median of each side over the rounds.
+# kvmesh-bench is taken from this checkout's release build.
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
@@ -31,24 +32,34 @@ json_field() {
     grep -o "\"$2\":[0-9.e+-]*" "$1" | head -n 1 | cut -d: -f2
 }
 
-# run LABEL PIPELINE: one SET-only run against the current server; appends a row to $WORK/rows.
+# wal_counters: "records writes syncs sync_us" of the current kvmesh node's log, since it started.
+wal_counters() {
+    "$KVMESH" stats --addr "$SERVER_ADDR" --json | grep -o '"total":{.*}' >"$WORK/stats.json"
+    local f
+    for f in wal_records wal_writes wal_syncs wal_sync_us; do
+        printf '%s ' "$(json_field "$WORK/stats.json" "$f")"
+    done
+}
+
+# run LABEL PIPELINE: one SET-only run against the current server, its prefill first in a run of
+# its own so that the log's counters can be read over the measured run (and its warm-up) alone;
+# appends a row to $WORK/rows.
 run() {
-    local label=$1 pipeline=$2 out=$WORK/run.json per="-" syncus="-"
-    "$BENCH" --target "$TARGET" --addr "$SERVER_ADDR" --server-pid "$SERVER_PID" \
-        --label "$label" --cpus 1 --json --connections 50 --keys 100000 --value-size 100 \
-        --read-ratio 0 --pipeline "$pipeline" --duration "$DURATION" --warmup "$WARMUP" \
-        >"$WORK/run.out" 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
+    local label=$1 pipeline=$2 out=$WORK/run.json per="-" syncus="-" before after
+    local flags=(--target "$TARGET" --addr "$SERVER_ADDR" --label "$label" --cpus 1 --json
+        --connections 50 --keys 100000 --value-size 100 --read-ratio 0 --pipeline "$pipeline")
+    "$BENCH" "${flags[@]}" --prefill-only --timeout 10s >"$WORK/run.out" 2>"$WORK/run.err" ||
+        { cat "$WORK/run.err" >&2; exit 1; }
+    [ "$TARGET" = kvmesh ] && before=$(wal_counters)
+    "$BENCH" "${flags[@]}" --no-prefill --server-pid "$SERVER_PID" --duration "$DURATION" \
+        --warmup "$WARMUP" >"$WORK/run.out" 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
     tail -n 1 "$WORK/run.out" >"$out"
     if [ "$TARGET" = kvmesh ]; then
-        "$KVMESH" stats --addr "$SERVER_ADDR" --json | grep -o '"total":{.*}' >"$WORK/stats.json"
-        local records syncs sync_us
-        records=$(json_field "$WORK/stats.json" wal_records)
-        syncs=$(json_field "$WORK/stats.json" wal_syncs)
-        sync_us=$(json_field "$WORK/stats.json" wal_sync_us)
-        if [ "${syncs:-0}" -gt 0 ]; then
-            per=$(awk -v r="$records" -v s="$syncs" 'BEGIN { printf "%.1f", r / s }')
-            syncus=$(awk -v t="$sync_us" -v s="$syncs" 'BEGIN { printf "%.0f", t / s }')
-        fi
+        after=$(wal_counters)
+        # shellcheck disable=SC2086 # four numbers each
+        read -r per syncus <<<"$(echo $before $after | awk '{
+            r = $5 - $1; w = $6 - $2; s = $7 - $3; u = $8 - $4
+            if (s > 0) printf "%.1f/%.1f %.0f", r / s, w / s, u / s; else print "- -" }')"
     fi
     local row
     row=$(printf '%s %s %.0f %s %s %s %s %s %s' "$label" "$pipeline" \
@@ -100,7 +111,7 @@ done
 
 echo "base: $BASE ${BASE_ENV:-}; new: $NEW ${NEW_ENV:-}; --fsync $FSYNC; $ROUNDS rounds of $DURATION; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| side | pipeline | ops/s median [range] | × redis | p50 us | p99 us | CPU us/req | errors | records/sync | sync us |"
+echo "| side | pipeline | ops/s median [range] | × redis | p50 us | p99 us | CPU us/req | errors | records/writes per sync | sync us |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 awk '
     function median(list,    n, v, i, j, t) {
@@ -108,6 +119,11 @@ awk '
         for (i = 2; i <= n; i++)
             for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
         return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    function median_pair(list,    n, v, i, r, w, a, b) {
+        n = split(list, v, " ")
+        for (i = 1; i <= n; i++) { split(v[i], a, "/"); r = r " " a[1]; w = w " " a[2] }
+        return sprintf("%.1f / %.1f", median(r), median(w))
     }
     function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
     function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
@@ -122,7 +138,7 @@ awk '
             key = order[i]; split(key, k, " ")
             base = "redis-aof-always " k[2]
             ratio = (base in ops) ? sprintf("%.2f×", median(ops[key]) / median(ops[base])) : "-"
-            w = (per[key] ~ /-/) ? "-" : sprintf("%.1f", median(per[key]))
+            w = (per[key] ~ /-/) ? "-" : median_pair(per[key])
             u = (sus[key] ~ /-/) ? "-" : sprintf("%.0f", median(sus[key]))
             printf "| %s | %s | %.0f [%.0f–%.0f] | %s | %.0f | %.0f | %.2f | %d | %s | %s |\n", \
                 k[1], k[2], median(ops[key]), lo(ops[key]), hi(ops[key]), ratio, \
