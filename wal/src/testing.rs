@@ -221,15 +221,14 @@ impl SegmentFile for MemFile {
                 (buf.len(), Ok(buf.len()))
             }
         };
-        {
-            let mut data = self.contents.data.borrow_mut();
-            let pos = pos as usize;
-            if data.len() < pos + keep {
-                data.resize(pos + keep, 0);
-            }
-            data[pos..pos + keep].copy_from_slice(&buf[..keep]);
-        }
+        // In flight for a turn first: a sync that starts meanwhile need not cover it.
         futures_lite::future::yield_now().await;
+        let mut data = self.contents.data.borrow_mut();
+        let pos = pos as usize;
+        if data.len() < pos + keep {
+            data.resize(pos + keep, 0);
+        }
+        data[pos..pos + keep].copy_from_slice(&buf[..keep]);
         result
     }
 
