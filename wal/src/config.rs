@@ -46,8 +46,8 @@ pub struct Config {
     pub recovery: Recovery,
     /// With `Fsync::Always`, how many `fdatasync` calls may be in flight at once (at least
     /// one). A record is acknowledged once a sync that started after its write completed has
-    /// returned; with two, a record never waits for an older sync to finish before a sync
-    /// covering it can start. Default: 2.
+    /// returned, and every sync started before that one too; with two, a record never waits
+    /// for an older sync to finish before a sync covering it can start. Default: 2.
     pub syncs_in_flight: usize,
 }
 

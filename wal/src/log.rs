@@ -13,7 +13,9 @@
 //!   soon as more has been written, with up to `Config::syncs_in_flight` (default 2) in flight,
 //!   so a record written while a sync runs does not wait for that sync to finish before one
 //!   covering it starts. One sync covers every record written before it started (group
-//!   commit), and writes overlap syncs, so the disk never idles while records wait.
+//!   commit), and writes overlap syncs, so the disk never idles while records wait. Results
+//!   apply in the order the syncs started: a sync acknowledges its records once it and every
+//!   older sync returned `Ok`, and any failed sync fails the log.
 //!
 //! Each commit starts on a fresh block: a block holding acknowledged records is never written
 //! again. When the sync frontier has moved since the last commit, the writer ends the batch

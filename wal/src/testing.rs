@@ -22,6 +22,9 @@ pub enum Fault {
     /// The operation succeeds, but only after `n` turns of the executor: a slow device, so
     /// that later operations may complete first.
     Stall(u32),
+    /// The operation runs for `n` turns of the executor, then fails with this OS error and
+    /// changes nothing: a slow device that reports a failure after later operations returned.
+    StallThenError(u32, i32),
 }
 
 /// Faults waiting for the operations they hit. Each is used once.
@@ -43,8 +46,8 @@ impl Faults {
             .push((self.writes_done.get() + n, fault));
     }
 
-    /// The sync after `n` more syncs gets `fault` (only `Fault::Error` and `Fault::Stall`
-    /// apply).
+    /// The sync after `n` more syncs gets `fault` (only `Fault::Error`, `Fault::Stall` and
+    /// `Fault::StallThenError` apply).
     pub fn on_sync(&self, n: u64, fault: Fault) {
         self.syncs
             .borrow_mut()
@@ -220,6 +223,10 @@ impl SegmentFile for MemFile {
                 stall(turns).await;
                 (buf.len(), Ok(buf.len()))
             }
+            Some(Fault::StallThenError(turns, errno)) => {
+                stall(turns).await;
+                (0, Err(io::Error::from_raw_os_error(errno)))
+            }
         };
         // In flight for a turn first: a sync that starts meanwhile need not cover it.
         futures_lite::future::yield_now().await;
@@ -250,8 +257,13 @@ impl SegmentFile for MemFile {
         let covered = self.contents.data.borrow().clone();
         let generation = self.contents.start_sync();
         futures_lite::future::yield_now().await;
-        if let Some(Fault::Stall(turns)) = fault {
-            stall(turns).await;
+        match fault {
+            Some(Fault::Stall(turns)) => stall(turns).await,
+            Some(Fault::StallThenError(turns, errno)) => {
+                stall(turns).await;
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            _ => {}
         }
         self.contents.finish_sync(generation, covered);
         Ok(())

@@ -1,6 +1,7 @@
 //! The log's syncer task: when `fdatasync` is called, and what each completed sync lets the
 //! log acknowledge.
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -51,51 +52,60 @@ pub(super) async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
     }
 }
 
-/// One `fdatasync` in flight: the seq it covers below, when it started, its segment, and the
-/// call.
+/// One `fdatasync` in flight: the seq it covers below, when it started, its segment, the call,
+/// and its result once returned, held until every older sync has returned.
 struct InFlight<F> {
     target: u64,
     started: Instant,
     active: Rc<Active<F>>,
     call: Pin<Box<dyn Future<Output = std::io::Result<()>>>>,
+    returned: Option<std::io::Result<()>>,
 }
 
 /// `Fsync::Always`: a sync of everything written so far as soon as something written is not
 /// covered by a sync already started, with up to `Config::syncs_in_flight` syncs at a time. A
 /// sync covers the records whose writes completed before it started, whatever the other syncs
-/// in flight do, so a record is acknowledged once any sync that started after its write has
-/// returned, and never waits for an older sync to finish before one covering it can start.
+/// in flight do, so a record never waits for an older sync to finish before one covering it
+/// can start. Results are applied in the order the syncs started: a sync's records are
+/// acknowledged once it and every older sync have returned `Ok`, and any error fails the log
+/// without applying the results held behind it (a device that loses written data on a failed
+/// flush may report the next flush as a success).
 async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
     let depth = inner.config.syncs_in_flight.max(1);
-    let mut in_flight: Vec<InFlight<D::File>> = Vec::with_capacity(depth);
+    let mut in_flight: VecDeque<InFlight<D::File>> = VecDeque::with_capacity(depth);
     let mut issued_below = inner.state.borrow().synced_below;
     poll_fn(|cx| loop {
-        let mut i = 0;
-        while i < in_flight.len() {
-            let Poll::Ready(synced) = in_flight[i].call.as_mut().poll(cx) else {
-                i += 1;
-                continue;
-            };
-            let done = in_flight.swap_remove(i);
-            let mut st = inner.state.borrow_mut();
-            match synced {
-                Ok(()) => {
-                    st.synced_below = st.synced_below.max(done.target);
-                    st.stats.syncs += 1;
-                    st.stats.sync_micros += done.started.elapsed().as_micros() as u64;
-                    st.advance_durable(done.target);
-                }
-                Err(e) => {
-                    st.fail(&Error::io("syncing", done.active.path.clone(), e));
-                    return Poll::Ready(());
-                }
+        for sync in in_flight.iter_mut().filter(|s| s.returned.is_none()) {
+            if let Poll::Ready(returned) = sync.call.as_mut().poll(cx) {
+                sync.returned = Some(returned);
             }
         }
         let mut st = inner.state.borrow_mut();
+        if let Some(failed) = in_flight
+            .iter_mut()
+            .find(|s| matches!(s.returned, Some(Err(_))))
+        {
+            if let Some(Err(e)) = failed.returned.take() {
+                st.fail(&Error::io("syncing", failed.active.path.clone(), e));
+            }
+            return Poll::Ready(());
+        }
+        while in_flight.front().is_some_and(|s| s.returned.is_some()) {
+            let Some(done) = in_flight.pop_front() else {
+                break;
+            };
+            st.synced_below = st.synced_below.max(done.target);
+            st.stats.syncs += 1;
+            st.stats.sync_micros += done.started.elapsed().as_micros() as u64;
+            st.advance_durable(done.target);
+        }
         // A rotation syncs the segment it closes on its own.
         issued_below = issued_below.max(st.synced_below);
-        // Closing: the writer makes the rest durable; syncs in flight still finish first.
-        if st.failure.is_some() || (st.closing && in_flight.is_empty()) {
+        if st.failure.is_some() {
+            return Poll::Ready(());
+        }
+        // Closing: the writer makes the rest durable.
+        if st.closing && in_flight.is_empty() {
             return Poll::Ready(());
         }
         if !st.closing && st.written_below > issued_below && in_flight.len() < depth {
@@ -103,11 +113,12 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
             drop(st);
             let active = inner.active.borrow().clone();
             let segment = active.clone();
-            in_flight.push(InFlight {
+            in_flight.push_back(InFlight {
                 target: issued_below,
                 started: Instant::now(),
                 active,
                 call: Box::pin(async move { segment.file.sync().await }),
+                returned: None,
             });
             continue;
         }
