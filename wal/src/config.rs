@@ -91,6 +91,9 @@ impl Config {
         if self.fsync == Fsync::Interval && self.fsync_interval.is_zero() {
             problems.push("--fsync-interval must be above zero".to_string());
         }
+        if self.syncs_in_flight == 0 {
+            problems.push("--wal-syncs-in-flight must be at least 1".to_string());
+        }
         if self.max_write < self.block as usize {
             problems.push(format!(
                 "max write {} is below the block size",

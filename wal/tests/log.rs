@@ -390,6 +390,21 @@ fn a_record_does_not_wait_for_an_older_sync_before_a_sync_covering_it_starts() {
 }
 
 #[test]
+fn no_sync_in_flight_is_refused_at_open() {
+    run(async {
+        let config = Config {
+            syncs_in_flight: 0,
+            ..small(BLOCK, 64)
+        };
+        let err = open(MemDir::new(BLOCK), &config).await.err().unwrap();
+        assert!(
+            matches!(&err, Error::Unsupported(m) if m.contains("--wal-syncs-in-flight")),
+            "{err}"
+        );
+    });
+}
+
+#[test]
 fn a_short_write_is_continued() {
     run(async {
         let dir = MemDir::new(BLOCK);

@@ -71,7 +71,7 @@ struct InFlight<F> {
 /// without applying the results held behind it (a device that loses written data on a failed
 /// flush may report the next flush as a success).
 async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
-    let depth = inner.config.syncs_in_flight.max(1);
+    let depth = inner.config.syncs_in_flight;
     let mut in_flight: VecDeque<InFlight<D::File>> = VecDeque::with_capacity(depth);
     let mut issued_below = inner.state.borrow().synced_below;
     poll_fn(|cx| loop {
