@@ -78,6 +78,8 @@ struct State {
     failure: Option<String>,
     closing: bool,
     closed: bool,
+    /// Syncs the syncer has in flight.
+    syncing: usize,
     max_payload: usize,
     segment_size: u64,
     waiters: Vec<(u64, Waker)>,
@@ -195,8 +197,9 @@ impl Log {
         self.state.borrow().stats.clone()
     }
 
-    /// Stops taking records, writes what is pending and syncs it. Records appended before
-    /// are durable when it returns `Ok`.
+    /// Stops taking records, writes what is pending, lets the syncs in flight return and syncs
+    /// the rest. Records appended before are durable, and no sync is in flight, when it returns
+    /// `Ok`; a sync that fails meanwhile makes it return the error.
     pub async fn close(&self) -> Result<()> {
         {
             let mut st = self.state.borrow_mut();
@@ -267,6 +270,7 @@ pub(crate) fn start<D: SegmentDir + 'static>(
         failure: None,
         closing: false,
         closed: false,
+        syncing: 0,
         max_payload: config.max_payload(),
         segment_size: config.segment_size,
         waiters: Vec::new(),
@@ -322,8 +326,21 @@ async fn write_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
             st.recycled = batch;
         }
     }
-    // Closing: make everything written durable, whatever the mode.
-    if inner.state.borrow().failure.is_some() {
+    // Closing: once the syncer's syncs in flight have returned, make everything written
+    // durable, whatever the mode.
+    let drained = poll_fn(|cx| {
+        let mut st = inner.state.borrow_mut();
+        if st.failure.is_some() {
+            return Poll::Ready(false);
+        }
+        if st.syncing == 0 {
+            return Poll::Ready(true);
+        }
+        st.writer = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+    if !drained {
         return;
     }
     let active = inner.active.borrow().clone();

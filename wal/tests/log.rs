@@ -389,6 +389,40 @@ fn a_record_does_not_wait_for_an_older_sync_before_a_sync_covering_it_starts() {
     });
 }
 
+/// `close` returns once the syncs in flight have returned, and reports one that fails.
+#[test]
+fn close_waits_for_the_syncs_in_flight() {
+    for fault in [Fault::Stall(200), Fault::StallThenError(200, libc::EIO)] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            let config = Config {
+                syncs_in_flight: 2,
+                ..small(BLOCK, 64)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            put_each(&log, 0, 2).await;
+            let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
+            dir.faults().on_sync(0, fault);
+            log.append(&put(b"k", b"v")).unwrap();
+            while dir.faults().syncs() == syncs_started {
+                futures_lite::future::yield_now().await;
+            }
+            let closed = log.close().await;
+            match fault {
+                Fault::Stall(_) => {
+                    closed.unwrap();
+                    // The stalled sync, then the writer's last one.
+                    assert_eq!(log.stats().syncs, syncs_done + 2);
+                }
+                _ => {
+                    let err = closed.unwrap_err();
+                    assert!(err.to_string().contains("syncing"), "{err}");
+                }
+            }
+        });
+    }
+}
+
 #[test]
 fn no_sync_in_flight_is_refused_at_open() {
     run(async {

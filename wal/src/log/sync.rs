@@ -36,8 +36,15 @@ pub(super) async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
         if target <= inner.state.borrow().synced_below {
             continue;
         }
+        inner.state.borrow_mut().syncing = 1;
         let synced = active.file.sync().await;
         let mut st = inner.state.borrow_mut();
+        st.syncing = 0;
+        if st.closing {
+            if let Some(writer) = st.writer.take() {
+                writer.wake();
+            }
+        }
         match synced {
             Ok(()) => {
                 st.synced_below = st.synced_below.max(target);
@@ -99,13 +106,17 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
             st.stats.sync_micros += done.started.elapsed().as_micros() as u64;
             st.advance_durable(done.target);
         }
+        st.syncing = in_flight.len();
         // A rotation syncs the segment it closes on its own.
         issued_below = issued_below.max(st.synced_below);
         if st.failure.is_some() {
             return Poll::Ready(());
         }
-        // Closing: the writer makes the rest durable.
+        // Closing: the syncs in flight return first, then the writer makes the rest durable.
         if st.closing && in_flight.is_empty() {
+            if let Some(writer) = st.writer.take() {
+                writer.wake();
+            }
             return Poll::Ready(());
         }
         if !st.closing && st.written_below > issued_below && in_flight.len() < depth {
