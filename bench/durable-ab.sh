@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Two kvmesh builds (or one build with a switch off and on), durable SETs, in interleaved rounds:
+# Two kvmesh builds (or one build with two sets of node flags), durable SETs, in interleaved rounds:
 # what a change to the write-ahead log costs or gains, next to Redis's AOF.
 #
 #   bench/durable-ab.sh BASE_BINARY NEW_BINARY
 #   ROUNDS=6 PIPELINES="1 16" FSYNC=always bench/durable-ab.sh /tmp/kvmesh-main target/release/kvmesh
-#   NEW_ENV=KVMESH_WAL_X=1 bench/durable-ab.sh target/release/kvmesh target/release/kvmesh
+#   BASE_FLAGS="--wal-syncs-in-flight 1" bench/durable-ab.sh target/release/kvmesh target/release/kvmesh
 #
-# BASE_ENV and NEW_ENV (space-separated VAR=value words, empty by default) are set for that
+# BASE_FLAGS and NEW_FLAGS (space-separated node flags, empty by default) are given to that
 # side's node only. Each round runs, per pipeline in PIPELINES (default "1"), Redis
 # (`--appendonly yes --appendfsync always`, unless REDIS=0), then BASE, then NEW: a fresh server
 # on a fresh data directory on core 0 (kvmesh: 1 shard, `--fsync FSYNC`, default always),
@@ -14,7 +14,8 @@
 # DURATION (default 5s) after WARMUP (default 2s), each after a prefill run of its own (every
 # key SET once). It prints one line per run (with, over the warm-up and measured phase, the log's
 # records and writes per fdatasync, sync markers included, and its mean fdatasync latency as the
-# log measures it, and the load average), then the median of each side over the rounds.
+# log measures it, and the load average; "ERRORS" when the client saw any), then the median of
+# each side over the rounds, with how many of its runs had errors.
 # kvmesh-bench is taken from this checkout's release build.
 set -euo pipefail
 
@@ -67,29 +68,23 @@ run() {
         "$(json_field "$out" p99_us)" "$(json_field "$out" server_cpu_us_per_req)" \
         "$(json_field "$out" errors)" "$per" "$syncus")
     echo "$row" >>"$WORK/rows"
-    log "$row load $(cut -d' ' -f1 /proc/loadavg)"
+    local mark=""
+    [ "$(json_field "$out" errors)" = 0 ] || mark=" ERRORS"
+    log "$row load $(cut -d' ' -f1 /proc/loadavg)$mark"
 }
 
-# start_side BINARY ENV: a kvmesh node from BINARY, with the VAR=value words ENV set, 1 shard on
-# core 0, on a fresh data directory; sets SERVER_PID and SERVER_ADDR.
+# start_side BINARY [node flags...]: a kvmesh node from BINARY, 1 shard on core 0, on a fresh data
+# directory; sets SERVER_PID and SERVER_ADDR.
 start_side() {
-    local port dir
-    port=$("$BENCH" free-port --count 3)
-    dir=$(mktemp -d "$WORK/kvmesh.XXXX")
-    SERVER_LOG=$WORK/kvmesh-$port.log
-    # shellcheck disable=SC2086 # VAR=value words
-    env $2 "$1" node --listen "127.0.0.1:$port" --shards 1 --cpus 0 --max-memory 2GiB \
-        --grpc "127.0.0.1:$((port + 2))" --data-dir "$dir" --fsync "$FSYNC" >"$SERVER_LOG" 2>&1 &
-    SERVER_PID=$!
-    track "$SERVER_PID"
-    SERVER_ADDR=127.0.0.1:$port
-    wait_for_log "$SERVER_PID" "$SERVER_LOG" " ready: "
+    local binary=$1
+    shift
+    KVMESH=$binary start_kvmesh 1 0 --data-dir "$(mktemp -d "$WORK/kvmesh.XXXX")" --fsync "$FSYNC" "$@"
 }
 
 bench_init durable-ab
 ensure_redis
 : >"$WORK/rows"
-log "base: $BASE ${BASE_ENV:-}; new: $NEW ${NEW_ENV:-}; load $(cut -d' ' -f1-3 /proc/loadavg)"
+log "base: $BASE ${BASE_FLAGS:-}; new: $NEW ${NEW_FLAGS:-}; load $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS"
     for pipeline in $PIPELINES; do
@@ -100,18 +95,20 @@ for round in $(seq "$ROUNDS"); do
             stop_server "$SERVER_PID"
         fi
         TARGET=kvmesh
-        start_side "$BASE" "${BASE_ENV:-}"
+        # shellcheck disable=SC2086 # node flags, one word each
+        start_side "$BASE" ${BASE_FLAGS:-}
         run base "$pipeline"
         stop_server "$SERVER_PID"
-        start_side "$NEW" "${NEW_ENV:-}"
+        # shellcheck disable=SC2086 # node flags, one word each
+        start_side "$NEW" ${NEW_FLAGS:-}
         run new "$pipeline"
         stop_server "$SERVER_PID"
     done
 done
 
-echo "base: $BASE ${BASE_ENV:-}; new: $NEW ${NEW_ENV:-}; --fsync $FSYNC; $ROUNDS rounds of $DURATION; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "base: $BASE ${BASE_FLAGS:-}; new: $NEW ${NEW_FLAGS:-}; --fsync $FSYNC; $ROUNDS rounds of $DURATION; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| side | pipeline | ops/s median [range] | × redis | p50 us | p99 us | CPU us/req | errors | records/writes per sync | sync us |"
+echo "| side | pipeline | ops/s median [range] | × redis | p50 us | p99 us | CPU us/req | errors (runs with any) | records/writes per sync | sync us |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 awk '
     function median(list,    n, v, i, j, t) {
@@ -131,7 +128,7 @@ awk '
         key = $1 " " $2
         if (!(key in seen)) { seen[key] = 1; order[++keys] = key }
         ops[key] = ops[key] " " $3; p50[key] = p50[key] " " $4; p99[key] = p99[key] " " $5
-        cpu[key] = cpu[key] " " $6; err[key] += $7; per[key] = per[key] " " $8; sus[key] = sus[key] " " $9
+        cpu[key] = cpu[key] " " $6; err[key] += $7; erruns[key] += ($7 > 0); per[key] = per[key] " " $8; sus[key] = sus[key] " " $9
     }
     END {
         for (i = 1; i <= keys; i++) {
@@ -140,8 +137,8 @@ awk '
             ratio = (base in ops) ? sprintf("%.2f×", median(ops[key]) / median(ops[base])) : "-"
             w = (per[key] ~ /-/) ? "-" : median_pair(per[key])
             u = (sus[key] ~ /-/) ? "-" : sprintf("%.0f", median(sus[key]))
-            printf "| %s | %s | %.0f [%.0f–%.0f] | %s | %.0f | %.0f | %.2f | %d | %s | %s |\n", \
+            printf "| %s | %s | %.0f [%.0f–%.0f] | %s | %.0f | %.0f | %.2f | %d (%d) | %s | %s |\n", \
                 k[1], k[2], median(ops[key]), lo(ops[key]), hi(ops[key]), ratio, \
-                median(p50[key]), median(p99[key]), median(cpu[key]), err[key], w, u
+                median(p50[key]), median(p99[key]), median(cpu[key]), err[key], erruns[key], w, u
         }
     }' "$WORK/rows"
