@@ -80,6 +80,8 @@ struct State {
     closed: bool,
     /// Syncs the syncer has in flight.
     syncing: usize,
+    /// The writer, waiting for `syncing` to reach zero.
+    drain_waiter: Option<Waker>,
     max_payload: usize,
     segment_size: u64,
     waiters: Vec<(u64, Waker)>,
@@ -113,9 +115,13 @@ impl State {
             self.failure = Some(e.to_string());
         }
         self.wake_waiters();
-        for waker in [self.writer.take(), self.syncer.take()]
-            .into_iter()
-            .flatten()
+        for waker in [
+            self.writer.take(),
+            self.syncer.take(),
+            self.drain_waiter.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             waker.wake();
         }
@@ -271,6 +277,7 @@ pub(crate) fn start<D: SegmentDir + 'static>(
         closing: false,
         closed: false,
         syncing: 0,
+        drain_waiter: None,
         max_payload: config.max_payload(),
         segment_size: config.segment_size,
         waiters: Vec::new(),
@@ -328,19 +335,7 @@ async fn write_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
     }
     // Closing: once the syncer's syncs in flight have returned, make everything written
     // durable, whatever the mode.
-    let drained = poll_fn(|cx| {
-        let mut st = inner.state.borrow_mut();
-        if st.failure.is_some() {
-            return Poll::Ready(false);
-        }
-        if st.syncing == 0 {
-            return Poll::Ready(true);
-        }
-        st.writer = Some(cx.waker().clone());
-        Poll::Pending
-    })
-    .await;
-    if !drained {
+    if inner.syncs_returned().await.is_err() {
         return;
     }
     let active = inner.active.borrow().clone();
@@ -429,9 +424,28 @@ impl<D: SegmentDir + 'static> Inner<D> {
         Ok(())
     }
 
+    /// Waits until the syncer has no sync in flight; the log's failure if it has failed.
+    async fn syncs_returned(&self) -> Result<()> {
+        poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            if let Some(why) = &st.failure {
+                return Poll::Ready(Err(Error::Failed(why.clone())));
+            }
+            if st.syncing == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            st.drain_waiter = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Closes the active segment (synced) and starts the next one, whose first record is
     /// `first_seq`.
     async fn rotate(&self, first_seq: u64) -> Result<()> {
+        // The syncer's older syncs return first: this sync's results must not be applied
+        // before theirs.
+        self.syncs_returned().await?;
         let old = self.active.borrow().clone();
         old.file
             .sync()

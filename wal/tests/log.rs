@@ -389,6 +389,45 @@ fn a_record_does_not_wait_for_an_older_sync_before_a_sync_covering_it_starts() {
     });
 }
 
+/// A rotation's own sync of the segment it closes waits for the syncer's older syncs, so it
+/// acknowledges nothing before they return `Ok`, and nothing at all when one fails.
+#[test]
+fn a_rotation_acknowledges_nothing_before_the_older_syncs_return_ok() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = Config {
+            syncs_in_flight: 2,
+            ..small(BLOCK, 8)
+        };
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        put_each(&log, 0, 1).await;
+        let (segments, started) = (log.stats().segments, dir.faults().syncs());
+        dir.faults()
+            .on_sync(0, Fault::StallThenError(300, libc::EIO));
+        let first = log.append(&put(b"first", b"1")).unwrap();
+        while dir.faults().syncs() == started {
+            futures_lite::future::yield_now().await;
+        }
+        // More than a segment holds: the writer must rotate.
+        let big = vec![b'b'; 2 * BLOCK as usize];
+        let mut last = first;
+        for i in 0..4 {
+            last = log
+                .append(&put(format!("big{i}").as_bytes(), &big))
+                .unwrap();
+        }
+        for _ in 0..100 {
+            futures_lite::future::yield_now().await;
+        }
+        assert!(log.failure().is_none(), "the stalled sync is still running");
+        assert!(!log.is_durable(first), "{:?}", log.stats());
+        let err = log.durable(last).await.unwrap_err();
+        assert!(err.to_string().contains("syncing"), "{err}");
+        assert!(!log.is_durable(first));
+        assert_eq!(log.stats().segments, segments, "no rotation completed");
+    });
+}
+
 /// `close` returns once the syncs in flight have returned, and reports one that fails.
 #[test]
 fn close_waits_for_the_syncs_in_flight() {

@@ -40,10 +40,8 @@ pub(super) async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
         let synced = active.file.sync().await;
         let mut st = inner.state.borrow_mut();
         st.syncing = 0;
-        if st.closing {
-            if let Some(writer) = st.writer.take() {
-                writer.wake();
-            }
+        if let Some(writer) = st.drain_waiter.take() {
+            writer.wake();
         }
         match synced {
             Ok(()) => {
@@ -107,6 +105,11 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
             st.advance_durable(done.target);
         }
         st.syncing = in_flight.len();
+        if st.syncing == 0 {
+            if let Some(writer) = st.drain_waiter.take() {
+                writer.wake();
+            }
+        }
         // A rotation syncs the segment it closes on its own.
         issued_below = issued_below.max(st.synced_below);
         if st.failure.is_some() {
@@ -114,9 +117,6 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
         }
         // Closing: the syncs in flight return first, then the writer makes the rest durable.
         if st.closing && in_flight.is_empty() {
-            if let Some(writer) = st.writer.take() {
-                writer.wake();
-            }
             return Poll::Ready(());
         }
         if !st.closing && st.written_below > issued_below && in_flight.len() < depth {
