@@ -58,13 +58,13 @@ pub(super) async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
 }
 
 /// One `fdatasync` in flight: the seq it covers below, when it started, its segment, the call,
-/// and its result once returned, held until every older sync has returned.
+/// and once returned its result and how long it took, held until every older sync has returned.
 struct InFlight<F> {
     target: u64,
     started: Instant,
     active: Rc<Active<F>>,
     call: Pin<Box<dyn Future<Output = std::io::Result<()>>>>,
-    returned: Option<std::io::Result<()>>,
+    returned: Option<(std::io::Result<()>, u64)>,
 }
 
 /// `Fsync::Always`: a sync of everything written so far as soon as something written is not
@@ -82,15 +82,15 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
     poll_fn(|cx| loop {
         for sync in in_flight.iter_mut().filter(|s| s.returned.is_none()) {
             if let Poll::Ready(returned) = sync.call.as_mut().poll(cx) {
-                sync.returned = Some(returned);
+                sync.returned = Some((returned, sync.started.elapsed().as_micros() as u64));
             }
         }
         let mut st = inner.state.borrow_mut();
         if let Some(failed) = in_flight
             .iter_mut()
-            .find(|s| matches!(s.returned, Some(Err(_))))
+            .find(|s| matches!(s.returned, Some((Err(_), _))))
         {
-            if let Some(Err(e)) = failed.returned.take() {
+            if let Some((Err(e), _)) = failed.returned.take() {
                 st.fail(&Error::io("syncing", failed.active.path.clone(), e));
             }
             return Poll::Ready(());
@@ -101,7 +101,7 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
             };
             st.synced_below = st.synced_below.max(done.target);
             st.stats.syncs += 1;
-            st.stats.sync_micros += done.started.elapsed().as_micros() as u64;
+            st.stats.sync_micros += done.returned.map_or(0, |(_, micros)| micros);
             st.advance_durable(done.target);
         }
         st.syncing = in_flight.len();
