@@ -79,6 +79,10 @@ pub struct NodeArgs {
     /// largest record (key + value) [default: 64MiB]. Needs --data-dir.
     #[arg(long, value_name = "SIZE")]
     wal_segment_size: Option<ByteSize>,
+    /// With --fsync always, how many fdatasync calls the log may have in flight at once, each
+    /// covering what was written before it started [default: 2]. Needs --data-dir.
+    #[arg(long, value_name = "N")]
+    wal_syncs_in_flight: Option<usize>,
     /// A shard writes a snapshot of its live keys, and removes the log segments it covers,
     /// when its log on disk exceeds this many times the larger of its live data (bytes
     /// charged, see --max-memory) and one segment. A ratio; 0 turns automatic snapshots off
@@ -255,6 +259,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
                 (args.fsync_interval.is_some(), "--fsync-interval"),
                 (args.recovery.is_some(), "--recovery"),
                 (args.wal_segment_size.is_some(), "--wal-segment-size"),
+                (args.wal_syncs_in_flight.is_some(), "--wal-syncs-in-flight"),
                 (args.snapshot_factor.is_some(), "--snapshot-factor"),
             ];
             if let Some((_, flag)) = durable_only.iter().find(|(given, _)| *given) {
@@ -334,6 +339,7 @@ fn wal_config(args: &NodeArgs) -> kvmesh_wal::Config {
             Some(RecoveryMode::TolerateCorruption) => kvmesh_wal::Recovery::TolerateCorruption,
         },
         segment_size: args.wal_segment_size.map_or(defaults.segment_size, |s| s.0),
+        syncs_in_flight: args.wal_syncs_in_flight.unwrap_or(defaults.syncs_in_flight),
         ..defaults
     }
 }

@@ -44,6 +44,11 @@ pub struct Config {
     pub max_write: usize,
     /// What recovery does with damage. Default: `Strict`.
     pub recovery: Recovery,
+    /// With `Fsync::Always`, how many `fdatasync` calls may be in flight at once (at least
+    /// one). A record is acknowledged once a sync that started after its write completed has
+    /// returned, and every sync started before that one too; with two, a record never waits
+    /// for an older sync to finish before a sync covering it can start. Default: 2.
+    pub syncs_in_flight: usize,
 }
 
 impl Default for Config {
@@ -55,6 +60,7 @@ impl Default for Config {
             block: 4096,
             max_write: 1 << 20,
             recovery: Recovery::Strict,
+            syncs_in_flight: 2,
         }
     }
 }
@@ -84,6 +90,9 @@ impl Config {
         }
         if self.fsync == Fsync::Interval && self.fsync_interval.is_zero() {
             problems.push("--fsync-interval must be above zero".to_string());
+        }
+        if self.syncs_in_flight == 0 {
+            problems.push("--wal-syncs-in-flight must be at least 1".to_string());
         }
         if self.max_write < self.block as usize {
             problems.push(format!(

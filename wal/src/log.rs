@@ -8,10 +8,14 @@
 //!   aligned buffer at the next fresh block of the active segment (one write, or a few for
 //!   large batches or at a segment's end), and takes the next batch the moment that write
 //!   completes; records appended meanwhile form that next batch;
-//! - the **syncer** (`Fsync::Always`, `Fsync::Interval`) calls `fdatasync` on the active segment
-//!   for everything written so far, and again as soon as more has been written. One sync thus
-//!   covers every record written before it started (group commit), and the next write overlaps
-//!   it, so the disk never idles while records wait.
+//! - the **syncer** ([`sync`]; `Fsync::Always`, `Fsync::Interval`) calls `fdatasync` on the
+//!   active segment for everything written so far. With `Fsync::Always` it starts another as
+//!   soon as more has been written, with up to `Config::syncs_in_flight` (default 2) in flight,
+//!   so a record written while a sync runs does not wait for that sync to finish before one
+//!   covering it starts. One sync covers every record written before it started (group
+//!   commit), and writes overlap syncs, so the disk never idles while records wait. Results
+//!   apply in the order the syncs started: a sync acknowledges its records once it and every
+//!   older sync returned `Ok`, and any failed sync fails the log.
 //!
 //! Each commit starts on a fresh block: a block holding acknowledged records is never written
 //! again. When the sync frontier has moved since the last commit, the writer ends the batch
@@ -32,6 +36,9 @@ use crate::header::Header;
 use crate::io::{SegmentDir, SegmentFile};
 use crate::record::{self, Entry, Op, FRAME_LEN};
 use crate::segment;
+
+mod sync;
+use sync::sync_loop;
 
 /// Counters of one log since it was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,6 +78,10 @@ struct State {
     failure: Option<String>,
     closing: bool,
     closed: bool,
+    /// Syncs the syncer has in flight.
+    syncing: usize,
+    /// The writer, waiting for `syncing` to reach zero.
+    drain_waiter: Option<Waker>,
     max_payload: usize,
     segment_size: u64,
     waiters: Vec<(u64, Waker)>,
@@ -104,9 +115,13 @@ impl State {
             self.failure = Some(e.to_string());
         }
         self.wake_waiters();
-        for waker in [self.writer.take(), self.syncer.take()]
-            .into_iter()
-            .flatten()
+        for waker in [
+            self.writer.take(),
+            self.syncer.take(),
+            self.drain_waiter.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             waker.wake();
         }
@@ -188,8 +203,9 @@ impl Log {
         self.state.borrow().stats.clone()
     }
 
-    /// Stops taking records, writes what is pending and syncs it. Records appended before
-    /// are durable when it returns `Ok`.
+    /// Stops taking records, writes what is pending, lets the syncs in flight return and syncs
+    /// the rest. Records appended before are durable, and no sync is in flight, when it returns
+    /// `Ok`; a sync that fails meanwhile makes it return the error.
     pub async fn close(&self) -> Result<()> {
         {
             let mut st = self.state.borrow_mut();
@@ -260,6 +276,8 @@ pub(crate) fn start<D: SegmentDir + 'static>(
         failure: None,
         closing: false,
         closed: false,
+        syncing: 0,
+        drain_waiter: None,
         max_payload: config.max_payload(),
         segment_size: config.segment_size,
         waiters: Vec::new(),
@@ -315,8 +333,9 @@ async fn write_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
             st.recycled = batch;
         }
     }
-    // Closing: make everything written durable, whatever the mode.
-    if inner.state.borrow().failure.is_some() {
+    // Closing: once the syncer's syncs in flight have returned, make everything written
+    // durable, whatever the mode.
+    if inner.syncs_returned().await.is_err() {
         return;
     }
     let active = inner.active.borrow().clone();
@@ -371,59 +390,6 @@ async fn next_batch(state: &Rc<RefCell<State>>) -> Option<(Vec<u8>, u64, u64)> {
     .await
 }
 
-async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
-    let always = inner.config.fsync == Fsync::Always;
-    let mut last_sync = Instant::now();
-    loop {
-        if always {
-            let state = &inner.state;
-            poll_fn(|cx| {
-                let mut st = state.borrow_mut();
-                if st.written_below > st.synced_below || st.failure.is_some() || st.closing {
-                    return Poll::Ready(());
-                }
-                st.syncer = Some(cx.waker().clone());
-                Poll::Pending
-            })
-            .await;
-        } else {
-            let due = inner
-                .config
-                .fsync_interval
-                .saturating_sub(last_sync.elapsed());
-            glommio::timer::sleep(due).await;
-        }
-        let (target, active) = {
-            let st = inner.state.borrow();
-            if st.failure.is_some() || st.closing {
-                return;
-            }
-            (st.written_below, inner.active.borrow().clone())
-        };
-        if target <= inner.state.borrow().synced_below {
-            last_sync = Instant::now();
-            continue;
-        }
-        last_sync = Instant::now();
-        let synced = active.file.sync().await;
-        let mut st = inner.state.borrow_mut();
-        match synced {
-            Ok(()) => {
-                st.synced_below = st.synced_below.max(target);
-                st.stats.syncs += 1;
-                st.stats.sync_micros += last_sync.elapsed().as_micros() as u64;
-                if always {
-                    st.advance_durable(target);
-                }
-            }
-            Err(e) => {
-                st.fail(&Error::io("syncing", active.path.clone(), e));
-                return;
-            }
-        }
-    }
-}
-
 impl<D: SegmentDir + 'static> Inner<D> {
     /// Writes a batch whose first record is `first_seq`, rotating segments as needed.
     async fn write_batch(&self, batch: &[u8], first_seq: u64) -> Result<()> {
@@ -458,9 +424,28 @@ impl<D: SegmentDir + 'static> Inner<D> {
         Ok(())
     }
 
+    /// Waits until the syncer has no sync in flight; the log's failure if it has failed.
+    async fn syncs_returned(&self) -> Result<()> {
+        poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            if let Some(why) = &st.failure {
+                return Poll::Ready(Err(Error::Failed(why.clone())));
+            }
+            if st.syncing == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            st.drain_waiter = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Closes the active segment (synced) and starts the next one, whose first record is
     /// `first_seq`.
     async fn rotate(&self, first_seq: u64) -> Result<()> {
+        // The syncer's older syncs return first: this sync's results must not be applied
+        // before theirs.
+        self.syncs_returned().await?;
         let old = self.active.borrow().clone();
         old.file
             .sync()

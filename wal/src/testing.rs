@@ -19,6 +19,12 @@ pub enum Fault {
     Short(usize),
     /// A write stores only its first `n` bytes, then fails with `EIO`: a write torn by a crash.
     Torn(usize),
+    /// The operation succeeds, but only after `n` turns of the executor: a slow device, so
+    /// that later operations may complete first.
+    Stall(u32),
+    /// The operation runs for `n` turns of the executor, then fails with this OS error and
+    /// changes nothing: a slow device that reports a failure after later operations returned.
+    StallThenError(u32, i32),
 }
 
 /// Faults waiting for the operations they hit. Each is used once.
@@ -40,7 +46,8 @@ impl Faults {
             .push((self.writes_done.get() + n, fault));
     }
 
-    /// The sync after `n` more syncs gets `fault` (only `Fault::Error` applies).
+    /// The sync after `n` more syncs gets `fault` (only `Fault::Error`, `Fault::Stall` and
+    /// `Fault::StallThenError` apply).
     pub fn on_sync(&self, n: u64, fault: Fault) {
         self.syncs
             .borrow_mut()
@@ -77,8 +84,30 @@ impl Faults {
 struct Contents {
     /// What reads see.
     data: RefCell<Vec<u8>>,
-    /// What survives a power loss: the data as of the last sync.
+    /// What survives a power loss: the data as of the start of the latest-started sync that
+    /// has completed.
     durable: RefCell<Vec<u8>>,
+    /// Syncs started (and durable replacements) so far.
+    started: Cell<u64>,
+    /// Which of them `durable` comes from.
+    applied: Cell<u64>,
+}
+
+impl Contents {
+    /// Numbers a sync (or a durable replacement) that starts now.
+    fn start_sync(&self) -> u64 {
+        self.started.set(self.started.get() + 1);
+        self.started.get()
+    }
+
+    /// Sync `generation` completed, making `covered` durable, unless a sync that started
+    /// after it has already completed: syncs may complete out of order.
+    fn finish_sync(&self, generation: u64, covered: Vec<u8>) {
+        if generation > self.applied.get() {
+            self.applied.set(generation);
+            *self.durable.borrow_mut() = covered;
+        }
+    }
 }
 
 /// An in-memory directory. Clones share the same files and faults.
@@ -121,8 +150,8 @@ impl MemDir {
         let Some(file) = files.get(name) else {
             return false;
         };
-        *file.durable.borrow_mut() = bytes.clone();
-        *file.data.borrow_mut() = bytes;
+        *file.data.borrow_mut() = bytes.clone();
+        file.finish_sync(file.start_sync(), bytes);
         true
     }
 
@@ -140,6 +169,7 @@ impl MemDir {
             let contents = Contents {
                 data: RefCell::new(bytes.clone()),
                 durable: RefCell::new(bytes),
+                ..Contents::default()
             };
             copy.files
                 .borrow_mut()
@@ -189,16 +219,23 @@ impl SegmentFile for MemFile {
                 n.min(buf.len()),
                 Err(io::Error::from_raw_os_error(libc::EIO)),
             ),
-        };
-        {
-            let mut data = self.contents.data.borrow_mut();
-            let pos = pos as usize;
-            if data.len() < pos + keep {
-                data.resize(pos + keep, 0);
+            Some(Fault::Stall(turns)) => {
+                stall(turns).await;
+                (buf.len(), Ok(buf.len()))
             }
-            data[pos..pos + keep].copy_from_slice(&buf[..keep]);
-        }
+            Some(Fault::StallThenError(turns, errno)) => {
+                stall(turns).await;
+                (0, Err(io::Error::from_raw_os_error(errno)))
+            }
+        };
+        // In flight for a turn first: a sync that starts meanwhile need not cover it.
         futures_lite::future::yield_now().await;
+        let mut data = self.contents.data.borrow_mut();
+        let pos = pos as usize;
+        if data.len() < pos + keep {
+            data.resize(pos + keep, 0);
+        }
+        data[pos..pos + keep].copy_from_slice(&buf[..keep]);
         result
     }
 
@@ -212,12 +249,23 @@ impl SegmentFile for MemFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
-        if let Some(Fault::Error(errno)) = Faults::take(&self.faults.syncs, &self.faults.syncs_done)
-        {
+        // What was written before the call is what it makes durable, however long it takes.
+        let fault = Faults::take(&self.faults.syncs, &self.faults.syncs_done);
+        if let Some(Fault::Error(errno)) = fault {
             return Err(io::Error::from_raw_os_error(errno));
         }
-        *self.contents.durable.borrow_mut() = self.contents.data.borrow().clone();
+        let covered = self.contents.data.borrow().clone();
+        let generation = self.contents.start_sync();
         futures_lite::future::yield_now().await;
+        match fault {
+            Some(Fault::Stall(turns)) => stall(turns).await,
+            Some(Fault::StallThenError(turns, errno)) => {
+                stall(turns).await;
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            _ => {}
+        }
+        self.contents.finish_sync(generation, covered);
         Ok(())
     }
 
@@ -229,7 +277,8 @@ impl SegmentFile for MemFile {
         let mut data = self.contents.data.borrow_mut();
         data.clear();
         data.resize(len as usize, 0);
-        *self.contents.durable.borrow_mut() = data.clone();
+        let contents = &self.contents;
+        contents.finish_sync(contents.start_sync(), data.clone());
         Ok(())
     }
 }
@@ -284,6 +333,13 @@ impl SegmentDir for MemDir {
 
     fn path(&self, name: &str) -> String {
         format!("mem/{name}")
+    }
+}
+
+/// Lets the executor run `turns` times.
+async fn stall(turns: u32) {
+    for _ in 0..turns {
+        futures_lite::future::yield_now().await;
     }
 }
 

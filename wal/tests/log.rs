@@ -134,11 +134,21 @@ async fn acked_puts(log: &kvmesh_wal::Log, writers: u64, each: u64) -> Rc<RefCel
 
 #[test]
 fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
-    for crash_after_writes in [1, 3, 7, 12, 20, 33] {
+    let cases = [1, 3, 7, 12, 20, 33]
+        .into_iter()
+        .flat_map(|crash| [(crash, 1), (crash, 2), (crash, 3)]);
+    for (crash_after_writes, syncs_in_flight) in cases {
         run(async move {
             let dir = MemDir::new(BLOCK);
-            let config = small(BLOCK, 16);
+            let config = Config {
+                syncs_in_flight,
+                ..small(BLOCK, 16)
+            };
             let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            // Slow syncs, so that with several in flight a later one completes first.
+            for n in [0, 2, 5] {
+                dir.faults().on_sync(n, Fault::Stall(3 + n as u32 * 7));
+            }
             // The "crash": the write after `crash_after_writes` fails, so nothing after it is
             // acknowledged; a power loss then keeps only what was synced.
             dir.faults()
@@ -152,10 +162,79 @@ fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
                 assert_eq!(
                     present.get(&format!("k{n}")),
                     Some(&value(n)),
-                    "acknowledged put {n} lost (crash after {crash_after_writes} writes): {report}"
+                    "acknowledged put {n} lost (crash after {crash_after_writes} writes, \
+                     {syncs_in_flight} syncs in flight): {report}"
                 );
             }
         });
+    }
+}
+
+/// The power goes out at an arbitrary moment while writers keep appending without waiting for
+/// acknowledgements and every sync is slow, so several syncs overlap and complete out of order:
+/// every record the log reported durable at that instant is present after reopening.
+#[test]
+fn a_power_loss_at_any_moment_keeps_every_record_reported_durable() {
+    for syncs_in_flight in [1, 2, 3] {
+        for turns in 1..400 {
+            run(async move {
+                let dir = MemDir::new(BLOCK);
+                let config = Config {
+                    syncs_in_flight,
+                    ..small(BLOCK, 16)
+                };
+                let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+                for n in 0..40u64 {
+                    dir.faults()
+                        .on_sync(n, Fault::Stall(2 + (n as u32 * 5) % 7));
+                }
+                // Open-loop writers: each append is followed by a few turns, not by an ack.
+                let appended = Rc::new(RefCell::new(Vec::new()));
+                let writers: Vec<_> = (0..10u64)
+                    .map(|w| {
+                        let (log, appended) = (log.clone(), appended.clone());
+                        glommio::spawn_local(async move {
+                            for i in 0..10u64 {
+                                let n = w * 10 + i;
+                                let entry = put(format!("k{n}").as_bytes(), &value(n));
+                                let Ok(seq) = log.append(&entry) else {
+                                    return;
+                                };
+                                appended.borrow_mut().push((n, seq));
+                                for _ in 0..1 + (n * 7) % 5 {
+                                    futures_lite::future::yield_now().await;
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for _ in 0..turns {
+                    futures_lite::future::yield_now().await;
+                }
+                // The power loss and what the log had reported durable, at the same instant.
+                let after = dir.crash_copy(true);
+                let durable: Vec<u64> = appended
+                    .borrow()
+                    .iter()
+                    .filter(|&&(_, seq)| log.is_durable(seq))
+                    .map(|&(n, _)| n)
+                    .collect();
+                drop(writers);
+                let (_, report, replayed) = open(after, &config)
+                    .await
+                    .unwrap_or_else(|e| panic!("{syncs_in_flight} in flight, {turns} turns: {e}"));
+                let present: std::collections::HashMap<String, Vec<u8>> =
+                    puts(&replayed).into_iter().collect();
+                for n in durable {
+                    assert_eq!(
+                        present.get(&format!("k{n}")),
+                        Some(&value(n)),
+                        "put {n} was reported durable and is lost ({syncs_in_flight} syncs \
+                         in flight, power lost after {turns} turns): {report}"
+                    );
+                }
+            });
+        }
     }
 }
 
@@ -211,15 +290,190 @@ fn enospc_fails_the_log_and_nothing_unlogged_is_acknowledged() {
 
 #[test]
 fn a_failed_sync_acknowledges_nothing_it_covered() {
+    for syncs_in_flight in [1, 2] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            let config = Config {
+                syncs_in_flight,
+                ..small(BLOCK, 64)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            put_each(&log, 0, 3).await;
+            dir.faults().on_sync(0, Fault::Error(libc::EIO));
+            let seq = log.append(&put(b"k", b"v")).unwrap();
+            let err = log.durable(seq).await.unwrap_err();
+            assert!(err.to_string().contains("syncing"), "{err}");
+            assert!(log.is_durable(seq - 1) && !log.is_durable(seq));
+        });
+    }
+}
+
+/// With two syncs in flight, a younger sync that returns first acknowledges nothing while an
+/// older one is still running, and nothing at all once that older one fails: a device that
+/// dropped data on a failed flush may report the next flush as a success.
+#[test]
+fn a_younger_sync_acknowledges_nothing_before_an_older_one_returns_ok() {
+    for syncs_in_flight in [2, 3] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            let config = Config {
+                syncs_in_flight,
+                ..small(BLOCK, 64)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            put_each(&log, 0, 2).await;
+            let started = dir.faults().syncs();
+            dir.faults()
+                .on_sync(0, Fault::StallThenError(200, libc::EIO));
+            let first = log.append(&put(b"first", b"1")).unwrap();
+            while dir.faults().syncs() == started {
+                futures_lite::future::yield_now().await;
+            }
+            // Written after the stalled sync started: a second sync covers both and returns.
+            let second = log.append(&put(b"second", b"2")).unwrap();
+            while dir.faults().syncs() < started + 2 {
+                futures_lite::future::yield_now().await;
+            }
+            for _ in 0..20 {
+                futures_lite::future::yield_now().await;
+            }
+            assert!(log.failure().is_none(), "the older sync is still running");
+            assert!(!log.is_durable(first) && !log.is_durable(second));
+            let err = log.durable(second).await.unwrap_err();
+            assert!(err.to_string().contains("syncing"), "{err}");
+            assert!(!log.is_durable(first) && !log.is_durable(second));
+        });
+    }
+}
+
+/// With two syncs in flight, a record written while an older sync is still running gets a
+/// sync of its own at once, without waiting for the older one to return; it is acknowledged
+/// once both have returned.
+#[test]
+fn a_record_does_not_wait_for_an_older_sync_before_a_sync_covering_it_starts() {
     run(async {
         let dir = MemDir::new(BLOCK);
-        let (log, _, _) = open(dir.clone(), &small(BLOCK, 64)).await.unwrap();
-        put_each(&log, 0, 3).await;
-        dir.faults().on_sync(0, Fault::Error(libc::EIO));
-        let seq = log.append(&put(b"k", b"v")).unwrap();
-        let err = log.durable(seq).await.unwrap_err();
+        let config = Config {
+            syncs_in_flight: 2,
+            ..small(BLOCK, 64)
+        };
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        put_each(&log, 0, 2).await;
+        let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
+        dir.faults().on_sync(0, Fault::Stall(200));
+        let first = log.append(&put(b"first", b"1")).unwrap();
+        while dir.faults().syncs() == syncs_started {
+            futures_lite::future::yield_now().await;
+        }
+        // The stalled sync covers `first` and is running; `second` is written after it started.
+        let second = log.append(&put(b"second", b"2")).unwrap();
+        while dir.faults().syncs() < syncs_started + 2 {
+            futures_lite::future::yield_now().await;
+        }
+        assert_eq!(
+            log.stats().syncs,
+            syncs_done,
+            "the second sync started while the stalled one was in flight"
+        );
+        log.durable(second).await.unwrap();
+        assert!(log.is_durable(first));
+        assert_eq!(log.stats().syncs, syncs_done + 2);
+        let (_, _, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
+        let present = puts(&replayed);
+        for key in ["first", "second"] {
+            assert!(
+                present.iter().any(|(k, _)| k == key),
+                "{key} lost: {present:?}"
+            );
+        }
+    });
+}
+
+/// A rotation's own sync of the segment it closes waits for the syncer's older syncs, so it
+/// acknowledges nothing before they return `Ok`, and nothing at all when one fails.
+#[test]
+fn a_rotation_acknowledges_nothing_before_the_older_syncs_return_ok() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = Config {
+            syncs_in_flight: 2,
+            ..small(BLOCK, 8)
+        };
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        put_each(&log, 0, 1).await;
+        let (segments, started) = (log.stats().segments, dir.faults().syncs());
+        dir.faults()
+            .on_sync(0, Fault::StallThenError(300, libc::EIO));
+        let first = log.append(&put(b"first", b"1")).unwrap();
+        while dir.faults().syncs() == started {
+            futures_lite::future::yield_now().await;
+        }
+        // More than a segment holds: the writer must rotate.
+        let big = vec![b'b'; 2 * BLOCK as usize];
+        let mut last = first;
+        for i in 0..4 {
+            last = log
+                .append(&put(format!("big{i}").as_bytes(), &big))
+                .unwrap();
+        }
+        for _ in 0..100 {
+            futures_lite::future::yield_now().await;
+        }
+        assert!(log.failure().is_none(), "the stalled sync is still running");
+        assert!(!log.is_durable(first), "{:?}", log.stats());
+        let err = log.durable(last).await.unwrap_err();
         assert!(err.to_string().contains("syncing"), "{err}");
-        assert!(log.is_durable(seq - 1) && !log.is_durable(seq));
+        assert!(!log.is_durable(first));
+        assert_eq!(log.stats().segments, segments, "no rotation completed");
+    });
+}
+
+/// `close` returns once the syncs in flight have returned, and reports one that fails.
+#[test]
+fn close_waits_for_the_syncs_in_flight() {
+    for fault in [Fault::Stall(200), Fault::StallThenError(200, libc::EIO)] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            let config = Config {
+                syncs_in_flight: 2,
+                ..small(BLOCK, 64)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            put_each(&log, 0, 2).await;
+            let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
+            dir.faults().on_sync(0, fault);
+            log.append(&put(b"k", b"v")).unwrap();
+            while dir.faults().syncs() == syncs_started {
+                futures_lite::future::yield_now().await;
+            }
+            let closed = log.close().await;
+            match fault {
+                Fault::Stall(_) => {
+                    closed.unwrap();
+                    // The stalled sync, then the writer's last one.
+                    assert_eq!(log.stats().syncs, syncs_done + 2);
+                }
+                _ => {
+                    let err = closed.unwrap_err();
+                    assert!(err.to_string().contains("syncing"), "{err}");
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn no_sync_in_flight_is_refused_at_open() {
+    run(async {
+        let config = Config {
+            syncs_in_flight: 0,
+            ..small(BLOCK, 64)
+        };
+        let err = open(MemDir::new(BLOCK), &config).await.err().unwrap();
+        assert!(
+            matches!(&err, Error::Unsupported(m) if m.contains("--wal-syncs-in-flight")),
+            "{err}"
+        );
     });
 }
 

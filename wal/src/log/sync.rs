@@ -1,0 +1,140 @@
+//! The log's syncer task: when `fdatasync` is called, and what each completed sync lets the
+//! log acknowledge.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Instant;
+
+use super::{Active, Inner};
+use crate::config::Fsync;
+use crate::error::Error;
+use crate::io::{SegmentDir, SegmentFile};
+
+/// The syncer (`Fsync::Always`, `Fsync::Interval`; there is none with `Fsync::Never`).
+pub(super) async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
+    if inner.config.fsync == Fsync::Always {
+        return sync_always(inner).await;
+    }
+    let mut last_sync = Instant::now();
+    loop {
+        let due = inner
+            .config
+            .fsync_interval
+            .saturating_sub(last_sync.elapsed());
+        glommio::timer::sleep(due).await;
+        let (target, active) = {
+            let st = inner.state.borrow();
+            if st.failure.is_some() || st.closing {
+                return;
+            }
+            (st.written_below, inner.active.borrow().clone())
+        };
+        last_sync = Instant::now();
+        if target <= inner.state.borrow().synced_below {
+            continue;
+        }
+        inner.state.borrow_mut().syncing = 1;
+        let synced = active.file.sync().await;
+        let mut st = inner.state.borrow_mut();
+        st.syncing = 0;
+        if let Some(writer) = st.drain_waiter.take() {
+            writer.wake();
+        }
+        match synced {
+            Ok(()) => {
+                st.synced_below = st.synced_below.max(target);
+                st.stats.syncs += 1;
+                st.stats.sync_micros += last_sync.elapsed().as_micros() as u64;
+            }
+            Err(e) => {
+                st.fail(&Error::io("syncing", active.path.clone(), e));
+                return;
+            }
+        }
+    }
+}
+
+/// One `fdatasync` in flight: the seq it covers below, when it started, its segment, the call,
+/// and once returned its result and how long it took, held until every older sync has returned.
+struct InFlight<F> {
+    target: u64,
+    started: Instant,
+    active: Rc<Active<F>>,
+    call: Pin<Box<dyn Future<Output = std::io::Result<()>>>>,
+    returned: Option<(std::io::Result<()>, u64)>,
+}
+
+/// `Fsync::Always`: a sync of everything written so far as soon as something written is not
+/// covered by a sync already started, with up to `Config::syncs_in_flight` syncs at a time. A
+/// sync covers the records whose writes completed before it started, whatever the other syncs
+/// in flight do, so a record never waits for an older sync to finish before one covering it
+/// can start. Results are applied in the order the syncs started: a sync's records are
+/// acknowledged once it and every older sync have returned `Ok`, and any error fails the log
+/// without applying the results held behind it (a device that loses written data on a failed
+/// flush may report the next flush as a success).
+async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
+    let depth = inner.config.syncs_in_flight;
+    let mut in_flight: VecDeque<InFlight<D::File>> = VecDeque::with_capacity(depth);
+    let mut issued_below = inner.state.borrow().synced_below;
+    poll_fn(|cx| loop {
+        for sync in in_flight.iter_mut().filter(|s| s.returned.is_none()) {
+            if let Poll::Ready(returned) = sync.call.as_mut().poll(cx) {
+                sync.returned = Some((returned, sync.started.elapsed().as_micros() as u64));
+            }
+        }
+        let mut st = inner.state.borrow_mut();
+        if let Some(failed) = in_flight
+            .iter_mut()
+            .find(|s| matches!(s.returned, Some((Err(_), _))))
+        {
+            if let Some((Err(e), _)) = failed.returned.take() {
+                st.fail(&Error::io("syncing", failed.active.path.clone(), e));
+            }
+            return Poll::Ready(());
+        }
+        while in_flight.front().is_some_and(|s| s.returned.is_some()) {
+            let Some(done) = in_flight.pop_front() else {
+                break;
+            };
+            st.synced_below = st.synced_below.max(done.target);
+            st.stats.syncs += 1;
+            st.stats.sync_micros += done.returned.map_or(0, |(_, micros)| micros);
+            st.advance_durable(done.target);
+        }
+        st.syncing = in_flight.len();
+        if st.syncing == 0 {
+            if let Some(writer) = st.drain_waiter.take() {
+                writer.wake();
+            }
+        }
+        // A rotation syncs the segment it closes on its own.
+        issued_below = issued_below.max(st.synced_below);
+        if st.failure.is_some() {
+            return Poll::Ready(());
+        }
+        // Closing: the syncs in flight return first, then the writer makes the rest durable.
+        if st.closing && in_flight.is_empty() {
+            return Poll::Ready(());
+        }
+        if !st.closing && st.written_below > issued_below && in_flight.len() < depth {
+            issued_below = st.written_below;
+            drop(st);
+            let active = inner.active.borrow().clone();
+            let segment = active.clone();
+            in_flight.push_back(InFlight {
+                target: issued_below,
+                started: Instant::now(),
+                active,
+                call: Box::pin(async move { segment.file.sync().await }),
+                returned: None,
+            });
+            continue;
+        }
+        st.syncer = Some(cx.waker().clone());
+        return Poll::Pending;
+    })
+    .await
+}
