@@ -131,7 +131,26 @@ fn a_wiped_former_leader_refuses_to_bootstrap() {
     let mut cluster = Cluster::start(3, 1, &[]);
     wait_for_epoch_one(&cluster);
     let leader = leader_of(&cluster);
+    // The other two are stopped (SIGSTOP) while the wiped node asks them: they accept its
+    // connections and do not answer, as busy peers would; it asks them again, and they answer
+    // once they run again.
+    let others: Vec<usize> = (1..=3).filter(|&id| id != leader).collect();
+    for &id in &others {
+        // SAFETY: kill(2) on our own child's pid; Node's Drop kills it even while stopped.
+        unsafe { libc::kill(cluster.nodes[id - 1].pid() as i32, libc::SIGSTOP) };
+    }
     cluster.wipe_and_respawn(leader);
+    wait_for("the wiped node to ask its silent peers again", || {
+        let log = cluster.nodes[leader - 1].log();
+        (log.matches("did not answer within 3s (attempt 1 of 2)")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    for &id in &others {
+        // SAFETY: as above.
+        unsafe { libc::kill(cluster.nodes[id - 1].pid() as i32, libc::SIGCONT) };
+    }
     let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while cluster.nodes[leader - 1].is_running() {
         assert!(

@@ -330,7 +330,8 @@ async fn check_bootstrap(me: usize, config: &NodeConfig) -> Result<(), String> {
     if stored.is_some() {
         return Ok(());
     }
-    super::raft::bootstrap_guard::check(config.node_id, &config.cluster.members).await
+    let within = super::raft::bootstrap_guard::ask_within(config.forward_timeout);
+    super::raft::bootstrap_guard::check(config.node_id, &config.cluster.members, within).await
 }
 
 /// Shard 0 of a multi-node cluster with a data directory opens the topology Raft group; it
