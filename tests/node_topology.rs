@@ -2,7 +2,8 @@
 //! topology Raft group and every shard reports the agreed epoch, across restarts; a leave
 //! below the replication factor is refused; the group refuses what could corrupt it (a wiped
 //! data directory, a Raft message without a handshake, bad joins); a leaving leader hands
-//! over; a joining node serves no client data before it holds the topology.
+//! over; a joining node serves no client data before it holds the topology; a stream copy for
+//! a change not running is refused.
 
 mod common;
 
@@ -28,6 +29,27 @@ fn a_static_cluster_agrees_on_epoch_one_keeps_it_and_refuses_a_leave_below_repli
             });
         }
     }
+    // A stream copy for a change that does not run here (one that finished or was aborted):
+    // refused and not stored, though this node owns the key.
+    let mut shard0 = WireClient::connect(cluster.nodes[0].shard_addr(0));
+    let copy = kvmesh_proto::wire::Op {
+        replica: true,
+        version_hlc: 1,
+        version_node: 2,
+        stream_epoch: 1,
+        ..op(OpCode::OpPut, b"orphan", b"late copy", 0)
+    };
+    let answer = shard0.call(vec![copy]);
+    assert_eq!(answer[0].status(), Status::StaleStream, "{answer:?}");
+    assert!(
+        answer[0].message.contains("not running here (epoch 1)"),
+        "{answer:?}"
+    );
+    let get = kvmesh_proto::wire::Op {
+        replica: true,
+        ..op(OpCode::OpGet, b"orphan", b"", 0)
+    };
+    assert_eq!(shard0.call(vec![get])[0].status(), Status::NotFound);
     let out = cluster.nodes[2].cli(&["leave"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));

@@ -57,7 +57,8 @@ pub fn status(e: &Error) -> Status {
             | WireStatus::MalformedFrame
             | WireStatus::FrameTooLarge
             | WireStatus::Internal
-            | WireStatus::Refused => Code::Internal,
+            | WireStatus::Refused
+            | WireStatus::StaleStream => Code::Internal,
         },
         Error::NegativeTtl(_) => Code::InvalidArgument,
         Error::NotUtf8 { .. } => Code::FailedPrecondition,
