@@ -219,6 +219,31 @@ fn removing_a_dead_node_at_one_replica_needs_force() {
     let mut client = WireClient::connect(cluster.nodes[0].addr);
     client.put(b"after", b"removal");
     assert_eq!(client.get(b"after").as_deref(), Some(&b"removal"[..]));
+    // Node 3 comes back (a rebooted host) with its stored topology, which still lists it.
+    // Once the group dropped it (it cannot catch up from there), its peers answer its Raft
+    // messages STATUS_REMOVED: it refuses clients' data ops and says why.
+    wait_for("the Raft group to drop node 3", || {
+        two.iter()
+            .all(|n| n.log().contains("topology: Raft RemoveNode node 3"))
+            .then_some(())
+    });
+    drop(two);
+    cluster.restart(3);
+    wait_for("node 3 to learn it was removed", || {
+        cluster.nodes[2]
+            .log()
+            .contains("topology: node 3 was removed from the cluster (node ")
+            .then_some(())
+    });
+    let mut stale = WireClient::connect(cluster.nodes[2].addr);
+    let answer = stale.call(vec![op(OpCode::OpPut, b"stale", b"write", 0)]);
+    assert_eq!(answer[0].status(), Status::Unavailable, "{answer:?}");
+    assert!(
+        answer[0]
+            .message
+            .contains("this node was removed from the cluster"),
+        "{answer:?}"
+    );
 }
 
 /// `kvmesh abort` through a member rolls back a join whose new node died mid-stream: the

@@ -58,7 +58,8 @@ pub fn status(e: &Error) -> Status {
             | WireStatus::FrameTooLarge
             | WireStatus::Internal
             | WireStatus::Refused
-            | WireStatus::StaleStream => Code::Internal,
+            | WireStatus::StaleStream
+            | WireStatus::Removed => Code::Internal,
         },
         Error::NegativeTtl(_) => Code::InvalidArgument,
         Error::NotUtf8 { .. } => Code::FailedPrecondition,

@@ -243,9 +243,12 @@ impl RaftDriver {
                 )
             }
         };
-        if let Err(why) = self.check_sender(&message) {
+        if let Err((status, why)) = self.check_sender(&message) {
             tracing::warn!("topology: refused a Raft message: {why}");
-            return reply::status(Status::Refused, format!("OP_RAFT: {why}"));
+            return OpResult {
+                moved_epoch: self.topology.borrow().epoch,
+                ..reply::status(status, format!("OP_RAFT: {why}"))
+            };
         }
         if let Ok(from) = NodeId::try_from(message.from) {
             self.heard.borrow_mut().insert(from);
@@ -262,15 +265,18 @@ impl RaftDriver {
     /// Why `message` may not be stepped into this node's group, if it may not: it must be
     /// addressed to this node and come from a node that takes part (a member, the joining
     /// node, or a node still in the Raft configuration); a node that knows no topology yet (it
-    /// was started with `--join`) hears from anyone that passed the peer handshake.
-    fn check_sender(&self, message: &Message) -> Result<(), String> {
+    /// was started with `--join`) hears from anyone that passed the peer handshake. A node
+    /// that takes no part is answered `STATUS_REMOVED` (it was removed, for example while it
+    /// was down, and comes back with its old topology: see [`RaftDriver::removed`]).
+    fn check_sender(&self, message: &Message) -> Result<(), (Status, String)> {
         let me = self.node.try_borrow().map(|n| n.raft.id).ok();
         let me = me.unwrap_or(u64::from(self.peers.membership().me));
+        let refused = |why| Err((Status::Refused, why));
         if message.to != me {
-            return Err(format!("addressed to node {}, not node {me}", message.to));
+            return refused(format!("addressed to node {}, not node {me}", message.to));
         }
         if message.from == 0 || message.from == me {
-            return Err(format!("from node {}, which is not a peer", message.from));
+            return refused(format!("from node {}, which is not a peer", message.from));
         }
         let topology = self.topology.borrow();
         if topology.epoch == 0 {
@@ -288,10 +294,11 @@ impl RaftDriver {
         if known {
             Ok(())
         } else {
-            Err(format!(
-                "from node {}, which takes no part in the cluster",
-                message.from
-            ))
+            let why = format!(
+                "from node {}, which takes no part in the cluster (epoch {}): it was removed",
+                message.from, topology.epoch
+            );
+            Err((Status::Removed, why))
         }
     }
 
@@ -462,8 +469,13 @@ impl RaftDriver {
             let driver = self.clone();
             glommio::spawn_local(async move {
                 let sent = driver.peers.send_to_shard(to as NodeId, 0, vec![op]).await;
-                if driver.peers.wait(sent).await.is_err() {
-                    driver.unreachable.borrow_mut().push(to);
+                match driver.peers.wait(sent).await {
+                    Err(_) => driver.unreachable.borrow_mut().push(to),
+                    Ok(results) => {
+                        if let Some(r) = results.first().filter(|r| r.status() == Status::Removed) {
+                            driver.removed(to, r);
+                        }
+                    }
                 }
             })
             .detach();
