@@ -301,6 +301,21 @@ fn a_join_whose_node_died_is_aborted_and_the_next_join_succeeds() {
             "a node holds {held:.3} of the keys"
         );
     }
+    // A retry of that abort (as `kvmesh abort` sends after an UNAVAILABLE, naming the change
+    // of epoch 2) is answered OK by any member that applied it.
+    for node in &three {
+        let mut shard0 = WireClient::connect(node.shard_addr(0));
+        let retry = kvmesh_proto::wire::Op {
+            abort_epoch: 2,
+            ..op(OpCode::OpAbort, b"", b"", 0)
+        };
+        let answer = shard0.call(vec![retry]);
+        assert_eq!(answer[0].status(), Status::Ok, "{answer:?}");
+        assert!(
+            answer[0].message.contains("epoch 2 was aborted already"),
+            "{answer:?}"
+        );
+    }
     // No abort is due now; the next join runs.
     let out = cluster.nodes[0].cli(&["abort"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

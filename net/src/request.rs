@@ -152,6 +152,7 @@ mod tests {
                     force: true,
                     leave_id: 7,
                     stream_epoch: 9,
+                    abort_epoch: 0,
                 },
                 Op {
                     code: -5,
@@ -236,6 +237,7 @@ mod tests {
                         force: replica && version_node % 2 == 0,
                         leave_id: version_node % 3,
                         stream_epoch: version_hlc % 5,
+                        abort_epoch: 0,
                     })
                     .collect(),
             };

@@ -100,6 +100,9 @@ pub struct RaftDriver {
     last_transfer: Cell<Option<Instant>>,
     /// The index of the last entry applied to `topology`.
     applied_index: Cell<u64>,
+    /// The epoch of the last change this node applied an `Abort` of since it started (0:
+    /// none): how a repeated `OP_ABORT` learns it succeeded already.
+    aborted: Cell<u64>,
     /// Set when the state could not be written: the driver stops rather than break Raft's
     /// promises, and says so.
     failed: Cell<bool>,
@@ -195,6 +198,7 @@ impl RaftDriver {
             ),
             last_transfer: Cell::new(None),
             applied_index: Cell::new(stored.applied),
+            aborted: Cell::new(0),
             failed: Cell::new(false),
             heard: RefCell::default(),
         });
@@ -206,6 +210,11 @@ impl RaftDriver {
     /// The topology this node has applied.
     pub fn topology(&self) -> Topology {
         self.topology.borrow().clone()
+    }
+
+    /// The epoch of the last change whose `Abort` this node applied since it started; 0: none.
+    pub fn last_aborted(&self) -> u64 {
+        self.aborted.get()
     }
 
     /// Whether this node leads the topology group now.

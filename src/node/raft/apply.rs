@@ -124,6 +124,9 @@ impl RaftDriver {
                 if applied == Applied::Finished {
                     self.finished.set(Some((entry.index, Instant::now())));
                 }
+                if let (Applied::Aborted, Command::Abort { epoch }) = (&applied, &command) {
+                    self.aborted.set(*epoch);
+                }
                 Some(command)
             }
             Err(refused) => {
