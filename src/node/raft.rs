@@ -92,9 +92,9 @@ pub struct RaftDriver {
     next_nonce: Cell<u64>,
     /// When the leader last proposed a change of the Raft voters (see `reconcile_voters`).
     last_conf_proposal: Cell<Option<Instant>>,
-    /// The index of the last applied `Finish`, and when it was applied here (at a restart:
-    /// when the node started, found from the stored log, so a restarted leader still gives a
-    /// node that left time to learn it left).
+    /// The index of the last applied `Finish` or `Abort` (or installed snapshot), and when it
+    /// was applied here (at a restart: when the node started, found from the stored log, so a
+    /// restarted leader still gives a node that left, or a joiner aborted, time to learn it).
     finished: Cell<Option<(u64, Instant)>>,
     /// When this node, which left, last asked to hand over the leadership.
     last_transfer: Cell<Option<Instant>>,
@@ -492,13 +492,18 @@ impl RaftDriver {
     }
 }
 
-/// The index of the last `Finish` among `entries` applied (at or below `applied`).
+/// The index of the last `Finish` or `Abort` among `entries` applied (at or below `applied`).
 fn last_finish(entries: &[Entry], applied: u64) -> Option<u64> {
     entries
         .iter()
         .rev()
         .filter(|e| e.index <= applied && e.entry_type == EntryType::EntryNormal)
-        .find(|e| matches!(decode_command(&e.data), Ok(Command::Finish { .. })))
+        .find(|e| {
+            matches!(
+                decode_command(&e.data),
+                Ok(Command::Finish { .. } | Command::Abort { .. })
+            )
+        })
         .map(|e| e.index)
 }
 

@@ -24,6 +24,8 @@ impl RaftDriver {
         );
         *self.topology.borrow_mut() = topology;
         self.applied_index.set(index);
+        // The snapshot may hold a `Finish` or an `Abort`: a node that left is given time.
+        self.finished.set(Some((index, Instant::now())));
         (self.publish)(&wire);
         self.note_latest(node);
         Ok(())
@@ -121,7 +123,8 @@ impl RaftDriver {
                     topology.epoch
                 );
                 (self.publish)(&topology_to_wire(&topology));
-                if applied == Applied::Finished {
+                // An aborted joiner is a node that left too: it is given time to learn it.
+                if matches!(applied, Applied::Finished | Applied::Aborted) {
                     self.finished.set(Some((entry.index, Instant::now())));
                 }
                 if let (Applied::Aborted, Command::Abort { epoch }) = (&applied, &command) {
