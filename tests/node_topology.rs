@@ -447,6 +447,22 @@ fn a_cluster_of_one_can_be_joined() {
         client.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes());
     }
     drop(client);
+    // Without --peers it would come back as a plain node that nothing can join: refused.
+    let without_peers: Vec<&str> = flags
+        .iter()
+        .copied()
+        .filter(|f| *f != "--peers" && *f != me)
+        .collect();
+    one.respawn(&without_peers);
+    wait_for("the start without --peers to be refused", || {
+        (!one.is_running()).then_some(())
+    });
+    assert!(
+        one.log()
+            .contains("holds the topology of a cluster of one: start it with --peers"),
+        "{}",
+        one.log()
+    );
     // It restarts alone, from its stored topology.
     one.respawn(&flags);
     one.wait_ready();
