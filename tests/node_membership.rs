@@ -219,6 +219,31 @@ fn removing_a_dead_node_at_one_replica_needs_force() {
     let mut client = WireClient::connect(cluster.nodes[0].addr);
     client.put(b"after", b"removal");
     assert_eq!(client.get(b"after").as_deref(), Some(&b"removal"[..]));
+    // Node 3 comes back (a rebooted host) with its stored topology, which still lists it.
+    // Once the group dropped it (it cannot catch up from there), its peers answer its Raft
+    // messages STATUS_REMOVED: it refuses clients' data ops and says why.
+    wait_for("the Raft group to drop node 3", || {
+        two.iter()
+            .all(|n| n.log().contains("topology: Raft RemoveNode node 3"))
+            .then_some(())
+    });
+    drop(two);
+    cluster.restart(3);
+    wait_for("node 3 to learn it was removed", || {
+        cluster.nodes[2]
+            .log()
+            .contains("topology: node 3 was removed from the cluster (node ")
+            .then_some(())
+    });
+    let mut stale = WireClient::connect(cluster.nodes[2].addr);
+    let answer = stale.call(vec![op(OpCode::OpPut, b"stale", b"write", 0)]);
+    assert_eq!(answer[0].status(), Status::Unavailable, "{answer:?}");
+    assert!(
+        answer[0]
+            .message
+            .contains("this node was removed from the cluster"),
+        "{answer:?}"
+    );
 }
 
 /// `kvmesh abort` through a member rolls back a join whose new node died mid-stream: the
@@ -274,6 +299,21 @@ fn a_join_whose_node_died_is_aborted_and_the_next_join_succeeds() {
         assert!(
             (0.55..0.8).contains(&held),
             "a node holds {held:.3} of the keys"
+        );
+    }
+    // A retry of that abort (as `kvmesh abort` sends after an UNAVAILABLE, naming the change
+    // of epoch 2) is answered OK by any member that applied it.
+    for node in &three {
+        let mut shard0 = WireClient::connect(node.shard_addr(0));
+        let retry = kvmesh_proto::wire::Op {
+            abort_epoch: 2,
+            ..op(OpCode::OpAbort, b"", b"", 0)
+        };
+        let answer = shard0.call(vec![retry]);
+        assert_eq!(answer[0].status(), Status::Ok, "{answer:?}");
+        assert!(
+            answer[0].message.contains("epoch 2 was aborted already"),
+            "{answer:?}"
         );
     }
     // No abort is due now; the next join runs.

@@ -2,7 +2,8 @@
 //! topology Raft group and every shard reports the agreed epoch, across restarts; a leave
 //! below the replication factor is refused; the group refuses what could corrupt it (a wiped
 //! data directory, a Raft message without a handshake, bad joins); a leaving leader hands
-//! over; a joining node serves no client data before it holds the topology.
+//! over; a joining node serves no client data before it holds the topology; a stream copy for
+//! a change not running is refused.
 
 mod common;
 
@@ -28,6 +29,27 @@ fn a_static_cluster_agrees_on_epoch_one_keeps_it_and_refuses_a_leave_below_repli
             });
         }
     }
+    // A stream copy for a change that does not run here (one that finished or was aborted):
+    // refused and not stored, though this node owns the key.
+    let mut shard0 = WireClient::connect(cluster.nodes[0].shard_addr(0));
+    let copy = kvmesh_proto::wire::Op {
+        replica: true,
+        version_hlc: 1,
+        version_node: 2,
+        stream_epoch: 1,
+        ..op(OpCode::OpPut, b"orphan", b"late copy", 0)
+    };
+    let answer = shard0.call(vec![copy]);
+    assert_eq!(answer[0].status(), Status::StaleStream, "{answer:?}");
+    assert!(
+        answer[0].message.contains("not running here (epoch 1)"),
+        "{answer:?}"
+    );
+    let get = kvmesh_proto::wire::Op {
+        replica: true,
+        ..op(OpCode::OpGet, b"orphan", b"", 0)
+    };
+    assert_eq!(shard0.call(vec![get])[0].status(), Status::NotFound);
     let out = cluster.nodes[2].cli(&["leave"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
@@ -131,7 +153,26 @@ fn a_wiped_former_leader_refuses_to_bootstrap() {
     let mut cluster = Cluster::start(3, 1, &[]);
     wait_for_epoch_one(&cluster);
     let leader = leader_of(&cluster);
+    // The other two are stopped (SIGSTOP) while the wiped node asks them: they accept its
+    // connections and do not answer, as busy peers would; it asks them again, and they answer
+    // once they run again.
+    let others: Vec<usize> = (1..=3).filter(|&id| id != leader).collect();
+    for &id in &others {
+        // SAFETY: kill(2) on our own child's pid; Node's Drop kills it even while stopped.
+        unsafe { libc::kill(cluster.nodes[id - 1].pid() as i32, libc::SIGSTOP) };
+    }
     cluster.wipe_and_respawn(leader);
+    wait_for("the wiped node to ask its silent peers again", || {
+        let log = cluster.nodes[leader - 1].log();
+        (log.matches("did not answer within 3s (attempt 1 of 2)")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    for &id in &others {
+        // SAFETY: as above.
+        unsafe { libc::kill(cluster.nodes[id - 1].pid() as i32, libc::SIGCONT) };
+    }
     let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while cluster.nodes[leader - 1].is_running() {
         assert!(
@@ -406,6 +447,22 @@ fn a_cluster_of_one_can_be_joined() {
         client.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes());
     }
     drop(client);
+    // Without --peers it would come back as a plain node that nothing can join: refused.
+    let without_peers: Vec<&str> = flags
+        .iter()
+        .copied()
+        .filter(|f| *f != "--peers" && *f != me)
+        .collect();
+    one.respawn(&without_peers);
+    wait_for("the start without --peers to be refused", || {
+        (!one.is_running()).then_some(())
+    });
+    assert!(
+        one.log()
+            .contains("holds the topology of a cluster of one: start it with --peers"),
+        "{}",
+        one.log()
+    );
     // It restarts alone, from its stored topology.
     one.respawn(&flags);
     one.wait_ready();

@@ -48,6 +48,8 @@ fn walk_op(body: &[u8]) -> Option<Op> {
             (7, Field::Varint(v)) => op.version_hlc = v,
             (8, Field::Varint(v)) => op.version_node = v as u32,
             (50, Field::Varint(v)) => op.force = v != 0,
+            // A stream's copies carry it: walked, as they are many.
+            (91, Field::Varint(v)) => op.stream_epoch = v,
             // `hello` (5) is a message of its own, and any other field, known to prost or
             // not: prost decodes such a request.
             _ => return None,
@@ -149,6 +151,8 @@ mod tests {
                     hello: None,
                     force: true,
                     leave_id: 7,
+                    stream_epoch: 9,
+                    abort_epoch: 0,
                 },
                 Op {
                     code: -5,
@@ -232,6 +236,8 @@ mod tests {
                         hello: None,
                         force: replica && version_node % 2 == 0,
                         leave_id: version_node % 3,
+                        stream_epoch: version_hlc % 5,
+                        abort_epoch: 0,
                     })
                     .collect(),
             };

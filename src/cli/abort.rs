@@ -32,9 +32,13 @@ pub fn run(args: AbortArgs) -> anyhow::Result<i32> {
     executor.run(async move {
         let give_up = std::time::Instant::now() + args.timeout;
         let mut client = Client::connect(args.addr, args.timeout).await?;
+        // A retry names the change the first attempt was about, so it is answered OK when
+        // that abort committed meanwhile, and never aborts a later change.
+        let mut abort_epoch = 0;
         loop {
             let op = Op {
                 code: OpCode::OpAbort as i32,
+                abort_epoch,
                 ..Op::default()
             };
             let result = client
@@ -51,6 +55,9 @@ pub fn run(args: AbortArgs) -> anyhow::Result<i32> {
                 }
                 Status::Unavailable if std::time::Instant::now() < give_up => {
                     eprintln!("kvmesh: not yet: {}", result.message);
+                    if abort_epoch == 0 {
+                        abort_epoch = result.moved_epoch;
+                    }
                     glommio::timer::sleep(Duration::from_millis(500)).await;
                 }
                 status => {

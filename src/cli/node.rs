@@ -209,10 +209,20 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         // A node that ran alone (a cluster of one) restarts alone; one that had company must
         // find it again.
         let stored = crate::cluster::raft_state::load(dir).map_err(|e| anyhow::anyhow!(e))?;
-        if stored.is_some_and(|s| s.topology.all_members().len() > 1) {
+        let members = stored.map_or(0, |s| s.topology.all_members().len());
+        if members > 1 {
             anyhow::bail!(
                 "{} holds the topology of a cluster this node is a member of: start it with \
                  --join HOST:PORT (any member) or --peers, not alone",
+                dir.display()
+            );
+        }
+        // Without --peers it would start as a plain node and ignore its group: nothing
+        // could join it any more.
+        if members == 1 && peers.is_none() {
+            anyhow::bail!(
+                "{} holds the topology of a cluster of one: start it with --peers naming \
+                 only itself (ID=HOST:PORT), as it was started",
                 dir.display()
             );
         }

@@ -117,14 +117,47 @@ pub fn decode(bytes: &[u8]) -> Result<Stored, String> {
                 .map_err(|e| format!("undecodable snapshot: {e}"))?,
         ),
     };
-    Ok(Stored {
+    let stored = Stored {
         hard_state,
         conf_state,
         entries,
         topology,
         applied: state.applied,
         snapshot,
-    })
+    };
+    check_order(&stored)?;
+    Ok(stored)
+}
+
+/// Why raft-rs would abort on `state` at open (it assumes its storage is consistent), if it
+/// would: the entries must follow one another and the snapshot directly, and the snapshot, the
+/// applied index and the commit index must lie in the order snapshot ≤ applied ≤ commit ≤ the
+/// last index.
+fn check_order(state: &Stored) -> Result<(), String> {
+    let base = state
+        .snapshot
+        .as_ref()
+        .map_or(0, |s| s.get_metadata().index);
+    let mut expected = base + 1;
+    for entry in &state.entries {
+        if entry.index != expected {
+            return Err(format!(
+                "entry {} where entry {expected} was expected (the snapshot is at index {base})",
+                entry.index
+            ));
+        }
+        expected += 1;
+    }
+    let last = expected - 1;
+    let commit = state.hard_state.commit;
+    if !(base <= state.applied && state.applied <= commit && commit <= last) {
+        return Err(format!(
+            "out of order: snapshot index {base}, applied {}, commit {commit}, last index {last} \
+             (each must be at most the next)",
+            state.applied
+        ));
+    }
+    Ok(())
 }
 
 /// The state stored in `dir`, or `None` when there is none yet.
@@ -216,6 +249,38 @@ mod tests {
             .contains("the header says"));
         assert!(decode(b"KVMRAFT").unwrap_err().contains("bad magic"));
         assert!(decode(&[]).is_err());
+    }
+
+    #[test]
+    fn refuses_a_log_raft_rs_would_abort_on() {
+        let mut gap = state();
+        gap.entries[0].index = 2;
+        gap.hard_state.commit = 2;
+        assert!(decode(&encode(&gap))
+            .unwrap_err()
+            .contains("entry 2 where entry 1 was expected"));
+
+        let mut after_snapshot = state();
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 3;
+        after_snapshot.snapshot = Some(snapshot);
+        assert!(decode(&encode(&after_snapshot))
+            .unwrap_err()
+            .contains("entry 1 where entry 4 was expected"));
+        after_snapshot.entries[0].index = 4;
+        assert!(decode(&encode(&after_snapshot))
+            .unwrap_err()
+            .contains("snapshot index 3, applied 1, commit 1"));
+        after_snapshot.applied = 4;
+        after_snapshot.hard_state.commit = 4;
+        assert!(decode(&encode(&after_snapshot)).is_ok());
+
+        let mut beyond = state();
+        beyond.hard_state.commit = 2;
+        beyond.applied = 2;
+        assert!(decode(&encode(&beyond))
+            .unwrap_err()
+            .contains("last index 1"));
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub fn status(e: &Error) -> Status {
             | WireStatus::MalformedFrame
             | WireStatus::FrameTooLarge
             | WireStatus::Internal
-            | WireStatus::Refused => Code::Internal,
+            | WireStatus::Refused
+            | WireStatus::StaleStream
+            | WireStatus::Removed => Code::Internal,
         },
         Error::NegativeTtl(_) => Code::InvalidArgument,
         Error::NotUtf8 { .. } => Code::FailedPrecondition,

@@ -381,11 +381,19 @@ async fn finished(
     while !delivered.borrow().all_done(began, ctx.config.shards) && Instant::now() < give_up {
         glommio::timer::sleep(LOOK_EVERY).await;
     }
-    tracing::info!(
-        "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}, once its removal \
-         from the topology Raft group is committed",
-        membership.epoch
-    );
+    if ctx.raft.as_ref().is_some_and(|r| r.last_aborted() == began) {
+        tracing::warn!(
+            "the join was aborted (epoch {}): this node is no member; stopping in \
+             {LEAVE_GRACE:?}. Empty its data directory before it joins again",
+            membership.epoch
+        );
+    } else {
+        tracing::info!(
+            "this node left the cluster (epoch {}); stopping in {LEAVE_GRACE:?}, once its \
+             removal from the topology Raft group is committed",
+            membership.epoch
+        );
+    }
     // Every member applies the finish at about the same time; until then one may still route
     // a read here. The group must not count a stopped voter.
     match &ctx.raft {

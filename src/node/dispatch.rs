@@ -21,6 +21,7 @@ use super::replicate;
 use super::reply;
 use super::router::{route_in_cluster, Place, Rejection, Route};
 use super::server::ShardCtx;
+use super::stream;
 
 /// Runs `ops` and returns one result per op, in order. Never fails as a whole: an op that could
 /// not run gets an error status of its own.
@@ -149,6 +150,14 @@ pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u6
                 {
                     results[i] = super::change::moved(membership.epoch);
                     continue;
+                }
+                // A stream copy for a change that is over here, or of a key not ours.
+                if op.stream_epoch != 0 {
+                    let replication = ctx.config.replication;
+                    if let Some(refused) = stream::receive::refuse(&op, &membership, replication) {
+                        results[i] = refused;
+                        continue;
+                    }
                 }
                 reads.note(ctx, i, &mut op);
             }

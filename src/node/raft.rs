@@ -47,6 +47,7 @@ use prost::Message as _;
 
 use super::reply;
 
+mod apply;
 pub mod bootstrap_guard;
 mod guards;
 mod storage;
@@ -91,14 +92,17 @@ pub struct RaftDriver {
     next_nonce: Cell<u64>,
     /// When the leader last proposed a change of the Raft voters (see `reconcile_voters`).
     last_conf_proposal: Cell<Option<Instant>>,
-    /// The index of the last applied `Finish`, and when it was applied here (at a restart:
-    /// when the node started, found from the stored log, so a restarted leader still gives a
-    /// node that left time to learn it left).
+    /// The index of the last applied `Finish` or `Abort` (or installed snapshot), and when it
+    /// was applied here (at a restart: when the node started, found from the stored log, so a
+    /// restarted leader still gives a node that left, or a joiner aborted, time to learn it).
     finished: Cell<Option<(u64, Instant)>>,
     /// When this node, which left, last asked to hand over the leadership.
     last_transfer: Cell<Option<Instant>>,
     /// The index of the last entry applied to `topology`.
     applied_index: Cell<u64>,
+    /// The epoch of the last change this node applied an `Abort` of since it started (0:
+    /// none): how a repeated `OP_ABORT` learns it succeeded already.
+    aborted: Cell<u64>,
     /// Set when the state could not be written: the driver stops rather than break Raft's
     /// promises, and says so.
     failed: Cell<bool>,
@@ -194,6 +198,7 @@ impl RaftDriver {
             ),
             last_transfer: Cell::new(None),
             applied_index: Cell::new(stored.applied),
+            aborted: Cell::new(0),
             failed: Cell::new(false),
             heard: RefCell::default(),
         });
@@ -205,6 +210,11 @@ impl RaftDriver {
     /// The topology this node has applied.
     pub fn topology(&self) -> Topology {
         self.topology.borrow().clone()
+    }
+
+    /// The epoch of the last change whose `Abort` this node applied since it started; 0: none.
+    pub fn last_aborted(&self) -> u64 {
+        self.aborted.get()
     }
 
     /// Whether this node leads the topology group now.
@@ -242,9 +252,12 @@ impl RaftDriver {
                 )
             }
         };
-        if let Err(why) = self.check_sender(&message) {
+        if let Err((status, why)) = self.check_sender(&message) {
             tracing::warn!("topology: refused a Raft message: {why}");
-            return reply::status(Status::Refused, format!("OP_RAFT: {why}"));
+            return OpResult {
+                moved_epoch: self.topology.borrow().epoch,
+                ..reply::status(status, format!("OP_RAFT: {why}"))
+            };
         }
         if let Ok(from) = NodeId::try_from(message.from) {
             self.heard.borrow_mut().insert(from);
@@ -261,15 +274,18 @@ impl RaftDriver {
     /// Why `message` may not be stepped into this node's group, if it may not: it must be
     /// addressed to this node and come from a node that takes part (a member, the joining
     /// node, or a node still in the Raft configuration); a node that knows no topology yet (it
-    /// was started with `--join`) hears from anyone that passed the peer handshake.
-    fn check_sender(&self, message: &Message) -> Result<(), String> {
+    /// was started with `--join`) hears from anyone that passed the peer handshake. A node
+    /// that takes no part is answered `STATUS_REMOVED` (it was removed, for example while it
+    /// was down, and comes back with its old topology: see [`RaftDriver::removed`]).
+    fn check_sender(&self, message: &Message) -> Result<(), (Status, String)> {
         let me = self.node.try_borrow().map(|n| n.raft.id).ok();
         let me = me.unwrap_or(u64::from(self.peers.membership().me));
+        let refused = |why| Err((Status::Refused, why));
         if message.to != me {
-            return Err(format!("addressed to node {}, not node {me}", message.to));
+            return refused(format!("addressed to node {}, not node {me}", message.to));
         }
         if message.from == 0 || message.from == me {
-            return Err(format!("from node {}, which is not a peer", message.from));
+            return refused(format!("from node {}, which is not a peer", message.from));
         }
         let topology = self.topology.borrow();
         if topology.epoch == 0 {
@@ -287,10 +303,11 @@ impl RaftDriver {
         if known {
             Ok(())
         } else {
-            Err(format!(
-                "from node {}, which takes no part in the cluster",
-                message.from
-            ))
+            let why = format!(
+                "from node {}, which takes no part in the cluster (epoch {}): it was removed",
+                message.from, topology.epoch
+            );
+            Err((Status::Removed, why))
         }
     }
 
@@ -421,146 +438,6 @@ impl RaftDriver {
         Ok(())
     }
 
-    /// Takes a snapshot the leader sent (this node was behind the leader's compaction point):
-    /// its topology replaces this node's, and the log starts after it.
-    fn install(
-        &self,
-        node: &mut RawNode<TopologyStorage>,
-        snapshot: Snapshot,
-    ) -> Result<(), String> {
-        let index = snapshot.get_metadata().index;
-        let wire = ClusterTopology::decode(&snapshot.data[..])
-            .map_err(|e| format!("a topology snapshot at index {index} does not decode: {e}"))?;
-        let topology = topology_from_wire(&wire)
-            .map_err(|e| format!("a topology snapshot at index {index}: {e}"))?;
-        node.mut_store().install(snapshot)?;
-        tracing::info!(
-            "topology: installed a snapshot at index {index}: epoch {}, {} member(s)",
-            topology.epoch,
-            topology.members.len()
-        );
-        *self.topology.borrow_mut() = topology;
-        self.applied_index.set(index);
-        (self.publish)(&wire);
-        self.note_latest(node);
-        Ok(())
-    }
-
-    /// Tells the storage the applied state, which snapshots are built from.
-    fn note_latest(&self, node: &RawNode<TopologyStorage>) {
-        let store = node.store();
-        let index = self.applied_index.get();
-        let (Ok(term), Ok(state)) = (store.term(index), store.initial_state()) else {
-            return;
-        };
-        store.set_latest(Latest {
-            index,
-            term,
-            conf_state: state.conf_state,
-            topology: topology_to_wire(&self.topology.borrow()).encode_to_vec(),
-        });
-    }
-
-    /// Applies committed entries to the topology, publishing each new one. Returns whether
-    /// anything was applied. After a `Finish`, the log is compacted up to it.
-    fn apply(&self, node: &mut RawNode<TopologyStorage>, entries: Vec<Entry>) -> bool {
-        let applied = !entries.is_empty();
-        let finished_before = self.finished.get().map(|(i, _)| i);
-        for entry in entries {
-            match entry.entry_type {
-                EntryType::EntryNormal if entry.data.is_empty() => {} // a new leader's entry
-                EntryType::EntryNormal => {
-                    if let Some(Command::Bootstrap(members)) = self.apply_command(&entry) {
-                        adopt_bootstrap_voters(node, &members);
-                    }
-                }
-                EntryType::EntryConfChange => {
-                    let applied = ConfChange::parse_from_bytes(&entry.data)
-                        .map_err(|e| e.to_string())
-                        .and_then(|cc| {
-                            node.apply_conf_change(&cc)
-                                .map_err(|e| e.to_string())
-                                .map(|cs| (cc, cs))
-                        });
-                    match applied {
-                        Ok((cc, cs)) => {
-                            tracing::info!(
-                                "topology: Raft {:?} node {}: voters {:?}, learners {:?}",
-                                cc.change_type,
-                                cc.node_id,
-                                cs.voters,
-                                cs.learners
-                            );
-                            node.mut_store().wl().set_conf_state(cs);
-                        }
-                        Err(e) => tracing::error!(
-                            "topology: configuration change at index {}: {e}",
-                            entry.index
-                        ),
-                    }
-                }
-                EntryType::EntryConfChangeV2 => tracing::warn!(
-                    "topology: ignored a joint configuration change at index {}",
-                    entry.index
-                ),
-            }
-            self.applied_index.set(entry.index);
-        }
-        if applied {
-            self.note_latest(node);
-        }
-        if self.finished.get().map(|(i, _)| i) != finished_before {
-            match node.mut_store().compact() {
-                Ok((index, dropped)) => tracing::info!(
-                    "topology: compacted the log up to index {index} ({dropped} entries)"
-                ),
-                Err(e) => tracing::warn!("topology: compacting the log: {e}"),
-            }
-        }
-        applied
-    }
-
-    /// Applies one topology entry; returns the command when it was applied.
-    fn apply_command(&self, entry: &Entry) -> Option<Command> {
-        let command = match decode_command(&entry.data) {
-            Ok(command) => command,
-            Err(e) => {
-                tracing::error!("topology: entry {} does not decode: {e}", entry.index);
-                return None;
-            }
-        };
-        let mut topology = self.topology.borrow_mut();
-        match topology.apply(&command) {
-            Ok(applied) => {
-                tracing::info!(
-                    "topology: applied {command:?} at index {}: {applied:?}, epoch {}",
-                    entry.index,
-                    topology.epoch
-                );
-                (self.publish)(&topology_to_wire(&topology));
-                if applied == Applied::Finished {
-                    self.finished.set(Some((entry.index, Instant::now())));
-                }
-                Some(command)
-            }
-            Err(refused) => {
-                tracing::info!(
-                    "topology: entry {} ({command:?}) changes nothing: {refused}",
-                    entry.index
-                );
-                let nonce = <[u8; 8]>::try_from(&entry.context[..]).map_or(0, u64::from_be_bytes);
-                if nonce != 0 {
-                    let mut refusals = self.refusals.borrow_mut();
-                    if refusals.len() >= 64 {
-                        refusals.remove(0);
-                    }
-                    refusals.push((nonce, refused));
-                }
-                None
-            }
-        }
-    }
-
     fn persist(&self, node: &RawNode<TopologyStorage>) -> Result<(), String> {
         let store = node.store();
         let state = store.initial_state().map_err(|e| e.to_string())?;
@@ -601,8 +478,13 @@ impl RaftDriver {
             let driver = self.clone();
             glommio::spawn_local(async move {
                 let sent = driver.peers.send_to_shard(to as NodeId, 0, vec![op]).await;
-                if driver.peers.wait(sent).await.is_err() {
-                    driver.unreachable.borrow_mut().push(to);
+                match driver.peers.wait(sent).await {
+                    Err(_) => driver.unreachable.borrow_mut().push(to),
+                    Ok(results) => {
+                        if let Some(r) = results.first().filter(|r| r.status() == Status::Removed) {
+                            driver.removed(to, r);
+                        }
+                    }
                 }
             })
             .detach();
@@ -610,13 +492,18 @@ impl RaftDriver {
     }
 }
 
-/// The index of the last `Finish` among `entries` applied (at or below `applied`).
+/// The index of the last `Finish` or `Abort` among `entries` applied (at or below `applied`).
 fn last_finish(entries: &[Entry], applied: u64) -> Option<u64> {
     entries
         .iter()
         .rev()
         .filter(|e| e.index <= applied && e.entry_type == EntryType::EntryNormal)
-        .find(|e| matches!(decode_command(&e.data), Ok(Command::Finish { .. })))
+        .find(|e| {
+            matches!(
+                decode_command(&e.data),
+                Ok(Command::Finish { .. } | Command::Abort { .. })
+            )
+        })
         .map(|e| e.index)
 }
 

@@ -329,7 +329,13 @@ async fn check_bootstrap(me: usize, config: &NodeConfig) -> Result<(), String> {
     let Some(durability) = config.durability.as_ref() else {
         return Ok(());
     };
-    if me != 0 || !config.cluster.is_multi_node() || config.join.is_some() {
+    if me != 0 {
+        return Ok(());
+    }
+    if config.join.is_some() {
+        return check_rejoin(config.node_id, &durability.data_dir);
+    }
+    if !config.cluster.is_multi_node() {
         return Ok(());
     }
     let stored =
@@ -337,7 +343,26 @@ async fn check_bootstrap(me: usize, config: &NodeConfig) -> Result<(), String> {
     if stored.is_some() {
         return Ok(());
     }
-    super::raft::bootstrap_guard::check(config.node_id, &config.cluster.members).await
+    let within = super::raft::bootstrap_guard::ask_within(config.forward_timeout);
+    super::raft::bootstrap_guard::check(config.node_id, &config.cluster.members, within).await
+}
+
+/// A node started with `--join` whose stored topology does not list it (its join was aborted,
+/// or it left) would never join: the stored state is authoritative. It refuses to start.
+fn check_rejoin(me: kvmesh_net::ring::NodeId, dir: &std::path::Path) -> Result<(), String> {
+    let stored = crate::cluster::raft_state::load(dir).map_err(|e| e.to_string())?;
+    let Some(t) = stored.map(|s| s.topology).filter(|t| t.epoch > 0) else {
+        return Ok(());
+    };
+    if t.all_members().iter().any(|m| m.id == me) {
+        return Ok(());
+    }
+    Err(format!(
+        "{}: the stored topology (epoch {}) does not list node {me} (its join was aborted, or \
+         it left): empty the data directory before joining again",
+        dir.display(),
+        t.epoch
+    ))
 }
 
 /// Shard 0 of a multi-node cluster with a data directory opens the topology Raft group; it
@@ -427,5 +452,39 @@ async fn expire_loop(shard: Rc<RefCell<Shard>>) {
         while shard.borrow_mut().expire(super::now_ms(), EXPIRE_BATCH) == EXPIRE_BATCH {
             glommio::yield_if_needed().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::raft_state::{save, Stored};
+    use crate::cluster::topology::{Member, Topology};
+
+    #[test]
+    fn a_join_with_a_stored_topology_without_this_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(check_rejoin(4, dir.path()), Ok(()), "nothing stored");
+        let members = (1..=3)
+            .map(|id| Member {
+                id,
+                addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
+            })
+            .collect();
+        let stored = Stored {
+            hard_state: Default::default(),
+            conf_state: Default::default(),
+            entries: Vec::new(),
+            topology: Topology::initial(members).unwrap(),
+            applied: 0,
+            snapshot: None,
+        };
+        save(dir.path(), &stored).unwrap();
+        assert_eq!(check_rejoin(2, dir.path()), Ok(()), "a member");
+        let refused = check_rejoin(4, dir.path()).unwrap_err();
+        assert!(
+            refused.contains("the stored topology (epoch 1) does not list node 4"),
+            "{refused}"
+        );
     }
 }

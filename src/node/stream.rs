@@ -52,6 +52,8 @@ mod drop;
 pub mod hook;
 #[path = "stream_progress.rs"]
 pub mod progress;
+#[path = "stream_receive.rs"]
+pub mod receive;
 #[path = "stream_sender.rs"]
 mod sender;
 #[path = "stream_throttle.rs"]
@@ -99,7 +101,9 @@ pub struct Endpoint {
 /// One membership change, as the agreed topology describes it.
 #[derive(Clone, Debug)]
 pub struct Move {
-    /// The epoch of the change (for logs).
+    /// The epoch of the change: every stream op carries it (`Op.stream_epoch`), and a
+    /// destination that holds the agreed topology refuses one for a change not running there
+    /// ([`receive::refuse`]).
     pub epoch: u64,
     /// The ring before and after the change.
     pub old: Ring,
@@ -253,7 +257,7 @@ pub async fn stream_shard(ctx: &Rc<ShardCtx>, mv: &Move) -> Result<StreamReport,
         planned.copies,
         planned.bytes
     );
-    let sender = Rc::new(Sender::new(ctx.clone(), mv.addrs.clone()));
+    let sender = Rc::new(Sender::new(ctx.clone(), mv.addrs.clone(), mv.epoch));
     {
         // Progress ends with the stream, also when the caller drops it unfinished.
         let active = Active(ctx, std::cell::Cell::new(false));

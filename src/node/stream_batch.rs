@@ -84,6 +84,16 @@ pub fn sort_answers(ops: &[Op], results: &[OpResult]) -> Answers {
                 answers.acked += 1;
                 answers.acked_bytes += payload(std::slice::from_ref(op));
             }
+            // The change is over on the destination, or the key is not its own: a copy sent
+            // now would be an orphan nobody drops.
+            Some(Status::StaleStream) => {
+                answers.refused += 1;
+                tracing::debug!(
+                    "stream: a destination refused key {:?}: {}",
+                    String::from_utf8_lossy(&op.key[..op.key.len().min(64)]),
+                    results[i].message
+                );
+            }
             Some(Status::InvalidArgument | Status::NoSpace | Status::UnknownOperation) => {
                 answers.refused += 1;
                 tracing::warn!(

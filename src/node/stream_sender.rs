@@ -38,11 +38,13 @@ pub struct Sender {
     addrs: BTreeMap<NodeId, Endpoint>,
     ports: RefCell<BTreeMap<NodeId, Vec<u16>>>,
     conns: RefCell<BTreeMap<(NodeId, usize), Rc<Mux>>>,
+    /// The change's epoch, which every op carries (`Op.stream_epoch`).
+    epoch: u64,
     pub report: RefCell<StreamReport>,
 }
 
 impl Sender {
-    pub fn new(ctx: Rc<ShardCtx>, addrs: BTreeMap<NodeId, Endpoint>) -> Self {
+    pub fn new(ctx: Rc<ShardCtx>, addrs: BTreeMap<NodeId, Endpoint>, epoch: u64) -> Self {
         let throttle = Throttle::new(
             ctx.config.shard_stream_rate(),
             BATCH_BYTES as u64,
@@ -59,6 +61,7 @@ impl Sender {
             addrs,
             ports: RefCell::new(ports),
             conns: RefCell::default(),
+            epoch,
             report: RefCell::default(),
         }
     }
@@ -290,6 +293,7 @@ impl Sender {
                             replica: true,
                             version_hlc: p.version.hlc,
                             version_node: p.version.node,
+                            stream_epoch: self.epoch,
                             ..Op::default()
                         });
                         current.push(item);

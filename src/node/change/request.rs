@@ -14,7 +14,7 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
         );
     };
     if op.code == OpCode::OpAbort as i32 {
-        return abort(raft).await;
+        return abort(raft, op.abort_epoch).await;
     }
     let me = ctx.peers.membership().me;
     let command = if op.code == OpCode::OpJoin as i32 {
@@ -84,20 +84,34 @@ pub async fn answer(ctx: &ShardCtx, op: &Op) -> OpResult {
     }
 }
 
-/// Answers `OP_ABORT`: proposes `Abort` of the running change until the agreed topology shows
-/// it aborted (the old members at a later epoch) or finished first (REFUSED).
-async fn abort(raft: &super::super::raft::RaftDriver) -> OpResult {
+/// Answers `OP_ABORT`: proposes `Abort` of the running change (the one of epoch `asked`, when
+/// not 0) until the agreed topology shows it aborted (the old members at a later epoch) or
+/// finished first (REFUSED). A change already aborted (`asked` is the last one this node saw
+/// aborted) is answered OK, so a retry after an UNAVAILABLE whose abort committed succeeds.
+async fn abort(raft: &super::super::raft::RaftDriver, asked: u64) -> OpResult {
     let topology = raft.topology();
-    let Some(t) = &topology.transition else {
+    let running = topology.transition.as_ref().map(|t| (topology.epoch, t));
+    let Some((epoch, t)) = running.filter(|(e, _)| asked == 0 || *e == asked) else {
+        if asked != 0 && raft.last_aborted() == asked {
+            return OpResult {
+                message: format!(
+                    "the change of epoch {asked} was aborted already; the topology is at epoch {}",
+                    topology.epoch
+                ),
+                moved_epoch: asked,
+                ..OpResult::default()
+            };
+        }
+        let what = match asked {
+            0 => "no membership change runs".to_string(),
+            _ => format!("the change of epoch {asked} no longer runs"),
+        };
         return reply::status(
             Status::Refused,
-            format!(
-                "no membership change runs (the topology is at epoch {})",
-                topology.epoch
-            ),
+            format!("{what} (the topology is at epoch {})", topology.epoch),
         );
     };
-    let (epoch, old, change) = (topology.epoch, t.old.clone(), t.change);
+    let (old, change) = (t.old.clone(), t.change);
     tracing::warn!("aborting the membership change of epoch {epoch} ({change})");
     let command = Command::Abort { epoch };
     let began = Instant::now();
@@ -112,6 +126,7 @@ async fn abort(raft: &super::super::raft::RaftDriver) -> OpResult {
                          at epoch {} with its old members",
                         now.epoch
                     ),
+                    moved_epoch: epoch,
                     ..OpResult::default()
                 },
                 false => reply::status(
@@ -121,13 +136,16 @@ async fn abort(raft: &super::super::raft::RaftDriver) -> OpResult {
             };
         }
         if began.elapsed() > AGREE_WITHIN {
-            return reply::status(
-                Status::Unavailable,
-                format!(
-                    "the abort was not agreed within {AGREE_WITHIN:?} (is a majority of the \
-                     members up?); ask again"
-                ),
-            );
+            return OpResult {
+                moved_epoch: epoch,
+                ..reply::status(
+                    Status::Unavailable,
+                    format!(
+                        "the abort was not agreed within {AGREE_WITHIN:?} (is a majority of \
+                         the members up?); ask again"
+                    ),
+                )
+            };
         }
         if proposed.is_none_or(|at| at.elapsed() > PROPOSE_AGAIN) {
             proposed = Some(Instant::now());

@@ -5,8 +5,9 @@ use super::*;
 /// Why raft-rs would abort on `message` (its `fatal!` paths, which assume every message comes
 /// from a correct member with an intact log), if it would: a heartbeat that commits beyond
 /// this node's log, an append that contradicts a committed entry, an acknowledgement of
-/// entries the leader does not have; and a snapshot without a topology or an index, which
-/// no member sends (a member's snapshot holds the applied topology, `storage.rs`).
+/// entries the leader does not have; and a snapshot without an index or whose data is not a
+/// topology, which no member sends (a member's snapshot holds the applied topology,
+/// `storage.rs`): installing it would fail and stop the group for good.
 pub(super) fn unsteppable(node: &RawNode<TopologyStorage>, message: &Message) -> Option<String> {
     let log = &node.raft.raft_log;
     let last = log.last_index();
@@ -36,6 +37,11 @@ pub(super) fn unsteppable(node: &RawNode<TopologyStorage>, message: &Message) ->
         {
             Some("a snapshot without a topology or an index".to_string())
         }
+        MessageType::MsgSnapshot => ClusterTopology::decode(&message.get_snapshot().data[..])
+            .map_err(|e| e.to_string())
+            .and_then(|wire| topology_from_wire(&wire).map_err(|e| e.to_string()))
+            .err()
+            .map(|e| format!("a snapshot whose topology does not decode: {e}")),
         _ => None,
     }
 }
@@ -45,14 +51,17 @@ mod tests {
     use super::*;
     use crate::node::raft::bootstrap;
 
-    fn node() -> RawNode<TopologyStorage> {
-        let members: Vec<Member> = (1..=3)
+    fn members() -> Vec<Member> {
+        (1..=3)
             .map(|id| Member {
                 id,
                 addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
             })
-            .collect();
-        let stored = bootstrap(&members);
+            .collect()
+    }
+
+    fn node() -> RawNode<TopologyStorage> {
+        let stored = bootstrap(&members());
         let storage = TopologyStorage::new();
         {
             let mut core = storage.wl();
@@ -107,8 +116,13 @@ mod tests {
 
         assert!(unsteppable(&node, &message(MessageType::MsgSnapshot)).is_some());
         let mut snapshot = message(MessageType::MsgSnapshot);
-        snapshot.mut_snapshot().data = b"a topology".to_vec().into();
+        snapshot.mut_snapshot().data = b"not a topology".to_vec().into();
         snapshot.mut_snapshot().mut_metadata().index = 5;
+        assert!(unsteppable(&node, &snapshot)
+            .unwrap()
+            .contains("does not decode"));
+        let topology = Topology::initial(members()).unwrap();
+        snapshot.mut_snapshot().data = topology_to_wire(&topology).encode_to_vec().into();
         assert_eq!(unsteppable(&node, &snapshot), None);
         // Stepped, the checked heartbeat would have aborted the process.
         assert!(node.step(message(MessageType::MsgHeartbeat)).is_ok());

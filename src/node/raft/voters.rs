@@ -182,3 +182,29 @@ pub(super) fn adopt_bootstrap_voters(node: &mut RawNode<TopologyStorage>, member
         }
     }
 }
+
+impl RaftDriver {
+    /// Node `by` answered this node's Raft message `STATUS_REMOVED`. When this node believes
+    /// it is a member (a node that left knows it left, and stops by itself) and `by` is at a
+    /// later epoch, it was removed while it could not hear of it: it closes its client gate
+    /// for good and says why.
+    pub(super) fn removed(&self, by: u64, answer: &OpResult) {
+        let me = self.peers.membership().me;
+        let topology = self.topology.borrow();
+        // A peer behind this node (it has not applied this node's join yet) does not know it
+        // either: only one at a later epoch knows this node was removed since.
+        if answer.moved_epoch <= topology.epoch || !topology.members.iter().any(|m| m.id == me) {
+            return;
+        }
+        drop(topology);
+        if crate::node::topology_gate::close_removed(answer.moved_epoch) {
+            tracing::error!(
+                "topology: node {me} was removed from the cluster (node {by} is at epoch {}: \
+                 {}); it serves no client data op from now on. To bring it back: stop it, \
+                 empty its data directory and start it with --join",
+                answer.moved_epoch,
+                answer.message
+            );
+        }
+    }
+}
