@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use kvmesh_net::Client;
 use kvmesh_proto::wire::{Op, OpCode, Status};
 
 use crate::units::parse_duration;
@@ -25,13 +24,8 @@ pub struct AbortArgs {
 /// Asks the member to abort the running change (`OP_ABORT` to its shard 0) until it is
 /// agreed; exits 0 then, 1 when it is refused (no change runs, or it finished first).
 pub fn run(args: AbortArgs) -> anyhow::Result<i32> {
-    crate::node::raise_memlock().map_err(|e| anyhow!(e))?;
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .map_err(|e| anyhow!("cannot start an io_uring executor: {e}"))?;
-    executor.run(async move {
-        let give_up = std::time::Instant::now() + args.timeout;
-        let mut client = Client::connect(args.addr, args.timeout).await?;
+    let give_up = std::time::Instant::now() + args.timeout;
+    super::client::connected(args.addr, args.timeout, move |mut client| async move {
         // A retry names the change the first attempt was about, so it is answered OK when
         // that abort committed meanwhile, and never aborts a later change.
         let mut abort_epoch = 0;

@@ -259,8 +259,17 @@ where
     F: FnOnce(Client) -> Fut + 'static,
     Fut: Future<Output = anyhow::Result<i32>> + 'static,
 {
+    connected(target.addr, target.timeout, body)
+}
+
+/// Connects to `addr` on a fresh single-threaded executor, giving up after `timeout`, and runs
+/// `body` with the client: what every one-shot command (`get`, `leave`, `abort`...) does.
+pub(crate) fn connected<F, Fut>(addr: SocketAddr, timeout: Duration, body: F) -> anyhow::Result<i32>
+where
+    F: FnOnce(Client) -> Fut + 'static,
+    Fut: Future<Output = anyhow::Result<i32>> + 'static,
+{
     crate::node::raise_memlock().map_err(|e| anyhow!(e))?;
-    let (addr, timeout) = (target.addr, target.timeout);
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .make()
         .map_err(|e| anyhow!("cannot start an io_uring executor: {e}"))?;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use kvmesh_net::Client;
 use kvmesh_proto::wire::{Op, OpCode, Status};
 
 use crate::units::parse_duration;
@@ -33,13 +32,8 @@ pub struct LeaveArgs {
 /// Asks the node to leave (`OP_LEAVE` to its shard 0) until the change has begun; exits 0
 /// then, 1 when it is refused. Another change running is waited out.
 pub fn run(args: LeaveArgs) -> anyhow::Result<i32> {
-    crate::node::raise_memlock().map_err(|e| anyhow!(e))?;
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .map_err(|e| anyhow!("cannot start an io_uring executor: {e}"))?;
-    executor.run(async move {
-        let give_up = std::time::Instant::now() + args.timeout;
-        let mut client = Client::connect(args.addr, args.timeout).await?;
+    let give_up = std::time::Instant::now() + args.timeout;
+    super::client::connected(args.addr, args.timeout, move |mut client| async move {
         loop {
             let op = Op {
                 code: OpCode::OpLeave as i32,

@@ -5,9 +5,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use clap::Args;
-use kvmesh_net::Client;
 use kvmesh_proto::wire::{OpCode, SnapshotInfo, Status};
 
 use crate::units::parse_duration;
@@ -24,12 +23,7 @@ pub struct SnapshotArgs {
 }
 
 pub fn run(args: SnapshotArgs) -> anyhow::Result<i32> {
-    crate::node::raise_memlock().map_err(|e| anyhow!(e))?;
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .map_err(|e| anyhow!("cannot start an io_uring executor: {e}"))?;
-    executor.run(async move {
-        let mut client = Client::connect(args.addr, args.timeout).await?;
+    super::client::connected(args.addr, args.timeout, move |mut client| async move {
         let shards = client.topology().shard_ports.len();
         let mut failed = 0;
         for shard in 0..shards {
