@@ -1,85 +1,24 @@
 //! glommio's stream read path as kvmesh patches it (one multishot io_uring poll per stream,
 //! see `vendor/README.md`), through glommio's public `TcpStream`: partial reads, reads that
-//! fill the buffer, an EOF behind data, a read future dropped by a timeout, a stream dropped while its poll
-//! is armed, many connections on one executor. The peer is a plain blocking
+//! fill the buffer, an EOF behind data, a read future dropped by a timeout, a stream dropped
+//! while its poll is armed, many connections on one executor, merged poll masks, urgent data
+//! (the patch's edges are in `glommio_edges.rs`). The peer is a plain blocking
 //! `std::net::TcpStream` on its own thread, so no step depends on the executor under test
 //! scheduling the peer. Ports are the kernel's choice (port 0).
 
+mod glommio_support;
+
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::{net::TcpListener, timer::timeout, LocalExecutorBuilder, Placement};
+use glommio::{net::TcpListener, timer::timeout};
+use glommio_support::{join, peer, run, settle, DEADLINE};
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream as StdStream},
+    net::TcpStream as StdStream,
     os::unix::io::AsRawFd,
     sync::mpsc,
     thread,
     time::Duration,
 };
-
-/// Generous: these run beside whole-workspace builds on a shared two-core machine.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-fn run<F, T>(fut: impl FnOnce() -> F + Send + 'static) -> T
-where
-    F: std::future::Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(fut)
-        .expect("executor starts")
-        .join()
-        .expect("executor thread")
-}
-
-fn peer(addr: SocketAddr) -> StdStream {
-    let s = StdStream::connect(addr).expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
-    s
-}
-
-/// Waits for the peer's thread while the executor keeps turning: a stream dropped with its
-/// poll armed closes its socket at the reactor's next turn, when the poll's cancellation is
-/// submitted, so blocking the executor's thread on the peer would keep the socket open.
-async fn join<T>(peer: thread::JoinHandle<T>) -> T {
-    let start = std::time::Instant::now();
-    while !peer.is_finished() && start.elapsed() < DEADLINE * 2 {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    peer.join().expect("peer thread")
-}
-
-/// Waits until the kernel's view of `fd` satisfies `ready(bytes queued (FIONREAD), poll(2)
-/// mask)`, then lets the executor turn once more: both syscalls run the socket's pending
-/// io_uring task work, so by then every readiness event of what arrived is posted, and the
-/// timer turn reaps it. Replaces fixed sleeps, which on a loaded machine may end too early.
-async fn settle(fd: std::os::unix::io::RawFd, ready: impl Fn(usize, i16) -> bool) {
-    let start = std::time::Instant::now();
-    loop {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one c_int through the pointer, which outlives the call.
-        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
-        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
-        assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
-        if ready(queued as usize, pfd.revents) {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the socket never got ready: {queued} bytes, revents {:#x}",
-            pfd.revents
-        );
-        glommio::timer::sleep(Duration::from_millis(2)).await;
-    }
-    glommio::timer::sleep(Duration::from_millis(1)).await;
-}
 
 /// A short read, then data that arrives while the read waits: both are read.
 #[test]
@@ -418,201 +357,4 @@ fn data_behind_an_urgent_byte_is_read_without_a_new_event() {
         stream.write_all(&[1]).await.unwrap();
         join(client).await;
     });
-}
-
-/// The multishot poll is used only on kernels from 6.1 on; release strings as `uname -r`
-/// prints them.
-#[test]
-fn multishot_poll_needs_kernel_6_1() {
-    use glommio::kvmesh_patch::{kernel_at_least, MULTISHOT_POLL_MIN_KERNEL as MIN};
-    for new_enough in ["6.1.0", "6.18.0-1-amd64", "6.1", "7.0.0-rc1", "10.0"] {
-        assert!(kernel_at_least(new_enough, MIN), "{new_enough}");
-    }
-    for too_old in [
-        "6.0.19",
-        "5.15.0-91-generic",
-        "5.13",
-        "4.19.0",
-        "",
-        "linux",
-        "6",
-    ] {
-        assert!(!kernel_at_least(too_old, MIN), "{too_old}");
-    }
-}
-
-/// A completion queue far too small for the connections (ring depth 4, so 8 completions): 64
-/// peers write while the executor's thread is blocked, so their wake-ups overflow the queue
-/// and the kernel ends their multishot polls. Every conversation still completes (each read
-/// re-arms its poll), and the ended polls are counted.
-#[test]
-fn polls_ended_by_a_full_completion_queue_are_rearmed() {
-    use glommio::kvmesh_patch::{kernel_at_least, multishot_polls_ended, switched_off};
-    use std::{cell::Cell, rc::Rc};
-    const CONNS: usize = 64;
-    const ROUNDS: usize = 4;
-    let ended_before = multishot_polls_ended();
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .ring_depth(4)
-        .spawn(|| async {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (block, blocked) = mpsc::channel::<()>();
-            let (written, all_written) = mpsc::channel::<()>();
-            let clients = thread::spawn(move || {
-                let mut socks: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
-                for round in 0..ROUNDS {
-                    blocked.recv().unwrap();
-                    for (i, s) in socks.iter_mut().enumerate() {
-                        s.write_all(&[(i + round) as u8; 3]).unwrap();
-                    }
-                    written.send(()).unwrap();
-                    for (i, s) in socks.iter_mut().enumerate() {
-                        let mut b = [0u8; 3];
-                        s.read_exact(&mut b).unwrap();
-                        assert_eq!(b, [(i + round) as u8 ^ 0xff; 3]);
-                    }
-                }
-            });
-            let handled = Rc::new(Cell::new(0usize));
-            let mut tasks = Vec::new();
-            for _ in 0..CONNS {
-                let mut stream = listener.accept().await.unwrap();
-                let handled = handled.clone();
-                tasks.push(glommio::spawn_local(async move {
-                    let mut buf = [0u8; 3];
-                    loop {
-                        let mut got = 0;
-                        while got < 3 {
-                            let read = async { Ok(stream.read(&mut buf[got..]).await?) };
-                            let n = timeout(DEADLINE, read).await.unwrap();
-                            if n == 0 {
-                                assert_eq!(got, 0, "EOF inside a message");
-                                return;
-                            }
-                            got += n;
-                        }
-                        for b in &mut buf {
-                            *b ^= 0xff;
-                        }
-                        stream.write_all(&buf).await.unwrap();
-                        handled.set(handled.get() + 1);
-                    }
-                }));
-            }
-            for round in 1..=ROUNDS {
-                // Block the executor's thread while every peer writes: all 64 wake-ups are
-                // posted before the reactor reaps any of them.
-                block.send(()).unwrap();
-                all_written.recv_timeout(DEADLINE).unwrap();
-                thread::sleep(Duration::from_millis(20));
-                let start = std::time::Instant::now();
-                while handled.get() < CONNS * round {
-                    assert!(start.elapsed() < DEADLINE, "round {round} stalled");
-                    glommio::timer::sleep(Duration::from_millis(2)).await;
-                }
-            }
-            for t in tasks {
-                t.await;
-            }
-            join(clients).await;
-        })
-        .expect("executor starts");
-    handle.join().expect("executor thread");
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let multishot = !switched_off(std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").as_deref())
-        && kernel_at_least(
-            release.trim(),
-            glommio::kvmesh_patch::MULTISHOT_POLL_MIN_KERNEL,
-        );
-    if multishot {
-        assert!(
-            multishot_polls_ended() > ended_before,
-            "no multishot poll was ended by the full completion queue"
-        );
-    }
-}
-
-/// Streams dropped after a full completion queue made the kernel end their polls but before
-/// the reactor reaped the final completions: each drop queues a cancellation for a source id
-/// that the reaping then frees and the reactor may hand to a new request at once. Those
-/// stale cancellations must not hit the new requests: a fresh set of connections accepted
-/// and served afterwards all complete. (A regression test for the path only: on 6.18 here it
-/// passed before `consume_source` dropped such cancellations too; the race needs the reused
-/// id to go to a request that is still pending when the stale cancellation is submitted.)
-#[test]
-fn cancellations_of_reaped_polls_do_not_hit_new_requests() {
-    const CONNS: usize = 64;
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .ring_depth(4)
-        .spawn(|| async {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (block, blocked) = mpsc::channel::<()>();
-            let (written, all_written) = mpsc::channel::<()>();
-            let clients = thread::spawn(move || {
-                let mut first: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
-                blocked.recv().unwrap();
-                for s in first.iter_mut() {
-                    s.write_all(b"x").unwrap();
-                }
-                written.send(()).unwrap();
-                for s in first.iter_mut() {
-                    let mut b = [0u8; 1];
-                    // Closed with "x" unread: a reset rather than an EOF.
-                    match s.read(&mut b) {
-                        Ok(0) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-                        other => panic!("the dropped stream is not closed: {other:?}"),
-                    }
-                }
-                let mut second: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
-                for (i, s) in second.iter_mut().enumerate() {
-                    s.write_all(&[i as u8]).unwrap();
-                }
-                for (i, s) in second.iter_mut().enumerate() {
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b).unwrap();
-                    assert_eq!(b, [i as u8 ^ 0xff]);
-                }
-            });
-            let mut first = Vec::new();
-            for _ in 0..CONNS {
-                first.push(listener.accept().await.unwrap());
-            }
-            block.send(()).unwrap();
-            all_written.recv_timeout(DEADLINE).unwrap();
-            thread::sleep(Duration::from_millis(20));
-            // No await since the block: the final completions are not reaped yet.
-            drop(first);
-            let mut tasks = Vec::new();
-            for _ in 0..CONNS {
-                let accepted = timeout(DEADLINE, async { listener.accept().await });
-                let mut stream = accepted.await.expect("accept");
-                tasks.push(glommio::spawn_local(async move {
-                    let mut b = [0u8; 1];
-                    let read = async { Ok(stream.read_exact(&mut b).await?) };
-                    timeout(DEADLINE, read).await.expect("read");
-                    stream.write_all(&[b[0] ^ 0xff]).await.expect("write");
-                }));
-            }
-            for t in tasks {
-                t.await;
-            }
-            join(clients).await;
-        })
-        .expect("executor starts");
-    handle.join().expect("executor thread");
-}
-
-/// The environment switches turn a patch off when set to anything but `0` or empty.
-#[test]
-fn env_switches_ignore_zero_and_empty() {
-    use glommio::kvmesh_patch::switched_off;
-    use std::ffi::OsStr;
-    assert!(!switched_off(None));
-    assert!(!switched_off(Some(OsStr::new(""))));
-    assert!(!switched_off(Some(OsStr::new("0"))));
-    assert!(switched_off(Some(OsStr::new("1"))));
-    assert!(switched_off(Some(OsStr::new("yes"))));
 }

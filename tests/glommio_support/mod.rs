@@ -1,0 +1,75 @@
+//! What the glommio stream tests share: an executor per test, a blocking peer, waiting on the
+//! peer's thread and on the kernel's view of a socket.
+#![allow(dead_code)]
+
+use glommio::{LocalExecutorBuilder, Placement};
+use std::{
+    net::{SocketAddr, TcpStream as StdStream},
+    thread,
+    time::Duration,
+};
+
+/// Generous: these run beside whole-workspace builds on a shared two-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn run<F, T>(fut: impl FnOnce() -> F + Send + 'static) -> T
+where
+    F: std::future::Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(fut)
+        .expect("executor starts")
+        .join()
+        .expect("executor thread")
+}
+
+pub fn peer(addr: SocketAddr) -> StdStream {
+    let s = StdStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+    s
+}
+
+/// Waits for the peer's thread while the executor keeps turning: a stream dropped with its
+/// poll armed closes its socket at the reactor's next turn, when the poll's cancellation is
+/// submitted, so blocking the executor's thread on the peer would keep the socket open.
+pub async fn join<T>(peer: thread::JoinHandle<T>) -> T {
+    let start = std::time::Instant::now();
+    while !peer.is_finished() && start.elapsed() < DEADLINE * 2 {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    peer.join().expect("peer thread")
+}
+
+/// Waits until the kernel's view of `fd` satisfies `ready(bytes queued (FIONREAD), poll(2)
+/// mask)`, then lets the executor turn once more: both syscalls run the socket's pending
+/// io_uring task work, so by then every readiness event of what arrived is posted, and the
+/// timer turn reaps it. Replaces fixed sleeps, which on a loaded machine may end too early.
+pub async fn settle(fd: std::os::unix::io::RawFd, ready: impl Fn(usize, i16) -> bool) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which outlives the call.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN | libc::POLLPRI | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert!(rc >= 0, "poll: {}", std::io::Error::last_os_error());
+        if ready(queued as usize, pfd.revents) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the socket never got ready: {queued} bytes, revents {:#x}",
+            pfd.revents
+        );
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    glommio::timer::sleep(Duration::from_millis(1)).await;
+}
