@@ -311,6 +311,15 @@ fn a_quorum_read_returns_the_newest_version_and_repairs_the_stale_owner() {
         .call(vec![op(OpCode::OpRemove, b"gone", b"", 0)])
         .remove(0);
     assert_eq!(removed.status(), Status::Ok, "{}", removed.message);
+    // Both copies for node 3 must have failed (and their hints been dropped) before it comes
+    // back: one still in flight could reach it after the restart and repair it early.
+    wait_for("the coordinator to give up on node 3's two copies", || {
+        let failed: u64 = (0..2)
+            .flat_map(|i| cluster.nodes[i].stats())
+            .map(|s| s.replica_writes_failed)
+            .sum();
+        (failed >= 2).then_some(())
+    });
     cluster.restart(3);
     assert_eq!(replica_get(&cluster, 3, b"r").1, b"old");
     assert_eq!(replica_get(&cluster, 3, b"gone").1, b"here");
