@@ -418,7 +418,8 @@ async fn resume_drop(ctx: &Rc<ShardCtx>, topology: &Topology, replicas: usize) {
     // A running change began at `epoch`: the last finished one is the epoch before.
     let due = topology.epoch - u64::from(topology.transition.is_some());
     let membership = ctx.peers.membership();
-    if done >= due || !membership.is_member() || membership.epoch == 0 {
+    // Epoch 1 is the bootstrap: no change has finished, so nothing was ever moved away.
+    if done >= due || due <= 1 || !membership.is_member() || membership.epoch == 0 {
         ctx.dropping_until.set(None);
         return;
     }
