@@ -110,20 +110,12 @@ echo "base: $BASE ${BASE_FLAGS:-}; new: $NEW ${NEW_FLAGS:-}; --fsync $FSYNC; $RO
 echo
 echo "| side | pipeline | ops/s median [range] | × redis | p50 us | p99 us | CPU us/req | errors (runs with any) | records/writes per sync | sync us |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-awk '
-    function median(list,    n, v, i, j, t) {
-        n = split(list, v, " ")
-        for (i = 2; i <= n; i++)
-            for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }
+awk "$AWK_STATS"'
     function median_pair(list,    n, v, i, r, w, a, b) {
         n = split(list, v, " ")
         for (i = 1; i <= n; i++) { split(v[i], a, "/"); r = r " " a[1]; w = w " " a[2] }
         return sprintf("%.1f / %.1f", median(r), median(w))
     }
-    function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
-    function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
     {
         key = $1 " " $2
         if (!(key in seen)) { seen[key] = 1; order[++keys] = key }

@@ -135,15 +135,7 @@ echo "### Throughput and latency (median of $ROUNDS rounds; range of ops/s in br
 echo
 echo "| system | pipeline | ops/s | × redis always | p50 us | p99 us | server CPU us/req | errors | records per fdatasync | mean fdatasync us |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-awk '
-    function median(list,    n, v, i, j, t) {
-        n = split(list, v, " ")
-        for (i = 2; i <= n; i++)
-            for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
-        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-    }
-    function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
-    function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
+awk "$AWK_STATS"'
     {
         key = $1 " " $2
         if (!(key in seen)) { seen[key] = 1; order[++keys] = key }

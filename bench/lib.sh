@@ -136,3 +136,16 @@ machine_line() {
 kvmesh_version() {
     git describe --always --dirty 2>/dev/null || echo "no commit yet"
 }
+
+# awk functions over a space-separated list of numbers: median, lo (least), hi (greatest).
+# Prepend to a program: awk "$AWK_STATS"'{ ... }'.
+AWK_STATS='
+    function median(list,    n, v, i, j, t) {
+        n = split(list, v, " ")
+        for (i = 2; i <= n; i++)
+            for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+        return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
+    function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
+'
