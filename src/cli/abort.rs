@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::anyhow;
 use clap::Args;
 use kvmesh_proto::wire::{Op, OpCode, Status};
 
@@ -29,36 +28,24 @@ pub fn run(args: AbortArgs) -> anyhow::Result<i32> {
         // A retry names the change the first attempt was about, so it is answered OK when
         // that abort committed meanwhile, and never aborts a later change.
         let mut abort_epoch = 0;
-        loop {
-            let op = Op {
-                code: OpCode::OpAbort as i32,
-                abort_epoch,
-                ..Op::default()
-            };
-            let result = client
-                .contacted_shard(0)
-                .await?
-                .call(vec![op])
-                .await?
-                .pop()
-                .ok_or_else(|| anyhow!("the node sent an empty reply"))?;
-            match result.status() {
-                Status::Ok => {
-                    println!("{}", result.message);
-                    return Ok(0);
+        let result =
+            super::propose::until_final(&mut client, give_up, &[Status::Unavailable], |previous| {
+                if let (0, Some(previous)) = (abort_epoch, previous) {
+                    abort_epoch = previous.moved_epoch;
                 }
-                Status::Unavailable if std::time::Instant::now() < give_up => {
-                    eprintln!("kvmesh: not yet: {}", result.message);
-                    if abort_epoch == 0 {
-                        abort_epoch = result.moved_epoch;
-                    }
-                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                Op {
+                    code: OpCode::OpAbort as i32,
+                    abort_epoch,
+                    ..Op::default()
                 }
-                status => {
-                    eprintln!("kvmesh: abort refused ({status:?}): {}", result.message);
-                    return Ok(1);
-                }
-            }
+            })
+            .await?;
+        if result.status() == Status::Ok {
+            println!("{}", result.message);
+            return Ok(0);
         }
+        let status = result.status();
+        eprintln!("kvmesh: abort refused ({status:?}): {}", result.message);
+        Ok(1)
     })
 }

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::anyhow;
 use clap::Args;
 use kvmesh_proto::wire::{Op, OpCode, Status};
 
@@ -34,38 +33,25 @@ pub struct LeaveArgs {
 pub fn run(args: LeaveArgs) -> anyhow::Result<i32> {
     let give_up = std::time::Instant::now() + args.timeout;
     super::client::connected(args.addr, args.timeout, move |mut client| async move {
-        loop {
-            let op = Op {
-                code: OpCode::OpLeave as i32,
-                force: args.force,
-                leave_id: args.id.unwrap_or(0),
-                ..Op::default()
+        let op = Op {
+            code: OpCode::OpLeave as i32,
+            force: args.force,
+            leave_id: args.id.unwrap_or(0),
+            ..Op::default()
+        };
+        let retry = [Status::Busy, Status::Unavailable];
+        let result =
+            super::propose::until_final(&mut client, give_up, &retry, |_| op.clone()).await?;
+        if result.status() == Status::Ok {
+            let then = match args.id {
+                None => "its ranges stream to their new owners, then it exits",
+                Some(_) => "its ranges stream to their new owners, then it is removed",
             };
-            let result = client
-                .contacted_shard(0)
-                .await?
-                .call(vec![op])
-                .await?
-                .pop()
-                .ok_or_else(|| anyhow!("the node sent an empty reply"))?;
-            match result.status() {
-                Status::Ok => {
-                    let then = match args.id {
-                        None => "its ranges stream to their new owners, then it exits",
-                        Some(_) => "its ranges stream to their new owners, then it is removed",
-                    };
-                    println!("{}; {then}", result.message);
-                    return Ok(0);
-                }
-                Status::Busy | Status::Unavailable if std::time::Instant::now() < give_up => {
-                    eprintln!("kvmesh: not yet: {}", result.message);
-                    glommio::timer::sleep(Duration::from_millis(500)).await;
-                }
-                status => {
-                    eprintln!("kvmesh: leave refused ({status:?}): {}", result.message);
-                    return Ok(1);
-                }
-            }
+            println!("{}; {then}", result.message);
+            return Ok(0);
         }
+        let status = result.status();
+        eprintln!("kvmesh: leave refused ({status:?}): {}", result.message);
+        Ok(1)
     })
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod gateway;
 mod leave;
 mod node;
+mod propose;
 mod snapshot;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
