@@ -20,12 +20,16 @@ use super::limits;
 use super::reply;
 use super::server::ShardCtx;
 
-const READ_BUF: usize = 64 * 1024;
+pub(super) const READ_BUF: usize = 64 * 1024;
 
-/// Reads into `buf` until it holds a whole frame, the peer stops sending, or
-/// [`limits::PEER_GRACE`] passes; returns how many bytes it holds.
-async fn first_bytes(stream: &mut TcpStream, buf: &mut [u8], max_frame: usize) -> usize {
-    let mut end = 0;
+/// Reads into `buf`, which holds `end` bytes already, until it holds a whole frame, the peer
+/// stops sending, or [`limits::PEER_GRACE`] passes; returns how many bytes it holds.
+pub(super) async fn first_bytes(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    mut end: usize,
+    max_frame: usize,
+) -> usize {
     let _ = glommio::timer::timeout(limits::PEER_GRACE, async {
         while end < buf.len()
             && !matches!(
@@ -45,17 +49,23 @@ async fn first_bytes(stream: &mut TcpStream, buf: &mut [u8], max_frame: usize) -
 }
 
 /// Serves one accepted connection until the peer closes it or sends something unacceptable.
-pub async fn serve(mut stream: TcpStream, ctx: Rc<ShardCtx>) {
+pub async fn serve(stream: TcpStream, ctx: Rc<ShardCtx>) {
+    serve_read(stream, ctx, &[]).await;
+}
+
+/// [`serve`], for a connection whose first bytes, `read`, were read already.
+pub async fn serve_read(mut stream: TcpStream, ctx: Rc<ShardCtx>, read: &[u8]) {
     let mut open = Some(ctx.connection_opened());
     // Small replies must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     let max_frame = ctx.config.max_frame;
-    let mut buf = vec![0u8; READ_BUF];
-    let (mut pos, mut end) = (0usize, 0usize);
+    let mut buf = vec![0u8; READ_BUF.max(read.len())];
+    buf[..read.len()].copy_from_slice(read);
+    let (mut pos, mut end) = (0usize, read.len());
     if limits::over_share(&ctx) {
         // Connections between nodes are not counted, so a flood of clients cannot cut the
         // cluster apart: a peer's connection starts with its hello.
-        end = first_bytes(&mut stream, &mut buf, max_frame).await;
+        end = first_bytes(&mut stream, &mut buf, end, max_frame).await;
         if limits::starts_with_hello(&buf[..end], max_frame) {
             open = None;
         } else {

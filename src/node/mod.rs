@@ -43,6 +43,7 @@ pub mod router;
 mod server;
 mod shard;
 pub mod shutdown;
+mod starting;
 // Without the test hook (a release build without `test-hooks`), nothing calls the engine
 // until the control plane (issue 12, branch topo) does.
 #[cfg_attr(not(any(debug_assertions, feature = "test-hooks")), allow(dead_code))]

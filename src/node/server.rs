@@ -21,6 +21,7 @@ use super::grpc_backend::NodeBackend;
 use super::mesh::{self, Envelope, Mesh};
 use super::shard::Shard;
 use super::shutdown::{Serving, Stop};
+use super::starting::Deciding;
 use crate::grpc::{self, Frontend};
 
 /// How often the background step looks for expired keys, and how many it reclaims per step
@@ -140,6 +141,23 @@ pub async fn run_shard(
         }
         hold_recovery_for_tests().await;
     }
+    // Shard 0 deciding whether it may bootstrap answers its peers' same question meanwhile
+    // (see `starting`): its listeners accept from now on, and serve once the shard does.
+    let mut listeners = Some(listeners);
+    let mut accepting: Vec<Task<()>> = Vec::new();
+    let mut deciding = None;
+    match asks_before_bootstrap(me, &config) {
+        Ok(true) => {
+            let d = Rc::new(Deciding::new(topology(&config, me), config.max_frame));
+            accepting = accept_all(me, listeners.take(), Accepting::Deciding(d.clone()));
+            deciding = Some(d);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    }
     // Looked at before the mesh is joined, so before shard 0 can bootstrap the group.
     let gate = super::topology_gate::Start {
         clustered: config.is_clustered(),
@@ -239,10 +257,14 @@ pub async fn run_shard(
     };
 
     // Dropping these tasks closes the listeners.
-    let accepting: Vec<Task<()>> = listeners
-        .into_iter()
-        .map(|listener| glommio::spawn_local(accept_loop(listener, ctx.clone())))
-        .collect();
+    if let Some(deciding) = deciding {
+        deciding.serve_with(ctx.clone());
+    }
+    accepting.extend(accept_all(
+        me,
+        listeners.take(),
+        Accepting::Serving(ctx.clone()),
+    ));
     let snapshotting = snapshots.map(|s| glommio::spawn_local(s.run_automatic(shard.clone())));
     let _expiring = glommio::spawn_local(expire_loop(shard));
     front.attach(Rc::new(NodeBackend(ctx.clone())));
@@ -326,25 +348,28 @@ async fn hold_recovery_for_tests() {
 /// no `--join`) first asks the peers whether the cluster exists already (see
 /// `raft::bootstrap_guard`).
 async fn check_bootstrap(me: usize, config: &NodeConfig) -> Result<(), String> {
-    let Some(durability) = config.durability.as_ref() else {
-        return Ok(());
-    };
-    if me != 0 {
-        return Ok(());
-    }
-    if config.join.is_some() {
+    if let (0, Some(durability), Some(_)) = (me, &config.durability, config.join) {
         return check_rejoin(config.node_id, &durability.data_dir);
     }
-    if !config.cluster.is_multi_node() {
-        return Ok(());
-    }
-    let stored =
-        crate::cluster::raft_state::load(&durability.data_dir).map_err(|e| e.to_string())?;
-    if stored.is_some() {
+    if !asks_before_bootstrap(me, config)? {
         return Ok(());
     }
     let within = super::raft::bootstrap_guard::ask_within(config.forward_timeout);
     super::raft::bootstrap_guard::check(config.node_id, &config.cluster.members, within).await
+}
+
+/// Whether this shard asks its peers before it may bootstrap the topology group: shard 0 of
+/// a durable node of a multi-node cluster, started with `--peers` and no stored state.
+fn asks_before_bootstrap(me: usize, config: &NodeConfig) -> Result<bool, String> {
+    let Some(durability) = config.durability.as_ref() else {
+        return Ok(false);
+    };
+    if me != 0 || config.join.is_some() || !config.cluster.is_multi_node() {
+        return Ok(false);
+    }
+    let stored =
+        crate::cluster::raft_state::load(&durability.data_dir).map_err(|e| e.to_string())?;
+    Ok(stored.is_none())
 }
 
 /// A node started with `--join` whose stored topology does not list it (its join was aborted,
@@ -429,16 +454,39 @@ fn store_config(config: &NodeConfig) -> StoreConfig {
     }
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Rc<ShardCtx>) {
+/// Whom an accept loop hands its connections to.
+#[derive(Clone)]
+enum Accepting {
+    Serving(Rc<ShardCtx>),
+    /// Shard 0 deciding whether it may bootstrap, and serving from then on (see `starting`).
+    Deciding(Rc<Deciding>),
+}
+
+/// Accept loops for `listeners` (none when they run already).
+fn accept_all(me: usize, listeners: Option<[TcpListener; 2]>, to: Accepting) -> Vec<Task<()>> {
+    listeners
+        .into_iter()
+        .flatten()
+        .map(|listener| glommio::spawn_local(accept_loop(me, listener, to.clone())))
+        .collect()
+}
+
+async fn accept_loop(me: usize, listener: TcpListener, to: Accepting) {
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                glommio::spawn_local(conn::serve(stream, ctx.clone())).detach();
-            }
+            Ok(stream) => match &to {
+                Accepting::Serving(ctx) => {
+                    glommio::spawn_local(conn::serve(stream, ctx.clone())).detach();
+                }
+                Accepting::Deciding(deciding) => {
+                    let deciding = deciding.clone();
+                    glommio::spawn_local(super::starting::serve(stream, deciding)).detach();
+                }
+            },
             Err(e) => {
                 // Out of file descriptors or a transient network error: back off, keep serving
                 // the connections we have.
-                tracing::warn!("shard {}: accept failed: {e}", ctx.me);
+                tracing::warn!("shard {me}: accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(100)).await;
             }
         }
