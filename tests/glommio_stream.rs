@@ -369,7 +369,10 @@ fn data_behind_an_urgent_byte_is_read() {
             got.extend_from_slice(&buf[..n]);
             drop(more);
         } else {
-            assert!(behind.is_err(), "without POLLPRI, nothing announces the data yet");
+            assert!(
+                behind.is_err(),
+                "without POLLPRI, nothing announces the data yet"
+            );
             more.send(()).unwrap();
         }
         while !got.ends_with(if with_pri { b"xyz" } else { b"xyz!" }) {
@@ -397,7 +400,10 @@ fn a_plain_data_wake_up_is_not_sticky() {
     let asked = |with_pri| multishot_read_events(with_pri) as usize;
     assert_eq!(asked(false), (libc::POLLIN | libc::POLLRDHUP) as usize);
     assert!(!sticky_events(wake_up & asked(false)));
-    assert!(sticky_events(wake_up & asked(true)), "POLLPRI, asked for, is sticky");
+    assert!(
+        sticky_events(wake_up & asked(true)),
+        "POLLPRI, asked for, is sticky"
+    );
     assert!(sticky_events(libc::POLLRDHUP as usize));
     assert!(sticky_events(libc::POLLHUP as usize));
     assert!(sticky_events(libc::POLLERR as usize));
