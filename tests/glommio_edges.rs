@@ -1,6 +1,7 @@
 //! The edges of kvmesh's glommio patch (see `vendor/README.md`): the kernel it needs, polls
-//! the kernel ends when the completion queue is full, cancellations of reaped polls, and the
-//! environment switches. The ordinary read path is in `glommio_stream.rs`.
+//! the kernel ends when the completion queue is full, cancellations of reaped polls, the
+//! environment switches, and preemption timers kept across executor turns. The ordinary read
+//! path is in `glommio_stream.rs`.
 
 mod glommio_support;
 
@@ -210,4 +211,58 @@ fn env_switches_ignore_zero_and_empty() {
     assert!(!switched_off(Some(OsStr::new("0"))));
     assert!(switched_off(Some(OsStr::new("1"))));
     assert!(switched_off(Some(OsStr::new("yes"))));
+}
+
+/// `Reactor::wait` keeps an armed latency preemption timer only while it fires within
+/// [half a period, a period] from now: never later than a new one would, never so soon that a
+/// task queue gets less than half its period (`kvmesh_patch::keep_latency_timer`).
+#[test]
+fn a_latency_timer_is_kept_only_while_it_fires_within_a_period() {
+    use glommio::kvmesh_patch::keep_latency_timer;
+    use std::time::Instant;
+    let now = Instant::now();
+    let period = Duration::from_millis(100);
+    let ms = Duration::from_millis;
+    assert!(keep_latency_timer(now + period, now, period));
+    assert!(keep_latency_timer(now + period / 2, now, period));
+    assert!(
+        !keep_latency_timer(now + period / 2 - ms(1), now, period),
+        "too soon"
+    );
+    assert!(
+        !keep_latency_timer(now + period + ms(1), now, period),
+        "later than a new one"
+    );
+    assert!(
+        !keep_latency_timer(now + ms(200), now, ms(10)),
+        "the period shrank"
+    );
+}
+
+/// A task that never yields by itself is still told to (`need_preempt`), period after period,
+/// while the executor turns many times in between and keeps its preemption timers across those
+/// turns: a timer cancelled and not re-armed, or one never re-armed after it fired, would leave
+/// `need_preempt` false and this test spinning until its deadline.
+#[test]
+fn a_busy_task_queue_is_told_to_yield_every_period() {
+    use std::time::Instant;
+    const PERIOD: Duration = Duration::from_millis(20);
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .preempt_timer(PERIOD)
+        .spawn(|| async {
+            for _ in 0..10 {
+                // Many short turns, as a busy node has between two preemptions.
+                for _ in 0..50 {
+                    glommio::executor().yield_task_queue_now().await;
+                }
+                let start = Instant::now();
+                while !glommio::executor().need_preempt() {
+                    assert!(start.elapsed() < DEADLINE, "never told to yield");
+                    std::hint::spin_loop();
+                }
+                glommio::executor().yield_task_queue_now().await;
+            }
+        })
+        .expect("executor starts");
+    handle.join().expect("executor thread");
 }

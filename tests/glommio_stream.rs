@@ -314,14 +314,24 @@ fn untaken_poll_masks_are_merged_not_replaced() {
 }
 
 /// Urgent data (`MSG_OOB`) stops a TCP read short at the urgent byte, with more data behind it
-/// that no new event announces: the `POLLPRI` the poll reported makes later reads call `recv`
-/// at once, so the data after the urgent byte is read without the peer sending more.
+/// that no new event announces. By default the multishot poll does not ask for `POLLPRI` (see
+/// `kvmesh_patch::multishot_read_events`), so that data is read once the peer's next segment
+/// wakes the socket; nothing is lost. With `GLOMMIO_NO_POLLIN_ONLY` set, the `POLLPRI` the poll
+/// reports makes later reads call `recv` at once, and it is read without the peer sending more.
 #[test]
-fn data_behind_an_urgent_byte_is_read_without_a_new_event() {
-    run(|| async {
+fn data_behind_an_urgent_byte_is_read() {
+    use glommio::kvmesh_patch::{kernel_at_least, switched_off, MULTISHOT_POLL_MIN_KERNEL};
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let multishot = !switched_off(std::env::var_os("GLOMMIO_NO_MULTISHOT_POLL").as_deref())
+        && kernel_at_least(release.trim(), MULTISHOT_POLL_MIN_KERNEL);
+    // A one-shot poll (multishot off) checks readiness when armed, so it sees the urgent byte.
+    let with_pri =
+        !multishot || switched_off(std::env::var_os("GLOMMIO_NO_POLLIN_ONLY").as_deref());
+    run(move || async move {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (sent_all, all_sent) = mpsc::channel::<()>();
+        let (more, send_more) = mpsc::channel::<()>();
         let client = thread::spawn(move || {
             let mut s = peer(addr);
             // "ab" normal, "c" urgent (out of band), then "xyz" normal.
@@ -330,6 +340,9 @@ fn data_behind_an_urgent_byte_is_read_without_a_new_event() {
             assert_eq!(rc, 3, "send MSG_OOB: {}", std::io::Error::last_os_error());
             s.write_all(b"xyz").unwrap();
             sent_all.send(()).unwrap();
+            if send_more.recv().is_ok() {
+                s.write_all(b"!").unwrap();
+            }
             let mut ack = [0u8; 1];
             s.read_exact(&mut ack).unwrap();
         });
@@ -344,17 +357,54 @@ fn data_behind_an_urgent_byte_is_read_without_a_new_event() {
         .await;
         let mut got = Vec::new();
         let mut buf = [0u8; 64];
-        while got.len() < 5 {
-            let n = timeout(Duration::from_secs(5), async {
-                Ok(stream.read(&mut buf).await?)
-            })
-            .await
-            .expect("the data after the urgent byte is read without a new event");
+        let n = stream.read(&mut buf).await.unwrap();
+        got.extend_from_slice(&buf[..n]);
+        assert_eq!(got, b"ab", "a read stops at the urgent byte");
+        let behind = timeout(Duration::from_millis(300), async {
+            Ok(stream.read(&mut buf).await?)
+        })
+        .await;
+        if with_pri {
+            let n = behind.expect("the data after the urgent byte is read without a new event");
+            got.extend_from_slice(&buf[..n]);
+            drop(more);
+        } else {
+            assert!(
+                behind.is_err(),
+                "without POLLPRI, nothing announces the data yet"
+            );
+            more.send(()).unwrap();
+        }
+        while !got.ends_with(if with_pri { b"xyz" } else { b"xyz!" }) {
+            let n = timeout(DEADLINE, async { Ok(stream.read(&mut buf).await?) })
+                .await
+                .expect("the data after the urgent byte is read");
             assert!(n > 0, "EOF before all the data");
             got.extend_from_slice(&buf[..n]);
         }
-        assert_eq!(got, b"abxyz");
+        let expected: &[u8] = if with_pri { b"abxyz" } else { b"abxyz!" };
+        assert_eq!(got, expected);
         stream.write_all(&[1]).await.unwrap();
         join(client).await;
     });
+}
+
+/// The multishot poll asks for `POLLPRI` only when switched back on, and the mask the kernel
+/// reports for a TCP socket's plain data wake-up (`sock_def_readable` wakes with
+/// `EPOLLIN | EPOLLPRI | EPOLLRDNORM | EPOLLRDBAND`; io_uring keeps the bits asked for) then
+/// does not make every later read call `recv` at once.
+#[test]
+fn a_plain_data_wake_up_is_not_sticky() {
+    use glommio::kvmesh_patch::{multishot_read_events, sticky_events};
+    let wake_up = (libc::POLLIN | libc::POLLPRI | libc::POLLRDNORM | libc::POLLRDBAND) as usize;
+    let asked = |with_pri| multishot_read_events(with_pri) as usize;
+    assert_eq!(asked(false), (libc::POLLIN | libc::POLLRDHUP) as usize);
+    assert!(!sticky_events(wake_up & asked(false)));
+    assert!(
+        sticky_events(wake_up & asked(true)),
+        "POLLPRI, asked for, is sticky"
+    );
+    assert!(sticky_events(libc::POLLRDHUP as usize));
+    assert!(sticky_events(libc::POLLHUP as usize));
+    assert!(sticky_events(libc::POLLERR as usize));
 }

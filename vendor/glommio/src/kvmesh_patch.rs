@@ -78,3 +78,47 @@ pub fn switched_off(value: Option<&std::ffi::OsStr>) -> bool {
 pub(crate) fn switched_off_by_env(name: &str) -> bool {
     switched_off(std::env::var_os(name).as_deref())
 }
+
+/// The readiness events a stream's multishot poll asks for, besides `POLLERR`, `POLLHUP` and
+/// `POLLNVAL`: `POLLIN | POLLRDHUP`, and `POLLPRI` only if `with_pri`.
+///
+/// Why not `POLLPRI` by default: io_uring reports the wake-up's own mask when the socket's
+/// wait queue is woken with one (masked by the events asked for), and a TCP socket's data
+/// wake-up (`sock_def_readable`) always carries `EPOLLPRI`, urgent data or not. Asked for,
+/// `POLLPRI` was in every completion, so every read of a stream called `recv` at once
+/// ([`sticky_events`]): one `recv` that found nothing per request at pipeline 1. Without it, a
+/// read stopped short at an urgent byte (`MSG_OOB`, which kvmesh's protocol never sends) leaves
+/// the data behind that byte until the peer's next segment wakes the socket.
+/// `GLOMMIO_NO_POLLIN_ONLY` (any value but `0` or empty) asks for `POLLPRI` again.
+pub fn multishot_read_events(with_pri: bool) -> libc::c_short {
+    let events = libc::POLLIN | libc::POLLRDHUP;
+    if with_pri {
+        events | libc::POLLPRI
+    } else {
+        events
+    }
+}
+
+/// Whether a multishot poll's event mask makes every later read of the stream call `recv` at
+/// once: the peer's shutdown, a hang-up, an error, or urgent data (`POLLPRI`, only reported
+/// when asked for: [`multishot_read_events`]). An EOF may then wait behind the data a short
+/// read left, or a read may stop short at the urgent byte, and no event announces what follows.
+pub fn sticky_events(mask: usize) -> bool {
+    const STICKY: libc::c_short = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLPRI;
+    mask & STICKY as usize != 0
+}
+
+/// Whether `Reactor::wait` keeps an armed latency preemption timer that fires at `deadline`,
+/// now that the executor's preemption period is `preempt`, instead of cancelling it and
+/// arming a new one that fires at `now + preempt`: when it fires no later than the new one
+/// would, and no earlier than half a period from now. A task queue then runs for at least
+/// half its period and never longer than a full one before it is told to yield, and a busy
+/// executor re-arms the timer about once per half period instead of at every turn (every
+/// few requests at pipeline 1: a `TIMEOUT`, an `ASYNC_CANCEL` and an hrtimer each).
+pub fn keep_latency_timer(
+    deadline: std::time::Instant,
+    now: std::time::Instant,
+    preempt: std::time::Duration,
+) -> bool {
+    deadline <= now + preempt && deadline >= now + preempt / 2
+}

@@ -437,11 +437,15 @@ impl Reactor {
     /// sets the source's result (the poll mask) and wakes its waiter every time `fd` is woken
     /// up readable or shut down by its peer (`POLLRDHUP`), until the source is dropped (which
     /// cancels it) or the kernel ends it (then `Source::is_armed` is false).
+    /// kvmesh patch: see `multishot_read_events`.
     pub(crate) fn poll_read_ready_multi(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys.poll_ready_multi(
             &source,
-            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),
+            common_flags()
+                | PollFlags::from_bits_retain(crate::kvmesh_patch::multishot_read_events(
+                    multishot_asks_pri(),
+                )),
         );
         source
     }
@@ -909,4 +913,14 @@ impl fmt::Debug for Reactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad("Reactor { .. }")
     }
+}
+
+/// kvmesh patch (see `vendor/README.md`, "No `POLLPRI` in the multishot poll"): whether a
+/// stream's multishot poll asks for `POLLPRI` (`GLOMMIO_NO_POLLIN_ONLY` set), read once.
+fn multishot_asks_pri() -> bool {
+    lazy_static! {
+        static ref WITH_PRI: bool =
+            crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_POLLIN_ONLY");
+    }
+    *WITH_PRI
 }

@@ -5,7 +5,8 @@
 //
 use crate::{
     kvmesh_patch::{
-        count_multishot_poll_ended, kernel_at_least, kernel_release, switched_off_by_env,
+        count_multishot_poll_ended, kernel_at_least, kernel_release, sticky_events,
+        switched_off_by_env,
         MULTISHOT_POLL_MIN_KERNEL,
     },
     reactor::Reactor,
@@ -322,9 +323,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
             if let Some(result) = src.take_result() {
                 self.rx_maybe_ready = true;
                 if let Ok(mask) = &result {
-                    const STICKY: libc::c_short =
-                        libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLPRI;
-                    self.rx_always_recv |= *mask & STICKY as usize != 0;
+                    self.rx_always_recv |= sticky_events(*mask);
                 }
                 if !src.is_armed() {
                     // The kernel ended the poll: an error, or a completion that did not fit in

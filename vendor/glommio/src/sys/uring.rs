@@ -1300,6 +1300,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// kvmesh patch: when the armed latency preemption timer fires, if it is a preemption
+    /// timer (not a sleeping reactor's user timer). See `keep_preemption_timers`.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1431,6 +1434,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1910,16 +1914,46 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        //
+        // kvmesh patch (see `vendor/README.md`, "Preemption timers kept across executor
+        // turns"): unless the armed preemption timer has not fired and fires within
+        // [preempt / 2, preempt] from now; then it is kept, and nothing is cancelled or armed.
+        let latency_kept = match (self.latency_preemption_timeout_src.take(), preempt_timer()) {
+            (Some(src), Some(preempt))
+                if keep_preemption_timers()
+                    && src.result().is_none()
+                    && self.latency_preemption_deadline.get().is_some_and(|deadline| {
+                        crate::kvmesh_patch::keep_latency_timer(deadline, Instant::now(), preempt)
+                    }) =>
+            {
+                self.latency_preemption_timeout_src.set(Some(src));
+                true
+            }
+            (old, _) => {
+                drop(old);
+                self.latency_preemption_deadline.set(None);
+                false
+            }
+        };
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // up sleeping. kvmesh patch: one that has not fired yet is kept (it then counts the
+        // completions since it was armed, not since this turn: it may fire early, which
+        // only ends a task queue's turn early).
+        match self.throughput_preemption_timeout_src.take() {
+            Some(src) if keep_preemption_timers() && src.result().is_none() => {
+                self.throughput_preemption_timeout_src.set(Some(src));
+            }
+            old => {
+                drop(old);
+                self.throughput_preemption_timeout_src.replace(Some(
+                    main_ring.prepare_throughput_preemption_timer(
+                        self.ring_depth() as u32,
+                        self.eventfd_src.raw(),
+                    ),
+                ));
+            }
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1938,6 +1972,14 @@ impl Reactor {
             && lat_ring.can_sleep();
 
         if should_sleep {
+            // kvmesh patch: a kept preemption timer must not wake the sleeper (it is kept
+            // only while `preempt_timer()` says a queue is runnable, so this is defensive).
+            if latency_kept {
+                drop(self.latency_preemption_timeout_src.take());
+                self.latency_preemption_deadline.set(None);
+                flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
+                flush_rings!(lat_ring, poll_ring, main_ring)?;
+            }
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
@@ -1970,9 +2012,13 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            if !latency_kept || should_sleep {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_deadline
+                    .set(Some(Instant::now() + preempt));
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
@@ -2322,4 +2368,16 @@ mod tests {
         // If the link chain is longer than the io_uring submission queue, we panic
         ring.submit_one_event(&mut queue.submissions);
     }
+}
+
+/// kvmesh patch (see `vendor/README.md`, "Preemption timers kept across executor turns"):
+/// whether `Reactor::wait` keeps preemption timers that have not fired instead of cancelling
+/// and re-arming them at every executor turn. `GLOMMIO_NO_KEEP_PREEMPT_TIMERS` (any value but
+/// `0` or empty) switches it off; read once per process.
+fn keep_preemption_timers() -> bool {
+    lazy_static! {
+        static ref KEEP: bool =
+            !crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_KEEP_PREEMPT_TIMERS");
+    }
+    *KEEP
 }
