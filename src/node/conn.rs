@@ -2,8 +2,9 @@
 //! is incomplete.
 //!
 //! Every request parsed from one read is started before any is waited for, and their replies
-//! go out in one write, once every log record they report is durable (see `fast::send`). A frame that is too large or does not decode gets a frame-level error
-//! reply and the connection closes; other connections are unaffected. EOF between frames is a
+//! go out in one write, once every log record they report is durable (see `fast::send`). A
+//! frame that is too large or does not decode gets a frame-level error reply and the
+//! connection closes; other connections are unaffected. EOF between frames is a
 //! clean close; EOF inside a frame is counted as a protocol error. When the shard drains for
 //! shutdown, a connection answers what it has read and closes.
 
