@@ -644,12 +644,12 @@ fn a_failed_log_sends_nothing_of_the_pass() {
             } else {
                 dir.faults().on_sync(0, fault);
             }
-            let (mut out, seq) = put_here(&mut shard, b"k");
+            let (mut out, _) = put_here(&mut shard, b"k");
             // Another write served in the same pass: its OK must not go out either.
-            let (out_get, _) = put_here(&mut shard, b"j");
-            out.extend_from_slice(&out_get);
+            let (second, last) = put_here(&mut shard, b"j");
+            out.extend_from_slice(&second);
             let sink = Sink::default();
-            let sent = send_when_durable(Some(&log), Some(seq + 1), &out, &mut sink.clone()).await;
+            let sent = send_when_durable(Some(&log), Some(last), &out, &mut sink.clone()).await;
             let Sent::NotLogged(why) = sent else {
                 panic!("{fault:?}: sent {sent:?}");
             };
