@@ -125,8 +125,8 @@ async fn settle(shard: &Shard) {
     }
 }
 
-/// Whether the fast path takes `request` on a one-node, one-shard node without a log that does
-/// not wait for a topology: [`open`] and [`takes`], as `serve` decides.
+/// Whether the fast path takes `request` on a one-node, one-shard node without a failed log
+/// that does not wait for a topology: [`open`] and [`takes`], as `serve` decides.
 fn taken(request: &simple::SimpleRequest<'_>) -> bool {
     let membership = Membership::single(1, addr(1));
     let replication = Replication::default();
@@ -137,7 +137,7 @@ fn addr(n: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + n))
 }
 
-/// A node's state: not durable, not gated, shard 0 of `shards`.
+/// A node's state: no failed log, not gated, shard 0 of `shards`.
 fn view<'a>(membership: &'a Membership, replication: &'a Replication, shards: usize) -> View<'a> {
     View {
         log_failed: false,
@@ -620,7 +620,7 @@ fn a_reply_is_not_sent_before_its_record_is_durable() {
         assert!(matches!(sending.await, Sent::Written));
         assert!(log.is_durable(seq));
         assert_eq!(*sink.0.borrow(), out);
-        // Without a wait, or without a log, it goes at once.
+        // Without a log (nothing waits then), it goes at once.
         let sink = Sink::default();
         let sent = send_when_durable(None, Some(seq + 100), &out, &mut sink.clone()).await;
         assert!(matches!(sent, Sent::Written));
@@ -658,8 +658,8 @@ fn a_failed_log_sends_nothing_of_the_pass() {
                 sink.0.borrow().is_empty(),
                 "{fault:?}: sent what the log lost"
             );
-            // The log failed: the pass decision now sends every request to the general path,
-            // and the store refuses writes there.
+            // The log failed: the pass decision now sends every request to the general path
+            // (`View::log_failed`, see the decision table), where the store refuses writes.
             assert!(log.failure().is_some());
             let refused = shard.put(b"k", b"v", 0, NOW);
             assert_eq!(refused.result.status(), Status::Unavailable);
