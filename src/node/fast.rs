@@ -401,3 +401,7 @@ pub fn execute(
 #[cfg(test)]
 #[path = "fast_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fast_send_tests.rs"]
+mod send_tests;
