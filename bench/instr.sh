@@ -7,9 +7,11 @@
 #   REQUESTS=50000 PIPELINES="1 16" bench/instr.sh
 #   KVMESH_BIN=/tmp/kvmesh-main bench/instr.sh kvmesh    # another build of the node
 #   KEEP=/tmp/prof bench/instr.sh kvmesh  # keeps the callgrind files for callgrind_annotate
+#   FSYNC=always bench/instr.sh kvmesh    # a durable node: --data-dir (fresh) --fsync always
 #
 # For each server (arguments: `kvmesh`, `probe`; default both) and workload, it starts a fresh
-# server under `valgrind --tool=callgrind` on core 0 (kvmesh: 1 shard, no --data-dir), fills
+# server under `valgrind --tool=callgrind` on core 0 (kvmesh: 1 shard; no --data-dir unless
+# FSYNC is set, then a fresh data directory per run with `--fsync FSYNC`), fills
 # the keys with kvmesh-bench, zeroes the counters, runs exactly REQUESTS requests (50
 # connections, 10,000 keys, 100-byte values, client on core 1), dumps the counters and prints
 # one line per run: instructions per request (all threads, kernel time not included) and calls
@@ -32,13 +34,15 @@ fi
 # counted SERVER READ_RATIO PIPELINE: one run; prints its line.
 counted() {
     local server=$1 ratio=$2 pipeline=$3 port out=$WORK/callgrind.out log=$WORK/server.log
+    local durable=()
+    [ -z "${FSYNC:-}" ] || durable=(--data-dir "$(mktemp -d "$WORK/data.XXXX")" --fsync "$FSYNC")
     port=$("$BENCH" free-port --count 3)
     rm -f "$out"*
     local cmd=(valgrind --tool=callgrind --callgrind-out-file="$out" --compress-strings=no
         --compress-pos=no)
     case $server in
         kvmesh) taskset -c 0 "${cmd[@]}" "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 \
-            --cpus 0 --grpc "127.0.0.1:$((port + 2))" >"$log" 2>&1 &
+            --cpus 0 --grpc "127.0.0.1:$((port + 2))" "${durable[@]}" >"$log" 2>&1 &
             ;;
         probe) taskset -c 0 "${cmd[@]}" "$BENCH" probe-server --listen "127.0.0.1:$port" \
             --mode epoll >"$log" 2>&1 &
@@ -63,7 +67,7 @@ counted() {
         cat "$out".[0-9]* >"$KEEP/callgrind.$server-$ratio-$pipeline"
     fi
     # The dump of the measured requests (not the exit dump): instructions, calls to malloc.
-    awk -v n="$REQUESTS" -v what="$server $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
+    awk -v n="$REQUESTS" -v what="$server${FSYNC:+ --fsync $FSYNC} $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
         /^summary:/ { ir += $2 }
         /^cfn=(malloc|__libc_malloc)$/ { m = 1; next }
         m && /^calls=/ { split($1, c, "="); mallocs += c[2] }

@@ -124,10 +124,24 @@ fn keys_past_the_memory_limit_evict_least_recently_used() {
 /// elsewhere (the same pipeline, split after each request).
 #[test]
 fn a_pipeline_mixing_fast_and_general_requests_is_answered_in_order() {
+    pipeline_mixing_fast_and_general_requests(&[]);
+}
+
+/// The same on a durable node: the fast path's replies wait for the log, the general path's
+/// for theirs, and they still go out in request order.
+#[test]
+fn a_pipeline_mixing_fast_and_general_requests_is_answered_in_order_with_a_log() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("a UTF-8 path");
+    pipeline_mixing_fast_and_general_requests(&["--data-dir", data, "--fsync", "always"]);
+}
+
+fn pipeline_mixing_fast_and_general_requests(extra: &[&str]) {
     use kvmesh_net::frame;
     use kvmesh_proto::wire::Request;
 
-    let node = Node::start(2, &[]);
+    let node = Node::start(2, extra);
     let key_of = |shard: usize| {
         (0..)
             .map(|i| format!("pipe-{i}").into_bytes())

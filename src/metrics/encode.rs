@@ -33,7 +33,7 @@ const COUNTER: MetricType = MetricType::Counter;
 const GAUGE: MetricType = MetricType::Gauge;
 
 #[rustfmt::skip]
-const PER_SHARD: [PerShard; 38] = [
+const PER_SHARD: [PerShard; 39] = [
     ("kvmesh_hits", "Gets that found their key.", COUNTER, |s| s.stats.hits),
     ("kvmesh_misses", "Gets that did not find their key.", COUNTER, |s| s.stats.misses),
     ("kvmesh_evictions", "Keys evicted to stay within --max-memory.", COUNTER,
@@ -56,6 +56,9 @@ const PER_SHARD: [PerShard; 38] = [
         --max-connections.", COUNTER, |s| s.local.connections_refused),
     ("kvmesh_connections_idle_closed", "Client connections closed after --idle-timeout without \
         a request.", COUNTER, |s| s.local.connections_idle_closed),
+    ("kvmesh_connections_closed_unlogged", "Client connections closed without their replies \
+        because the write-ahead log failed before the records they report were durable.",
+        COUNTER, |s| s.local.connections_closed_unlogged),
     ("kvmesh_protocol_errors", "Malformed or oversized frames and unknown ops.", COUNTER,
         |s| s.stats.protocol_errors),
     ("kvmesh_shard_serving", "1 while the shard serves, 0 once it drains for shutdown.", GAUGE,

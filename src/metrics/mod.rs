@@ -32,6 +32,9 @@ pub struct ShardMetrics {
     pub connections_refused: u64,
     /// Connections closed by `--idle-timeout`.
     pub connections_idle_closed: u64,
+    /// Connections closed without sending their replies because the write-ahead log failed
+    /// before the records the fast path's replies waited for were durable (see `node::fast`).
+    pub connections_closed_unlogged: u64,
 }
 
 /// One shard's numbers at the moment it was asked.

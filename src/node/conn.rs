@@ -2,8 +2,9 @@
 //! is incomplete.
 //!
 //! Every request parsed from one read is started before any is waited for, and their replies
-//! go out in one write. A frame that is too large or does not decode gets a frame-level error
-//! reply and the connection closes; other connections are unaffected. EOF between frames is a
+//! go out in one write, once every log record they report is durable (see `fast::send`). A
+//! frame that is too large or does not decode gets a frame-level error reply and the
+//! connection closes; other connections are unaffected. EOF between frames is a
 //! clean close; EOF inside a frame is counted as a protocol error. When the shard drains for
 //! shutdown, a connection answers what it has read and closes.
 
@@ -154,22 +155,30 @@ pub async fn serve_read(mut stream: TcpStream, ctx: Rc<ShardCtx>, read: &[u8]) {
             };
             reply::encode_response(id, &results, &mut out);
         }
-        if let Some(e) = bad_frame {
+        if let Some(e) = &bad_frame {
             ctx.shard.borrow_mut().counters.protocol_errors += 1;
-            frame::encode(&reply::frame_error(&e), &mut out);
-            let _ = stream.write_all(&out).await;
-            let _ = stream.close().await;
-            return;
+            frame::encode(&reply::frame_error(e), &mut out);
         }
         if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
+            // Not before the log records the fast path's replies report are durable; never,
+            // if the log failed first (see `fast`): the connection then closes unanswered.
+            match fast::send(&ctx, &mut fast_batch, &out, &mut stream).await {
+                fast::Sent::Written => {}
+                fast::Sent::NotLogged(_) => {
+                    let _ = stream.close().await;
+                    return;
+                }
+                fast::Sent::Failed => return,
             }
             out.clear();
             // Do not keep a burst's worth of memory for a connection that goes quiet.
             if out.capacity() > 4 * READ_BUF {
                 out.shrink_to(READ_BUF);
             }
+        }
+        if bad_frame.is_some() {
+            let _ = stream.close().await;
+            return;
         }
         // Make room for the rest of the current frame.
         if pos == end {

@@ -7,16 +7,36 @@
 //! not behind the node's topology epoch, of `OP_GET`, `OP_PUT` and `OP_REMOVE` ops that the
 //! topology gate lets through and that `router::route_in_cluster` routes `Local`, on a node
 //! that neither replicates writes (`replicate::sends_nothing`) nor asks a quorum for reads
-//! (`quorum_read::asks_nothing`), to a shard without a write-ahead log (so no reply waits for
-//! a log record). The same functions decide those as on the general path; every op then runs
+//! (`quorum_read::asks_nothing`), to a shard whose write-ahead log, if it has one, has not
+//! failed. The same functions decide those as on the general path; every op then runs
 //! through the same `Shard` method the general path calls (`Shard::get`, `put`, `remove`), so
-//! limits, TTLs, counters and evictions are the same. What differs is only what is allocated:
-//! keys and values are borrowed from the read buffer, a get's value is copied from the store
-//! straight into the reply, and no `Request`, `Op` or `OpResult` of a found value is built.
-//! The reply is byte for byte the general path's: both encode a result through
-//! `reply::push_result`, and only a found value is encoded here (`reply::push_found`). A
-//! property test checks the replies and the store's state against the general path's store
-//! work; a table test checks the decision ([`open`], [`takes`]) case by case.
+//! limits, TTLs, counters, evictions and log records are the same. What differs is only what
+//! is allocated: keys and values are borrowed from the read buffer, a get's value is copied
+//! from the store straight into the reply, and no `Request`, `Op` or `OpResult` of a found
+//! value is built. The reply is byte for byte the general path's: both encode a result
+//! through `reply::push_result`, and only a found value is encoded here (`reply::push_found`).
+//! A property test checks the replies, the log records waited for and the store's state
+//! against the general path's store work, with and without a log; a table test checks the
+//! decision ([`open`], [`takes`]) case by case.
+//!
+//! # Durable shards: no reply before its log record
+//!
+//! On a shard with a log, a write served here is applied and its record appended to the log's
+//! pending batch, as on the general path, and a get of a key whose latest change is not yet
+//! durable waits for that change (`Shard::get`'s wait). Its reply is encoded into the
+//! connection's output at once, *before* the log has answered, so the output is held back:
+//! the pass ([`Batch`]) keeps the largest log record its replies wait for, and [`send`], the
+//! connection's one write of its output, awaits [`Log::durable`] of that record first. One
+//! wait covers every reply of the pass (once a record is durable, so is every earlier one), and
+//! group commit gives the pass's requests the same sync. The rule when the log fails first
+//! (a full disk, an I/O error): **the output is not sent at all.** It may hold an OK for a
+//! write the log never made durable, and it cannot be edited into the general path's precise
+//! `UNAVAILABLE` answers, so [`send`] reports [`Sent::NotLogged`] and the connection closes
+//! without writing: the client sees its connection closed, never an acknowledgement. That is
+//! counted (`kvmesh_connections_closed_unlogged`) and logged once per shard. From then on the
+//! fast path is closed on that shard ([`View::log_failed`]): every request goes to the
+//! general path, which refuses writes with "log failed, writes refused" and answers reads
+//! precisely.
 //!
 //! Anything else, including a malformed frame, is left to the general path untouched: nothing
 //! has run when [`serve`] returns `None`.
@@ -24,9 +44,11 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use futures_lite::{AsyncWrite, AsyncWriteExt};
 use kvmesh_net::frame::{self, PREFIX_LEN};
 use kvmesh_net::simple::{SimpleOp, SimpleRequest};
 use kvmesh_proto::wire::{OpCode, Status};
+use kvmesh_wal::Log;
 
 use super::reply;
 use super::router::{route_in_cluster_keyed, Keyed, Place, Route};
@@ -40,12 +62,15 @@ use kvmesh_net::ring::NodeId;
 /// What the fast path served in one pass over a connection's buffer. A pass is the run of
 /// fast-path requests at the front of one inner loop of the connection: it ends at the first
 /// request the general path takes, or when the loop stops reading frames, where
-/// [`Batch::record`] is called. Nothing in it awaits, so the shard's state read at its start
-/// (see [`Pass`]) holds for all of it. The clock is read once for the pass, at its first
-/// request served here: that time is the `now_ms` of every op served here (TTLs, expiry, the
-/// version clock), and [`Batch::record`] counts each of these ops in the latency histograms
-/// with the time from then until the last of them is served (for each request an upper bound,
-/// where the general path measures each request on its own; no general-path await is in it).
+/// [`Batch::record`] is called; its replies go out with the connection's next write
+/// ([`send`]). Nothing in it awaits, so the shard's state read at its start (see [`Pass`])
+/// holds for all of it. The clock is read once for the pass, at its first request served
+/// here: that time is the `now_ms` of every op served here (TTLs, expiry, the version clock),
+/// and the pass's ops are counted in the latency histograms with the time from then until
+/// the last of them is served, or, when its replies wait for the log, until [`send`] has
+/// seen that wait end (for each request an upper bound, where the general path measures each
+/// request on its own; that time then includes the start of any general-path requests read
+/// after the pass).
 #[derive(Default)]
 pub struct Batch {
     began: Option<(Instant, u64)>,
@@ -53,6 +78,9 @@ pub struct Batch {
     /// This pass's [`Pass`], read at its first frame: `Some(None)` when the fast path is
     /// closed for the whole pass.
     pass: Option<Option<Pass>>,
+    /// The largest log record a reply of the pass waits for: [`send`] writes nothing before
+    /// it is durable.
+    wait: Option<u64>,
 }
 
 /// What is read once per pass for the fast path's routing: the membership and the agreed
@@ -70,9 +98,16 @@ impl Batch {
             .1
     }
 
-    /// Records the pass's ops in the latency histograms, and starts a new pass.
+    /// Ends the pass: the next frame starts a new one. Records its ops in the latency
+    /// histograms, unless its replies wait for the log: then [`send`] does, after the wait.
     pub fn record(&mut self, ctx: &ShardCtx) {
         self.pass = None;
+        if self.wait.is_none() {
+            self.record_latency(ctx);
+        }
+    }
+
+    fn record_latency(&mut self, ctx: &ShardCtx) {
         if let Some((began, _)) = self.began.take() {
             ctx.metrics
                 .borrow_mut()
@@ -83,11 +118,80 @@ impl Batch {
     }
 }
 
+/// What became of a connection's output ([`send`]).
+#[derive(Debug)]
+pub enum Sent {
+    /// Written.
+    Written,
+    /// Not written, because the log failed before the record the fast path's replies in it
+    /// wait for was durable (why it failed): the connection must close without sending it.
+    NotLogged(String),
+    /// The write failed: the peer is gone.
+    Failed,
+}
+
+/// Writes `out`, a connection's output (replies in request order, the general path's and the
+/// fast path's of the pass `batch`), to `sink`, once the log record the fast path's replies
+/// wait for is durable; the connection's only write of replies. On [`Sent::NotLogged`]
+/// nothing was written, the event is counted and logged once per shard, and the caller
+/// closes the connection (see the module docs).
+pub async fn send<W: AsyncWrite + Unpin>(
+    ctx: &ShardCtx,
+    batch: &mut Batch,
+    out: &[u8],
+    sink: &mut W,
+) -> Sent {
+    let wait = batch.wait.take();
+    // Cloned out of the shard: no borrow is held across the await.
+    let log = match wait {
+        Some(_) => ctx.shard.borrow().log().cloned(),
+        None => None,
+    };
+    let sent = send_when_durable(log.as_ref(), wait, out, sink).await;
+    if wait.is_some() {
+        batch.record_latency(ctx);
+    }
+    if let Sent::NotLogged(why) = &sent {
+        let mut metrics = ctx.metrics.borrow_mut();
+        if metrics.connections_closed_unlogged == 0 {
+            tracing::error!(
+                "shard {}: closing a connection without sending its replies: the write-ahead \
+                 log failed before their records were durable ({why}); writes are refused \
+                 from now on (counted in kvmesh_connections_closed_unlogged, logged once)",
+                ctx.me
+            );
+        }
+        metrics.connections_closed_unlogged += 1;
+    }
+    sent
+}
+
+/// [`send`]'s rule, without the shard: writes `out` to `sink` once record `wait` of `log` is
+/// durable, at once without a wait (or without a log: nothing waits then); writes nothing
+/// and returns [`Sent::NotLogged`] if the log fails first.
+pub async fn send_when_durable<W: AsyncWrite + Unpin>(
+    log: Option<&Log>,
+    wait: Option<u64>,
+    out: &[u8],
+    sink: &mut W,
+) -> Sent {
+    if let (Some(log), Some(seq)) = (log, wait) {
+        if let Err(e) = log.durable(seq).await {
+            return Sent::NotLogged(log.failure().unwrap_or_else(|| e.to_string()));
+        }
+    }
+    match sink.write_all(out).await {
+        Ok(()) => Sent::Written,
+        Err(_) => Sent::Failed,
+    }
+}
+
 /// What decides whether the fast path takes a request: the node's and shard's state, as the
 /// general path reads it in `dispatch::start_from`.
 pub struct View<'a> {
-    /// Whether the shard has a write-ahead log (a write's reply may wait for a log record).
-    pub durable: bool,
+    /// Whether the shard's write-ahead log has failed: it then refuses writes, and only the
+    /// general path answers each op precisely (see the module docs).
+    pub log_failed: bool,
     pub replication: &'a Replication,
     pub membership: &'a Membership,
     /// Whether the shard refuses clients' data ops until it holds an agreed topology, and
@@ -101,10 +205,10 @@ pub struct View<'a> {
     pub live: &'a dyn Fn(NodeId) -> bool,
 }
 
-/// Whether the fast path may take any request under `view`: no log, no replicated write, no
-/// quorum read. Holds for a whole pass.
+/// Whether the fast path may take any request under `view`: no failed log, no replicated
+/// write, no quorum read. Holds for a whole pass.
 pub fn open(view: &View<'_>) -> bool {
-    !view.durable
+    !view.log_failed
         && super::replicate::sends_nothing(view.replication, view.membership)
         && super::quorum_read::asks_nothing(view.replication, view.membership.ring())
 }
@@ -135,7 +239,8 @@ pub fn takes(view: &View<'_>, request: &SimpleRequest<'_>) -> bool {
 }
 
 /// Serves the frame at the front of `buf` if it is a plain local request (see the module
-/// docs), appending its reply frame to `out` and its ops to `batch`; returns the bytes of the
+/// docs), appending its reply frame to `out` (which must then go out through [`send`]) and
+/// its ops and log wait to `batch`; returns the bytes of the
 /// frame and the bytes of the values its reply holds (what the general path's
 /// `Started::reply_bytes` counts). `None`: nothing ran and nothing was appended; the general
 /// path decodes the frame (an incomplete one included). Whether the fast path is [`open`] is
@@ -157,8 +262,12 @@ pub fn serve(
             } else {
                 0
             };
-            let durable = ctx.shard.borrow().log().is_some();
-            open(&view(ctx, durable, &membership, epoch_now, &live)).then_some(Pass {
+            let log_failed = ctx
+                .shard
+                .borrow()
+                .log()
+                .is_some_and(|log| log.failure().is_some());
+            open(&view(ctx, log_failed, &membership, epoch_now, &live)).then_some(Pass {
                 membership,
                 epoch_now,
             })
@@ -169,29 +278,30 @@ pub fn serve(
     };
     let body = buf.get(PREFIX_LEN..PREFIX_LEN + len)?;
     let mut request = SimpleRequest::default();
-    // `durable` is false: the pass is open.
+    // `log_failed` is false: the pass is open.
     let view = view(ctx, false, &pass.membership, pass.epoch_now, &live);
     if !request.parse(body) || !takes(&view, &request) {
         return None;
     }
     let now_ms = batch.now_ms();
-    let (kinds, reply_bytes) = execute(&mut ctx.shard.borrow_mut(), &request, now_ms, out)?;
-    for (total, n) in batch.kinds.iter_mut().zip(kinds) {
+    let served = execute(&mut ctx.shard.borrow_mut(), &request, now_ms, out)?;
+    for (total, n) in batch.kinds.iter_mut().zip(served.kinds) {
         *total += n;
     }
-    Some((PREFIX_LEN + len, reply_bytes))
+    batch.wait = batch.wait.max(served.wait);
+    Some((PREFIX_LEN + len, served.reply_bytes))
 }
 
 /// The [`View`] of shard `ctx` under `membership`.
 fn view<'a>(
     ctx: &'a ShardCtx,
-    durable: bool,
+    log_failed: bool,
     membership: &'a Membership,
     epoch_now: u64,
     live: &'a dyn Fn(NodeId) -> bool,
 ) -> View<'a> {
     View {
-        durable,
+        log_failed,
         replication: &ctx.config.replication,
         membership,
         gated: ctx.waits_for_topology,
@@ -221,29 +331,39 @@ pub fn keyed<'a>(op: &SimpleOp<'a>) -> Keyed<'a> {
     }
 }
 
-/// Runs `request`'s ops, owned by `shard`, and appends its reply frame to `out`; returns its
-/// ops by latency kind and the bytes of the values read. `None` (and nothing ran) when an op
-/// is not [`is_simple`], or when the shard has a write-ahead log: a reply may then have to
-/// wait for a log record, which only the general path does.
+/// What [`execute`] served.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Served {
+    /// The request's ops by latency kind.
+    pub kinds: [u32; latency::KINDS.len()],
+    /// The bytes of the values read.
+    pub reply_bytes: usize,
+    /// The largest log record its reply waits for (`None`: none, or no log): the reply must
+    /// not be sent before that record is durable (see [`send`]).
+    pub wait: Option<u64>,
+}
+
+/// Runs `request`'s ops, owned by `shard`, and appends its reply frame to `out`. `None` (and
+/// nothing ran) when an op is not [`is_simple`].
 pub fn execute(
     shard: &mut Shard,
     request: &SimpleRequest<'_>,
     now_ms: u64,
     out: &mut Vec<u8>,
-) -> Option<([u32; latency::KINDS.len()], usize)> {
-    if shard.log().is_some() || !request.ops().iter().all(|op| is_simple(op.code)) {
+) -> Option<Served> {
+    if !request.ops().iter().all(|op| is_simple(op.code)) {
         return None;
     }
     let mut kinds = [0u32; latency::KINDS.len()];
     let mut reply_bytes = 0;
+    // A record is durable once it and every earlier one are: the largest covers them all.
+    let mut wait = None;
     let start = reply::begin_response(request.id, out);
     for op in request.ops() {
         kinds[latency::kind(op.code)] += 1;
-        // Without a log no result waits (`Executed::wait` is always `None`, asserted below):
-        // a reply served here must never acknowledge a write before its log record.
-        match op.code {
+        let waits = match op.code {
             GET => {
-                let (found, wait) = shard.get(op.key, now_ms, |value| match value {
+                let (found, waits) = shard.get(op.key, now_ms, |value| match value {
                     Some(value) => {
                         reply::push_found(value, out);
                         value.len()
@@ -253,26 +373,35 @@ pub fn execute(
                         0
                     }
                 });
-                debug_assert!(wait.is_none(), "no log, so no wait");
                 reply_bytes += found;
+                waits
             }
             PUT => {
                 let executed = shard.put(op.key, op.value, op.ttl_ms, now_ms);
-                debug_assert!(executed.wait.is_none(), "no log, so no wait");
                 reply::push_result(&executed.result, out);
+                executed.wait
             }
             // OP_REMOVE, the last simple op (checked above).
             _ => {
                 let executed = shard.remove(op.key, now_ms);
-                debug_assert!(executed.wait.is_none(), "no log, so no wait");
                 reply::push_result(&executed.result, out);
+                executed.wait
             }
-        }
+        };
+        wait = wait.max(waits);
     }
     reply::end_response(start, out);
-    Some((kinds, reply_bytes))
+    Some(Served {
+        kinds,
+        reply_bytes,
+        wait,
+    })
 }
 
 #[cfg(test)]
 #[path = "fast_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fast_send_tests.rs"]
+mod send_tests;

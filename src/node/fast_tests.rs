@@ -1,18 +1,22 @@
-//! The fast path against the general path: two shards built alike get the same requests, one
-//! through [`execute`] whenever the fast path would take the request, the other through what
-//! `dispatch` runs for ops routed to this shard (`Shard::execute`, then
-//! `reply::encode_response`). Replies must match byte for byte, and so must the shards' state
-//! (their stats, read through `OP_STATS` ops mixed in and at the end).
+//! The fast path against the general path: two shards built alike, both without a log or both
+//! with one, get the same requests, one through [`execute`] whenever the fast path would take
+//! the request, the other through what `dispatch` runs for ops routed to this shard
+//! (`Shard::execute`, then `reply::encode_response`). Replies must match byte for byte, so must
+//! the log records they wait for, and so must the shards' state (their stats, read through
+//! `OP_STATS` ops mixed in and at the end). The connection's write step is tested in
+//! `fast_send_tests.rs`.
 
 use kvmesh_engine::Config as StoreConfig;
 use kvmesh_net::simple;
-use kvmesh_proto::wire::{Op, OpResult, Request, Topology};
+use kvmesh_proto::wire::{Op, OpResult, Request, Response, Topology};
+use kvmesh_wal::testing::MemDir;
 use proptest::prelude::*;
 use prost::Message;
 
 use super::*;
 use crate::cluster::replication::ReadFrom;
 use crate::cluster::topology::{Change, Member, Topology as Agreed, Transition};
+use crate::node::durable::Replay;
 use crate::node::router::route;
 
 /// The node's key limit in these tests (routing rejects longer keys).
@@ -28,15 +32,49 @@ fn shard() -> Shard {
     Shard::new(0, 7, config, Topology::default())
 }
 
-/// What the general path answers for `body` on a one-shard node, or `None` when the frame
-/// does not decode (the connection would close).
-fn general(shard: &mut Shard, body: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+/// The time of the tests' first request.
+pub(super) const NOW: u64 = 1_700_000_000_000;
+
+/// A [`shard`] with a log in `dir`, as on a node with `--data-dir`: small blocks and segments,
+/// so the tests rotate segments too.
+pub(super) async fn durable_shard(dir: MemDir) -> Shard {
+    let mut shard = shard();
+    let config = kvmesh_wal::Config {
+        block: 512,
+        segment_size: 512 * 64,
+        max_write: 4096,
+        ..kvmesh_wal::Config::default()
+    };
+    let mut replay = Replay::new(NOW);
+    let (log, _) = kvmesh_wal::open(dir, 0, config, |r| replay.apply(shard.store_mut(), r))
+        .await
+        .expect("a new log opens");
+    shard.attach_log(log, replay);
+    shard
+}
+
+pub(super) fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .expect("an executor")
+        .run(f)
+}
+
+/// What the general path answers for `body` on a one-shard node, with the largest log record
+/// the reply waits for (as `durable::settle` awaits it), or `None` when the frame does not
+/// decode (the connection would close).
+fn general(shard: &mut Shard, body: &[u8], now_ms: u64) -> Option<(Vec<u8>, Option<u64>)> {
     let request = kvmesh_net::request::decode(body).ok()?;
+    let mut wait = None;
     let results: Vec<OpResult> = request
         .ops
         .iter()
         .map(|op| match route(op.into(), 0, 1, MAX_KEY) {
-            Route::Local | Route::Here => shard.execute(op, now_ms).result,
+            Route::Local | Route::Here => {
+                let executed = shard.execute(op, now_ms);
+                wait = wait.max(executed.wait);
+                executed.result
+            }
             Route::Reject(rejection) => reply::rejection(rejection),
             // Not served by the store: the same stand-in on both shards.
             _ => reply::status(Status::Internal, "not a store op"),
@@ -44,11 +82,45 @@ fn general(shard: &mut Shard, body: &[u8], now_ms: u64) -> Option<Vec<u8>> {
         .collect();
     let mut out = Vec::new();
     reply::encode_response(request.id, &results, &mut out);
-    Some(out)
+    Some((out, wait))
 }
 
-/// Whether the fast path takes `request` on a one-node, one-shard node without a log that does
-/// not wait for a topology: [`open`] and [`takes`], as `serve` decides.
+/// A reply frame, with the log's time counters in its stats (if it has any) zeroed: they
+/// differ between two logs doing the same work.
+fn timeless(reply: Vec<u8>) -> Vec<u8> {
+    let Ok(mut response) = Response::decode(&reply[PREFIX_LEN..]) else {
+        return reply;
+    };
+    if response.results.iter().all(|r| r.stats.is_none()) {
+        return reply;
+    }
+    for stats in response.results.iter_mut().filter_map(|r| r.stats.as_mut()) {
+        (stats.wal_write_us, stats.wal_sync_us) = (0, 0);
+    }
+    let mut out = Vec::new();
+    frame::encode(&response, &mut out);
+    out
+}
+
+/// A shard's stats without the log's time counters.
+fn state(shard: &Shard) -> kvmesh_proto::wire::ShardStats {
+    kvmesh_proto::wire::ShardStats {
+        wal_write_us: 0,
+        wal_sync_us: 0,
+        ..shard.stats()
+    }
+}
+
+/// Waits until every record `shard`'s log holds is durable.
+async fn settle(shard: &Shard) {
+    if let Some(log) = shard.log() {
+        let last = log.next_seq().saturating_sub(1);
+        log.durable(last).await.expect("the log works");
+    }
+}
+
+/// Whether the fast path takes `request` on a one-node, one-shard node without a failed log
+/// that does not wait for a topology: [`open`] and [`takes`], as `serve` decides.
 fn taken(request: &simple::SimpleRequest<'_>) -> bool {
     let membership = Membership::single(1, addr(1));
     let replication = Replication::default();
@@ -59,10 +131,10 @@ fn addr(n: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + n))
 }
 
-/// A node's state: not durable, not gated, shard 0 of `shards`.
+/// A node's state: no failed log, not gated, shard 0 of `shards`.
 fn view<'a>(membership: &'a Membership, replication: &'a Replication, shards: usize) -> View<'a> {
     View {
-        durable: false,
+        log_failed: false,
         replication,
         membership,
         gated: false,
@@ -79,11 +151,22 @@ fn plan(view: &View<'_>, request: &simple::SimpleRequest<'_>) -> bool {
     open(view) && takes(view, request)
 }
 
-/// Runs `bodies` against both shards; returns how many the fast path took.
-fn compare(bodies: &[(Vec<u8>, u64)]) -> usize {
-    let (mut general_shard, mut fast_shard) = (shard(), shard());
-    let mut now_ms = 1_700_000_000_000;
-    let mut fast = 0;
+/// Runs `bodies` (each with the milliseconds that pass before it) against both shards, with
+/// a log each when `durable`; returns how many the fast path took, and how many of those
+/// waited for a log record. Both logs are settled (every record durable) after each body
+/// whose time step is a multiple of 3, so later requests find some keys settled and some
+/// not; nothing else awaits, so both logs number their records alike.
+async fn compare(bodies: &[(Vec<u8>, u64)], durable: bool) -> (usize, usize) {
+    let (mut general_shard, mut fast_shard) = if durable {
+        (
+            durable_shard(MemDir::new(512)).await,
+            durable_shard(MemDir::new(512)).await,
+        )
+    } else {
+        (shard(), shard())
+    };
+    let mut now_ms = NOW;
+    let (mut fast, mut waited) = (0, 0);
     for (body, advance) in bodies {
         now_ms += advance;
         let want = general(&mut general_shard, body, now_ms);
@@ -91,26 +174,30 @@ fn compare(bodies: &[(Vec<u8>, u64)]) -> usize {
             Some(request) => {
                 fast += 1;
                 let mut out = vec![0xAA];
-                let (kinds, reply_bytes) =
-                    execute(&mut fast_shard, &request, now_ms, &mut out).expect("taken");
+                let served = execute(&mut fast_shard, &request, now_ms, &mut out).expect("taken");
                 assert_eq!(out[0], 0xAA, "appends");
-                let counted: u32 = kinds.iter().sum();
+                let counted: u32 = served.kinds.iter().sum();
                 assert_eq!(counted as usize, request.ops().len());
-                let decoded = kvmesh_proto::wire::Response::decode(&out[1 + PREFIX_LEN..])
-                    .expect("a reply decodes");
+                let decoded = Response::decode(&out[1 + PREFIX_LEN..]).expect("a reply decodes");
                 let values: usize = decoded.results.iter().map(|r| r.value.len()).sum();
-                assert_eq!(reply_bytes, values);
-                Some(out[1..].to_vec())
+                assert_eq!(served.reply_bytes, values);
+                waited += usize::from(served.wait.is_some());
+                Some((out[1..].to_vec(), served.wait))
             }
             None => general(&mut fast_shard, body, now_ms),
         };
-        assert_eq!(got, want, "body {body:02x?}");
+        let timeless = |got: Option<(Vec<u8>, Option<u64>)>| got.map(|(r, w)| (timeless(r), w));
+        assert_eq!(timeless(got), timeless(want), "body {body:02x?}");
+        if durable && advance % 3 == 0 {
+            settle(&general_shard).await;
+            settle(&fast_shard).await;
+        }
     }
-    assert_eq!(fast_shard.stats(), general_shard.stats());
-    fast
+    assert_eq!(state(&fast_shard), state(&general_shard));
+    (fast, waited)
 }
 
-fn op(code: OpCode, key: &[u8], value: &[u8], ttl_ms: u64) -> Op {
+pub(super) fn op(code: OpCode, key: &[u8], value: &[u8], ttl_ms: u64) -> Op {
     Op {
         code: code as i32,
         key: key.to_vec(),
@@ -120,7 +207,7 @@ fn op(code: OpCode, key: &[u8], value: &[u8], ttl_ms: u64) -> Op {
     }
 }
 
-fn body(id: u64, ops: Vec<Op>) -> Vec<u8> {
+pub(super) fn body(id: u64, ops: Vec<Op>) -> Vec<u8> {
     Request {
         id,
         ops,
@@ -148,10 +235,15 @@ fn table() {
         body(i64::MAX as u64, vec![op(OpPut, b"v", &[2; 64], 0)]),
         body(u64::MAX, vec![op(OpGet, b"v", b"", 0)]),
     ];
-    let taken_count = compare(&bodies.into_iter().map(|b| (b, 6)).collect::<Vec<_>>());
+    let bodies: Vec<_> = bodies.into_iter().map(|b| (b, 7)).collect();
     // All but the key over the limit and the batch with OP_STATS (the ids from 2^63, in
     // 10-byte varints, included).
-    assert_eq!(taken_count, 9);
+    assert_eq!(run(compare(&bodies, false)), (9, 0));
+    // With a log, nothing settles between these requests: the writes wait, and so do the
+    // reads of keys written before; the first get (of a key never written) and the refused
+    // put of a value over the limit do not.
+    let (taken_count, waited) = run(compare(&bodies, true));
+    assert_eq!((taken_count, waited), (9, 7));
 }
 
 fn arbitrary_op() -> impl Strategy<Value = Op> {
@@ -232,7 +324,14 @@ proptest! {
     fn same_replies_as_the_general_path(
         bodies in proptest::collection::vec((arbitrary_body(), 0u64..15), 1..60),
     ) {
-        compare(&bodies);
+        run(compare(&bodies, false));
+    }
+
+    #[test]
+    fn same_replies_and_waits_as_the_general_path_with_a_log(
+        bodies in proptest::collection::vec((arbitrary_body(), 0u64..15), 1..60),
+    ) {
+        run(compare(&bodies, true));
     }
 }
 
@@ -335,9 +434,9 @@ fn the_decision_case_by_case() {
             false,
         ),
         (
-            "a log: the reply waits for the record",
+            "a failed log: writes refused, reads answered precisely",
             View {
-                durable: true,
+                log_failed: true,
                 ..view(&one, &default, 1)
             },
             get(b"k", 0),
