@@ -124,6 +124,11 @@ fn a_write_planned_before_a_change_holds_the_sources_and_reaches_the_new_owner()
         format!("{}\n--- node 3 ---\n{}", cluster.logs(), three.log())
     });
     drop(crowd);
+    // Node 1 sees the crowd's connections close a moment later; until then it refuses new ones,
+    // `stats` below included.
+    drop(wait_for("node 1 to accept a connection again", || {
+        accepted(entry)
+    }));
     // The new owner holds it, and the old owner dropped it.
     let mut client = WireClient::connect(three.addr);
     assert_eq!(
