@@ -197,11 +197,17 @@ impl Shard {
         (seq != 0 && !log.is_durable(seq)).then_some(seq)
     }
 
-    /// Logs what the store dropped on its own (evictions, expirations), oldest first.
+    /// Logs what the store dropped on its own (evictions, expirations), oldest first. Called
+    /// after every op: the check is inlined, the work (rare) is not.
+    #[inline]
     fn log_removals(&mut self) {
-        if !self.store.has_removals() {
-            return;
+        if self.store.has_removals() {
+            self.log_store_removals();
         }
+    }
+
+    #[inline(never)]
+    fn log_store_removals(&mut self) {
         let removals: Vec<(RemovalKind, Version, Box<[u8]>)> = self
             .store
             .drain_removals()
