@@ -211,10 +211,14 @@ pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
         head.varint(moved_epoch);
     }
     put_varint(head.len as u64 + value_len, out);
-    let (before, after) = head.bytes().split_at(fields);
-    out.extend_from_slice(before);
-    out.extend_from_slice(value);
-    out.extend_from_slice(after);
+    if value.is_empty() {
+        out.extend_from_slice(head.bytes());
+    } else {
+        let (before, after) = head.bytes().split_at(fields);
+        out.extend_from_slice(before);
+        out.extend_from_slice(value);
+        out.extend_from_slice(after);
+    }
 }
 
 /// A result's fields other than its value's bytes, built on the stack (see [`push_result`]).
