@@ -5,23 +5,26 @@
 #   ROUNDS=5 DURATION=10s bench/ab.sh /tmp/kvmesh-main target/release/kvmesh --metrics 127.0.0.1:9100
 #   BASE_ENV=GLOMMIO_NO_COOP_TASKRUN=1 bench/ab.sh target/release/kvmesh target/release/kvmesh
 #
+#   WORKLOADS="1:16 0:16" bench/ab.sh BASE NEW    # GET and SET at pipeline 16 only
+#
 # BASE_ENV and NEW_ENV (space-separated VAR=value words, empty by default) are set for that
 # side's node and client, so one binary can be compared with a switch off and on.
 # Each round runs, against each binary in turn, a fresh node with 1 shard pinned to core 0
 # (no --data-dir) and kvmesh-bench pinned to core 1: 50 connections, 100k keys, 100-byte values,
-# GET and SET at pipeline 1, GET at pipeline 16. It logs every run, then prints a table per
-# round.
+# the workloads of WORKLOADS (READ_RATIO:PIPELINE words; default GET and SET at pipeline 1,
+# GET at pipeline 16: "1:1 0:1 1:16"). It logs every run, then prints a table per round.
 # Build the binaries first (e.g. `cargo build --release -p kvmesh -p kvmesh-bench`, and the base
 # from another checkout); kvmesh-bench is taken from target/release.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n 2,15p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,18p "$0" >&2; exit 2; }
 BASE=$(realpath "$1") NEW=$(realpath "$2")
 shift 2
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
+WORKLOADS=${WORKLOADS:-1:1 0:1 1:16}
 BENCH=target/release/kvmesh-bench
 WORK=$(mktemp -d -t kvmesh-ab.XXXXXX)
 PID=""
@@ -51,8 +54,8 @@ run() {
         kill -0 "$PID" 2>/dev/null || { cat "$WORK/node.log" >&2; exit 1; }
         sleep 0.1
     done
-    for workload in "1 1" "0 1" "1 16"; do
-        set -- $workload
+    for workload in $WORKLOADS; do
+        set -- ${workload/:/ }
         # shellcheck disable=SC2086
         env $vars "$BENCH" --target kvmesh --addr "127.0.0.1:$port" --server-pid "$PID" --label "$label" \
             --cpus 1 --json --connections 50 --keys 100000 --value-size 100 --read-ratio "$1" \

@@ -339,6 +339,7 @@ impl Arena {
     }
 
     /// The slot at `addr`, to encode a block into (at least the slot's length).
+    #[inline]
     pub(crate) fn slot_mut(&mut self, at: u32) -> &mut [u8] {
         if let Some(n) = large_slot(at) {
             return &mut self.large[n];
@@ -347,6 +348,7 @@ impl Arena {
         &mut self.pages[page][offset..]
     }
 
+    #[inline]
     fn slot(&self, at: u32) -> &[u8] {
         if let Some(n) = large_slot(at) {
             return &self.large[n];
@@ -356,6 +358,7 @@ impl Arena {
     }
 
     /// The block at `addr`, which is in use.
+    #[inline]
     pub(crate) fn block(&self, at: u32) -> Block<'_> {
         Block(self.slot(at))
     }
@@ -383,6 +386,7 @@ impl Arena {
         block.in_use().then_some(block)
     }
 
+    #[inline]
     pub(crate) fn block_mut(&mut self, at: u32) -> BlockMut<'_> {
         BlockMut(self.slot_mut(at))
     }

@@ -70,6 +70,19 @@ pub(crate) fn encode(
 ) {
     buf[LRU_PREV..LRU_PREV + 4].copy_from_slice(&NIL.to_le_bytes());
     buf[LRU_NEXT..LRU_NEXT + 4].copy_from_slice(&NIL.to_le_bytes());
+    encode_keeping_links(buf, key, value, version, deadline, tombstone);
+}
+
+/// What [`encode`] writes, but the LRU links at the start of `buf` are left as they are: for
+/// a block rewritten in its own slot while it stays in the LRU list.
+pub(crate) fn encode_keeping_links(
+    buf: &mut [u8],
+    key: &[u8],
+    value: &[u8],
+    version: Version,
+    deadline: u64,
+    tombstone: bool,
+) {
     buf[HLC..HLC + 8].copy_from_slice(&version.hlc.to_le_bytes());
     buf[NODE..NODE + 4].copy_from_slice(&version.node.to_le_bytes());
     let flags =
@@ -95,6 +108,7 @@ struct Shape {
     len: usize,
 }
 
+#[inline]
 fn shape(b: &[u8]) -> Shape {
     let mut at = LENS;
     let key_flags = varint::read(b, &mut at);
@@ -123,11 +137,13 @@ impl<'a> Block<'a> {
         shape(self.0).len
     }
 
+    #[inline]
     pub(crate) fn key(self) -> &'a [u8] {
         let s = shape(self.0);
         &self.0[s.key_at..s.key_at + s.key_len]
     }
 
+    #[inline]
     pub(crate) fn value(self) -> &'a [u8] {
         let s = shape(self.0);
         let at = s.key_at + s.key_len;
@@ -155,6 +171,7 @@ impl<'a> Block<'a> {
     }
 
     /// The deadline, or 0 when the entry has none.
+    #[inline]
     pub(crate) fn deadline(self) -> u64 {
         if !self.has_deadline() {
             return 0;
@@ -164,6 +181,7 @@ impl<'a> Block<'a> {
     }
 
     /// True when the deadline has passed at `now_ms` (deadline <= now).
+    #[inline]
     pub(crate) fn is_dead(self, now_ms: u64) -> bool {
         let d = self.deadline();
         d != 0 && d <= now_ms

@@ -24,10 +24,12 @@ impl Index {
         }
     }
 
+    #[inline]
     pub(crate) fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
+    #[inline]
     pub(crate) fn find(&self, arena: &Arena, hash: u64, key: &[u8]) -> Option<u32> {
         self.table
             .find(hash, |&idx| arena.block(idx).key() == key)

@@ -49,12 +49,26 @@ impl Lru {
         }
     }
 
-    /// Makes `idx` the most recently used.
+    /// Makes `idx`, a linked block, the most recently used: what `unlink` then `push_front`
+    /// do, with the links that both would write only once.
     pub(crate) fn bump(&mut self, arena: &mut Arena, idx: u32) {
-        if self.head != idx {
-            self.unlink(arena, idx);
-            self.push_front(arena, idx);
+        let head = self.head;
+        if head == idx {
+            return;
         }
+        let mut block = arena.block_mut(idx);
+        let (prev, next) = (block.get().lru_prev(), block.get().lru_next());
+        block.set_lru_prev(NIL);
+        block.set_lru_next(head);
+        // Not the head, so linked after one: `prev` is a block, and so is `head`.
+        arena.block_mut(prev).set_lru_next(next);
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            arena.block_mut(next).set_lru_prev(prev);
+        }
+        arena.block_mut(head).set_lru_prev(idx);
+        self.head = idx;
     }
 
     /// The least recently used entry.

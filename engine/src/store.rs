@@ -91,6 +91,7 @@ impl Store {
     }
 
     /// Whether evictions or expirations wait to be drained ([`Store::drain_removals`]).
+    #[inline]
     pub fn has_removals(&self) -> bool {
         !self.removals.is_empty()
     }

@@ -214,6 +214,40 @@ fn eviction_is_exact_lru_by_bytes_and_reported() {
 }
 
 #[test]
+fn an_overwrite_in_the_same_slot_is_a_put_that_bumps_the_lru() {
+    let each = Store::entry_charge(2, 50);
+    let mut s = store(each * 3, 0);
+    for (i, key) in [b"k0", b"k1", b"k2"].iter().enumerate() {
+        s.put(*key, &[i as u8; 50], 0, v(i as u64 + 1), T0).unwrap();
+    }
+    let (used, arena) = (s.bytes_used(), s.stats().arena_bytes);
+    // Same slot (49 or 50 bytes: one size class), no deadline: rewritten in place.
+    assert_eq!(s.put(b"k0", &[7; 49], 0, v(5), T0), Ok(Applied::Stored));
+    assert_eq!(s.put(b"k0", &[6; 49], 0, v(4), T0), Ok(Applied::Stale));
+    assert_eq!(s.get(b"k0", T0), Some(&[7u8; 49][..]));
+    assert_eq!((s.bytes_used(), s.stats().arena_bytes), (used, arena));
+    assert_eq!((s.len(), s.stats().puts, s.stats().stale_writes), (3, 4, 1));
+    // k0 is the most recently used: k1 goes first, then k2.
+    s.put(b"k3", &[3; 50], 0, v(9), T0).unwrap();
+    s.put(b"k4", &[4; 50], 0, v(10), T0).unwrap();
+    assert_eq!(
+        drained(&mut s),
+        [
+            (RemovalKind::Evicted, b"k1".to_vec()),
+            (RemovalKind::Evicted, b"k2".to_vec())
+        ]
+    );
+    // A deadline added or dropped by an overwrite of the same size still takes effect.
+    s.put(b"k0", &[8; 50], T0 + 10, v(11), T0).unwrap();
+    s.put(b"k3", &[9; 50], 0, v(12), T0).unwrap();
+    assert_eq!(s.expires_at(b"k0", T0), Some(T0 + 10));
+    s.put(b"k0", &[8; 50], 0, v(13), T0).unwrap();
+    assert_eq!(s.expires_at(b"k0", T0 + 20), Some(0));
+    assert_eq!(s.expire(T0 + 20, 10), 0);
+    assert_eq!(s.get(b"k0", T0 + 20), Some(&[8u8; 50][..]));
+}
+
+#[test]
 fn an_expired_lru_victim_is_reported_as_expired() {
     let each = Store::charge(1, 10, true);
     let mut s = store(each * 2, 0);

@@ -26,6 +26,7 @@ pub(crate) fn put_varint(buf: &mut [u8], mut n: usize) -> usize {
 /// Decodes the varint at `buf[*at..]` and moves `*at` past it. Decoding stops at its last
 /// byte (the first below 0x80). Panics if `buf` ends inside it: blocks only hold varints that
 /// `put_varint` wrote.
+#[inline]
 pub(crate) fn read(buf: &[u8], at: &mut usize) -> usize {
     let mut n = 0usize;
     let mut shift = 0;

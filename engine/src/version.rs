@@ -60,6 +60,7 @@ impl Hlc {
     /// after 65 536 versions in one millisecond it carries into the physical part, so the
     /// clock runs ahead of wall time until wall time catches up. (Strictly increasing up to
     /// `u64::MAX`, which no clock reaches in practice.)
+    #[inline]
     pub fn now(&mut self, wall_ms: u64) -> Version {
         let physical = wall_ms.min(MAX_WALL_MS) << LOGICAL_BITS;
         self.last = physical.max(self.last.saturating_add(1));

@@ -60,6 +60,10 @@ impl Store {
             self.stats.stale_writes += 1;
             return Ok(Applied::Stale);
         }
+        if self.overwrite_in_place(idx, &new) {
+            self.stats.puts += 1;
+            return Ok(Applied::Stored);
+        }
         self.unlink_for_rewrite(idx);
         self.make_slot_to_move(idx, new.len(), now_ms)?;
         if self.arena.block(idx).is_tombstone() {
@@ -240,6 +244,34 @@ impl Store {
         }
         self.make_slot(len, now_ms)
             .inspect_err(|_| self.relink(idx, now_ms))
+    }
+
+    /// The common overwrite, done where the entry is: when the live entry at `idx` and `new`
+    /// (a live entry) both have no deadline and `new` fits `idx`'s slot, writes `new` over it
+    /// in place and makes it the most recently used; returns whether it did. That is what the
+    /// general path (unlink, rewrite in the same slot, relink) ends with: the slot decides
+    /// the charge (see `charge::for_block`), so the bytes charged, the arena and the wheel do
+    /// not change and nothing is evicted; only the LRU links are kept instead of rewritten.
+    fn overwrite_in_place(&mut self, idx: u32, new: &NewBlock<'_>) -> bool {
+        let old = self.arena.block(idx);
+        if new.tombstone
+            || new.deadline != 0
+            || old.is_tombstone()
+            || old.has_deadline()
+            || !arena::fits_in_place(new.len(), self.arena.slot_len_at(idx))
+        {
+            return false;
+        }
+        block::encode_keeping_links(
+            self.arena.slot_mut(idx),
+            new.key,
+            new.value,
+            new.version,
+            new.deadline,
+            new.tombstone,
+        );
+        self.lru.bump(&mut self.arena, idx);
+        true
     }
 
     /// Writes `new` over the unlinked entry at `idx`: in its slot when the size class is the

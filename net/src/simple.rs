@@ -34,6 +34,7 @@ pub struct SimpleRequest<'a> {
 
 impl<'a> SimpleRequest<'a> {
     /// The ops, in order.
+    #[inline]
     pub fn ops(&self) -> &[SimpleOp<'a>] {
         &self.ops[..self.len]
     }
@@ -108,6 +109,13 @@ impl<'a> Cursor<'a> {
     /// 64 bits) or an eleventh byte is refused (the rule `request.rs` uses).
     #[inline]
     fn varint(&mut self) -> Option<u64> {
+        // Most varints here (codes, lengths, epochs) take one byte.
+        if let Some((&byte, rest)) = self.0.split_first() {
+            if byte < 0x80 {
+                self.0 = rest;
+                return Some(u64::from(byte));
+            }
+        }
         let mut value = 0u64;
         for i in 0..10 {
             let byte = self.byte()?;

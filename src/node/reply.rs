@@ -130,12 +130,16 @@ pub fn encode_response(id: u64, results: &[OpResult], out: &mut Vec<u8>) {
 /// write what [`encode_response`] writes.
 pub fn begin_response(id: u64, out: &mut Vec<u8>) -> usize {
     let start = out.len();
-    out.extend_from_slice(&[0; PREFIX_LEN]);
-    if id != 0 {
-        // `id`: field 1, a varint.
-        out.push(0x08);
-        put_varint(id, out);
-    }
+    // The prefix, written by `end_response`, then `id` (field 1, a varint) unless 0, appended
+    // at once.
+    let mut head = [0u8; PREFIX_LEN + 1 + 10];
+    let len = if id == 0 {
+        PREFIX_LEN
+    } else {
+        head[PREFIX_LEN] = 0x08;
+        PREFIX_LEN + 1 + write_varint(id, &mut head[PREFIX_LEN + 1..])
+    };
+    out.extend_from_slice(&head[..len]);
     start
 }
 
@@ -175,49 +179,92 @@ pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
     // An int32 field's negative value is its sign-extended 64 bits, as in prost.
     let status = *status as u64;
     let node = u64::from(*version_node);
-    let scalar = |v: u64, key_len: usize| {
-        if v == 0 {
-            0
-        } else {
-            key_len + encoded_len_varint(v)
-        }
-    };
-    let len = scalar(status, 1)
-        + if value.is_empty() {
-            0
-        } else {
-            1 + encoded_len_varint(value.len() as u64) + value.len()
-        }
-        + if found { 2 } else { 0 }
-        + scalar(ttl_ms, 1)
-        + scalar(version_hlc, 1)
-        + scalar(node, 1)
-        + scalar(moved_epoch, 2);
-    put_varint(len as u64, out);
-    // Fields in number order, each under its key: (number << 3) | wire type.
+    let value_len = value.len() as u64;
+    // Everything but the value's bytes is written into `head` first and appended at once
+    // (one capacity check, not one per byte): fields in number order, each under its key,
+    // (number << 3) | wire type. At most 1 + 10 (status) + 1 + 10 (value length) + 2 (found)
+    // + 3 × 11 (ttl, hlc, node) + 2 + 10 (moved epoch) = 69 bytes.
+    let mut head = Scratch::new();
     if status != 0 {
-        out.push(0x08);
-        put_varint(status, out);
+        head.push(0x08);
+        head.varint(status);
     }
     if !value.is_empty() {
-        out.push(0x12);
-        put_varint(value.len() as u64, out);
-        out.extend_from_slice(value);
+        head.push(0x12);
+        head.varint(value_len);
     }
+    let fields = head.len;
     if found {
-        out.extend_from_slice(&[0x20, 1]);
+        head.push(0x20);
+        head.push(1);
     }
     for (key, v) in [(0x38, ttl_ms), (0x50, version_hlc), (0x58, node)] {
         if v != 0 {
-            out.push(key);
-            put_varint(v, out);
+            head.push(key);
+            head.varint(v);
         }
     }
     if moved_epoch != 0 {
         // Field 50's key, 400, as a varint.
-        out.extend_from_slice(&[0x90, 0x03]);
-        put_varint(moved_epoch, out);
+        head.push(0x90);
+        head.push(0x03);
+        head.varint(moved_epoch);
     }
+    put_varint(head.len as u64 + value_len, out);
+    if value.is_empty() {
+        out.extend_from_slice(head.bytes());
+    } else {
+        let (before, after) = head.bytes().split_at(fields);
+        out.extend_from_slice(before);
+        out.extend_from_slice(value);
+        out.extend_from_slice(after);
+    }
+}
+
+/// A result's fields other than its value's bytes, built on the stack (see [`push_result`]).
+struct Scratch {
+    /// 69 bytes at most, and room for a varint's 10 bytes at the last one's start.
+    bytes: [u8; 80],
+    len: usize,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            bytes: [0; 80],
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+
+    /// `v` as a varint, as prost's `encode_varint` writes it.
+    #[inline]
+    fn varint(&mut self, v: u64) {
+        self.len += write_varint(v, &mut self.bytes[self.len..self.len + 10]);
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Writes `v`'s varint (at most 10 bytes) at the start of `dst` and returns its length.
+#[inline]
+fn write_varint(mut v: u64, dst: &mut [u8]) -> usize {
+    for (i, byte) in dst.iter_mut().enumerate() {
+        if v < 0x80 {
+            *byte = v as u8;
+            return i + 1;
+        }
+        *byte = v as u8 | 0x80;
+        v >>= 7;
+    }
+    dst.len()
 }
 
 /// Appends the result of a get that found `value`, as [`push_result`] appends
@@ -242,17 +289,14 @@ pub fn push_found(value: &[u8], out: &mut Vec<u8>) {
 
 /// Appends `v` as a varint, as prost's `encode_varint` does.
 #[inline]
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+fn put_varint(v: u64, out: &mut Vec<u8>) {
     if v < 0x80 {
         out.push(v as u8);
         return;
     }
-    out.reserve(10);
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+    let mut bytes = [0u8; 10];
+    let n = write_varint(v, &mut bytes);
+    out.extend_from_slice(&bytes[..n]);
 }
 
 /// Writes the length prefix of the frame begun at `start` by [`begin_response`].
@@ -389,6 +433,23 @@ mod tests {
                 &mut theirs,
             );
             prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn write_varint_matches_prost() {
+        let mut values = vec![0, 1, 0x7f, 0x80, u64::MAX, u64::MAX >> 1];
+        values.extend((1..64).map(|bit| 1u64 << bit));
+        values.extend((1..64).map(|bit| (1u64 << bit) - 1));
+        for v in values {
+            let mut theirs = Vec::new();
+            prost::encoding::encode_varint(v, &mut theirs);
+            let mut ours = [0u8; 10];
+            let n = write_varint(v, &mut ours);
+            assert_eq!(&ours[..n], &theirs[..], "{v}");
+            let mut pushed = Vec::new();
+            put_varint(v, &mut pushed);
+            assert_eq!(pushed, theirs, "{v}");
         }
     }
 

@@ -185,6 +185,7 @@ impl Shard {
     }
 
     /// Why writes are refused, if they are: the log failed (full disk, I/O error).
+    #[inline]
     fn refuse_writes(&self) -> Option<Executed> {
         let why = self.log.as_ref()?.failure()?;
         Some(reply::log_failed(self.id, &why).into())
@@ -197,11 +198,17 @@ impl Shard {
         (seq != 0 && !log.is_durable(seq)).then_some(seq)
     }
 
-    /// Logs what the store dropped on its own (evictions, expirations), oldest first.
+    /// Logs what the store dropped on its own (evictions, expirations), oldest first. Called
+    /// after every op: the check is inlined, the work (rare) is not.
+    #[inline]
     fn log_removals(&mut self) {
-        if !self.store.has_removals() {
-            return;
+        if self.store.has_removals() {
+            self.log_store_removals();
         }
+    }
+
+    #[inline(never)]
+    fn log_store_removals(&mut self) {
         let removals: Vec<(RemovalKind, Version, Box<[u8]>)> = self
             .store
             .drain_removals()
@@ -367,8 +374,12 @@ impl Shard {
     /// `result`, once `entry` (a change just applied) is logged after the removals it caused.
     /// The append cannot fail in practice: the log was checked before the change was applied,
     /// and validation keeps every record within a segment.
+    #[inline]
     fn logged(&mut self, result: OpResult, entry: &Entry<'_>) -> Executed {
         self.log_removals();
+        if self.log.is_none() {
+            return result.into();
+        }
         match self.append(entry) {
             Ok(wait) => Executed { result, wait },
             Err(e) => {
