@@ -16,7 +16,6 @@ use prost::Message;
 use super::*;
 use crate::cluster::replication::ReadFrom;
 use crate::cluster::topology::{Change, Member, Topology as Agreed, Transition};
-use crate::node::durable::Replay;
 use crate::node::router::route;
 
 /// The node's key limit in these tests (routing rejects longer keys).
@@ -35,22 +34,9 @@ fn shard() -> Shard {
 /// The time of the tests' first request.
 pub(super) const NOW: u64 = 1_700_000_000_000;
 
-/// A [`shard`] with a log in `dir`, as on a node with `--data-dir`: small blocks and segments,
-/// so the tests rotate segments too.
+/// A [`shard`] with a log in `dir`, as on a node with `--data-dir`.
 pub(super) async fn durable_shard(dir: MemDir) -> Shard {
-    let mut shard = shard();
-    let config = kvmesh_wal::Config {
-        block: 512,
-        segment_size: 512 * 64,
-        max_write: 4096,
-        ..kvmesh_wal::Config::default()
-    };
-    let mut replay = Replay::new(NOW);
-    let (log, _) = kvmesh_wal::open(dir, 0, config, |r| replay.apply(shard.store_mut(), r))
-        .await
-        .expect("a new log opens");
-    shard.attach_log(log, replay);
-    shard
+    crate::node::durable::with_mem_log(shard(), dir, NOW).await
 }
 
 pub(super) fn run<T>(f: impl std::future::Future<Output = T>) -> T {

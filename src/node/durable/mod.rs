@@ -164,6 +164,28 @@ pub async fn settle(me: usize, log: Option<Log>, results: &mut [OpResult], waits
     }
 }
 
+/// Tests: `shard` with a log on the in-memory directory `dir`, replayed at `now_ms`, with small
+/// blocks and segments so that tests rotate segments too.
+#[cfg(test)]
+pub(crate) async fn with_mem_log(
+    mut shard: Shard,
+    dir: kvmesh_wal::testing::MemDir,
+    now_ms: u64,
+) -> Shard {
+    let config = kvmesh_wal::Config {
+        block: 512,
+        segment_size: 512 * 64,
+        max_write: 4096,
+        ..kvmesh_wal::Config::default()
+    };
+    let mut replay = Replay::new(now_ms);
+    let (log, _) = kvmesh_wal::open(dir, 0, config, |r| replay.apply(shard.store_mut(), r))
+        .await
+        .expect("a new log opens");
+    shard.attach_log(log, replay);
+    shard
+}
+
 #[cfg(test)]
 mod tests {
     use kvmesh_engine::Config as StoreConfig;
@@ -182,19 +204,8 @@ mod tests {
     }
 
     async fn durable_shard(dir: MemDir) -> Shard {
-        let mut shard = Shard::new(0, 7, StoreConfig::default(), Topology::default());
-        let config = kvmesh_wal::Config {
-            block: 512,
-            segment_size: 512 * 64,
-            max_write: 4096,
-            ..kvmesh_wal::Config::default()
-        };
-        let mut replay = Replay::new(NOW);
-        let (log, _) = kvmesh_wal::open(dir, 0, config, |r| replay.apply(shard.store_mut(), r))
-            .await
-            .unwrap();
-        shard.attach_log(log, replay);
-        shard
+        let shard = Shard::new(0, 7, StoreConfig::default(), Topology::default());
+        with_mem_log(shard, dir, NOW).await
     }
 
     fn op(code: OpCode, key: &str, value: &str) -> Op {
