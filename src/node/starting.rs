@@ -10,6 +10,10 @@
 //! one), which is all the question needs, and the connection closes. Any other first request
 //! (a client's, a peer's hello) waits until the shard serves, then is served as on any
 //! connection, with the bytes already read: to it, nothing changed.
+//!
+//! Such a waiting connection is not counted against `--max-connections` until the shard
+//! serves (the share is checked then, in `conn::serve_read`), and holds its read buffer
+//! meanwhile: at most for the bootstrap check, twice `bootstrap_guard::ask_within`.
 
 use std::cell::RefCell;
 use std::rc::Rc;
