@@ -7,7 +7,7 @@ mod glommio_support;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::{net::TcpListener, timer::timeout, LocalExecutorBuilder, Placement};
-use glommio_support::{join, peer, DEADLINE};
+use glommio_support::{answer_inverted, join, peer, DEADLINE};
 use std::{
     io::{Read, Write},
     net::TcpStream as StdStream,
@@ -73,28 +73,11 @@ fn polls_ended_by_a_full_completion_queue_are_rearmed() {
             let handled = Rc::new(Cell::new(0usize));
             let mut tasks = Vec::new();
             for _ in 0..CONNS {
-                let mut stream = listener.accept().await.unwrap();
+                let stream = listener.accept().await.unwrap();
                 let handled = handled.clone();
-                tasks.push(glommio::spawn_local(async move {
-                    let mut buf = [0u8; 3];
-                    loop {
-                        let mut got = 0;
-                        while got < 3 {
-                            let read = async { Ok(stream.read(&mut buf[got..]).await?) };
-                            let n = timeout(DEADLINE, read).await.unwrap();
-                            if n == 0 {
-                                assert_eq!(got, 0, "EOF inside a message");
-                                return;
-                            }
-                            got += n;
-                        }
-                        for b in &mut buf {
-                            *b ^= 0xff;
-                        }
-                        stream.write_all(&buf).await.unwrap();
-                        handled.set(handled.get() + 1);
-                    }
-                }));
+                tasks.push(glommio::spawn_local(answer_inverted(stream, move || {
+                    handled.set(handled.get() + 1)
+                })));
             }
             for round in 1..=ROUNDS {
                 // Block the executor's thread while every peer writes: all 64 wake-ups are

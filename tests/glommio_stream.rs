@@ -10,7 +10,7 @@ mod glommio_support;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::{net::TcpListener, timer::timeout};
-use glommio_support::{join, peer, run, settle, DEADLINE};
+use glommio_support::{answer_inverted, join, peer, read_within, run, settle, DEADLINE};
 use std::{
     io::{Read, Write},
     net::TcpStream as StdStream,
@@ -42,9 +42,7 @@ fn reads_partial_data_then_waits_on_the_same_poll() {
         let mut buf = [0u8; 64];
         let mut got = 0;
         while got < 3 {
-            got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
-                .await
-                .unwrap();
+            got += read_within(&mut stream, &mut buf[got..]).await;
         }
         assert_eq!(&buf[..3], b"abc");
         for round in 0..50u8 {
@@ -53,9 +51,7 @@ fn reads_partial_data_then_waits_on_the_same_poll() {
             let read = async {
                 let mut got = 0;
                 while got < 7 {
-                    got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
-                        .await
-                        .unwrap();
+                    got += read_within(&mut stream, &mut buf[got..]).await;
                 }
             };
             futures_lite::future::zip(read, async { go.send(()).unwrap() }).await;
@@ -132,9 +128,7 @@ fn eof_behind_data_is_returned_and_returned_again() {
         let mut buf = [0u8; 16];
         let mut got = 0;
         while got < 5 {
-            got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
-                .await
-                .unwrap();
+            got += read_within(&mut stream, &mut buf[got..]).await;
         }
         assert_eq!(&buf[..5], b"first");
         go.send(()).unwrap();
@@ -148,9 +142,7 @@ fn eof_behind_data_is_returned_and_returned_again() {
         .await;
         let mut got = 0;
         loop {
-            let n = timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
-                .await
-                .unwrap();
+            let n = read_within(&mut stream, &mut buf[got..]).await;
             if n == 0 {
                 break;
             }
@@ -200,9 +192,7 @@ fn a_dropped_read_leaves_the_stream_usable() {
             go.send(()).unwrap();
             let mut got = 0;
             while got < 5 {
-                got += timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
-                    .await
-                    .unwrap();
+                got += read_within(&mut stream, &mut buf[got..]).await;
             }
             assert_eq!(&buf[..5], &[round; 5]);
         }
@@ -262,28 +252,8 @@ fn many_connections_each_get_their_own_data() {
         });
         let mut tasks = Vec::new();
         for _ in 0..CONNS {
-            let mut stream = listener.accept().await.unwrap();
-            tasks.push(glommio::spawn_local(async move {
-                let mut buf = [0u8; 3];
-                loop {
-                    let mut got = 0;
-                    while got < 3 {
-                        let n =
-                            timeout(DEADLINE, async { Ok(stream.read(&mut buf[got..]).await?) })
-                                .await
-                                .unwrap();
-                        if n == 0 {
-                            assert_eq!(got, 0, "EOF inside a message");
-                            return;
-                        }
-                        got += n;
-                    }
-                    for b in &mut buf {
-                        *b ^= 0xff;
-                    }
-                    stream.write_all(&buf).await.unwrap();
-                }
-            }));
+            let stream = listener.accept().await.unwrap();
+            tasks.push(glommio::spawn_local(answer_inverted(stream, || ())));
         }
         for t in tasks {
             t.await;

@@ -2,7 +2,8 @@
 //! peer's thread and on the kernel's view of a socket.
 #![allow(dead_code)]
 
-use glommio::{LocalExecutorBuilder, Placement};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::{net::TcpStream, timer::timeout, LocalExecutorBuilder, Placement};
 use std::{
     net::{SocketAddr, TcpStream as StdStream},
     thread,
@@ -29,6 +30,35 @@ pub fn peer(addr: SocketAddr) -> StdStream {
     s.set_nodelay(true).expect("nodelay");
     s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
     s
+}
+
+/// One read of `stream` into `buf`, within [`DEADLINE`].
+pub async fn read_within(stream: &mut TcpStream, buf: &mut [u8]) -> usize {
+    timeout(DEADLINE, async { Ok(stream.read(buf).await?) })
+        .await
+        .expect("a read within the deadline")
+}
+
+/// Answers each 3-byte message on `stream` with its bytes inverted, calling `answered` after
+/// each, until the peer closes the stream between messages.
+pub async fn answer_inverted(mut stream: TcpStream, answered: impl Fn()) {
+    let mut buf = [0u8; 3];
+    loop {
+        let mut got = 0;
+        while got < 3 {
+            let n = read_within(&mut stream, &mut buf[got..]).await;
+            if n == 0 {
+                assert_eq!(got, 0, "EOF inside a message");
+                return;
+            }
+            got += n;
+        }
+        for b in &mut buf {
+            *b ^= 0xff;
+        }
+        stream.write_all(&buf).await.unwrap();
+        answered();
+    }
 }
 
 /// Waits for the peer's thread while the executor keeps turning: a stream dropped with its

@@ -107,6 +107,13 @@ fn a_record_larger_than_a_segment_is_refused_not_logged() {
 }
 
 /// Writers that record which of their puts were acknowledged, until told to stop.
+/// Yields until `dir` has seen `n` syncs (`Faults::syncs`).
+async fn until_syncs(dir: &MemDir, n: u64) {
+    while dir.faults().syncs() < n {
+        futures_lite::future::yield_now().await;
+    }
+}
+
 async fn acked_puts(log: &kvmesh_wal::Log, writers: u64, each: u64) -> Rc<RefCell<Vec<u64>>> {
     let acked = Rc::new(RefCell::new(Vec::new()));
     let tasks: Vec<_> = (0..writers)
@@ -326,14 +333,10 @@ fn a_younger_sync_acknowledges_nothing_before_an_older_one_returns_ok() {
             dir.faults()
                 .on_sync(0, Fault::StallThenError(200, libc::EIO));
             let first = log.append(&put(b"first", b"1")).unwrap();
-            while dir.faults().syncs() == started {
-                futures_lite::future::yield_now().await;
-            }
+            until_syncs(&dir, started + 1).await;
             // Written after the stalled sync started: a second sync covers both and returns.
             let second = log.append(&put(b"second", b"2")).unwrap();
-            while dir.faults().syncs() < started + 2 {
-                futures_lite::future::yield_now().await;
-            }
+            until_syncs(&dir, started + 2).await;
             for _ in 0..20 {
                 futures_lite::future::yield_now().await;
             }
@@ -362,14 +365,10 @@ fn a_record_does_not_wait_for_an_older_sync_before_a_sync_covering_it_starts() {
         let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
         dir.faults().on_sync(0, Fault::Stall(200));
         let first = log.append(&put(b"first", b"1")).unwrap();
-        while dir.faults().syncs() == syncs_started {
-            futures_lite::future::yield_now().await;
-        }
+        until_syncs(&dir, syncs_started + 1).await;
         // The stalled sync covers `first` and is running; `second` is written after it started.
         let second = log.append(&put(b"second", b"2")).unwrap();
-        while dir.faults().syncs() < syncs_started + 2 {
-            futures_lite::future::yield_now().await;
-        }
+        until_syncs(&dir, syncs_started + 2).await;
         assert_eq!(
             log.stats().syncs,
             syncs_done,
@@ -405,9 +404,7 @@ fn a_rotation_acknowledges_nothing_before_the_older_syncs_return_ok() {
         dir.faults()
             .on_sync(0, Fault::StallThenError(300, libc::EIO));
         let first = log.append(&put(b"first", b"1")).unwrap();
-        while dir.faults().syncs() == started {
-            futures_lite::future::yield_now().await;
-        }
+        until_syncs(&dir, started + 1).await;
         // More than a segment holds: the writer must rotate.
         let big = vec![b'b'; 2 * BLOCK as usize];
         let mut last = first;
@@ -443,9 +440,7 @@ fn close_waits_for_the_syncs_in_flight() {
             let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
             dir.faults().on_sync(0, fault);
             log.append(&put(b"k", b"v")).unwrap();
-            while dir.faults().syncs() == syncs_started {
-                futures_lite::future::yield_now().await;
-            }
+            until_syncs(&dir, syncs_started + 1).await;
             let closed = log.close().await;
             match fault {
                 Fault::Stall(_) => {
