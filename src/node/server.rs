@@ -198,7 +198,7 @@ pub async fn run_shard(
         })
     };
     mesh::spawn_receivers(mesh.clone(), receivers, shard.clone(), on_control);
-    if let Err(e) = check_bootstrap(me, &config).await {
+    if let Err(e) = check_bootstrap(me, &config, deciding.is_some()).await {
         let _ = ready.send(Err(e));
         return;
     }
@@ -346,12 +346,12 @@ async fn hold_recovery_for_tests() {
 
 /// Shard 0 of a node that would bootstrap the topology group from `--peers` (no stored state,
 /// no `--join`) first asks the peers whether the cluster exists already (see
-/// `raft::bootstrap_guard`).
-async fn check_bootstrap(me: usize, config: &NodeConfig) -> Result<(), String> {
+/// `raft::bootstrap_guard`): `asks`, as [`asks_before_bootstrap`] decided.
+async fn check_bootstrap(me: usize, config: &NodeConfig, asks: bool) -> Result<(), String> {
     if let (0, Some(durability), Some(_)) = (me, &config.durability, config.join) {
         return check_rejoin(config.node_id, &durability.data_dir);
     }
-    if !asks_before_bootstrap(me, config)? {
+    if !asks {
         return Ok(());
     }
     let within = super::raft::bootstrap_guard::ask_within(config.forward_timeout);
