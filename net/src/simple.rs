@@ -10,6 +10,8 @@
 //! unusual but valid encoding) is refused, and the caller decodes the body in full, so its
 //! errors and behaviour stay prost's.
 
+use smallvec::SmallVec;
+
 /// The most ops a request may carry to be parsed here; a larger batch takes the general path.
 pub const MAX_OPS: usize = 8;
 
@@ -24,19 +26,22 @@ pub struct SimpleOp<'a> {
 }
 
 /// A plain request, borrowed from the body.
+///
+/// The ops live inline (never on the heap: a request of more than [`MAX_OPS`] is refused),
+/// and a new request writes none of its op slots (an array of 8 default ops, 384 bytes, was
+/// written for every request).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SimpleRequest<'a> {
     pub id: u64,
     pub epoch: u64,
-    ops: [SimpleOp<'a>; MAX_OPS],
-    len: usize,
+    ops: SmallVec<[SimpleOp<'a>; MAX_OPS]>,
 }
 
 impl<'a> SimpleRequest<'a> {
     /// The ops, in order.
     #[inline]
     pub fn ops(&self) -> &[SimpleOp<'a>] {
-        &self.ops[..self.len]
+        &self.ops
     }
 
     /// Reads `body` into `self` if it is a plain request (see the module docs); `false`: it is
@@ -45,7 +50,7 @@ impl<'a> SimpleRequest<'a> {
     pub fn parse(&mut self, body: &'a [u8]) -> bool {
         self.id = 0;
         self.epoch = 0;
-        self.len = 0;
+        self.ops.clear();
         self.read(body).is_some()
     }
 
@@ -57,9 +62,10 @@ impl<'a> SimpleRequest<'a> {
                 0x08 => self.id = body.varint()?,
                 // ops (2, length-delimited)
                 0x12 => {
-                    let slot = self.ops.get_mut(self.len)?;
-                    *slot = read_op(body.bytes()?)?;
-                    self.len += 1;
+                    if self.ops.len() == MAX_OPS {
+                        return None;
+                    }
+                    self.ops.push(read_op(body.bytes()?)?);
                 }
                 // forwarded (3, varint): only false
                 0x18 if body.varint()? == 0 => {}

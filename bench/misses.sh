@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Simulated data-cache misses per request of a server: callgrind's cache simulator, the same
+# requests for kvmesh and the raw probe, so it says where a request's misses are and how many,
+# deterministically, on a busy machine and without hardware counters.
+#
+#   bench/misses.sh                          # kvmesh and the probe, GET and SET, pipeline 16
+#   PIPELINES="1 16" KEYS=100000 bench/misses.sh kvmesh
+#   KVMESH_BIN=/tmp/kvmesh-main bench/misses.sh kvmesh     # another build of the node
+#   KEEP=/tmp/prof bench/misses.sh kvmesh    # keeps the callgrind files (callgrind_annotate
+#                                            #   --show=Ir,D1mr,D1mw,DLmr,DLmw --sort=D1mr)
+#
+# For each server (arguments: `kvmesh`, `probe`; default both) and workload it starts a fresh
+# server under `valgrind --tool=callgrind --cache-sim=yes` on core 0 (kvmesh: 1 shard, no
+# --data-dir), fills KEYS keys (default 100,000, as compare.sh), zeroes the counters, runs
+# exactly REQUESTS requests (default 50,000; 50 connections, uniform keys, 100-byte values,
+# client on core 1), and prints per request: instructions, first-level data misses (reads and
+# writes), and last-level misses. The simulated caches: D1 32 KiB 8-way, as this machine's,
+# and as the "last level" its 1 MiB 8-way L2 (LL=size,assoc,line to change), not its 32 MiB
+# L3, which 100,000 entries (about 15 MB) fit, so that would count almost nothing. A D1 miss
+# costs roughly 14 cycles when L2 has the line, 50 or more when it does not. Needs valgrind.
+set -euo pipefail
+
+. "$(dirname "$0")/lib.sh"
+REQUESTS=${REQUESTS:-50000}
+PIPELINES=${PIPELINES:-16}
+KEYS=${KEYS:-100000}
+LL=${LL:-1048576,8,64}
+TARGETS=${*:-kvmesh probe}
+
+bench_init misses
+KVMESH=${KVMESH_BIN:-$KVMESH}
+command -v valgrind >/dev/null || { log "needs valgrind (apt-get install valgrind)"; exit 1; }
+
+# counted SERVER READ_RATIO PIPELINE: one run; prints its line.
+counted() {
+    local server=$1 ratio=$2 pipeline=$3 port out=$WORK/callgrind.out log=$WORK/server.log
+    port=$("$BENCH" free-port --count 3)
+    rm -f "$out"*
+    local cmd=(valgrind --tool=callgrind --cache-sim=yes --D1=32768,8,64 "--LL=$LL"
+        --callgrind-out-file="$out" --compress-strings=no --compress-pos=no)
+    case $server in
+        kvmesh) taskset -c 0 "${cmd[@]}" "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 \
+            --cpus 0 --grpc "127.0.0.1:$((port + 2))" >"$log" 2>&1 &
+            ;;
+        probe) taskset -c 0 "${cmd[@]}" "$BENCH" probe-server --listen "127.0.0.1:$port" \
+            --mode epoll >"$log" 2>&1 &
+            ;;
+        *) log "unknown server $server (kvmesh or probe)"; exit 2 ;;
+    esac
+    local pid=$!
+    track "$pid"
+    case $server in
+        kvmesh) wait_for_log "$pid" "$log" " ready: " ;;
+        probe) wait_for_log "$pid" "$log" "probe ready: " ;;
+    esac
+    local flags=(--target kvmesh --addr "127.0.0.1:$port" --cpus 1 --connections 50
+        --keys "$KEYS" --value-size 100 --pipeline "$pipeline" --timeout 30s --warmup 0)
+    "$BENCH" "${flags[@]}" --prefill-only >/dev/null 2>&1
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    "$BENCH" "${flags[@]}" --no-prefill --read-ratio "$ratio" --requests "$REQUESTS" --json \
+        >"$WORK/run.out" 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    stop_server "$pid"
+    if [ -n "${KEEP:-}" ]; then
+        cat "$out".[0-9]* >"$KEEP/callgrind.$server-$ratio-$pipeline"
+    fi
+    # The dump of the measured requests: its `summary:` line is Ir Dr Dw I1mr D1mr D1mw ILmr
+    # DLmr DLmw (the order of the `events:` line, checked here).
+    awk -v n="$REQUESTS" -v what="$server $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
+        /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+        /^summary:/ { for (e in col) sum[e] += $(col[e]) }
+        END {
+            if (!("D1mr" in col)) { print "no cache events in the dump" > "/dev/stderr"; exit 1 }
+            printf "%-22s %7.0f instr  D1 misses %5.2f (read %5.2f, write %5.2f)  LL misses %5.2f (read %5.2f, write %5.2f)  per request\n",
+                what, sum["Ir"] / n, (sum["D1mr"] + sum["D1mw"]) / n, sum["D1mr"] / n, sum["D1mw"] / n,
+                (sum["DLmr"] + sum["DLmw"]) / n, sum["DLmr"] / n, sum["DLmw"] / n
+        }
+    ' "$out".[0-9]*
+}
+
+for server in $TARGETS; do
+    for pipeline in $PIPELINES; do
+        counted "$server" 1 "$pipeline"
+        counted "$server" 0 "$pipeline"
+    done
+done
