@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# What the kernel does on a server's behalf per request: kvmesh beside the raw epoll probe.
+# What the kernel does on a server's behalf per request: kvmesh beside the raw probes.
 #
-#   bench/kernel.sh                           # kvmesh and the probe, GET, pipeline 1
+#   bench/kernel.sh                           # kvmesh and the epoll probe, GET, pipeline 1
+#   bench/kernel.sh kvmesh probe uring        # and the io_uring probe
 #   REQUESTS=300000 PIPELINE=16 bench/kernel.sh
 #   KVMESH_ENV="GLOMMIO_NO_MULTISHOT_POLL=1" bench/kernel.sh kvmesh   # a switch, node only
 #   KVMESH_BIN=/tmp/kvmesh-main bench/kernel.sh kvmesh                # another build of the node
 #   PROFILE=1 bench/kernel.sh                 # also perf record -g (cpu-clock), top symbols
 #
-# For each server (arguments: `kvmesh`, `probe`; default both) it starts a fresh one on core 0
-# (kvmesh: 1 shard, no --data-dir, as compare.sh), fills 100k keys of 100 bytes, then runs
+# For each server (arguments: `kvmesh`, `probe` (the epoll probe), `uring` (the io_uring probe);
+# default `kvmesh probe`) it starts a fresh one on core 0 (kvmesh: 1 shard, no --data-dir, as
+# compare.sh), fills 100k keys of 100 bytes, then runs
 # exactly REQUESTS GETs (or SETs with READ_RATIO=0) of 50 connections at PIPELINE from
 # kvmesh-bench on core 1, three times, each under one observer attached to the server's
 # process (all its threads):
@@ -111,7 +113,8 @@ for target in $TARGETS; do
             for v in ${KVMESH_ENV:-}; do unset "${v%%=*}"; done
             ;;
         probe) start_probe 0 epoll ;;
-        *) log "unknown server $target (kvmesh or probe)"; exit 2 ;;
+        uring) start_probe 0 uring ;;
+        *) log "unknown server $target (kvmesh, probe or uring)"; exit 2 ;;
     esac
     measure "$target"
     stop_server "$SERVER_PID"
