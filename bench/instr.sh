@@ -31,41 +31,13 @@ if ! command -v valgrind >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
 fi
 
+CALLGRIND_FLAGS=()
+
 # counted SERVER READ_RATIO PIPELINE: one run; prints its line.
 counted() {
-    local server=$1 ratio=$2 pipeline=$3 port out=$WORK/callgrind.out log=$WORK/server.log
-    local durable=()
+    local server=$1 ratio=$2 pipeline=$3 durable=()
     [ -z "${FSYNC:-}" ] || durable=(--data-dir "$(mktemp -d "$WORK/data.XXXX")" --fsync "$FSYNC")
-    port=$("$BENCH" free-port --count 3)
-    rm -f "$out"*
-    local cmd=(valgrind --tool=callgrind --callgrind-out-file="$out" --compress-strings=no
-        --compress-pos=no)
-    case $server in
-        kvmesh) taskset -c 0 "${cmd[@]}" "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 \
-            --cpus 0 --grpc "127.0.0.1:$((port + 2))" "${durable[@]}" >"$log" 2>&1 &
-            ;;
-        probe) taskset -c 0 "${cmd[@]}" "$BENCH" probe-server --listen "127.0.0.1:$port" \
-            --mode epoll >"$log" 2>&1 &
-            ;;
-        *) log "unknown server $server (kvmesh or probe)"; exit 2 ;;
-    esac
-    local pid=$!
-    track "$pid"
-    case $server in
-        kvmesh) wait_for_log "$pid" "$log" " ready: " ;;
-        probe) wait_for_log "$pid" "$log" "probe ready: " ;;
-    esac
-    local flags=(--target kvmesh --addr "127.0.0.1:$port" --cpus 1 --connections 50
-        --keys 10000 --value-size 100 --pipeline "$pipeline" --timeout 10s --warmup 0)
-    "$BENCH" "${flags[@]}" --prefill-only >/dev/null 2>&1
-    callgrind_control -z "$pid" >/dev/null 2>&1
-    "$BENCH" "${flags[@]}" --no-prefill --read-ratio "$ratio" --requests "$REQUESTS" --json \
-        >"$WORK/run.out" 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
-    callgrind_control -d "$pid" >/dev/null 2>&1
-    stop_server "$pid"
-    if [ -n "${KEEP:-}" ]; then
-        cat "$out".[0-9]* >"$KEEP/callgrind.$server-$ratio-$pipeline"
-    fi
+    callgrind_run "$server" "$ratio" "$pipeline" 10000 10s "${durable[@]}"
     # The dump of the measured requests (not the exit dump): instructions, calls to malloc.
     awk -v n="$REQUESTS" -v what="$server${FSYNC:+ --fsync $FSYNC} $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
         /^summary:/ { ir += $2 }
@@ -73,7 +45,7 @@ counted() {
         m && /^calls=/ { split($1, c, "="); mallocs += c[2] }
         { m = 0 }
         END { printf "%-28s %8.0f instructions/request  %5.2f malloc/request\n", what, ir / n, mallocs / n }
-    ' "$out".[0-9]*
+    ' "$WORK"/callgrind.out.[0-9]*
 }
 
 for server in $TARGETS; do

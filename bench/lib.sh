@@ -149,3 +149,46 @@ AWK_STATS='
     function lo(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 < m + 0) m = v[i]; return m }
     function hi(list,    n, v, i, m) { n = split(list, v, " "); m = v[1]; for (i = 2; i <= n; i++) if (v[i] + 0 > m + 0) m = v[i]; return m }
 '
+
+# callgrind_run SERVER READ_RATIO PIPELINE KEYS TIMEOUT [node flags...]: one counted run under
+# callgrind, for instr.sh and misses.sh. Starts a fresh SERVER (`kvmesh`: 1 shard, KVMESH with
+# the node flags; `probe`: the epoll probe) on core 0 under `valgrind --tool=callgrind` with
+# CALLGRIND_FLAGS added, fills KEYS keys of 100 bytes, zeroes the counters, runs exactly
+# REQUESTS requests of 50 connections at PIPELINE from core 1, dumps the counters and stops the
+# server. The measured dump is left in "$WORK"/callgrind.out.[0-9]* (and copied to
+# KEEP/callgrind.SERVER-RATIO-PIPELINE when KEEP is set).
+callgrind_run() {
+    local server=$1 ratio=$2 pipeline=$3 keys=$4 timeout=$5 port
+    local out=$WORK/callgrind.out log=$WORK/server.log
+    shift 5
+    port=$("$BENCH" free-port --count 3)
+    rm -f "$out"*
+    local cmd=(valgrind --tool=callgrind "${CALLGRIND_FLAGS[@]}" --callgrind-out-file="$out"
+        --compress-strings=no --compress-pos=no)
+    case $server in
+        kvmesh) taskset -c 0 "${cmd[@]}" "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 \
+            --cpus 0 --grpc "127.0.0.1:$((port + 2))" "$@" >"$log" 2>&1 &
+            ;;
+        probe) taskset -c 0 "${cmd[@]}" "$BENCH" probe-server --listen "127.0.0.1:$port" \
+            --mode epoll >"$log" 2>&1 &
+            ;;
+        *) log "unknown server $server (kvmesh or probe)"; exit 2 ;;
+    esac
+    local pid=$!
+    track "$pid"
+    case $server in
+        kvmesh) wait_for_log "$pid" "$log" " ready: " ;;
+        probe) wait_for_log "$pid" "$log" "probe ready: " ;;
+    esac
+    local flags=(--target kvmesh --addr "127.0.0.1:$port" --cpus 1 --connections 50
+        --keys "$keys" --value-size 100 --pipeline "$pipeline" --timeout "$timeout" --warmup 0)
+    "$BENCH" "${flags[@]}" --prefill-only >/dev/null 2>&1
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    "$BENCH" "${flags[@]}" --no-prefill --read-ratio "$ratio" --requests "$REQUESTS" --json \
+        >"$WORK/run.out" 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    stop_server "$pid"
+    if [ -n "${KEEP:-}" ]; then
+        cat "$out".[0-9]* >"$KEEP/callgrind.$server-$ratio-$pipeline"
+    fi
+}

@@ -31,39 +31,12 @@ bench_init misses
 KVMESH=${KVMESH_BIN:-$KVMESH}
 command -v valgrind >/dev/null || { log "needs valgrind (apt-get install valgrind)"; exit 1; }
 
+CALLGRIND_FLAGS=(--cache-sim=yes --D1=32768,8,64 "--LL=$LL")
+
 # counted SERVER READ_RATIO PIPELINE: one run; prints its line.
 counted() {
-    local server=$1 ratio=$2 pipeline=$3 port out=$WORK/callgrind.out log=$WORK/server.log
-    port=$("$BENCH" free-port --count 3)
-    rm -f "$out"*
-    local cmd=(valgrind --tool=callgrind --cache-sim=yes --D1=32768,8,64 "--LL=$LL"
-        --callgrind-out-file="$out" --compress-strings=no --compress-pos=no)
-    case $server in
-        kvmesh) taskset -c 0 "${cmd[@]}" "$KVMESH" node --listen "127.0.0.1:$port" --shards 1 \
-            --cpus 0 --grpc "127.0.0.1:$((port + 2))" >"$log" 2>&1 &
-            ;;
-        probe) taskset -c 0 "${cmd[@]}" "$BENCH" probe-server --listen "127.0.0.1:$port" \
-            --mode epoll >"$log" 2>&1 &
-            ;;
-        *) log "unknown server $server (kvmesh or probe)"; exit 2 ;;
-    esac
-    local pid=$!
-    track "$pid"
-    case $server in
-        kvmesh) wait_for_log "$pid" "$log" " ready: " ;;
-        probe) wait_for_log "$pid" "$log" "probe ready: " ;;
-    esac
-    local flags=(--target kvmesh --addr "127.0.0.1:$port" --cpus 1 --connections 50
-        --keys "$KEYS" --value-size 100 --pipeline "$pipeline" --timeout 30s --warmup 0)
-    "$BENCH" "${flags[@]}" --prefill-only >/dev/null 2>&1
-    callgrind_control -z "$pid" >/dev/null 2>&1
-    "$BENCH" "${flags[@]}" --no-prefill --read-ratio "$ratio" --requests "$REQUESTS" --json \
-        >"$WORK/run.out" 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
-    callgrind_control -d "$pid" >/dev/null 2>&1
-    stop_server "$pid"
-    if [ -n "${KEEP:-}" ]; then
-        cat "$out".[0-9]* >"$KEEP/callgrind.$server-$ratio-$pipeline"
-    fi
+    local server=$1 ratio=$2 pipeline=$3
+    callgrind_run "$server" "$ratio" "$pipeline" "$KEYS" 30s
     # The dump of the measured requests: its `summary:` line is Ir Dr Dw I1mr D1mr D1mw ILmr
     # DLmr DLmw (the order of the `events:` line, checked here).
     awk -v n="$REQUESTS" -v what="$server $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
@@ -75,7 +48,7 @@ counted() {
                 what, sum["Ir"] / n, (sum["D1mr"] + sum["D1mw"]) / n, sum["D1mr"] / n, sum["D1mw"] / n,
                 (sum["DLmr"] + sum["DLmw"]) / n, sum["DLmr"] / n, sum["DLmw"] / n
         }
-    ' "$out".[0-9]*
+    ' "$WORK"/callgrind.out.[0-9]*
 }
 
 for server in $TARGETS; do
