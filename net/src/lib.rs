@@ -18,6 +18,7 @@ pub mod request;
 pub mod ring;
 pub mod routing;
 pub mod simple;
+mod varint;
 
 pub use client::{Client, ClientError, ClusterMap, Connection};
 pub use frame::{decode, encode, FrameError, DEFAULT_MAX_FRAME};

@@ -108,18 +108,7 @@ impl<'a> Fields<'a> {
     }
 
     fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for (i, &byte) in self.0.iter().enumerate().take(10) {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                if i == 9 && byte > 1 {
-                    return None;
-                }
-                self.0 = &self.0[i + 1..];
-                return Some(value);
-            }
-        }
-        None
+        crate::varint::read(&mut self.0)
     }
 }
 

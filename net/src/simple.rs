@@ -111,29 +111,10 @@ impl<'a> Cursor<'a> {
         Some(first)
     }
 
-    /// A varint of at most 10 bytes, as prost reads it: a tenth byte above 1 (a value past
-    /// 64 bits) or an eleventh byte is refused (the rule `request.rs` uses).
+    /// A varint, as prost reads it (`crate::varint`, shared with `request.rs`).
     #[inline]
     fn varint(&mut self) -> Option<u64> {
-        // Most varints here (codes, lengths, epochs) take one byte.
-        if let Some((&byte, rest)) = self.0.split_first() {
-            if byte < 0x80 {
-                self.0 = rest;
-                return Some(u64::from(byte));
-            }
-        }
-        let mut value = 0u64;
-        for i in 0..10 {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                if i == 9 && byte > 1 {
-                    return None;
-                }
-                return Some(value);
-            }
-        }
-        None
+        crate::varint::read(&mut self.0)
     }
 
     #[inline]
