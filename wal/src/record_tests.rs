@@ -133,6 +133,7 @@ proptest! {
             .encode_to_vec();
             prop_assert_eq!(&buf[before + FRAME_LEN..], &prost_bytes[..]);
             prop_assert_eq!(buf.len() - before, r.entry().encoded_len(r.seq));
+            prop_assert!(buf.len() - before <= r.entry().max_encoded_len());
         }
         let mut pos = 0;
         for r in &records {
