@@ -241,14 +241,19 @@ impl Cursor<'_> {
         }
     }
 
+    /// `v` as a varint. Its length is computed first, so the bytes go into a slice of exactly
+    /// that length: one bounds check, not one per byte.
     fn raw_varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.buf[self.at] = v as u8 | 0x80;
-            self.at += 1;
+        let len = encoded_len_varint(v);
+        let bytes = &mut self.buf[self.at..self.at + len];
+        // At least one byte: every byte but the last has the continuation bit.
+        let last = len - 1;
+        for byte in &mut bytes[..last] {
+            *byte = v as u8 | 0x80;
             v >>= 7;
         }
-        self.buf[self.at] = v as u8;
-        self.at += 1;
+        bytes[last] = v as u8;
+        self.at += len;
     }
 }
 
