@@ -5,9 +5,9 @@
 //! protobuf fields itself, straight from borrowed key and value bytes, so appending copies the
 //! value once; a test checks that its bytes are exactly what prost encodes.
 
-use kvmesh_proto::wal::{Record as Proto, RecordOp};
 use std::sync::OnceLock;
 
+use kvmesh_proto::wal::{Record as Proto, RecordOp};
 use prost::encoding::encoded_len_varint;
 use prost::Message;
 

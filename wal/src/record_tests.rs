@@ -35,12 +35,12 @@ fn varint_boundaries_encode_as_prost_does() {
             ..put(b"k", b"v")
         };
         let mut out = Vec::new();
-        encode(v.max(1), &entry, &mut out);
+        encode(v, &entry, &mut out);
         let (got, used) = decode(&out, 1 << 10).unwrap().unwrap();
         assert_eq!((got.entry(), used), (entry, out.len()), "{v:#x}");
         assert!(out.len() <= entry.max_encoded_len(), "{v:#x}");
         let prost_bytes = Proto {
-            seq: v.max(1),
+            seq: v,
             op: RecordOp::Put as i32,
             key: b"k".to_vec(),
             value: b"v".to_vec(),
