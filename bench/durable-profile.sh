@@ -5,6 +5,8 @@
 #   bench/durable-profile.sh                       # --fsync never and always, and no --data-dir; pipeline 1
 #   MODES="always" PIPELINE=16 bench/durable-profile.sh
 #   KVMESH_BIN=/tmp/kvmesh-main NODE_FLAGS="--wal-syncs-in-flight 1" bench/durable-profile.sh
+#   SYMBOLS=12 MODES="none always" PIPELINE=16 bench/durable-profile.sh   # and the top user-space symbols
+#   KEEP=/tmp/prof bench/durable-profile.sh    # keeps each mode's perf data as KEEP/cpu.MODE.data
 #
 # For each mode in MODES (`none`: no --data-dir; `always`, `interval`, `never`: --fsync MODE on
 # a fresh data directory; default "none never always") it starts a node (1 shard, core 0,
@@ -13,7 +15,10 @@
 # for 5 s from 2 s in. It prints one line per mode: the rate and the CPU per request the client
 # measured, the log's records per write and per fdatasync over the run, then the profile's
 # CPU per request and, for each path, the part of it (children included, so paths overlap:
-# the write is inside io_uring_submit). Needs perf (perf_event_paranoid <= 1, or root).
+# the write is inside io_uring_submit). With SYMBOLS=N it also prints the N user-space symbols
+# that took the most CPU per request (self time, inlined callees included, so a symbol's time
+# is where its instructions or their cache misses were). Needs perf (perf_event_paranoid <= 1,
+# or root).
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
@@ -52,6 +57,7 @@ for mode in $MODES; do
     wait "$load" || { cat "$WORK/run.err" >&2; exit 1; }
     after=$(wal_counters)
     stop_server "$SERVER_PID"
+    [ -z "${KEEP:-}" ] || cp "$WORK/cpu.data" "$KEEP/cpu.$mode.data"
     ops=$(tail -n 1 "$WORK/run.out" | grep -o '"ops_per_sec":[0-9.]*' | cut -d: -f2)
     cpu=$(tail -n 1 "$WORK/run.out" | grep -o '"server_cpu_us_per_req":[0-9.]*' | cut -d: -f2)
     # shellcheck disable=SC2086 # three numbers each
@@ -81,4 +87,10 @@ for mode in $MODES; do
             awk -v n="$samples" -v u="$us_per_sample" '/%/ && $2 !~ /kernel/ {
                 v = $1; sub("%", "", v); t += v } END { printf " user-space %.2f\n", t / 100 * n * u }'
     } | tee -a "$WORK/lines"
+    if [ "${SYMBOLS:-0}" -gt 0 ]; then
+        perf report -i "$WORK/cpu.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null |
+            awk -v n="$samples" -v u="$us_per_sample" -v top="$SYMBOLS" '/%/ && $2 !~ /kernel/ && shown++ < top {
+                v = $1; sub("%", "", v)
+                printf "    %.3f us/req  %s\n", v / 100 * n * u, substr($0, index($0, $4)) }'
+    fi
 done

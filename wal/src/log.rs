@@ -150,12 +150,15 @@ impl Log {
             return Err(Error::Failed("the log is closing".into()));
         }
         let seq = st.next_seq;
-        let len = entry.encoded_len(seq);
-        if len - FRAME_LEN > st.max_payload {
-            return Err(Error::RecordTooLarge {
-                len,
-                segment_size: st.segment_size,
-            });
+        // The bound first: the exact length is only needed near the limit.
+        if entry.max_encoded_len() - FRAME_LEN > st.max_payload {
+            let len = entry.encoded_len(seq);
+            if len - FRAME_LEN > st.max_payload {
+                return Err(Error::RecordTooLarge {
+                    len,
+                    segment_size: st.segment_size,
+                });
+            }
         }
         record::encode(seq, entry, &mut st.pending);
         st.next_seq += 1;

@@ -5,8 +5,10 @@
 //! protobuf fields itself, straight from borrowed key and value bytes, so appending copies the
 //! value once; a test checks that its bytes are exactly what prost encodes.
 
+use std::sync::OnceLock;
+
 use kvmesh_proto::wal::{Record as Proto, RecordOp};
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+use prost::encoding::encoded_len_varint;
 use prost::Message;
 
 use crate::error::{Error, Result};
@@ -94,6 +96,13 @@ impl<'a> Entry<'a> {
         FRAME_LEN + self.payload_len(seq)
     }
 
+    /// An upper bound of [`Entry::encoded_len`] for any sequence number, cheaper to compute:
+    /// the framing, the key and value bytes, and for each of the eight fields a one-byte tag
+    /// and a varint of at most ten bytes.
+    pub fn max_encoded_len(&self) -> usize {
+        FRAME_LEN + self.key.len() + self.value.len() + 8 * (1 + 10)
+    }
+
     fn payload_len(&self, seq: u64) -> usize {
         let varint = |tag_len: usize, v: u64| {
             if v == 0 {
@@ -169,39 +178,83 @@ impl Record {
 // block, so the bytes between a commit's last record and the next block boundary are zero.
 
 /// Appends the record `seq` holding `entry` to `out`.
+///
+/// It writes the fields into room reserved for their largest encoding and computes the length
+/// from what it wrote, so the payload is walked once; the bytes are exactly what prost
+/// encodes (a property test checks it).
 pub fn encode(seq: u64, entry: &Entry<'_>, out: &mut Vec<u8>) {
-    let payload_len = entry.payload_len(seq);
-    out.reserve(FRAME_LEN + payload_len);
     let start = out.len();
-    let len = payload_len as u32;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    let varint = |out: &mut Vec<u8>, tag: u32, v: u64| {
-        if v != 0 {
-            encode_key(tag, WireType::Varint, out);
-            encode_varint(v, out);
-        }
+    out.resize(start + entry.max_encoded_len(), 0);
+    let mut payload = Cursor {
+        buf: &mut out[start + FRAME_LEN..],
+        at: 0,
     };
-    let bytes = |out: &mut Vec<u8>, tag: u32, b: &[u8]| {
-        if !b.is_empty() {
-            encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(b.len() as u64, out);
-            out.extend_from_slice(b);
-        }
-    };
-    varint(out, 1, seq);
-    varint(out, 2, entry.op.to_proto() as u64);
-    bytes(out, 3, entry.key);
-    bytes(out, 4, entry.value);
-    varint(out, 5, entry.expires_at_ms);
-    varint(out, 6, entry.version_hlc);
-    varint(out, 7, u64::from(entry.version_node));
-    varint(out, 8, entry.synced_below);
-    debug_assert_eq!(out.len() - start, FRAME_LEN + payload_len);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&len.to_le_bytes());
+    payload.varint(1, seq);
+    payload.varint(2, entry.op.to_proto() as u64);
+    payload.bytes(3, entry.key);
+    payload.bytes(4, entry.value);
+    payload.varint(5, entry.expires_at_ms);
+    payload.varint(6, entry.version_hlc);
+    payload.varint(7, u64::from(entry.version_node));
+    payload.varint(8, entry.synced_below);
+    let payload_len = payload.at;
+    out.truncate(start + FRAME_LEN + payload_len);
+    let len = (payload_len as u32).to_le_bytes();
+    out[start..start + 4].copy_from_slice(&len);
+    let mut crc = crc_hasher();
+    crc.update(&len);
     crc.update(&out[start + FRAME_LEN..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.finalize().to_le_bytes());
+    out[start + 4..start + FRAME_LEN].copy_from_slice(&crc.finalize().to_le_bytes());
+}
+
+/// A fresh CRC32 hasher. `crc32fast::Hasher::new` checks the CPU's features on every call;
+/// a clone of one made once does not.
+fn crc_hasher() -> crc32fast::Hasher {
+    static PROTOTYPE: OnceLock<crc32fast::Hasher> = OnceLock::new();
+    PROTOTYPE.get_or_init(crc32fast::Hasher::new).clone()
+}
+
+/// Protobuf fields written into a slice with room for them (see [`Entry::max_encoded_len`]).
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    /// Field `tag` (below 16: a one-byte key) as a varint; nothing when `v` is zero.
+    fn varint(&mut self, tag: u8, v: u64) {
+        if v != 0 {
+            self.buf[self.at] = tag << 3;
+            self.at += 1;
+            self.raw_varint(v);
+        }
+    }
+
+    /// Field `tag` (below 16) as length-delimited bytes; nothing when `b` is empty.
+    fn bytes(&mut self, tag: u8, b: &[u8]) {
+        if !b.is_empty() {
+            self.buf[self.at] = (tag << 3) | 2;
+            self.at += 1;
+            self.raw_varint(b.len() as u64);
+            self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+            self.at += b.len();
+        }
+    }
+
+    /// `v` as a varint. Its length is computed first, so the bytes go into a slice of exactly
+    /// that length: one bounds check, not one per byte.
+    fn raw_varint(&mut self, mut v: u64) {
+        let len = encoded_len_varint(v);
+        let bytes = &mut self.buf[self.at..self.at + len];
+        // At least one byte: every byte but the last has the continuation bit.
+        let last = len - 1;
+        for byte in &mut bytes[..last] {
+            *byte = v as u8 | 0x80;
+            v >>= 7;
+        }
+        bytes[last] = v as u8;
+        self.at += len;
+    }
 }
 
 /// The length field at the front of `buf`: `None` when fewer than 4 bytes are there.

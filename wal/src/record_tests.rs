@@ -21,6 +21,40 @@ fn layout_of_a_small_put() {
 }
 
 #[test]
+fn varint_boundaries_encode_as_prost_does() {
+    let mut values = vec![u64::MAX];
+    for bits in [7, 14, 21, 28, 35, 42, 49, 56, 63] {
+        values.extend([(1u64 << bits) - 1, 1u64 << bits]);
+    }
+    for v in values {
+        let entry = Entry {
+            expires_at_ms: v,
+            version_hlc: v,
+            version_node: v as u32,
+            synced_below: v,
+            ..put(b"k", b"v")
+        };
+        let mut out = Vec::new();
+        encode(v, &entry, &mut out);
+        let (got, used) = decode(&out, 1 << 10).unwrap().unwrap();
+        assert_eq!((got.entry(), used), (entry, out.len()), "{v:#x}");
+        assert!(out.len() <= entry.max_encoded_len(), "{v:#x}");
+        let prost_bytes = Proto {
+            seq: v,
+            op: RecordOp::Put as i32,
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            expires_at_ms: v,
+            version_hlc: v,
+            version_node: v as u32,
+            synced_below: v,
+        }
+        .encode_to_vec();
+        assert_eq!(&out[FRAME_LEN..], &prost_bytes[..], "{v:#x}");
+    }
+}
+
+#[test]
 fn decode_table() {
     let mut good = Vec::new();
     encode(7, &put(b"key", b"value"), &mut good);
@@ -133,6 +167,7 @@ proptest! {
             .encode_to_vec();
             prop_assert_eq!(&buf[before + FRAME_LEN..], &prost_bytes[..]);
             prop_assert_eq!(buf.len() - before, r.entry().encoded_len(r.seq));
+            prop_assert!(buf.len() - before <= r.entry().max_encoded_len());
         }
         let mut pos = 0;
         for r in &records {

@@ -6,6 +6,7 @@ mod support;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use kvmesh_wal::record::FRAME_LEN;
 use kvmesh_wal::testing::{Fault, MemDir};
 use kvmesh_wal::{Config, Error, Fsync};
 use support::*;
@@ -103,6 +104,30 @@ fn a_record_larger_than_a_segment_is_refused_not_logged() {
             Err(Error::RecordTooLarge { .. })
         ));
         put_each(&log, 0, 1).await;
+    });
+}
+
+#[test]
+fn a_record_that_just_fits_a_segment_is_logged_and_one_byte_more_is_not() {
+    run(async {
+        let config = small(BLOCK, 8);
+        let dir = MemDir::new(BLOCK);
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        let (max, seq) = (config.max_payload(), log.next_seq());
+        let payload = |n: usize| put(b"k", &vec![7u8; n]).encoded_len(seq) - FRAME_LEN;
+        let fits = (0..max).rev().find(|&n| payload(n) <= max).unwrap();
+        assert!(payload(fits + 1) > max);
+        assert!(matches!(
+            log.append(&put(b"k", &vec![7u8; fits + 1])),
+            Err(Error::RecordTooLarge { .. })
+        ));
+        let seq = log.append(&put(b"k", &vec![7u8; fits])).unwrap();
+        log.durable(seq).await.unwrap();
+        log.close().await.unwrap();
+        drop(log);
+        let (_, _, replayed) = open(dir, &config).await.unwrap();
+        let values: Vec<usize> = puts(&replayed).iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(values, [fits]);
     });
 }
 
