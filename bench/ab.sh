@@ -45,12 +45,15 @@ run() {
     port=$("$BENCH" free-port --count 3)
     vars=${BASE_ENV:-}
     [ "$label" = new ] && vars=${NEW_ENV:-}
+    # The log is reused by every run: the last node's " ready: " must not be read as this one's
+    # (the redirection below truncates it only once the new process is forked).
+    rm -f "$WORK/node.log"
     # shellcheck disable=SC2086 # VAR=value words
     env $vars taskset -c 0 "$binary" node --listen "127.0.0.1:$port" --shards 1 --cpus 0 \
         --grpc "127.0.0.1:$((port + 2))" "${NODE_FLAGS[@]}" >"$WORK/node.log" 2>&1 &
     PID=$!
     for _ in $(seq 200); do
-        grep -q " ready: " "$WORK/node.log" && break
+        grep -q " ready: " "$WORK/node.log" 2>/dev/null && break
         kill -0 "$PID" 2>/dev/null || { cat "$WORK/node.log" >&2; exit 1; }
         sleep 0.1
     done

@@ -162,7 +162,8 @@ callgrind_run() {
     local out=$WORK/callgrind.out log=$WORK/server.log
     shift 5
     port=$("$BENCH" free-port --count 3)
-    rm -f "$out"*
+    # Both reused by every run: the last server's " ready: " must not be read as this one's.
+    rm -f "$out"* "$log"
     local cmd=(valgrind --tool=callgrind "${CALLGRIND_FLAGS[@]}" --callgrind-out-file="$out"
         --compress-strings=no --compress-pos=no)
     case $server in

@@ -73,9 +73,10 @@ pub async fn join<T>(peer: thread::JoinHandle<T>) -> T {
 }
 
 /// Waits until the kernel's view of `fd` satisfies `ready(bytes queued (FIONREAD), poll(2)
-/// mask)`, then lets the executor turn once more: both syscalls run the socket's pending
-/// io_uring task work, so by then every readiness event of what arrived is posted, and the
-/// timer turn reaps it. Replaces fixed sleeps, which on a loaded machine may end too early.
+/// mask)`, then lets the executor turn once more: by then every readiness event of what
+/// arrived is queued, and the timer turn posts and reaps it (both syscalls run the socket's
+/// pending io_uring task work; with `IORING_SETUP_DEFER_TASKRUN` the reactor's entry does).
+/// Replaces fixed sleeps, which on a loaded machine may end too early.
 pub async fn settle(fd: std::os::unix::io::RawFd, ready: impl Fn(usize, i16) -> bool) {
     let start = std::time::Instant::now();
     loop {

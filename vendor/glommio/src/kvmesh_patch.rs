@@ -79,6 +79,12 @@ pub(crate) fn switched_off_by_env(name: &str) -> bool {
     switched_off(std::env::var_os(name).as_deref())
 }
 
+/// Whether an opt-in switch (`GLOMMIO_DEFER_TASKRUN`) is set: the same rule as
+/// [`switched_off`], anything but `0` or the empty string.
+pub(crate) fn switched_on_by_env(name: &str) -> bool {
+    switched_off_by_env(name)
+}
+
 /// The readiness events a stream's multishot poll asks for, besides `POLLERR`, `POLLHUP` and
 /// `POLLNVAL`: `POLLIN | POLLRDHUP`, and `POLLPRI` only if `with_pri`.
 ///
@@ -121,4 +127,33 @@ pub fn keep_latency_timer(
     preempt: std::time::Duration,
 ) -> bool {
     deadline <= now + preempt && deadline >= now + preempt / 2
+}
+
+static DEFERRING_RINGS: AtomicU64 = AtomicU64::new(0);
+
+/// How many rings in this process were set up with `IORING_SETUP_DEFER_TASKRUN` (with
+/// `GLOMMIO_DEFER_TASKRUN` set, one per executor, its main ring, unless the kernel refused the
+/// flag), so that tests and benchmarks can tell which mode they measured.
+pub fn deferring_rings() -> u64 {
+    DEFERRING_RINGS.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_deferring_ring() {
+    DEFERRING_RINGS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The most deferred task-work items the kernel runs in one `io_uring_enter` with
+/// `IORING_ENTER_GETEVENTS` that waits for no completion (`IO_LOCAL_TW_DEFAULT_MAX`, Linux
+/// 6.10 on; earlier kernels run them all). It clears `IORING_SQ_TASKRUN` before it runs them,
+/// so the flag no longer announces the items left over.
+pub const DEFERRED_TASK_WORK_PER_ENTER: u32 = 20;
+
+/// Whether the reactor enters the ring again right away after an `io_uring_enter` that ran
+/// deferred task work and posted `posted` completions: when the kernel may have stopped at
+/// its limit ([`DEFERRED_TASK_WORK_PER_ENTER`]). A socket poll's item posts one completion,
+/// so fewer completions than the limit mean the queue was emptied (an item that posted none
+/// can hide others; they then wait for the next flagged item, or for the reactor's next sleep,
+/// after which it enters once more whether or not the flag is set).
+pub fn deferred_task_work_may_remain(posted: u32) -> bool {
+    posted >= DEFERRED_TASK_WORK_PER_ENTER
 }

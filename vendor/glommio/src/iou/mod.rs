@@ -96,6 +96,15 @@ bitflags::bitflags! {
         /// at its next transition to the kernel (Linux 5.19). kvmesh patch, see
         /// `vendor/README.md`.
         const COOP_TASKRUN = 1 << 8;
+        /// The kernel sets `IORING_SQ_TASKRUN` in the submission queue's flags when task
+        /// work is pending (Linux 5.19). kvmesh patch.
+        const TASKRUN_FLAG = 1 << 9;
+        /// Only the task that created the ring submits to it (Linux 6.0). kvmesh patch.
+        const SINGLE_ISSUER = 1 << 12;
+        /// Task work (a poll's completion) waits until the ring's task enters the kernel
+        /// with `IORING_ENTER_GETEVENTS`, instead of running at its next system call
+        /// (Linux 6.1; needs `SINGLE_ISSUER`). kvmesh patch, see `vendor/README.md`.
+        const DEFER_TASKRUN = 1 << 13;
     }
 }
 

@@ -698,6 +698,11 @@ pub(crate) trait UringCommon {
         true
     }
 
+    /// kvmesh patch: runs the task work the kernel deferred for this ring, so that the
+    /// completions it posts are in the completion queue before it is read. A no-op except on
+    /// a ring set up with `IORING_SETUP_DEFER_TASKRUN` (see [`new_sleepable_ring`]).
+    fn run_deferred_task_work(&mut self) {}
+
     fn consume_sqe_queue(
         &mut self,
         queue: &mut VecDeque<UringDescriptor>,
@@ -736,6 +741,7 @@ pub(crate) trait UringCommon {
     }
 
     fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
+        self.run_deferred_task_work();
         let mut completed = 0;
         loop {
             match self.consume_one_event() {
@@ -937,6 +943,11 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    /// kvmesh patch: set up with `IORING_SETUP_DEFER_TASKRUN` (see [`new_sleepable_ring`]).
+    defer_taskrun: bool,
+    /// kvmesh patch: deferred task work may be pending that `IORING_SQ_TASKRUN` does not
+    /// announce (after a sleep, whose wake-up runs only part of it).
+    deferred_work_unflagged: bool,
 }
 
 /// kvmesh patch (see `vendor/README.md`): the main and latency rings are set up with
@@ -954,17 +965,57 @@ struct SleepableRing {
 /// by the stream's next read, at the cost of a new source, an SQE and another completion).
 /// Only the queue's memory grows (16 bytes an entry); the submission depth, and the
 /// throughput preemption timer that counts `ring_depth` completions, are unchanged.
-fn new_sleepable_ring(size: usize) -> io::Result<iou::IoUring> {
+///
+/// Third kvmesh patch: with `defer_taskrun` (the main ring, where sockets are polled), the
+/// ring is first tried with `IORING_SETUP_DEFER_TASKRUN`, `SINGLE_ISSUER` and `TASKRUN_FLAG`
+/// (Linux 6.1): a completion's task work (a socket poll's wake-up) is not run at this thread's
+/// next system call (its `recv` or `send`, one run per wake-up) but in batches when the
+/// reactor enters the ring with `IORING_ENTER_GETEVENTS`: at every look at the completion
+/// queue while the kernel flags task work as pending
+/// ([`SleepableRing::run_deferred_task_work`]), and when it sleeps. Only this thread may then
+/// submit to the ring, which glommio's reactor already guarantees. Not on the latency ring:
+/// `need_preempt` reads its completion queue from user space without entering the kernel, so
+/// a preemption timer's completion must be posted by itself. Off by default: it is on only
+/// when `GLOMMIO_DEFER_TASKRUN` is set (to anything but `0` or empty), because connections
+/// stalled with it under load (see `vendor/README.md`); a kernel that rejects the flags gets
+/// the ring without them. Returns the ring and whether it defers task work.
+fn new_sleepable_ring(size: usize, defer_taskrun: bool) -> io::Result<(iou::IoUring, bool)> {
     let cq_entries = (size * CQ_ENTRIES_PER_SQ_ENTRY) as u32;
-    if !crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_COOP_TASKRUN") {
-        if let Ok(ring) =
-            iou::IoUring::new_with_cq_size(size as _, cq_entries, iou::SetupFlags::COOP_TASKRUN)
-        {
-            return Ok(ring);
+    let coop = !crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_COOP_TASKRUN");
+    let coop_flag = || {
+        if coop {
+            iou::SetupFlags::COOP_TASKRUN
+        } else {
+            iou::SetupFlags::empty()
+        }
+    };
+    if defer_taskrun && defer_task_work() {
+        let flags = coop_flag()
+            | iou::SetupFlags::TASKRUN_FLAG
+            | iou::SetupFlags::SINGLE_ISSUER
+            | iou::SetupFlags::DEFER_TASKRUN;
+        if let Ok(ring) = iou::IoUring::new_with_cq_size(size as _, cq_entries, flags) {
+            return Ok((ring, true));
+        }
+    }
+    if coop {
+        if let Ok(ring) = iou::IoUring::new_with_cq_size(size as _, cq_entries, coop_flag()) {
+            return Ok((ring, false));
         }
     }
     iou::IoUring::new_with_cq_size(size as _, cq_entries, iou::SetupFlags::empty())
         .or_else(|_| iou::IoUring::new(size as _))
+        .map(|ring| (ring, false))
+}
+
+/// kvmesh patch: whether the main ring is set up with `IORING_SETUP_DEFER_TASKRUN` (see
+/// [`new_sleepable_ring`]): only when `GLOMMIO_DEFER_TASKRUN` is set to anything but `0` or
+/// empty; read once per process.
+fn defer_task_work() -> bool {
+    lazy_static! {
+        static ref DEFER: bool = crate::kvmesh_patch::switched_on_by_env("GLOMMIO_DEFER_TASKRUN");
+    }
+    *DEFER
 }
 
 /// kvmesh patch: see [`new_sleepable_ring`]. The default ring depth, 128, gets 1,024
@@ -977,10 +1028,15 @@ impl SleepableRing {
         name: &'static str,
         allocator: Rc<UringBufferAllocator>,
         source_map: Rc<RefCell<SourceMap>>,
+        defer_taskrun: bool,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        let (ring, defer_taskrun) = new_sleepable_ring(size, defer_taskrun)?;
+        if defer_taskrun {
+            crate::kvmesh_patch::count_deferring_ring();
+        }
         Ok(SleepableRing {
-            ring: new_sleepable_ring(size)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -989,6 +1045,8 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            defer_taskrun,
+            deferred_work_unflagged: false,
         })
     }
 
@@ -1163,6 +1221,9 @@ impl SleepableRing {
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings are linked. Goodnight!
+                // kvmesh patch: the kernel runs only part of the deferred task work before it
+                // returns (up to 20 items, or one when woken), and clears the flag first.
+                self.deferred_work_unflagged = self.defer_taskrun;
                 self.ring
                     .cq()
                     .wait(1)
@@ -1202,6 +1263,46 @@ impl UringCommon for SleepableRing {
 
     fn may_rush(&self) -> bool {
         false
+    }
+
+    /// kvmesh patch (see [`new_sleepable_ring`]): enters the ring with
+    /// `IORING_ENTER_GETEVENTS` when the kernel flags deferred task work as pending
+    /// (`IORING_SQ_TASKRUN`), or after a sleep, so that the completions it posts (a socket
+    /// poll's wake-ups) can be read. The kernel runs at most
+    /// [`crate::kvmesh_patch::DEFERRED_TASK_WORK_PER_ENTER`] items per such call and clears
+    /// the flag before it runs them, so a call that posted that many completions is followed
+    /// by another. Work that stays queued anyway (behind an item that posted no completion) is
+    /// run at the next call the flag announces, or at the next sleep.
+    fn run_deferred_task_work(&mut self) {
+        if !self.defer_taskrun {
+            return;
+        }
+        let raw = self.ring.raw();
+        // SAFETY: `kflags` points into the submission ring's shared mapping, which lives as
+        // long as `self.ring`; the kernel only changes it atomically.
+        let sq_flags = unsafe { &*(raw.sq.kflags as *const std::sync::atomic::AtomicU32) };
+        let flagged =
+            sq_flags.load(std::sync::atomic::Ordering::Acquire) & uring_sys::IORING_SQ_TASKRUN != 0;
+        let mut enter = flagged || std::mem::take(&mut self.deferred_work_unflagged);
+        while enter {
+            let before = self.ring.cq().ready();
+            // SAFETY: a plain system call on this ring's descriptor, submitting nothing.
+            let ret = unsafe {
+                uring_sys::syscalls::io_uring_enter(
+                    raw.ring_fd,
+                    0,
+                    0,
+                    uring_sys::IORING_ENTER_GETEVENTS,
+                    std::ptr::null(),
+                )
+            };
+            if ret < 0 {
+                // EINTR and the like: the work stays pending and is run at the next look.
+                return;
+            }
+            let posted = self.ring.cq().ready().wrapping_sub(before);
+            enter = crate::kvmesh_patch::deferred_task_work_may_remain(posted);
+        }
     }
 
     fn needs_kernel_enter(&self) -> bool {
@@ -1387,11 +1488,22 @@ impl Reactor {
         let allocator = Rc::new(UringBufferAllocator::new(io_memory));
         let registry = vec![allocator.as_bytes()];
 
-        let main_ring =
-            SleepableRing::new(ring_depth, "main", allocator.clone(), source_map.clone())?;
+        // kvmesh patch: only the main ring defers task work (see `new_sleepable_ring`).
+        let main_ring = SleepableRing::new(
+            ring_depth,
+            "main",
+            allocator.clone(),
+            source_map.clone(),
+            true,
+        )?;
         let poll_ring = PollRing::new(ring_depth, allocator.clone(), source_map.clone())?;
-        let mut latency_ring =
-            SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
+        let mut latency_ring = SleepableRing::new(
+            ring_depth,
+            "latency",
+            allocator.clone(),
+            source_map.clone(),
+            false,
+        )?;
 
         match main_ring.registrar().register_buffers_by_ref(&registry) {
             Err(x) => warn!("Error: registering buffers in the main ring. Skipping{x:#?}"),
