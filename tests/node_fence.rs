@@ -162,6 +162,14 @@ fn a_stale_forwarded_write_is_answered_moved_and_lands_on_the_new_owner_only() {
     let flags = |_| ["--replicas", "1"].iter().map(|s| s.to_string()).collect();
     let cluster = Cluster::start_with_env(2, 1, flags, &env);
     let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    // Both nodes on the agreed topology first: a write planned before node 1 applied it would
+    // be forwarded with epoch 0, which no node answers MOVED (seen once under a full suite).
+    wait_for("epoch 1 on both nodes", || {
+        [one, two]
+            .iter()
+            .all(|node| topology_at(node.addr).0 >= 1)
+            .then_some(())
+    });
     // Sent to node 1, which forwards it to node 2 (the owner at epoch 1), held before it goes.
     let key = key_moving_from_2_to_3("held-");
     let (k, entry) = (key.clone(), one.addr);
