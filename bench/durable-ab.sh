@@ -7,7 +7,9 @@
 #   BASE_FLAGS="--wal-syncs-in-flight 1" bench/durable-ab.sh target/release/kvmesh target/release/kvmesh
 #
 # BASE_FLAGS and NEW_FLAGS (space-separated node flags, empty by default) are given to that
-# side's node only. Each round runs, per pipeline in PIPELINES (default "1"), Redis
+# side's node only, and so are BASE_ENV and NEW_ENV (space-separated VAR=value words, e.g.
+# NEW_ENV=GLOMMIO_DEFER_TASKRUN=1), so one binary can be compared with a switch off and on.
+# Each round runs, per pipeline in PIPELINES (default "1"), Redis
 # (`--appendonly yes --appendfsync always`, unless REDIS=0), then BASE, then NEW: a fresh server
 # on a fresh data directory on core 0 (kvmesh: 1 shard, `--fsync FSYNC`, default always),
 # kvmesh-bench on core 1, SET only, 50 connections, 100,000 keys, 100-byte values, closed loop,
@@ -20,7 +22,7 @@
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
-[ $# -ge 2 ] || { sed -n 2,18p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,21p "$0" >&2; exit 2; }
 BASE=$(realpath "$1") NEW=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
@@ -73,18 +75,21 @@ run() {
     log "$row load $(cut -d' ' -f1 /proc/loadavg)$mark"
 }
 
-# start_side BINARY [node flags...]: a kvmesh node from BINARY, 1 shard on core 0, on a fresh data
-# directory; sets SERVER_PID and SERVER_ADDR.
+# start_side BINARY "VAR=value ..." [node flags...]: a kvmesh node from BINARY with those
+# variables in its environment, 1 shard on core 0, on a fresh data directory; sets SERVER_PID and
+# SERVER_ADDR.
 start_side() {
-    local binary=$1
-    shift
+    local binary=$1 vars=$2 var
+    shift 2
+    for var in $vars; do export "${var?}"; done
     KVMESH=$binary start_kvmesh 1 0 --data-dir "$(mktemp -d "$WORK/kvmesh.XXXX")" --fsync "$FSYNC" "$@"
+    for var in $vars; do unset "${var%%=*}"; done
 }
 
 bench_init durable-ab
 ensure_redis
 : >"$WORK/rows"
-log "base: $BASE ${BASE_FLAGS:-}; new: $NEW ${NEW_FLAGS:-}; load $(cut -d' ' -f1-3 /proc/loadavg)"
+log "base: $BASE ${BASE_ENV:-} ${BASE_FLAGS:-}; new: $NEW ${NEW_ENV:-} ${NEW_FLAGS:-}; load $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS"
     for pipeline in $PIPELINES; do
@@ -96,17 +101,17 @@ for round in $(seq "$ROUNDS"); do
         fi
         TARGET=kvmesh
         # shellcheck disable=SC2086 # node flags, one word each
-        start_side "$BASE" ${BASE_FLAGS:-}
+        start_side "$BASE" "${BASE_ENV:-}" ${BASE_FLAGS:-}
         run base "$pipeline"
         stop_server "$SERVER_PID"
         # shellcheck disable=SC2086 # node flags, one word each
-        start_side "$NEW" ${NEW_FLAGS:-}
+        start_side "$NEW" "${NEW_ENV:-}" ${NEW_FLAGS:-}
         run new "$pipeline"
         stop_server "$SERVER_PID"
     done
 done
 
-echo "base: $BASE ${BASE_FLAGS:-}; new: $NEW ${NEW_FLAGS:-}; --fsync $FSYNC; $ROUNDS rounds of $DURATION; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "base: $BASE ${BASE_ENV:-} ${BASE_FLAGS:-}; new: $NEW ${NEW_ENV:-} ${NEW_FLAGS:-}; --fsync $FSYNC; $ROUNDS rounds of $DURATION; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| side | pipeline | ops/s median [range] | × redis | p50 us | p99 us | CPU us/req | errors (runs with any) | records/writes per sync | sync us |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
