@@ -35,8 +35,9 @@ fn defer_requested() -> bool {
     glommio::kvmesh_patch::switched_off(std::env::var_os("GLOMMIO_DEFER_TASKRUN").as_deref())
 }
 
-/// The rule for entering again: the kernel stops after 20 items and has already cleared the
-/// flag that announced them.
+/// The rule for entering again: the kernel stops after 20 items, having cleared the flag
+/// that announced them (upstream sets it again when work is left; entering again after a
+/// full batch is a safeguard for kernels that do not).
 #[test]
 fn a_full_batch_of_task_work_is_followed_by_another_entry() {
     defer_requested();

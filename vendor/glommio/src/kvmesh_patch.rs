@@ -75,14 +75,10 @@ pub fn switched_off(value: Option<&std::ffi::OsStr>) -> bool {
     value.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-pub(crate) fn switched_off_by_env(name: &str) -> bool {
+/// Whether the environment sets switch `name`, by [`switched_off`]'s rule: an opt-out
+/// (`GLOMMIO_NO_...`) turns its patch off, an opt-in (`GLOMMIO_DEFER_TASKRUN`) on.
+pub(crate) fn set_by_env(name: &str) -> bool {
     switched_off(std::env::var_os(name).as_deref())
-}
-
-/// Whether an opt-in switch (`GLOMMIO_DEFER_TASKRUN`) is set: the same rule as
-/// [`switched_off`], anything but `0` or the empty string.
-pub(crate) fn switched_on_by_env(name: &str) -> bool {
-    switched_off_by_env(name)
 }
 
 /// The readiness events a stream's multishot poll asks for, besides `POLLERR`, `POLLHUP` and
@@ -144,8 +140,9 @@ pub(crate) fn count_deferring_ring() {
 
 /// The most deferred task-work items the kernel runs in one `io_uring_enter` with
 /// `IORING_ENTER_GETEVENTS` that waits for no completion (`IO_LOCAL_TW_DEFAULT_MAX`, Linux
-/// 6.10 on; earlier kernels run them all). It clears `IORING_SQ_TASKRUN` before it runs them,
-/// so the flag no longer announces the items left over.
+/// 6.10 on; earlier kernels run them all). It clears `IORING_SQ_TASKRUN` before it runs them;
+/// the kernels read (upstream, with this limit) set it again when they stop at the limit with
+/// work left, so entering again after a full batch is a safeguard for kernels that do not.
 pub const DEFERRED_TASK_WORK_PER_ENTER: u32 = 20;
 
 /// Whether the reactor enters the ring again right away after an `io_uring_enter` that ran

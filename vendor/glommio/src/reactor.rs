@@ -920,7 +920,7 @@ impl fmt::Debug for Reactor {
 fn multishot_asks_pri() -> bool {
     lazy_static! {
         static ref WITH_PRI: bool =
-            crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_POLLIN_ONLY");
+            crate::kvmesh_patch::set_by_env("GLOMMIO_NO_POLLIN_ONLY");
     }
     *WITH_PRI
 }

@@ -6,7 +6,7 @@
 use crate::{
     kvmesh_patch::{
         count_multishot_poll_ended, kernel_at_least, kernel_release, sticky_events,
-        switched_off_by_env,
+        set_by_env,
         MULTISHOT_POLL_MIN_KERNEL,
     },
     reactor::Reactor,
@@ -33,7 +33,7 @@ use std::{
 /// `uname`), and a kernel that rejects multishot polls (`EINVAL`) turns it off for the process.
 fn multishot_poll() -> bool {
     lazy_static! {
-        static ref OFF_BY_ENV: bool = switched_off_by_env("GLOMMIO_NO_MULTISHOT_POLL");
+        static ref OFF_BY_ENV: bool = set_by_env("GLOMMIO_NO_MULTISHOT_POLL");
         static ref KERNEL_OK: bool =
             kernel_release().is_some_and(|r| kernel_at_least(&r, MULTISHOT_POLL_MIN_KERNEL));
     }

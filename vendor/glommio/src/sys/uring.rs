@@ -981,7 +981,7 @@ struct SleepableRing {
 /// the ring without them. Returns the ring and whether it defers task work.
 fn new_sleepable_ring(size: usize, defer_taskrun: bool) -> io::Result<(iou::IoUring, bool)> {
     let cq_entries = (size * CQ_ENTRIES_PER_SQ_ENTRY) as u32;
-    let coop = !crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_COOP_TASKRUN");
+    let coop = !crate::kvmesh_patch::set_by_env("GLOMMIO_NO_COOP_TASKRUN");
     let coop_flag = || {
         if coop {
             iou::SetupFlags::COOP_TASKRUN
@@ -1013,7 +1013,7 @@ fn new_sleepable_ring(size: usize, defer_taskrun: bool) -> io::Result<(iou::IoUr
 /// empty; read once per process.
 fn defer_task_work() -> bool {
     lazy_static! {
-        static ref DEFER: bool = crate::kvmesh_patch::switched_on_by_env("GLOMMIO_DEFER_TASKRUN");
+        static ref DEFER: bool = crate::kvmesh_patch::set_by_env("GLOMMIO_DEFER_TASKRUN");
     }
     *DEFER
 }
@@ -1222,7 +1222,7 @@ impl SleepableRing {
             } else {
                 // The rings are linked. Goodnight!
                 // kvmesh patch: the kernel runs only part of the deferred task work before it
-                // returns (up to 20 items, or one when woken), and clears the flag first.
+                // returns (up to 20 items, or one when woken): look again after waking.
                 self.deferred_work_unflagged = self.defer_taskrun;
                 self.ring
                     .cq()
@@ -1269,10 +1269,10 @@ impl UringCommon for SleepableRing {
     /// `IORING_ENTER_GETEVENTS` when the kernel flags deferred task work as pending
     /// (`IORING_SQ_TASKRUN`), or after a sleep, so that the completions it posts (a socket
     /// poll's wake-ups) can be read. The kernel runs at most
-    /// [`crate::kvmesh_patch::DEFERRED_TASK_WORK_PER_ENTER`] items per such call and clears
-    /// the flag before it runs them, so a call that posted that many completions is followed
-    /// by another. Work that stays queued anyway (behind an item that posted no completion) is
-    /// run at the next call the flag announces, or at the next sleep.
+    /// [`crate::kvmesh_patch::DEFERRED_TASK_WORK_PER_ENTER`] items per such call, so a call
+    /// that posted that many completions is followed by another (a safeguard: the kernels read
+    /// flag the work left over themselves). Work that stays queued anyway is run at the next
+    /// call the flag announces, or at the next sleep.
     fn run_deferred_task_work(&mut self) {
         if !self.defer_taskrun {
             return;
@@ -2489,7 +2489,7 @@ mod tests {
 fn keep_preemption_timers() -> bool {
     lazy_static! {
         static ref KEEP: bool =
-            !crate::kvmesh_patch::switched_off_by_env("GLOMMIO_NO_KEEP_PREEMPT_TIMERS");
+            !crate::kvmesh_patch::set_by_env("GLOMMIO_NO_KEEP_PREEMPT_TIMERS");
     }
     *KEEP
 }
