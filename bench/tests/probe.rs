@@ -15,9 +15,10 @@ struct Probe {
 }
 
 impl Probe {
-    fn start(mode: &str) -> Self {
+    fn start(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kvmesh-bench"))
-            .args(["probe-server", "--listen", "127.0.0.1:0", "--mode", mode])
+            .args(["probe-server", "--listen", "127.0.0.1:0"])
+            .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .expect("the probe starts");
@@ -46,8 +47,8 @@ impl Drop for Probe {
     }
 }
 
-fn drive(mode: &str) {
-    let probe = Probe::start(mode);
+fn drive(args: &[&str]) {
+    let probe = Probe::start(args);
     for (pipeline, read_ratio) in [("1", "0.5"), ("16", "0.9")] {
         let report = bench(&[
             "--target",
@@ -74,10 +75,11 @@ fn drive(mode: &str) {
 
 #[test]
 fn epoll_probe_serves_the_kvmesh_target() {
-    drive("epoll");
+    drive(&["--mode", "epoll"]);
 }
 
 #[test]
-fn uring_probe_serves_the_kvmesh_target() {
-    drive("uring");
+fn uring_probe_serves_the_kvmesh_target_with_either_task_work_setup() {
+    drive(&["--mode", "uring", "--defer-taskrun", "true"]);
+    drive(&["--mode", "uring", "--defer-taskrun", "false"]);
 }

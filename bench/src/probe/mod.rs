@@ -38,6 +38,12 @@ pub struct ProbeArgs {
     /// The event loop.
     #[arg(long, value_enum, default_value_t = Mode::Epoll)]
     pub mode: Mode,
+    /// `--mode uring`: set the ring up with `IORING_SETUP_DEFER_TASKRUN`, so completions are
+    /// run only inside the loop's `io_uring_enter` (as kvmesh's glommio main rings are by
+    /// default, see `vendor/README.md`); `false`: `IORING_SETUP_COOP_TASKRUN`, run at the next
+    /// system call's return.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub defer_taskrun: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -57,7 +63,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     eprintln!("probe ready: {addr} ({:?})", args.mode);
     match args.mode {
         Mode::Epoll => epoll::serve(listener, store).context("epoll loop failed"),
-        Mode::Uring => uring::serve(listener, store).context("io_uring loop failed"),
+        Mode::Uring => {
+            uring::serve(listener, store, args.defer_taskrun).context("io_uring loop failed")
+        }
     }
 }
 

@@ -42,14 +42,19 @@ struct Conn {
     closing: bool,
 }
 
-/// Serves `listener` forever (until the ring fails).
-pub fn serve(listener: TcpListener, mut store: Store) -> io::Result<()> {
-    // Completions are run at this thread's next io_uring_enter instead of interrupting it
-    // (as kvmesh's glommio rings are set up, see `vendor/README.md`); one thread submits.
-    let mut ring: IoUring = IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_single_issuer()
-        .build(ENTRIES)?;
+/// Serves `listener` forever (until the ring fails). `defer_taskrun`: completions are run only
+/// inside this loop's `io_uring_enter` (`IORING_SETUP_DEFER_TASKRUN`); otherwise at this
+/// thread's next system call's return instead of interrupting it (`COOP_TASKRUN`). Either way
+/// one thread submits, as kvmesh's glommio rings are set up (see `vendor/README.md`).
+pub fn serve(listener: TcpListener, mut store: Store, defer_taskrun: bool) -> io::Result<()> {
+    let mut builder = IoUring::builder();
+    builder.setup_single_issuer();
+    if defer_taskrun {
+        builder.setup_defer_taskrun();
+    } else {
+        builder.setup_coop_taskrun();
+    }
+    let mut ring: IoUring = builder.build(ENTRIES)?;
     let listen_fd = listener.as_raw_fd();
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
