@@ -8,7 +8,7 @@
 #
 # BASE_FLAGS and NEW_FLAGS (space-separated node flags, empty by default) are given to that
 # side's node only, and so are BASE_ENV and NEW_ENV (space-separated VAR=value words, e.g.
-# NEW_ENV=GLOMMIO_DEFER_TASKRUN=1), so one binary can be compared with a switch off and on.
+# BASE_ENV=GLOMMIO_DEFER_TASKRUN=0), so one binary can be compared with a switch off and on.
 # Each round runs, per pipeline in PIPELINES (default "1"), Redis
 # (`--appendonly yes --appendfsync always`, unless REDIS=0), then BASE, then NEW: a fresh server
 # on a fresh data directory on core 0 (kvmesh: 1 shard, `--fsync FSYNC`, default always),

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# A loop of fresh nodes under short bursts, to catch stalled connections: for
-# `GLOMMIO_DEFER_TASKRUN` (vendor/README.md), which stalled now and then under load.
+# A loop of fresh nodes under short bursts, to catch stalled connections: written for
+# `GLOMMIO_DEFER_TASKRUN` (vendor/README.md), whose stalls turned out to be CPU starvation
+# that happens with it off too (README, Performance, "Task work deferred to the reactor").
 #
 #   STALL_ENV=GLOMMIO_DEFER_TASKRUN=1 NODES=40 bench/stall.sh     # node and client with the mode
-#   STALL_ENV=GLOMMIO_DEFER_TASKRUN=0 NODES=40 bench/stall.sh     # the control
+#   STALL_ENV=GLOMMIO_DEFER_TASKRUN=0 NODES=40 bench/stall.sh     # without it
 #   KVMESH_BIN=target/thin/release/kvmesh BENCH_BIN=target/thin/release/kvmesh-bench bench/stall.sh
 #
 # NODES times: a fresh node (1 shard, core 0, no --data-dir) and, from kvmesh-bench on core 1,

@@ -1,10 +1,9 @@
-//! kvmesh's glommio patch "Task work deferred to the reactor" (see `vendor/README.md`): with
-//! `GLOMMIO_DEFER_TASKRUN` set, an executor's main ring is set up with
+//! kvmesh's glommio patch "Task work deferred to the reactor" (see `vendor/README.md`): unless
+//! `GLOMMIO_DEFER_TASKRUN=0`, an executor's main ring is set up with
 //! `IORING_SETUP_DEFER_TASKRUN`, so socket wake-ups are posted only when the reactor enters the
-//! ring. The mode is off by default; this file turns it on for its own process (unless the
-//! environment already says `GLOMMIO_DEFER_TASKRUN=0`). These tests check the rule for entering
-//! again, that the mode is on where it should be, and that no wake-up is left behind when more
-//! arrive at once than the kernel runs per entry, while the executor never sleeps.
+//! ring. These tests check the rule for entering again, that the mode is on where it should be
+//! (and off with the switch), and that no wake-up is left behind when more arrive at once than
+//! the kernel runs per entry, while the executor never sleeps.
 
 mod glommio_support;
 
@@ -22,17 +21,10 @@ fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default()
 }
 
-/// Turns the mode on for this test process, before any executor of it reads the switch
-/// (every test calls this first; `Once` holds the others until it is done).
+/// Whether this test process runs with the mode: unless the environment says
+/// `GLOMMIO_DEFER_TASKRUN=0` (the rule glommio reads it by).
 fn defer_requested() -> bool {
-    static ON: std::sync::Once = std::sync::Once::new();
-    ON.call_once(|| {
-        if std::env::var_os("GLOMMIO_DEFER_TASKRUN").is_none() {
-            std::env::set_var("GLOMMIO_DEFER_TASKRUN", "1");
-        }
-    });
-    // `switched_off` is the rule of every switch: set to anything but `0` or empty.
-    glommio::kvmesh_patch::switched_off(std::env::var_os("GLOMMIO_DEFER_TASKRUN").as_deref())
+    glommio::kvmesh_patch::on_unless_zero(std::env::var_os("GLOMMIO_DEFER_TASKRUN").as_deref())
 }
 
 /// The rule for entering again: the kernel stops after 20 items, having cleared the flag
@@ -40,7 +32,6 @@ fn defer_requested() -> bool {
 /// full batch is a safeguard for kernels that do not).
 #[test]
 fn a_full_batch_of_task_work_is_followed_by_another_entry() {
-    defer_requested();
     use glommio::kvmesh_patch::{deferred_task_work_may_remain, DEFERRED_TASK_WORK_PER_ENTER};
     assert_eq!(DEFERRED_TASK_WORK_PER_ENTER, 20);
     for posted in [0, 1, 19] {
@@ -51,8 +42,9 @@ fn a_full_batch_of_task_work_is_followed_by_another_entry() {
     }
 }
 
-/// With the switch set, on 6.1 and later, every executor's main ring defers task work (and
-/// only the main ring: the latency ring's preemption timer must post by itself).
+/// By default, on 6.1 and later, every executor's main ring defers task work (and only the
+/// main ring: the latency ring's preemption timer must post by itself); with
+/// `GLOMMIO_DEFER_TASKRUN=0` none does.
 #[test]
 fn an_executors_main_ring_defers_task_work_from_6_1() {
     use glommio::kvmesh_patch::{deferring_rings, kernel_at_least};
@@ -89,7 +81,6 @@ fn an_executors_main_ring_defers_task_work_from_6_1() {
 /// reasons not investigated. So it checks the mode end to end, not that rule.)
 #[test]
 fn wake_ups_beyond_one_entrys_batch_are_run_without_sleeping() {
-    defer_requested();
     use std::{cell::Cell, rc::Rc};
     const CONNS: usize = 64;
     const MAX_TURNS: usize = 20;

@@ -196,6 +196,17 @@ fn env_switches_ignore_zero_and_empty() {
     assert!(switched_off(Some(OsStr::new("yes"))));
 }
 
+/// A patch that is on by default (`GLOMMIO_DEFER_TASKRUN`) is turned off only by `0`.
+#[test]
+fn a_default_on_switch_is_off_only_at_zero() {
+    use glommio::kvmesh_patch::on_unless_zero;
+    use std::ffi::OsStr;
+    assert!(on_unless_zero(None));
+    assert!(on_unless_zero(Some(OsStr::new(""))));
+    assert!(on_unless_zero(Some(OsStr::new("1"))));
+    assert!(!on_unless_zero(Some(OsStr::new("0"))));
+}
+
 /// `Reactor::wait` keeps an armed latency preemption timer only while it fires within
 /// [half a period, a period] from now: never later than a new one would, never so soon that a
 /// task queue gets less than half its period (`kvmesh_patch::keep_latency_timer`).

@@ -75,10 +75,21 @@ pub fn switched_off(value: Option<&std::ffi::OsStr>) -> bool {
     value.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-/// Whether the environment sets switch `name`, by [`switched_off`]'s rule: an opt-out
-/// (`GLOMMIO_NO_...`) turns its patch off, an opt-in (`GLOMMIO_DEFER_TASKRUN`) on.
+/// Whether the environment sets opt-out switch `name` (`GLOMMIO_NO_...`), by
+/// [`switched_off`]'s rule.
 pub(crate) fn set_by_env(name: &str) -> bool {
     switched_off(std::env::var_os(name).as_deref())
+}
+
+/// Whether a patch that is on by default (`GLOMMIO_DEFER_TASKRUN`) is on, given its switch's
+/// value: unless the switch is set to `0`. Unset or empty leaves it on.
+pub fn on_unless_zero(value: Option<&std::ffi::OsStr>) -> bool {
+    !matches!(value, Some(v) if v == "0")
+}
+
+/// [`on_unless_zero`] for the environment variable `name`.
+pub(crate) fn on_unless_zero_in_env(name: &str) -> bool {
+    on_unless_zero(std::env::var_os(name).as_deref())
 }
 
 /// The readiness events a stream's multishot poll asks for, besides `POLLERR`, `POLLHUP` and
@@ -127,8 +138,8 @@ pub fn keep_latency_timer(
 
 static DEFERRING_RINGS: AtomicU64 = AtomicU64::new(0);
 
-/// How many rings in this process were set up with `IORING_SETUP_DEFER_TASKRUN` (with
-/// `GLOMMIO_DEFER_TASKRUN` set, one per executor, its main ring, unless the kernel refused the
+/// How many rings in this process were set up with `IORING_SETUP_DEFER_TASKRUN` (by default
+/// one per executor, its main ring, unless `GLOMMIO_DEFER_TASKRUN=0` or the kernel refused the
 /// flag), so that tests and benchmarks can tell which mode they measured.
 pub fn deferring_rings() -> u64 {
     DEFERRING_RINGS.load(Ordering::Relaxed)

@@ -975,10 +975,9 @@ struct SleepableRing {
 /// ([`SleepableRing::run_deferred_task_work`]), and when it sleeps. Only this thread may then
 /// submit to the ring, which glommio's reactor already guarantees. Not on the latency ring:
 /// `need_preempt` reads its completion queue from user space without entering the kernel, so
-/// a preemption timer's completion must be posted by itself. Off by default: it is on only
-/// when `GLOMMIO_DEFER_TASKRUN` is set (to anything but `0` or empty), because connections
-/// stalled with it under load (see `vendor/README.md`); a kernel that rejects the flags gets
-/// the ring without them. Returns the ring and whether it defers task work.
+/// a preemption timer's completion must be posted by itself. On by default;
+/// `GLOMMIO_DEFER_TASKRUN=0` turns it off (see `vendor/README.md`); a kernel that rejects the
+/// flags gets the ring without them. Returns the ring and whether it defers task work.
 fn new_sleepable_ring(size: usize, defer_taskrun: bool) -> io::Result<(iou::IoUring, bool)> {
     let cq_entries = (size * CQ_ENTRIES_PER_SQ_ENTRY) as u32;
     let coop = !crate::kvmesh_patch::set_by_env("GLOMMIO_NO_COOP_TASKRUN");
@@ -1009,11 +1008,11 @@ fn new_sleepable_ring(size: usize, defer_taskrun: bool) -> io::Result<(iou::IoUr
 }
 
 /// kvmesh patch: whether the main ring is set up with `IORING_SETUP_DEFER_TASKRUN` (see
-/// [`new_sleepable_ring`]): only when `GLOMMIO_DEFER_TASKRUN` is set to anything but `0` or
-/// empty; read once per process.
+/// [`new_sleepable_ring`]): unless `GLOMMIO_DEFER_TASKRUN` is `0`; read once per process.
 fn defer_task_work() -> bool {
     lazy_static! {
-        static ref DEFER: bool = crate::kvmesh_patch::set_by_env("GLOMMIO_DEFER_TASKRUN");
+        static ref DEFER: bool =
+            crate::kvmesh_patch::on_unless_zero_in_env("GLOMMIO_DEFER_TASKRUN");
     }
     *DEFER
 }
