@@ -314,11 +314,13 @@ pub(crate) fn start<D: SegmentDir + 'static>(
 }
 
 async fn write_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
+    // The batch's buffers; the vector is kept from batch to batch.
+    let mut batch = Vec::new();
     loop {
-        let Some((batch, first_seq, end_seq)) = next_batch(&inner.state).await else {
+        let Some((first_seq, end_seq)) = next_batch(&inner.state, &mut batch).await else {
             break;
         };
-        let written = inner.write_batch(batch, first_seq).await;
+        let written = inner.write_batch(&mut batch, first_seq).await;
         let mut st = inner.state.borrow_mut();
         if let Err(e) = written {
             st.fail(&e);
@@ -353,9 +355,9 @@ async fn write_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
     }
 }
 
-/// The next batch to write: `(buffers, first seq, seq after the last)`, or `None` when the
-/// log is closing (and nothing is pending) or has failed.
-async fn next_batch(state: &Rc<RefCell<State>>) -> Option<(Vec<Sealed>, u64, u64)> {
+/// Moves the next batch to write into `batch` (empty) and returns `(first seq, seq after the
+/// last)`, or `None` when the log is closing (and nothing is pending) or has failed.
+async fn next_batch(state: &Rc<RefCell<State>>, batch: &mut Vec<Sealed>) -> Option<(u64, u64)> {
     poll_fn(|cx| {
         let mut st = state.borrow_mut();
         if st.failure.is_some() {
@@ -375,9 +377,9 @@ async fn next_batch(state: &Rc<RefCell<State>>) -> Option<(Vec<Sealed>, u64, u64
             }
             let first = st.pending_from;
             let end = st.next_seq;
-            let batch = st.pending.take();
+            st.pending.take_into(batch);
             st.pending_from = end;
-            return Poll::Ready(Some((batch, first, end)));
+            return Poll::Ready(Some((first, end)));
         }
         if st.closing {
             return Poll::Ready(None);
@@ -389,10 +391,11 @@ async fn next_batch(state: &Rc<RefCell<State>>) -> Option<(Vec<Sealed>, u64, u64
 }
 
 impl<D: SegmentDir + 'static> Inner<D> {
-    /// Writes a batch whose first record is `first_seq`, rotating segments as needed.
-    async fn write_batch(&self, batch: Vec<Sealed>, first_seq: u64) -> Result<()> {
+    /// Writes (and empties) a batch whose first record is `first_seq`, rotating segments as
+    /// needed.
+    async fn write_batch(&self, batch: &mut Vec<Sealed>, first_seq: u64) -> Result<()> {
         let mut seq = first_seq;
-        for sealed in batch {
+        for sealed in batch.drain(..) {
             let active = self.active.borrow().clone();
             let (pos, len) = (active.pos.get(), sealed.buf.len() as u64);
             let records = sealed.records;

@@ -95,10 +95,11 @@ impl Pending {
         }
     }
 
-    /// Every pending record, in sealed buffers, oldest first; nothing is pending afterwards.
-    pub fn take(&mut self) -> Vec<Sealed> {
+    /// Moves every pending record, in sealed buffers, oldest first, to the end of `into`;
+    /// nothing is pending afterwards. Neither vector gives up its capacity.
+    pub fn take_into(&mut self, into: &mut Vec<Sealed>) {
         self.seal();
-        std::mem::take(&mut self.sealed)
+        into.append(&mut self.sealed);
     }
 
     /// Seals the open buffer, if any: zeros to the block boundary, trimmed there.
