@@ -8,12 +8,14 @@
 #   KVMESH_BIN=/tmp/kvmesh-main bench/misses.sh kvmesh     # another build of the node
 #   KEEP=/tmp/prof bench/misses.sh kvmesh    # keeps the callgrind files (callgrind_annotate
 #                                            #   --show=Ir,D1mr,D1mw,DLmr,DLmw --sort=D1mr)
+#   FSYNC=always bench/misses.sh kvmesh      # a durable node: --data-dir (fresh) --fsync always
 #
 # For each server (arguments: `kvmesh`, `probe`; default both) and workload it starts a fresh
-# server under `valgrind --tool=callgrind --cache-sim=yes` on core 0 (kvmesh: 1 shard, no
-# --data-dir), fills KEYS keys (default 100,000, as compare.sh), zeroes the counters, runs
-# exactly REQUESTS requests (default 50,000; 50 connections, uniform keys, 100-byte values,
-# client on core 1), and prints per request: instructions, first-level data misses (reads and
+# server under `valgrind --tool=callgrind --cache-sim=yes` on core 0 (kvmesh: 1 shard; no
+# --data-dir unless FSYNC is set, then a fresh data directory per run with `--fsync FSYNC`),
+# fills KEYS keys (default 100,000, as compare.sh), zeroes the counters, runs exactly REQUESTS
+# requests (default 50,000; 50 connections, uniform keys, 100-byte values, client on core 1),
+# and prints per request: instructions, first-level data misses (reads and
 # writes), and last-level misses. The simulated caches: D1 32 KiB 8-way, as this machine's,
 # and as the "last level" its 1 MiB 8-way L2 (LL=size,assoc,line to change), not its 32 MiB
 # L3, which 100,000 entries (about 15 MB) fit, so that would count almost nothing. A D1 miss
@@ -35,11 +37,12 @@ CALLGRIND_FLAGS=(--cache-sim=yes --D1=32768,8,64 "--LL=$LL")
 
 # counted SERVER READ_RATIO PIPELINE: one run; prints its line.
 counted() {
-    local server=$1 ratio=$2 pipeline=$3
-    callgrind_run "$server" "$ratio" "$pipeline" "$KEYS" 30s
+    local server=$1 ratio=$2 pipeline=$3 durable=()
+    [ -z "${FSYNC:-}" ] || durable=(--data-dir "$(mktemp -d "$WORK/data.XXXX")" --fsync "$FSYNC")
+    callgrind_run "$server" "$ratio" "$pipeline" "$KEYS" 30s "${durable[@]}"
     # The dump of the measured requests: its `summary:` line is Ir Dr Dw I1mr D1mr D1mw ILmr
     # DLmr DLmw (the order of the `events:` line, checked here).
-    awk -v n="$REQUESTS" -v what="$server $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
+    awk -v n="$REQUESTS" -v what="$server${FSYNC:+ --fsync $FSYNC} $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
         /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
         /^summary:/ { for (e in col) sum[e] += $(col[e]) }
         END {

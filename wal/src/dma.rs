@@ -83,6 +83,10 @@ impl SegmentFile for DmaSegment {
         Ok(self.file.write_at(buf.0, pos).await?)
     }
 
+    async fn write_commit(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
+        Ok(self.file.write_rc_at(buf, pos).await?)
+    }
+
     async fn read_all(&self) -> io::Result<Vec<u8>> {
         let size = self.file.file_size().await?;
         let mut out = Vec::with_capacity(size as usize);

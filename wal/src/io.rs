@@ -4,6 +4,9 @@
 //! Both traits are used on one glommio executor: their futures are never `Send`.
 
 use std::io;
+use std::rc::Rc;
+
+use glommio::io::DmaBuffer;
 
 /// One segment file, written with direct I/O: every write starts at a multiple of
 /// [`alignment`](SegmentFile::alignment) and has a length that is one.
@@ -20,6 +23,12 @@ pub trait SegmentFile {
 
     /// Writes `buf` at `pos`. Returns the bytes written, which may be fewer (a short write).
     async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<usize>;
+
+    /// Writes the log's commit buffer `buf` (all of it: its length is a multiple of the
+    /// alignment) at `pos`. Returns the bytes written, which may be fewer (a short write); the
+    /// caller keeps `buf`, so it can continue from there. Faults apply as to
+    /// [`write_at`](SegmentFile::write_at).
+    async fn write_commit(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize>;
 
     /// The whole file.
     async fn read_all(&self) -> io::Result<Vec<u8>>;

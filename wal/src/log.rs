@@ -1,13 +1,15 @@
 //! One shard's log: appending, group commit, and when a record counts as durable.
 //!
-//! [`Log::append`] encodes a record into the pending batch at once (no I/O, no await) and
-//! returns its sequence number; [`Log::durable`] resolves once the record may be acknowledged.
+//! [`Log::append`] encodes a record into the pending batch at once (no I/O, no await), straight
+//! into the aligned buffer its commit write will be issued from ([`pending`]), and returns its
+//! sequence number; [`Log::durable`] resolves once the record may be acknowledged.
 //! Two tasks do the I/O:
 //!
-//! - the **writer** takes the whole pending batch as soon as it is idle, writes it from an
-//!   aligned buffer at the next fresh block of the active segment (one write, or a few for
-//!   large batches or at a segment's end), and takes the next batch the moment that write
-//!   completes; records appended meanwhile form that next batch;
+//! - the **writer** takes the whole pending batch as soon as it is idle, writes its buffers at
+//!   the next fresh block of the active segment (one write per buffer, usually one; a batch
+//!   that crosses a segment's end is copied into new buffers there), and takes the next batch
+//!   the moment that write completes; records appended meanwhile fill new buffers and form
+//!   that next batch;
 //! - the **syncer** ([`sync`]; `Fsync::Always`, `Fsync::Interval`) calls `fdatasync` on the
 //!   active segment for everything written so far. With `Fsync::Always` it starts another as
 //!   soon as more has been written, with up to `Config::syncs_in_flight` (default 2) in flight,
@@ -37,7 +39,9 @@ use crate::io::{SegmentDir, SegmentFile};
 use crate::record::{self, Entry, Op, FRAME_LEN};
 use crate::segment;
 
+mod pending;
 mod sync;
+use pending::{Pending, Sealed};
 use sync::sync_loop;
 
 /// Counters of one log since it was opened.
@@ -63,10 +67,8 @@ pub struct Stats {
 struct State {
     next_seq: u64,
     /// Encoded records not yet taken by the writer, from seq `pending_from`.
-    pending: Vec<u8>,
+    pending: Pending,
     pending_from: u64,
-    /// An empty buffer with capacity, swapped in for `pending` when the writer takes a batch.
-    recycled: Vec<u8>,
     /// Every seq below has been written.
     written_below: u64,
     /// Every seq below has been synced.
@@ -160,7 +162,7 @@ impl Log {
                 });
             }
         }
-        record::encode(seq, entry, &mut st.pending);
+        st.pending.push(seq, entry);
         st.next_seq += 1;
         st.stats.records += 1;
         if let Some(writer) = st.writer.take() {
@@ -269,9 +271,8 @@ pub(crate) fn start<D: SegmentDir + 'static>(
 ) -> Log {
     let state = Rc::new(RefCell::new(State {
         next_seq,
-        pending: Vec::new(),
+        pending: Pending::new(active.block, config.max_write),
         pending_from: next_seq,
-        recycled: Vec::new(),
         written_below: next_seq,
         synced_below: next_seq,
         durable_below: next_seq,
@@ -313,11 +314,13 @@ pub(crate) fn start<D: SegmentDir + 'static>(
 }
 
 async fn write_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
+    // The batch's buffers; the vector is kept from batch to batch.
+    let mut batch = Vec::new();
     loop {
-        let Some((batch, first_seq, end_seq)) = next_batch(&inner.state).await else {
+        let Some((first_seq, end_seq)) = next_batch(&inner.state, &mut batch).await else {
             break;
         };
-        let written = inner.write_batch(&batch, first_seq).await;
+        let written = inner.write_batch(&mut batch, first_seq).await;
         let mut st = inner.state.borrow_mut();
         if let Err(e) = written {
             st.fail(&e);
@@ -329,11 +332,6 @@ async fn write_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
         }
         if let Some(syncer) = st.syncer.take() {
             syncer.wake();
-        }
-        let mut batch = batch;
-        batch.clear();
-        if batch.capacity() > st.recycled.capacity() {
-            st.recycled = batch;
         }
     }
     // Closing: once the syncer's syncs in flight have returned, make everything written
@@ -357,9 +355,9 @@ async fn write_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
     }
 }
 
-/// The next batch to write: `(bytes, first seq, seq after the last)`, or `None` when the log
-/// is closing (and nothing is pending) or has failed.
-async fn next_batch(state: &Rc<RefCell<State>>) -> Option<(Vec<u8>, u64, u64)> {
+/// Moves the next batch to write into `batch` (empty) and returns `(first seq, seq after the
+/// last)`, or `None` when the log is closing (and nothing is pending) or has failed.
+async fn next_batch(state: &Rc<RefCell<State>>, batch: &mut Vec<Sealed>) -> Option<(u64, u64)> {
     poll_fn(|cx| {
         let mut st = state.borrow_mut();
         if st.failure.is_some() {
@@ -372,17 +370,16 @@ async fn next_batch(state: &Rc<RefCell<State>>) -> Option<(Vec<u8>, u64, u64)> {
                     synced_below: st.synced_below,
                     ..Entry::new(Op::Synced, b"")
                 };
-                record::encode(seq, &marker, &mut st.pending);
+                st.pending.push(seq, &marker);
                 st.next_seq += 1;
                 st.stats.records += 1;
                 st.marked_below = st.synced_below;
             }
             let first = st.pending_from;
             let end = st.next_seq;
-            let fresh = std::mem::take(&mut st.recycled);
-            let batch = std::mem::replace(&mut st.pending, fresh);
+            st.pending.take_into(batch);
             st.pending_from = end;
-            return Poll::Ready(Some((batch, first, end)));
+            return Poll::Ready(Some((first, end)));
         }
         if st.closing {
             return Poll::Ready(None);
@@ -394,14 +391,73 @@ async fn next_batch(state: &Rc<RefCell<State>>) -> Option<(Vec<u8>, u64, u64)> {
 }
 
 impl<D: SegmentDir + 'static> Inner<D> {
-    /// Writes a batch whose first record is `first_seq`, rotating segments as needed.
-    async fn write_batch(&self, batch: &[u8], first_seq: u64) -> Result<()> {
+    /// Writes (and empties) a batch whose first record is `first_seq`, rotating segments as
+    /// needed.
+    async fn write_batch(&self, batch: &mut Vec<Sealed>, first_seq: u64) -> Result<()> {
+        let mut seq = first_seq;
+        for sealed in batch.drain(..) {
+            let active = self.active.borrow().clone();
+            let (pos, len) = (active.pos.get(), sealed.buf.len() as u64);
+            let records = sealed.records;
+            if len <= active.size.saturating_sub(pos) && len % active.block == 0 {
+                let started = Instant::now();
+                self.write_sealed(&active, sealed, pos).await?;
+                self.wrote(&active, pos, len, started);
+            } else {
+                // The segment's end, or a segment with another block size: copied.
+                self.write_copied(&sealed.buf.as_bytes()[..sealed.len], seq)
+                    .await?;
+            }
+            seq += records;
+        }
+        Ok(())
+    }
+
+    /// Writes `sealed` whole at `pos` from its own buffer; a short write is continued from a
+    /// copy of what it left.
+    async fn write_sealed(&self, active: &Active<D::File>, sealed: Sealed, pos: u64) -> Result<()> {
+        let buf = Rc::new(sealed.buf);
+        let n = active
+            .file
+            .write_commit(buf.clone(), pos)
+            .await
+            .map_err(|e| Error::io("writing", &active.path, e))?;
+        if n >= buf.len() {
+            return Ok(());
+        }
+        let align = active.file.alignment();
+        if n == 0 || n as u64 % align != 0 {
+            return Err(Error::ShortWrite {
+                file: active.path.clone(),
+                offset: pos,
+                written: n,
+                len: buf.len(),
+            });
+        }
+        // The rest already holds its zero padding: pad no further than the alignment.
+        let rest = &buf.as_bytes()[n..];
+        segment::write_padded(&active.file, &active.path, rest, pos + n as u64, align).await?;
+        Ok(())
+    }
+
+    /// Counts a commit write of `len` bytes at `pos` and moves the next commit past it.
+    fn wrote(&self, active: &Active<D::File>, pos: u64, len: u64, started: Instant) {
+        active.pos.set(pos + len);
+        let mut st = self.state.borrow_mut();
+        st.stats.writes += 1;
+        st.stats.bytes += len;
+        st.stats.write_micros += started.elapsed().as_micros() as u64;
+    }
+
+    /// Writes `records` (whole records, the first `first_seq`) from copies, rotating segments
+    /// as needed.
+    async fn write_copied(&self, records: &[u8], first_seq: u64) -> Result<()> {
         let (mut start, mut seq) = (0, first_seq);
-        while start < batch.len() {
+        while start < records.len() {
             let active = self.active.borrow().clone();
             let room = active.size.saturating_sub(active.pos.get());
-            let (end, records) = chunk(batch, start, room, self.config.max_write);
-            if records == 0 {
+            let (end, count) = chunk(records, start, room, self.config.max_write);
+            if count == 0 {
                 self.rotate(seq).await?;
                 continue;
             }
@@ -410,19 +466,14 @@ impl<D: SegmentDir + 'static> Inner<D> {
             let written = segment::write_padded(
                 &active.file,
                 &active.path,
-                &batch[start..end],
+                &records[start..end],
                 pos,
                 active.block,
             )
             .await?;
-            active.pos.set(pos + written);
-            let mut st = self.state.borrow_mut();
-            st.stats.writes += 1;
-            st.stats.bytes += written;
-            st.stats.write_micros += started.elapsed().as_micros() as u64;
-            drop(st);
+            self.wrote(&active, pos, written, started);
             start = end;
-            seq += records;
+            seq += count;
         }
         Ok(())
     }
@@ -483,6 +534,7 @@ impl<D: SegmentDir + 'static> Inner<D> {
             block: block as u32,
         };
         segment::write_header(&file, &path, &header).await?;
+        self.state.borrow_mut().pending.set_block(block);
         *self.active.borrow_mut() = Rc::new(Active {
             file,
             index,

@@ -178,17 +178,23 @@ impl Record {
 // block, so the bytes between a commit's last record and the next block boundary are zero.
 
 /// Appends the record `seq` holding `entry` to `out`.
+pub fn encode(seq: u64, entry: &Entry<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + entry.max_encoded_len(), 0);
+    let len = encode_into(seq, entry, &mut out[start..]);
+    out.truncate(start + len);
+}
+
+/// Writes the record `seq` holding `entry` at the front of `out` and returns its length
+/// ([`Entry::encoded_len`]); the bytes of `out` after it are left as they were. `out` must
+/// hold at least that length ([`Entry::max_encoded_len`] always does); a shorter `out` panics.
 ///
 /// It writes the fields into room reserved for their largest encoding and computes the length
 /// from what it wrote, so the payload is walked once; the bytes are exactly what prost
 /// encodes (a property test checks it).
-pub fn encode(seq: u64, entry: &Entry<'_>, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + entry.max_encoded_len(), 0);
-    let mut payload = Cursor {
-        buf: &mut out[start + FRAME_LEN..],
-        at: 0,
-    };
+pub fn encode_into(seq: u64, entry: &Entry<'_>, out: &mut [u8]) -> usize {
+    let (frame, rest) = out.split_at_mut(FRAME_LEN);
+    let mut payload = Cursor { buf: rest, at: 0 };
     payload.varint(1, seq);
     payload.varint(2, entry.op.to_proto() as u64);
     payload.bytes(3, entry.key);
@@ -198,13 +204,13 @@ pub fn encode(seq: u64, entry: &Entry<'_>, out: &mut Vec<u8>) {
     payload.varint(7, u64::from(entry.version_node));
     payload.varint(8, entry.synced_below);
     let payload_len = payload.at;
-    out.truncate(start + FRAME_LEN + payload_len);
     let len = (payload_len as u32).to_le_bytes();
-    out[start..start + 4].copy_from_slice(&len);
     let mut crc = crc_hasher();
     crc.update(&len);
-    crc.update(&out[start + FRAME_LEN..]);
-    out[start + 4..start + FRAME_LEN].copy_from_slice(&crc.finalize().to_le_bytes());
+    crc.update(&rest[..payload_len]);
+    frame[..4].copy_from_slice(&len);
+    frame[4..].copy_from_slice(&crc.finalize().to_le_bytes());
+    FRAME_LEN + payload_len
 }
 
 /// A fresh CRC32 hasher. `crc32fast::Hasher::new` checks the CPU's features on every call;

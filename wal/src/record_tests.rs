@@ -168,6 +168,10 @@ proptest! {
             prop_assert_eq!(&buf[before + FRAME_LEN..], &prost_bytes[..]);
             prop_assert_eq!(buf.len() - before, r.entry().encoded_len(r.seq));
             prop_assert!(buf.len() - before <= r.entry().max_encoded_len());
+            // Into a slice of exactly its length, over stale bytes: the same bytes.
+            let mut exact = vec![0xA5; buf.len() - before];
+            prop_assert_eq!(encode_into(r.seq, &r.entry(), &mut exact), exact.len());
+            prop_assert_eq!(&exact[..], &buf[before..]);
         }
         let mut pos = 0;
         for r in &records {

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::rc::Rc;
 
+use glommio::io::DmaBuffer;
+
 use crate::io::{SegmentDir, SegmentFile};
 
 /// What an injected fault does to the operation it hits.
@@ -194,18 +196,9 @@ pub struct MemFile {
     alignment: u64,
 }
 
-impl SegmentFile for MemFile {
-    type Buf = Vec<u8>;
-
-    fn alloc(&self, len: usize) -> Vec<u8> {
-        vec![0xA5; len] // not zero: callers must fill what they write
-    }
-
-    fn alignment(&self) -> u64 {
-        self.alignment
-    }
-
-    async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<usize> {
+impl MemFile {
+    /// A direct write of `buf` at `pos`, with the next write fault applied.
+    async fn write_bytes(&self, buf: &[u8], pos: u64) -> io::Result<usize> {
         assert!(
             pos % self.alignment == 0 && buf.len() as u64 % self.alignment == 0,
             "unaligned direct write: {} bytes at {pos}",
@@ -237,6 +230,26 @@ impl SegmentFile for MemFile {
         }
         data[pos..pos + keep].copy_from_slice(&buf[..keep]);
         result
+    }
+}
+
+impl SegmentFile for MemFile {
+    type Buf = Vec<u8>;
+
+    fn alloc(&self, len: usize) -> Vec<u8> {
+        vec![0xA5; len] // not zero: callers must fill what they write
+    }
+
+    fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
+    async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<usize> {
+        self.write_bytes(&buf, pos).await
+    }
+
+    async fn write_commit(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
+        self.write_bytes(buf.as_bytes(), pos).await
     }
 
     async fn read_all(&self) -> io::Result<Vec<u8>> {

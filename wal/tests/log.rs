@@ -94,6 +94,64 @@ fn segments_rotate_and_replay_across_them() {
 }
 
 #[test]
+fn a_batch_that_fills_several_commit_buffers_replays_in_order() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let config = small(BLOCK, 64); // commit buffers of max_write = 4 blocks
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        // Appended without waiting, so they form few batches, each of several buffers; one
+        // value is larger than a buffer.
+        let big = vec![b'b'; 6 * BLOCK as usize];
+        let mut last = 0;
+        for i in 0..120 {
+            let v = if i == 60 { big.clone() } else { value(i) };
+            last = log.append(&put(format!("k{i}").as_bytes(), &v)).unwrap();
+        }
+        log.durable(last).await.unwrap();
+        // About 20 KiB of records in buffers of at most 2 KiB (but the big one's).
+        assert!(log.stats().writes >= 8, "{:?}", log.stats());
+        log.close().await.unwrap();
+        drop(log);
+        let (_, report, replayed) = open(dir, &config).await.unwrap();
+        let mut want = expected_puts(0, 120);
+        want[60].1 = big;
+        assert_eq!(puts(&replayed), want);
+        assert!(report.torn_tail.is_none(), "{report}");
+    });
+}
+
+#[test]
+fn a_log_reopened_with_another_block_size_keeps_every_record() {
+    run(async {
+        let dir = MemDir::new(BLOCK);
+        let (log, _, _) = open(dir.clone(), &small(BLOCK, 16)).await.unwrap();
+        put_each(&log, 0, 10).await;
+        log.close().await.unwrap();
+        drop(log);
+        // The recovered segment keeps its 512-byte blocks; the segments after it get 1 KiB
+        // ones, and batches cross from one to the other.
+        let config = small(2 * BLOCK, 8);
+        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+        let mut last = 0;
+        for i in 10..200 {
+            last = log
+                .append(&put(format!("k{i}").as_bytes(), &value(i)))
+                .unwrap();
+            if i % 40 == 0 {
+                log.durable(last).await.unwrap();
+            }
+        }
+        log.durable(last).await.unwrap();
+        assert!(log.stats().segments > 3, "{:?}", log.stats());
+        log.close().await.unwrap();
+        drop(log);
+        let (_, report, replayed) = open(dir, &config).await.unwrap();
+        assert_eq!(puts(&replayed), expected_puts(0, 200));
+        assert!(report.torn_tail.is_none(), "{report}");
+    });
+}
+
+#[test]
 fn a_record_larger_than_a_segment_is_refused_not_logged() {
     run(async {
         let config = small(BLOCK, 8);
