@@ -50,6 +50,7 @@ use kvmesh_net::frame::{self, PREFIX_LEN};
 use kvmesh_net::simple::{SimpleOp, SimpleRequest};
 use kvmesh_proto::wire::{OpCode, Status};
 use kvmesh_wal::Log;
+use smallvec::SmallVec;
 
 use super::prefetch;
 use super::reply;
@@ -107,6 +108,14 @@ impl Batch {
         if self.wait.is_none() {
             self.record_latency(ctx);
         }
+    }
+
+    /// Adds a request's ops and log wait to the pass.
+    fn add(&mut self, served: &Served) {
+        for (total, n) in self.kinds.iter_mut().zip(served.kinds) {
+            *total += n;
+        }
+        self.wait = self.wait.max(served.wait);
     }
 
     fn record_latency(&mut self, ctx: &ShardCtx) {
@@ -289,32 +298,61 @@ pub fn serve(
         .as_ref()?;
     // `log_failed` is false: the pass is open.
     let view = view(ctx, false, &pass.membership, pass.epoch_now, &live);
-    let mut requests: [SimpleRequest<'_>; RUN] = Default::default();
+    let Ok(Some(len)) = frame::peek_len(buf, max_frame) else {
+        return None;
+    };
+    let body = buf.get(PREFIX_LEN..PREFIX_LEN + len)?;
+    let mut first = SimpleRequest::default();
+    if !first.parse(body) || !takes(&view, &first) {
+        return None;
+    }
+    let first_end = PREFIX_LEN + len;
+    if !matches!(frame::peek_len(&buf[first_end..], max_frame), Ok(Some(next))
+        if buf.len() >= first_end + PREFIX_LEN + next)
+    {
+        // A frame alone (pipeline 1): nothing to read ahead.
+        let now_ms = batch.now_ms();
+        let served = execute(
+            &mut ctx.shard.borrow_mut(),
+            &first,
+            &mut std::iter::empty(),
+            now_ms,
+            out,
+        )?;
+        batch.add(&served);
+        return Some((first_end, served.reply_bytes));
+    }
+    // Inline, and each later request is parsed where it stays (a parsed request is ~400
+    // bytes, not worth moving twice).
+    let mut requests = SmallVec::<[SimpleRequest<'_>; RUN]>::new();
+    requests.push(first);
     let mut ends = [0usize; RUN];
-    let (mut n, mut at) = (0, 0);
-    while n < RUN {
+    ends[0] = first_end;
+    let mut at = first_end;
+    while requests.len() < RUN {
         let Ok(Some(len)) = frame::peek_len(&buf[at..], max_frame) else {
             break;
         };
         let Some(body) = buf.get(at + PREFIX_LEN..at + PREFIX_LEN + len) else {
             break;
         };
-        if !requests[n].parse(body) || !takes(&view, &requests[n]) {
+        requests.push(SimpleRequest::default());
+        let parsed = requests
+            .last_mut()
+            .is_some_and(|request| request.parse(body));
+        if !parsed || requests.last().is_none_or(|request| !takes(&view, request)) {
+            requests.pop();
             break;
         }
         at += PREFIX_LEN + len;
-        ends[n] = at;
-        n += 1;
-    }
-    if n == 0 {
-        return None;
+        ends[requests.len() - 1] = at;
     }
     let now_ms = batch.now_ms();
     let mut shard = ctx.shard.borrow_mut();
-    let ahead = read_ahead(&shard, &requests[..n]);
+    let ahead = read_ahead(&shard, requests.iter());
     let mut hashes = ahead.iter().map_while(|h| *h);
     let (mut used, mut reply_bytes) = (0, 0);
-    for (request, end) in requests[..n].iter().zip(ends) {
+    for (request, &end) in requests.iter().zip(&ends) {
         if used > 0 && reply_bytes >= budget {
             break;
         }
@@ -322,10 +360,7 @@ pub fn serve(
         let Some(served) = execute(&mut shard, request, &mut hashes, now_ms, out) else {
             break;
         };
-        for (total, n) in batch.kinds.iter_mut().zip(served.kinds) {
-            *total += n;
-        }
-        batch.wait = batch.wait.max(served.wait);
+        batch.add(&served);
         (used, reply_bytes) = (end, reply_bytes + served.reply_bytes);
     }
     (used > 0).then_some((used, reply_bytes))
@@ -338,12 +373,12 @@ const AHEAD: usize = 16;
 /// prefetches the lines its get will touch (`Store::prefetch_get`); returns the hashes, for
 /// [`execute`] to use in the same order (`None` after the last). A run of fewer than two gets
 /// is not read ahead: there is nothing to overlap, and the lookup would be paid twice.
-fn read_ahead(shard: &Shard, requests: &[SimpleRequest<'_>]) -> [Option<KeyHash>; AHEAD] {
+fn read_ahead<'a, 'b: 'a>(
+    shard: &Shard,
+    requests: impl Iterator<Item = &'a SimpleRequest<'b>> + Clone,
+) -> [Option<KeyHash>; AHEAD] {
     let mut hashes = [None; AHEAD];
-    let gets = requests
-        .iter()
-        .flat_map(|r| r.ops())
-        .filter(|op| op.code == GET);
+    let gets = requests.flat_map(|r| r.ops()).filter(|op| op.code == GET);
     if gets.clone().nth(1).is_none() {
         return hashes;
     }

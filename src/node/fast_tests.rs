@@ -162,7 +162,7 @@ async fn compare(bodies: &[(Vec<u8>, u64)], durable: bool) -> (usize, usize) {
                 let mut out = vec![0xAA];
                 // Read ahead as a run of this one request would (a request of two gets or
                 // more); the gets then take the hashes computed ahead.
-                let ahead = read_ahead(&fast_shard, std::slice::from_ref(&request));
+                let ahead = read_ahead(&fast_shard, std::iter::once(&request));
                 let mut hashes = ahead.iter().map_while(|h| *h);
                 let served = execute(&mut fast_shard, &request, &mut hashes, now_ms, &mut out)
                     .expect("taken");
