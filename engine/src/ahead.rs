@@ -13,7 +13,9 @@ use crate::block::NIL;
 use crate::store::Store;
 
 /// A key's hash under one store's index, from [`Store::key_hash`]. Opaque, so it cannot be
-/// made up; a hash of another key, or from another store, only makes the key look absent.
+/// made up. A hash of another key, or from another store, can only make the key look absent
+/// (or find it by chance): the lookup still compares the key, so it never returns another
+/// key's value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyHash(pub(crate) u64);
 
@@ -120,14 +122,19 @@ mod tests {
         assert_eq!(evicted, order(&mut plain));
     }
 
-    /// A hash from another store (another seed) makes a present key look absent, nothing worse.
+    /// A hash from another store (another seed) or of another key finds the key or misses it,
+    /// never another key's value.
     #[test]
-    fn a_foreign_hash_only_misses() {
+    fn a_wrong_hash_never_finds_another_value() {
         let (mut one, other) = (store(10), store(10));
-        let key = 5u32.to_le_bytes();
-        let foreign = other.key_hash(&key);
-        if foreign != one.key_hash(&key) {
-            assert_eq!(one.get_hashed(&key, foreign, NOW), None);
+        for i in 1..10u32 {
+            let key = i.to_le_bytes();
+            let value = [i as u8; 100];
+            let wrong = [other.key_hash(&key), one.key_hash(&(i - 1).to_le_bytes())];
+            for hash in wrong {
+                let got = one.get_hashed(&key, hash, NOW);
+                assert!(got.is_none() || got == Some(&value[..]), "key {i}");
+            }
         }
     }
 }

@@ -67,8 +67,8 @@ impl Store {
     }
 
     /// [`Store::get`], with `key`'s hash computed before ([`Store::key_hash`], see
-    /// [`Store::prefetch_get`]). A hash of another key, or from another store, makes the key
-    /// look absent (a counted miss).
+    /// [`Store::prefetch_get`]). A hash of another key, or from another store, can make the
+    /// key look absent (a counted miss), never return another key's value ([`KeyHash`]).
     pub fn get_hashed(&mut self, key: &[u8], hash: KeyHash, now_ms: u64) -> Option<&[u8]> {
         match self.find(key, hash.0, now_ms) {
             Some(idx) if !self.arena.block(idx).is_tombstone() => {
