@@ -41,6 +41,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod ahead;
 mod arena;
 mod block;
 mod charge;
@@ -61,6 +62,7 @@ mod version;
 mod wheel;
 mod write;
 
+pub use ahead::KeyHash;
 pub use config::Config;
 pub use error::Error;
 pub use outcome::{Applied, Removal, RemovalKind, Removed};

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::vec::Drain;
 
+use crate::ahead::KeyHash;
 use crate::arena::Arena;
 use crate::block::Block;
 use crate::charge;
@@ -59,9 +60,17 @@ impl Store {
     /// The live value of `key`, and makes it the most recently used; counts a hit or a miss.
     /// An expired entry is never returned: it is reclaimed on the spot (counted as an
     /// expiration and reported as a [`Removal`]). Tombstones are misses.
+    #[inline]
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&[u8]> {
-        let hash = self.index.hash(key);
-        match self.find(key, hash, now_ms) {
+        let hash = self.key_hash(key);
+        self.get_hashed(key, hash, now_ms)
+    }
+
+    /// [`Store::get`], with `key`'s hash computed before ([`Store::key_hash`], see
+    /// [`Store::prefetch_get`]). A hash of another key, or from another store, can make the
+    /// key look absent (a counted miss), never return another key's value ([`KeyHash`]).
+    pub fn get_hashed(&mut self, key: &[u8], hash: KeyHash, now_ms: u64) -> Option<&[u8]> {
+        match self.find(key, hash.0, now_ms) {
             Some(idx) if !self.arena.block(idx).is_tombstone() => {
                 self.stats.hits += 1;
                 self.lru.bump(&mut self.arena, idx);

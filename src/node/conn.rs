@@ -95,8 +95,9 @@ pub async fn serve_read(mut stream: TcpStream, ctx: Rc<ShardCtx>, read: &[u8]) {
             // out in request order.
             if started.is_empty() {
                 let buffered = &buf[pos..end];
+                let budget = limits::MAX_UNSENT - unsent;
                 if let Some((used, bytes)) =
-                    fast::serve(&ctx, buffered, max_frame, &mut out, &mut fast_batch)
+                    fast::serve(&ctx, buffered, max_frame, budget, &mut out, &mut fast_batch)
                 {
                     pos += used;
                     unsent += bytes;

@@ -45,11 +45,14 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use futures_lite::{AsyncWrite, AsyncWriteExt};
+use kvmesh_engine::KeyHash;
 use kvmesh_net::frame::{self, PREFIX_LEN};
 use kvmesh_net::simple::{SimpleOp, SimpleRequest};
 use kvmesh_proto::wire::{OpCode, Status};
 use kvmesh_wal::Log;
+use smallvec::SmallVec;
 
+use super::prefetch;
 use super::reply;
 use super::router::{route_in_cluster_keyed, Keyed, Place, Route};
 use super::server::ShardCtx;
@@ -105,6 +108,14 @@ impl Batch {
         if self.wait.is_none() {
             self.record_latency(ctx);
         }
+    }
+
+    /// Adds a request's ops and log wait to the pass.
+    fn add(&mut self, served: &Served) {
+        for (total, n) in self.kinds.iter_mut().zip(served.kinds) {
+            *total += n;
+        }
+        self.wait = self.wait.max(served.wait);
     }
 
     fn record_latency(&mut self, ctx: &ShardCtx) {
@@ -238,17 +249,29 @@ pub fn takes(view: &View<'_>, request: &SimpleRequest<'_>) -> bool {
     })
 }
 
-/// Serves the frame at the front of `buf` if it is a plain local request (see the module
-/// docs), appending its reply frame to `out` (which must then go out through [`send`]) and
-/// its ops and log wait to `batch`; returns the bytes of the
-/// frame and the bytes of the values its reply holds (what the general path's
-/// `Started::reply_bytes` counts). `None`: nothing ran and nothing was appended; the general
-/// path decodes the frame (an incomplete one included). Whether the fast path is [`open`] is
-/// decided once per pass, before any frame is parsed.
+/// The most frames one call of [`serve`] parses before it serves any: its read-ahead window
+/// (at pipeline 16, one client's burst).
+pub const RUN: usize = 16;
+
+/// Serves the run of plain local requests (see the module docs) at the front of `buf`, at
+/// most [`RUN`] frames, appending their reply frames to `out` (which must then go out through
+/// [`send`]) and their ops and log waits to `batch`; returns the bytes of the frames served
+/// and the bytes of the values their replies hold (what the general path's
+/// `Started::reply_bytes` counts). It stops before a frame once the replies served hold
+/// `budget` value bytes or more; it serves the first frame whatever the budget. `None`: the
+/// first frame is not such a request, nothing ran and nothing was appended; the general path
+/// decodes it (an incomplete one included). Whether the fast path is [`open`] is decided once
+/// per pass, before any frame is parsed.
+///
+/// Every frame of the run is parsed before any runs, so the keys of its gets are known up
+/// front: each is hashed once, looked up ahead and its lines prefetched (see
+/// `kvmesh_engine::Store::prefetch_get`), then the requests run in order as they would one by
+/// one. The cache misses of the run's gets overlap instead of following each other.
 pub fn serve(
     ctx: &ShardCtx,
     buf: &[u8],
     max_frame: usize,
+    budget: usize,
     out: &mut Vec<u8>,
     batch: &mut Batch,
 ) -> Option<(usize, usize)> {
@@ -273,23 +296,99 @@ pub fn serve(
             })
         })
         .as_ref()?;
+    // `log_failed` is false: the pass is open.
+    let view = view(ctx, false, &pass.membership, pass.epoch_now, &live);
     let Ok(Some(len)) = frame::peek_len(buf, max_frame) else {
         return None;
     };
     let body = buf.get(PREFIX_LEN..PREFIX_LEN + len)?;
-    let mut request = SimpleRequest::default();
-    // `log_failed` is false: the pass is open.
-    let view = view(ctx, false, &pass.membership, pass.epoch_now, &live);
-    if !request.parse(body) || !takes(&view, &request) {
+    let mut first = SimpleRequest::default();
+    if !first.parse(body) || !takes(&view, &first) {
         return None;
     }
-    let now_ms = batch.now_ms();
-    let served = execute(&mut ctx.shard.borrow_mut(), &request, now_ms, out)?;
-    for (total, n) in batch.kinds.iter_mut().zip(served.kinds) {
-        *total += n;
+    let first_end = PREFIX_LEN + len;
+    if !matches!(frame::peek_len(&buf[first_end..], max_frame), Ok(Some(next))
+        if buf.len() >= first_end + PREFIX_LEN + next)
+    {
+        // A frame alone (pipeline 1): nothing to read ahead.
+        let now_ms = batch.now_ms();
+        let served = execute(
+            &mut ctx.shard.borrow_mut(),
+            &first,
+            &mut std::iter::empty(),
+            now_ms,
+            out,
+        )?;
+        batch.add(&served);
+        return Some((first_end, served.reply_bytes));
     }
-    batch.wait = batch.wait.max(served.wait);
-    Some((PREFIX_LEN + len, served.reply_bytes))
+    // Inline, and each later request is parsed where it stays (a parsed request is ~400
+    // bytes, not worth moving twice).
+    let mut requests = SmallVec::<[SimpleRequest<'_>; RUN]>::new();
+    requests.push(first);
+    let mut ends = [0usize; RUN];
+    ends[0] = first_end;
+    let mut at = first_end;
+    while requests.len() < RUN {
+        let Ok(Some(len)) = frame::peek_len(&buf[at..], max_frame) else {
+            break;
+        };
+        let Some(body) = buf.get(at + PREFIX_LEN..at + PREFIX_LEN + len) else {
+            break;
+        };
+        requests.push(SimpleRequest::default());
+        let parsed = requests
+            .last_mut()
+            .is_some_and(|request| request.parse(body));
+        if !parsed || requests.last().is_none_or(|request| !takes(&view, request)) {
+            requests.pop();
+            break;
+        }
+        at += PREFIX_LEN + len;
+        ends[requests.len() - 1] = at;
+    }
+    let now_ms = batch.now_ms();
+    let mut shard = ctx.shard.borrow_mut();
+    let ahead = read_ahead(&shard, requests.iter());
+    let mut hashes = ahead.iter().map_while(|h| *h);
+    let (mut used, mut reply_bytes) = (0, 0);
+    for (request, &end) in requests.iter().zip(&ends) {
+        if used > 0 && reply_bytes >= budget {
+            break;
+        }
+        // Every op is simple (`takes`), so this runs.
+        let Some(served) = execute(&mut shard, request, &mut hashes, now_ms, out) else {
+            break;
+        };
+        batch.add(&served);
+        (used, reply_bytes) = (end, reply_bytes + served.reply_bytes);
+    }
+    (used > 0).then_some((used, reply_bytes))
+}
+
+/// The most gets of a run read ahead; later ones are hashed when they run.
+const AHEAD: usize = 16;
+
+/// Hashes the keys of the first [`AHEAD`] gets of `requests`, in order, looks each up and
+/// prefetches the lines its get will touch (`Store::prefetch_get`); returns the hashes, for
+/// [`execute`] to use in the same order (`None` after the last). A run of fewer than two gets
+/// is not read ahead: there is nothing to overlap, and the lookup would be paid twice.
+fn read_ahead<'a, 'b: 'a>(
+    shard: &Shard,
+    requests: impl Iterator<Item = &'a SimpleRequest<'b>> + Clone,
+) -> [Option<KeyHash>; AHEAD] {
+    let mut hashes = [None; AHEAD];
+    let gets = requests.flat_map(|r| r.ops()).filter(|op| op.code == GET);
+    if gets.clone().nth(1).is_none() {
+        return hashes;
+    }
+    let store = shard.store();
+    for (slot, op) in hashes.iter_mut().zip(gets) {
+        let hash = store.key_hash(op.key);
+        *slot = Some(hash);
+        store.prefetch_get(op.key, hash, prefetch::line);
+    }
+    hashes
 }
 
 /// The [`View`] of shard `ctx` under `membership`.
@@ -345,9 +444,16 @@ pub struct Served {
 
 /// Runs `request`'s ops, owned by `shard`, and appends its reply frame to `out`. `None` (and
 /// nothing ran) when an op is not [`is_simple`].
+///
+/// `hashes` holds the hashes of the request's gets' keys ([`Store::key_hash`], in order), as
+/// far as they were computed ahead: each get takes the next, or hashes its key itself once
+/// they run out.
+///
+/// [`Store::key_hash`]: kvmesh_engine::Store::key_hash
 pub fn execute(
     shard: &mut Shard,
     request: &SimpleRequest<'_>,
+    hashes: &mut impl Iterator<Item = KeyHash>,
     now_ms: u64,
     out: &mut Vec<u8>,
 ) -> Option<Served> {
@@ -363,7 +469,10 @@ pub fn execute(
         kinds[latency::kind(op.code)] += 1;
         let waits = match op.code {
             GET => {
-                let (found, waits) = shard.get(op.key, now_ms, |value| match value {
+                let hash = hashes
+                    .next()
+                    .unwrap_or_else(|| shard.store().key_hash(op.key));
+                let (found, waits) = shard.get_hashed(op.key, hash, now_ms, |value| match value {
                     Some(value) => {
                         reply::push_found(value, out);
                         value.len()

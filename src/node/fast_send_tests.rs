@@ -45,7 +45,8 @@ fn put_here(shard: &mut Shard, key: &[u8]) -> (Vec<u8>, u64) {
     let body = body(1, vec![op(OpCode::OpPut, key, b"v", 0)]);
     let request = simple::parse(&body).expect("a plain request");
     let mut out = Vec::new();
-    let served = execute(shard, &request, NOW, &mut out).expect("a plain put");
+    let served =
+        execute(shard, &request, &mut std::iter::empty(), NOW, &mut out).expect("a plain put");
     (out, served.wait.expect("a logged put waits"))
 }
 

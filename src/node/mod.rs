@@ -35,6 +35,7 @@ mod hint_targets;
 mod hold_hook;
 mod limits;
 mod mesh;
+mod prefetch;
 mod quorum_read;
 mod raft;
 mod replicate;

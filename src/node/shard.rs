@@ -5,7 +5,9 @@
 //! eviction or expiry it causes) is appended to the log's pending batch at once, and the
 //! returned [`Executed::wait`] names the record the reply must wait for (see `durable`).
 
-use kvmesh_engine::{Applied, Config as StoreConfig, Hlc, RemovalKind, Removed, Store, Version};
+use kvmesh_engine::{
+    Applied, Config as StoreConfig, Hlc, KeyHash, RemovalKind, Removed, Store, Version,
+};
 use kvmesh_proto::wire::{Op, OpCode, OpResult, ShardStats, Status, Topology};
 use kvmesh_wal::{Entry, Log, Op as LogOp};
 
@@ -252,8 +254,21 @@ impl Shard {
         now_ms: u64,
         read: impl FnOnce(Option<&[u8]>) -> R,
     ) -> (R, Option<u64>) {
+        let hash = self.store.key_hash(key);
+        self.get_hashed(key, hash, now_ms, read)
+    }
+
+    /// [`Shard::get`], with `key`'s hash computed before by this shard's store
+    /// ([`Store::key_hash`]: the fast path's read-ahead hashes each key once).
+    pub fn get_hashed<R>(
+        &mut self,
+        key: &[u8],
+        hash: KeyHash,
+        now_ms: u64,
+        read: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> (R, Option<u64>) {
         self.counters.gets += 1;
-        let made = read(self.store.get(key, now_ms));
+        let made = read(self.store.get_hashed(key, hash, now_ms));
         // Never answer with (or about) a change a crash could still undo.
         let wait = self.unsettled(key);
         // A get can expire its key on the spot: log that too, but do not wait for it.
