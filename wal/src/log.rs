@@ -395,16 +395,22 @@ impl<D: SegmentDir + 'static> Inner<D> {
     /// needed.
     async fn write_batch(&self, batch: &mut Vec<Sealed>, first_seq: u64) -> Result<()> {
         let mut seq = first_seq;
-        for sealed in batch.drain(..) {
+        for mut sealed in batch.drain(..) {
             let active = self.active.borrow().clone();
-            let (pos, len) = (active.pos.get(), sealed.buf.len() as u64);
+            let pos = active.pos.get();
+            // The records padded to this segment's block. A buffer sealed for another block
+            // size (a rotation changed it) holds zeros after its records to at least its own
+            // block: trimmed to this one when that is shorter, copied when it is longer, so no
+            // commit is followed by a whole block of zeros.
+            let len = (sealed.len as u64).div_ceil(active.block) * active.block;
             let records = sealed.records;
-            if len <= active.size.saturating_sub(pos) && len % active.block == 0 {
+            if len <= sealed.buf.len() as u64 && len <= active.size.saturating_sub(pos) {
+                sealed.buf.trim_to_size(len as usize);
                 let started = Instant::now();
                 self.write_sealed(&active, sealed, pos).await?;
                 self.wrote(&active, pos, len, started);
             } else {
-                // The segment's end, or a segment with another block size: copied.
+                // The segment's end, or a buffer padded for a smaller block: copied.
                 self.write_copied(&sealed.buf.as_bytes()[..sealed.len], seq)
                     .await?;
             }

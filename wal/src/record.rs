@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 
 /// Bytes of framing before each payload: length and CRC32.
 pub const FRAME_LEN: usize = 8;
+/// Bytes of the length field that opens a record's frame (`peek_len`).
+pub const LEN_FIELD: usize = 4;
 
 /// What a record says happened to the store.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -266,7 +268,8 @@ impl Cursor<'_> {
 /// The length field at the front of `buf`: `None` when fewer than 4 bytes are there.
 /// Zero means padding, not a record.
 pub fn peek_len(buf: &[u8]) -> Option<u32> {
-    buf.first_chunk::<4>().map(|b| u32::from_le_bytes(*b))
+    buf.first_chunk::<LEN_FIELD>()
+        .map(|b| u32::from_le_bytes(*b))
 }
 
 /// Decodes the record at the front of `buf`, whose payload may be at most `max_len` bytes.

@@ -5,7 +5,7 @@
 //! its length field looks sane), then each following block boundary, and resumes at the first
 //! place where a record decodes with a valid CRC.
 
-use crate::record::{self, Record};
+use crate::record::{self, Record, LEN_FIELD};
 
 /// Something found in a segment, in file order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +82,22 @@ pub fn scan(bytes: &[u8], block: usize, max_len: usize) -> Scan {
                 }
             }
             _ => match record::decode(&bytes[pos..], max_len) {
+                // A commit that ends within a length field of its block's end leaves padding
+                // too short to hold one: the length read here runs into the next commit.
+                Err(_) | Ok(None) if short_tail(pos, block) => {
+                    let next = align_up(pos, block);
+                    if short_padding(bytes, pos, block) {
+                        pos = next;
+                    } else {
+                        let end = resync(bytes, next, block, max_len, end_of_data);
+                        items.push(damage(
+                            pos,
+                            end,
+                            "non-zero bytes in the padding after a commit",
+                        ));
+                        pos = end;
+                    }
+                }
                 Ok(Some((record, used))) => {
                     items.push(Item::Record {
                         offset: pos as u64,
@@ -167,8 +183,24 @@ fn readable_at(bytes: &[u8], at: usize, block: usize, max_len: usize) -> bool {
             let next = align_up(at, block).min(bytes.len());
             bytes[at..next].iter().all(|&b| b == 0)
         }
-        _ => matches!(record::decode(&bytes[at..], max_len), Ok(Some(_))),
+        _ => {
+            matches!(record::decode(&bytes[at..], max_len), Ok(Some(_)))
+                || short_padding(bytes, at, block)
+        }
     }
+}
+
+/// True when `at` is inside a block with fewer bytes than a record's length field left before
+/// the block's end: where no record decodes there (its CRC included), they are the padding
+/// after a commit.
+fn short_tail(at: usize, block: usize) -> bool {
+    at % block != 0 && align_up(at, block) - at < LEN_FIELD
+}
+
+/// True when `at` starts padding shorter than a length field (see [`short_tail`]): all zero.
+fn short_padding(bytes: &[u8], at: usize, block: usize) -> bool {
+    let next = align_up(at, block).min(bytes.len());
+    short_tail(at, block) && bytes[at..next].iter().all(|&b| b == 0)
 }
 
 fn damage(offset: usize, end: usize, why: &str) -> Item {

@@ -83,6 +83,47 @@ fn clean_segments() {
     assert_eq!(img.records[3].0, 3 * BLOCK);
 }
 
+/// A commit that ends 0 to 5 bytes before its block's end: its padding may be shorter than a
+/// record's length field, and the next commit, on the next block, is still read.
+#[test]
+fn a_commit_ending_within_a_length_field_of_its_block_end_is_read_with_the_next() {
+    for short in 0..=5 {
+        let value = (1..BLOCK)
+            .map(|n| "v".repeat(n))
+            .find(|v| {
+                let mut probe = Vec::new();
+                let entry = Entry {
+                    value: v.as_bytes(),
+                    ..Entry::new(Op::Put, b"key")
+                };
+                record::encode(1, &entry, &mut probe);
+                probe.len() == BLOCK - short
+            })
+            .expect("a value of that size");
+        let mut img = Image::new();
+        img.commit(&[&value]).commit(&["next", "and more"]);
+        let (off, len) = img.records[0];
+        assert_eq!(off + len, 2 * BLOCK - short);
+        for bytes in [img.bytes.clone(), img.padded(8 * BLOCK)] {
+            let s = scan(&bytes, BLOCK, MAX);
+            assert_eq!(seqs(&s), vec![1, 2, 3], "{short} bytes short");
+            assert!(
+                damages(&s).is_empty(),
+                "{short} bytes short: {:?}",
+                damages(&s)
+            );
+        }
+        // Garbage in such short padding is still damage, and the next commit is still read.
+        if short > 0 {
+            let mut bytes = img.bytes.clone();
+            bytes[2 * BLOCK - 1] = 0x5A;
+            let s = scan(&bytes, BLOCK, MAX);
+            assert_eq!(seqs(&s), vec![1, 2, 3], "{short} bytes short, garbage");
+            assert_eq!(damages(&s).len(), 1, "{short} bytes short, garbage");
+        }
+    }
+}
+
 #[test]
 fn header_only_is_empty() {
     let s = scan(&Image::new().padded(8 * BLOCK), BLOCK, MAX);

@@ -122,15 +122,23 @@ fn a_batch_that_fills_several_commit_buffers_replays_in_order() {
 
 #[test]
 fn a_log_reopened_with_another_block_size_keeps_every_record() {
+    // Larger blocks after the reopen, then smaller ones: buffers sealed for one block size
+    // are written into segments of the other.
+    for (before, after) in [(BLOCK, 2 * BLOCK), (2 * BLOCK, BLOCK)] {
+        reopen_with_another_block_size(before, after);
+    }
+}
+
+fn reopen_with_another_block_size(before: u64, after: u64) {
     run(async {
         let dir = MemDir::new(BLOCK);
-        let (log, _, _) = open(dir.clone(), &small(BLOCK, 16)).await.unwrap();
+        let (log, _, _) = open(dir.clone(), &small(before, 16)).await.unwrap();
         put_each(&log, 0, 10).await;
         log.close().await.unwrap();
         drop(log);
-        // The recovered segment keeps its 512-byte blocks; the segments after it get 1 KiB
-        // ones, and batches cross from one to the other.
-        let config = small(2 * BLOCK, 8);
+        // The recovered segment keeps its blocks; the segments after it get the new size, and
+        // batches of several sealed buffers cross from one to the other.
+        let config = small(after, 8);
         let (log, _, _) = open(dir.clone(), &config).await.unwrap();
         let mut last = 0;
         for i in 10..200 {
@@ -145,9 +153,16 @@ fn a_log_reopened_with_another_block_size_keeps_every_record() {
         assert!(log.stats().segments > 3, "{:?}", log.stats());
         log.close().await.unwrap();
         drop(log);
-        let (_, report, replayed) = open(dir, &config).await.unwrap();
-        assert_eq!(puts(&replayed), expected_puts(0, 200));
-        assert!(report.torn_tail.is_none(), "{report}");
+        let (_, report, replayed) = open(dir, &config)
+            .await
+            .unwrap_or_else(|e| panic!("{before} -> {after}: {e:?}"));
+        assert_eq!(
+            puts(&replayed),
+            expected_puts(0, 200),
+            "{before} -> {after}"
+        );
+        assert!(report.torn_tail.is_none(), "{before} -> {after}: {report}");
+        assert!(report.skipped.is_empty(), "{before} -> {after}: {report}");
     });
 }
 

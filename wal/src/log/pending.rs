@@ -64,8 +64,10 @@ impl Pending {
         self.sealed.is_empty() && self.open.is_none()
     }
 
-    /// Buffers sealed from now on are padded to `block` (a rotation changed the segment).
+    /// Buffers sealed from now on are padded to `block` (a rotation changed the segment); the
+    /// open one, sized for the old block, is sealed first, padded to that.
     pub fn set_block(&mut self, block: u64) {
+        self.seal();
         self.block = block as usize;
         self.capacity = (CAPACITY.min(self.max_write) / self.block).max(1) * self.block;
     }
@@ -113,6 +115,9 @@ impl Pending {
             return;
         };
         let padded = len.div_ceil(self.block) * self.block;
+        // An open buffer's size is a multiple of the block it was opened under, which is
+        // `self.block`: `set_block` seals before it changes.
+        debug_assert!(padded <= buf.len());
         buf.as_bytes_mut()[len..padded].fill(0);
         buf.trim_to_size(padded);
         self.sealed.push(Sealed { buf, len, records });
