@@ -40,8 +40,8 @@ pub struct ProbeArgs {
     pub mode: Mode,
     /// `--mode uring`: set the ring up with `IORING_SETUP_DEFER_TASKRUN`, so completions are
     /// run only inside the loop's `io_uring_enter`, as kvmesh's glommio main rings are by
-    /// default (see `vendor/README.md`); `false`: `IORING_SETUP_COOP_TASKRUN`, run at the next
-    /// system call's return.
+    /// default (see `vendor/README.md`; Linux 6.1 or later); `false`: `IORING_SETUP_COOP_TASKRUN`,
+    /// run at the next system call's return.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub defer_taskrun: bool,
 }
