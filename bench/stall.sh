@@ -3,9 +3,9 @@
 # `GLOMMIO_DEFER_TASKRUN` (vendor/README.md), whose stalls turned out to be CPU starvation
 # that happens with it off too (bench/PERFORMANCE.md, "Task work deferred to the reactor").
 #
-#   NODES=40 bench/stall.sh                                 # node and client with the mode (the default)
+#   NODES=40 bench/stall.sh                                     # node and client with the mode (the default)
 #   STALL_ENV=GLOMMIO_DEFER_TASKRUN=0 NODES=40 bench/stall.sh     # without it
-#   KVMESH_BIN=/tmp/b/kvmesh BENCH_BIN=/tmp/b/kvmesh-bench bench/stall.sh   # binaries built elsewhere
+#   KVMESH_BIN=/tmp/b/kvmesh BENCH_BIN=/tmp/b/kvmesh-bench bench/stall.sh  # binaries built elsewhere
 #
 # NODES times: a fresh node (1 shard, core 0, no --data-dir) and, from kvmesh-bench on core 1,
 # SET at pipeline 16, GET at pipeline 16 and GET at pipeline 1, DURATION each (default 2s), 50
