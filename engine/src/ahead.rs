@@ -30,7 +30,9 @@ impl Store {
     /// A hint for a coming [`Store::get`] of `key` (`hash` its [`Store::key_hash`]): looks the
     /// key up and passes `prefetch` the start of each cache line that get will then read or
     /// write beyond the lookup's own: the value's first and last bytes and the LRU neighbours'
-    /// links. Changes nothing: not the LRU order, not the counters, not an expired entry. The
+    /// links (a [`Store::put`] that overwrites `key` touches the same lines, so a coming put may
+    /// take the same hint). Changes nothing: not the LRU order, not the counters, not an expired
+    /// entry. The
     /// addresses are for a prefetch instruction only: valid now, they may be stale (a block
     /// freed or moved) by the time the get runs, which only makes the hint useless.
     #[inline]

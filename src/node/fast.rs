@@ -366,27 +366,38 @@ pub fn serve(
     (used > 0).then_some((used, reply_bytes))
 }
 
-/// The most gets of a run read ahead; later ones are hashed when they run.
+/// The most gets, and the most puts, of a run read ahead; later gets hash their keys when they
+/// run.
 const AHEAD: usize = 16;
 
 /// Hashes the keys of the first [`AHEAD`] gets of `requests`, in order, looks each up and
 /// prefetches the lines its get will touch (`Store::prefetch_get`); returns the hashes, for
-/// [`execute`] to use in the same order (`None` after the last). A run of fewer than two gets
-/// is not read ahead: there is nothing to overlap, and the lookup would be paid twice.
+/// [`execute`] to use in the same order (`None` after the last). Then does the same for the
+/// first [`AHEAD`] puts, whose overwrite of a present key touches the same lines (its value, the
+/// LRU neighbours), without keeping their hashes: a put hashes its key again, which costs less
+/// than threading a second stream of hashes through [`execute`]. Gets and puts are each read
+/// ahead only in a run of two or more: with one there is nothing to overlap, and the lookup
+/// would be paid twice.
 fn read_ahead<'a, 'b: 'a>(
     shard: &Shard,
     requests: impl Iterator<Item = &'a SimpleRequest<'b>> + Clone,
 ) -> [Option<KeyHash>; AHEAD] {
     let mut hashes = [None; AHEAD];
-    let gets = requests.flat_map(|r| r.ops()).filter(|op| op.code == GET);
-    if gets.clone().nth(1).is_none() {
-        return hashes;
-    }
+    let ops = requests.flat_map(|r| r.ops());
+    let gets = ops.clone().filter(|op| op.code == GET);
+    let puts = ops.filter(|op| op.code == PUT);
     let store = shard.store();
-    for (slot, op) in hashes.iter_mut().zip(gets) {
-        let hash = store.key_hash(op.key);
-        *slot = Some(hash);
-        store.prefetch_get(op.key, hash, prefetch::line);
+    if gets.clone().nth(1).is_some() {
+        for (slot, op) in hashes.iter_mut().zip(gets) {
+            let hash = store.key_hash(op.key);
+            *slot = Some(hash);
+            store.prefetch_get(op.key, hash, prefetch::line);
+        }
+    }
+    if puts.clone().nth(1).is_some() {
+        for op in puts.take(AHEAD) {
+            store.prefetch_get(op.key, store.key_hash(op.key), prefetch::line);
+        }
     }
     hashes
 }
