@@ -62,41 +62,21 @@ pub fn scan(bytes: &[u8], block: usize, max_len: usize) -> Scan {
     while pos < end_of_data {
         match record::peek_len(&bytes[pos..]) {
             Some(0) => {
-                let next = align_up(pos + 1, block);
                 if pos % block == 0 {
                     // No commit starts here, yet data follows: a hole.
                     let data = pos + bytes[pos..].iter().position(|&b| b != 0).unwrap_or(0);
                     let end = resync(bytes, align_down(data, block), block, max_len, end_of_data);
                     items.push(damage(pos, end, "zero bytes where a commit should start"));
                     pos = end;
-                } else if bytes[pos..next.min(bytes.len())].iter().any(|&b| b != 0) {
-                    let end = resync(bytes, next, block, max_len, end_of_data);
-                    items.push(damage(
-                        pos,
-                        end,
-                        "non-zero bytes in the padding after a commit",
-                    ));
-                    pos = end;
                 } else {
-                    pos = next;
+                    pos = past_padding(bytes, pos, block, max_len, end_of_data, &mut items);
                 }
             }
             _ => match record::decode(&bytes[pos..], max_len) {
                 // A commit that ends within a length field of its block's end leaves padding
                 // too short to hold one: the length read here runs into the next commit.
                 Err(_) | Ok(None) if short_tail(pos, block) => {
-                    let next = align_up(pos, block);
-                    if short_padding(bytes, pos, block) {
-                        pos = next;
-                    } else {
-                        let end = resync(bytes, next, block, max_len, end_of_data);
-                        items.push(damage(
-                            pos,
-                            end,
-                            "non-zero bytes in the padding after a commit",
-                        ));
-                        pos = end;
-                    }
+                    pos = past_padding(bytes, pos, block, max_len, end_of_data, &mut items);
                 }
                 Ok(Some((record, used))) => {
                     items.push(Item::Record {
@@ -188,6 +168,29 @@ fn readable_at(bytes: &[u8], at: usize, block: usize, max_len: usize) -> bool {
                 || short_padding(bytes, at, block)
         }
     }
+}
+
+/// Where the scan goes on after the padding that starts at `pos` (inside a block): the next
+/// block when the padding is all zero; otherwise, past the damage it reports in `items`.
+fn past_padding(
+    bytes: &[u8],
+    pos: usize,
+    block: usize,
+    max_len: usize,
+    end_of_data: usize,
+    items: &mut Vec<Item>,
+) -> usize {
+    let next = align_up(pos, block);
+    if bytes[pos..next.min(bytes.len())].iter().all(|&b| b == 0) {
+        return next;
+    }
+    let end = resync(bytes, next, block, max_len, end_of_data);
+    items.push(damage(
+        pos,
+        end,
+        "non-zero bytes in the padding after a commit",
+    ));
+    end
 }
 
 /// True when `at` is inside a block with fewer bytes than a record's length field left before
