@@ -178,6 +178,8 @@ impl Record {
 //
 // Records follow each other with no gap inside a commit. Every commit starts on a fresh
 // block, so the bytes between a commit's last record and the next block boundary are zero.
+// There may be fewer of them than a len field (1 to 3): a reader that finds no record there
+// takes them as padding when they are zero (`scan`).
 
 /// Appends the record `seq` holding `entry` to `out`.
 pub fn encode(seq: u64, entry: &Entry<'_>, out: &mut Vec<u8>) {
