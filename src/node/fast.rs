@@ -263,10 +263,10 @@ pub const RUN: usize = 16;
 /// decodes it (an incomplete one included). Whether the fast path is [`open`] is decided once
 /// per pass, before any frame is parsed.
 ///
-/// Every frame of the run is parsed before any runs, so the keys of its gets are known up
-/// front: each is hashed once, looked up ahead and its lines prefetched (see
-/// `kvmesh_engine::Store::prefetch_get`), then the requests run in order as they would one by
-/// one. The cache misses of the run's gets overlap instead of following each other.
+/// Every frame of the run is parsed before any runs, so the keys of its gets and puts are
+/// known up front: each is looked up ahead and its lines prefetched (see [`read_ahead`]), then
+/// the requests run in order as they would one by one. The cache misses of the run's requests
+/// overlap instead of following each other.
 pub fn serve(
     ctx: &ShardCtx,
     buf: &[u8],
