@@ -264,7 +264,7 @@ pub const RUN: usize = 16;
 /// per pass, before any frame is parsed.
 ///
 /// Every frame of the run is parsed before any runs, so the keys of its gets and puts are
-/// known up front: each is looked up ahead and its lines prefetched (see [`read_ahead`]), then
+/// known up front: each is looked up ahead and its lines prefetched (see `read_ahead`), then
 /// the requests run in order as they would one by one. The cache misses of the run's requests
 /// overlap instead of following each other.
 pub fn serve(
