@@ -8,12 +8,9 @@
 mod glommio_support;
 
 use glommio::{net::TcpListener, LocalExecutorBuilder, Placement};
-use glommio_support::{answer_inverted, join, peer, run, DEADLINE};
+use glommio_support::{answer_inverted_all, held_peers, run, DEADLINE};
 use std::{
-    io::{Read, Write},
-    net::TcpStream as StdStream,
-    sync::mpsc,
-    thread,
+    io::Read,
     time::{Duration, Instant},
 };
 
@@ -81,7 +78,6 @@ fn an_executors_main_ring_defers_task_work_from_6_1() {
 /// reasons not investigated. So it checks the mode end to end, not that rule.)
 #[test]
 fn wake_ups_beyond_one_entrys_batch_are_run_without_sleeping() {
-    use std::{cell::Cell, rc::Rc};
     const CONNS: usize = 64;
     const MAX_TURNS: usize = 20;
     let handle = LocalExecutorBuilder::new(Placement::Unbound)
@@ -89,37 +85,24 @@ fn wake_ups_beyond_one_entrys_batch_are_run_without_sleeping() {
         .spawn(|| async {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            let (block, blocked) = mpsc::channel::<()>();
-            let (written, all_written) = mpsc::channel::<()>();
-            let clients = thread::spawn(move || {
-                let mut socks: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
-                blocked.recv().unwrap();
-                for (i, s) in socks.iter_mut().enumerate() {
-                    s.write_all(&[i as u8; 3]).unwrap();
-                }
-                written.send(()).unwrap();
-                for (i, s) in socks.iter_mut().enumerate() {
-                    let mut b = [0u8; 3];
-                    s.read_exact(&mut b).unwrap();
-                    assert_eq!(b, [i as u8 ^ 0xff; 3]);
-                }
-            });
-            let handled = Rc::new(Cell::new(0usize));
-            let mut tasks = Vec::new();
-            for _ in 0..CONNS {
-                let stream = listener.accept().await.unwrap();
-                let handled = handled.clone();
-                tasks.push(glommio::spawn_local(answer_inverted(stream, move || {
-                    handled.set(handled.get() + 1)
-                })));
-            }
+            let peers = held_peers(
+                addr,
+                CONNS,
+                |i| vec![i as u8; 3],
+                |mut socks| {
+                    for (i, s) in socks.iter_mut().enumerate() {
+                        let mut b = [0u8; 3];
+                        s.read_exact(&mut b).unwrap();
+                        assert_eq!(b, [i as u8 ^ 0xff; 3]);
+                    }
+                },
+            );
+            let (tasks, handled) = answer_inverted_all(&listener, CONNS).await;
             // Let every stream's first read find its socket empty and wait on its poll.
             for _ in 0..100 {
                 glommio::executor().yield_task_queue_now().await;
             }
-            block.send(()).unwrap();
-            // Over loopback each write queues its wake-up before `write_all` returns.
-            all_written.recv_timeout(DEADLINE).unwrap();
+            peers.release();
             // A task that runs until told to yield keeps the executor busy: the reactor looks
             // at its rings once per preemption period. All 64 are answered within a few such
             // turns; work left queued unannounced would wait for an unrelated completion.
@@ -140,7 +123,7 @@ fn wake_ups_beyond_one_entrys_batch_are_run_without_sleeping() {
             for t in tasks {
                 t.await;
             }
-            join(clients).await;
+            peers.join().await;
         })
         .expect("executor starts");
     handle.join().expect("executor thread");

@@ -7,7 +7,7 @@ mod glommio_support;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::{net::TcpListener, timer::timeout, LocalExecutorBuilder, Placement};
-use glommio_support::{answer_inverted, join, peer, DEADLINE};
+use glommio_support::{answer_inverted_all, held_peers, join, peer, DEADLINE};
 use std::{
     io::{Read, Write},
     net::TcpStream as StdStream,
@@ -44,7 +44,6 @@ fn multishot_poll_needs_kernel_6_1() {
 #[test]
 fn polls_ended_by_a_full_completion_queue_are_rearmed() {
     use glommio::kvmesh_patch::{kernel_at_least, multishot_polls_ended, switched_off};
-    use std::{cell::Cell, rc::Rc};
     const CONNS: usize = 64;
     const ROUNDS: usize = 4;
     let ended_before = multishot_polls_ended();
@@ -70,15 +69,7 @@ fn polls_ended_by_a_full_completion_queue_are_rearmed() {
                     }
                 }
             });
-            let handled = Rc::new(Cell::new(0usize));
-            let mut tasks = Vec::new();
-            for _ in 0..CONNS {
-                let stream = listener.accept().await.unwrap();
-                let handled = handled.clone();
-                tasks.push(glommio::spawn_local(answer_inverted(stream, move || {
-                    handled.set(handled.get() + 1)
-                })));
-            }
+            let (tasks, handled) = answer_inverted_all(&listener, CONNS).await;
             for round in 1..=ROUNDS {
                 // Block the executor's thread while every peer writes: all 64 wake-ups are
                 // posted before the reactor reaps any of them.
@@ -127,40 +118,36 @@ fn cancellations_of_reaped_polls_do_not_hit_new_requests() {
         .spawn(|| async {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            let (block, blocked) = mpsc::channel::<()>();
-            let (written, all_written) = mpsc::channel::<()>();
-            let clients = thread::spawn(move || {
-                let mut first: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
-                blocked.recv().unwrap();
-                for s in first.iter_mut() {
-                    s.write_all(b"x").unwrap();
-                }
-                written.send(()).unwrap();
-                for s in first.iter_mut() {
-                    let mut b = [0u8; 1];
-                    // Closed with "x" unread: a reset rather than an EOF.
-                    match s.read(&mut b) {
-                        Ok(0) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-                        other => panic!("the dropped stream is not closed: {other:?}"),
+            let peers = held_peers(
+                addr,
+                CONNS,
+                |_| b"x".to_vec(),
+                move |mut first| {
+                    for s in first.iter_mut() {
+                        let mut b = [0u8; 1];
+                        // Closed with "x" unread: a reset rather than an EOF.
+                        match s.read(&mut b) {
+                            Ok(0) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                            other => panic!("the dropped stream is not closed: {other:?}"),
+                        }
                     }
-                }
-                let mut second: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
-                for (i, s) in second.iter_mut().enumerate() {
-                    s.write_all(&[i as u8]).unwrap();
-                }
-                for (i, s) in second.iter_mut().enumerate() {
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b).unwrap();
-                    assert_eq!(b, [i as u8 ^ 0xff]);
-                }
-            });
+                    let mut second: Vec<StdStream> = (0..CONNS).map(|_| peer(addr)).collect();
+                    for (i, s) in second.iter_mut().enumerate() {
+                        s.write_all(&[i as u8]).unwrap();
+                    }
+                    for (i, s) in second.iter_mut().enumerate() {
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).unwrap();
+                        assert_eq!(b, [i as u8 ^ 0xff]);
+                    }
+                },
+            );
             let mut first = Vec::new();
             for _ in 0..CONNS {
                 first.push(listener.accept().await.unwrap());
             }
-            block.send(()).unwrap();
-            all_written.recv_timeout(DEADLINE).unwrap();
+            peers.release();
             thread::sleep(Duration::from_millis(20));
             // No await since the block: the final completions are not reaped yet.
             drop(first);
@@ -178,7 +165,7 @@ fn cancellations_of_reaped_polls_do_not_hit_new_requests() {
             for t in tasks {
                 t.await;
             }
-            join(clients).await;
+            peers.join().await;
         })
         .expect("executor starts");
     handle.join().expect("executor thread");

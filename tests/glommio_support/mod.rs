@@ -3,9 +3,17 @@
 #![allow(dead_code)]
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::{net::TcpStream, timer::timeout, LocalExecutorBuilder, Placement};
+use glommio::{
+    net::{TcpListener, TcpStream},
+    timer::timeout,
+    LocalExecutorBuilder, Placement,
+};
 use std::{
+    cell::Cell,
+    io::Write,
     net::{SocketAddr, TcpStream as StdStream},
+    rc::Rc,
+    sync::mpsc,
     thread,
     time::Duration,
 };
@@ -30,6 +38,57 @@ pub fn peer(addr: SocketAddr) -> StdStream {
     s.set_nodelay(true).expect("nodelay");
     s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
     s
+}
+
+/// `n` peers of one listener, connected on a thread of their own, that write only when
+/// [`HeldPeers::release`]d: so the server can accept them all and arm their polls first, and
+/// their data then arrives at once.
+pub struct HeldPeers {
+    release: mpsc::Sender<()>,
+    written: mpsc::Receiver<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+/// Connects `n` peers to `addr`; once released, peer `i` writes `message(i)`, then `rest` runs
+/// on all of them (on the peers' thread).
+pub fn held_peers(
+    addr: SocketAddr,
+    n: usize,
+    message: impl Fn(usize) -> Vec<u8> + Send + 'static,
+    rest: impl FnOnce(Vec<StdStream>) + Send + 'static,
+) -> HeldPeers {
+    let (release, released) = mpsc::channel::<()>();
+    let (wrote, written) = mpsc::channel::<()>();
+    let thread = thread::spawn(move || {
+        let mut peers: Vec<StdStream> = (0..n).map(|_| peer(addr)).collect();
+        released.recv().expect("released");
+        for (i, s) in peers.iter_mut().enumerate() {
+            s.write_all(&message(i)).expect("write");
+        }
+        wrote.send(()).expect("tell the test");
+        rest(peers);
+    });
+    HeldPeers {
+        release,
+        written,
+        thread,
+    }
+}
+
+impl HeldPeers {
+    /// Lets every peer write its message; returns once all have (over loopback each write
+    /// queues its wake-up before it returns). Blocks the executor's thread meanwhile.
+    pub fn release(&self) {
+        self.release.send(()).expect("peers' thread");
+        self.written
+            .recv_timeout(DEADLINE)
+            .expect("every peer wrote");
+    }
+
+    /// Waits for the peers' thread (see [`join`]).
+    pub async fn join(self) {
+        join(self.thread).await
+    }
 }
 
 /// One read of `stream` into `buf`, within [`DEADLINE`].
@@ -59,6 +118,24 @@ pub async fn answer_inverted(mut stream: TcpStream, answered: impl Fn()) {
         stream.write_all(&buf).await.unwrap();
         answered();
     }
+}
+
+/// Accepts `n` connections on `listener`, each answered by [`answer_inverted`] in a task of its
+/// own; returns the tasks and how many messages have been answered, across them, so far.
+pub async fn answer_inverted_all(
+    listener: &TcpListener,
+    n: usize,
+) -> (Vec<glommio::Task<()>>, Rc<Cell<usize>>) {
+    let handled = Rc::new(Cell::new(0usize));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let stream = listener.accept().await.expect("accept");
+        let handled = handled.clone();
+        tasks.push(glommio::spawn_local(answer_inverted(stream, move || {
+            handled.set(handled.get() + 1)
+        })));
+    }
+    (tasks, handled)
 }
 
 /// Waits for the peer's thread while the executor keeps turning: a stream dropped with its
