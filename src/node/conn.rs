@@ -82,6 +82,7 @@ pub async fn serve_read(mut stream: TcpStream, ctx: Rc<ShardCtx>, read: &[u8]) {
     let mut fast_batch = fast::Batch::default();
     // Whether this connection began with a peer's hello that passed the handshake.
     let mut peer = false;
+    let mut watch = ctx.serving.watch();
     loop {
         // Start every buffered request before waiting for any: their writes then share the
         // log's commits, and a pipelining client fills the next batch. Stop at MAX_UNSENT
@@ -204,21 +205,19 @@ pub async fn serve_read(mut stream: TcpStream, ctx: Rc<ShardCtx>, read: &[u8]) {
         }
         // A draining shard stops reading: what was read has been answered above. So does a
         // connection that sends nothing for --idle-timeout.
-        let read =
-            futures_lite::future::or(async { Some(stream.read(&mut buf[end..]).await) }, async {
-                match ctx.config.idle_timeout {
-                    Some(idle) => {
-                        futures_lite::future::or(ctx.serving.draining(), async {
-                            glommio::timer::sleep(idle).await;
-                            limits::idle_closed(&ctx);
-                        })
-                        .await
-                    }
-                    None => ctx.serving.draining().await,
-                }
-                None
-            });
-        let Some(read) = read.await else {
+        let read = watch.or_drained(stream.read(&mut buf[end..]));
+        let read = match ctx.config.idle_timeout {
+            Some(idle) => {
+                futures_lite::future::or(read, async {
+                    glommio::timer::sleep(idle).await;
+                    limits::idle_closed(&ctx);
+                    None
+                })
+                .await
+            }
+            None => read.await,
+        };
+        let Some(read) = read else {
             let _ = stream.close().await;
             return;
         };

@@ -21,9 +21,12 @@
 //! Thread model: [`Serving`] is shard-local (`Rc`); [`Stop`] is the only state shared across
 //! shards, read a few times per second and written once per shard at shutdown.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use glommio::sync::Semaphore;
@@ -41,6 +44,16 @@ pub struct Serving {
     serving: Cell<bool>,
     /// Never has a permit; closed when draining starts, which wakes every waiter.
     wake: Semaphore,
+    /// The wakers of the [`DrainWatch`]es, by slot; woken when draining starts.
+    watchers: RefCell<Watchers>,
+}
+
+/// The slots of the [`DrainWatch`]es of one shard: a waker each (`None` until it first waits)
+/// and the free slots, reused.
+#[derive(Default)]
+struct Watchers {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
 }
 
 impl Default for Serving {
@@ -54,6 +67,7 @@ impl Serving {
         Serving {
             serving: Cell::new(true),
             wake: Semaphore::new(0),
+            watchers: RefCell::default(),
         }
     }
 
@@ -62,11 +76,36 @@ impl Serving {
         self.serving.get()
     }
 
-    /// Starts draining: [`Serving::is_serving`] turns false and every [`Serving::draining`]
-    /// future completes.
+    /// Starts draining: [`Serving::is_serving`] turns false, every [`Serving::draining`]
+    /// future completes and every [`DrainWatch`] waiting in [`DrainWatch::or_drained`] stops.
     pub fn drain(&self) {
         self.serving.set(false);
         self.wake.close();
+        let wakers: Vec<Waker> = self
+            .watchers
+            .borrow_mut()
+            .slots
+            .iter_mut()
+            .flat_map(Option::take)
+            .collect();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// A watch for one connection, which races each of its reads against the drain
+    /// ([`DrainWatch::or_drained`]).
+    pub fn watch(&self) -> DrainWatch<'_> {
+        let mut watchers = self.watchers.borrow_mut();
+        let slot = match watchers.free.pop() {
+            Some(slot) => slot,
+            None => {
+                watchers.slots.push(None);
+                watchers.slots.len() - 1
+            }
+        };
+        DrainWatch {
+            serving: self,
+            slot,
+        }
     }
 
     /// Completes once the shard drains. Cheap to create and to drop unfinished, so a
@@ -76,6 +115,47 @@ impl Serving {
             // Fails only once closed: that is the wake-up.
             let _ = self.wake.acquire(1).await;
         }
+    }
+}
+
+/// One connection's registration with its shard's [`Serving`], to stop waiting for input
+/// when the shard drains. What [`Serving::draining`] does for any future, made cheap enough
+/// for every read of a connection: the connection's waker is stored once, not once per read
+/// (a `draining` future registers a waiter, a waker clone, and removes it when dropped), and
+/// each wait costs a flag check and a waker comparison.
+pub struct DrainWatch<'a> {
+    serving: &'a Serving,
+    slot: usize,
+}
+
+impl DrainWatch<'_> {
+    /// `io`'s output, or `None` if the shard drains first. `io` is polled first, so what it
+    /// has ready is taken even once draining has started.
+    pub async fn or_drained<F: Future>(&mut self, io: F) -> Option<F::Output> {
+        let mut io = pin!(io);
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = io.as_mut().poll(cx) {
+                return Poll::Ready(Some(output));
+            }
+            if !self.serving.is_serving() {
+                return Poll::Ready(None);
+            }
+            let mut watchers = self.serving.watchers.borrow_mut();
+            let waker = &mut watchers.slots[self.slot];
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for DrainWatch<'_> {
+    fn drop(&mut self) {
+        let mut watchers = self.serving.watchers.borrow_mut();
+        watchers.slots[self.slot] = None;
+        watchers.free.push(self.slot);
     }
 }
 
@@ -191,6 +271,42 @@ mod tests {
             }
             assert!(!serving.is_serving());
             serving.draining().await;
+        });
+    }
+
+    #[test]
+    fn a_drain_watch_takes_what_is_ready_and_otherwise_stops_at_the_drain() {
+        run(async {
+            let serving = std::rc::Rc::new(Serving::new());
+            let waiters: Vec<_> = (0..3)
+                .map(|_| {
+                    let s = serving.clone();
+                    glommio::spawn_local(async move {
+                        let mut watch = s.watch();
+                        // Polled again after each wake-up by the timer: the same waker.
+                        let pending = async {
+                            loop {
+                                glommio::timer::sleep(Duration::from_millis(5)).await;
+                            }
+                        };
+                        watch.or_drained(pending).await
+                    })
+                })
+                .collect();
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+            // A watch dropped frees its slot for the next one.
+            let slots = serving.watchers.borrow().slots.len();
+            drop(serving.watch());
+            drop(serving.watch());
+            assert_eq!(serving.watchers.borrow().slots.len(), slots + 1);
+            serving.drain();
+            for w in waiters {
+                assert_eq!(w.await, None::<()>);
+            }
+            // Ready input is taken even while draining; otherwise the drain ends the wait.
+            let mut watch = serving.watch();
+            assert_eq!(watch.or_drained(async { 7 }).await, Some(7));
+            assert_eq!(watch.or_drained(futures_lite::future::pending::<()>()).await, None);
         });
     }
 
