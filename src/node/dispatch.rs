@@ -72,12 +72,11 @@ pub async fn start(ctx: &ShardCtx, ops: Vec<Op>) -> Started {
 /// `epoch` has all its key ops answered `STATUS_MOVED` without running them, so the client
 /// learns the new topology and sends them again; `epoch` 0 never is.
 pub async fn start_from(ctx: &ShardCtx, ops: Vec<Op>, forwarded: bool, epoch: u64) -> Started {
-    let began = Instant::now();
+    let (began, now) = ctx.clock.now();
     let mut kinds = [0u32; crate::metrics::latency::KINDS.len()];
     for op in &ops {
         kinds[crate::metrics::latency::kind(op.code)] += 1;
     }
-    let now = super::now_ms();
     let membership = ctx.peers.membership();
     // Counted until its last send to an owner finished: a change's sources wait for it.
     let fence = ctx.fence.enter(membership.epoch);

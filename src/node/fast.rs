@@ -52,6 +52,7 @@ use kvmesh_proto::wire::{OpCode, Status};
 use kvmesh_wal::Log;
 use smallvec::SmallVec;
 
+use super::clock::Clock;
 use super::prefetch;
 use super::reply;
 use super::router::{route_in_cluster_keyed, Keyed, Place, Route};
@@ -95,10 +96,8 @@ struct Pass {
 
 impl Batch {
     /// The pass's `now_ms`, read at its first request served here.
-    fn now_ms(&mut self) -> u64 {
-        self.began
-            .get_or_insert_with(|| (Instant::now(), super::now_ms()))
-            .1
+    fn now_ms(&mut self, clock: &Clock) -> u64 {
+        self.began.get_or_insert_with(|| clock.now()).1
     }
 
     /// Ends the pass: the next frame starts a new one. Records its ops in the latency
@@ -311,7 +310,7 @@ pub fn serve(
         if buf.len() >= first_end + PREFIX_LEN + next)
     {
         // A frame alone (pipeline 1): nothing to read ahead.
-        let now_ms = batch.now_ms();
+        let now_ms = batch.now_ms(&ctx.clock);
         let served = execute(
             &mut ctx.shard.borrow_mut(),
             &first,
@@ -347,7 +346,7 @@ pub fn serve(
         at += PREFIX_LEN + len;
         ends[requests.len() - 1] = at;
     }
-    let now_ms = batch.now_ms();
+    let now_ms = batch.now_ms(&ctx.clock);
     let mut shard = ctx.shard.borrow_mut();
     let ahead = read_ahead(&shard, requests.iter());
     let mut hashes = ahead.iter().map_while(|h| *h);

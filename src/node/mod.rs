@@ -21,6 +21,7 @@
 //! - [`change`]: a membership change's lifecycle: join, leave, stream, finish, drop.
 
 mod change;
+mod clock;
 pub mod config;
 mod conn;
 pub(crate) mod dispatch;

@@ -37,6 +37,8 @@ pub struct ShardCtx {
     pub mesh: Rc<Mesh>,
     /// Whether this shard serves, or drains for shutdown (see `shutdown`).
     pub serving: Serving,
+    /// What requests read the time from (see `clock`).
+    pub clock: super::clock::Clock,
     /// What its gRPC health check answers: serving once recovery is done, stopping from the
     /// moment a shutdown begins.
     pub health: grpc::Serving,
@@ -234,6 +236,7 @@ pub async fn run_shard(
         shard: shard.clone(),
         mesh,
         serving: Serving::new(),
+        clock: Default::default(),
         health,
         snapshots: snapshots.clone(),
         metrics: RefCell::default(),

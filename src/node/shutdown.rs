@@ -306,7 +306,12 @@ mod tests {
             // Ready input is taken even while draining; otherwise the drain ends the wait.
             let mut watch = serving.watch();
             assert_eq!(watch.or_drained(async { 7 }).await, Some(7));
-            assert_eq!(watch.or_drained(futures_lite::future::pending::<()>()).await, None);
+            assert_eq!(
+                watch
+                    .or_drained(futures_lite::future::pending::<()>())
+                    .await,
+                None
+            );
         });
     }
 
