@@ -57,7 +57,7 @@ for mode in $MODES; do
     wait "$load" || { cat "$WORK/run.err" >&2; exit 1; }
     after=$(wal_counters)
     stop_server "$SERVER_PID"
-    [ -z "${KEEP:-}" ] || cp "$WORK/cpu.data" "$KEEP/cpu.$mode.data"
+    [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP" && cp "$WORK/cpu.data" "$KEEP/cpu.$mode.data"; }
     ops=$(tail -n 1 "$WORK/run.out" | grep -o '"ops_per_sec":[0-9.]*' | cut -d: -f2)
     cpu=$(tail -n 1 "$WORK/run.out" | grep -o '"server_cpu_us_per_req":[0-9.]*' | cut -d: -f2)
     # shellcheck disable=SC2086 # three numbers each

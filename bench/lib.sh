@@ -190,6 +190,7 @@ callgrind_run() {
     callgrind_control -d "$pid" >/dev/null 2>&1
     stop_server "$pid"
     if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP"
         cat "$out".[0-9]* >"$KEEP/callgrind.$server-$ratio-$pipeline"
     fi
 }
