@@ -47,7 +47,7 @@ pub const MULTISHOT_POLL_MIN_KERNEL: (u32, u32) = (6, 1);
 /// The oldest kernel on which the throughput preemption timer posts to the latency ring with
 /// `IORING_OP_MSG_RING` (added in 5.18) instead of writing to its `eventfd`, which io_uring
 /// hands to an `iou-wrk` thread (an `eventfd` cannot be written without blocking as io_uring
-/// sees it). `GLOMMIO_NO_MSG_RING_PREEMPT` (any value but `0` or empty) keeps the `eventfd`.
+/// sees it). Opt-in: `GLOMMIO_MSG_RING_PREEMPT` (any value but `0` or empty), see `vendor/README.md`.
 pub const MSG_RING_MIN_KERNEL: (u32, u32) = (5, 18);
 
 static THROUGHPUT_PREEMPTION_MESSAGES: AtomicU64 = AtomicU64::new(0);
