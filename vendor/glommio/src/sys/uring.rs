@@ -1111,11 +1111,10 @@ impl SleepableRing {
     ///
     /// kvmesh patch (see `vendor/README.md`, "The throughput preemption timer posts to the
     /// latency ring"): the linked operation is an `IORING_OP_MSG_RING` to the latency ring
-    /// (`wake`: [`ThroughputWake::LatencyRing`]), which posts its completion inline; glommio
-    /// 0.9 wrote 8 bytes to the latency ring's `eventfd` ([`ThroughputWake::EventFd`], kept for
-    /// old kernels and for the switch), and an `eventfd` cannot be written without blocking as
-    /// io_uring sees it, so every such write went to an `iou-wrk` thread, and its completion
-    /// re-armed the `eventfd` read.
+    /// (`wake`: [`ThroughputWake::LatencyRing`], opt-in), which posts its completion inline;
+    /// by default, as in glommio 0.9, it writes 8 bytes to the latency ring's `eventfd`
+    /// ([`ThroughputWake::EventFd`]), which io_uring cannot do without blocking, so every such
+    /// write goes to an `iou-wrk` thread, and its completion re-arms the `eventfd` read.
     fn prepare_throughput_preemption_timer(
         &mut self,
         min_events: u32,
