@@ -247,3 +247,67 @@ fn a_busy_task_queue_is_told_to_yield_every_period() {
         .expect("executor starts");
     handle.join().expect("executor thread");
 }
+
+/// Whether this process posts the throughput preemption timer's wake-up with
+/// `IORING_OP_MSG_RING` (opt-in: the switch is set and the kernel is new enough).
+fn msg_ring_preempt() -> bool {
+    use glommio::kvmesh_patch::{kernel_at_least, switched_off, MSG_RING_MIN_KERNEL};
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    switched_off(std::env::var_os("GLOMMIO_MSG_RING_PREEMPT").as_deref())
+        && kernel_at_least(release.trim(), MSG_RING_MIN_KERNEL)
+}
+
+/// The throughput preemption timer (it fires after `ring_depth` completions on the main ring)
+/// posts its message to the latency ring with `IORING_OP_MSG_RING`, where the reactor reaps it:
+/// an executor with a ring depth of 4 ping-pongs bytes between two of its own streams. A
+/// malformed entry or a wrong ring descriptor posts nothing there. The patch is opt-in: run
+/// with `GLOMMIO_MSG_RING_PREEMPT=1` to check it (without, this checks the `eventfd` path runs).
+#[test]
+fn the_throughput_timer_posts_to_the_latency_ring() {
+    use glommio::{kvmesh_patch::throughput_preemption_messages, net::TcpStream};
+    let before = throughput_preemption_messages();
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
+        .ring_depth(4)
+        .spawn(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let mut server = listener.accept().await.unwrap();
+            let echo = glommio::spawn_local(async move {
+                let mut b = [0u8; 1];
+                while server.read_exact(&mut b).await.is_ok() {
+                    if server.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            for round in 0..1_000u32 {
+                let mut b = [round as u8];
+                client.write_all(&b).await.unwrap();
+                client.read_exact(&mut b).await.unwrap();
+                assert_eq!(b, [round as u8]);
+            }
+            drop(client);
+            echo.await;
+        })
+        .expect("executor starts");
+    handle.join().expect("executor thread");
+    if msg_ring_preempt() {
+        assert!(
+            throughput_preemption_messages() > before,
+            "no message reached the latency ring"
+        );
+    }
+}
+
+/// The throughput preemption timer posts with `IORING_OP_MSG_RING` only on kernels from 5.18 on.
+#[test]
+fn msg_ring_needs_kernel_5_18() {
+    use glommio::kvmesh_patch::{kernel_at_least, MSG_RING_MIN_KERNEL as MIN};
+    for new_enough in ["5.18.0", "6.18.44-fc-v669", "6.1"] {
+        assert!(kernel_at_least(new_enough, MIN), "{new_enough}");
+    }
+    for too_old in ["5.17.15", "5.15.0-91-generic", "4.19.0"] {
+        assert!(!kernel_at_least(too_old, MIN), "{too_old}");
+    }
+}

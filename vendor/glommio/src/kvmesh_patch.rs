@@ -44,6 +44,25 @@ pub fn merge_poll_events(
 /// one-shot one, never re-checks readiness by itself: a lost wake-up would stall a connection.
 pub const MULTISHOT_POLL_MIN_KERNEL: (u32, u32) = (6, 1);
 
+/// The oldest kernel on which the throughput preemption timer posts to the latency ring with
+/// `IORING_OP_MSG_RING` (added in 5.18) instead of writing to its `eventfd`, which io_uring
+/// hands to an `iou-wrk` thread (an `eventfd` cannot be written without blocking as io_uring
+/// sees it). Opt-in: `GLOMMIO_MSG_RING_PREEMPT` (any value but `0` or empty), see `vendor/README.md`.
+pub const MSG_RING_MIN_KERNEL: (u32, u32) = (5, 18);
+
+static THROUGHPUT_PREEMPTION_MESSAGES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times in this process a throughput preemption timer's `IORING_OP_MSG_RING` reached
+/// the latency ring (counted when the reactor reaps it; see [`MSG_RING_MIN_KERNEL`]). Stays 0
+/// with the `eventfd` wake-up.
+pub fn throughput_preemption_messages() -> u64 {
+    THROUGHPUT_PREEMPTION_MESSAGES.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_throughput_preemption_message() {
+    THROUGHPUT_PREEMPTION_MESSAGES.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Whether a kernel release string (`uname -r`, e.g. `6.18.0-1-amd64`, `5.15.0`) is at least
 /// `major.minor`. An unparsable release counts as too old.
 pub fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {

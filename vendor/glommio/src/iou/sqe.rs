@@ -357,6 +357,23 @@ impl<'a> SQE<'a> {
         self.sqe.len = uring_sys::IORING_POLL_ADD_MULTI;
     }
 
+    /// Prepares an `IORING_OP_MSG_RING` (Linux 5.18) that posts a completion with `user_data`
+    /// and result `res` into the completion queue of the ring whose file descriptor is
+    /// `ring_fd` (`IORING_MSG_DATA`: `addr` 0, no flags). The vendored liburing has no
+    /// helper for it, so the entry is filled as liburing's `io_uring_prep_msg_ring` does. kvmesh
+    /// patch, see `vendor/README.md`.
+    #[inline]
+    pub unsafe fn prep_msg_ring(&mut self, ring_fd: RawFd, res: u32, user_data: u64) {
+        uring_sys::io_uring_prep_rw(
+            uring_sys::IORING_OP_MSG_RING as _,
+            self.sqe,
+            ring_fd,
+            ptr::null(),
+            res,
+            user_data,
+        );
+    }
+
     #[inline]
     pub unsafe fn prep_poll_remove(&mut self, user_data: u64) {
         uring_sys::io_uring_prep_poll_remove(self.sqe, user_data as _)

@@ -85,12 +85,42 @@ pub(crate) fn write_eventfd(eventfd: RawFd) {
     assert_eq!(ret, 8);
 }
 
+/// kvmesh patch (see `vendor/README.md`, "`send` and `recv` without libc's wrappers"): the
+/// system call itself (`sendto` with no address), not libc's `send`, which is a thread
+/// cancellation point and switches asynchronous cancellation on and off around the call (about
+/// 35 instructions a call more than `syscall(2)`'s stub, `bench/instr.sh`). glommio never cancels threads. With
+/// `GLOMMIO_NO_RAW_SOCKET_CALLS` set (any value but `0` or empty) libc's wrapper is called, as
+/// in glommio 0.9.
 pub(crate) fn send_syscall(fd: RawFd, buf: *const u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(send(fd, buf as _, len, flags)).map(|x| x as usize)
+    if !raw_socket_calls() {
+        return syscall!(send(fd, buf as _, len, flags)).map(|x| x as usize);
+    }
+    // Every argument as a `long`, as `syscall(2)` reads them: no address, no address length.
+    let args = [fd as libc::c_long, buf as _, len as _, flags as _];
+    let none: libc::c_long = 0;
+    syscall!(syscall(libc::SYS_sendto, args[0], args[1], args[2], args[3], none, none))
+        .map(|x| x as usize)
 }
 
+/// kvmesh patch: `recvfrom` with no address, not libc's `recv` (a cancellation point); see
+/// [`send_syscall`].
 pub(crate) fn recv_syscall(fd: RawFd, buf: *mut u8, len: usize, flags: i32) -> io::Result<usize> {
-    syscall!(recv(fd, buf as _, len, flags)).map(|x| x as usize)
+    if !raw_socket_calls() {
+        return syscall!(recv(fd, buf as _, len, flags)).map(|x| x as usize);
+    }
+    let args = [fd as libc::c_long, buf as _, len as _, flags as _];
+    let none: libc::c_long = 0;
+    syscall!(syscall(libc::SYS_recvfrom, args[0], args[1], args[2], args[3], none, none))
+        .map(|x| x as usize)
+}
+
+/// Whether [`send_syscall`] and [`recv_syscall`] make the system calls themselves: unless
+/// `GLOMMIO_NO_RAW_SOCKET_CALLS` is set; read once per process.
+fn raw_socket_calls() -> bool {
+    lazy_static! {
+        static ref RAW: bool = !crate::kvmesh_patch::set_by_env("GLOMMIO_NO_RAW_SOCKET_CALLS");
+    }
+    *RAW
 }
 
 pub(crate) fn accept_syscall(fd: RawFd) -> io::Result<RawFd> {

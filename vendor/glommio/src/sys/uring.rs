@@ -79,6 +79,9 @@ enum UringOpDescriptor {
     SockRecv(usize, i32),
     SockRecvMsg(usize, i32),
     Nop,
+    /// kvmesh patch: `IORING_OP_MSG_RING` to the ring `fd`, posting a completion with user
+    /// data `PREEMPT_MSG_USER_DATA` and result 0 there.
+    MsgRing,
 }
 
 #[derive(Debug)]
@@ -434,6 +437,7 @@ fn fill_sqe<F>(
                 });
             }
             UringOpDescriptor::Nop => sqe.prep_nop(),
+            UringOpDescriptor::MsgRing => sqe.prep_msg_ring(op.fd, 0, PREEMPT_MSG_USER_DATA),
         }
         sqe.set_user_data(user_data);
         sqe.set_flags(op.flags);
@@ -553,6 +557,12 @@ where
         if value.user_data() == 0 {
             return Some((false, true));
         }
+        // kvmesh patch: the throughput preemption timer's message to the latency ring. It was
+        // submitted on the main ring, so it is not one of this ring's requests in flight.
+        if value.user_data() == PREEMPT_MSG_USER_DATA {
+            crate::kvmesh_patch::count_throughput_preemption_message();
+            return Some((false, false));
+        }
 
         let id = from_user_data(value.user_data());
         if value.flags().contains(iou::cqe::CompletionFlags::MORE) {
@@ -589,6 +599,12 @@ where
 
 type SourceMap = FreeList<Pin<Rc<RefCell<InnerSource>>>>;
 pub(crate) type SourceId = Idx<Pin<Rc<RefCell<InnerSource>>>>;
+/// kvmesh patch: the user data of the completion that the throughput preemption timer posts
+/// on the latency ring (`IORING_OP_MSG_RING`, see
+/// `SleepableRing::prepare_throughput_preemption_timer`). No source has it: source ids map to
+/// user data from 1 up, and 0 marks a request whose completion is ignored.
+const PREEMPT_MSG_USER_DATA: u64 = u64::MAX - 1;
+
 fn from_user_data(user_data: u64) -> SourceId {
     SourceId::from_raw((user_data - 1) as usize)
 }
@@ -1089,10 +1105,21 @@ impl SleepableRing {
     }
 
     /// This function prepares a timer that fires only after a given number of
-    /// CQEs are available on the main ring. This timer is linked with a write
-    /// to the latency ring's event fd such that this timer triggers a
+    /// CQEs are available on the main ring. This timer is linked with an operation
+    /// that posts a completion on the latency ring, such that this timer triggers a
     /// preemption via the latency ring.
-    fn prepare_throughput_preemption_timer(&mut self, min_events: u32, event_fd: RawFd) -> Source {
+    ///
+    /// kvmesh patch (see `vendor/README.md`, "The throughput preemption timer posts to the
+    /// latency ring"): the linked operation is an `IORING_OP_MSG_RING` to the latency ring
+    /// (`wake`: [`ThroughputWake::LatencyRing`], opt-in), which posts its completion inline;
+    /// by default, as in glommio 0.9, it writes 8 bytes to the latency ring's `eventfd`
+    /// ([`ThroughputWake::EventFd`]), which io_uring cannot do without blocking, so every such
+    /// write goes to an `iou-wrk` thread, and its completion re-arms the `eventfd` read.
+    fn prepare_throughput_preemption_timer(
+        &mut self,
+        min_events: u32,
+        wake: ThroughputWake,
+    ) -> Source {
         assert!(min_events >= 1, "min_events should be at least 1");
         let timer_source = Source::new(
             IoRequirements::default(),
@@ -1103,11 +1130,19 @@ impl SleepableRing {
         );
 
         const EVENTFD_WAKEUP: &[u64; 1] = &[1u64; 1];
-        let write_op = UringDescriptor {
-            fd: event_fd,
-            flags: SubmissionFlags::empty(),
-            user_data: 0,
-            args: UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
+        let wake_op = match wake {
+            ThroughputWake::EventFd(event_fd) => UringDescriptor {
+                fd: event_fd,
+                flags: SubmissionFlags::empty(),
+                user_data: 0,
+                args: UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
+            },
+            ThroughputWake::LatencyRing(ring_fd) => UringDescriptor {
+                fd: ring_fd,
+                flags: SubmissionFlags::empty(),
+                user_data: 0,
+                args: UringOpDescriptor::MsgRing,
+            },
         };
 
         let op = match &*timer_source.source_type() {
@@ -1117,7 +1152,7 @@ impl SleepableRing {
             _ => unreachable!(),
         };
         let queue = self.submission_queue();
-        queue.borrow_mut().submissions.push_front(write_op);
+        queue.borrow_mut().submissions.push_front(wake_op);
         queue.borrow_mut().submissions.push_front(UringDescriptor {
             args: op,
             fd: -1,
@@ -2060,7 +2095,11 @@ impl Reactor {
                 self.throughput_preemption_timeout_src.replace(Some(
                     main_ring.prepare_throughput_preemption_timer(
                         self.ring_depth() as u32,
-                        self.eventfd_src.raw(),
+                        if throughput_wake_by_msg_ring() {
+                            ThroughputWake::LatencyRing(lat_ring.ring_fd())
+                        } else {
+                            ThroughputWake::EventFd(self.eventfd_src.raw())
+                        },
                     ),
                 ));
             }
@@ -2479,6 +2518,33 @@ mod tests {
         // If the link chain is longer than the io_uring submission queue, we panic
         ring.submit_one_event(&mut queue.submissions);
     }
+}
+
+/// How the throughput preemption timer tells the latency ring that it fired (kvmesh patch,
+/// see `SleepableRing::prepare_throughput_preemption_timer`).
+#[derive(Debug, Clone, Copy)]
+enum ThroughputWake {
+    /// glommio 0.9: write to the latency ring's `eventfd` (this descriptor).
+    EventFd(RawFd),
+    /// An `IORING_OP_MSG_RING` to the latency ring (this ring descriptor).
+    LatencyRing(RawFd),
+}
+
+/// kvmesh patch (see `vendor/README.md`, "The throughput preemption timer posts to the latency
+/// ring"): whether the throughput preemption timer wakes the latency ring with an
+/// `IORING_OP_MSG_RING` instead of an `eventfd` write. Opt-in: only if
+/// `GLOMMIO_MSG_RING_PREEMPT` is set (any value but `0` or empty) and the kernel is
+/// [`MSG_RING_MIN_KERNEL`](crate::kvmesh_patch::MSG_RING_MIN_KERNEL) or later, because with
+/// deferred task work on it stalled connections in `tests/glommio_stream.rs` (not understood
+/// yet); read once per process.
+fn throughput_wake_by_msg_ring() -> bool {
+    lazy_static! {
+        static ref MSG_RING: bool = crate::kvmesh_patch::set_by_env("GLOMMIO_MSG_RING_PREEMPT")
+            && crate::kvmesh_patch::kernel_release().is_some_and(|r| {
+                crate::kvmesh_patch::kernel_at_least(&r, crate::kvmesh_patch::MSG_RING_MIN_KERNEL)
+            });
+    }
+    *MSG_RING
 }
 
 /// kvmesh patch (see `vendor/README.md`, "Preemption timers kept across executor turns"):

@@ -60,6 +60,10 @@ pub const IORING_FSYNC_DATASYNC: libc::__u32 = 1 << 0;
 // sqe.len of a poll add (kvmesh patch, see vendor/README.md)
 pub const IORING_POLL_ADD_MULTI: libc::__u32 = 1 << 0;
 
+/// `IORING_OP_MSG_RING` (Linux 5.18), past the end of [`IoRingOp`]: posts a completion into
+/// another ring. kvmesh patch (the throughput preemption timer, see `vendor/README.md`).
+pub const IORING_OP_MSG_RING: libc::c_int = 40;
+
 // sqe.cmd_flags.timeout_flags
 pub const IORING_TIMEOUT_ABS: libc::__u32 = 1 << 0;
 
