@@ -14,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a wall-clock reading is extrapolated before the wall clock is read again.
 pub const REFRESH: Duration = Duration::from_millis(10);
+/// The longest gap between a monotonic and a wall-clock read that are kept as one anchor.
+const ANCHOR_SLACK: Duration = Duration::from_micros(2);
 
 /// See the module docs. Shard-local.
 #[derive(Default)]
@@ -37,7 +39,12 @@ impl Clock {
         let wall_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        self.anchor.set(Some((now, wall_ns)));
+        // The wall clock was read just after `now`: kept as the anchor only if that was at
+        // once, so an extrapolation is never ahead of the wall clock by more than ANCHOR_SLACK
+        // (a thread preempted between the two reads would otherwise put it ahead by as long).
+        if now.elapsed() < ANCHOR_SLACK {
+            self.anchor.set(Some((now, wall_ns)));
+        }
         (now, ms_of(wall_ns))
     }
 }
@@ -85,7 +92,12 @@ mod tests {
             let before = super::super::now_ms();
             let (_, ms) = clock.now();
             let after = super::super::now_ms();
-            assert!(before <= ms && ms <= after, "{before} <= {ms} <= {after}");
+            // An anchor is within ANCHOR_SLACK of the wall clock: at most one millisecond
+            // boundary apart from it.
+            assert!(
+                before <= ms + 1 && ms <= after + 1,
+                "{before} <= {ms} <= {after}"
+            );
         }
     }
 }
