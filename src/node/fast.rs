@@ -57,7 +57,7 @@ use super::prefetch;
 use super::reply;
 use super::router::{route_in_cluster_keyed, Keyed, Place, Route};
 use super::server::ShardCtx;
-use super::shard::Shard;
+use super::shard::{Put, Shard};
 use crate::cluster::replication::Replication;
 use crate::cluster::Membership;
 use crate::metrics::latency;
@@ -495,11 +495,16 @@ pub fn execute(
                 reply_bytes += found;
                 waits
             }
-            PUT => {
-                let executed = shard.put(op.key, op.value, op.ttl_ms, now_ms);
-                reply::push_result(&executed.result, out);
-                executed.wait
-            }
+            PUT => match shard.put_outcome(op.key, op.value, op.ttl_ms, now_ms) {
+                Put::Stored { version, wait } => {
+                    reply::push_version(version.hlc, version.node.into(), out);
+                    wait
+                }
+                Put::Other(executed) => {
+                    reply::push_result(&executed.result, out);
+                    executed.wait
+                }
+            },
             // OP_REMOVE, the last simple op (checked above).
             _ => {
                 let executed = shard.remove(op.key, now_ms);

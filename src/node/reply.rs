@@ -239,7 +239,7 @@ pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
 /// Appends `OpResult { version_hlc: hlc, version_node: node, .. }` as [`push_result`] does,
 /// with no scratch to clear: `results` (0x12), its length (at most 2 × 11 bytes: one byte),
 /// then `version_hlc` (0x50) and `version_node` (0x58), each unless 0.
-fn push_version(hlc: u64, node: u64, out: &mut Vec<u8>) {
+pub fn push_version(hlc: u64, node: u64, out: &mut Vec<u8>) {
     let mut bytes = [0u8; 2 + 11 + 11];
     bytes[0] = 0x12;
     let mut len = 2;

@@ -65,6 +65,14 @@ impl From<OpResult> for Executed {
     }
 }
 
+/// What a put did ([`Shard::put_outcome`]), small enough to return cheaply: stored at
+/// `version`, its reply waiting for log record `wait` (every put of a plain load), or any
+/// other outcome (refused, stale, an error), boxed: rare.
+pub enum Put {
+    Stored { version: Version, wait: Option<u64> },
+    Other(Box<Executed>),
+}
+
 impl Shard {
     pub fn new(id: usize, node_id: u32, store: StoreConfig, topology: Topology) -> Self {
         Self {
@@ -220,15 +228,27 @@ impl Shard {
 
     /// A client's `OP_PUT` (what [`Shard::execute`] runs for one).
     pub fn put(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Executed {
-        let executed = self.apply_put(key, value, ttl_ms, now_ms);
-        self.log_removals();
-        executed
+        match self.put_outcome(key, value, ttl_ms, now_ms) {
+            Put::Stored { version, wait } => Executed {
+                result: versioned(OpResult::default(), version),
+                wait,
+            },
+            Put::Other(executed) => *executed,
+        }
     }
 
-    fn apply_put(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Executed {
+    /// [`Shard::put`], its outcome not yet made a result (the fast path encodes a stored
+    /// put's reply straight from its version).
+    pub fn put_outcome(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Put {
+        let put = self.apply_put(key, value, ttl_ms, now_ms);
+        self.log_removals();
+        put
+    }
+
+    fn apply_put(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Put {
         self.counters.puts += 1;
         if let Some(refused) = self.refuse_writes() {
-            return refused;
+            return Put::Other(Box::new(refused));
         }
         let version = self.hlc.now(now_ms);
         let expires_at_ms = deadline(now_ms, ttl_ms);
@@ -241,12 +261,17 @@ impl Shard {
                     version_node: version.node,
                     ..Entry::new(LogOp::Put, key)
                 };
-                self.logged(versioned(OpResult::default(), version), &entry)
+                match self.log_change(&entry) {
+                    Ok(wait) => Put::Stored { version, wait },
+                    Err(failed) => Put::Other(Box::new(failed.into())),
+                }
             }
             // A stale write cannot happen with one clock per shard, but either way the store
             // holds a version at least as new as this one.
-            Ok(Applied::Stale) => self.settled_after(OpResult::default(), key),
-            Err(e) => reply::store_error(&e).into(),
+            Ok(Applied::Stale) => {
+                Put::Other(Box::new(self.settled_after(OpResult::default(), key)))
+            }
+            Err(e) => Put::Other(Box::new(reply::store_error(&e).into())),
         }
     }
 

@@ -75,17 +75,24 @@ impl Shard {
     /// and validation keeps every record within a segment.
     #[inline]
     pub(super) fn logged(&mut self, result: OpResult, entry: &Entry<'_>) -> Executed {
+        match self.log_change(entry) {
+            Ok(wait) => Executed { result, wait },
+            Err(failed) => failed.into(),
+        }
+    }
+
+    /// What [`Shard::logged`] does, before a result is made: the log record a reply to
+    /// `entry`'s change waits for (`None` without a log), or the result refusing it.
+    #[inline]
+    pub(super) fn log_change(&mut self, entry: &Entry<'_>) -> Result<Option<u64>, OpResult> {
         self.log_removals();
         if self.log.is_none() {
-            return result.into();
+            return Ok(None);
         }
-        match self.append(entry) {
-            Ok(wait) => Executed { result, wait },
-            Err(e) => {
-                let why = self.log.as_ref().and_then(Log::failure);
-                reply::log_failed(self.id, &why.unwrap_or_else(|| e.to_string())).into()
-            }
-        }
+        self.append(entry).map_err(|e| {
+            let why = self.log.as_ref().and_then(Log::failure);
+            reply::log_failed(self.id, &why.unwrap_or_else(|| e.to_string()))
+        })
     }
 
     /// `result` of an op that changed nothing, once the latest change to `key` is durable.
