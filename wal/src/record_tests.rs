@@ -168,6 +168,13 @@ proptest! {
             prop_assert_eq!(&buf[before + FRAME_LEN..], &prost_bytes[..]);
             prop_assert_eq!(buf.len() - before, r.entry().encoded_len(r.seq));
             prop_assert!(buf.len() - before <= r.entry().max_encoded_len());
+            // The CRC, hashed in one call over the len staged before the payload, is the CRC
+            // of the len field, then the payload.
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&buf[before..before + LEN_FIELD]);
+            crc.update(&buf[before + FRAME_LEN..]);
+            let crc = crc.finalize().to_le_bytes();
+            prop_assert_eq!(&buf[before + LEN_FIELD..before + FRAME_LEN], &crc[..]);
             // Into a slice of exactly its length, over stale bytes: the same bytes.
             let mut exact = vec![0xA5; buf.len() - before];
             prop_assert_eq!(encode_into(r.seq, &r.entry(), &mut exact), exact.len());
