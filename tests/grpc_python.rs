@@ -39,6 +39,9 @@ fn python_grpc_suite_on_a_node_and_a_gateway() {
 
 #[test]
 fn health_is_not_serving_during_recovery_then_serving() {
+    // The venv first: creating it (a machine's first run) can outlast the held node's start-up
+    // deadline, which counts from its spawn below.
+    common::python::python();
     let data = tempfile::tempdir().expect("temp dir");
     let data_dir = data.path().join("node");
     let data_arg = data_dir.to_str().expect("utf-8 temp path");
