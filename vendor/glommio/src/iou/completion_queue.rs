@@ -29,6 +29,17 @@ impl<'ring> CompletionQueue<'ring> {
 
     /// Returns the next CQE if any are available.
     pub fn peek_for_cqe(&mut self) -> Option<CQE> {
+        // kvmesh patch: the common cases read the ring here, inline, instead of through
+        // liburing's out-of-line `__io_uring_get_cqe` (three calls, ~80 instructions per
+        // completion at pipeline 1). Only an empty queue with overflowed completions, or a
+        // kernel without `EXT_ARG` (where liburing may have to skip its own timeout
+        // completions), goes to liburing, which handles them as before.
+        // SAFETY: the ring is mapped for the life of `self`; see `peek_ring`.
+        match unsafe { peek_ring(self.ring.as_ref()) } {
+            Peeked::Cqe(cqe) => return Some(CQE::new(self.ring, unsafe { &mut *cqe })),
+            Peeked::Empty => return None,
+            Peeked::AskLiburing => {}
+        }
         unsafe {
             let mut cqe = MaybeUninit::uninit();
             uring_sys::io_uring_peek_cqe(self.ring.as_ptr(), cqe.as_mut_ptr());
@@ -118,3 +129,36 @@ impl fmt::Debug for CompletionQueue<'_> {
 
 unsafe impl<'ring> Send for CompletionQueue<'ring> {}
 unsafe impl<'ring> Sync for CompletionQueue<'ring> {}
+
+/// What a look at the completion ring found (kvmesh patch, `peek_ring`).
+enum Peeked {
+    Cqe(*mut uring_sys::io_uring_cqe),
+    Empty,
+    AskLiburing,
+}
+
+/// The completion at the ring's head, read as liburing's `__io_uring_peek_cqe` does (the tail
+/// with acquire ordering; the head is ours alone), for a kernel with `IORING_FEAT_EXT_ARG`.
+/// An empty queue is `Empty` unless the kernel flags overflowed completions
+/// (`IORING_SQ_CQ_OVERFLOW`), which only liburing's path flushes.
+///
+/// # Safety
+/// `ring` must be an initialised ring whose queues are mapped, read by this thread only.
+#[inline]
+unsafe fn peek_ring(ring: &uring_sys::io_uring) -> Peeked {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    if ring.features & uring_sys::IORING_FEAT_EXT_ARG == 0 {
+        return Peeked::AskLiburing;
+    }
+    let tail = (*(ring.cq.ktail as *const AtomicU32)).load(Ordering::Acquire);
+    let head = *ring.cq.khead;
+    if tail != head {
+        return Peeked::Cqe(ring.cq.cqes.add((head & *ring.cq.kring_mask) as usize));
+    }
+    let sq_flags = (*(ring.sq.kflags as *const AtomicU32)).load(Ordering::Relaxed);
+    if sq_flags & uring_sys::IORING_SQ_CQ_OVERFLOW != 0 {
+        Peeked::AskLiburing
+    } else {
+        Peeked::Empty
+    }
+}

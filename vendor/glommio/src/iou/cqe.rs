@@ -41,8 +41,16 @@ impl CQE {
         let res = cqe.res;
         let flags = CompletionFlags::from_bits_truncate(cqe.flags);
 
+        // kvmesh patch: liburing's `io_uring_cqe_seen` inline (it is a `static inline` that the
+        // bindings reach only through an out-of-line wrapper): the kernel must see the new head
+        // only after the entry was read, hence the release store.
+        // SAFETY: the ring is mapped while a `CQE` of it can be built; one thread consumes it.
         unsafe {
-            uring_sys::io_uring_cqe_seen(ring.as_ptr(), cqe);
+            let khead = ring.as_ref().cq.khead as *const std::sync::atomic::AtomicU32;
+            (*khead).store(
+                (*khead).load(std::sync::atomic::Ordering::Relaxed).wrapping_add(1),
+                std::sync::atomic::Ordering::Release,
+            );
         }
 
         CQE::from_raw_parts(user_data, res, flags)
