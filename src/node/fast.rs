@@ -9,12 +9,14 @@
 //! that neither replicates writes (`replicate::sends_nothing`) nor asks a quorum for reads
 //! (`quorum_read::asks_nothing`), to a shard whose write-ahead log, if it has one, has not
 //! failed. The same functions decide those as on the general path; every op then runs
-//! through the same `Shard` method the general path calls (`Shard::get`, `put`, `remove`), so
-//! limits, TTLs, counters, evictions and log records are the same. What differs is only what
-//! is allocated: keys and values are borrowed from the read buffer, a get's value is copied
-//! from the store straight into the reply, and no `Request`, `Op` or `OpResult` of a found
-//! value is built. The reply is byte for byte the general path's: both encode a result
-//! through `reply::push_result`, and only a found value is encoded here (`reply::push_found`).
+//! through the same `Shard` method the general path calls (`Shard::get`, `remove`, and
+//! `put_outcome`, which `put` wraps), so limits, TTLs, counters, evictions and log records are
+//! the same. What differs is only what is allocated: keys and values are borrowed from the
+//! read buffer, a get's value is copied from the store straight into the reply, and no
+//! `Request`, `Op`, or `OpResult` of a found value or a stored put is built. The reply is byte
+//! for byte the general path's: both encode other results through `reply::push_result`; a
+//! found value is encoded here (`reply::push_found`), and so is a stored put's version
+//! (`reply::push_version`).
 //! A property test checks the replies, the log records waited for and the store's state
 //! against the general path's store work, with and without a log; a table test checks the
 //! decision ([`open`], [`takes`]) case by case.
@@ -57,7 +59,7 @@ use super::prefetch;
 use super::reply;
 use super::router::{route_in_cluster_keyed, Keyed, Place, Route};
 use super::server::ShardCtx;
-use super::shard::{Put, Shard};
+use super::shard::{PutOutcome, Shard};
 use crate::cluster::replication::Replication;
 use crate::cluster::Membership;
 use crate::metrics::latency;
@@ -496,11 +498,14 @@ pub fn execute(
                 waits
             }
             PUT => match shard.put_outcome(op.key, op.value, op.ttl_ms, now_ms) {
-                Put::Stored { version, wait } => {
-                    reply::push_version(version.hlc, version.node.into(), out);
-                    wait
+                PutOutcome::Stored {
+                    version,
+                    wait: put_wait,
+                } => {
+                    reply::push_version(version.hlc, version.node, out);
+                    put_wait
                 }
-                Put::Other(executed) => {
+                PutOutcome::Other(executed) => {
                     reply::push_result(&executed.result, out);
                     executed.wait
                 }

@@ -126,8 +126,8 @@ pub fn encode_response(id: u64, results: &[OpResult], out: &mut Vec<u8>) {
 }
 
 /// Starts the frame answering request `id` in `out`, for results appended one by one
-/// ([`push_result`], [`push_found`]) and [`end_response`]; returns where it starts. The three
-/// write what [`encode_response`] writes.
+/// ([`push_result`], [`push_found`], [`push_version`]) and [`end_response`]; returns where it
+/// starts. Together they write what [`encode_response`] writes.
 pub fn begin_response(id: u64, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     // The prefix, written by `end_response`, then `id` (field 1, a varint) unless 0, appended
@@ -163,23 +163,6 @@ pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
         version_node,
         moved_epoch,
     } = result;
-    let (found, ttl_ms, version_hlc, moved_epoch) = (*found, *ttl_ms, *version_hlc, *moved_epoch);
-    let node = u64::from(*version_node);
-    // What a stored put answers, the one result a SET-only load encodes: a version alone.
-    if *status == 0
-        && value.is_empty()
-        && !found
-        && ttl_ms == 0
-        && moved_epoch == 0
-        && message.is_empty()
-        && stats.is_none()
-        && topology.is_none()
-        && snapshot.is_none()
-        && hello.is_none()
-    {
-        push_version(version_hlc, node, out);
-        return;
-    }
     // `results`: field 2 of the response, length-delimited.
     out.push(0x12);
     if !message.is_empty()
@@ -192,8 +175,10 @@ pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
         result.encode_raw(out);
         return;
     }
+    let (found, ttl_ms, version_hlc, moved_epoch) = (*found, *ttl_ms, *version_hlc, *moved_epoch);
     // An int32 field's negative value is its sign-extended 64 bits, as in prost.
     let status = *status as u64;
+    let node = u64::from(*version_node);
     let value_len = value.len() as u64;
     // Everything but the value's bytes is written into `head` first and appended at once
     // (one capacity check, not one per byte): fields in number order, each under its key,
@@ -236,14 +221,15 @@ pub fn push_result(result: &OpResult, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends `OpResult { version_hlc: hlc, version_node: node, .. }` as [`push_result`] does,
-/// with no scratch to clear: `results` (0x12), its length (at most 2 × 11 bytes: one byte),
-/// then `version_hlc` (0x50) and `version_node` (0x58), each unless 0.
-pub fn push_version(hlc: u64, node: u64, out: &mut Vec<u8>) {
+/// Appends the result of a stored put, `OpResult { version_hlc: hlc, version_node: node, .. }`,
+/// as [`push_result`] appends it, without building it and with no scratch to clear: `results`
+/// (0x12), its length (at most 2 × 11 bytes: one byte), then `version_hlc` (0x50) and
+/// `version_node` (0x58), each unless 0.
+pub fn push_version(hlc: u64, node: u32, out: &mut Vec<u8>) {
     let mut bytes = [0u8; 2 + 11 + 11];
     bytes[0] = 0x12;
     let mut len = 2;
-    for (key, v) in [(0x50, hlc), (0x58, node)] {
+    for (key, v) in [(0x50, hlc), (0x58, u64::from(node))] {
         if v != 0 {
             bytes[len] = key;
             len += 1 + write_varint(v, &mut bytes[len + 1..len + 11]);
@@ -486,18 +472,20 @@ mod tests {
     }
 
     #[test]
-    fn a_version_alone_is_encoded_as_prost_encodes_it() {
+    fn push_version_matches_prost() {
         let values = [0, 1, 0x7f, 0x80, 1 << 48, u64::MAX];
         for hlc in values {
             for node in [0, 1, 300, u32::MAX] {
+                let mut ours = vec![9];
+                let start = begin_response(7, &mut ours);
+                push_version(hlc, node, &mut ours);
+                end_response(start, &mut ours);
+                let mut theirs = vec![9];
                 let result = OpResult {
                     version_hlc: hlc,
                     version_node: node,
                     ..OpResult::default()
                 };
-                let mut ours = vec![9];
-                encode_response(7, std::slice::from_ref(&result), &mut ours);
-                let mut theirs = vec![9];
                 kvmesh_net::frame::encode(
                     &Response {
                         id: 7,

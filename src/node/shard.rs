@@ -68,7 +68,8 @@ impl From<OpResult> for Executed {
 /// What a put did ([`Shard::put_outcome`]), small enough to return cheaply: stored at
 /// `version`, its reply waiting for log record `wait` (every put of a plain load), or any
 /// other outcome (refused, stale, an error), boxed: rare.
-pub enum Put {
+#[derive(Debug)]
+pub enum PutOutcome {
     Stored { version: Version, wait: Option<u64> },
     Other(Box<Executed>),
 }
@@ -229,26 +230,32 @@ impl Shard {
     /// A client's `OP_PUT` (what [`Shard::execute`] runs for one).
     pub fn put(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Executed {
         match self.put_outcome(key, value, ttl_ms, now_ms) {
-            Put::Stored { version, wait } => Executed {
+            PutOutcome::Stored { version, wait } => Executed {
                 result: versioned(OpResult::default(), version),
                 wait,
             },
-            Put::Other(executed) => *executed,
+            PutOutcome::Other(executed) => *executed,
         }
     }
 
     /// [`Shard::put`], its outcome not yet made a result (the fast path encodes a stored
     /// put's reply straight from its version).
-    pub fn put_outcome(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Put {
+    pub fn put_outcome(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> PutOutcome {
         let put = self.apply_put(key, value, ttl_ms, now_ms);
         self.log_removals();
         put
     }
 
-    fn apply_put(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> Put {
+    fn apply_put(&mut self, key: &[u8], value: &[u8], ttl_ms: u64, now_ms: u64) -> PutOutcome {
         self.counters.puts += 1;
         if let Some(refused) = self.refuse_writes() {
-            return Put::Other(Box::new(refused));
+            return PutOutcome::Other(Box::new(refused));
         }
         let version = self.hlc.now(now_ms);
         let expires_at_ms = deadline(now_ms, ttl_ms);
@@ -262,16 +269,16 @@ impl Shard {
                     ..Entry::new(LogOp::Put, key)
                 };
                 match self.log_change(&entry) {
-                    Ok(wait) => Put::Stored { version, wait },
-                    Err(failed) => Put::Other(Box::new(failed.into())),
+                    Ok(wait) => PutOutcome::Stored { version, wait },
+                    Err(failed) => PutOutcome::Other(Box::new(failed.into())),
                 }
             }
             // A stale write cannot happen with one clock per shard, but either way the store
             // holds a version at least as new as this one.
             Ok(Applied::Stale) => {
-                Put::Other(Box::new(self.settled_after(OpResult::default(), key)))
+                PutOutcome::Other(Box::new(self.settled_after(OpResult::default(), key)))
             }
-            Err(e) => Put::Other(Box::new(reply::store_error(&e).into())),
+            Err(e) => PutOutcome::Other(Box::new(reply::store_error(&e).into())),
         }
     }
 

@@ -263,8 +263,8 @@ impl Cursor<'_> {
         }
     }
 
-    /// `v` as a varint. Its length is computed first, so the bytes go into a slice of exactly
-    /// that length: one bounds check, not one per byte.
+    /// `v` as a varint: below 0x80, one byte; otherwise its length is computed first, so the
+    /// bytes go into a slice of exactly that length: one bounds check, not one per byte.
     #[inline(always)]
     fn raw_varint(&mut self, mut v: u64) {
         // Most fields (the op, lengths, the node id) take one byte.

@@ -108,7 +108,8 @@ pub const IORING_FEAT_CUR_PERSONALITY: libc::__u32 = 1 << 4;
 pub const IORING_FEAT_FAST_POLL: libc::__u32 = 1 << 5;
 pub const IORING_FEAT_POLL_32BITS: libc::__u32 = 1 << 6;
 /// kvmesh patch: `io_uring_enter` takes `struct io_uring_getevents_arg` (Linux 5.11); liburing
-/// then never posts its own `LIBURING_UDATA_TIMEOUT` completions.
+/// then passes a wait's timeout in it instead of submitting `IORING_OP_TIMEOUT` entries tagged
+/// `LIBURING_UDATA_TIMEOUT`, so no completion needs skipping.
 pub const IORING_FEAT_EXT_ARG: libc::__u32 = 1 << 8;
 
 // io_uring_register opcodes and arguments
