@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # kvmesh and Redis, measured side by side by the same client (kvmesh-bench), on this machine.
 #
-#   bench/compare.sh                        # from anywhere; takes about 7 minutes
-#   DURATION=20s WARMUP=5s bench/compare.sh # longer runs
+#   bench/compare.sh                                   # from anywhere; about 8 minutes
+#   ROUNDS=5 DURATION=10s WARMUP=2s bench/compare.sh   # more, longer runs
 #
 # What it does:
 #   - installs redis-server if it is missing (Debian's package also starts a service on 6379;
@@ -14,8 +14,12 @@
 #     the network path's physical limit) each pinned to core 0, the client pinned to core 1;
 #     the four run side by side and each workload is run against all four in turn, so a change
 #     in the machine's load hits them alike (only the first workload prefills the 100k keys;
-#     the servers keep them); ratios kvmesh/redis, kvmesh/probe and kvmesh/probe-uring;
-#   - second table: kvmesh with 2 shards on cores 0,1, the client sharing both cores;
+#     the servers keep them); all four workloads are run in ROUNDS rounds (default 3), and the
+#     table gives each figure's median over the rounds and each ratio as the median of the
+#     rounds' own ratios, with their range: one run of DURATION on this VM moves by 10-20%;
+#     ratios kvmesh/redis, kvmesh/probe and kvmesh/probe-uring;
+#   - second table: kvmesh with 2 shards on cores 0,1, the client sharing both cores (one
+#     round);
 #   - workloads: 100-byte values, 100k keys, 50 connections, GET-only and SET-only, pipeline 1
 #     and 16; throughput, p99, server CPU time per request (utime+stime from /proc over the
 #     measured phase, divided by the requests) and errors, with kvmesh/redis ratios;
@@ -24,8 +28,9 @@
 set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
-DURATION=${DURATION:-10s}
-WARMUP=${WARMUP:-2s}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
 
 # run_bench RESULTS LABEL TARGET CLIENT_CPUS [flags...]: one run against the current server;
 # its JSON report is appended to RESULTS.
@@ -40,11 +45,11 @@ run_bench() {
     log "$label $* -> $(grep -E '^(throughput|memory):' "$WORK/run.out" | head -n 1 | tr -s ' ')"
 }
 
-# The four workloads of a table, each against every server of SERVERS_UNDER_TEST in turn:
-# "LABEL TARGET PID ADDR" words.
-# Only the first workload prefills: the servers keep every key for the later ones.
+# run_workloads RESULTS CLIENT_CPUS [--no-prefill]: the four workloads of a table, each
+# against every server of SERVERS_UNDER_TEST ("LABEL TARGET PID ADDR" words) in turn.
+# Only the first workload prefills, unless told not to: the servers keep every key.
 run_workloads() {
-    local results=$1 cpus=$2 server prefill=()
+    local results=$1 cpus=$2 server prefill=("${@:3}")
     for ratio in 1 0; do
         for pipeline in 1 16; do
             for server in "${SERVERS_UNDER_TEST[@]}"; do
@@ -63,7 +68,7 @@ run_workloads() {
 bench_init compare
 ensure_redis
 
-log "headline: one core each (server on core 0, client on core 1), $DURATION per run after $WARMUP warmup"
+log "headline: one core each (server on core 0, client on core 1), $ROUNDS rounds, $DURATION per run after $WARMUP warmup"
 start_redis 0 --appendonly no
 SERVERS_UNDER_TEST=("redis redis $SERVER_PID $SERVER_ADDR")
 start_kvmesh 1 0
@@ -73,6 +78,10 @@ SERVERS_UNDER_TEST+=("probe kvmesh $SERVER_PID $SERVER_ADDR")
 start_probe 0 uring
 SERVERS_UNDER_TEST+=("probe-uring kvmesh $SERVER_PID $SERVER_ADDR")
 run_workloads "$WORK/headline.jsonl" 1
+for round in $(seq 2 "$ROUNDS"); do
+    log "headline: round $round of $ROUNDS"
+    run_workloads "$WORK/headline.jsonl" 1 --no-prefill
+done
 for server in "${SERVERS_UNDER_TEST[@]}"; do
     # shellcheck disable=SC2086
     set -- $server
@@ -99,7 +108,7 @@ echo "## kvmesh vs Redis, $(date -u +%Y-%m-%d)"
 echo
 machine_line
 echo "Redis: $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) (no persistence). kvmesh: $(kvmesh_version) (in-memory, no --data-dir). probe: \`kvmesh-bench probe-server --mode epoll\`, probe-uring: \`--mode uring\`."
-echo "Command: \`bench/compare.sh\` (DURATION=$DURATION, WARMUP=$WARMUP per run). CPU us/req is the server's user+system time over the measured phase divided by the requests."
+echo "Command: \`bench/compare.sh\` (ROUNDS=$ROUNDS, DURATION=$DURATION, WARMUP=$WARMUP per run). CPU us/req is the server's user+system time over the measured phase divided by the requests."
 echo
 "$BENCH" table --title "Per core: server pinned to core 0 (kvmesh: 1 shard), client on core 1" \
     --ratio kvmesh/redis --ratio kvmesh/probe --ratio kvmesh/probe-uring "$WORK/headline.jsonl"

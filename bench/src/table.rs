@@ -2,7 +2,10 @@
 //!
 //! Load runs become one row per workload (operation mix and pipeline) and one column group per
 //! label (throughput, p99, server CPU per request, errors), followed by each later label's
-//! ratio to the first. Prefill-only runs become a memory table.
+//! ratio to the first. A workload run several times per label (rounds, as `bench/compare.sh`
+//! makes them) shows the median of each figure, the sum of the errors, and for each ratio the
+//! median of the rounds' own ratios (the i-th run of a label against the i-th run of its
+//! base), with their range. Prefill-only runs become a memory table.
 
 use std::io::Read;
 
@@ -124,6 +127,23 @@ fn load_table(loads: &[&Report], ratios: &[(String, String)]) -> String {
     {
         caption.push_str(" (first row; others differ)");
     }
+    let most_runs = rows
+        .iter()
+        .flat_map(|key| labels.iter().map(move |l| (key, l)))
+        .map(|(key, l)| {
+            loads
+                .iter()
+                .filter(|r| &r.label == l && row_key(r) == *key)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    if most_runs > 1 {
+        caption.push_str(&format!(
+            "; each figure the median of {most_runs} rounds, each ratio the median of the \
+             rounds' own ratios (range in brackets)"
+        ));
+    }
     let mut header = vec!["workload".to_string(), "pipeline".to_string()];
     for label in &labels {
         header.extend([
@@ -139,33 +159,41 @@ fn load_table(loads: &[&Report], ratios: &[(String, String)]) -> String {
     }
     let mut body = Vec::new();
     for key in &rows {
-        let find = |label: &String| {
+        // Every run of `label` for this row, in the order they were made: one per round.
+        let runs = |label: &String| -> Vec<&Report> {
             loads
                 .iter()
-                .rev()
-                .find(|r| &r.label == label && row_key(r) == *key)
+                .copied()
+                .filter(|r| &r.label == label && row_key(r) == *key)
+                .collect()
         };
         let mut row = vec![key.0.clone(), key.1.to_string()];
         for label in &labels {
-            match find(label) {
-                Some(r) => row.extend([
-                    thousands(r.ops_per_sec),
-                    format!("{:.0}", r.p99_us),
-                    r.server_cpu_us_per_req
-                        .map_or("-".into(), |c| format!("{c:.2}")),
-                    r.errors.to_string(),
-                ]),
-                None => row.extend(["-".to_string(), "-".into(), "-".into(), "-".into()]),
+            let runs = runs(label);
+            if runs.is_empty() {
+                row.extend(["-".to_string(), "-".into(), "-".into(), "-".into()]);
+                continue;
             }
+            let of = |f: fn(&Report) -> Option<f64>| median(runs.iter().filter_map(|r| f(r)));
+            row.extend([
+                of(|r| Some(r.ops_per_sec)).map_or("-".into(), thousands),
+                of(|r| Some(r.p99_us)).map_or("-".into(), |p| format!("{p:.0}")),
+                of(|r| r.server_cpu_us_per_req).map_or("-".into(), |c| format!("{c:.2}")),
+                runs.iter().map(|r| r.errors).sum::<u64>().to_string(),
+            ]);
         }
         for (label, base) in &ratios {
-            let (other, base) = (find(label), find(base));
-            let ratio = |f: fn(&Report) -> Option<f64>| match (
-                base.and_then(|b| f(b)),
-                other.and_then(|o| f(o)),
-            ) {
-                (Some(b), Some(o)) if b > 0.0 => format!("{:.2}x", o / b),
-                _ => "-".into(),
+            let (others, bases) = (runs(label), runs(base));
+            let ratio = |f: fn(&Report) -> Option<f64>| {
+                let paired: Vec<f64> = others
+                    .iter()
+                    .zip(&bases)
+                    .filter_map(|(o, b)| match (f(o), f(b)) {
+                        (Some(o), Some(b)) if b > 0.0 => Some(o / b),
+                        _ => None,
+                    })
+                    .collect();
+                ratio_cell(&paired)
             };
             row.push(ratio(|r| Some(r.ops_per_sec)));
             row.push(ratio(|r| r.server_cpu_us_per_req));
@@ -209,6 +237,31 @@ fn memory_table(memory: &[&Report]) -> String {
         "Resident memory after loading the keys\n\n{}",
         markdown(&header, &body, 1)
     )
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` if empty.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// A ratio cell: `1.05x` for one round, `1.05x (0.98–1.12)` (median, then range) for several.
+fn ratio_cell(rounds: &[f64]) -> String {
+    let Some(mid) = median(rounds.iter().copied()) else {
+        return "-".into();
+    };
+    if rounds.len() == 1 {
+        return format!("{mid:.2}x");
+    }
+    let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{mid:.2}x ({lo:.2}–{hi:.2})")
 }
 
 fn unique<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
@@ -322,6 +375,35 @@ mod tests {
             .map(|l| l.matches('|').count())
             .collect();
         assert!(cells.windows(2).all(|w| w[0] == w[1]), "{cells:?}");
+    }
+
+    #[test]
+    fn rounds_give_medians_and_the_median_of_paired_ratios() {
+        let reports = [
+            load("redis", 1.0, 1, 100_000.0, 4.0),
+            load("kvmesh", 1.0, 1, 90_000.0, 4.0),
+            load("redis", 1.0, 1, 200_000.0, 2.0),
+            load("kvmesh", 1.0, 1, 220_000.0, 2.2),
+            load("redis", 1.0, 1, 150_000.0, 3.0),
+            load("kvmesh", 1.0, 1, 165_000.0, 2.4),
+        ];
+        let text = render(&reports, None, &[]);
+        assert!(text.contains("median of 3 rounds"), "{text}");
+        let get = text.lines().find(|l| l.starts_with("| GET")).unwrap();
+        // Medians of each label's runs: 150,000 and 165,000 ops/s, 3.00 and 2.40 us.
+        assert!(get.contains("150,000") && get.contains("165,000"), "{get}");
+        assert!(get.contains(" 3.00 ") && get.contains(" 2.40 "), "{get}");
+        // Paired ratios 0.90, 1.10, 1.10 (ops) and 1.00, 1.10, 0.80 (CPU): not the ratio of
+        // the medians (1.10 and 0.80).
+        assert!(get.contains("1.10x (0.90–1.10)"), "{get}");
+        assert!(get.contains("1.00x (0.80–1.10)"), "{get}");
+    }
+
+    #[test]
+    fn medians_of_even_and_odd_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), Some(2.5));
+        assert_eq!(median(std::iter::empty()), None);
     }
 
     #[test]
