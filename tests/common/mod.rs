@@ -224,6 +224,39 @@ pub fn spawn_node(addr: SocketAddr, shards: usize, extra: &[&str], log: &std::pa
     spawn_node_with_env(addr, shards, extra, log, &[])
 }
 
+/// The cores a test node's `shards` are pinned to, unless its flags name some: dealt
+/// round-robin over the cores this process may use, node after node, as `kvmesh cluster` deals
+/// them. Left to itself every node pins its shard 0 to the first core, and the nodes of a test
+/// binary's parallel tests (dozens on a 2-core machine) then all share that core while the
+/// other one idles: enough to make a healthy node miss a 2 s hop timeout. With more shards than
+/// cores a node runs unpinned, as it would by default.
+fn dealt_cpus(shards: usize) -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let cores = usable_cores();
+    if cores.is_empty() || shards > cores.len() {
+        return None;
+    }
+    let first = NEXT.fetch_add(shards, std::sync::atomic::Ordering::Relaxed);
+    let dealt: Vec<String> = (0..shards)
+        .map(|s| cores[(first + s) % cores.len()].to_string())
+        .collect();
+    Some(dealt.join(","))
+}
+
+/// The cores in this process's affinity mask (empty if it cannot be read).
+fn usable_cores() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data, valid when zeroed.
+    let mut mask: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; `mask` is valid for the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&mask), &mut mask) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads the mask owned here, at an index below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &mask) })
+        .collect()
+}
+
 /// [`spawn_node`] with extra environment variables (test hooks).
 pub fn spawn_node_with_env(
     addr: SocketAddr,
@@ -233,6 +266,9 @@ pub fn spawn_node_with_env(
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Child {
     let log_file = File::create(log).expect("create node log");
+    let cpus = (!extra.contains(&"--cpus"))
+        .then(|| dealt_cpus(shards))
+        .flatten();
     Command::new(bin())
         .envs(env.iter().copied())
         .args([
@@ -245,6 +281,7 @@ pub fn spawn_node_with_env(
             &grpc_addr(addr, shards).to_string(),
         ])
         .args(extra)
+        .args(cpus.iter().flat_map(|cpus| ["--cpus", cpus.as_str()]))
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().expect("clone log"))
         .stderr(log_file)
