@@ -154,9 +154,9 @@ AWK_STATS='
 # callgrind, for instr.sh and misses.sh. Starts a fresh SERVER (`kvmesh`: 1 shard, KVMESH with
 # the node flags; `probe`: the epoll probe) on core 0 under `valgrind --tool=callgrind` with
 # CALLGRIND_FLAGS added, fills KEYS keys of 100 bytes, zeroes the counters, runs exactly
-# REQUESTS requests of 50 connections at PIPELINE from core 1, dumps the counters and stops the
-# server. The measured dump is left in "$WORK"/callgrind.out.[0-9]* (and copied to
-# KEEP/callgrind.SERVER-RATIO-PIPELINE when KEEP is set).
+# REQUESTS requests of CONNECTIONS connections (default 50) at PIPELINE from core 1, dumps the
+# counters and stops the server. The measured dump is left in "$WORK"/callgrind.out.[0-9]*
+# (and copied to KEEP/callgrind.SERVER-RATIO-PIPELINE when KEEP is set).
 callgrind_run() {
     local server=$1 ratio=$2 pipeline=$3 keys=$4 timeout=$5 port
     local out=$WORK/callgrind.out log=$WORK/server.log
@@ -181,8 +181,9 @@ callgrind_run() {
         kvmesh) wait_for_log "$pid" "$log" " ready: " ;;
         probe) wait_for_log "$pid" "$log" "probe ready: " ;;
     esac
-    local flags=(--target kvmesh --addr "127.0.0.1:$port" --cpus 1 --connections 50
-        --keys "$keys" --value-size 100 --pipeline "$pipeline" --timeout "$timeout" --warmup 0)
+    local flags=(--target kvmesh --addr "127.0.0.1:$port" --cpus 1
+        --connections "${CONNECTIONS:-50}" --keys "$keys" --value-size 100
+        --pipeline "$pipeline" --timeout "$timeout" --warmup 0)
     "$BENCH" "${flags[@]}" --prefill-only >/dev/null 2>&1
     callgrind_control -z "$pid" >/dev/null 2>&1
     "$BENCH" "${flags[@]}" --no-prefill --read-ratio "$ratio" --requests "$REQUESTS" --json \

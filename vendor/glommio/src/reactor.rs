@@ -124,6 +124,16 @@ impl Timers {
     fn process_timers(&mut self) -> (Option<Duration>, usize) {
         let now = Instant::now();
 
+        // kvmesh patch (see `vendor/README.md`, "No timer work in a turn when no timer is
+        // due"): a timer is ready when it fires before `now`, the `split_off` below. When the
+        // earliest one is not, none is, and the split (which moves every pending timer into
+        // newly allocated nodes and frees the old ones, at every executor turn) is skipped.
+        match self.timers.first_key_value() {
+            None => return (None, 0),
+            Some(((when, _), _)) if *when >= now => return (Some(*when - now), 0),
+            Some(_) => {}
+        }
+
         // Split timers into ready and pending timers.
         let pending = self.timers.split_off(&(now, 0));
         let ready = mem::replace(&mut self.timers, pending);

@@ -146,17 +146,19 @@ impl LocalExecutor {
         };
         let tq = Rc::downgrade(&tq);
 
-        // The function that schedules a runnable task when it gets woken up.
+        // The function that schedules a runnable task when it gets woken up. kvmesh patch: a
+        // task whose queue is gone is handed back for the caller to drop (dropping it here
+        // could free this closure while it runs; see `RawTask::schedule_with_reference`).
         let schedule = move |runnable: Runnable| {
-            let tq = tq.upgrade();
-
-            if let Some(tq) = tq {
-                {
-                    let queue = tq.borrow();
-                    queue.ex.local_queue.push(runnable);
-                }
-                maybe_activate(tq);
+            let Some(tq) = tq.upgrade() else {
+                return Some(runnable);
+            };
+            {
+                let queue = tq.borrow();
+                queue.ex.local_queue.push(runnable);
             }
+            maybe_activate(tq);
+            None
         };
 
         // Create a task, push it into the queue by scheduling it, and return its `Task`

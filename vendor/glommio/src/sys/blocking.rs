@@ -249,6 +249,13 @@ impl BlockingThreadPool {
     pub(super) fn flush(&self) -> usize {
         let mut woke = 0;
         let mut waiters = self.sources.borrow_mut();
+        // kvmesh patch (see `vendor/README.md`, "No clock read or channel lock for an empty
+        // queue"): every result answers a request in `sources`, so with none there, none can
+        // be queued; the reactor asks several times per executor turn, and each look at the
+        // channel takes its lock.
+        if waiters.is_empty() {
+            return 0;
+        }
         for x in self.rx.try_iter() {
             let id = x.id;
             let res = x.res;

@@ -920,6 +920,12 @@ impl UringCommon for PollRing {
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        // kvmesh patch (see `vendor/README.md`, "No clock read or channel lock for an empty
+        // queue"): the reactor looks at every ring's queues several times per turn, mostly
+        // empty; the clock is read only when there is something to submit.
+        if queue.is_empty() {
+            return Some(false);
+        }
         let source_map = &mut *self.source_map.borrow_mut();
         let now = Instant::now();
 
@@ -1399,6 +1405,12 @@ impl UringCommon for SleepableRing {
     }
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
+        // kvmesh patch (see `vendor/README.md`, "No clock read or channel lock for an empty
+        // queue"): the reactor looks at every ring's queues several times per turn, mostly
+        // empty; the clock is read only when there is something to submit.
+        if queue.is_empty() {
+            return Some(false);
+        }
         let source_map = &mut *self.source_map.borrow_mut();
         let now = Instant::now();
 

@@ -95,7 +95,7 @@ impl<F, R, S> Clone for RawTask<F, R, S> {
 impl<F, R, S> RawTask<F, R, S>
 where
     F: Future<Output = R>,
-    S: Fn(Task),
+    S: Fn(Task) -> Option<Task>,
 {
     const RAW_WAKER_VTABLE: RawWakerVTable = RawWakerVTable::new(
         Self::clone_waker,
@@ -230,29 +230,41 @@ where
                     (*raw.header).latency_matters,
                 );
             });
-        } else {
-            let state = (*raw.header).state;
-
-            // If the task is completed or closed, it can't be woken up.
-            if state & (COMPLETED | CLOSED) == 0 {
-                // If the task is already scheduled do nothing.
-                if state & SCHEDULED == 0 {
-                    // Mark the task as scheduled.
-                    (*(raw.header as *mut Header)).state = state | SCHEDULED;
-                    if state & RUNNING == 0 {
-                        // Schedule the task.
-                        Self::schedule(ptr);
-                    }
-                }
-            }
+        } else if Self::mark_scheduled(raw) {
+            Self::schedule(ptr);
         }
     }
 
+    /// Marks a task of this thread's executor as scheduled, and returns whether it must be
+    /// queued now: a completed or closed task can't be woken up, a scheduled one is already
+    /// queued, and a running one is queued by [`Self::run`] when its poll returns.
+    #[inline]
+    unsafe fn mark_scheduled(raw: Self) -> bool {
+        let state = (*raw.header).state;
+        if state & (COMPLETED | CLOSED | SCHEDULED) != 0 {
+            return false;
+        }
+        (*(raw.header as *mut Header)).state = state | SCHEDULED;
+        state & RUNNING == 0
+    }
+
     /// Wakes a waker.
+    ///
+    /// kvmesh patch (see `vendor/README.md`, "A local wake hands its reference to the
+    /// queue"): waking a task of this thread's executor that must be queued moves the waker's
+    /// reference into the queued [`Task`] instead of taking a new reference for the task and
+    /// then dropping the waker's.
     unsafe fn wake(ptr: *const ()) {
         dbg_context!(ptr, "wake", {
-            Self::do_wake(ptr);
-            Self::drop_waker(ptr);
+            let raw = Self::from_ptr(ptr);
+            if Self::thread_id() != Some(raw.my_id()) {
+                Self::do_wake(ptr);
+                Self::drop_waker(ptr);
+            } else if Self::mark_scheduled(raw) {
+                Self::schedule_with_reference(ptr);
+            } else {
+                Self::drop_waker(ptr);
+            }
         });
     }
 
@@ -322,13 +334,14 @@ where
             // dropped too, then we need to decide how to destroy the task.
             if (refs == 0) && state & HANDLE == 0 {
                 if state & (COMPLETED | CLOSED) == 0 {
+                    // If the task was not completed nor closed, close it and schedule one more
+                    // time so that its future gets dropped by the executor. kvmesh patch: the
+                    // state is written before the schedule function runs, which may destroy
+                    // the task (when its task queue is gone).
+                    (*(raw.header as *mut Header)).state = SCHEDULED | CLOSED;
                     if state & SCHEDULED == 0 {
-                        // If the task was not completed nor closed, close it and schedule one more
-                        // time so that its future gets dropped by the
-                        // executor.
                         Self::schedule(ptr);
                     }
-                    (*(raw.header as *mut Header)).state = SCHEDULED | CLOSED;
                 } else {
                     // Otherwise, destroy the task right away.
                     Self::destroy(ptr);
@@ -368,24 +381,24 @@ where
         dbg_context!(ptr, "schedule", {
             let raw = Self::from_ptr(ptr);
             Self::increment_references(&*(raw.header as *mut Header));
-
-            // Calling of schedule functions itself does not increment references,
-            // if the schedule function has captured variables, increment references
-            // so if task being dropped inside schedule function , function itself
-            // will keep valid data till the end of execution.
-            let guard = if mem::size_of::<S>() > 0 {
-                Some(Waker::from_raw(Self::clone_waker(ptr)))
-            } else {
-                None
-            };
-
-            let task = Task {
-                raw_task: NonNull::new_unchecked(ptr as *mut ()),
-            };
-
-            (*raw.schedule)(task);
-            drop(guard);
+            Self::schedule_with_reference(ptr);
         });
+    }
+
+    /// Passes a task reference the caller already holds to the schedule function.
+    ///
+    /// kvmesh patch: the schedule function hands back a task it could not queue (its task
+    /// queue is gone), and the task is dropped here, after the function has returned. glommio
+    /// 0.9 dropped it inside the function and so took one more reference around the call (a
+    /// waker clone and drop): the drop may destroy the task, and with it the function's
+    /// captured state, which must outlive the call.
+    unsafe fn schedule_with_reference(ptr: *const ()) {
+        let raw = Self::from_ptr(ptr);
+        let task = Task {
+            raw_task: NonNull::new_unchecked(ptr as *mut ()),
+        };
+        let unqueued = (*raw.schedule)(task);
+        drop(unqueued);
     }
 
     /// Drops the future inside a task.
@@ -544,12 +557,12 @@ where
         struct Guard<F, R, S>(RawTask<F, R, S>)
         where
             F: Future<Output = R>,
-            S: Fn(Task);
+            S: Fn(Task) -> Option<Task>;
 
         impl<F, R, S> Drop for Guard<F, R, S>
         where
             F: Future<Output = R>,
-            S: Fn(Task),
+            S: Fn(Task) -> Option<Task>,
         {
             fn drop(&mut self) {
                 let raw = self.0;

@@ -32,7 +32,7 @@ pub(crate) fn spawn_local<F, R, S>(
 ) -> (Task, JoinHandle<R>)
 where
     F: Future<Output = R>,
-    S: Fn(Task),
+    S: Fn(Task) -> Option<Task>,
 {
     // Allocate large futures on the heap.
     let raw_task = if mem::size_of::<F>() >= 2048 {
