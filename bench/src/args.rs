@@ -25,7 +25,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Formats JSON reports (the last stdout line of `--json` runs, one per line) as Markdown
-    /// tables: one row per workload, one column group per label, and the ratio between labels.
+    /// tables: one row per workload, one column group per label, and the ratio between labels
+    /// (with rounds, runs repeated per label: medians, and the median of the rounds' ratios).
     Table(TableArgs),
     /// Prints a loopback port P such that P..P+COUNT-1 are all free to bind right now.
     FreePort {
