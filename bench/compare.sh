@@ -29,6 +29,7 @@ set -euo pipefail
 
 . "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-3}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "compare: ROUNDS must be a whole number of at least 1, not '$ROUNDS'" >&2; exit 2; }
 DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-1s}
 

@@ -43,7 +43,7 @@ counted() {
     [ -z "${FSYNC:-}" ] || durable=(--data-dir "$(mktemp -d "$WORK/data.XXXX")" --fsync "$FSYNC")
     callgrind_run "$server" "$ratio" "$pipeline" 10000 10s "${durable[@]}"
     # The dump of the measured requests (not the exit dump): instructions, calls to malloc.
-    awk -v n="$REQUESTS" -v what="$server${FSYNC:+ --fsync $FSYNC} $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline" '
+    awk -v n="$REQUESTS" -v what="$server${FSYNC:+ --fsync $FSYNC} $([ "$ratio" = 1 ] && echo GET || echo SET) pipeline $pipeline${CONNECTIONS:+ (${CONNECTIONS} connections)}" '
         /^summary:/ { ir += $2 }
         /^cfn=(malloc|__libc_malloc)$/ { m = 1; next }
         m && /^calls=/ { split($1, c, "="); mallocs += c[2] }

@@ -140,8 +140,8 @@ fn load_table(loads: &[&Report], ratios: &[(String, String)]) -> String {
         .unwrap_or(0);
     if most_runs > 1 {
         caption.push_str(&format!(
-            "; each figure the median of {most_runs} rounds, each ratio the median of the \
-             rounds' own ratios (range in brackets)"
+            "; each figure the median of {most_runs} rounds (errors: their sum), each ratio the \
+             median of the rounds' own ratios (range in brackets)"
         ));
     }
     let mut header = vec!["workload".to_string(), "pipeline".to_string()];
@@ -159,7 +159,9 @@ fn load_table(loads: &[&Report], ratios: &[(String, String)]) -> String {
     }
     let mut body = Vec::new();
     for key in &rows {
-        // Every run of `label` for this row, in the order they were made: one per round.
+        // Every run of `label` for this row, in the order they were made: one per round. Runs
+        // pair with their base's by that order (the i-th with the i-th), so every label must
+        // have run in every round, as compare.sh, which stops at a failed run, makes sure.
         let runs = |label: &String| -> Vec<&Report> {
             loads
                 .iter()
@@ -393,8 +395,9 @@ mod tests {
         // Medians of each label's runs: 150,000 and 165,000 ops/s, 3.00 and 2.40 us.
         assert!(get.contains("150,000") && get.contains("165,000"), "{get}");
         assert!(get.contains(" 3.00 ") && get.contains(" 2.40 "), "{get}");
-        // Paired ratios 0.90, 1.10, 1.10 (ops) and 1.00, 1.10, 0.80 (CPU): not the ratio of
-        // the medians (1.10 and 0.80).
+        // Paired ratios 0.90, 1.10, 1.10 (ops) and 1.00, 1.10, 0.80 (CPU). The CPU cell tells
+        // the two ways apart: the ratio of the medians would be 0.80 (the ops cell's 1.10
+        // would be the same either way; its range shows the pairing).
         assert!(get.contains("1.10x (0.90–1.10)"), "{get}");
         assert!(get.contains("1.00x (0.80–1.10)"), "{get}");
     }

@@ -22,6 +22,11 @@ use std::sync::atomic::Ordering;
 /// When run, the task polls `future`. When woken up, it gets scheduled for
 /// running by the `schedule` function.
 ///
+/// kvmesh patch: `schedule` returns `None` once it has queued the task, or hands the task back
+/// (`Some`) when it could not (its task queue is gone); it must never drop the task itself,
+/// because dropping it may destroy the task, and with it the function's own captured state
+/// (see `RawTask::schedule_with_reference`).
+///
 /// [`Task`]: struct.Task.html
 /// [`JoinHandle`]: struct.JoinHandle.html
 pub(crate) fn spawn_local<F, R, S>(
