@@ -1,13 +1,15 @@
 //! The arena: where every entry's block lives, named by a 32-bit address that the hash index,
 //! the LRU list and the timer wheel use instead of pointers.
 //!
-//! Memory comes in pages of 64 KiB. A block of up to [`SMALL_MAX`] bytes gets a slot in a page
+//! Memory comes in pages of 64 KiB, carved out of 2 MiB chunks that the kernel may back with
+//! huge pages (pages.rs, chunk.rs). A block of up to [`SMALL_MAX`] bytes gets a slot in a page
 //! of its size class (classes every 8 bytes from 24 to 1024), with no header and at most 7
 //! bytes of rounding; glibc malloc would add an 8-byte header and round to 16 (a 134-byte
 //! block costs 136 bytes here, 144 from malloc). Freed slots go on their class's free list
 //! (doubly linked through the slots' LRU links) and are reused first. A class page whose last
-//! block is freed goes back to the global allocator, unless it is the page its class is
-//! filling, so memory left behind by entries of one size serves entries of another.
+//! block is freed goes back to the kernel (its number is reused first), unless it is the page
+//! its class is filling, so memory left behind by entries of one size serves entries of
+//! another.
 //!
 //! A larger block gets an allocation of its own, of exactly its length, from the global
 //! allocator, named in a table of its own; a freed large block's table slot is reused.
@@ -20,6 +22,7 @@
 
 use crate::block::{Block, BlockMut, NIL};
 use crate::charge;
+use crate::pages::Pages;
 
 const PAGE_BITS: u32 = 16;
 /// Bytes in a class page.
@@ -39,7 +42,7 @@ pub(crate) const SMALL_MAX: usize = 1024;
 /// The smallest block (20-byte header, two 1-byte lengths, 1-byte key) rounded to 8.
 const MIN_SLOT: usize = 24;
 const CLASSES: usize = (SMALL_MAX - MIN_SLOT) / 8 + 1;
-/// Kind of a page table slot whose page went back to the allocator.
+/// Kind of a page whose memory went back to the kernel.
 const FREE_PAGE: u8 = 0xFF;
 /// What one large-block table slot costs: a boxed slice.
 pub(crate) const LARGE_ENTRY_BYTES: u64 = 16;
@@ -96,7 +99,7 @@ struct Class {
 }
 
 pub(crate) struct Arena {
-    pages: Vec<Box<[u8]>>,
+    pages: Pages,
     /// Per page: its class number or `FREE_PAGE`.
     kinds: Vec<u8>,
     /// Per page: blocks in use in it.
@@ -107,7 +110,7 @@ pub(crate) struct Arena {
     large: Vec<Box<[u8]>>,
     free_large: Vec<u32>,
     large_limit: u32,
-    /// What the pages and large blocks take from the global allocator (see `resident_bytes`).
+    /// What the pages and large blocks hold (see `resident_bytes`).
     resident: u64,
     /// Classes that have a page they are filling.
     filling: u32,
@@ -121,7 +124,7 @@ impl Arena {
     /// An arena of at most `pages` class pages and `large` large blocks (tests use small ones).
     pub(crate) fn with_limits(pages: u32, large: u32) -> Arena {
         Arena {
-            pages: Vec::new(),
+            pages: Pages::default(),
             kinds: Vec::new(),
             used: Vec::new(),
             classes: [Class {
@@ -148,9 +151,10 @@ impl Arena {
         )
     }
 
-    /// Bytes taken from the global allocator for blocks: 64 KiB per class page held, and each
-    /// large block as glibc malloc takes it plus its table slot. The page table and the large
-    /// block table themselves are not counted.
+    /// Bytes held for blocks: 64 KiB per class page in use (a chunk's pages not yet numbered,
+    /// or given back, hold none, though a huge page backs the whole 2 MiB once written), and
+    /// each large block as glibc malloc takes it plus its table slot. The page table and the
+    /// large block table themselves are not counted.
     pub(crate) fn resident_bytes(&self) -> u64 {
         self.resident
     }
@@ -191,12 +195,11 @@ impl Arena {
             || self.pages.len() < self.page_limit as usize
     }
 
+    /// A page of zeros for `class`: one given back before (zeroed then), or a new one.
     fn new_page(&mut self, class: u8) -> usize {
-        let bytes = vec![0u8; PAGE].into_boxed_slice();
         self.resident += PAGE as u64;
         if let Some(page) = self.free_pages.pop() {
             let page = page as usize;
-            self.pages[page] = bytes;
             self.kinds[page] = class;
             return page;
         }
@@ -204,10 +207,9 @@ impl Arena {
             self.pages.len() < self.page_limit as usize,
             "invariant: callers check has_room before alloc"
         );
-        self.pages.push(bytes);
         self.kinds.push(class);
         self.used.push(0);
-        self.pages.len() - 1
+        self.pages.push()
     }
 
     /// A slot of `slot_len(len)` bytes for a block of `len` bytes (check `has_room` first).
@@ -259,7 +261,7 @@ impl Arena {
     }
 
     /// Gives back the slot at `addr`; the block in it is gone. A class page left with no block
-    /// in use goes back to the allocator, unless its class is filling it.
+    /// in use goes back to the kernel, unless its class is filling it.
     pub(crate) fn free(&mut self, at: u32) {
         if let Some(n) = large_slot(at) {
             let bytes = std::mem::take(&mut self.large[n]);
@@ -270,7 +272,7 @@ impl Arena {
         let (page, offset) = split(at);
         let c = self.kinds[page] as usize;
         let head = self.classes[c].free;
-        let mut block = BlockMut(&mut self.pages[page][offset..]);
+        let mut block = BlockMut(&mut self.pages.get_mut(page)[offset..]);
         block.set_free();
         block.set_lru_prev(NIL);
         block.set_lru_next(head);
@@ -315,7 +317,7 @@ impl Arena {
         }
     }
 
-    /// Returns a class page with no block in use, and not being filled, to the allocator: its
+    /// Returns a class page with no block in use, and not being filled, to the kernel: its
     /// slots at offsets below `end` (all it ever handed out) are on the free list, so they
     /// come off it first. O(slots in a page).
     fn release_page(&mut self, page: usize, end: usize) {
@@ -324,7 +326,7 @@ impl Arena {
         for offset in (0..end).step_by(len) {
             self.unlink_free(class as usize, addr(page, offset));
         }
-        self.pages[page] = Box::default();
+        self.pages.discard(page);
         self.kinds[page] = FREE_PAGE;
         self.free_pages.push(page as u32);
         self.resident -= PAGE as u64;
@@ -345,7 +347,7 @@ impl Arena {
             return &mut self.large[n];
         }
         let (page, offset) = split(at);
-        &mut self.pages[page][offset..]
+        &mut self.pages.get_mut(page)[offset..]
     }
 
     #[inline]
@@ -354,7 +356,7 @@ impl Arena {
             return &self.large[n];
         }
         let (page, offset) = split(at);
-        &self.pages[page][offset..]
+        &self.pages.get(page)[offset..]
     }
 
     /// The block at `addr`, which is in use.
@@ -397,9 +399,9 @@ impl Arena {
             (None, None) => {
                 let ((fp, fo), (tp, to_)) = (split(from), split(to));
                 if fp == tp {
-                    self.pages[fp].copy_within(fo..fo + n, to_);
+                    self.pages.get_mut(fp).copy_within(fo..fo + n, to_);
                 } else {
-                    let (src, dst) = pair(&mut self.pages, fp, tp);
+                    let (src, dst) = self.pages.pair(fp, tp);
                     dst[to_..to_ + n].copy_from_slice(&src[fo..fo + n]);
                 }
             }
@@ -409,11 +411,11 @@ impl Arena {
             }
             (Some(f), None) => {
                 let (tp, to_) = split(to);
-                self.pages[tp][to_..to_ + n].copy_from_slice(&self.large[f][..n]);
+                self.pages.get_mut(tp)[to_..to_ + n].copy_from_slice(&self.large[f][..n]);
             }
             (None, Some(t)) => {
                 let (fp, fo) = split(from);
-                self.large[t][..n].copy_from_slice(&self.pages[fp][fo..fo + n]);
+                self.large[t][..n].copy_from_slice(&self.pages.get(fp)[fo..fo + n]);
             }
         }
     }
@@ -431,7 +433,7 @@ impl Arena {
         if from < LARGE_BASE {
             let (mut page, mut offset) = split(from);
             while page < self.pages.len() {
-                let (bytes, kind) = (&self.pages[page], self.kinds[page]);
+                let (bytes, kind) = (self.pages.get(page), self.kinds[page]);
                 // Slots start at offsets below `end`, `step` apart: every class length for a
                 // class page, up to where its class stopped filling it; one for a free page.
                 let (step, end) = match kind {

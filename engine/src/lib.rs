@@ -35,21 +35,25 @@
 //!
 //! Each entry costs one slot of the hash index and one block in the store's arena holding its
 //! LRU links, version, lengths, key, value and (only when it has one) its deadline; the arena
-//! packs blocks into 64 KiB pages by 8-byte size classes, with no per-block header. The charge
+//! packs blocks into 64 KiB pages by 8-byte size classes, with no per-block header, and takes
+//! its pages from the kernel in 2 MiB chunks marked for transparent huge pages. The charge
 //! per entry is documented at [`Store::entry_charge`]; `benches/store.rs` checks it against a
 //! counting allocator.
-#![forbid(unsafe_code)]
+// Only chunk.rs, the arena's memory from the kernel, allows `unsafe`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod ahead;
 mod arena;
 mod block;
 mod charge;
+mod chunk;
 mod config;
 mod error;
 mod index;
 mod lru;
 mod outcome;
+mod pages;
 mod peek;
 mod reclaim;
 mod scan;
