@@ -8,7 +8,7 @@
 //! chunk glibc really uses (`malloc_usable_size` + its 8-byte header), and by the resident
 //! set size. Both are taken before and after filling the store and divided by the entries;
 //! the result is printed next to what the store charges (`bytes_used() / len()`). The arena's
-//! class pages are mapped from the kernel (chunk.rs), not allocated, so the allocator's lines
+//! class pages are mapped from the kernel (region.rs), not allocated, so the allocator's lines
 //! count the hash index (and any large blocks) only; the resident set counts everything.
 //!
 //! `baseline_hashbrown_get*` is context, not kvmesh: a plain `hashbrown::HashMap` of the same

@@ -1,13 +1,13 @@
 //! The arena: where every entry's block lives, named by a 32-bit address that the hash index,
 //! the LRU list and the timer wheel use instead of pointers.
 //!
-//! Memory comes in pages of 64 KiB, carved out of 2 MiB chunks that the kernel may back with
-//! huge pages (pages.rs, chunk.rs). A block of up to [`SMALL_MAX`] bytes gets a slot in a page
+//! Memory comes in pages of 64 KiB, laid out in one reserved range that the kernel may back
+//! with huge pages (pages.rs, region.rs). A block of up to [`SMALL_MAX`] bytes gets a slot in a page
 //! of its size class (classes every 8 bytes from 24 to 1024), with no header and at most 7
 //! bytes of rounding; glibc malloc would add an 8-byte header and round to 16 (a 134-byte
 //! block costs 136 bytes here, 144 from malloc). Freed slots go on their class's free list
 //! (doubly linked through the slots' LRU links) and are reused first. A class page whose last
-//! block is freed goes back to the kernel (its number is reused first), unless it is the page
+//! block is freed is kept for any class to reuse first (zeroed then), unless it is the page
 //! its class is filling, so memory left behind by entries of one size serves entries of
 //! another.
 //!
@@ -42,7 +42,7 @@ pub(crate) const SMALL_MAX: usize = 1024;
 /// The smallest block (20-byte header, two 1-byte lengths, 1-byte key) rounded to 8.
 const MIN_SLOT: usize = 24;
 const CLASSES: usize = (SMALL_MAX - MIN_SLOT) / 8 + 1;
-/// Kind of a page whose memory went back to the kernel.
+/// Kind of a page no class holds.
 const FREE_PAGE: u8 = 0xFF;
 /// What one large-block table slot costs: a boxed slice.
 pub(crate) const LARGE_ENTRY_BYTES: u64 = 16;
@@ -124,7 +124,7 @@ impl Arena {
     /// An arena of at most `pages` class pages and `large` large blocks (tests use small ones).
     pub(crate) fn with_limits(pages: u32, large: u32) -> Arena {
         Arena {
-            pages: Pages::default(),
+            pages: Pages::new(pages.min(MAX_PAGES) as usize),
             kinds: Vec::new(),
             used: Vec::new(),
             classes: [Class {
@@ -151,10 +151,9 @@ impl Arena {
         )
     }
 
-    /// Bytes held for blocks: 64 KiB per class page in use (a chunk's pages not yet numbered,
-    /// or given back, hold none, though a huge page backs the whole 2 MiB once written), and
-    /// each large block as glibc malloc takes it plus its table slot. The page table and the
-    /// large block table themselves are not counted.
+    /// Bytes held for blocks: 64 KiB per class page a class holds, and each large block as
+    /// glibc malloc takes it plus its table slot. The page table, the large block table and
+    /// the pages no class holds (kept for reuse, see the module docs) are not counted.
     pub(crate) fn resident_bytes(&self) -> u64 {
         self.resident
     }
@@ -195,11 +194,13 @@ impl Arena {
             || self.pages.len() < self.page_limit as usize
     }
 
-    /// A page of zeros for `class`: one given back before (zeroed then), or a new one.
+    /// A page of zeros for `class`: one no class holds, or a new one.
     fn new_page(&mut self, class: u8) -> usize {
         self.resident += PAGE as u64;
         if let Some(page) = self.free_pages.pop() {
             let page = page as usize;
+            // A scan tells free slots by their zero first byte (block.rs).
+            self.pages.get_mut(page).fill(0);
             self.kinds[page] = class;
             return page;
         }
@@ -261,7 +262,7 @@ impl Arena {
     }
 
     /// Gives back the slot at `addr`; the block in it is gone. A class page left with no block
-    /// in use goes back to the kernel, unless its class is filling it.
+    /// in use is given up by its class, unless the class is filling it.
     pub(crate) fn free(&mut self, at: u32) {
         if let Some(n) = large_slot(at) {
             let bytes = std::mem::take(&mut self.large[n]);
@@ -317,7 +318,7 @@ impl Arena {
         }
     }
 
-    /// Returns a class page with no block in use, and not being filled, to the kernel: its
+    /// Takes a class page with no block in use, and not being filled, from its class: its
     /// slots at offsets below `end` (all it ever handed out) are on the free list, so they
     /// come off it first. O(slots in a page).
     fn release_page(&mut self, page: usize, end: usize) {
@@ -326,7 +327,6 @@ impl Arena {
         for offset in (0..end).step_by(len) {
             self.unlink_free(class as usize, addr(page, offset));
         }
-        self.pages.discard(page);
         self.kinds[page] = FREE_PAGE;
         self.free_pages.push(page as u32);
         self.resident -= PAGE as u64;

@@ -95,6 +95,12 @@ fn a_page_whose_last_block_goes_is_handed_back() {
     // Another class gets the page back (same number, new kind).
     let other = insert(&mut arena, b"k", 9);
     assert_eq!(split(other), (0, 0));
+    // Zeroed first: a scan finds the new block there and nothing of the old ones.
+    let slot = arena.slot_len_at(other);
+    assert!(arena.pages.get(0)[slot..].iter().all(|&b| b == 0));
+    let mut seen = 0;
+    assert_eq!(arena.walk(0, usize::MAX, |_| seen += 1), None);
+    assert_eq!(seen, 1 + per_page);
     assert!(
         arena.used_block_at(ids[1]).is_none(),
         "a 24-byte slot is not a slot here"

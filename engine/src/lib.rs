@@ -35,11 +35,11 @@
 //!
 //! Each entry costs one slot of the hash index and one block in the store's arena holding its
 //! LRU links, version, lengths, key, value and (only when it has one) its deadline; the arena
-//! packs blocks into 64 KiB pages by 8-byte size classes, with no per-block header, and takes
-//! its pages from the kernel in 2 MiB chunks marked for transparent huge pages. The charge
+//! packs blocks into 64 KiB pages by 8-byte size classes, with no per-block header, in memory
+//! mapped from the kernel and marked for transparent huge pages (region.rs). The charge
 //! per entry is documented at [`Store::entry_charge`]; `benches/store.rs` checks it against a
 //! counting allocator.
-// Only chunk.rs, the arena's memory from the kernel, allows `unsafe`.
+// Only region.rs, the arena's memory from the kernel, allows `unsafe`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -47,7 +47,6 @@ mod ahead;
 mod arena;
 mod block;
 mod charge;
-mod chunk;
 mod config;
 mod error;
 mod index;
@@ -56,6 +55,7 @@ mod outcome;
 mod pages;
 mod peek;
 mod reclaim;
+mod region;
 mod scan;
 mod stats;
 mod store;

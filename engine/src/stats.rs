@@ -9,8 +9,8 @@ pub struct Stats {
     pub tombstones: u64,
     /// Bytes charged for all entries and tombstones (see `Store::entry_charge`).
     pub bytes_used: u64,
-    /// Bytes the store's arena holds from the global allocator for blocks: 64 KiB per class
-    /// page, and each large block as malloc takes it. At most `max_memory` plus 64 KiB per
+    /// Bytes the store's arena holds for blocks: 64 KiB per class page (mapped from the
+    /// kernel), and each large block as malloc takes it. At most `max_memory` plus 64 KiB per
     /// size class in use (see `Store::entry_charge`); unlike `bytes_used` it includes free
     /// slots and excludes the hash index.
     pub arena_bytes: u64,

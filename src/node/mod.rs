@@ -69,14 +69,13 @@ pub use sys::{check_ports_free, raise_memlock, usable_cpus};
 const MESH_CHANNEL: usize = 1024;
 /// Entries of each of a shard's io_uring submission queues (glommio's default is 128).
 ///
-/// glommio's throughput preemption timer is a `TIMEOUT` that completes after `ring_depth`
-/// completions, and each time it does, its linked `eventfd` write runs on an `iou-wrk` thread
-/// that preempts the shard on its core. A socket's poll posts a completion per wake-up, so at
-/// 128 the timer fired about 1,300 times a second at pipeline 1 (170k requests/s), worth about
-/// 3% of the shard's CPU (bench/PERFORMANCE.md, "Huge pages for the arena, and the throughput
-/// preemption timer fired eight times less"). At 1024 it fires eight times less; the time-based preemption that keeps task
-/// queues fair is unchanged. Costs ring memory: about 200 KiB per ring (the completion queues
-/// hold eight times as many entries, see vendor/README.md), three rings per shard.
+/// glommio's throughput preemption timer completes after `ring_depth` completions, and each
+/// time its `eventfd` write runs on an `iou-wrk` thread that preempts the shard on its core.
+/// Every socket wake-up is a completion, so at 128 it fired about 1,300 times a second at
+/// pipeline 1; at 1024 it fires eight times less often, for 1-4% less CPU per request
+/// (bench/PERFORMANCE.md, "Huge pages for the arena, and the throughput preemption timer
+/// fired eight times less"). Time-based preemption is unchanged. The cost: about 100 KiB per
+/// ring, three rings per shard (locked memory on kernels before 5.12).
 const RING_DEPTH: usize = 1024;
 /// How long the shards together may take to bind their ports and join the mesh.
 const START_DEADLINE: Duration = Duration::from_secs(30);

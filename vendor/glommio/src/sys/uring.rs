@@ -1001,7 +1001,7 @@ struct SleepableRing {
 /// `GLOMMIO_DEFER_TASKRUN=0` turns it off (see `vendor/README.md`); a kernel that rejects the
 /// flags gets the ring without them. Returns the ring and whether it defers task work.
 fn new_sleepable_ring(size: usize, defer_taskrun: bool) -> io::Result<(iou::IoUring, bool)> {
-    let cq_entries = (size * CQ_ENTRIES_PER_SQ_ENTRY) as u32;
+    let cq_entries = cq_entries(size);
     let coop = !crate::kvmesh_patch::set_by_env("GLOMMIO_NO_COOP_TASKRUN");
     let coop_flag = || {
         if coop {
@@ -1042,6 +1042,15 @@ fn defer_task_work() -> bool {
 /// kvmesh patch: see [`new_sleepable_ring`]. The default ring depth, 128, gets 1,024
 /// completion entries (16 KiB).
 const CQ_ENTRIES_PER_SQ_ENTRY: usize = 8;
+/// kvmesh patch: the most completion entries a ring gets from [`CQ_ENTRIES_PER_SQ_ENTRY`];
+/// a deeper ring gets twice its depth (the kernel's own default), so a node's 1,024-deep rings
+/// hold 2,048 completions (32 KiB), not 8,192.
+const CQ_ENTRIES_FROM_DEPTH: usize = 1024;
+
+/// kvmesh patch: completion entries for a ring `size` deep (see [`new_sleepable_ring`]).
+fn cq_entries(size: usize) -> u32 {
+    (size * 2).max((size * CQ_ENTRIES_PER_SQ_ENTRY).min(CQ_ENTRIES_FROM_DEPTH)) as u32
+}
 
 impl SleepableRing {
     fn new(
