@@ -1,8 +1,10 @@
 //! The production [`SegmentDir`]: a real directory, its segments written through glommio's
 //! `DmaFile` (io_uring, `O_DIRECT`) from our own aligned buffers.
 
+use std::future::{poll_fn, Future};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::rc::Rc;
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
@@ -84,7 +86,7 @@ impl SegmentFile for DmaSegment {
     }
 
     async fn write_commit(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
-        Ok(self.file.write_rc_at(buf, pos).await?)
+        Ok(started_now(self.file.write_rc_at(buf, pos)).await?)
     }
 
     async fn read_all(&self) -> io::Result<Vec<u8>> {
@@ -113,7 +115,7 @@ impl SegmentFile for DmaSegment {
     }
 
     async fn sync(&self) -> io::Result<()> {
-        Ok(self.file.fdatasync().await?)
+        Ok(started_now(self.file.fdatasync()).await?)
     }
 
     async fn zero_fill(&self, len: u64) -> io::Result<()> {
@@ -144,6 +146,26 @@ impl SegmentFile for DmaSegment {
         }
         Ok(self.file.fdatasync().await?)
     }
+}
+
+/// Awaits `io`, a file operation that queues its request when first polled, and hands that
+/// request to the kernel right after that poll rather than at the executor's next reactor
+/// turn, which comes only after every task already runnable has run. A commit's write and its
+/// sync are on every durable reply's path: on a busy shard (many connections woken at once)
+/// that turn is 100-200 µs away, paid by the write and again by the sync, while the disk does
+/// each in tens of µs (bench/PERFORMANCE.md, "File I/O handed to the kernel at once"). The
+/// cost is an `io_uring_enter` per commit write and per sync.
+async fn started_now<T>(io: impl Future<Output = T>) -> T {
+    let mut io = pin!(io);
+    let mut first = true;
+    poll_fn(|cx| {
+        let polled = io.as_mut().poll(cx);
+        if std::mem::take(&mut first) && polled.is_pending() {
+            glommio::submit_io_now();
+        }
+        polled
+    })
+    .await
 }
 
 impl SegmentDir for DmaDir {

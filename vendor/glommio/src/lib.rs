@@ -449,7 +449,7 @@ pub use crate::{
     },
     executor::{
         allocate_dma_buffer, allocate_dma_buffer_global, executor, spawn_local, spawn_local_into,
-        spawn_scoped_local, spawn_scoped_local_into,
+        spawn_scoped_local, spawn_scoped_local_into, submit_io_now,
         stall::{DefaultStallDetectionHandler, StallDetectionHandler},
         yield_if_needed, CpuSet, ExecutorJoinHandle, ExecutorProxy, ExecutorStats, LocalExecutor,
         LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement,

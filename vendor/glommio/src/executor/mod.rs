@@ -1950,6 +1950,16 @@ pub fn allocate_dma_buffer(size: usize) -> DmaBuffer {
     executor().reactor().alloc_dma_buffer(size)
 }
 
+/// kvmesh patch (see `vendor/README.md`, "File I/O handed to the kernel at once"): hands the
+/// I/O requests this executor has queued so far (on its main and poll rings: file reads,
+/// writes and syncs among them) to the kernel now. Without it they go at the executor's next
+/// reactor turn, after every task already runnable has run. Costs one `io_uring_enter` when
+/// anything is queued; reaps no completions. Panics outside an executor, as
+/// [`allocate_dma_buffer`] does.
+pub fn submit_io_now() {
+    executor().reactor().sys.submit_now();
+}
+
 /// Allocates a buffer that is suitable for using to write to Direct Memory
 /// Access File (DMA). If you do not plan to keep allocated buffer for a long
 /// time please use ['crate::allocate_dma_buffer'] instead.

@@ -2005,6 +2005,15 @@ impl Reactor {
         Ok(())
     }
 
+    /// kvmesh patch (see `vendor/README.md`, "File I/O handed to the kernel at once"): hands
+    /// the SQEs queued on the main and poll rings to the kernel now, rather than at the
+    /// executor's next reactor turn, and reaps nothing. A failed `io_uring_enter` leaves them
+    /// in the submission ring, where that turn's submission meets the error again.
+    pub(crate) fn submit_now(&self) {
+        let _ = self.main_ring.borrow_mut().consume_submission_queue();
+        let _ = self.poll_ring.borrow_mut().consume_submission_queue();
+    }
+
     pub(crate) fn rush_dispatch(&self, src: &Source, woke: &mut usize) -> io::Result<()> {
         let ring = &mut *self.ring_for_source(src);
         if ring.may_rush() {
