@@ -2,10 +2,10 @@
 //! the LRU list and the timer wheel use instead of pointers.
 //!
 //! Memory comes in pages of 64 KiB, laid out in one reserved range that the kernel may back
-//! with huge pages (pages.rs, region.rs). A block of up to [`SMALL_MAX`] bytes gets a slot in a page
-//! of its size class (classes every 8 bytes from 24 to 1024), with no header and at most 7
-//! bytes of rounding; glibc malloc would add an 8-byte header and round to 16 (a 134-byte
-//! block costs 136 bytes here, 144 from malloc). Freed slots go on their class's free list
+//! with huge pages (pages.rs, region.rs). A block of up to [`SMALL_MAX`] bytes gets a slot in
+//! a page of its size class (classes every 8 bytes from 24 to 1024), with no header and at
+//! most 7 bytes of rounding; glibc malloc would add an 8-byte header and round to 16 (a
+//! 134-byte block costs 136 bytes here, 144 from malloc). Freed slots go on their class's free list
 //! (doubly linked through the slots' LRU links) and are reused first. A class page whose last
 //! block is freed is kept for any class to reuse first (zeroed then), unless it is the page
 //! its class is filling, so memory left behind by entries of one size serves entries of
