@@ -14,9 +14,9 @@
 # server under `valgrind --tool=callgrind --cache-sim=yes` on core 0 (kvmesh: 1 shard; no
 # --data-dir unless FSYNC is set, then a fresh data directory per run with `--fsync FSYNC`),
 # fills KEYS keys (default 100,000, as compare.sh), zeroes the counters, runs exactly REQUESTS
-# requests (default 50,000; CONNECTIONS connections, default 50, uniform keys, 100-byte values, client on core 1),
-# and prints per request: instructions, first-level data misses (reads and
-# writes), and last-level misses. The simulated caches: D1 32 KiB 8-way, as this machine's,
+# requests (default 50,000; CONNECTIONS connections, default 50, uniform keys, 100-byte
+# values, client on core 1), and prints per request: instructions, first-level data misses
+# (reads and writes), and last-level misses. The simulated caches: D1 32 KiB 8-way, as this machine's,
 # and as the "last level" its 1 MiB 8-way L2 (LL=size,assoc,line to change), not its 32 MiB
 # L3, which 100,000 entries (about 15 MB) fit, so that would count almost nothing. A D1 miss
 # costs roughly 14 cycles when L2 has the line, 50 or more when it does not. Needs valgrind.

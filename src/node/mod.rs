@@ -72,7 +72,7 @@ const MESH_CHANNEL: usize = 1024;
 /// glommio's throughput preemption timer completes after `ring_depth` completions, and each
 /// time its `eventfd` write runs on an `iou-wrk` thread that preempts the shard on its core.
 /// Every socket wake-up is a completion, so at 128 it fired about 1,300 times a second at
-/// pipeline 1; at 1024 it fires eight times less often, for 1-4% less CPU per request
+/// pipeline 1; at 1024 it fires eight times less often, for about 3% less CPU per request
 /// (bench/PERFORMANCE.md, "Huge pages for the arena, and the throughput preemption timer
 /// fired eight times less"). Time-based preemption is unchanged. The cost: about 100 KiB per
 /// ring, three rings per shard (locked memory on kernels before 5.12).
