@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
-use crate::io::{SegmentDir, SegmentFile};
+use crate::io::{Linked, SegmentDir, SegmentFile};
 
 /// Bytes per zeroing write when a segment is prepared.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -87,6 +87,15 @@ impl SegmentFile for DmaSegment {
 
     async fn write_commit(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
         Ok(started_now(self.file.write_rc_at(buf, pos)).await?)
+    }
+
+    fn write_commit_then_sync(&self, buf: Rc<DmaBuffer>, pos: u64) -> Option<Linked> {
+        let (write, sync) = self.file.write_rc_at_then_sync(buf, pos)?;
+        glommio::submit_io_now();
+        Some(Linked {
+            write: Box::pin(async move { Ok(write.await?) }),
+            sync: Box::pin(async move { Ok(sync.await?) }),
+        })
     }
 
     async fn read_all(&self) -> io::Result<Vec<u8>> {

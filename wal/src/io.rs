@@ -3,10 +3,21 @@
 //!
 //! Both traits are used on one glommio executor: their futures are never `Send`.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use glommio::io::DmaBuffer;
+
+/// A commit's write and the sync linked behind it ([`SegmentFile::write_commit_then_sync`]).
+pub struct Linked {
+    /// The write: what [`SegmentFile::write_commit`] returns.
+    pub write: Pin<Box<dyn Future<Output = io::Result<usize>>>>,
+    /// The sync, which the device starts once the write completed in full; it fails when the
+    /// write failed or was short (then it did not run).
+    pub sync: Pin<Box<dyn Future<Output = io::Result<()>>>>,
+}
 
 /// One segment file, written with direct I/O: every write starts at a multiple of
 /// [`alignment`](SegmentFile::alignment) and has a length that is one.
@@ -29,6 +40,15 @@ pub trait SegmentFile {
     /// caller keeps `buf`, so it can continue from there. Faults apply as to
     /// [`write_at`](SegmentFile::write_at).
     async fn write_commit(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize>;
+
+    /// [`write_commit`](SegmentFile::write_commit), and a [`sync`](SegmentFile::sync) linked
+    /// behind it, both handed to the device now: the sync starts once the write completed in
+    /// full, so it covers that write and every write completed before, without a round trip
+    /// through the caller in between. `None` (the default) when this file cannot link the two:
+    /// the caller then writes, and syncs once the write returned.
+    fn write_commit_then_sync(&self, _buf: Rc<DmaBuffer>, _pos: u64) -> Option<Linked> {
+        None
+    }
 
     /// The whole file.
     async fn read_all(&self) -> io::Result<Vec<u8>>;

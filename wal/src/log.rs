@@ -19,30 +19,37 @@
 //!   apply in the order the syncs started: a sync acknowledges its records once it and every
 //!   older sync returned `Ok`, and any failed sync fails the log.
 //!
+//! With `Fsync::Always` the writer links the sync behind a batch's last write where the file
+//! can ([`SegmentFile::write_commit_then_sync`]): the device starts it as soon as the write
+//! completed, and the writer hands it to the syncer's queue, so no turn of the executor passes
+//! between a commit's write and its sync.
+//!
 //! Each commit starts on a fresh block: a block holding acknowledged records is never written
 //! again. When the sync frontier has moved since the last commit, the writer ends the batch
 //! with a `Synced` record stating it, so recovery can tell a torn, never-synced tail from
 //! damage to records that had been synced.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
+use glommio::io::DmaBuffer;
 use glommio::Task;
 
 use crate::config::{Config, Fsync};
 use crate::error::{Error, Result};
 use crate::header::Header;
-use crate::io::{SegmentDir, SegmentFile};
+use crate::io::{Linked, SegmentDir, SegmentFile};
 use crate::record::{self, Entry, Op, FRAME_LEN};
 use crate::segment;
 
 mod pending;
 mod sync;
 use pending::{Pending, Sealed};
-use sync::sync_loop;
+use sync::{sync_loop, InFlight};
 
 /// Counters of one log since it was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,8 +87,10 @@ struct State {
     failure: Option<String>,
     closing: bool,
     closed: bool,
-    /// Syncs the syncer has in flight.
+    /// Syncs in flight (`Inner::syncs`).
     syncing: usize,
+    /// The writer has a write in flight with a sync linked behind it, not yet in `Inner::syncs`.
+    linking: bool,
     /// The writer, waiting for `syncing` to reach zero.
     drain_waiter: Option<Waker>,
     max_payload: usize,
@@ -253,6 +262,9 @@ struct Inner<D: SegmentDir> {
     shard: u32,
     config: Config,
     active: RefCell<Rc<Active<D::File>>>,
+    /// `Fsync::Always`: the syncs in flight, oldest first (the syncer's, and those the writer
+    /// linked behind its writes), until their results are applied.
+    syncs: RefCell<VecDeque<InFlight<D::File>>>,
     /// The next segment, being prepared in the background.
     spare: RefCell<Option<Task<Result<D::File>>>>,
     /// Index of the next segment.
@@ -281,6 +293,7 @@ pub(crate) fn start<D: SegmentDir + 'static>(
         closing: false,
         closed: false,
         syncing: 0,
+        linking: false,
         drain_waiter: None,
         max_payload: config.max_payload(),
         segment_size: config.segment_size,
@@ -299,6 +312,7 @@ pub(crate) fn start<D: SegmentDir + 'static>(
         shard,
         config,
         active: RefCell::new(Rc::new(active)),
+        syncs: RefCell::new(VecDeque::new()),
         spare: RefCell::new(None),
         next_index: Cell::new(next_index),
     });
@@ -395,7 +409,8 @@ impl<D: SegmentDir + 'static> Inner<D> {
     /// needed.
     async fn write_batch(&self, batch: &mut Vec<Sealed>, first_seq: u64) -> Result<()> {
         let mut seq = first_seq;
-        for mut sealed in batch.drain(..) {
+        let buffers = batch.len();
+        for (i, mut sealed) in batch.drain(..).enumerate() {
             let active = self.active.borrow().clone();
             let pos = active.pos.get();
             // The records padded to this segment's block. A buffer sealed for another block
@@ -407,7 +422,8 @@ impl<D: SegmentDir + 'static> Inner<D> {
             if len <= sealed.buf.len() as u64 && len <= active.size.saturating_sub(pos) {
                 sealed.buf.trim_to_size(len as usize);
                 let started = Instant::now();
-                self.write_sealed(&active, sealed, pos).await?;
+                let link = (i + 1 == buffers).then_some(seq + records);
+                self.write_sealed(&active, sealed, pos, link).await?;
                 self.wrote(&active, pos, len, started);
             } else {
                 // The segment's end, or a buffer padded for a smaller block: copied.
@@ -420,14 +436,33 @@ impl<D: SegmentDir + 'static> Inner<D> {
     }
 
     /// Writes `sealed` whole at `pos` from its own buffer; a short write is continued from a
-    /// copy of what it left.
-    async fn write_sealed(&self, active: &Active<D::File>, sealed: Sealed, pos: u64) -> Result<()> {
+    /// copy of what it left. `link`, for a batch's last buffer, is the seq after its records.
+    async fn write_sealed(
+        &self,
+        active: &Rc<Active<D::File>>,
+        sealed: Sealed,
+        pos: u64,
+        link: Option<u64>,
+    ) -> Result<()> {
         let buf = Rc::new(sealed.buf);
-        let n = active
-            .file
-            .write_commit(buf.clone(), pos)
-            .await
-            .map_err(|e| Error::io("writing", &active.path, e))?;
+        let written = match link.and_then(|below| self.link_sync(active, &buf, pos, below)) {
+            Some((below, Linked { write, sync })) => {
+                let written = write.await;
+                self.state.borrow_mut().linking = false;
+                if matches!(written, Ok(n) if n >= buf.len()) {
+                    let mut syncs = self.syncs.borrow_mut();
+                    syncs.push_back(InFlight::new(below, active.clone(), sync));
+                    self.state.borrow_mut().syncing = syncs.len();
+                    return Ok(());
+                }
+                // The write failed or was short, so the kernel cancelled the sync: once the
+                // write is whole, the syncer syncs it.
+                let _ = sync.await;
+                written
+            }
+            None => active.file.write_commit(buf.clone(), pos).await,
+        };
+        let n = written.map_err(|e| Error::io("writing", &active.path, e))?;
         if n >= buf.len() {
             return Ok(());
         }
@@ -444,6 +479,32 @@ impl<D: SegmentDir + 'static> Inner<D> {
         let rest = &buf.as_bytes()[n..];
         segment::write_padded(&active.file, &active.path, rest, pos + n as u64, align).await?;
         Ok(())
+    }
+
+    /// With `Fsync::Always`, and room for one more sync in flight: writes `buf` at `pos` with
+    /// the sync that makes every seq below `below` durable linked behind it, where the file can
+    /// (the sync then starts on the device as soon as the write completed, not after the
+    /// writer and the syncer have each had their turn on the executor; bench/PERFORMANCE.md,
+    /// "A commit's sync linked behind its write").
+    fn link_sync(
+        &self,
+        active: &Active<D::File>,
+        buf: &Rc<DmaBuffer>,
+        pos: u64,
+        below: u64,
+    ) -> Option<(u64, Linked)> {
+        if self.config.fsync != Fsync::Always
+            || self.syncs.borrow().len() >= self.config.syncs_in_flight
+        {
+            return None;
+        }
+        let mut st = self.state.borrow_mut();
+        if st.closing {
+            return None;
+        }
+        let linked = active.file.write_commit_then_sync(buf.clone(), pos)?;
+        st.linking = true;
+        Some((below, linked))
     }
 
     /// Counts a commit write of `len` bytes at `pos` and moves the next commit past it.

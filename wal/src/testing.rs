@@ -5,12 +5,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use glommio::io::DmaBuffer;
 
-use crate::io::{SegmentDir, SegmentFile};
+use crate::io::{Linked, SegmentDir, SegmentFile};
 
 /// What an injected fault does to the operation it hits.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -38,6 +40,7 @@ pub struct Faults {
     writes_done: Cell<u64>,
     syncs_done: Cell<u64>,
     zero_fills_done: Cell<u64>,
+    linked: Cell<u64>,
 }
 
 impl Faults {
@@ -118,16 +121,31 @@ pub struct MemDir {
     files: Rc<RefCell<BTreeMap<String, Rc<Contents>>>>,
     faults: Rc<Faults>,
     alignment: u64,
+    links: Rc<Cell<bool>>,
 }
 
 impl MemDir {
-    /// An empty directory whose files need writes aligned to `alignment` bytes.
+    /// An empty directory whose files need writes aligned to `alignment` bytes. Its files link
+    /// a commit's sync behind its write, as `DmaFile` does on a device without polling.
     pub fn new(alignment: u64) -> MemDir {
         MemDir {
             files: Rc::default(),
             faults: Rc::default(),
             alignment,
+            links: Rc::new(Cell::new(true)),
         }
+    }
+
+    /// Commit writes issued with a sync linked behind them so far.
+    pub fn linked(&self) -> u64 {
+        self.faults.linked.get()
+    }
+
+    /// Whether its files link a commit's sync behind its write
+    /// ([`SegmentFile::write_commit_then_sync`]) from now on; with `false` they cannot, as on a
+    /// device whose I/O goes to glommio's polling ring.
+    pub fn set_links(&self, on: bool) {
+        self.links.set(on);
     }
 
     /// The fault injector.
@@ -189,12 +207,17 @@ impl MemDir {
 }
 
 /// A file of a [`MemDir`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MemFile {
     contents: Rc<Contents>,
     faults: Rc<Faults>,
     alignment: u64,
+    links: Rc<Cell<bool>>,
 }
+
+/// A linked sync, as its write leaves it: `None` while the write runs, then the sync (started
+/// when the write completed in full), or `None` inside when the write failed or was short.
+type LinkedSync = Rc<RefCell<Option<Option<Pin<Box<dyn Future<Output = io::Result<()>>>>>>>>;
 
 impl MemFile {
     /// A direct write of `buf` at `pos`, with the next write fault applied.
@@ -250,6 +273,49 @@ impl SegmentFile for MemFile {
 
     async fn write_commit(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
         self.write_bytes(buf.as_bytes(), pos).await
+    }
+
+    fn write_commit_then_sync(&self, buf: Rc<DmaBuffer>, pos: u64) -> Option<Linked> {
+        if !self.links.get() {
+            return None;
+        }
+        self.faults.linked.set(self.faults.linked.get() + 1);
+        let linked: LinkedSync = Rc::default();
+        let (file, after_write) = (self.clone(), linked.clone());
+        let write = async move {
+            let written = file.write_bytes(buf.as_bytes(), pos).await;
+            let sync = match written {
+                Ok(n) if n >= buf.len() => {
+                    // Started at once, as the kernel starts a linked request: it covers what
+                    // was written by now, whenever the caller gets to it.
+                    let mut sync: Pin<Box<dyn Future<Output = io::Result<()>>>> =
+                        Box::pin(async move { file.sync().await });
+                    if let Some(done) = futures_lite::future::poll_once(&mut sync).await {
+                        sync = Box::pin(std::future::ready(done));
+                    }
+                    Some(sync)
+                }
+                _ => None,
+            };
+            *after_write.borrow_mut() = Some(sync);
+            written
+        };
+        let sync = async move {
+            let started = loop {
+                if let Some(started) = linked.borrow_mut().take() {
+                    break started;
+                }
+                futures_lite::future::yield_now().await;
+            };
+            match started {
+                Some(sync) => sync.await,
+                None => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            }
+        };
+        Some(Linked {
+            write: Box::pin(write),
+            sync: Box::pin(sync),
+        })
     }
 
     async fn read_all(&self) -> io::Result<Vec<u8>> {
@@ -362,6 +428,7 @@ impl MemDir {
             contents,
             faults: self.faults.clone(),
             alignment: self.alignment,
+            links: self.links.clone(),
         }
     }
 }

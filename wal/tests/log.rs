@@ -107,10 +107,12 @@ async fn acked_puts(log: &kvmesh_wal::Log, writers: u64, each: u64) -> Rc<RefCel
 fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
     let cases = [1, 3, 7, 12, 20, 33]
         .into_iter()
-        .flat_map(|crash| [(crash, 1), (crash, 2), (crash, 3)]);
-    for (crash_after_writes, syncs_in_flight) in cases {
+        .flat_map(|crash| [(crash, 1), (crash, 2), (crash, 3)])
+        .flat_map(|case| [(case, true), (case, false)]);
+    for ((crash_after_writes, syncs_in_flight), links) in cases {
         run(async move {
             let dir = MemDir::new(BLOCK);
+            dir.set_links(links);
             let config = Config {
                 syncs_in_flight,
                 ..small(BLOCK, 16)
@@ -134,7 +136,7 @@ fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
                     present.get(&format!("k{n}")),
                     Some(&value(n)),
                     "acknowledged put {n} lost (crash after {crash_after_writes} writes, \
-                     {syncs_in_flight} syncs in flight): {report}"
+                     {syncs_in_flight} syncs in flight, links {links}): {report}"
                 );
             }
         });
@@ -146,10 +148,14 @@ fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
 /// every record the log reported durable at that instant is present after reopening.
 #[test]
 fn a_power_loss_at_any_moment_keeps_every_record_reported_durable() {
-    for syncs_in_flight in [1, 2, 3] {
+    let cases = [1, 2, 3]
+        .into_iter()
+        .flat_map(|depth| [(depth, true), (depth, false)]);
+    for (syncs_in_flight, links) in cases {
         for turns in 1..400 {
             run(async move {
                 let dir = MemDir::new(BLOCK);
+                dir.set_links(links);
                 let config = Config {
                     syncs_in_flight,
                     ..small(BLOCK, 16)
@@ -191,9 +197,9 @@ fn a_power_loss_at_any_moment_keeps_every_record_reported_durable() {
                     .map(|&(n, _)| n)
                     .collect();
                 drop(writers);
-                let (_, report, replayed) = open(after, &config)
-                    .await
-                    .unwrap_or_else(|e| panic!("{syncs_in_flight} in flight, {turns} turns: {e}"));
+                let (_, report, replayed) = open(after, &config).await.unwrap_or_else(|e| {
+                    panic!("{syncs_in_flight} in flight, links {links}, {turns} turns: {e}")
+                });
                 let present: std::collections::HashMap<String, Vec<u8>> =
                     puts(&replayed).into_iter().collect();
                 for n in durable {
@@ -201,7 +207,7 @@ fn a_power_loss_at_any_moment_keeps_every_record_reported_durable() {
                         present.get(&format!("k{n}")),
                         Some(&value(n)),
                         "put {n} was reported durable and is lost ({syncs_in_flight} syncs \
-                         in flight, power lost after {turns} turns): {report}"
+                         in flight, links {links}, power lost after {turns} turns): {report}"
                     );
                 }
             });
@@ -436,21 +442,63 @@ fn no_sync_in_flight_is_refused_at_open() {
     });
 }
 
+/// A short write is continued, and its record acknowledged only once synced whole: a sync
+/// linked behind the short write was cancelled with it and covers nothing.
 #[test]
 fn a_short_write_is_continued() {
-    run(async {
-        let dir = MemDir::new(BLOCK);
-        let config = small(BLOCK, 64);
-        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
-        dir.faults().on_write(0, Fault::Short(BLOCK as usize));
-        let big = vec![b'z'; 3 * BLOCK as usize];
-        let seq = log.append(&put(b"big", &big)).unwrap();
-        log.durable(seq).await.unwrap();
-        assert!(log.stats().writes >= 1);
-        log.close().await.unwrap();
-        let (_, _, replayed) = open(dir, &config).await.unwrap();
-        assert_eq!(puts(&replayed), vec![("big".to_string(), big)]);
-    });
+    for links in [true, false] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            dir.set_links(links);
+            let config = small(BLOCK, 64);
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            dir.faults().on_write(0, Fault::Short(BLOCK as usize));
+            let big = vec![b'z'; 3 * BLOCK as usize];
+            let seq = log.append(&put(b"big", &big)).unwrap();
+            log.durable(seq).await.unwrap();
+            assert!(log.stats().writes >= 1);
+            let (_, report, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
+            assert_eq!(
+                puts(&replayed),
+                vec![("big".to_string(), big.clone())],
+                "links {links}: {report}"
+            );
+            log.close().await.unwrap();
+            let (_, _, replayed) = open(dir, &config).await.unwrap();
+            assert_eq!(puts(&replayed), vec![("big".to_string(), big)]);
+        });
+    }
+}
+
+/// With `Fsync::Always` a commit's sync goes linked behind its write where the file can link
+/// them, and the syncer then starts no sync of its own for what that one covers: one sync per
+/// commit either way.
+#[test]
+fn a_commit_sync_linked_behind_its_write_is_its_only_sync() {
+    for links in [true, false] {
+        run(async move {
+            let dir = MemDir::new(BLOCK);
+            dir.set_links(links);
+            let config = small(BLOCK, 64);
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            let (writes, syncs) = (dir.faults().writes(), dir.faults().syncs());
+            // Slow syncs: each is still running when the writer reports its write done.
+            for n in 0..40 {
+                dir.faults().on_sync(n, Fault::Stall(5));
+            }
+            put_each(&log, 0, 20).await;
+            let commits = dir.faults().writes() - writes;
+            assert!(commits >= 20, "links {links}: {commits} commit writes");
+            assert_eq!(
+                dir.faults().syncs() - syncs,
+                commits,
+                "links {links}: one sync per commit"
+            );
+            assert_eq!(dir.linked(), if links { commits } else { 0 });
+            let (_, _, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
+            assert_eq!(puts(&replayed), expected_puts(0, 20));
+        });
+    }
 }
 
 #[test]

@@ -357,6 +357,40 @@ impl Reactor {
         source
     }
 
+    /// kvmesh patch (see `vendor/README.md`, "A commit's sync linked behind its write"):
+    /// [`Reactor::write_dma`] of `buf` at `pos` and an `fdatasync` the kernel starts only once
+    /// that write completed in full (cancelled, `ECANCELED`, when it fails or is short), queued
+    /// together. `None`, with nothing queued, when this file's writes go to the poll ring.
+    pub(crate) fn write_dma_then_fdatasync(
+        &self,
+        raw: RawFd,
+        buf: DmaSource,
+        pos: u64,
+        pollable: PollableStatus,
+    ) -> Option<(Source, Source)> {
+        if let PollableStatus::Pollable = pollable {
+            return None;
+        }
+        let stats = StatsCollection {
+            fulfilled: Some(|result, stats, op_count| {
+                if let Ok(result) = result {
+                    stats.file_writes += op_count;
+                    stats.file_bytes_written += *result as u64 * op_count;
+                }
+            }),
+            reused: None,
+            latency: None,
+        };
+        let write = self.new_source(
+            raw,
+            SourceType::Write(pollable, IoBuffer::DmaSource(buf)),
+            Some(stats),
+        );
+        let sync = self.new_source(raw, SourceType::FdataSync, None);
+        self.sys.write_dma_then_fdatasync(&write, pos, &sync);
+        Some((write, sync))
+    }
+
     pub(crate) fn copy_file_range(
         &self,
         fd_in: RawFd,

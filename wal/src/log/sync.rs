@@ -1,7 +1,6 @@
 //! The log's syncer task: when `fdatasync` is called, and what each completed sync lets the
 //! log acknowledge.
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -59,7 +58,7 @@ pub(super) async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
 
 /// One `fdatasync` in flight: the seq it covers below, when it started, its segment, the call,
 /// and once returned its result and how long it took, held until every older sync has returned.
-struct InFlight<F> {
+pub(super) struct InFlight<F> {
     target: u64,
     started: Instant,
     active: Rc<Active<F>>,
@@ -67,8 +66,26 @@ struct InFlight<F> {
     returned: Option<(std::io::Result<()>, u64)>,
 }
 
+impl<F> InFlight<F> {
+    /// A sync of `active`, started now, that makes every seq below `target` durable.
+    pub(super) fn new(
+        target: u64,
+        active: Rc<Active<F>>,
+        call: Pin<Box<dyn Future<Output = std::io::Result<()>>>>,
+    ) -> InFlight<F> {
+        InFlight {
+            target,
+            started: Instant::now(),
+            active,
+            call,
+            returned: None,
+        }
+    }
+}
+
 /// `Fsync::Always`: a sync of everything written so far as soon as something written is not
-/// covered by a sync already started, with up to `Config::syncs_in_flight` syncs at a time. A
+/// covered by a sync already started, with up to `Config::syncs_in_flight` syncs at a time
+/// (`Inner::syncs`, where the writer also puts the syncs it linked behind its writes). A
 /// sync covers the records whose writes completed before it started, whatever the other syncs
 /// in flight do, so a record never waits for an older sync to finish before one covering it
 /// can start. Results are applied in the order the syncs started: a sync's records are
@@ -77,9 +94,11 @@ struct InFlight<F> {
 /// flush may report the next flush as a success).
 async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
     let depth = inner.config.syncs_in_flight;
-    let mut in_flight: VecDeque<InFlight<D::File>> = VecDeque::with_capacity(depth);
     let mut issued_below = inner.state.borrow().synced_below;
     poll_fn(|cx| loop {
+        let mut in_flight = inner.syncs.borrow_mut();
+        // The writer's linked syncs are pushed in order, each covering all written before.
+        issued_below = issued_below.max(in_flight.back().map_or(0, |s| s.target));
         for sync in in_flight.iter_mut().filter(|s| s.returned.is_none()) {
             if let Poll::Ready(returned) = sync.call.as_mut().poll(cx) {
                 sync.returned = Some((returned, sync.started.elapsed().as_micros() as u64));
@@ -115,8 +134,9 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
         if st.failure.is_some() {
             return Poll::Ready(());
         }
-        // Closing: the syncs in flight return first, then the writer makes the rest durable.
-        if st.closing && in_flight.is_empty() {
+        // Closing: the syncs in flight return first (a linked one too, once the writer hands
+        // it over), then the writer makes the rest durable.
+        if st.closing && in_flight.is_empty() && !st.linking {
             return Poll::Ready(());
         }
         if !st.closing && st.written_below > issued_below && in_flight.len() < depth {
@@ -124,13 +144,8 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
             drop(st);
             let active = inner.active.borrow().clone();
             let segment = active.clone();
-            in_flight.push_back(InFlight {
-                target: issued_below,
-                started: Instant::now(),
-                active,
-                call: Box::pin(async move { segment.file.sync().await }),
-                returned: None,
-            });
+            let call = Box::pin(async move { segment.file.sync().await });
+            in_flight.push_back(InFlight::new(issued_below, active, call));
             continue;
         }
         st.syncer = Some(cx.waker().clone());

@@ -4,6 +4,7 @@
 // This product includes software developed at Datadog (https://www.datadoghq.com/). Copyright 2020 Datadog, Inc.
 //
 use crate::{
+    GlommioError,
     io::{
         bulk_io::{
             CoalescedReads, IoVec, MergedBufferLimit, OrderedBulkIo, ReadAmplificationLimit,
@@ -20,6 +21,7 @@ use futures_lite::{Stream, StreamExt};
 use nix::sys::statfs::*;
 use std::{
     cell::Ref,
+    future::Future,
     io,
     os::unix::io::{AsRawFd, RawFd},
     path::Path,
@@ -370,6 +372,44 @@ impl DmaFile {
             self.pollable,
         );
         enhanced_try!(source.collect_rw().await, "Writing", self.file).map_err(Into::into)
+    }
+
+    /// kvmesh patch (see `vendor/README.md`, "A commit's sync linked behind its write"):
+    /// [`DmaFile::write_rc_at`] and [`DmaFile::fdatasync`] as one link chain, both queued when
+    /// this returns: the kernel starts the sync only once the write has completed in full, so
+    /// the sync covers it without the caller waiting for the write first. A failed or short
+    /// write cancels the sync, whose future then fails with `ECANCELED`. The two futures
+    /// complete on their own, the write's first. `None`, with nothing queued, when the file's
+    /// I/O goes to the poll ring, where the sync cannot follow it.
+    #[allow(clippy::type_complexity)]
+    pub fn write_rc_at_then_sync(
+        &self,
+        buf: Rc<DmaBuffer>,
+        pos: u64,
+    ) -> Option<(
+        impl Future<Output = Result<usize>> + 'static,
+        impl Future<Output = Result<()>> + 'static,
+    )> {
+        let (write, sync) = self.file.reactor.upgrade().unwrap().write_dma_then_fdatasync(
+            self.as_raw_fd(),
+            DmaSource::Shared(buf),
+            pos,
+            self.pollable,
+        )?;
+        let (fd, path) = (self.as_raw_fd(), self.file.path.borrow().clone());
+        let sync_path = path.clone();
+        let write = async move {
+            write.collect_rw().await.map_err(|source| {
+                GlommioError::create_enhanced(source, "Writing", path.as_ref(), Some(fd))
+            })
+        };
+        let sync = async move {
+            sync.collect_rw().await.map_err(|source| {
+                GlommioError::create_enhanced(source, "Syncing", sync_path.as_ref(), Some(fd))
+            })?;
+            Ok(())
+        };
+        Some((write, sync))
     }
 
     /// Reads from a specific position in the file and returns the buffer.

@@ -1657,6 +1657,28 @@ impl Reactor {
         );
     }
 
+    /// kvmesh patch (see `vendor/README.md`, "A commit's sync linked behind its write"): a direct
+    /// write of `write`'s buffer at `pos`, and `sync`'s `fdatasync` linked behind it
+    /// (`IOSQE_IO_LINK`), both queued now, next to each other, on the main ring: the kernel
+    /// starts the sync only once the write has completed in full, and cancels it (`ECANCELED`)
+    /// when the write fails or is short. Both sources complete on their own. The caller makes
+    /// sure the write is not for the poll ring (a link cannot cross rings).
+    pub(crate) fn write_dma_then_fdatasync(&self, write: &Source, pos: u64, sync: &Source) {
+        let op = match &*write.source_type() {
+            SourceType::Write(PollableStatus::NonPollable(_), IoBuffer::DmaSource(buf)) => {
+                match buf.uring_buffer_id() {
+                    Some(id) => UringOpDescriptor::WriteFixed(buf.as_ptr(), buf.len(), pos, id),
+                    None => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
+                }
+            }
+            x => panic!("Unexpected source type for a linked write: {:?}", x),
+        };
+        let mut ring = self.main_ring.borrow_mut();
+        let mut map = self.source_map.borrow_mut();
+        queue_linked_request_into_ring(&mut *ring, write, op, &mut map);
+        queue_request_into_ring(&mut *ring, sync, UringOpDescriptor::FDataSync, &mut map);
+    }
+
     pub(crate) fn write_buffered(&self, source: &Source, pos: u64) {
         let op = match &*source.source_type() {
             SourceType::Write(
@@ -2305,6 +2327,31 @@ impl Reactor {
             ))
         }
     }
+}
+
+/// kvmesh patch: [`queue_request_into_ring`] for a request that the next one queued on `ring` is
+/// linked behind (`IOSQE_IO_LINK`). glommio submits a link chain whole, so the next request
+/// must be queued before the ring is next flushed; a request with a timeout (itself a link)
+/// cannot be linked.
+fn queue_linked_request_into_ring(
+    ring: &mut (impl UringCommon + ?Sized),
+    source: &Source,
+    descriptor: UringOpDescriptor,
+    source_map: &mut SourceMap,
+) {
+    assert!(
+        source.timeout_ref().is_none(),
+        "a request with a timeout cannot be linked"
+    );
+    source.inner.borrow_mut().wakers.queued_at = Some(Instant::now());
+    let q = ring.submission_queue();
+    let id = source_map.add_source(source, Rc::clone(&q));
+    q.borrow_mut().submissions.push_back(UringDescriptor {
+        args: descriptor,
+        fd: source.raw(),
+        flags: SubmissionFlags::IO_LINK,
+        user_data: to_user_data(id),
+    });
 }
 
 fn queue_request_into_ring(
