@@ -18,6 +18,9 @@
 #     connections, 100,000 keys, 100-byte values, pipeline 1 and 16, closed loop:
 #       redis-server --appendonly yes --appendfsync always   (and everysec, for context)
 #       kvmesh node --data-dir D --fsync always | interval (10ms) | never
+#       kvmesh-bench probe-server --mode epoll: kvmesh's frames answered from a plain hash map,
+#         with no log and no store, so the limit of the network path and this client for any
+#         server, durable or not (at pipeline 1 it is below 2.5x Redis's rate on a 2-core VM)
 #     each server on a fresh data directory, in ROUNDS rounds (default 3) that each run every
 #     configuration back to back, so disk noise from other work hits them all alike;
 #   - prints Markdown: the probe, then one table with the median over the rounds (and the
@@ -59,7 +62,7 @@ run_set() {
     fi
     tail -n 1 "$WORK/run.out" >"$out"
     tail -n 1 "$WORK/run.out" >>"$WORK/all.jsonl"
-    if [ "$TARGET" = kvmesh ]; then
+    if [ "${label#kvmesh-}" != "$label" ]; then
         # The log's own counters since the node started (prefill and warm-up included).
         "$KVMESH" stats --addr "$SERVER_ADDR" --json | grep -o '"total":{.*}' >"$WORK/stats.json"
         local records syncs sync_us
@@ -104,6 +107,10 @@ for round in $(seq "$ROUNDS"); do
         TARGET=redis
         start_redis_aof everysec
         run_set redis-aof-everysec "$pipeline"
+        stop_server "$SERVER_PID"
+        TARGET=kvmesh
+        start_probe 0 epoll
+        run_set probe-epoll-no-disk "$pipeline"
         stop_server "$SERVER_PID"
     done
 done
@@ -154,4 +161,14 @@ awk "$AWK_STATS"'
                 k[1], k[2], median(ops[key]), lo(ops[key]), hi(ops[key]), ratio, \
                 median(p50[key]), median(p99[key]), c, err[key], w, u
         }
+        printf "\nThe 2.5× target against the network path'"'"'s limit (the probe, no disk), medians:"
+        for (i = 1; i <= keys; i++) {
+            split(order[i], k, " ")
+            if (k[1] != "redis-aof-always" || !(("probe-epoll-no-disk " k[2]) in ops)) continue
+            target = 2.5 * median(ops[order[i]]); limit = median(ops["probe-epoll-no-disk " k[2]])
+            durable = median(ops["kvmesh-fsync-always " k[2]])
+            printf " pipeline %s: 2.5× Redis is %.0f SET/s, the probe %.0f (%.2f× Redis), kvmesh --fsync always %.0f (%.0f%% of the probe).", \
+                k[2], target, limit, 2.5 * limit / target, durable, 100 * durable / limit
+        }
+        printf "\n"
     }' "$WORK/rows"
