@@ -70,6 +70,13 @@ fn concurrent_writers_share_syncs() {
     });
 }
 
+/// An empty in-memory directory whose files link each commit's sync behind its write, or not.
+fn mem_dir(links: bool) -> MemDir {
+    let dir = MemDir::new(BLOCK);
+    dir.set_links(links);
+    dir
+}
+
 /// Writers that record which of their puts were acknowledged, until told to stop.
 /// Yields until `dir` has seen `n` syncs (`Faults::syncs`).
 async fn until_syncs(dir: &MemDir, n: u64) {
@@ -111,8 +118,7 @@ fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
         .flat_map(|case| [(case, true), (case, false)]);
     for ((crash_after_writes, syncs_in_flight), links) in cases {
         run(async move {
-            let dir = MemDir::new(BLOCK);
-            dir.set_links(links);
+            let dir = mem_dir(links);
             let config = Config {
                 syncs_in_flight,
                 ..small(BLOCK, 16)
@@ -154,8 +160,7 @@ fn a_power_loss_at_any_moment_keeps_every_record_reported_durable() {
     for (syncs_in_flight, links) in cases {
         for turns in 1..400 {
             run(async move {
-                let dir = MemDir::new(BLOCK);
-                dir.set_links(links);
+                let dir = mem_dir(links);
                 let config = Config {
                     syncs_in_flight,
                     ..small(BLOCK, 16)
@@ -448,8 +453,7 @@ fn no_sync_in_flight_is_refused_at_open() {
 fn a_short_write_is_continued() {
     for links in [true, false] {
         run(async move {
-            let dir = MemDir::new(BLOCK);
-            dir.set_links(links);
+            let dir = mem_dir(links);
             let config = small(BLOCK, 64);
             let (log, _, _) = open(dir.clone(), &config).await.unwrap();
             dir.faults().on_write(0, Fault::Short(BLOCK as usize));
@@ -477,8 +481,7 @@ fn a_short_write_is_continued() {
 fn a_commit_sync_linked_behind_its_write_is_its_only_sync() {
     for links in [true, false] {
         run(async move {
-            let dir = MemDir::new(BLOCK);
-            dir.set_links(links);
+            let dir = mem_dir(links);
             let config = small(BLOCK, 64);
             let (log, _, _) = open(dir.clone(), &config).await.unwrap();
             let (writes, syncs) = (dir.faults().writes(), dir.faults().syncs());
