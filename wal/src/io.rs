@@ -42,9 +42,9 @@ pub trait SegmentFile {
     async fn write_commit(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize>;
 
     /// [`write_commit`](SegmentFile::write_commit), and a [`sync`](SegmentFile::sync) linked
-    /// behind it, both handed to the device now: the sync starts once the write completed in
-    /// full, so it covers that write and every write completed before, without a round trip
-    /// through the caller in between. `None` (the default) when this file cannot link the two:
+    /// behind it, both handed to the kernel now: the sync starts once the write completed in
+    /// full, so it covers that write and every write completed before, without the caller
+    /// having to see the write's completion and issue it. `None` (the default) when this file cannot link the two:
     /// the caller then writes, and syncs once the write returned.
     fn write_commit_then_sync(&self, _buf: Rc<DmaBuffer>, _pos: u64) -> Option<Linked> {
         None

@@ -20,9 +20,10 @@
 //!   older sync returned `Ok`, and any failed sync fails the log.
 //!
 //! With `Fsync::Always` the writer links the sync behind a batch's last write where the file
-//! can ([`crate::io::SegmentFile::write_commit_then_sync`]): the device starts it as soon as
-//! the write completed, and the writer hands it to the syncer's queue, so no turn of the
-//! executor passes between a commit's write and its sync.
+//! can ([`crate::io::SegmentFile::write_commit_then_sync`]): the kernel starts it when it
+//! processes the write's completion, not after the writer and then the syncer have run, and
+//! the writer hands it to the syncer's queue once the write returned. The syncer issues no
+//! sync of its own meanwhile: the linked one covers everything written before it.
 //!
 //! Each commit starts on a fresh block: a block holding acknowledged records is never written
 //! again. When the sync frontier has moved since the last commit, the writer ends the batch

@@ -41,6 +41,8 @@ pub struct Faults {
     syncs_done: Cell<u64>,
     zero_fills_done: Cell<u64>,
     linked: Cell<u64>,
+    syncs_running: Cell<u64>,
+    max_syncs_running: Cell<u64>,
 }
 
 impl Faults {
@@ -134,6 +136,11 @@ impl MemDir {
             alignment,
             links: Rc::new(Cell::new(true)),
         }
+    }
+
+    /// The most syncs that have run at once so far.
+    pub fn max_syncs_running(&self) -> u64 {
+        self.faults.max_syncs_running.get()
     }
 
     /// Commit writes issued with a sync linked behind them so far.
@@ -335,6 +342,7 @@ impl SegmentFile for MemFile {
         }
         let covered = self.contents.data.borrow().clone();
         let generation = self.contents.start_sync();
+        let _running = Running::start(&self.faults);
         futures_lite::future::yield_now().await;
         match fault {
             Some(Fault::Stall(turns)) => stall(turns).await,
@@ -412,6 +420,26 @@ impl SegmentDir for MemDir {
 
     fn path(&self, name: &str) -> String {
         format!("mem/{name}")
+    }
+}
+
+/// A sync counted as running until dropped.
+struct Running<'a>(&'a Faults);
+
+impl<'a> Running<'a> {
+    fn start(faults: &'a Faults) -> Running<'a> {
+        let running = faults.syncs_running.get() + 1;
+        faults.syncs_running.set(running);
+        faults
+            .max_syncs_running
+            .set(faults.max_syncs_running.get().max(running));
+        Running(faults)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.syncs_running.set(self.0.syncs_running.get() - 1);
     }
 }
 

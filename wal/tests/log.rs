@@ -77,7 +77,6 @@ fn mem_dir(links: bool) -> MemDir {
     dir
 }
 
-/// Writers that record which of their puts were acknowledged, until told to stop.
 /// Yields until `dir` has seen `n` syncs (`Faults::syncs`).
 async fn until_syncs(dir: &MemDir, n: u64) {
     while dir.faults().syncs() < n {
@@ -85,6 +84,7 @@ async fn until_syncs(dir: &MemDir, n: u64) {
     }
 }
 
+/// Writers that each put `each` keys, waiting for each acknowledgement; the puts acknowledged.
 async fn acked_puts(log: &kvmesh_wal::Log, writers: u64, each: u64) -> Rc<RefCell<Vec<u64>>> {
     let acked = Rc::new(RefCell::new(Vec::new()));
     let tasks: Vec<_> = (0..writers)
@@ -272,9 +272,9 @@ fn enospc_fails_the_log_and_nothing_unlogged_is_acknowledged() {
 
 #[test]
 fn a_failed_sync_acknowledges_nothing_it_covered() {
-    for syncs_in_flight in [1, 2] {
+    for (syncs_in_flight, links) in [(1, true), (1, false), (2, true), (2, false)] {
         run(async move {
-            let dir = MemDir::new(BLOCK);
+            let dir = mem_dir(links);
             let config = Config {
                 syncs_in_flight,
                 ..small(BLOCK, 64)
@@ -295,9 +295,9 @@ fn a_failed_sync_acknowledges_nothing_it_covered() {
 /// dropped data on a failed flush may report the next flush as a success.
 #[test]
 fn a_younger_sync_acknowledges_nothing_before_an_older_one_returns_ok() {
-    for syncs_in_flight in [2, 3] {
+    for (syncs_in_flight, links) in [(2, true), (2, false), (3, true), (3, false)] {
         run(async move {
-            let dir = MemDir::new(BLOCK);
+            let dir = mem_dir(links);
             let config = Config {
                 syncs_in_flight,
                 ..small(BLOCK, 64)
@@ -329,83 +329,92 @@ fn a_younger_sync_acknowledges_nothing_before_an_older_one_returns_ok() {
 /// once both have returned.
 #[test]
 fn a_record_does_not_wait_for_an_older_sync_before_a_sync_covering_it_starts() {
-    run(async {
-        let dir = MemDir::new(BLOCK);
-        let config = Config {
-            syncs_in_flight: 2,
-            ..small(BLOCK, 64)
-        };
-        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
-        put_each(&log, 0, 2).await;
-        let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
-        dir.faults().on_sync(0, Fault::Stall(200));
-        let first = log.append(&put(b"first", b"1")).unwrap();
-        until_syncs(&dir, syncs_started + 1).await;
-        // The stalled sync covers `first` and is running; `second` is written after it started.
-        let second = log.append(&put(b"second", b"2")).unwrap();
-        until_syncs(&dir, syncs_started + 2).await;
-        assert_eq!(
-            log.stats().syncs,
-            syncs_done,
-            "the second sync started while the stalled one was in flight"
-        );
-        log.durable(second).await.unwrap();
-        assert!(log.is_durable(first));
-        assert_eq!(log.stats().syncs, syncs_done + 2);
-        let (_, _, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
-        let present = puts(&replayed);
-        for key in ["first", "second"] {
-            assert!(
-                present.iter().any(|(k, _)| k == key),
-                "{key} lost: {present:?}"
+    for links in [true, false] {
+        run(async move {
+            let dir = mem_dir(links);
+            let config = Config {
+                syncs_in_flight: 2,
+                ..small(BLOCK, 64)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            put_each(&log, 0, 2).await;
+            let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
+            dir.faults().on_sync(0, Fault::Stall(200));
+            let first = log.append(&put(b"first", b"1")).unwrap();
+            until_syncs(&dir, syncs_started + 1).await;
+            // The stalled sync covers `first` and is running; `second` is written after it started.
+            let second = log.append(&put(b"second", b"2")).unwrap();
+            until_syncs(&dir, syncs_started + 2).await;
+            assert_eq!(
+                log.stats().syncs,
+                syncs_done,
+                "the second sync started while the stalled one was in flight"
             );
-        }
-    });
+            log.durable(second).await.unwrap();
+            assert!(log.is_durable(first));
+            assert_eq!(log.stats().syncs, syncs_done + 2);
+            let (_, _, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
+            let present = puts(&replayed);
+            for key in ["first", "second"] {
+                assert!(
+                    present.iter().any(|(k, _)| k == key),
+                    "{key} lost: {present:?}"
+                );
+            }
+        });
+    }
 }
 
 /// A rotation's own sync of the segment it closes waits for the syncer's older syncs, so it
 /// acknowledges nothing before they return `Ok`, and nothing at all when one fails.
 #[test]
 fn a_rotation_acknowledges_nothing_before_the_older_syncs_return_ok() {
-    run(async {
-        let dir = MemDir::new(BLOCK);
-        let config = Config {
-            syncs_in_flight: 2,
-            ..small(BLOCK, 8)
-        };
-        let (log, _, _) = open(dir.clone(), &config).await.unwrap();
-        put_each(&log, 0, 1).await;
-        let (segments, started) = (log.stats().segments, dir.faults().syncs());
-        dir.faults()
-            .on_sync(0, Fault::StallThenError(300, libc::EIO));
-        let first = log.append(&put(b"first", b"1")).unwrap();
-        until_syncs(&dir, started + 1).await;
-        // More than a segment holds: the writer must rotate.
-        let big = vec![b'b'; 2 * BLOCK as usize];
-        let mut last = first;
-        for i in 0..4 {
-            last = log
-                .append(&put(format!("big{i}").as_bytes(), &big))
-                .unwrap();
-        }
-        for _ in 0..100 {
-            futures_lite::future::yield_now().await;
-        }
-        assert!(log.failure().is_none(), "the stalled sync is still running");
-        assert!(!log.is_durable(first), "{:?}", log.stats());
-        let err = log.durable(last).await.unwrap_err();
-        assert!(err.to_string().contains("syncing"), "{err}");
-        assert!(!log.is_durable(first));
-        assert_eq!(log.stats().segments, segments, "no rotation completed");
-    });
+    for links in [true, false] {
+        run(async move {
+            let dir = mem_dir(links);
+            let config = Config {
+                syncs_in_flight: 2,
+                ..small(BLOCK, 8)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            put_each(&log, 0, 1).await;
+            let (segments, started) = (log.stats().segments, dir.faults().syncs());
+            dir.faults()
+                .on_sync(0, Fault::StallThenError(300, libc::EIO));
+            let first = log.append(&put(b"first", b"1")).unwrap();
+            until_syncs(&dir, started + 1).await;
+            // More than a segment holds: the writer must rotate.
+            let big = vec![b'b'; 2 * BLOCK as usize];
+            let mut last = first;
+            for i in 0..4 {
+                last = log
+                    .append(&put(format!("big{i}").as_bytes(), &big))
+                    .unwrap();
+            }
+            for _ in 0..100 {
+                futures_lite::future::yield_now().await;
+            }
+            assert!(log.failure().is_none(), "the stalled sync is still running");
+            assert!(!log.is_durable(first), "{:?}", log.stats());
+            let err = log.durable(last).await.unwrap_err();
+            assert!(err.to_string().contains("syncing"), "{err}");
+            assert!(!log.is_durable(first));
+            assert_eq!(log.stats().segments, segments, "no rotation completed");
+        });
+    }
 }
 
 /// `close` returns once the syncs in flight have returned, and reports one that fails.
 #[test]
 fn close_waits_for_the_syncs_in_flight() {
-    for fault in [Fault::Stall(200), Fault::StallThenError(200, libc::EIO)] {
+    for (fault, links) in [
+        (Fault::Stall(200), true),
+        (Fault::Stall(200), false),
+        (Fault::StallThenError(200, libc::EIO), true),
+        (Fault::StallThenError(200, libc::EIO), false),
+    ] {
         run(async move {
-            let dir = MemDir::new(BLOCK);
+            let dir = mem_dir(links);
             let config = Config {
                 syncs_in_flight: 2,
                 ..small(BLOCK, 64)
@@ -461,6 +470,11 @@ fn a_short_write_is_continued() {
             let seq = log.append(&put(b"big", &big)).unwrap();
             log.durable(seq).await.unwrap();
             assert!(log.stats().writes >= 1);
+            assert_eq!(
+                dir.linked() > 0,
+                links,
+                "the short write was linked: {links}"
+            );
             let (_, report, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
             assert_eq!(
                 puts(&replayed),
@@ -470,6 +484,57 @@ fn a_short_write_is_continued() {
             log.close().await.unwrap();
             let (_, _, replayed) = open(dir, &config).await.unwrap();
             assert_eq!(puts(&replayed), vec![("big".to_string(), big)]);
+        });
+    }
+}
+
+/// While the writer has a write in flight with a sync linked behind it, the syncer starts no
+/// sync of its own (the linked one covers all written before it; one started meanwhile could
+/// be applied before it returned), so no more than `syncs_in_flight` syncs ever run at once.
+#[test]
+fn no_more_syncs_run_at_once_than_allowed_when_syncs_are_linked() {
+    for syncs_in_flight in [1, 2] {
+        run(async move {
+            let dir = mem_dir(true);
+            let config = Config {
+                syncs_in_flight,
+                ..small(BLOCK, 1024)
+            };
+            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            for n in 0..400 {
+                dir.faults()
+                    .on_sync(n, Fault::Stall(1 + (n as u32 * 7) % 5));
+            }
+            // Open-loop writers, so that commits follow each other while syncs run.
+            let writers: Vec<_> = (0..10u64)
+                .map(|w| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        let mut last = 0;
+                        for i in 0..20u64 {
+                            let n = w * 20 + i;
+                            last = log
+                                .append(&put(format!("k{n}").as_bytes(), &value(n)))
+                                .unwrap();
+                            for _ in 0..1 + (n * 3) % 7 {
+                                futures_lite::future::yield_now().await;
+                            }
+                        }
+                        log.durable(last).await.unwrap();
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.await;
+            }
+            assert!(dir.linked() > 0);
+            assert!(
+                dir.max_syncs_running() <= syncs_in_flight as u64,
+                "{} syncs ran at once, {syncs_in_flight} allowed",
+                dir.max_syncs_running()
+            );
+            let (_, report, replayed) = open(dir.crash_copy(true), &config).await.unwrap();
+            assert_eq!(puts(&replayed).len(), 200, "{report}");
         });
     }
 }

@@ -56,8 +56,9 @@ pub(super) async fn sync_loop<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
     }
 }
 
-/// One `fdatasync` in flight: the seq it covers below, when it started, its segment, the call,
-/// and once returned its result and how long it took, held until every older sync has returned.
+/// One `fdatasync` in flight: the seq it covers below, when it was queued (a linked one: when
+/// its write returned, so its time is counted from there), its segment, the call, and once
+/// returned its result and how long it took, held until every older sync has returned.
 pub(super) struct InFlight<F> {
     target: u64,
     started: Instant,
@@ -67,7 +68,7 @@ pub(super) struct InFlight<F> {
 }
 
 impl<F> InFlight<F> {
-    /// A sync of `active`, started now, that makes every seq below `target` durable.
+    /// A sync of `active`, queued now, that makes every seq below `target` durable.
     pub(super) fn new(
         target: u64,
         active: Rc<Active<F>>,
@@ -139,7 +140,12 @@ async fn sync_always<D: SegmentDir + 'static>(inner: Rc<Inner<D>>) {
         if st.closing && in_flight.is_empty() && !st.linking {
             return Poll::Ready(());
         }
-        if !st.closing && st.written_below > issued_below && in_flight.len() < depth {
+        // While the writer has a write in flight with a sync linked behind it, that sync will
+        // cover everything written so far, and the kernel may already have started it: a sync
+        // issued here now could start after it yet sit before it in `in_flight`, and be applied
+        // before it returned.
+        if !st.closing && !st.linking && st.written_below > issued_below && in_flight.len() < depth
+        {
             issued_below = st.written_below;
             drop(st);
             let active = inner.active.borrow().clone();

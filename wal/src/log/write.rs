@@ -148,10 +148,15 @@ impl<D: SegmentDir + 'static> Inner<D> {
                     self.state.borrow_mut().syncing = syncs.len();
                     return Ok(());
                 }
-                // The write failed or was short, so the kernel cancelled the sync: once the
-                // write is whole, the syncer syncs it.
-                let _ = sync.await;
-                written
+                // The write failed or was short, so the kernel cancelled the sync (or, were it
+                // to run, it covers only part): once the write is whole, the syncer syncs it. A
+                // sync that ran and failed fails the log, as any failed sync does.
+                match sync.await {
+                    Err(e) if e.raw_os_error() != Some(libc::ECANCELED) => {
+                        return Err(Error::io("syncing", active.path.clone(), e));
+                    }
+                    _ => written,
+                }
             }
             None => active.file.write_commit(buf.clone(), pos).await,
         };
@@ -175,10 +180,11 @@ impl<D: SegmentDir + 'static> Inner<D> {
     }
 
     /// With `Fsync::Always`, and room for one more sync in flight: writes `buf` at `pos` with
-    /// the sync that makes every seq below `below` durable linked behind it, where the file can
-    /// (the sync then starts on the device as soon as the write completed, not after the
-    /// writer and the syncer have each had their turn on the executor; bench/PERFORMANCE.md,
-    /// "A commit's sync linked behind its write").
+    /// the sync that makes every seq below `below` durable linked behind it, where the file can.
+    /// The kernel starts that sync when it processes the write's completion (the shard's rings
+    /// defer that work to its next reaping of completions), not after the writer and then the
+    /// syncer have run and queued it (bench/PERFORMANCE.md, "A commit's sync linked behind its
+    /// write").
     fn link_sync(
         &self,
         active: &Active<D::File>,

@@ -379,8 +379,10 @@ impl DmaFile {
     /// this returns: the kernel starts the sync only once the write has completed in full, so
     /// the sync covers it without the caller waiting for the write first. A failed or short
     /// write cancels the sync, whose future then fails with `ECANCELED`. The two futures
-    /// complete on their own, the write's first. `None`, with nothing queued, when the file's
-    /// I/O goes to the poll ring, where the sync cannot follow it.
+    /// complete on their own, the write's first. Keep both until they complete: a sync dropped
+    /// before it reached the kernel leaves the write linked to whatever request is queued
+    /// next. `None`, with nothing queued, when the file's I/O goes to the poll ring, where the
+    /// sync cannot follow it.
     #[allow(clippy::type_complexity)]
     pub fn write_rc_at_then_sync(
         &self,

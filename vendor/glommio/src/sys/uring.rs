@@ -1665,6 +1665,10 @@ impl Reactor {
     /// sure the write is not for the poll ring (a link cannot cross rings).
     pub(crate) fn write_dma_then_fdatasync(&self, write: &Source, pos: u64, sync: &Source) {
         let op = match &*write.source_type() {
+            SourceType::Write(
+                PollableStatus::NonPollable(DirectIo::Disabled),
+                IoBuffer::DmaSource(buf),
+            ) => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
             SourceType::Write(PollableStatus::NonPollable(_), IoBuffer::DmaSource(buf)) => {
                 match buf.uring_buffer_id() {
                     Some(id) => UringOpDescriptor::WriteFixed(buf.as_ptr(), buf.len(), pos, id),
