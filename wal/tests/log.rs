@@ -77,6 +77,22 @@ fn mem_dir(links: bool) -> MemDir {
     dir
 }
 
+/// A log on a fresh in-memory directory (its files linking syncs behind writes, or not), with
+/// `syncs_in_flight` syncs at once and segments of `blocks` blocks; its directory and config.
+async fn open_mem(
+    links: bool,
+    syncs_in_flight: usize,
+    blocks: u64,
+) -> (MemDir, Config, kvmesh_wal::Log) {
+    let dir = mem_dir(links);
+    let config = Config {
+        syncs_in_flight,
+        ..small(BLOCK, blocks)
+    };
+    let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+    (dir, config, log)
+}
+
 /// Yields until `dir` has seen `n` syncs (`Faults::syncs`).
 async fn until_syncs(dir: &MemDir, n: u64) {
     while dir.faults().syncs() < n {
@@ -118,12 +134,7 @@ fn every_acknowledged_record_survives_a_power_loss_with_fsync_always() {
         .flat_map(|case| [(case, true), (case, false)]);
     for ((crash_after_writes, syncs_in_flight), links) in cases {
         run(async move {
-            let dir = mem_dir(links);
-            let config = Config {
-                syncs_in_flight,
-                ..small(BLOCK, 16)
-            };
-            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            let (dir, config, log) = open_mem(links, syncs_in_flight, 16).await;
             // Slow syncs, so that with several in flight a later one completes first.
             for n in [0, 2, 5] {
                 dir.faults().on_sync(n, Fault::Stall(3 + n as u32 * 7));
@@ -160,12 +171,7 @@ fn a_power_loss_at_any_moment_keeps_every_record_reported_durable() {
     for (syncs_in_flight, links) in cases {
         for turns in 1..400 {
             run(async move {
-                let dir = mem_dir(links);
-                let config = Config {
-                    syncs_in_flight,
-                    ..small(BLOCK, 16)
-                };
-                let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+                let (dir, config, log) = open_mem(links, syncs_in_flight, 16).await;
                 for n in 0..40u64 {
                     dir.faults()
                         .on_sync(n, Fault::Stall(2 + (n as u32 * 5) % 7));
@@ -274,12 +280,7 @@ fn enospc_fails_the_log_and_nothing_unlogged_is_acknowledged() {
 fn a_failed_sync_acknowledges_nothing_it_covered() {
     for (syncs_in_flight, links) in [(1, true), (1, false), (2, true), (2, false)] {
         run(async move {
-            let dir = mem_dir(links);
-            let config = Config {
-                syncs_in_flight,
-                ..small(BLOCK, 64)
-            };
-            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            let (dir, _, log) = open_mem(links, syncs_in_flight, 64).await;
             put_each(&log, 0, 3).await;
             dir.faults().on_sync(0, Fault::Error(libc::EIO));
             let seq = log.append(&put(b"k", b"v")).unwrap();
@@ -297,12 +298,7 @@ fn a_failed_sync_acknowledges_nothing_it_covered() {
 fn a_younger_sync_acknowledges_nothing_before_an_older_one_returns_ok() {
     for (syncs_in_flight, links) in [(2, true), (2, false), (3, true), (3, false)] {
         run(async move {
-            let dir = mem_dir(links);
-            let config = Config {
-                syncs_in_flight,
-                ..small(BLOCK, 64)
-            };
-            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            let (dir, _, log) = open_mem(links, syncs_in_flight, 64).await;
             put_each(&log, 0, 2).await;
             let started = dir.faults().syncs();
             dir.faults()
@@ -331,12 +327,7 @@ fn a_younger_sync_acknowledges_nothing_before_an_older_one_returns_ok() {
 fn a_record_does_not_wait_for_an_older_sync_before_a_sync_covering_it_starts() {
     for links in [true, false] {
         run(async move {
-            let dir = mem_dir(links);
-            let config = Config {
-                syncs_in_flight: 2,
-                ..small(BLOCK, 64)
-            };
-            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            let (dir, config, log) = open_mem(links, 2, 64).await;
             put_each(&log, 0, 2).await;
             let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
             dir.faults().on_sync(0, Fault::Stall(200));
@@ -371,12 +362,7 @@ fn a_record_does_not_wait_for_an_older_sync_before_a_sync_covering_it_starts() {
 fn a_rotation_acknowledges_nothing_before_the_older_syncs_return_ok() {
     for links in [true, false] {
         run(async move {
-            let dir = mem_dir(links);
-            let config = Config {
-                syncs_in_flight: 2,
-                ..small(BLOCK, 8)
-            };
-            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            let (dir, _, log) = open_mem(links, 2, 8).await;
             put_each(&log, 0, 1).await;
             let (segments, started) = (log.stats().segments, dir.faults().syncs());
             dir.faults()
@@ -414,12 +400,7 @@ fn close_waits_for_the_syncs_in_flight() {
         (Fault::StallThenError(200, libc::EIO), false),
     ] {
         run(async move {
-            let dir = mem_dir(links);
-            let config = Config {
-                syncs_in_flight: 2,
-                ..small(BLOCK, 64)
-            };
-            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            let (dir, _, log) = open_mem(links, 2, 64).await;
             put_each(&log, 0, 2).await;
             let (syncs_done, syncs_started) = (log.stats().syncs, dir.faults().syncs());
             dir.faults().on_sync(0, fault);
@@ -495,12 +476,7 @@ fn a_short_write_is_continued() {
 fn no_more_syncs_run_at_once_than_allowed_when_syncs_are_linked() {
     for syncs_in_flight in [1, 2] {
         run(async move {
-            let dir = mem_dir(true);
-            let config = Config {
-                syncs_in_flight,
-                ..small(BLOCK, 1024)
-            };
-            let (log, _, _) = open(dir.clone(), &config).await.unwrap();
+            let (dir, config, log) = open_mem(true, syncs_in_flight, 1024).await;
             for n in 0..400 {
                 dir.faults()
                     .on_sync(n, Fault::Stall(1 + (n as u32 * 7) % 5));
