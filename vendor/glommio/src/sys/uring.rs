@@ -1638,17 +1638,7 @@ impl Reactor {
     }
 
     pub(crate) fn write_dma(&self, source: &Source, pos: u64) {
-        let op = match &*source.source_type() {
-            SourceType::Write(
-                PollableStatus::NonPollable(DirectIo::Disabled),
-                IoBuffer::DmaSource(buf),
-            ) => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
-            SourceType::Write(_, IoBuffer::DmaSource(buf)) => match buf.uring_buffer_id() {
-                Some(id) => UringOpDescriptor::WriteFixed(buf.as_ptr(), buf.len(), pos, id),
-                None => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
-            },
-            x => panic!("Unexpected source type for write: {:?}", x),
-        };
+        let op = write_dma_op(source, pos);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
@@ -1664,19 +1654,7 @@ impl Reactor {
     /// when the write fails or is short. Both sources complete on their own. The caller makes
     /// sure the write is not for the poll ring (a link cannot cross rings).
     pub(crate) fn write_dma_then_fdatasync(&self, write: &Source, pos: u64, sync: &Source) {
-        let op = match &*write.source_type() {
-            SourceType::Write(
-                PollableStatus::NonPollable(DirectIo::Disabled),
-                IoBuffer::DmaSource(buf),
-            ) => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
-            SourceType::Write(PollableStatus::NonPollable(_), IoBuffer::DmaSource(buf)) => {
-                match buf.uring_buffer_id() {
-                    Some(id) => UringOpDescriptor::WriteFixed(buf.as_ptr(), buf.len(), pos, id),
-                    None => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
-                }
-            }
-            x => panic!("Unexpected source type for a linked write: {:?}", x),
-        };
+        let op = write_dma_op(write, pos);
         let mut ring = self.main_ring.borrow_mut();
         let mut map = self.source_map.borrow_mut();
         queue_linked_request_into_ring(&mut *ring, write, op, &mut map);
@@ -2330,6 +2308,22 @@ impl Reactor {
                 poll.unwrap_or_default(),
             ))
         }
+    }
+}
+
+/// The operation of a direct write of `source`'s buffer at `pos` (kvmesh patch: taken out of
+/// `write_dma` for `write_dma_then_fdatasync` too).
+fn write_dma_op(source: &Source, pos: u64) -> UringOpDescriptor {
+    match &*source.source_type() {
+        SourceType::Write(
+            PollableStatus::NonPollable(DirectIo::Disabled),
+            IoBuffer::DmaSource(buf),
+        ) => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
+        SourceType::Write(_, IoBuffer::DmaSource(buf)) => match buf.uring_buffer_id() {
+            Some(id) => UringOpDescriptor::WriteFixed(buf.as_ptr(), buf.len(), pos, id),
+            None => UringOpDescriptor::Write(buf.as_ptr(), buf.len(), pos),
+        },
+        x => panic!("Unexpected source type for write: {:?}", x),
     }
 }
 
