@@ -222,9 +222,15 @@ pub struct MemFile {
     links: Rc<Cell<bool>>,
 }
 
-/// A linked sync, as its write leaves it: `None` while the write runs, then the sync (started
-/// when the write completed in full), or `None` inside when the write failed or was short.
-type LinkedSync = Rc<RefCell<Option<Option<Pin<Box<dyn Future<Output = io::Result<()>>>>>>>>;
+/// A linked sync, as its write leaves it.
+enum LinkedSync {
+    /// The write is still running.
+    Waiting,
+    /// The write completed in full, and the sync started then.
+    Started(Pin<Box<dyn Future<Output = io::Result<()>>>>),
+    /// The write failed or was short: the sync was cancelled.
+    Cancelled,
+}
 
 impl MemFile {
     /// A direct write of `buf` at `pos`, with the next write fault applied.
@@ -287,11 +293,11 @@ impl SegmentFile for MemFile {
             return None;
         }
         self.faults.linked.set(self.faults.linked.get() + 1);
-        let linked: LinkedSync = Rc::default();
+        let linked = Rc::new(RefCell::new(LinkedSync::Waiting));
         let (file, after_write) = (self.clone(), linked.clone());
         let write = async move {
             let written = file.write_bytes(buf.as_bytes(), pos).await;
-            let sync = match written {
+            *after_write.borrow_mut() = match written {
                 Ok(n) if n >= buf.len() => {
                     // Started at once, as the kernel starts a linked request: it covers what
                     // was written by now, whenever the caller gets to it.
@@ -300,23 +306,23 @@ impl SegmentFile for MemFile {
                     if let Some(done) = futures_lite::future::poll_once(&mut sync).await {
                         sync = Box::pin(std::future::ready(done));
                     }
-                    Some(sync)
+                    LinkedSync::Started(sync)
                 }
-                _ => None,
+                _ => LinkedSync::Cancelled,
             };
-            *after_write.borrow_mut() = Some(sync);
             written
         };
         let sync = async move {
-            let started = loop {
-                if let Some(started) = linked.borrow_mut().take() {
-                    break started;
+            // Polled once its write returned, as the log does; until then it yields.
+            loop {
+                let state = std::mem::replace(&mut *linked.borrow_mut(), LinkedSync::Waiting);
+                match state {
+                    LinkedSync::Waiting => futures_lite::future::yield_now().await,
+                    LinkedSync::Started(sync) => return sync.await,
+                    LinkedSync::Cancelled => {
+                        return Err(io::Error::from_raw_os_error(libc::ECANCELED))
+                    }
                 }
-                futures_lite::future::yield_now().await;
-            };
-            match started {
-                Some(sync) => sync.await,
-                None => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
             }
         };
         Some(Linked {

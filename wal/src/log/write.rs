@@ -138,7 +138,8 @@ impl<D: SegmentDir + 'static> Inner<D> {
         link: Option<u64>,
     ) -> Result<()> {
         let buf = Rc::new(sealed.buf);
-        let written = match link.and_then(|below| self.link_sync(active, &buf, pos, below)) {
+        let linked = link.and_then(|below| Some((below, self.link_sync(active, &buf, pos)?)));
+        let written = match linked {
             Some((below, Linked { write, sync })) => {
                 let written = write.await;
                 self.state.borrow_mut().linking = false;
@@ -180,18 +181,12 @@ impl<D: SegmentDir + 'static> Inner<D> {
     }
 
     /// With `Fsync::Always`, and room for one more sync in flight: writes `buf` at `pos` with
-    /// the sync that makes every seq below `below` durable linked behind it, where the file can.
+    /// a sync linked behind it, where the file can.
     /// The kernel starts that sync when it processes the write's completion (the shard's rings
     /// defer that work to its next reaping of completions), not after the writer and then the
     /// syncer have run and queued it (bench/PERFORMANCE.md, "A commit's sync linked behind its
     /// write").
-    fn link_sync(
-        &self,
-        active: &Active<D::File>,
-        buf: &Rc<DmaBuffer>,
-        pos: u64,
-        below: u64,
-    ) -> Option<(u64, Linked)> {
+    fn link_sync(&self, active: &Active<D::File>, buf: &Rc<DmaBuffer>, pos: u64) -> Option<Linked> {
         if self.config.fsync != Fsync::Always
             || self.syncs.borrow().len() >= self.config.syncs_in_flight
         {
@@ -203,7 +198,7 @@ impl<D: SegmentDir + 'static> Inner<D> {
         }
         let linked = active.file.write_commit_then_sync(buf.clone(), pos)?;
         st.linking = true;
-        Some((below, linked))
+        Some(linked)
     }
 
     /// Counts a commit write of `len` bytes at `pos` and moves the next commit past it.
